@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts import services
+from apps.accounts.api.serializers import LoginSerializer, LogoutSerializer, RefreshSerializer, TokenPairSerializer
+
+
+def client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class LoginView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=LoginSerializer, responses=TokenPairSerializer)
+    def post(self, request: Request) -> Response:
+        data = LoginSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            pair = services.login(data.validated_data["username"], data.validated_data["password"],
+                                  data.validated_data["location_id"], ip=client_ip(request))
+        except services.LoginDenied as exc:
+            raise exceptions.PermissionDenied(exc.message, exc.code) from None
+        except services.AuthError as exc:
+            raise exceptions.AuthenticationFailed(exc.message, exc.code) from None
+        return Response(asdict(pair))
+
+
+class RefreshView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=RefreshSerializer, responses=TokenPairSerializer)
+    def post(self, request: Request) -> Response:
+        data = RefreshSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            pair = services.refresh_tokens(data.validated_data["refresh_token"], ip=client_ip(request))
+        except services.AuthError as exc:
+            raise exceptions.AuthenticationFailed(exc.message, exc.code) from None
+        return Response(asdict(pair))
+
+
+class LogoutView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=LogoutSerializer, responses={204: None})
+    def post(self, request: Request) -> Response:
+        data = LogoutSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            services.logout(request.auth, data.validated_data.get("refresh_token") or None, ip=client_ip(request))
+        except services.AuthError as exc:
+            raise exceptions.PermissionDenied(exc.message, exc.code) from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request: Request) -> Response:
+        p = request.auth
+        return Response({"id": p.user_id, "username": p.username, "role": p.role, "location_id": p.location_code,
+                         "scopes": sorted(p.scopes), "auth": p.method})

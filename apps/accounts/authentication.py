@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+
+from apps.accounts.services import AuthError, authenticate_bearer
+
+
+def bearer_token(header: bytes | str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, None if there is no header."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return token.strip()
+
+
+class BearerAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <JWT or API key>``; request.auth becomes the Principal."""
+
+    def authenticate(self, request):  # type: ignore[no-untyped-def]
+        token = bearer_token(get_authorization_header(request))
+        if token is None:
+            return None
+        try:
+            return authenticate_bearer(token)
+        except AuthError as exc:
+            raise exceptions.AuthenticationFailed(exc.message, exc.code) from None
+
+    def authenticate_header(self, request):  # type: ignore[no-untyped-def]
+        return 'Bearer realm="medai"'

@@ -1,0 +1,32 @@
+"""Structured JSON logs with correlation ids; every message passes through PHI redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from apps.audit.context import get_correlation_id
+from apps.audit.redaction import redact
+
+
+class CorrelationFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = get_correlation_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        cid = getattr(record, "correlation_id", "")
+        if cid:
+            payload["correlation_id"] = cid
+        if record.exc_info:
+            payload["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(payload, default=str)

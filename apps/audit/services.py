@@ -1,0 +1,102 @@
+"""Verbs of the audit trail: append an event, verify the chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit.context import get_correlation_id
+from apps.audit.models import AuditChainHead, AuditEvent
+from apps.audit.redaction import redact_value
+
+GENESIS = "0" * 64
+
+
+def _digest(prev_hash: str, event: AuditEvent) -> str:
+    body = json.dumps(
+        {
+            "created_at": event.created_at.isoformat(),
+            "action": event.action,
+            "outcome": event.outcome,
+            "actor_id": event.actor_id,
+            "actor": event.actor,
+            "location": event.location,
+            "correlation_id": event.correlation_id,
+            "ip": event.ip,
+            "object_type": event.object_type,
+            "object_id": event.object_id,
+            "details": event.details,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def record_event(
+    action: str,
+    *,
+    actor: Any = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    location: str = "",
+    ip: str | None = None,
+    obj: Any = None,
+    object_type: str = "",
+    object_id: str = "",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain. Details pass through PHI redaction first."""
+    if obj is not None:
+        object_type = object_type or obj._meta.label_lower
+        object_id = object_id or str(obj.pk)
+    event = AuditEvent(
+        created_at=timezone.now(),
+        action=action,
+        outcome=outcome,
+        actor_id=getattr(actor, "pk", None),
+        actor=getattr(actor, "username", "") or "",
+        location=location or "",
+        correlation_id=get_correlation_id(),
+        ip=ip or None,
+        object_type=object_type,
+        object_id=object_id,
+        details=redact_value(details or {}),
+    )
+    with transaction.atomic():
+        head, _ = AuditChainHead.objects.select_for_update().get_or_create(id=1, defaults={"last_hash": GENESIS})
+        event.prev_hash = head.last_hash
+        event.hash = _digest(head.last_hash, event)
+        event.save(force_insert=True)
+        AuditChainHead.objects.filter(id=1).update(last_hash=event.hash)
+    return event
+
+
+@dataclass
+class ChainReport:
+    checked: int
+    ok: bool
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def verify_chain(batch_size: int = 2000) -> ChainReport:
+    """Recompute every hash in order; report the first event that does not match."""
+    prev = GENESIS
+    checked = 0
+    for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=batch_size):
+        if event.prev_hash != prev:
+            return ChainReport(checked, False, event.seq, "prev_hash does not match the previous event")
+        if _digest(prev, event) != event.hash:
+            return ChainReport(checked, False, event.seq, "hash does not match the event's content")
+        prev = event.hash
+        checked += 1
+    head = AuditChainHead.objects.filter(id=1).first()
+    if head is not None and head.last_hash != prev:
+        return ChainReport(checked, False, None, "chain head does not match the last event (events removed?)")
+    return ChainReport(checked, True)

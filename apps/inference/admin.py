@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django import forms
+from django.contrib import admin, messages
+
+from apps.inference import backends, router
+from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint
+
+
+class ModelEndpointForm(forms.ModelForm):
+    # Write-only: the stored key is never rendered back; leaving the box empty keeps it.
+    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                              help_text="The backend's own API key. Leave empty to keep the stored one.")
+    clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored API key.")
+
+    class Meta:
+        model = ModelEndpoint
+        fields = ["name", "kind", "base_url", "served_model_id", "api_key", "clear_api_key", "context_length",
+                  "vram_mb", "rank", "enabled", "supports_embeddings"]
+
+    def clean_api_key(self) -> str:
+        value = self.cleaned_data.get("api_key") or ""
+        if not value and self.instance.pk:
+            return self.instance.api_key
+        return value
+
+    def save(self, commit: bool = True):  # type: ignore[no-untyped-def]
+        if self.cleaned_data.get("clear_api_key"):
+            self.instance.api_key = ""
+        return super().save(commit)
+
+
+def _info(ep: ModelEndpoint) -> router.EndpointInfo:
+    return router.EndpointInfo(
+        id=ep.pk, name=ep.name, kind=ep.kind, base_url=ep.base_url.rstrip("/"), backend_model=ep.backend_model,
+        api_key=ep.api_key or "", context_length=ep.context_length, vram_mb=ep.vram_mb, rank=ep.rank,
+        enabled=ep.enabled, supports_embeddings=ep.supports_embeddings)
+
+
+@admin.register(ModelEndpoint)
+class ModelEndpointAdmin(admin.ModelAdmin):
+    form = ModelEndpointForm
+    list_display = ["name", "kind", "base_url", "backend_model", "has_api_key", "context_length", "vram_mb",
+                    "rank", "enabled"]
+    list_filter = ["kind", "enabled"]
+    list_editable = ["rank", "enabled"]
+    search_fields = ["name", "base_url", "served_model_id"]
+    actions = ["test_connection"]
+
+    @admin.display(boolean=True, description="API key set")
+    def has_api_key(self, obj: ModelEndpoint) -> bool:
+        return bool(obj.api_key)
+
+    @admin.action(description="Test connection (ask the backend which models it serves)")
+    def test_connection(self, request, queryset):  # type: ignore[no-untyped-def]
+        for ep in queryset:
+            ok, detail = async_to_sync(backends.probe)(_info(ep))
+            level = messages.SUCCESS if ok else messages.ERROR
+            self.message_user(request, f"{ep.name} ({ep.base_url}): {detail}", level)
+
+
+class AgentRouteEntryInline(admin.TabularInline):
+    model = AgentRouteEntry
+    extra = 1
+    ordering = ["position"]
+
+
+@admin.register(AgentRoute)
+class AgentRouteAdmin(admin.ModelAdmin):
+    list_display = ["agent_type", "model_order", "enabled", "description"]
+    list_filter = ["enabled"]
+    inlines = [AgentRouteEntryInline]
+
+    @admin.display(description="models, in order")
+    def model_order(self, obj: AgentRoute) -> str:
+        return " → ".join(e.endpoint.name for e in obj.entries.select_related("endpoint").order_by("position"))
+
+
+@admin.register(InferenceTask)
+class InferenceTaskAdmin(admin.ModelAdmin):
+    list_display = ["id", "created_at", "mode", "status", "priority", "user", "location", "model_name",
+                    "prompt_tokens", "completion_tokens", "latency_ms", "error_code"]
+    list_filter = ["mode", "status", "priority", "location", "model_name"]
+    search_fields = ["id", "correlation_id", "user__username"]
+    date_hierarchy = "created_at"
+    exclude = ["request", "result"]  # PHI is not shown in the admin list or form
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

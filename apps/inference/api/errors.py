@@ -1,0 +1,118 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with a stable code."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger("medai.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    410: "gone_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "api_error",
+    503: "service_unavailable_error",
+    504: "api_error",
+}
+
+
+class ApiError(Exception):
+    """An error a client caused or must know about; rendered in the OpenAI error shape."""
+
+    def __init__(self, status_code: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status_code, self.code, self.message, self.param)
+
+    def response(self) -> JsonResponse:
+        resp = JsonResponse(self.body(), status=self.status_code)
+        for k, v in self.headers.items():
+            resp[k] = v
+        if self.status_code == 401:
+            resp["WWW-Authenticate"] = 'Bearer realm="medai"'
+        return resp
+
+
+def error_body(status_code: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _TYPES.get(status_code, "api_error"), "param": param, "code": code}}
+
+
+def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
+    """Flatten DRF's nested validation detail to (param path, message) of its first error."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors":
+                path = prefix or None  # type: ignore[assignment]
+            return first_validation_error(value, path or "")
+    if isinstance(detail, list):
+        for index, value in enumerate(detail):
+            if isinstance(value, (dict, list)):
+                if value:
+                    return first_validation_error(value, f"{prefix}[{index}]")
+                continue
+            return (prefix or None), str(value)
+    return (prefix or None), str(detail)
+
+
+def validation_api_error(detail: Any) -> ApiError:
+    param, message = first_validation_error(detail)
+    text = f"{param}: {message}" if param else message
+    return ApiError(400, "invalid_request", text, param)
+
+
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF exception handler: every API error in the OpenAI shape."""
+    if isinstance(exc, ApiError):
+        resp = Response(exc.body(), status=exc.status_code, headers=exc.headers)
+    elif isinstance(exc, exceptions.ValidationError):
+        err = validation_api_error(exc.detail)
+        resp = Response(err.body(), status=400)
+    elif isinstance(exc, exceptions.ParseError):
+        resp = Response(error_body(400, "invalid_json", f"Request body is not valid JSON: {exc.detail}"), status=400)
+    elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else "invalid_credentials"
+        if isinstance(exc, exceptions.NotAuthenticated):
+            code = "missing_credentials"
+        resp = Response(error_body(401, code, str(exc.detail)), status=401)
+        resp["WWW-Authenticate"] = 'Bearer realm="medai"'
+    elif isinstance(exc, exceptions.APIException):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        resp = Response(error_body(exc.status_code, code, str(exc.detail)), status=exc.status_code)
+        wait = getattr(exc, "wait", None)
+        if wait:
+            resp["Retry-After"] = str(int(wait) + 1)
+    else:
+        from django.http import Http404
+        from django.core.exceptions import PermissionDenied
+
+        if isinstance(exc, Http404):
+            resp = Response(error_body(404, "not_found", "Not found."), status=404)
+        elif isinstance(exc, PermissionDenied):
+            resp = Response(error_body(403, "permission_denied", "Permission denied."), status=403)
+        else:
+            return None  # a real bug: let Django's 500 handler (and the error middleware) deal with it
+    return resp
+
+
+def handler_json(status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse(error_body(status_code, code, message), status=status_code)

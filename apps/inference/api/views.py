@@ -1,0 +1,87 @@
+"""API views. Chat completions is a native async view: DRF has no async views, and a request
+waiting on a model server must not hold a thread. It still uses DRF's serializers for
+validation and the same authentication service as the DRF views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import CanRead
+from apps.inference import services
+from apps.inference.api.errors import ApiError
+from apps.inference.models import InferenceTask
+
+run_sync = sync_to_async(thread_sensitive=False)
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.MEDAI_MAX_BODY_BYTES:
+        raise ApiError(413, "request_too_large", f"Request body is {declared} bytes; the limit is "
+                       f"{settings.MEDAI_MAX_BODY_BYTES}.")
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise ApiError(413, "request_too_large",
+                       f"Request body exceeds the limit of {settings.MEDAI_MAX_BODY_BYTES} bytes.") from None
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE)."""
+    if request.method != "POST":
+        return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
+    plan = None
+    try:
+        body = _read_body(request)
+        plan = await run_sync(services.begin_chat)(request.headers.get("Authorization"), body,
+                                                   getattr(request, "correlation_id", ""))
+        if plan.stream:
+            stream = await services.open_chat_stream(plan)
+            response = StreamingHttpResponse(services.relay_stream(plan, stream), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        data = await services.complete_chat(plan)
+    except ApiError as exc:
+        if plan is not None:
+            await run_sync(services.record_outcome)(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code,
+                                                    exc.message)
+        return exc.response()
+    await run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200)
+    return JsonResponse(data)
+
+
+class ModelListView(APIView):
+    """``GET /v1/models``: the models and agent types this caller may use."""
+
+    permission_classes = [CanRead]
+
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": services.list_models(request.auth)})
+
+
+class ModelDetailView(APIView):
+    permission_classes = [CanRead]
+
+    def get(self, request: Request, model_id: str) -> Response:
+        for item in services.list_models(request.auth):
+            if item["id"] == model_id:
+                return Response(item)
+        raise ApiError(404, "model_not_found", f"Model '{model_id}' does not exist.", "model")
+
+
+def _json_404(request: HttpRequest, exception: Any = None) -> JsonResponse:
+    return ApiError(404, "not_found", f"No such endpoint: {request.method} {request.path}.").response()

@@ -1,0 +1,309 @@
+"""The inference pipeline: authenticate → authorize → validate → route → call the backend → record.
+
+Sync chat requests run here; the async task API (queue) builds on the same steps. The sync steps
+(``begin_chat``, ``record_outcome``) touch the database and run in a worker thread; the backend
+call is async so a waiting request holds no thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from apps.accounts.authentication import bearer_token
+from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
+from apps.accounts.services import AuthError, Principal, authenticate_bearer
+from apps.audit.context import get_correlation_id
+from apps.inference import backends, router
+from apps.inference.api.errors import ApiError, validation_api_error
+from apps.inference.api.serializers import ChatCompletionRequestSerializer
+from apps.inference.models import InferenceTask, Priority
+
+logger = logging.getLogger("medai.inference")
+
+# Request fields passed through to the backend unchanged (when the client set them).
+PASSTHROUGH = (
+    "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
+    "frequency_penalty", "seed", "response_format", "logprobs", "top_logprobs",
+)
+
+
+@dataclass
+class Attempt:
+    endpoint: str
+    error: str
+
+
+@dataclass
+class ChatPlan:
+    """Everything decided before the backend is called."""
+
+    principal: Principal
+    route: router.Route
+    payload: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    priority: int
+    requested_model: str
+    correlation_id: str
+    started: float = field(default_factory=time.perf_counter)
+    created_at: Any = field(default_factory=timezone.now)
+    attempts: list[Attempt] = field(default_factory=list)
+    endpoint: router.EndpointInfo | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    backend_started: float | None = None
+
+
+# --- authentication shared by the async views ---------------------------------------------
+
+
+def authenticate_header(header: str | None, scope: str) -> Principal:
+    """Authenticate an ``Authorization`` header value and require ``scope``. Raises ApiError."""
+    token = bearer_token(header or "")
+    if token is None:
+        raise ApiError(401, "missing_credentials", "Authentication required: send 'Authorization: Bearer <token>'.")
+    try:
+        _, principal = authenticate_bearer(token)
+    except AuthError as exc:
+        raise ApiError(401, exc.code, exc.message) from None
+    if not principal.has_scope(scope):
+        raise ApiError(403, "insufficient_scope", f"This credential lacks the '{scope}' scope "
+                       f"(role '{principal.role}').")
+    return principal
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise ApiError(400, "invalid_json", "Request body is empty; expected a JSON object.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+    return data
+
+
+# --- the chat pipeline -----------------------------------------------------------------------
+
+
+def begin_chat(auth_header: str | None, body: bytes, correlation_id: str = "") -> ChatPlan:
+    """Authenticate, authorize, validate and route one chat request (sync: may query the DB)."""
+    close_old_connections()
+    principal = authenticate_header(auth_header, SCOPE_INFERENCE)
+    data = parse_json_body(body)
+    serializer = ChatCompletionRequestSerializer(data=data)
+    if not serializer.is_valid():
+        raise validation_api_error(serializer.errors)
+    req = serializer.validated_data
+    try:
+        route = router.resolve(req.get("model") or None, req.get("agent_type") or None)
+    except router.RoutingError as exc:
+        raise ApiError(exc.status_code, exc.code, exc.message, exc.param) from None
+
+    messages = [_clean_message(m) for m in req["messages"]]
+    if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
+        messages.insert(0, {"role": "system", "content": route.system_prompt})
+    payload: dict[str, Any] = {"messages": messages}
+    for name in PASSTHROUGH:
+        if req.get(name) is not None:
+            payload[name] = req[name]
+    include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+    if req["stream"]:
+        payload["stream"] = True
+        # Always ask for usage so the request is recorded with real token counts.
+        payload["stream_options"] = {"include_usage": True}
+    return ChatPlan(
+        principal=principal,
+        route=route,
+        payload=payload,
+        stream=req["stream"],
+        include_usage=include_usage,
+        priority=req.get("priority", Priority.NORMAL),
+        requested_model=req.get("model") or req.get("agent_type") or "",
+        correlation_id=correlation_id or get_correlation_id(),
+    )
+
+
+def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if v is not None}
+
+
+def _all_failed(plan: ChatPlan) -> ApiError:
+    tried = "; ".join(f"{a.endpoint}: {a.error}" for a in plan.attempts)
+    return ApiError(503, "backend_unavailable", f"No model server could answer ({tried}). Try again shortly.",
+                    headers={"Retry-After": "5"})
+
+
+def _rejected(exc: backends.BackendRejected) -> ApiError:
+    return ApiError(400, "backend_rejected", f"The model server refused the request: {exc.message}")
+
+
+async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
+    """Non-streaming completion: try each candidate in route order until one answers."""
+    plan.backend_started = time.perf_counter()
+    for endpoint in plan.route.candidates:
+        try:
+            data = await backends.post_json(endpoint, "/chat/completions",
+                                            {**plan.payload, "model": endpoint.backend_model})
+        except backends.BackendFailure as exc:
+            plan.attempts.append(Attempt(endpoint.name, exc.reason))
+            logger.warning("backend %s failed: %s", endpoint.name, exc.reason)
+            continue
+        except backends.BackendRejected as exc:
+            plan.attempts.append(Attempt(endpoint.name, exc.message))
+            plan.endpoint = endpoint
+            raise _rejected(exc) from None
+        plan.attempts.append(Attempt(endpoint.name, ""))
+        plan.endpoint = endpoint
+        data["model"] = endpoint.name
+        usage = data.get("usage") or {}
+        plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+        plan.completion_tokens = _int(usage.get("completion_tokens"))
+        return data
+    raise _all_failed(plan)
+
+
+async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
+    """Open the backend stream (failing over until one opens): errors here still get a status code."""
+    plan.backend_started = time.perf_counter()
+    for endpoint in plan.route.candidates:
+        try:
+            stream = await backends.open_stream(endpoint, "/chat/completions",
+                                                {**plan.payload, "model": endpoint.backend_model})
+        except backends.BackendFailure as exc:
+            plan.attempts.append(Attempt(endpoint.name, exc.reason))
+            logger.warning("backend %s failed: %s", endpoint.name, exc.reason)
+            continue
+        except backends.BackendRejected as exc:
+            plan.attempts.append(Attempt(endpoint.name, exc.message))
+            plan.endpoint = endpoint
+            raise _rejected(exc) from None
+        plan.attempts.append(Attempt(endpoint.name, ""))
+        plan.endpoint = endpoint
+        return stream
+    raise _all_failed(plan)
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
+    """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
+
+    After the first token no retry is possible: a broken stream ends with an error event.
+    """
+    assert plan.endpoint is not None
+    name = plan.endpoint.name
+    chunks = 0
+    error: tuple[str, str] | None = None
+    try:
+        async for event in stream.events():
+            if event is None:
+                break
+            usage = event.get("usage")
+            if usage:
+                plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+                plan.completion_tokens = _int(usage.get("completion_tokens"))
+            if "error" in event:
+                error = ("backend_error", str(event["error"])[:500])
+                yield _sse({"error": {"message": f"The model server failed mid-stream: {error[1]}",
+                                      "type": "api_error", "param": None, "code": "backend_error"}})
+                break
+            event["model"] = name
+            if not event.get("choices") and usage and not plan.include_usage:
+                continue  # the usage-only chunk medai asked for on its own behalf
+            if not plan.include_usage and "usage" in event:
+                event.pop("usage")
+            chunks += 1
+            yield _sse(event)
+        else:
+            pass
+        if error is None:
+            yield b"data: [DONE]\n\n"
+    except backends.BackendFailure as exc:
+        error = ("backend_error", exc.reason)
+        yield _sse({"error": {"message": f"The model server failed mid-stream: {exc.reason}", "type": "api_error",
+                              "param": None, "code": "backend_error"}})
+    finally:
+        await stream.aclose()
+        if not plan.completion_tokens:
+            plan.completion_tokens = max(chunks - 1, 0)
+        from asgiref.sync import sync_to_async
+
+        status = InferenceTask.Status.FAILED if error else InferenceTask.Status.COMPLETED
+        await sync_to_async(record_outcome, thread_sensitive=False)(
+            plan, status, 200, error[0] if error else "", error[1] if error else "")
+
+
+def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
+    """Write the request's record: who, where, which model, tokens, timings and outcome."""
+    close_old_connections()
+    now = timezone.now()
+    total_ms = int((time.perf_counter() - plan.started) * 1000)
+    inference_ms = int((time.perf_counter() - plan.backend_started) * 1000) if plan.backend_started else None
+    p = plan.principal
+    InferenceTask.objects.create(
+        mode=InferenceTask.Mode.SYNC,
+        status=status,
+        priority=plan.priority,
+        user_id=p.user_id,
+        location_id=p.location_pk,
+        api_key_id=p.api_key_id,
+        agent_type=plan.route.agent_type,
+        requested_model=plan.requested_model,
+        endpoint_id=plan.endpoint.id if plan.endpoint else None,
+        model_name=plan.endpoint.name if plan.endpoint else "",
+        stream=plan.stream,
+        error_code=error_code,
+        error_message=error_message[:2000],
+        http_status=http_status,
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=plan.completion_tokens,
+        attempts=len(plan.attempts),
+        correlation_id=plan.correlation_id,
+        created_at=plan.created_at,
+        started_at=plan.created_at,
+        finished_at=now,
+        queue_wait_ms=0,
+        inference_ms=inference_ms,
+        latency_ms=total_ms,
+    )
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+# --- models list ---------------------------------------------------------------------------
+
+
+def list_models(principal: Principal) -> list[dict[str, Any]]:
+    """Enabled models and agent types, in the OpenAI ``/v1/models`` shape."""
+    if not principal.has_scope(SCOPE_READ) and not principal.has_scope(SCOPE_INFERENCE):
+        raise ApiError(403, "insufficient_scope", "This credential may not list models.")
+    snap = router.snapshot()
+    created = int((timezone.now() - timedelta(days=0)).timestamp())
+    data = [
+        {"id": m.name, "object": "model", "created": created, "owned_by": "medai", "medai": {
+            "kind": "model", "backend": m.kind, "context_length": m.context_length, "rank": m.rank}}
+        for m in sorted(snap.models.values(), key=lambda m: (m.rank, m.name)) if m.enabled
+    ]
+    for agent in sorted(snap.agents.values(), key=lambda a: a.agent_type):
+        if agent.enabled and any(e.enabled for e in agent.endpoints):
+            data.append({"id": agent.agent_type, "object": "model", "created": created, "owned_by": "medai",
+                         "medai": {"kind": "agent_type", "models": [e.name for e in agent.endpoints if e.enabled]}})
+    return data

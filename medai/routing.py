@@ -1,0 +1,9 @@
+"""Websocket routes of every app (apps add theirs here)."""
+
+from django.urls import path
+
+from apps.inference.consumers import StatusConsumer
+
+websocket_urlpatterns = [
+    path("ws/status/", StatusConsumer.as_asgi()),
+]

