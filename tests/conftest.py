@@ -1,0 +1,144 @@
+"""Shared fixtures. Personas: alice and bob are clinicians at ``demo``; charlie works at
+``north`` (another location) and may see nothing of theirs; audrey is an auditor at ``demo``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.accounts.models import Location, Organization, User
+from apps.accounts.services import create_api_key, issue_tokens
+from apps.inference import router
+from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    from apps.accounts import services as account_services
+
+    router.invalidate()
+    account_services._user_cache.clear()
+    account_services._revoked_cache.clear()
+    yield
+    router.invalidate()
+
+
+@pytest.fixture
+def org(db) -> Organization:  # type: ignore[no-untyped-def]
+    return Organization.objects.create(name="Demo Hospital")
+
+
+@pytest.fixture
+def demo(org: Organization) -> Location:
+    return Location.objects.create(organization=org, code="demo", name="Demo ward")
+
+
+@pytest.fixture
+def north(org: Organization) -> Location:
+    return Location.objects.create(organization=org, code="north", name="North clinic")
+
+
+def _user(username: str, role: str, org: Organization, *locations: Location) -> User:
+    user = User.objects.create_user(username, password=PASSWORD, role=role, organization=org)
+    user.locations.add(*locations)
+    return user
+
+
+@pytest.fixture
+def alice(org: Organization, demo: Location) -> User:
+    return _user("alice", User.Role.CLINICIAN, org, demo)
+
+
+@pytest.fixture
+def bob(org: Organization, demo: Location) -> User:
+    return _user("bob", User.Role.CLINICIAN, org, demo)
+
+
+@pytest.fixture
+def charlie(org: Organization, north: Location) -> User:
+    return _user("charlie", User.Role.CLINICIAN, org, north)
+
+
+@pytest.fixture
+def audrey(org: Organization, demo: Location) -> User:
+    return _user("audrey", User.Role.AUDITOR, org, demo)
+
+
+@pytest.fixture
+def token_for() -> Callable[..., str]:
+    """An access JWT for a user at a location (their first one by default)."""
+
+    def make(user: User, location: Location | None = None) -> str:
+        return issue_tokens(user, location or user.locations.first()).access_token
+
+    return make
+
+
+@pytest.fixture
+def api_key_for() -> Callable[..., str]:
+    def make(user: User, location: Location | None = None, **kwargs: object) -> str:
+        _, secret = create_api_key(user, name="test key", location=location or user.locations.first(), **kwargs)
+        return secret
+
+    return make
+
+
+@pytest.fixture
+def client_for(token_for: Callable[..., str]) -> Callable[..., APIClient]:
+    """A DRF test client that sends ``Authorization: Bearer <JWT>`` for the user."""
+
+    def make(user: User, location: Location | None = None) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(user, location)}")
+        return client
+
+    return make
+
+
+def register_model(name: str, base_url: str, *, rank: int = 10, served: str = "", agents: tuple[str, ...] = ("Chat",),
+                   enabled: bool = True, position: int = 0) -> ModelEndpoint:
+    """Register a model and append it to the given agent routes."""
+    endpoint = ModelEndpoint.objects.create(name=name, base_url=base_url, served_model_id=served, rank=rank,
+                                            enabled=enabled, context_length=2048)
+    for agent_type in agents:
+        route, _ = AgentRoute.objects.get_or_create(agent_type=agent_type)
+        AgentRouteEntry.objects.create(route=route, endpoint=endpoint, position=position)
+    router.invalidate()
+    return endpoint
+
+
+# --- real servers --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """A real llama.cpp server on the bundled SmolLM2 model (OpenAI base URL). Shared by the session."""
+    from tests.support.servers import start_llama_server
+
+    proc, url = start_llama_server()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def stub_backend() -> Iterator[str]:
+    """medai's own OpenAI-compatible stub (failure injection: see bench/stub_backend.py)."""
+    from tests.support.servers import start_stub
+
+    proc, url = start_stub()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def live_medai(transactional_db) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """medai served over real HTTP by uvicorn (ASGI), against the test database."""
+    from tests.support.servers import LiveASGIServer
+
+    server = LiveASGIServer().start()
+    yield server.url
+    server.stop()
