@@ -135,7 +135,6 @@ TIME_ZONE = env("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 default; opt in now (silences the warning)
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
 

@@ -60,7 +60,10 @@ def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, s
     """Flatten DRF's nested validation detail to (param path, message) of its first error."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                path = f"{prefix}[{key}]"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             if key == "non_field_errors":
                 path = prefix or None  # type: ignore[assignment]
             return first_validation_error(value, path or "")

@@ -1,0 +1,116 @@
+"""Bad input to /v1/chat/completions gets a 4xx in the OpenAI error shape naming the field."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from django.test import Client
+
+from tests.conftest import register_model
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def chat(alice, token_for):  # type: ignore[no-untyped-def]
+    # A model whose server is not running: validation must fail before any backend call.
+    register_model("offline-model", f"http://127.0.0.1:{free_port()}/v1", agents=("Chat", "MedicalQA"))
+    client = Client()
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token_for(alice)}"}
+
+    def post(body, raw: bool = False, **extra):  # type: ignore[no-untyped-def]
+        data = body if raw else json.dumps(body)
+        return client.post("/v1/chat/completions", data=data, content_type="application/json", **{**headers, **extra})
+
+    return post
+
+
+def error_of(response):  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"model": "Chat"}, "messages", "required"),
+        ({"model": "Chat", "messages": []}, "messages", "empty"),
+        ({"model": "Chat", "messages": "hello"}, "messages", ""),
+        ({"model": "Chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "valid choice"),
+        ({"model": "Chat", "messages": [{"role": "user"}]}, "messages[0].content", "empty"),
+        ({"model": "Chat", "messages": [{"role": "user", "content": 42}]}, "messages[0].content", "string"),
+        ({"model": "Chat", "messages": MSG, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"model": "Chat", "messages": MSG, "max_tokens": 10**9}, "max_tokens", "at most"),
+        ({"model": "Chat", "messages": MSG, "max_tokens": "many"}, "max_tokens", "integer"),
+        ({"model": "Chat", "messages": MSG, "temperature": 7}, "temperature", "less than or equal to 2"),
+        ({"model": "Chat", "messages": MSG, "stream": "perhaps"}, "stream", "boolean"),
+        ({"model": "Chat", "messages": MSG, "priority": "urgent"}, "priority", "low, normal, high, critical"),
+        ({"model": "Chat", "messages": MSG, "stop": [1, 2]}, "stop", "string"),
+        ({"model": "no-such-model", "messages": MSG}, "model", "unknown model"),
+        ({"messages": MSG}, "model", "required"),
+        ({"agent_type": "Astrology", "messages": MSG}, "agent_type", "unknown agent type"),
+    ],
+)
+def test_invalid_field_is_400_naming_the_field(chat, body, param, fragment):  # type: ignore[no-untyped-def]
+    response = chat(body)
+    assert response.status_code == 400, response.content
+    error = error_of(response)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert fragment.lower() in error["message"].lower()
+
+
+@pytest.mark.parametrize("raw", ["{bad json", "", "[1, 2]", "null", "\xff\xfe"])
+def test_malformed_body_is_400_invalid_json(chat, raw):  # type: ignore[no-untyped-def]
+    response = chat(raw, raw=True)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+
+
+def test_body_over_the_size_limit_is_413(chat, settings):  # type: ignore[no-untyped-def]
+    big = {"model": "Chat", "messages": [{"role": "user", "content": "x" * (settings.MEDAI_MAX_BODY_BYTES + 10)}]}
+    response = chat(big)
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "request_too_large"
+
+
+def test_get_is_405_in_openai_shape(alice, token_for):  # type: ignore[no-untyped-def]
+    response = Client().get("/v1/chat/completions", HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+
+
+def test_backend_unreachable_is_503_with_a_clear_message(chat):  # type: ignore[no-untyped-def]
+    response = chat({"model": "offline-model", "messages": MSG, "max_tokens": 4})
+    assert response.status_code == 503
+    error = error_of(response)
+    assert error["code"] == "backend_unavailable"
+    assert "offline-model" in error["message"] and "unreachable" in error["message"]
+    assert response["Retry-After"]
+
+
+def test_disabled_model_is_503(chat):  # type: ignore[no-untyped-def]
+    register_model("sleeping", "http://127.0.0.1:1/v1", agents=(), enabled=False)
+    response = chat({"model": "sleeping", "messages": MSG})
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "model_disabled"
+
+
+def test_random_garbage_never_causes_a_500(chat):  # type: ignore[no-untyped-def]
+    rng = random.Random(1234)
+    values = [None, True, 0, -1, 1.5, "", "x", [], {}, [None], [{}], {"a": 1}, "\u0000", 10**30, [[]]]
+    fields = ["model", "agent_type", "messages", "max_tokens", "temperature", "top_p", "n", "stream", "stop",
+              "priority", "seed", "response_format", "stream_options", "user"]
+    for _ in range(150):
+        body = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(0, len(fields)))}
+        if rng.random() < 0.5:
+            body["messages"] = [{"role": rng.choice(["user", "system", "x", None]), "content": rng.choice(values)}]
+        response = chat(body)
+        assert response.status_code < 500 or error_of(response)["code"] == "backend_unavailable", body
