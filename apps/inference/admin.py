@@ -13,8 +13,6 @@ class ModelEndpointForm(forms.ModelForm):
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                               help_text="The backend's own API key. Leave empty to keep the stored one.")
     clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored API key.")
-    base_url = forms.URLField(assume_scheme="http", max_length=300,
-                              help_text="OpenAI base URL of the server, e.g. http://gpu1:8080/v1")
 
     class Meta:
         model = ModelEndpoint

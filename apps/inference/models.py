@@ -9,6 +9,21 @@ from django.db import models
 from apps.audit.fields import EncryptedJSONField, EncryptedTextField
 
 
+def validate_backend_url(value: str) -> None:
+    """http(s) URL with a host; unlike URLValidator, single-label hosts (``gpu1``) are fine."""
+    from urllib.parse import urlsplit
+
+    from django.core.exceptions import ValidationError
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http(s) URL with a host, e.g. http://gpu1:8080/v1")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValidationError("The port in this URL is not a number between 0 and 65535.") from None
+
+
 class ModelEndpoint(models.Model):
     """A model served by an OpenAI-compatible server (llama.cpp, vLLM, TGI, Ollama, ...)."""
 
@@ -26,7 +41,7 @@ class ModelEndpoint(models.Model):
         help_text="The public model name clients send as `model`.",
     )
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.LLAMACPP)
-    base_url = models.URLField(max_length=300, help_text="OpenAI base URL of the server, e.g. http://gpu1:8080/v1")
+    base_url = models.CharField(max_length=300, validators=[validate_backend_url], help_text="OpenAI base URL of the server, e.g. http://gpu1:8080/v1")
     served_model_id = models.CharField(max_length=200, blank=True,
                                        help_text="Model id the backend expects; empty sends the public name.")
     api_key = EncryptedTextField(blank=True, default="", help_text="The backend's own API key (stored encrypted).")

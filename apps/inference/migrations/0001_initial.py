@@ -2,6 +2,7 @@
 
 import apps.audit.fields
 import django.core.validators
+import apps.inference.models
 import django.db.models.deletion
 import uuid
 from django.conf import settings
@@ -37,7 +38,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(help_text='The public model name clients send as `model`.', max_length=100, unique=True, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9._:/-]*$', 'letters, digits and . _ : / -')])),
                 ('kind', models.CharField(choices=[('llamacpp', 'llama.cpp server'), ('vllm', 'vLLM'), ('tgi', 'Text Generation Inference'), ('ollama', 'Ollama'), ('openai', 'Other OpenAI-compatible')], default='llamacpp', max_length=16)),
-                ('base_url', models.URLField(help_text='OpenAI base URL of the server, e.g. http://gpu1:8080/v1', max_length=300)),
+                ('base_url', models.CharField(help_text='OpenAI base URL of the server, e.g. http://gpu1:8080/v1', max_length=300, validators=[apps.inference.models.validate_backend_url])),
                 ('served_model_id', models.CharField(blank=True, help_text='Model id the backend expects; empty sends the public name.', max_length=200)),
                 ('api_key', apps.audit.fields.EncryptedTextField(blank=True, default='', help_text="The backend's own API key (stored encrypted).")),
                 ('context_length', models.PositiveIntegerField(default=4096, validators=[django.core.validators.MinValueValidator(128)])),

@@ -1,0 +1,59 @@
+"""The audit trail is append-only and hash-chained; verification finds tampering."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from apps.audit.models import AuditEvent
+from apps.audit.services import record_event, verify_chain
+
+pytestmark = pytest.mark.django_db
+
+
+def test_events_chain_and_verify(alice):  # type: ignore[no-untyped-def]
+    first = record_event("auth.login", actor=alice, location="demo", ip="10.0.0.1")
+    second = record_event("auth.logout", actor=alice, location="demo")
+    assert second.prev_hash == first.hash
+    report = verify_chain()
+    assert report.ok and report.checked == 2
+    call_command("verify_audit_chain")
+
+
+def test_details_are_redacted(alice):  # type: ignore[no-untyped-def]
+    event = record_event("note", actor=alice, details={"text": "Patient John Smith, SSN 123-45-6789, a@b.org"})
+    assert event.details == {"text": "Patient [NAME], SSN [SSN], [EMAIL]"}
+
+
+def test_update_and_delete_are_refused(alice):  # type: ignore[no-untyped-def]
+    event = record_event("auth.login", actor=alice)
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        event.delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.update(action="x")
+
+
+def test_tampering_with_a_row_is_detected(alice):  # type: ignore[no-untyped-def]
+    record_event("auth.login", actor=alice)
+    victim = record_event("auth.login", actor=alice, outcome="failure")
+    record_event("auth.logout", actor=alice)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET outcome = 'success' WHERE seq = %s", [victim.seq])
+    report = verify_chain()
+    assert not report.ok and report.first_bad_seq == victim.seq
+    with pytest.raises(CommandError, match="BROKEN"):
+        call_command("verify_audit_chain")
+
+
+def test_removing_the_last_row_is_detected(alice):  # type: ignore[no-untyped-def]
+    record_event("a", actor=alice)
+    last = record_event("b", actor=alice)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE seq = %s", [last.seq])
+    assert not verify_chain().ok
