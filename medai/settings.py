@@ -91,12 +91,14 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    _db["CONN_MAX_AGE"] = 0 if "pytest" in sys.modules else _db["CONN_MAX_AGE"]
     _db["ENGINE"] = "django_prometheus.db.backends.sqlite3"
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
     _db.setdefault("OPTIONS", {})
     _db["CONN_HEALTH_CHECKS"] = True
+if "pytest" in sys.modules:
+    # Tests drop their database at the end: no connection may outlive its unit of work.
+    _db["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

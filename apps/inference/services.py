@@ -7,13 +7,15 @@ call is async so a waiting request holds no thread.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import close_old_connections
 from django.utils import timezone
@@ -28,6 +30,22 @@ from apps.inference.api.serializers import ChatCompletionRequestSerializer
 from apps.inference.models import InferenceTask, Priority
 
 logger = logging.getLogger("medai.inference")
+T = TypeVar("T")
+
+
+def db_unit(func: Callable[..., T]) -> Callable[..., T]:
+    """A unit of DB work run in a worker thread (outside Django's request cycle): drop a stale or
+    expired connection first, and release it after when connections are not persistent."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return wrapper
 
 # Request fields passed through to the backend unchanged (when the client set them).
 PASSTHROUGH = (
@@ -96,9 +114,9 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 # --- the chat pipeline -----------------------------------------------------------------------
 
 
+@db_unit
 def begin_chat(auth_header: str | None, body: bytes, correlation_id: str = "") -> ChatPlan:
     """Authenticate, authorize, validate and route one chat request (sync: may query the DB)."""
-    close_old_connections()
     principal = authenticate_header(auth_header, SCOPE_INFERENCE)
     data = parse_json_body(body)
     serializer = ChatCompletionRequestSerializer(data=data)
@@ -201,54 +219,63 @@ def _sse(data: Any) -> bytes:
 async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
     """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
 
-    After the first token no retry is possible: a broken stream ends with an error event.
+    The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
+    its record. After the first token no retry is possible: a broken stream ends with an error
+    event. A client that disconnects still gets its request recorded (as failed).
     """
+    from asgiref.sync import sync_to_async
+
     assert plan.endpoint is not None
     name = plan.endpoint.name
     chunks = 0
     error: tuple[str, str] | None = None
+    recorded = False
+
+    async def record(status: str, code: str = "", message: str = "") -> None:
+        nonlocal recorded
+        recorded = True
+        if not plan.completion_tokens:
+            plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        await sync_to_async(record_outcome, thread_sensitive=False)(plan, status, 200, code, message)
+
     try:
-        async for event in stream.events():
-            if event is None:
-                break
-            usage = event.get("usage")
-            if usage:
-                plan.prompt_tokens = _int(usage.get("prompt_tokens"))
-                plan.completion_tokens = _int(usage.get("completion_tokens"))
-            if "error" in event:
-                error = ("backend_error", str(event["error"])[:500])
-                yield _sse({"error": {"message": f"The model server failed mid-stream: {error[1]}",
-                                      "type": "api_error", "param": None, "code": "backend_error"}})
-                break
-            event["model"] = name
-            if not event.get("choices") and usage and not plan.include_usage:
-                continue  # the usage-only chunk medai asked for on its own behalf
-            if not plan.include_usage and "usage" in event:
-                event.pop("usage")
-            chunks += 1
-            yield _sse(event)
+        try:
+            async for event in stream.events():
+                if event is None:
+                    break
+                usage = event.get("usage")
+                if usage:
+                    plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+                    plan.completion_tokens = _int(usage.get("completion_tokens"))
+                if "error" in event:
+                    error = ("backend_error", str(event["error"])[:500])
+                    break
+                event["model"] = name
+                if not event.get("choices") and usage and not plan.include_usage:
+                    continue  # the usage-only chunk medai asked for on its own behalf
+                if not plan.include_usage:
+                    event.pop("usage", None)
+                chunks += 1
+                yield _sse(event)
+        except backends.BackendFailure as exc:
+            error = ("backend_error", exc.reason)
+        if error is not None:
+            await record(InferenceTask.Status.FAILED, *error)
+            yield _sse({"error": {"message": f"The model server failed mid-stream: {error[1]}", "type": "api_error",
+                                  "param": None, "code": error[0]}})
         else:
-            pass
-        if error is None:
+            await record(InferenceTask.Status.COMPLETED)
             yield b"data: [DONE]\n\n"
-    except backends.BackendFailure as exc:
-        error = ("backend_error", exc.reason)
-        yield _sse({"error": {"message": f"The model server failed mid-stream: {exc.reason}", "type": "api_error",
-                              "param": None, "code": "backend_error"}})
     finally:
         await stream.aclose()
-        if not plan.completion_tokens:
-            plan.completion_tokens = max(chunks - 1, 0)
-        from asgiref.sync import sync_to_async
-
-        status = InferenceTask.Status.FAILED if error else InferenceTask.Status.COMPLETED
-        await sync_to_async(record_outcome, thread_sensitive=False)(
-            plan, status, 200, error[0] if error else "", error[1] if error else "")
+        if not recorded:  # the client went away mid-stream
+            await asyncio.shield(record(InferenceTask.Status.FAILED, "client_disconnected",
+                                        "The client closed the connection before the stream ended."))
 
 
+@db_unit
 def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
     """Write the request's record: who, where, which model, tokens, timings and outcome."""
-    close_old_connections()
     now = timezone.now()
     total_ms = int((time.perf_counter() - plan.started) * 1000)
     inference_ms = int((time.perf_counter() - plan.backend_started) * 1000) if plan.backend_started else None

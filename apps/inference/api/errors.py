@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.http import JsonResponse
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 
 logger = logging.getLogger("medai.api")
@@ -105,8 +105,8 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         if wait:
             resp["Retry-After"] = str(int(wait) + 1)
     else:
-        from django.http import Http404
         from django.core.exceptions import PermissionDenied
+        from django.http import Http404
 
         if isinstance(exc, Http404):
             resp = Response(error_body(404, "not_found", "Not found."), status=404)
