@@ -96,6 +96,13 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
     _db.setdefault("OPTIONS", {})
     _db["CONN_HEALTH_CHECKS"] = True
+    if envbool("DB_POOL", True):
+        # Under ASGI every sync unit of work may run in a fresh thread, so per-thread persistent
+        # connections do not help; psycopg's pool does (Django >= 5.1). It replaces CONN_MAX_AGE.
+        _db["OPTIONS"]["pool"] = {"min_size": envint("DB_POOL_MIN", 2, minimum=0),
+                                  "max_size": envint("DB_POOL_MAX", 20, minimum=1), "timeout": 10}
+        _db["CONN_MAX_AGE"] = 0
+        _db["CONN_HEALTH_CHECKS"] = False
 if "pytest" in sys.modules:
     # Tests drop their database at the end: no connection may outlive its unit of work.
     _db["CONN_MAX_AGE"] = 0
