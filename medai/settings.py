@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_q",
     "apps.accounts",
@@ -51,6 +52,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "apps.audit.middleware.CorrelationIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -146,6 +148,9 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+# whitenoise serves static files from the ASGI app (uvicorn serves none). With finders on, it
+# also serves them without collectstatic (tests, a fresh checkout); collectstatic adds caching.
+WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", True)
 
 # --- request limits: bodies larger than this answer 413 ---
 MEDAI_MAX_BODY_BYTES = envint("MEDAI_MAX_BODY_BYTES", 1_048_576, minimum=1024)
@@ -176,6 +181,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible inference in front of self-hosted model servers.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from our own static files: no CDN (hospital networks; this machine has none).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=envint("JWT_ACCESS_TTL", 900, minimum=30)),
@@ -212,6 +221,7 @@ MEDAI_MAX_MESSAGES = envint("MEDAI_MAX_MESSAGES", 256, minimum=1)
 MEDAI_API_KEY_TTL_DAYS = envint("MEDAI_API_KEY_TTL_DAYS", 90, minimum=1)
 MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
 MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
+MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on the sign-in page
 
 LOGGING = {
     "version": 1,

@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.defaults import page_not_found, server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.inference import ui
 from apps.inference.api.errors import handler_json
 from medai import health
 
@@ -13,6 +14,7 @@ v1 = [
 ]
 
 urlpatterns = [
+    path("", ui.index, name="ui-index"),
     path("admin/", admin.site.urls),
     path("v1/", include(v1)),
     path("healthz", health.healthz, name="healthz"),

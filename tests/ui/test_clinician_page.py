@@ -1,0 +1,85 @@
+"""A clinician signs in on the web page and gets a streamed answer from the real model,
+in a real browser (Debian's Chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import PASSWORD, register_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("MEDAI_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+         "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread, which makes Django refuse
+    # the fixtures' ORM calls; they are plain sync calls, so allow them (Playwright's documented fix).
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_medai, llama_server, alice):  # type: ignore[no-untyped-def]
+    register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("MedicalQA", "Chat"))
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(live_medai + "/")
+    yield page
+    context.close()
+
+
+def sign_in(page, password: str = PASSWORD) -> None:  # type: ignore[no-untyped-def]
+    page.fill("#username", "alice")
+    page.fill("#password", password)
+    page.fill("#location", "demo")
+    page.click("#login-button")
+
+
+def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):  # type: ignore[no-untyped-def]
+    sign_in(page)
+    page.wait_for_selector("#chat-panel:not([hidden])")
+    expect(page.locator("#whoami")).to_have_text("alice · clinician @ demo")
+    page.wait_for_selector("#model option[value='MedicalQA']", state="attached")
+    page.select_option("#model", "MedicalQA")
+    page.fill("#max-tokens", "24")
+    page.fill("#question", "What is hypertension?")
+    page.click("#ask-button")
+    expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
+    assert page.inner_text("#answer").strip()
+    assert "Answered by smollm2-135m" in page.inner_text("#answer-meta")
+    page.screenshot(path=str(Path(os.environ.get("MEDAI_SCREENSHOT_DIR", tmp_path)) / "clinician-answer.png"),
+                    full_page=True)
+
+
+def test_wrong_password_shows_the_reason_and_stays_on_sign_in(page):  # type: ignore[no-untyped-def]
+    sign_in(page, password="wrong-password")
+    expect(page.locator("#login-error")).to_contain_text("Invalid username or password")
+    assert page.is_hidden("#chat-panel")
+
+
+def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):  # type: ignore[no-untyped-def]
+    sign_in(page)
+    page.wait_for_selector("#chat-panel:not([hidden])")
+    token = page.evaluate("sessionStorage.getItem('medai.access')")
+    page.click("#logout")
+    page.wait_for_selector("#login-panel:not([hidden])")
+    status = page.evaluate(
+        "async (t) => (await fetch('/v1/models', {headers: {Authorization: 'Bearer ' + t}})).status", token)
+    assert status == 401
