@@ -22,3 +22,12 @@ class TokenPairSerializer(serializers.Serializer):
     refresh_token = serializers.CharField()
     token_type = serializers.CharField()
     expires_in = serializers.IntegerField()
+
+
+class MeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    role = serializers.CharField()
+    location_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    auth = serializers.ChoiceField(choices=["jwt", "api_key"])

@@ -10,7 +10,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts import services
-from apps.accounts.api.serializers import LoginSerializer, LogoutSerializer, RefreshSerializer, TokenPairSerializer
+from apps.accounts.api.serializers import (
+    LoginSerializer,
+    LogoutSerializer,
+    MeSerializer,
+    RefreshSerializer,
+    TokenPairSerializer,
+)
 
 
 def client_ip(request: Request) -> str | None:
@@ -67,6 +73,7 @@ class LogoutView(APIView):
 class MeView(APIView):
     permission_classes = [IsAuthenticated]
 
+    @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
         p = request.auth
         return Response({"id": p.user_id, "username": p.username, "role": p.role, "location_id": p.location_code,

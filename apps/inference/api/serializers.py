@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.inference.models import Priority
@@ -35,6 +36,7 @@ class MessageSerializer(serializers.Serializer):
         return attrs
 
 
+@extend_schema_field({"type": "string", "enum": ["low", "normal", "high", "critical"], "default": "normal"})
 class PriorityField(serializers.Field):
     """Accepts ``"high"``/``"HIGH"`` or 0–3; stores the integer level."""
 
@@ -49,6 +51,7 @@ class PriorityField(serializers.Field):
         return Priority(value).name.lower()
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]})
 class StopField(serializers.Field):
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str):
@@ -113,3 +116,56 @@ class EmbeddingRequestSerializer(serializers.Serializer):
         if isinstance(value, list) and value and len(value) <= 256 and all(isinstance(v, str) and v for v in value):
             return value
         raise serializers.ValidationError("must be a non-empty string or a list of 1–256 non-empty strings.")
+
+
+# --- response shapes (documentation and schema tests) -----------------------------------------
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+    medai = serializers.DictField(help_text="kind: model | agent_type, and what serves it.")
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelSerializer(many=True)
+
+
+class ChatMessageOutSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_null=True)
+
+
+class ChatChoiceSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ChatMessageOutSerializer()
+    finish_reason = serializers.CharField(allow_null=True)
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField(help_text="The medai model that answered.")
+    choices = ChatChoiceSerializer(many=True)
+    usage = UsageSerializer(required=False)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

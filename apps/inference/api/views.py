@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +19,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import CanRead
 from apps.inference import services
 from apps.inference.api.errors import ApiError
+from apps.inference.api.serializers import ModelListSerializer, ModelSerializer
 from apps.inference.models import InferenceTask
 
 run_sync = sync_to_async(thread_sensitive=False)
@@ -69,6 +71,7 @@ class ModelListView(APIView):
 
     permission_classes = [CanRead]
 
+    @extend_schema(responses=ModelListSerializer, operation_id="list_models")
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": services.list_models(request.auth)})
 
@@ -76,6 +79,7 @@ class ModelListView(APIView):
 class ModelDetailView(APIView):
     permission_classes = [CanRead]
 
+    @extend_schema(responses=ModelSerializer, operation_id="retrieve_model")
     def get(self, request: Request, model_id: str) -> Response:
         for item in services.list_models(request.auth):
             if item["id"] == model_id:

@@ -1,0 +1,56 @@
+"""Adds the async chat-completions view (not a DRF view, so invisible to drf-spectacular's
+URL walk) to the OpenAPI document, with schemas generated from the same serializers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.openapi import AutoSchema
+from rest_framework.views import APIView
+
+from apps.inference.api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ErrorSerializer
+
+
+def _component(generator: Any, serializer: type, direction: str) -> dict[str, Any]:
+    auto = AutoSchema()
+    auto.registry = generator.registry
+    auto.method = "POST"
+    auto.path = "/v1/chat/completions"
+    view = APIView()  # AutoSchema needs a view instance for serializer context; none is routed
+    view.request = None
+    view.format_kwarg = None
+    auto.view = view
+    component = auto.resolve_serializer(serializer, direction)
+    return component.ref
+
+
+def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    request_ref = _component(generator, ChatCompletionRequestSerializer, "request")
+    response_ref = _component(generator, ChatCompletionSerializer, "response")
+    error_ref = _component(generator, ErrorSerializer, "response")
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    for name, component in generator.registry._components.items():
+        if name[1] == "schemas" and name[0] not in schemas:
+            schemas[name[0]] = component.schema
+    errors = {str(code): {"description": text, "content": {"application/json": {"schema": error_ref}}}
+              for code, text in [(400, "Bad input; error.param names the field."), (401, "No valid credentials."),
+                                 (403, "Not allowed."), (413, "Body too large."),
+                                 (503, "No model server could answer.")]}
+    result.setdefault("paths", {})["/v1/chat/completions"] = {
+        "post": {
+            "operationId": "create_chat_completion",
+            "summary": "OpenAI-compatible chat completion",
+            "description": "`model` names a model or an agent type; `agent_type` and `priority` are medai extras. "
+                           "`stream: true` answers Server-Sent Events ending in `data: [DONE]`.",
+            "tags": ["v1"],
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
+            "responses": {
+                "200": {"description": "The completion (or an SSE stream when stream is true).",
+                        "content": {"application/json": {"schema": response_ref},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                **errors,
+            },
+        }
+    }
+    return result

@@ -1,0 +1,45 @@
+"""Responses match the OpenAPI document that /api/schema/ serves."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from tests.conftest import PASSWORD, register_model
+from tests.support.openapi import assert_matches
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_schema_and_docs_are_served():  # type: ignore[no-untyped-def]
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    assert "/v1/chat/completions" in schema.json()["paths"]
+    docs = Client().get("/api/docs/")
+    assert docs.status_code == 200 and b"swagger-ui" in docs.content
+
+
+def test_auth_and_model_responses_match_the_schema(alice):  # type: ignore[no-untyped-def]
+    login = APIClient().post("/v1/auth/login", {"username": "alice", "password": PASSWORD, "location_id": "demo"},
+                             format="json")
+    assert_matches("/v1/auth/login", "post", 200, login.json())
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {login.json()['access_token']}")
+    register_model("stub-a", "http://127.0.0.1:9/v1")
+    assert_matches("/v1/auth/me", "get", 200, client.get("/v1/auth/me").json())
+    assert_matches("/v1/models", "get", 200, client.get("/v1/models").json())
+    assert_matches("/v1/models/{model_id}", "get", 200, client.get("/v1/models/stub-a").json())
+
+
+def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    headers = {"Authorization": f"Bearer {token_for(alice)}"}
+    ok = httpx.post(f"{live_medai}/v1/chat/completions", headers=headers,
+                    json={"model": "stub-a", "messages": [{"role": "user", "content": "hi"}]})
+    assert_matches("/v1/chat/completions", "post", 200, ok.json())
+    bad = httpx.post(f"{live_medai}/v1/chat/completions", headers=headers, json={"model": "stub-a"})
+    assert_matches("/v1/chat/completions", "post", 400, bad.json())
+    anon = httpx.post(f"{live_medai}/v1/chat/completions", json={})
+    assert_matches("/v1/chat/completions", "post", 401, anon.json())
