@@ -148,6 +148,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic ran
 # whitenoise serves static files from the ASGI app (uvicorn serves none). With finders on, it
 # also serves them without collectstatic (tests, a fresh checkout); collectstatic adds caching.
 WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", True)
