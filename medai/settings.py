@@ -228,6 +228,21 @@ MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
 MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
 MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on the sign-in page
 
+# --- GPU: sampling, policy, resilience, supervision (apps/gpu) ---
+MEDAI_GPU_PROVIDER = env("MEDAI_GPU_PROVIDER", "auto")  # auto | nvml | simulated | none
+if MEDAI_GPU_PROVIDER not in ("auto", "nvml", "simulated", "none"):
+    raise ImproperlyConfigured(f"MEDAI_GPU_PROVIDER must be auto, nvml, simulated or none, got {MEDAI_GPU_PROVIDER!r}")
+MEDAI_GPU_SIM_FILE = env("MEDAI_GPU_SIM_FILE", "")  # JSON overrides for the simulated GPU
+MEDAI_GPU_SAMPLE_INTERVAL = envfloat("MEDAI_GPU_SAMPLE_INTERVAL", 2.0)
+MEDAI_HEALTH_INTERVAL = envfloat("MEDAI_HEALTH_INTERVAL", 10.0)
+MEDAI_GPU_STATE_CACHE_SECONDS = envfloat("MEDAI_GPU_STATE_CACHE_SECONDS", 1.0)
+MEDAI_GPU_HISTORY_DAYS = envint("MEDAI_GPU_HISTORY_DAYS", 7, minimum=1)
+MEDAI_CIRCUIT_FAILURES = envint("MEDAI_CIRCUIT_FAILURES", 5, minimum=1)
+MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
+MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)
+MEDAI_RETRY_BACKOFF_SECONDS = envfloat("MEDAI_RETRY_BACKOFF_SECONDS", 0.2)
+MEDAI_SLOT_LEASE_SECONDS = envfloat("MEDAI_SLOT_LEASE_SECONDS", 600.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

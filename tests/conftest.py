@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from apps.accounts.models import Location, Organization, User
 from apps.accounts.services import create_api_key, issue_tokens
+from apps.gpu import shared as gpu_shared
 from apps.inference import router
 from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 
@@ -23,6 +24,7 @@ def _fresh_caches() -> Iterator[None]:
     router.invalidate()
     account_services._user_cache.clear()
     account_services._revoked_cache.clear()
+    gpu_shared.flush_shared()  # circuits, health, slots, GPU state: nothing leaks between tests
     yield
     router.invalidate()
 

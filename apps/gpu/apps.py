@@ -5,3 +5,8 @@ class GpuConfig(AppConfig):
     name = "apps.gpu"
     label = "gpu"
     verbose_name = "GPU"
+
+    def ready(self) -> None:
+        from apps.gpu import metrics, signals  # noqa: F401
+
+        metrics.register()

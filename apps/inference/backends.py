@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -17,11 +17,13 @@ from apps.inference.router import EndpointInfo
 class BackendFailure(Exception):
     """The backend could not answer: unreachable, timed out, or a 5xx. Another may."""
 
-    def __init__(self, endpoint: EndpointInfo, reason: str, status_code: int | None = None) -> None:
+    def __init__(self, endpoint: EndpointInfo, reason: str, status_code: int | None = None,
+                 connect_failed: bool = False) -> None:
         super().__init__(f"{endpoint.name}: {reason}")
         self.endpoint = endpoint
         self.reason = reason
         self.status_code = status_code
+        self.connect_failed = connect_failed  # the request never reached the server: safe to retry
 
     @property
     def unreachable(self) -> bool:
@@ -91,6 +93,8 @@ async def post_json(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) 
     client = async_client()
     try:
         response = await client.post(endpoint.base_url + path, json=payload, headers=_headers(endpoint))
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True) from None
     except httpx.TimeoutException as exc:
         raise BackendFailure(endpoint, f"timed out ({type(exc).__name__})") from None
     except httpx.HTTPError as exc:
@@ -111,6 +115,7 @@ class SSEStream:
     def __init__(self, endpoint: EndpointInfo, response: httpx.Response) -> None:
         self.endpoint = endpoint
         self.response = response
+        self.on_close: list[Callable[[], None]] = []  # e.g. release the model's concurrency slot
 
     async def events(self) -> AsyncIterator[dict[str, Any] | None]:
         """Yield each ``data:`` JSON payload; ``None`` for ``[DONE]``."""
@@ -134,7 +139,11 @@ class SSEStream:
             raise BackendFailure(self.endpoint, f"stream broke ({type(exc).__name__})") from None
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        try:
+            await self.response.aclose()
+        finally:
+            while self.on_close:
+                self.on_close.pop()()
 
 
 async def open_stream(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> SSEStream:
@@ -142,6 +151,8 @@ async def open_stream(endpoint: EndpointInfo, path: str, payload: dict[str, Any]
     request = client.build_request("POST", endpoint.base_url + path, json=payload, headers=_headers(endpoint))
     try:
         response = await client.send(request, stream=True)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True) from None
     except httpx.TimeoutException as exc:
         raise BackendFailure(endpoint, f"timed out ({type(exc).__name__})") from None
     except httpx.HTTPError as exc:

@@ -166,50 +166,54 @@ def _rejected(exc: backends.BackendRejected) -> ApiError:
     return ApiError(400, "backend_rejected", f"The model server refused the request: {exc.message}")
 
 
+async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], Any]) -> tuple[Any, Any]:
+    """Admission, retries, circuit breaker and failover over the route's candidates (apps.gpu)."""
+    from apps.gpu.resilience import NoBackend, call_with_failover
+
+    def note(endpoint: router.EndpointInfo, error: str) -> None:
+        plan.attempts.append(Attempt(endpoint.name, error))
+        if error:
+            logger.warning("backend %s failed: %s", endpoint.name, error)
+
+    candidates = plan.route.candidates
+    try:
+        endpoint, result, lease = await call_with_failover(
+            candidates, call, priority=plan.priority, on_attempt=note,
+            keep_first=bool(candidates) and candidates[0].name == plan.route.requested)
+    except backends.BackendRejected as exc:
+        plan.attempts.append(Attempt(exc.endpoint.name, exc.message))
+        plan.endpoint = exc.endpoint
+        raise _rejected(exc) from None
+    except NoBackend as exc:
+        if exc.all_failed:
+            raise _all_failed(plan) from None
+        raise ApiError(exc.status_code, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+    plan.endpoint = endpoint
+    return result, lease
+
+
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
-    """Non-streaming completion: try each candidate in route order until one answers."""
+    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
     plan.backend_started = time.perf_counter()
-    for endpoint in plan.route.candidates:
-        try:
-            data = await backends.post_json(endpoint, "/chat/completions",
-                                            {**plan.payload, "model": endpoint.backend_model})
-        except backends.BackendFailure as exc:
-            plan.attempts.append(Attempt(endpoint.name, exc.reason))
-            logger.warning("backend %s failed: %s", endpoint.name, exc.reason)
-            continue
-        except backends.BackendRejected as exc:
-            plan.attempts.append(Attempt(endpoint.name, exc.message))
-            plan.endpoint = endpoint
-            raise _rejected(exc) from None
-        plan.attempts.append(Attempt(endpoint.name, ""))
-        plan.endpoint = endpoint
-        data["model"] = endpoint.name
-        usage = data.get("usage") or {}
-        plan.prompt_tokens = _int(usage.get("prompt_tokens"))
-        plan.completion_tokens = _int(usage.get("completion_tokens"))
-        return data
-    raise _all_failed(plan)
+    data, lease = await _call_backend(plan, lambda endpoint: backends.post_json(
+        endpoint, "/chat/completions", {**plan.payload, "model": endpoint.backend_model}))
+    lease.release()
+    assert plan.endpoint is not None
+    data["model"] = plan.endpoint.name
+    usage = data.get("usage") or {}
+    plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+    plan.completion_tokens = _int(usage.get("completion_tokens"))
+    return data
 
 
 async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
-    """Open the backend stream (failing over until one opens): errors here still get a status code."""
+    """Open the backend stream (failing over until one opens): errors here still get a status code.
+    The model's concurrency slot is held until the stream is closed."""
     plan.backend_started = time.perf_counter()
-    for endpoint in plan.route.candidates:
-        try:
-            stream = await backends.open_stream(endpoint, "/chat/completions",
-                                                {**plan.payload, "model": endpoint.backend_model})
-        except backends.BackendFailure as exc:
-            plan.attempts.append(Attempt(endpoint.name, exc.reason))
-            logger.warning("backend %s failed: %s", endpoint.name, exc.reason)
-            continue
-        except backends.BackendRejected as exc:
-            plan.attempts.append(Attempt(endpoint.name, exc.message))
-            plan.endpoint = endpoint
-            raise _rejected(exc) from None
-        plan.attempts.append(Attempt(endpoint.name, ""))
-        plan.endpoint = endpoint
-        return stream
-    raise _all_failed(plan)
+    stream, lease = await _call_backend(plan, lambda endpoint: backends.open_stream(
+        endpoint, "/chat/completions", {**plan.payload, "model": endpoint.backend_model}))
+    stream.on_close.append(lease.release)
+    return stream
 
 
 def _sse(data: Any) -> bytes:

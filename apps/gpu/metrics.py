@@ -1,0 +1,108 @@
+"""Prometheus metrics of the GPU app.
+
+GPU readings, pressure level, thermal state and circuit states live in the shared (Redis) state,
+so every process exports them identically through a collector that reads it at scrape time: no
+multiprocess mode is needed, and any web process's ``/metrics`` shows the monitor's data. Backend
+attempts are per-process counters (django-prometheus exports each process; scrape each one).
+Failures are also counted in Redis per minute, for the ModelMetric rows the monitor writes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+from apps.gpu import shared
+
+BACKEND_ATTEMPTS = Counter("medai_backend_attempts_total", "Backend calls by model and outcome",
+                           ["model", "outcome"])
+LEVELS = ("LOW", "NORMAL", "HIGH", "CRITICAL")
+THERMAL = ("NORMAL", "REDUCE", "PAUSE", "STOP")
+CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def failure_bucket(ts: float | None = None) -> int:
+    return int((ts or time.time()) // 60 * 60)
+
+
+def record_attempt(endpoint: Any, ok: bool) -> None:
+    BACKEND_ATTEMPTS.labels(endpoint.name, "ok" if ok else "failure").inc()
+    if not ok:
+        try:
+            k = shared.key(f"fails:{failure_bucket()}")
+            pipe = shared.client().pipeline(transaction=False)
+            pipe.hincrby(k, endpoint.name, 1)
+            pipe.expire(k, 3600)
+            pipe.execute()
+        except Exception:  # noqa: BLE001 - metrics never fail a request
+            pass
+
+
+class GpuCollector(Collector):
+    def describe(self) -> list[Any]:
+        return []  # no I/O when registering
+
+    def collect(self) -> Any:
+        try:
+            v = shared.view()
+        except Exception:  # noqa: BLE001
+            return
+        state = v.state
+        labels = ["gpu", "name", "simulated"]
+        fams = {
+            "memory_used": GaugeMetricFamily("medai_gpu_memory_used_bytes", "GPU memory used", labels=labels),
+            "memory_total": GaugeMetricFamily("medai_gpu_memory_total_bytes", "GPU memory total", labels=labels),
+            "temperature": GaugeMetricFamily("medai_gpu_temperature_celsius", "GPU temperature", labels=labels),
+            "power": GaugeMetricFamily("medai_gpu_power_watts", "GPU power draw", labels=labels),
+            "utilization": GaugeMetricFamily("medai_gpu_utilization_ratio", "GPU utilization (0-1)", labels=labels),
+        }
+        for g in state.get("gpus") or []:
+            lv = [str(g["index"]), g["name"], "true" if g.get("simulated") else "false"]
+            fams["memory_used"].add_metric(lv, g["memory_used_mb"] * 2**20)
+            fams["memory_total"].add_metric(lv, g["memory_total_mb"] * 2**20)
+            if g.get("temperature_c") is not None:
+                fams["temperature"].add_metric(lv, g["temperature_c"])
+            if g.get("power_w") is not None:
+                fams["power"].add_metric(lv, g["power_w"])
+            if g.get("utilization_percent") is not None:
+                fams["utilization"].add_metric(lv, g["utilization_percent"] / 100)
+        yield from fams.values()
+        decision = state.get("policy") or {}
+        level = GaugeMetricFamily("medai_gpu_pressure_level", "Pressure level (0 LOW .. 3 CRITICAL)")
+        level.add_metric([], LEVELS.index(decision["level"]) if decision.get("level") in LEVELS else 0)
+        yield level
+        thermal = GaugeMetricFamily("medai_gpu_thermal_state", "Thermal state (0 NORMAL .. 3 STOP)")
+        thermal.add_metric([], THERMAL.index(decision["thermal"]) if decision.get("thermal") in THERMAL else 0)
+        yield thermal
+        for name, key in (("medai_gpu_policy_concurrency", "concurrency"), ("medai_gpu_policy_batch_size", "batch_size")):
+            fam = GaugeMetricFamily(name, f"Per-model {key} the GPU policy allows now")
+            if key in decision:
+                fam.add_metric([], decision[key])
+            yield fam
+        names = state.get("endpoint_names") or {}
+        circ = GaugeMetricFamily("medai_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+                                 labels=["model"])
+        for endpoint_id, name in names.items():
+            st = v.circuits.get(int(endpoint_id), ("closed", 0, 0.0))[0]
+            circ.add_metric([name], CIRCUIT_VALUE.get(st, 0))
+        yield circ
+        health = GaugeMetricFamily("medai_backend_up", "Last health check answered (1) or not (0)", labels=["model"])
+        for endpoint_id, name in names.items():
+            entry = v.health.get(int(endpoint_id))
+            if entry is not None:
+                health.add_metric([name], 1 if entry["ok"] else 0)
+        yield health
+
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if not _registered:
+        REGISTRY.register(GpuCollector())
+        _registered = True

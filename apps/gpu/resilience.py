@@ -1,0 +1,151 @@
+"""One backend call with admission, retries, the circuit breaker and failover.
+
+    choose candidates (policy, health, circuits, latency)  →  take a concurrency slot (bounded wait)
+    →  call  →  on failure: count it on the circuit, fail over to the next candidate; when every
+    candidate has failed, retry the ones that failed retryably (connect errors, 502/503/504) up to
+    ``MEDAI_BACKEND_RETRIES`` times with exponential backoff and jitter.
+
+The call must be one that no token has reached the client from yet (a whole non-streamed
+completion, or the opening of a stream): after that nothing is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from django.conf import settings
+
+from apps.gpu import circuit, policy, shared, slots
+from apps.gpu.metrics import record_attempt
+
+T = TypeVar("T")
+RETRYABLE_STATUS = {502, 503, 504}
+
+
+class NoBackend(Exception):
+    """No candidate could serve. ``all_failed``: every one was tried and failed."""
+
+    def __init__(self, status_code: int, code: str, message: str, retry_after: int, all_failed: bool = False) -> None:
+        super().__init__(message)
+        self.status_code, self.code, self.message = status_code, code, message
+        self.retry_after, self.all_failed = retry_after, all_failed
+
+
+def is_retryable(exc: Any) -> bool:
+    return bool(getattr(exc, "connect_failed", False)) or getattr(exc, "status_code", None) in RETRYABLE_STATUS
+
+
+def backoff(retry: int) -> float:
+    """Exponential backoff with jitter: base × 2^(retry-1), ×0.5..1.5."""
+    base = settings.MEDAI_RETRY_BACKOFF_SECONDS * 2 ** (retry - 1)
+    return base * (0.5 + random.random())
+
+
+async def call_with_failover(
+    candidates: Sequence[Any],
+    call: Callable[[Any], Awaitable[T]],
+    *,
+    priority: int = 1,
+    keep_first: bool = False,
+    on_attempt: Callable[[Any, str], None] | None = None,
+) -> tuple[Any, T, slots.Lease]:
+    """Run ``call(endpoint)`` on the best candidate that can serve; returns (endpoint, result, lease).
+
+    The caller releases the lease when the work ends (at once for a completion, at the end of a
+    stream). ``BackendRejected`` (a 4xx) propagates untouched: another backend would refuse it too.
+    Raises NoBackend (503 none can serve / all failed, 503 GPU policy holds new work, 429 slots full).
+    """
+    from apps.inference.backends import BackendFailure, BackendRejected
+
+    started = time.monotonic()
+    deadline: float | None = None
+    retries = 0
+    tried: set[int] = set()
+    retry_ids: set[int] = set()
+    failures: list[str] = []
+    next_delay = slots.wait_loop_delays()
+    while True:
+        choice = policy.choose(candidates, priority, keep_first=keep_first)
+        if deadline is None:
+            deadline = started + choice.policy.wait_seconds
+        pool = [ep for ep in choice.candidates if ep.id not in tried]
+        if not choice.candidates:
+            why = "; ".join(f"{name}: {reason}" for name, reason in choice.skipped) or "no candidates"
+            if failures:
+                raise NoBackend(503, "backend_unavailable", "; ".join(failures), 5, all_failed=True)
+            raise NoBackend(503, "no_backend_available", f"No model server can take this request now ({why}).", 5)
+        if not pool:
+            if retries < settings.MEDAI_BACKEND_RETRIES and retry_ids & {ep.id for ep in choice.candidates}:
+                retries += 1
+                await asyncio.sleep(backoff(retries))
+                tried -= retry_ids
+                retry_ids = set()
+                continue
+            raise NoBackend(503, "backend_unavailable", "; ".join(failures), 5, all_failed=True)
+
+        limit = choice.policy.limit_for(priority)
+        endpoint, lease = None, None
+        for ep in pool:
+            lease = slots.try_acquire(ep.id, limit)
+            if lease is None:
+                continue
+            if circuit.allow(ep.id):  # a half-open circuit lets one trial through
+                endpoint = ep
+                break
+            lease.release()
+            lease = None
+        if endpoint is None or lease is None:
+            if time.monotonic() >= deadline:
+                wait = int(choice.policy.wait_seconds) or 1
+                if limit == 0:
+                    raise NoBackend(503, "gpu_overloaded", f"GPU policy holds new work (pressure "
+                                    f"{choice.policy.level}, thermal {choice.policy.thermal}); retry later.", wait)
+                raise NoBackend(429, "model_busy", f"Every allowed model is at its concurrency limit ({limit} at "
+                                f"pressure {choice.policy.level}); retry later.", max(1, wait // 2))
+            await asyncio.sleep(next_delay())
+            continue
+
+        t0 = time.perf_counter()
+        try:
+            result = await call(endpoint)
+        except BackendFailure as exc:
+            lease.release()
+            tried.add(endpoint.id)
+            if is_retryable(exc):
+                retry_ids.add(endpoint.id)
+            failures.append(f"{endpoint.name}: {exc.reason}")
+            if on_attempt:
+                on_attempt(endpoint, exc.reason)
+            _safely(circuit.record_failure, endpoint.id)
+            record_attempt(endpoint, ok=False)
+            if "timed out" in exc.reason and not getattr(exc, "connect_failed", False):
+                _safely(shared.mark_health, endpoint.id, False, exc.reason)  # a backend that times out is down
+            continue
+        except BackendRejected:
+            lease.release()
+            _safely(circuit.record_success, endpoint.id)  # it answered: it is alive
+            raise
+        except BaseException:
+            lease.release()
+            raise
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        shared.observe_latency(endpoint.id, elapsed_ms)
+        _safely(circuit.record_success, endpoint.id)
+        record_attempt(endpoint, ok=True)
+        if on_attempt:
+            on_attempt(endpoint, "")
+        return endpoint, result, lease
+
+
+def _safely(func: Callable[..., Any], *args: Any) -> None:
+    """Breaker bookkeeping must not turn a Redis hiccup into a failed request."""
+    try:
+        func(*args)
+    except Exception:  # noqa: BLE001
+        import logging
+
+        logging.getLogger("medai.gpu").warning("circuit/health bookkeeping failed", exc_info=True)

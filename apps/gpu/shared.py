@@ -1,0 +1,145 @@
+"""The GPU state every process shares, in Redis, and each process's short-lived view of it.
+
+Written by the monitor (GPU readings, the policy decision, health) and by request paths (circuit
+breaker transitions, a backend marked down). Read on every request from a per-process view that
+is refreshed at most every ``MEDAI_GPU_STATE_CACHE_SECONDS`` with one pipelined round trip, so a
+routing/admission decision is a few dict lookups.
+
+Keys (prefix ``{MEDAI_CACHE_PREFIX}:gpu:``):
+  state      JSON: readings, policy decision, latency EMAs, published by the monitor (TTL 30 s)
+  table      JSON: the admin-edited policy table (used when no monitor publishes a decision)
+  circuits   hash endpoint id -> "state,failures,opened_at"
+  health     hash endpoint id -> JSON {"ok", "ts", "detail"}
+  slots:<id> sorted set of leases (request token -> expiry), see slots.py
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from django.conf import settings
+
+_client: redis.Redis | None = None
+_client_lock = threading.Lock()
+
+
+def key(name: str) -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX') or 'medai'}:gpu:{name}"
+
+
+def client() -> redis.Redis:
+    """A process-wide Redis client on ``REDIS_URL`` (its connection pool is thread-safe)."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2,
+                                               health_check_interval=30)
+    return _client
+
+
+@dataclass
+class View:
+    state: dict[str, Any]
+    table: dict[str, Any] | None
+    circuits: dict[int, tuple[str, int, float]]
+    health: dict[int, dict[str, Any]]
+    loaded_at: float
+    ema_ms: dict[int, float] = field(default_factory=dict)
+
+
+_view: View | None = None
+_view_lock = threading.Lock()
+
+
+def _decode_circuit(raw: bytes) -> tuple[str, int, float]:
+    state, failures, opened_at = raw.decode().split(",")
+    return state, int(failures), float(opened_at)
+
+
+def load_view() -> View:
+    pipe = client().pipeline(transaction=False)
+    pipe.get(key("state"))
+    pipe.get(key("table"))
+    pipe.hgetall(key("circuits"))
+    pipe.hgetall(key("health"))
+    state_raw, table_raw, circuits_raw, health_raw = pipe.execute()
+    state = json.loads(state_raw) if state_raw else {}
+    return View(
+        state=state,
+        table=json.loads(table_raw) if table_raw else None,
+        circuits={int(k): _decode_circuit(v) for k, v in circuits_raw.items()},
+        health={int(k): json.loads(v) for k, v in health_raw.items()},
+        loaded_at=time.monotonic(),
+        ema_ms={int(k): float(v) for k, v in (state.get("ema_ms") or {}).items()},
+    )
+
+
+def view() -> View:
+    """This process's view of the shared state, at most ``MEDAI_GPU_STATE_CACHE_SECONDS`` old.
+
+    When Redis cannot be read the last view is kept (or an empty one): GPU policy must not turn a
+    Redis hiccup into failed requests.
+    """
+    global _view
+    v = _view
+    if v is None or time.monotonic() - v.loaded_at > settings.MEDAI_GPU_STATE_CACHE_SECONDS:
+        with _view_lock:
+            v = _view
+            if v is None or time.monotonic() - v.loaded_at > settings.MEDAI_GPU_STATE_CACHE_SECONDS:
+                try:
+                    fresh = load_view()
+                except redis.RedisError:
+                    fresh = v or View({}, None, {}, {}, 0.0)
+                    fresh.loaded_at = time.monotonic()
+                fresh.ema_ms = {**fresh.ema_ms, **_local_ema}
+                _view = v = fresh
+    return v
+
+
+def invalidate() -> None:
+    global _view
+    _view = None
+
+
+# Latency EMA measured by this process (fresher than the monitor's, which comes from the records).
+_local_ema: dict[int, float] = {}
+
+
+def observe_latency(endpoint_id: int, ms: float, alpha: float = 0.2) -> None:
+    previous = _local_ema.get(endpoint_id)
+    value = ms if previous is None else previous + alpha * (ms - previous)
+    _local_ema[endpoint_id] = value
+    if _view is not None:
+        _view.ema_ms[endpoint_id] = value
+
+
+def publish(name: str, data: Any, ttl: int | None = None) -> None:
+    client().set(key(name), json.dumps(data, separators=(",", ":")), ex=ttl)
+
+
+def mark_health(endpoint_id: int, ok: bool, detail: str = "") -> None:
+    entry = {"ok": ok, "ts": time.time(), "detail": detail[:200]}
+    client().hset(key("health"), str(endpoint_id), json.dumps(entry))
+    if _view is not None:
+        _view.health[endpoint_id] = entry
+
+
+def reset_local() -> None:
+    """Forget this process's view (tests, after flushing the shared keys)."""
+    invalidate()
+    _local_ema.clear()
+
+
+def flush_shared() -> None:
+    """Delete every shared GPU key (tests and the demo's reset)."""
+    c = client()
+    keys = list(c.scan_iter(match=key("*"), count=500))
+    if keys:
+        c.delete(*keys)
+    reset_local()
