@@ -2,8 +2,10 @@
 
 from django.urls import path
 
+from apps.gpu.consumers import GpuConsumer
 from apps.inference.consumers import StatusConsumer
 
 websocket_urlpatterns = [
     path("ws/status/", StatusConsumer.as_asgi()),
+    path("ws/gpu/", GpuConsumer.as_asgi()),
 ]

@@ -11,6 +11,7 @@ from medai import health
 v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.inference.api.urls")),
+    path("", include("apps.gpu.api.urls")),
 ]
 
 urlpatterns = [

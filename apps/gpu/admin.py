@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from apps.gpu import circuit, services
+from apps.gpu.models import (
+    GpuSample,
+    ModelMetric,
+    ModelServer,
+    PolicySettings,
+    PressureLevel,
+    SimulatedGpu,
+    ThermalRule,
+)
+
+
+@admin.register(PressureLevel)
+class PressureLevelAdmin(admin.ModelAdmin):
+    list_display = ["level", "memory_from_percent", "models_allowed", "top_n", "batch_size", "concurrency"]
+    list_editable = ["memory_from_percent", "models_allowed", "top_n", "batch_size", "concurrency"]
+    ordering = ["memory_from_percent"]
+
+
+@admin.register(ThermalRule)
+class ThermalRuleAdmin(admin.ModelAdmin):
+    list_display = ["state", "from_celsius", "load_factor", "admits_new_work", "admits_critical"]
+    list_editable = ["from_celsius", "load_factor", "admits_new_work", "admits_critical"]
+
+
+@admin.register(PolicySettings)
+class PolicySettingsAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "recovery_margin_percent", "recovery_margin_celsius", "recovery_hold_seconds",
+                    "admission_wait_seconds"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return not PolicySettings.objects.exists()
+
+
+@admin.register(SimulatedGpu)
+class SimulatedGpuAdmin(admin.ModelAdmin):
+    """Steer the simulated provider: set a memory % or a temperature to put the system under pressure."""
+
+    list_display = ["index", "name", "memory_total_mb", "memory_used_override_percent", "temperature_override_c"]
+    list_editable = ["memory_used_override_percent", "temperature_override_c"]
+    actions = ["clear_overrides"]
+
+    @admin.action(description="Clear overrides (follow the simulated load again)")
+    def clear_overrides(self, request, queryset):  # type: ignore[no-untyped-def]
+        queryset.update(memory_used_override_percent=None, temperature_override_c=None)
+
+
+@admin.register(ModelServer)
+class ModelServerAdmin(admin.ModelAdmin):
+    list_display = ["name", "endpoint", "port", "gpu_index", "vram_mb", "autostart", "desired_state", "state", "pid",
+                    "restarts", "last_error"]
+    list_filter = ["state", "gpu_index", "autostart"]
+    readonly_fields = ["state", "pid", "restarts", "last_exit_code", "last_started_at", "last_error", "log_tail",
+                       "updated_at"]
+    actions = ["start", "stop", "restart"]
+
+    @admin.action(description="Start (the monitor starts it within a second)")
+    def start(self, request, queryset):  # type: ignore[no-untyped-def]
+        for server in queryset:
+            services.start_server(server)
+        self.message_user(request, f"Asked the monitor to start {queryset.count()} server(s).", messages.SUCCESS)
+
+    @admin.action(description="Stop")
+    def stop(self, request, queryset):  # type: ignore[no-untyped-def]
+        for server in queryset:
+            services.stop_server(server)
+        self.message_user(request, f"Asked the monitor to stop {queryset.count()} server(s).", messages.SUCCESS)
+
+    @admin.action(description="Restart")
+    def restart(self, request, queryset):  # type: ignore[no-untyped-def]
+        for server in queryset:
+            services.restart_server(server)
+        self.message_user(request, f"Asked the monitor to restart {queryset.count()} server(s).", messages.SUCCESS)
+
+
+@admin.register(ModelMetric)
+class ModelMetricAdmin(admin.ModelAdmin):
+    list_display = ["bucket_start", "model_name", "requests", "failures", "failure_rate_percent", "latency_ema_ms",
+                    "latency_p50_ms", "latency_p95_ms", "tokens_per_second", "circuit"]
+    list_filter = ["model_name"]
+    date_hierarchy = "bucket_start"
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    @admin.display(description="failure %")
+    def failure_rate_percent(self, obj: ModelMetric) -> str:
+        return f"{100 * obj.failure_rate:.1f}"
+
+    @admin.display(description="circuit now")
+    def circuit(self, obj: ModelMetric) -> str:
+        if obj.endpoint_id is None:
+            return "-"
+        try:
+            return circuit.state_of(obj.endpoint_id)[0]
+        except Exception:  # noqa: BLE001
+            return "?"
+
+
+@admin.register(GpuSample)
+class GpuSampleAdmin(admin.ModelAdmin):
+    list_display = ["taken_at", "gpu_index", "name", "simulated", "memory_used_mb", "memory_total_mb", "temperature_c",
+                    "power_w", "utilization_percent", "level", "thermal"]
+    list_filter = ["gpu_index", "simulated", "level", "thermal"]
+    date_hierarchy = "taken_at"
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
