@@ -31,7 +31,9 @@ if raw then
   end
 end
 failures = failures + 1
-if state == 'half_open' or (state == 'closed' and failures >= tonumber(ARGV[2])) then
+-- a failed trial (half-open, or open past its period) re-opens it for another period
+local expired = state == 'open' and tonumber(ARGV[3]) - opened >= tonumber(ARGV[4])
+if state == 'half_open' or expired or (state == 'closed' and failures >= tonumber(ARGV[2])) then
   state = 'open'
   opened = tonumber(ARGV[3])
 end
@@ -100,7 +102,7 @@ def allow(endpoint_id: int) -> bool:
 def record_failure(endpoint_id: int) -> str:
     """Count a failure; returns the circuit's state after it."""
     value = _script("failure", _FAILURE)(keys=[shared.key("circuits")], args=[
-        str(endpoint_id), settings.MEDAI_CIRCUIT_FAILURES, f"{time.time():.3f}"])
+        str(endpoint_id), settings.MEDAI_CIRCUIT_FAILURES, f"{time.time():.3f}", settings.MEDAI_CIRCUIT_RESET_SECONDS])
     _set_local(endpoint_id, value)
     state = value.decode().split(",")[0]
     if state == OPEN:
