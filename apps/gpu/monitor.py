@@ -48,6 +48,8 @@ class Monitor:
     # --- out of memory ----------------------------------------------------------------------
 
     def begin_oom(self, server: ModelServer) -> None:
+        if self.oom is not None and self.oom["phase"] == "draining":
+            return  # already handling one; a crash loop must not restart the drain
         logger.error("model server %s ran out of GPU memory: pausing new work and draining", server.name)
         self.oom = {"phase": "draining", "since": time.monotonic(), "server": server.name}
         self.sample()  # publish the pause now, not at the next sample

@@ -101,13 +101,13 @@ class Tracker:
     below_since: float | None = None
 
     def update(self, rows: Sequence[dict[str, Any]], value: float | None, margin: float, hold: float,
-               now: float, floor: int = 0) -> int:
-        raw = max(_raw_index(rows, value) if value is not None else 0, floor)
+               now: float) -> int:
+        raw = _raw_index(rows, value) if value is not None else 0
         if raw >= self.index:
             self.index, self.below_since = raw, None
             return self.index
         # Below the current level: step down one level only after holding clear of its threshold.
-        clear = value is None or value < rows[self.index]["from"] - margin or self.index <= floor
+        clear = value is None or value < rows[self.index]["from"] - margin
         if not clear:
             self.below_since = None
         elif self.below_since is None:
@@ -150,8 +150,9 @@ def evaluate(table: dict[str, Any], readings: Sequence[Any], models: Iterable[Mo
     for r in readings:
         mt = trackers.memory.setdefault(r.index, Tracker())
         tt = trackers.thermal.setdefault(r.index, Tracker())
-        li = mt.update(levels, r.memory_percent if r.memory_total_mb else None, table["margin_percent"],
-                       table["hold_seconds"], now, floor)
+        # The floor applies on top of the readings' own level, so lifting it takes effect at once.
+        li = max(mt.update(levels, r.memory_percent if r.memory_total_mb else None, table["margin_percent"],
+                           table["hold_seconds"], now), floor)
         ti = tt.update(thermal, r.temperature_c, table["margin_celsius"], table["hold_seconds"], now)
         worst_level, worst_thermal = max(worst_level, li), max(worst_thermal, ti)
         per_gpu.append({"index": r.index, "level": levels[li]["level"], "thermal": thermal[ti]["state"]})
