@@ -10,7 +10,7 @@ Keys (prefix ``{MEDAI_CACHE_PREFIX}:gpu:``):
   table      JSON: the admin-edited policy table (used when no monitor publishes a decision)
   circuits   hash endpoint id -> "state,failures,opened_at"
   health     hash endpoint id -> JSON {"ok", "ts", "detail"}
-  slots:<id> sorted set of leases (request token -> expiry), see slots.py
+  inflight   hash process id -> JSON {"ts", "counts": {endpoint id: requests in flight}}, see slots.py
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class View:
     health: dict[int, dict[str, Any]]
     loaded_at: float
     ema_ms: dict[int, float] = field(default_factory=dict)
+    in_flight_raw: dict[bytes, bytes] = field(default_factory=dict)  # per process, see slots.py
 
 
 _view: View | None = None
@@ -68,7 +69,8 @@ def load_view() -> View:
     pipe.get(key("table"))
     pipe.hgetall(key("circuits"))
     pipe.hgetall(key("health"))
-    state_raw, table_raw, circuits_raw, health_raw = pipe.execute()
+    pipe.hgetall(key("inflight"))
+    state_raw, table_raw, circuits_raw, health_raw, in_flight_raw = pipe.execute()
     state = json.loads(state_raw) if state_raw else {}
     return View(
         state=state,
@@ -77,6 +79,7 @@ def load_view() -> View:
         health={int(k): json.loads(v) for k, v in health_raw.items()},
         loaded_at=time.monotonic(),
         ema_ms={int(k): float(v) for k, v in (state.get("ema_ms") or {}).items()},
+        in_flight_raw=in_flight_raw,
     )
 
 
@@ -143,3 +146,6 @@ def flush_shared() -> None:
     if keys:
         c.delete(*keys)
     reset_local()
+    from apps.gpu import slots
+
+    slots.reset_local()

@@ -148,6 +148,7 @@ def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call,
     assert second.status_code == 429 and second.json()["error"]["code"] == "model_busy"
     assert second.headers["Retry-After"]
     assert first[0].status_code == 200
+    slots.flush_releases()
     assert slots.in_flight(ep.pk) == 0  # released
 
 
