@@ -49,18 +49,20 @@ INSTALLED_APPS = [
     "apps.inference",
 ]
 
+# The stock middleware (django_prometheus, Django's own, WhiteNoise) in async-native subclasses:
+# the stock classes cost an async view a thread hop per hook (see medai/middleware.py).
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "medai.middleware.PrometheusBeforeMiddleware",
+    "medai.middleware.SecurityMiddleware",
+    "medai.middleware.WhiteNoiseMiddleware",
     "apps.audit.middleware.CorrelationIdMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "medai.middleware.SessionMiddleware",
+    "medai.middleware.CommonMiddleware",
+    "medai.middleware.CsrfViewMiddleware",
+    "medai.middleware.AuthenticationMiddleware",
+    "medai.middleware.MessageMiddleware",
+    "medai.middleware.XFrameOptionsMiddleware",
+    "medai.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "medai.urls"

@@ -1,0 +1,151 @@
+"""Async-native variants of the stock middleware, so an async view costs no thread hops.
+
+Under ASGI, Django runs a ``MiddlewareMixin`` middleware's ``process_request``, ``process_view``
+and ``process_response`` each through ``sync_to_async(thread_sensitive=True)``: a hop to a thread
+that Django starts for every request. With the stock stack that is about 15 hops per request, and
+one sync-only middleware (WhiteNoise) turns the whole stack above it synchronous, so every request
+also crossed into a thread and back through ``async_to_sync``. Together that was most of what
+medai added to a chat completion (see ``bench/README.md``).
+
+The hooks of the middleware below only touch the request, the response and settings: no database,
+no files, no network. Run inline on the event loop they do exactly what they did in the thread.
+Where a hook can do I/O (a session that must be saved, messages that spill into the session,
+a static file to open) it still goes to a thread, and only then. Sync mode (WSGI, Django's test
+client) is untouched: these classes only change ``__acall__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
+from django.contrib.messages.middleware import MessageMiddleware as _Message
+from django.contrib.sessions.middleware import SessionMiddleware as _Session
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrameOptions
+from django.middleware.common import CommonMiddleware as _Common
+from django.middleware.csrf import CsrfViewMiddleware as _CsrfView
+from django.middleware.security import SecurityMiddleware as _Security
+from django_prometheus.middleware import PrometheusAfterMiddleware as _PrometheusAfter
+from django_prometheus.middleware import PrometheusBeforeMiddleware as _PrometheusBefore
+from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoise
+
+
+class InlineHooksMixin:
+    """Run ``process_request``/``process_view``/``process_response`` inline in async mode.
+
+    Only for middleware whose hooks never block; ``needs_thread`` names the exceptions, and a
+    middleware whose configuration makes its hooks do I/O says so in ``inline_safe``.
+    """
+
+    async_mode: bool
+    get_response: Any
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)  # type: ignore[call-arg]
+        if self.async_mode and self.inline_safe() and hasattr(self, "process_view"):
+            # Django adapts a sync process_view with a thread hop; a coroutine it awaits directly.
+            sync_view = self.process_view
+
+            async def process_view(*args: Any) -> Any:
+                return sync_view(*args)
+
+            self.process_view = process_view
+
+    def inline_safe(self) -> bool:
+        return True
+
+    def needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        """True when ``process_response`` may do I/O for this request."""
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if not self.inline_safe():
+            return await super().__acall__(request)  # type: ignore[misc]
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            if self.needs_thread(request, response):
+                response = await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            else:
+                response = self.process_response(request, response)
+        return response
+
+
+class PrometheusBeforeMiddleware(InlineHooksMixin, _PrometheusBefore):
+    pass
+
+
+class PrometheusAfterMiddleware(InlineHooksMixin, _PrometheusAfter):
+    pass
+
+
+class SecurityMiddleware(InlineHooksMixin, _Security):
+    pass
+
+
+class CommonMiddleware(InlineHooksMixin, _Common):
+    pass
+
+
+class CsrfViewMiddleware(InlineHooksMixin, _CsrfView):
+    """The token lives in a cookie; with ``CSRF_USE_SESSIONS`` it would need the session (I/O)."""
+
+    def inline_safe(self) -> bool:
+        return not settings.CSRF_USE_SESSIONS
+
+
+class SessionMiddleware(InlineHooksMixin, _Session):
+    """Creating the lazy session store is free; saving it is a database write."""
+
+    def needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class AuthenticationMiddleware(InlineHooksMixin, _Authentication):
+    """Only attaches the lazy ``request.user``/``request.auser``; loading the user is the view's."""
+
+
+class MessageMiddleware(InlineHooksMixin, _Message):
+    """Storing messages may write the session (the fallback storage): only then a thread."""
+
+    def needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class XFrameOptionsMiddleware(InlineHooksMixin, _XFrameOptions):
+    pass
+
+
+class WhiteNoiseMiddleware(_WhiteNoise):
+    """WhiteNoise, async-capable: a sync-only middleware makes every request pay two thread
+    crossings. Looking a URL up in the table of static files is a dict lookup; opening a file,
+    or finding one on disk (``autorefresh``, i.e. DEBUG), runs in a thread."""
+
+    async_capable = True
+
+    def __init__(self, get_response: Any = None, settings: Any = settings) -> None:
+        super().__init__(get_response, settings)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)
