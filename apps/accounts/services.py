@@ -17,7 +17,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
-from apps.accounts.models import ApiKey, Location, RevokedAccessToken, User
+from apps.accounts.models import ApiKey, Location, RevokedAccessToken, User, hash_secret
 from apps.audit.models import AuditEvent
 from apps.audit.services import record_event
 
@@ -233,14 +233,29 @@ def _authenticate_jwt(token: str) -> tuple[User, Principal]:
     return user, principal
 
 
+def _usable_api_key(secret: str) -> ApiKey | None:
+    """The usable key for a secret. A key found is kept in the per-process cache like users are:
+    revoking or rotating it here drops the cache at once; other processes see it within
+    ``MEDAI_AUTH_CACHE_SECONDS``. Expiry is checked on every use."""
+    cache_key = ("api_key", hash_secret(secret))
+    key = _user_cache.get(cache_key)
+    if key is None:
+        key = ApiKey.objects.for_secret(secret)
+        if key is not None:
+            _user_cache.set(cache_key, key)
+        return key
+    return key if key.is_usable else None
+
+
 def _authenticate_api_key(secret: str) -> tuple[User, Principal]:
-    key = ApiKey.objects.for_secret(secret)
+    key = _usable_api_key(secret)
     if key is None:
         raise AuthError("API key is invalid, expired or revoked.", "invalid_api_key")
     now = timezone.now()
     # Write last-use at most once a minute: a write per request would serialize the hot path.
     if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now  # the cached copy too, or every request would write
     user = key.user
     allowed = set(user.default_scopes)
     scopes = frozenset(s for s in (key.scopes or user.default_scopes) if s in allowed)
@@ -294,6 +309,7 @@ def revoke_api_key(key: ApiKey, *, actor: Any = None) -> None:
             key.save(update_fields=["revoked_at"])
         record_event("apikey.revoke", actor=actor, location=key.location.code, obj=key,
                      details={"prefix": key.prefix})
+    _user_cache.clear()  # the key may be cached
 
 
 def rotate_api_key(key: ApiKey, *, actor: Any = None) -> tuple[ApiKey, str]:
@@ -307,4 +323,5 @@ def rotate_api_key(key: ApiKey, *, actor: Any = None) -> tuple[ApiKey, str]:
         key.save(update_fields=["replaced_by", "revoked_at"])
         record_event("apikey.rotate", actor=actor, location=key.location.code, obj=key,
                      details={"old_prefix": key.prefix, "new_prefix": new_key.prefix})
+    _user_cache.clear()  # the old key may be cached
     return new_key, secret
