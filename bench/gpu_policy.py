@@ -57,6 +57,16 @@ def register(n: int, base_url: str) -> list[object]:
     return eps
 
 
+def register_one(i: int, base_url: str) -> None:
+    from apps.inference import router
+    from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
+
+    route, _ = AgentRoute.objects.get_or_create(agent_type="Clinical")
+    ep = ModelEndpoint.objects.create(name=f"bench-{i}", base_url=base_url, rank=1 + i, vram_mb=1000 * (i + 1))
+    AgentRouteEntry.objects.create(route=route, endpoint=ep, position=i)
+    router.invalidate()
+
+
 def timed(fn, n: int, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
     """Median over ``repeats`` of the mean µs per call over ``n`` calls."""
     results = []
@@ -132,9 +142,10 @@ def bench_monitor(seconds: float, endpoints: int) -> None:
     from tests.support.servers import start_stub
 
     shared.flush_shared()
-    proc, url = start_stub()
+    stubs = [start_stub() for _ in range(endpoints)]  # one server each: health checks are per server
     try:
-        register(endpoints, url)
+        for i, (_, url) in enumerate(stubs):
+            register_one(i, url)
         stop = threading.Event()
         monitor = Monitor(SimulatedProvider())
         thread = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
@@ -146,7 +157,8 @@ def bench_monitor(seconds: float, endpoints: int) -> None:
         thread.join(30)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     finally:
-        proc.stop()
+        for proc, _ in stubs:
+            proc.stop()
     print(f"monitor: {wall:.1f} s wall, {cpu:.3f} s CPU = {100 * cpu / wall:.2f}% of one core "
           f"(simulated GPU sampled every 2 s, {endpoints} backends health-checked every 10 s, "
           "supervision pass every 0.5 s, metrics every 10 s)")

@@ -61,19 +61,19 @@ class ModelServerAdmin(admin.ModelAdmin):
     @admin.action(description="Start (the monitor starts it within a second)")
     def start(self, request, queryset):  # type: ignore[no-untyped-def]
         for server in queryset:
-            services.start_server(server)
+            services.start_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to start {queryset.count()} server(s).", messages.SUCCESS)
 
     @admin.action(description="Stop")
     def stop(self, request, queryset):  # type: ignore[no-untyped-def]
         for server in queryset:
-            services.stop_server(server)
+            services.stop_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to stop {queryset.count()} server(s).", messages.SUCCESS)
 
     @admin.action(description="Restart")
     def restart(self, request, queryset):  # type: ignore[no-untyped-def]
         for server in queryset:
-            services.restart_server(server)
+            services.restart_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to restart {queryset.count()} server(s).", messages.SUCCESS)
 
 

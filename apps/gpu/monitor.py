@@ -44,6 +44,7 @@ class Monitor:
         self.last: dict[str, float] = {}
         self.decision: dict[str, Any] = {}
         self.readings: list[Any] = []
+        self.circuits: dict[int, str] = {}
 
     # --- out of memory ----------------------------------------------------------------------
 
@@ -52,6 +53,7 @@ class Monitor:
             return  # already handling one; a crash loop must not restart the drain
         logger.error("model server %s ran out of GPU memory: pausing new work and draining", server.name)
         self.oom = {"phase": "draining", "since": time.monotonic(), "server": server.name}
+        services.audit("gpu.oom", failure=True, obj=server, server=server.name, response="pause new work and drain")
         self.sample()  # publish the pause now, not at the next sample
 
     def _advance_oom(self) -> None:
@@ -91,9 +93,24 @@ class Monitor:
             logger.info("GPU policy: pressure %s, thermal %s, batch %s, concurrency %s, models %s",
                         decision["level"], decision["thermal"], decision["batch_size"], decision["concurrency"],
                         "all" if decision["allowed"] is None else decision["allowed"])
+            if self.decision:
+                services.audit("gpu.policy.changed", level=decision["level"], thermal=decision["thermal"],
+                               previous_level=self.decision.get("level"), batch_size=decision["batch_size"],
+                               concurrency=decision["concurrency"], simulated=self.provider.simulated)
+        self._audit_circuits(state.get("endpoint_names") or {})
         self.decision = decision
         _push_ws(state)
         return state
+
+    def _audit_circuits(self, names: dict[str, str]) -> None:
+        """Circuit transitions happen on request paths (no DB there); the monitor audits them."""
+        current = {pk: s[0] for pk, s in shared.view().circuits.items()}
+        for pk in set(current) | set(self.circuits):
+            before, after = self.circuits.get(pk, "closed"), current.get(pk, "closed")
+            if before != after:
+                services.audit("gpu.circuit." + after, failure=after == "open", model=names.get(str(pk), str(pk)),
+                               previous=before)
+        self.circuits = current
 
     def due(self, name: str, every: float, now: float) -> bool:
         if now - self.last.get(name, -1e9) >= every:

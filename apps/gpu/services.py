@@ -246,20 +246,39 @@ def prune_history() -> int:
     return deleted + deleted_metrics
 
 
+# --- audit -----------------------------------------------------------------------------------
+
+
+def audit(action: str, *, failure: bool = False, actor: Any = None, obj: Any = None, **details: Any) -> None:
+    """An audit event for GPU orchestration (crashes, restarts, out-of-memory, policy and circuit
+    changes, admin actions). Never raises: the monitor must outlive an audit hiccup."""
+    from apps.audit.models import AuditEvent
+    from apps.audit.services import record_event
+
+    try:
+        record_event(action, actor=actor, obj=obj, details=details,
+                     outcome=AuditEvent.Outcome.FAILURE if failure else AuditEvent.Outcome.SUCCESS)
+    except Exception:  # noqa: BLE001
+        logger.warning("could not write the audit event %s", action, exc_info=True)
+
+
 # --- model servers -------------------------------------------------------------------------
 
 
-def start_server(server: ModelServer) -> None:
+def start_server(server: ModelServer, actor: Any = None) -> None:
     """Ask the monitor to run this server (it starts within a second)."""
     ModelServer.objects.filter(pk=server.pk).update(desired_state=ModelServer.Desired.RUNNING)
+    audit("gpu.server.start_requested", actor=actor, obj=server, server=server.name)
 
 
-def stop_server(server: ModelServer) -> None:
+def stop_server(server: ModelServer, actor: Any = None) -> None:
     ModelServer.objects.filter(pk=server.pk).update(desired_state=ModelServer.Desired.STOPPED)
+    audit("gpu.server.stop_requested", actor=actor, obj=server, server=server.name)
 
 
-def restart_server(server: ModelServer) -> None:
+def restart_server(server: ModelServer, actor: Any = None) -> None:
     ModelServer.objects.filter(pk=server.pk).update(desired_state=ModelServer.Desired.RUNNING, restart_requested=True)
+    audit("gpu.server.restart_requested", actor=actor, obj=server, server=server.name)
 
 
 @transaction.atomic

@@ -141,6 +141,7 @@ class Supervisor:
         child.start_reader()
         self.children[server.pk] = child
         logger.info("started model server %s (pid %s): %s", server.name, proc.pid, " ".join(argv))
+        _audit("gpu.server.started", obj=server, server=server.name, pid=proc.pid, port=server.port)
         self._save(server, state=ModelServer.State.STARTING, pid=proc.pid, last_started_at=timezone.now(),
                    last_error="")
 
@@ -180,6 +181,8 @@ class Supervisor:
         b.crashes += 1
         b.until = now + delay
         logger.warning("model server %s %s; restarting in %.0f s", server.name, why, delay)
+        _audit("gpu.server.crashed", failure=True, obj=server, server=server.name, why=why, exit_code=code,
+               restarts=server.restarts + 1, restart_in_s=delay)
         self._save(server, state=ModelServer.State.BACKOFF, pid=None, restarts=server.restarts + 1,
                    last_exit_code=code, last_error=f"{why}; restart in {delay:.0f} s"[:500], log_tail=tail)
         if OOM_PATTERN.search(tail) and self.on_oom is not None:
@@ -208,6 +211,7 @@ class Supervisor:
         """Stop one server now and keep it stopped (the out-of-memory handler uses this)."""
         self._stop(server.pk)
         self._save(server, desired_state=ModelServer.Desired.STOPPED, state=ModelServer.State.STOPPED, pid=None)
+        _audit("gpu.server.stopped", obj=server, server=server.name, reason="out of GPU memory: largest server")
 
     def stop_all(self) -> None:
         for server_id in list(self.children):
@@ -219,6 +223,12 @@ class Supervisor:
         for name, value in changes.items():
             setattr(server, name, value)
         ModelServer.objects.filter(pk=server.pk).update(**changes, updated_at=timezone.now())
+
+
+def _audit(action: str, **kwargs: object) -> None:
+    from apps.gpu.services import audit
+
+    audit(action, **kwargs)  # type: ignore[arg-type]
 
 
 def _is_ours(pid: int, port: int) -> bool:

@@ -152,19 +152,21 @@ def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call,
     assert slots.in_flight(ep.pk) == 0  # released
 
 
-def test_a_stream_holds_its_slot_until_it_ends(live_medai, alice, token_for, stub_backend, fresh_view):  # type: ignore[no-untyped-def]
-    ep = register_model("streamer", stub_backend)
-    seen_in_flight = []
-    with httpx.stream("POST", f"{live_medai}/v1/chat/completions", timeout=30,
-                      json={"model": "streamer", "messages": MSG, "stream": True},
-                      headers={"Authorization": f"Bearer {token_for(alice)}"}) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                seen_in_flight.append(slots.in_flight(ep.pk))
-    assert seen_in_flight and seen_in_flight[0] == 1
-    deadline = time.monotonic() + 5
-    while slots.in_flight(ep.pk) and time.monotonic() < deadline:
-        time.sleep(0.01)
+async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_view):  # type: ignore[no-untyped-def]
+    from asgiref.sync import sync_to_async
+
+    from apps.inference import router, services
+
+    ep = await sync_to_async(register_model)("streamer", stub_backend)
+    route = await sync_to_async(router.resolve)("streamer", None)
+    plan = services.ChatPlan(principal=None, route=route, payload={"messages": MSG, "stream": True}, stream=True,
+                             include_usage=False, priority=1, requested_model="streamer", correlation_id="t")
+    stream = await services.open_chat_stream(plan)
+    assert slots.in_flight(ep.pk) == 1
+    events = [e async for e in stream.events()]
+    assert events[-1] is None  # [DONE] read: still held until closed
+    assert slots.in_flight(ep.pk) == 1
+    await stream.aclose()
     assert slots.in_flight(ep.pk) == 0
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from apps.audit.models import AuditEvent
 from apps.gpu import policy, services
 from apps.gpu.models import ModelServer
 from apps.gpu.monitor import Monitor
@@ -62,6 +63,9 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
     finally:
         supervisor.stop_all()
     assert ModelServer.objects.get(pk=server.pk).state == ModelServer.State.STOPPED
+    crash = AuditEvent.objects.get(action="gpu.server.crashed")
+    assert crash.outcome == "failure" and crash.details["restarts"] == 1
+    assert AuditEvent.objects.filter(action="gpu.server.started").count() == 2
 
 
 def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[no-untyped-def]
@@ -110,5 +114,7 @@ def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_
         resumed = policy.current_policy()
         assert resumed.admit_new and resumed.level == "HIGH" and resumed.batch_size == 4  # smaller batches
         assert state["oom"]["phase"] == "recovering"
+        assert AuditEvent.objects.filter(action="gpu.oom", outcome="failure").exists()
+        assert AuditEvent.objects.get(action="gpu.server.stopped").details["server"] == "big"
     finally:
         monitor.supervisor.stop_all()
