@@ -93,7 +93,9 @@ class CommonMiddleware(InlineHooksMixin, _Common):
 
 
 class CsrfViewMiddleware(InlineHooksMixin, _CsrfView):
-    """The token lives in a cookie; with ``CSRF_USE_SESSIONS`` it would need the session (I/O)."""
+    """The token lives in a cookie; with ``CSRF_USE_SESSIONS`` it would need the session (I/O).
+    ``process_view`` may parse a form body (``request.POST``): under ASGI the body is already
+    read, in memory up to ``FILE_UPLOAD_MAX_MEMORY_SIZE``, and medai takes no file uploads."""
 
     def inline_safe(self) -> bool:
         return not settings.CSRF_USE_SESSIONS
