@@ -10,6 +10,7 @@ pressure level held at least at HIGH (smaller batches, less concurrency) for 5 m
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -45,6 +46,9 @@ class Monitor:
         self.decision: dict[str, Any] = {}
         self.readings: list[Any] = []
         self.circuits: dict[int, str] = {}
+        self.ema_ms: dict[str, float] | None = None  # refreshed with the metrics, every 10 s
+        self.pushed: tuple[Any, ...] | None = None
+        self.pushed_at = 0.0
 
     # --- out of memory ----------------------------------------------------------------------
 
@@ -88,7 +92,7 @@ class Monitor:
         if self.oom is not None and self.oom["phase"] == "draining":
             decision.update(admit_new=False, admit_critical=False, concurrency=0, batch_size=1)
         extra = {"oom": {k: v for k, v in self.oom.items() if k in ("phase", "server", "stopped")} if self.oom else None}
-        state = services.publish_state(self.provider, readings, decision, extra)
+        state = services.publish_state(self.provider, readings, decision, extra, self.ema_ms)
         if self.decision.get("level") != decision["level"] or self.decision.get("thermal") != decision["thermal"]:
             logger.info("GPU policy: pressure %s, thermal %s, batch %s, concurrency %s, models %s",
                         decision["level"], decision["thermal"], decision["batch_size"], decision["concurrency"],
@@ -99,7 +103,12 @@ class Monitor:
                                concurrency=decision["concurrency"], simulated=self.provider.simulated)
         self._audit_circuits(state.get("endpoint_names") or {})
         self.decision = decision
-        _push_ws(state)
+        # Websocket pushes cost a channel-layer connection each: send changes, and a heartbeat.
+        summary = (json.dumps(decision, sort_keys=True),
+                   tuple((g["index"], round(g["memory_percent"]), round(g.get("temperature_c") or 0)) for g in state["gpus"]))
+        if summary != self.pushed or time.monotonic() - self.pushed_at > 10:
+            _push_ws(state)
+            self.pushed, self.pushed_at = summary, time.monotonic()
         return state
 
     def _audit_circuits(self, names: dict[str, str]) -> None:
@@ -133,6 +142,7 @@ class Monitor:
                 services.check_health()
             if self.due("metrics", METRICS_EVERY, now):
                 services.aggregate_metrics()
+                self.ema_ms = services.latest_ema()
             if self.due("history", HISTORY_EVERY, now) and self.decision:
                 services.record_history(self.readings, self.decision)
             if self.due("prune", PRUNE_EVERY, now):

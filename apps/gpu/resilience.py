@@ -68,6 +68,7 @@ async def call_with_failover(
     retry_ids: set[int] = set()
     failures: list[str] = []
     next_delay = slots.wait_loop_delays()
+    ticket: int | None = None  # taken when this request first has to wait
     while True:
         choice = policy.choose(candidates, priority, keep_first=keep_first)
         if deadline is None:
@@ -90,7 +91,7 @@ async def call_with_failover(
         limit = choice.policy.limit_for(priority)
         endpoint, lease = None, None
         for ep in pool:
-            lease = slots.try_acquire(ep.id, limit)
+            lease = slots.try_acquire(ep.id, limit, ticket=ticket)
             if lease is None:
                 continue
             if circuit.allow(ep.id):  # a half-open circuit lets one trial through
@@ -106,7 +107,10 @@ async def call_with_failover(
                                     f"{choice.policy.level}, thermal {choice.policy.thermal}); retry later.", wait)
                 raise NoBackend(429, "model_busy", f"Every allowed model is at its concurrency limit ({limit} at "
                                 f"pressure {choice.policy.level}); retry later.", max(1, wait // 2))
-            await asyncio.sleep(next_delay())
+            if ticket is None:
+                ticket = slots.new_ticket()
+            await slots.wait_turn([ep.id for ep in pool], min(next_delay(), max(deadline - time.monotonic(), 0.001)),
+                                  ticket)
             continue
 
         t0 = time.perf_counter()

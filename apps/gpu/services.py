@@ -74,7 +74,8 @@ def check_health() -> dict[int, tuple[bool, str]]:
 # --- state --------------------------------------------------------------------------------------
 
 
-def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str, Any], extra: dict[str, Any]) -> dict:
+def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str, Any], extra: dict[str, Any],
+                  ema_ms: dict[str, float] | None = None) -> dict:
     """Share the latest readings and policy decision (TTL 30 s: a dead monitor's data expires)."""
     from apps.inference.models import ModelEndpoint
 
@@ -88,7 +89,7 @@ def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str,
         g["models"] = [s["endpoint__name"] or s["name"] for s in servers
                        if s["gpu_index"] == r.index and s["state"] in ("running", "starting")]
         gpus.append(g)
-    latest = latest_ema()
+    latest = latest_ema() if ema_ms is None else ema_ms
     state = {
         "ts": time.time(),
         "provider": provider.name,

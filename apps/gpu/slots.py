@@ -15,6 +15,9 @@ nothing anywhere. A process that dies stops heart-beating and its counts are ign
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import itertools
 import json
 import os
 import socket
@@ -22,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from apps.gpu import shared
 
@@ -53,17 +56,81 @@ class Lease:
             self.released = True
             with _lock:
                 _local[self.endpoint_id] -= 1
+                waiter = None
+                queue = _waiters.get(self.endpoint_id)
+                while queue:
+                    candidate = queue.pop(0)
+                    if not candidate.woken and not candidate.future.done():
+                        waiter = candidate
+                        waiter.woken = True
+                        break
+            if waiter is not None:  # the longest waiter for this model tries next
+                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
             _dirty.set()
 
 
-def try_acquire(endpoint_id: int, limit: int) -> Lease | None:
+class _Waiter:
+    __slots__ = ("ticket", "loop", "future", "woken")
+
+    def __init__(self, ticket: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.ticket, self.loop, self.future, self.woken = ticket, loop, future, False
+
+
+_waiters: defaultdict[int, list[_Waiter]] = defaultdict(list)  # per model, by ticket: first come, first served
+_tickets = itertools.count()
+
+
+def new_ticket() -> int:
+    """A place in the waiting line, kept by a request across its waits."""
+    return next(_tickets)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_turn(endpoint_ids: Iterable[int], timeout: float, ticket: int) -> bool:
+    """Wait, in ticket order per model, until a slot of one of these models is released in this
+    process, or ``timeout`` passes (releases in other processes and policy changes are seen by
+    polling). True when woken by a release."""
+    loop = asyncio.get_running_loop()
+    waiter = _Waiter(ticket, loop, loop.create_future())
+    ids = list(endpoint_ids)
+    with _lock:
+        for endpoint_id in ids:
+            bisect.insort(_waiters[endpoint_id], waiter, key=lambda w: w.ticket)
+    try:
+        await asyncio.wait_for(waiter.future, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        with _lock:
+            waiter.woken = True
+            for endpoint_id in ids:
+                queue = _waiters.get(endpoint_id)
+                if queue is not None:
+                    try:
+                        queue.remove(waiter)
+                    except ValueError:
+                        pass
+                    if not queue:
+                        del _waiters[endpoint_id]
+
+
+def try_acquire(endpoint_id: int, limit: int, *, ticket: int | None = None) -> Lease | None:
     """Take a slot if fewer than ``limit`` requests are in flight on this model (every process
-    counted); None otherwise. Never waits, never does I/O when the view is fresh."""
+    counted); None otherwise. Never waits, never does I/O when the view is fresh. A request does
+    not overtake requests of this process that have waited for the model longer (lower tickets)."""
     if limit <= 0:
         return None
     remote = remote_in_flight().get(endpoint_id, 0)
     with _lock:
         if _local[endpoint_id] + remote >= limit:
+            return None
+        queue = _waiters.get(endpoint_id)
+        if queue and (ticket is None or any(w.ticket < ticket and not w.woken for w in queue)):
             return None
         _local[endpoint_id] += 1
     _dirty.set()
@@ -163,7 +230,8 @@ def reset_local() -> None:
 
 
 def wait_loop_delays() -> Callable[[], float]:
-    """Polling delays for a waiting request: 5 ms doubling to 100 ms."""
+    """How long a waiting request waits before re-checking on its own: 5 ms doubling to 100 ms
+    (a release in this process wakes it at once)."""
     delay = 0.005
 
     def next_delay() -> float:
