@@ -16,6 +16,7 @@ from apps.gpu.monitor import Monitor
 from apps.gpu.providers import SimulatedProvider
 from apps.inference.models import InferenceTask
 from tests.conftest import register_model
+from tests.support.openapi import assert_matches
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.django_db
@@ -76,6 +77,7 @@ def test_gpu_status_reports_each_gpu_labelled_simulated(gpu, alice, client_for):
     assert {"temperature_c", "power_w", "utilization_percent"} <= g.keys()
     assert body["policy"]["allowed_models"] == "all" and body["policy"]["concurrency"] == 4
     assert body["backends"] == [{"model": "tiny", "healthy": None, "circuit": "closed", "latency_ema_ms": None}]
+    assert_matches("/v1/gpu/status", "get", 200, body)
 
 
 def test_gpu_status_requires_credentials():  # type: ignore[no-untyped-def]

@@ -118,3 +118,11 @@ def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_
         assert AuditEvent.objects.get(action="gpu.server.stopped").details["server"] == "big"
     finally:
         monitor.supervisor.stop_all()
+
+
+def test_the_embedded_defaults_server_entry_is_created_once_and_follows_its_port():  # type: ignore[no-untyped-def]
+    first = services.ensure_bundled_server(18401)
+    again = services.ensure_bundled_server(18402)
+    assert first.pk == again.pk and ModelServer.objects.count() == 1
+    assert again.autostart and again.port == 18402 and again.vram_mb > 0
+    assert again.endpoint.base_url == "http://127.0.0.1:18402/v1" and again.endpoint.kind == "llamacpp"

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -8,6 +7,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanRead
 from apps.gpu import services
+from apps.gpu.api.serializers import GpuStatusSerializer
 
 
 class GpuStatusView(APIView):
@@ -17,6 +17,6 @@ class GpuStatusView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="gpu_status")
+    @extend_schema(responses=GpuStatusSerializer, operation_id="gpu_status")
     def get(self, request: Request) -> Response:
         return Response(services.status_payload())
