@@ -60,7 +60,7 @@ def check_health() -> dict[int, tuple[bool, str]]:
     open circuit try a request at once (half-open)."""
     from apps.inference import router
 
-    endpoints = [ep for ep in router._load().models.values() if ep.enabled]
+    endpoints = [ep for ep in router.snapshot().models.values() if ep.enabled]
     if not endpoints:
         return {}
     results = asyncio.run(_check_all(endpoints))

@@ -32,6 +32,7 @@ LOG_LINES = 40
 START_TIMEOUT = 180.0
 STABLE_AFTER = 60.0
 MAX_BACKOFF = 60.0
+LOG_SAVE_EVERY = 5.0
 
 
 def server_argv(server: ModelServer) -> list[str]:
@@ -53,6 +54,7 @@ class Child:
     lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
     healthy_since: float | None = None
     stopping: bool = False
+    log_saved_at: float = 0.0
     reader: threading.Thread | None = None
 
     def start_reader(self) -> None:
@@ -148,8 +150,9 @@ class Supervisor:
     def _check_started(self, server: ModelServer, child: Child, now: float) -> None:
         tail = "\n".join(child.lines)
         changes: dict[str, object] = {}
-        if tail != server.log_tail:
-            changes["log_tail"] = tail
+        if tail != server.log_tail and (now - child.log_saved_at > LOG_SAVE_EVERY or server.state != "running"):
+            changes["log_tail"] = tail  # a busy server logs every request: save at most every few seconds
+            child.log_saved_at = now
         if server.state != ModelServer.State.RUNNING:
             if self._healthy(server):
                 child.healthy_since = now
