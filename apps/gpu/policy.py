@@ -215,7 +215,7 @@ class PolicyState:
         return self.concurrency if self.admit_new else 0
 
 
-_policy_cache: tuple[int, PolicyState] | None = None
+_policy_cache: tuple[shared.View, PolicyState] | None = None  # keyed by the view object itself
 
 
 def _from_decision(d: dict[str, Any], simulated: bool, sampled: bool) -> PolicyState:
@@ -232,14 +232,14 @@ def current_policy() -> PolicyState:
     global _policy_cache
     v = shared.view()
     cached = _policy_cache
-    if cached is not None and cached[0] == id(v):
+    if cached is not None and cached[0] is v:
         return cached[1]
     decision = v.state.get("policy")
     if decision:
         state = _from_decision(decision, bool(v.state.get("simulated")), True)
     else:
         state = _from_decision(evaluate(v.table or DEFAULT_TABLE, [], [], GpuTrackers()), False, False)
-    _policy_cache = (id(v), state)
+    _policy_cache = (v, state)
     return state
 
 
