@@ -211,7 +211,11 @@ Q_CLUSTER = {
     "workers": envint("MEDAI_Q_WORKERS", 2, minimum=1),
     "timeout": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5),
     "retry": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5) + 60,
-    "queue_limit": 4,
+    # medai's durable priority broker (apps/inference/broker.py). queue_limit 1 and bulk 1: work
+    # prefetched into a cluster's local queue can no longer be overtaken by a higher priority.
+    "broker_class": "apps.inference.broker.PriorityBroker",
+    "poll": envfloat("MEDAI_QUEUE_POLL", 1.0),  # idle wait on the Redis wake-up, not a sleep
+    "queue_limit": 1,
     "bulk": 1,
     "orm": "default",
     "catch_up": False,
@@ -219,6 +223,13 @@ Q_CLUSTER = {
     "ack_failures": True,
     "max_attempts": 3,
 }
+
+# --- the async task queue (apps/inference/queue.py, broker.py) ---
+MEDAI_RESULT_TTL = envint("MEDAI_RESULT_TTL", 300, minimum=1)  # seconds a result's content is kept
+MEDAI_QUEUE_MAX = envint("MEDAI_QUEUE_MAX", 1000, minimum=1)  # above it: 429, only HIGH/CRITICAL
+MEDAI_QUEUE_AGING_SECONDS = envfloat("MEDAI_QUEUE_AGING_SECONDS", 60.0)  # anti-starvation: +1 level per period
+MEDAI_QUEUE_LEASE_SECONDS = envfloat("MEDAI_QUEUE_LEASE_SECONDS", 0.0)  # 0: Q_CLUSTER retry
+MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
 
 # --- medai ---
 MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)

@@ -1,0 +1,22 @@
+"""``manage.py bootstrap_demo``: the demo tenant, users and bundled model (idempotent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from apps.accounts.demo import bootstrap_demo
+
+
+class Command(BaseCommand):
+    help = "Create the Demo organization, location 'demo', users admin and clinician, and register the bundled model."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--llama-port", type=int, default=None, help="Port of the bundled llama.cpp server.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        result = bootstrap_demo(llama_port=options["llama_port"])
+        self.stdout.write(f"demo location: {result.location.code}; users: admin, clinician; model: {result.endpoint_name}")
+        if result.password_source == "generated":
+            self.stdout.write(f"generated demo password: {result.password} (stored in var/demo-password)")

@@ -1,0 +1,89 @@
+"""bootstrap_demo: the demo tenant of the embedded default, created once however often it runs."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from apps.accounts.demo import bootstrap_demo
+from apps.accounts.models import Location, Organization, User
+from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
+
+SEEDED_AGENTS = {"Chat", "MedicalQA", "Clinical", "Documentation", "Billing", "Claims"}
+
+
+@pytest.fixture
+def var_dir(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+    settings.VAR_DIR = tmp_path
+    return tmp_path
+
+
+def test_running_twice_creates_one_of_each(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
+    call_command("bootstrap_demo")
+    call_command("bootstrap_demo")
+
+    assert Organization.objects.filter(name="Demo").count() == 1
+    location = Location.objects.get(code="demo")
+    admin, clinician = User.objects.get(username="admin"), User.objects.get(username="clinician")
+    assert admin.is_superuser and admin.is_staff and admin.role == User.Role.ADMIN
+    assert not clinician.is_superuser and clinician.role == User.Role.CLINICIAN
+    for user in (admin, clinician):
+        assert list(user.locations.all()) == [location]
+        assert user.check_password("demo-password-123")
+    assert ModelEndpoint.objects.filter(name="smollm2-135m").count() == 1
+
+
+def test_bundled_model_is_registered_and_appended_to_every_route_once(db, var_dir: Path,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
+    other = ModelEndpoint.objects.create(name="gpu-big", base_url="http://10.0.0.5:8000/v1", rank=1)
+    chat = AgentRoute.objects.get(agent_type="Chat")
+    AgentRouteEntry.objects.create(route=chat, endpoint=other, position=0)
+
+    bootstrap_demo(llama_port=18155)
+    bootstrap_demo(llama_port=18155)
+
+    endpoint = ModelEndpoint.objects.get(name="smollm2-135m")
+    assert endpoint.kind == ModelEndpoint.Kind.LLAMACPP
+    assert endpoint.base_url == "http://127.0.0.1:18155/v1"
+    assert endpoint.served_model_id == "smollm2-135m-instruct"
+    assert (endpoint.context_length, endpoint.rank) == (2048, 10)
+    assert SEEDED_AGENTS <= set(AgentRoute.objects.values_list("agent_type", flat=True))
+    for route in AgentRoute.objects.all():
+        assert AgentRouteEntry.objects.filter(route=route, endpoint=endpoint).count() == 1
+    # Appended after what an admin had already routed, not in front of it.
+    assert [e.endpoint.name for e in chat.entries.order_by("position")] == ["gpu-big", "smollm2-135m"]
+
+
+def test_a_new_llama_port_moves_the_endpoint(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
+    bootstrap_demo(llama_port=18155)
+    bootstrap_demo(llama_port=18156)
+    assert ModelEndpoint.objects.get(name="smollm2-135m").base_url == "http://127.0.0.1:18156/v1"
+
+
+def test_generated_password_is_stored_privately_and_reused(db, var_dir: Path,  # type: ignore[no-untyped-def]
+                                                          monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("MEDAI_DEMO_PASSWORD", raising=False)
+    call_command("bootstrap_demo")
+    stored = (var_dir / "demo-password").read_text().strip()
+    assert len(stored) >= 12
+    assert stat.S_IMODE((var_dir / "demo-password").stat().st_mode) == 0o600
+    assert stored in capsys.readouterr().out  # printed the first time
+
+    first = bootstrap_demo()
+    assert (first.password, first.password_source) == (stored, "file")
+    assert User.objects.get(username="clinician").check_password(stored)
+
+
+def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("MEDAI_DEMO_PASSWORD", raising=False)
+    bootstrap_demo()
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "a-new-password-456")
+    result = bootstrap_demo()
+    assert result.password_source == "env"
+    assert User.objects.get(username="admin").check_password("a-new-password-456")
