@@ -162,6 +162,11 @@ class InferenceTask(models.Model):
     queue_wait_ms = models.PositiveIntegerField(null=True, blank=True)
     inference_ms = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Total time medai spent, end to end.")
+    # async queue (issue 3)
+    batch = models.ForeignKey("TaskBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    dedup_key = models.CharField(max_length=64, blank=True, db_index=True)
+    deadline = models.DateTimeField(null=True, blank=True, help_text="A task still queued then expires.")
+    result_expires_at = models.DateTimeField(null=True, blank=True, help_text="When the result's content is purged.")
 
     objects = InferenceTaskQuerySet.as_manager()
 
@@ -178,3 +183,47 @@ class InferenceTask(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+# --- the async task queue (issue 3) ------------------------------------------------------------
+
+
+class TaskBatch(models.Model):
+    """A batch of async tasks submitted together; progress is counted from its tasks."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="batches")
+    location = models.ForeignKey("accounts.Location", on_delete=models.PROTECT, related_name="batches")
+    total = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"batch {self.id} ({self.total})"
+
+
+class QueueEntry(models.Model):
+    """One pending delivery in the priority broker (apps.inference.broker).
+
+    ``rank`` is the enqueue time (epoch seconds) minus ``priority × MEDAI_QUEUE_AGING_SECONDS``:
+    ordering by rank gives strict priority order within the aging window and FIFO within a level,
+    and a task that waited one aging period counts as one level higher (anti-starvation).
+    ``locked_until`` is the lease: a delivered entry is invisible until then and is deleted on ack.
+    """
+
+    key = models.CharField(max_length=100)
+    priority = models.SmallIntegerField(default=1)
+    rank = models.FloatField()
+    enqueued_at = models.DateTimeField()
+    locked_until = models.DateTimeField()
+    deliveries = models.PositiveIntegerField(default=0)
+    task_id = models.UUIDField(null=True, blank=True, db_index=True)
+    payload = models.TextField()
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "rank"], name="queue_entry_next")]
+
+    def __str__(self) -> str:
+        return f"{self.key}#{self.pk} p{self.priority}"

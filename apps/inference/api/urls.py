@@ -1,9 +1,17 @@
 from django.urls import path
 
-from apps.inference.api import views
+from apps.inference.api import async_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
+    path("async/submit", async_views.SubmitView.as_view(), name="async-submit"),
+    path("async/submit-batch", async_views.SubmitBatchView.as_view(), name="async-submit-batch"),
+    path("async/status/<uuid:task_id>", async_views.StatusView.as_view(), name="async-status"),
+    path("async/result/<uuid:task_id>", async_views.ResultView.as_view(), name="async-result"),
+    path("async/cancel/<uuid:task_id>", async_views.CancelView.as_view(), name="async-cancel"),
+    path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
+    path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
+    path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
 ]

@@ -1,0 +1,187 @@
+"""The async task API (``/v1/async/...``): thin DRF views over apps.inference.queue.
+
+Every object lookup goes through ``InferenceTask.objects.visible_to(principal)`` (and the same
+owner filter for batches), so another user's or location's task answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.paginator import EmptyPage, Paginator
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import CanInfer, CanRead
+from apps.inference import queue
+from apps.inference.api.errors import ApiError
+from apps.inference.api.serializers import PriorityField
+from apps.inference.models import InferenceTask, TaskBatch
+
+S = InferenceTask.Status
+
+
+class TaskStatusSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField(source="id")
+    status = serializers.CharField()
+    priority = PriorityField()
+    position = serializers.IntegerField(allow_null=True, required=False)
+    agent_type = serializers.CharField()
+    model = serializers.CharField(source="model_name")
+    batch_id = serializers.UUIDField(allow_null=True)
+    attempts = serializers.IntegerField()
+    error = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    queued_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    queue_wait_ms = serializers.IntegerField(allow_null=True)
+    inference_ms = serializers.IntegerField(allow_null=True)
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    result_expires_at = serializers.DateTimeField(allow_null=True)
+
+    def get_error(self, task: InferenceTask) -> dict[str, str] | None:
+        return {"code": task.error_code, "message": task.error_message} if task.error_code else None
+
+
+def _task(request: Request, task_id: Any) -> InferenceTask:
+    task = InferenceTask.objects.visible_to(request.auth).filter(id=task_id, mode=InferenceTask.Mode.ASYNC).first()
+    if task is None:
+        raise ApiError(404, "task_not_found", f"Task '{task_id}' does not exist.")
+    return task
+
+
+def _status(task: InferenceTask) -> dict[str, Any]:
+    task.position = queue.position(task)  # type: ignore[attr-defined]
+    return dict(TaskStatusSerializer(task).data)
+
+
+class SubmitView(APIView):
+    """``POST /v1/async/submit``: queue one chat request → 202 ``{task_id, status, position}``."""
+
+    permission_classes = [CanInfer]
+
+    @extend_schema(request=None, responses={202: TaskStatusSerializer}, operation_id="async_submit")
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+        submitted = queue.submit_task(request.headers.get("Authorization"), dict(request.data),
+                                      getattr(request, "correlation_id", ""))
+        body = _status(submitted.task)
+        body["deduplicated"] = not submitted.created
+        return Response(body, status=202)
+
+
+class SubmitBatchView(APIView):
+    """``POST /v1/async/submit-batch {requests: [...]}`` → 202 ``{batch_id, task_ids}``."""
+
+    permission_classes = [CanInfer]
+
+    @extend_schema(request=None, responses={202: dict}, operation_id="async_submit_batch")
+    def post(self, request: Request) -> Response:
+        data = request.data if isinstance(request.data, dict) else {}
+        batch, tasks = queue.submit_batch(request.headers.get("Authorization"), data.get("requests"),
+                                          getattr(request, "correlation_id", ""))
+        return Response({"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"},
+                        status=202)
+
+
+class StatusView(APIView):
+    """``GET /v1/async/status/{id}``: status, priority, position, timestamps, durations, model."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(responses=TaskStatusSerializer, operation_id="async_status")
+    def get(self, request: Request, task_id: Any) -> Response:
+        return Response(_status(_task(request, task_id)))
+
+
+class ResultView(APIView):
+    """``GET /v1/async/result/{id}``: the OpenAI completion plus timings; 409 until finished, 410 once expired."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(responses={200: dict}, operation_id="async_result")
+    def get(self, request: Request, task_id: Any) -> Response:
+        task = _task(request, task_id)
+        if task.status in (S.QUEUED, S.PROCESSING):
+            raise ApiError(409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.",
+                           headers={"Retry-After": "1"})
+        if task.status == S.EXPIRED:
+            raise ApiError(410, "task_expired", f"Task {task.id} has expired; its content is no longer kept.")
+        if task.status == S.CANCELLED:
+            raise ApiError(409, "task_cancelled", f"Task {task.id} was cancelled.")
+        if task.status == S.FAILED:
+            raise ApiError(task.http_status if task.http_status and task.http_status >= 400 else 502,
+                           task.error_code or "task_failed", task.error_message or "The task failed.")
+        body = dict(task.result or {})
+        body["medai"] = {"task_id": str(task.id), "queue_wait_ms": task.queue_wait_ms,
+                         "inference_ms": task.inference_ms, "attempts": task.attempts}
+        return Response(body)
+
+
+class CancelView(APIView):
+    """``POST /v1/async/cancel/{id}``: cancel a queued task."""
+
+    permission_classes = [CanInfer]
+
+    @extend_schema(request=None, responses=TaskStatusSerializer, operation_id="async_cancel")
+    def post(self, request: Request, task_id: Any) -> Response:
+        return Response(_status(queue.cancel_task(request.auth, _task(request, task_id))))
+
+
+class BatchStatusView(APIView):
+    """``GET /v1/async/batch-status/{id}``: totals and progress of a batch."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(responses={200: dict}, operation_id="async_batch_status")
+    def get(self, request: Request, batch_id: Any) -> Response:
+        p = request.auth
+        batch = TaskBatch.objects.filter(id=batch_id, user_id=p.user_id, location_id=p.location_pk).first()
+        if batch is None:
+            raise ApiError(404, "batch_not_found", f"Batch '{batch_id}' does not exist.")
+        return Response(queue.batch_progress(batch))
+
+
+class TaskListView(APIView):
+    """``GET /v1/async/tasks?status=&page=&page_size=``: the caller's async tasks, newest first."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(parameters=[OpenApiParameter("status", str), OpenApiParameter("page", int),
+                               OpenApiParameter("page_size", int)],
+                   responses={200: dict}, operation_id="async_tasks")
+    def get(self, request: Request) -> Response:
+        qs = InferenceTask.objects.visible_to(request.auth).filter(mode=InferenceTask.Mode.ASYNC)
+        status = request.query_params.get("status")
+        if status:
+            if status not in S.values:
+                raise ApiError(400, "invalid_value", f"status must be one of {', '.join(S.values)}.", "status")
+            qs = qs.filter(status=status)
+        try:
+            page_no = int(request.query_params.get("page", 1))
+            size = min(max(int(request.query_params.get("page_size", 50)), 1), 200)
+        except ValueError:
+            raise ApiError(400, "invalid_value", "page and page_size must be integers.", "page") from None
+        paginator = Paginator(qs.order_by("-created_at"), size)
+        try:
+            page = paginator.page(page_no)
+        except EmptyPage:
+            raise ApiError(404, "page_not_found", f"Page {page_no} does not exist.", "page") from None
+        return Response({"count": paginator.count, "page": page_no, "page_size": size,
+                         "results": [dict(TaskStatusSerializer(t).data) for t in page.object_list]})
+
+
+class QueueHealthView(APIView):
+    """``GET /v1/async/health``: depth per priority, oldest wait, workers alive."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(responses={200: dict}, operation_id="async_health")
+    def get(self, request: Request) -> Response:
+        return Response(queue.health())

@@ -1,0 +1,172 @@
+"""medai's django-q2 broker: a durable priority queue in the database, woken through Redis.
+
+Set as ``Q_CLUSTER['broker_class']``. Entries live in ``QueueEntry`` (same database as the
+tasks, so an InferenceTask row and its queue entry are written in one transaction).
+
+Order: ``rank = enqueued_epoch - priority * MEDAI_QUEUE_AGING_SECONDS``, smallest first, from one
+index on ``(key, rank)``. That is strict CRITICAL > HIGH > NORMAL > LOW between tasks enqueued
+within one aging period of each other, FIFO within a level, and the anti-starvation rule: every
+``MEDAI_QUEUE_AGING_SECONDS`` (default 60) a task waits counts as one level up, so a LOW task
+that waited 3 periods goes before a CRITICAL one that just arrived. Dequeue reads the head of the
+index: its cost does not depend on the queue's depth.
+
+Delivery: the head rows are leased (``locked_until = now + lease``) in one transaction, with
+``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several clusters never take the same row) and
+under SQLite's IMMEDIATE write lock. ``acknowledge`` deletes the row; a worker that dies leaves the
+row leased, and it is delivered again when its lease ends (at-least-once). Keep ``bulk`` and
+``queue_limit`` at 1: work prefetched into a cluster's local queue is no longer reordered.
+
+Wake-ups: ``enqueue`` pushes to a Redis list after commit; an idle pusher waits on it with BLPOP
+(at most ``poll`` seconds, which also bounds a lost wake-up), so idle pickup takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connections, transaction
+from django.utils import timezone
+from django_q.brokers import Broker
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+
+logger = logging.getLogger("medai.queue")
+
+
+def aging_seconds() -> float:
+    return float(getattr(settings, "MEDAI_QUEUE_AGING_SECONDS", 60.0))
+
+
+def lease_seconds() -> float:
+    return float(getattr(settings, "MEDAI_QUEUE_LEASE_SECONDS", 0) or Conf.RETRY or 60)
+
+
+def rank_for(priority: int, when: Any) -> float:
+    return when.timestamp() - int(priority) * aging_seconds()
+
+
+def wake_key(list_key: str) -> str:
+    return f"medai:queue:wake:{list_key}"
+
+
+_redis = None
+
+
+def redis_client() -> Any:
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    return _redis
+
+
+def wake(list_key: str) -> None:
+    """Tell one idle pusher that work arrived (best effort: the poll bounds a lost wake-up)."""
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.lpush(wake_key(list_key), 1)
+        pipe.ltrim(wake_key(list_key), 0, 63)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - Redis down only slows pickup to the poll interval
+        logger.warning("queue wake-up failed: %s", exc)
+
+
+def put(list_key: str, payload: str, *, priority: int = 1, task_id: Any = None, now: Any = None) -> int:
+    """Insert a queue entry (inside the caller's transaction) and wake a pusher on commit."""
+    from apps.inference.models import QueueEntry
+
+    now = now or timezone.now()
+    entry = QueueEntry.objects.using(Conf.ORM).create(
+        key=list_key, priority=int(priority), rank=rank_for(priority, now), enqueued_at=now,
+        locked_until=now, task_id=task_id, payload=payload)
+    transaction.on_commit(lambda: wake(list_key), using=Conf.ORM)
+    return entry.pk
+
+
+class PriorityBroker(Broker):
+    """django-q2 broker over ``QueueEntry``; see the module docstring for order and leases."""
+
+    def info(self) -> str:
+        return f"medai priority broker ({Conf.ORM})"
+
+    def ping(self) -> bool:
+        return True
+
+    def enqueue(self, task: str) -> int:
+        # A plain async_task(...): read an optional priority from the signed package.
+        try:
+            package = SignedPackage.loads(task)
+            priority = int((package.get("kwargs") or {}).get("priority", 1))
+        except Exception:  # noqa: BLE001
+            priority = 1
+        return put(self.list_key, task, priority=priority)
+
+    def _claim(self) -> list[tuple[int, str]]:
+        from apps.inference.models import QueueEntry
+
+        conn = connections[Conf.ORM]
+        with transaction.atomic(using=Conf.ORM):
+            now = timezone.now()
+            qs = (QueueEntry.objects.using(Conf.ORM)
+                  .filter(key=self.list_key, locked_until__lte=now).order_by("rank")
+                  .only("id", "payload"))
+            if conn.features.has_select_for_update_skip_locked:
+                qs = qs.select_for_update(skip_locked=True)
+            rows = list(qs[: max(Conf.BULK, 1)])
+            if not rows:
+                return []
+            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
+                locked_until=now + timedelta(seconds=lease_seconds()))
+            # deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
+            from django.db.models import F
+
+            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
+                deliveries=F("deliveries") + 1)
+        return [(r.id, r.payload) for r in rows]
+
+    def dequeue(self) -> list[tuple[int, str]] | None:
+        if transaction.get_autocommit(using=Conf.ORM):
+            close_old_connections()
+        tasks = self._claim()
+        if tasks:
+            return tasks
+        try:
+            redis_client().blpop([wake_key(self.list_key)], timeout=max(float(Conf.POLL), 0.1))
+        except Exception:  # noqa: BLE001 - fall back to polling
+            import time
+
+            time.sleep(Conf.POLL)
+        return None
+
+    def queue_size(self) -> int:
+        from apps.inference.models import QueueEntry
+
+        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key, locked_until__lte=timezone.now()).count()
+
+    def lock_size(self) -> int:
+        from apps.inference.models import QueueEntry
+
+        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key, locked_until__gt=timezone.now()).count()
+
+    def purge_queue(self) -> Any:
+        from apps.inference.models import QueueEntry
+
+        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key).delete()
+
+    def delete_queue(self) -> Any:
+        return self.purge_queue()
+
+    def delete(self, task_id: int) -> None:
+        from apps.inference.models import QueueEntry
+
+        QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).delete()
+
+    def acknowledge(self, task_id: int) -> None:
+        self.delete(task_id)
+
+    def fail(self, task_id: int) -> None:
+        self.delete(task_id)

@@ -1,0 +1,17 @@
+"""django-q2 entry points for inference: they take ids and call a service (apps.inference.queue)."""
+
+from __future__ import annotations
+
+
+def run_inference(task_id: str) -> str:
+    """Run one async inference task (delivered by apps.inference.broker.PriorityBroker)."""
+    from apps.inference import queue
+
+    return queue.run_task(task_id)
+
+
+def expire_tasks() -> dict[str, int]:
+    """Schedule: expire overdue queued tasks and purge results past MEDAI_RESULT_TTL."""
+    from apps.inference import queue
+
+    return queue.expire_and_purge()

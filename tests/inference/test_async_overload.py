@@ -1,0 +1,45 @@
+"""Past MEDAI_QUEUE_MAX queued tasks: 429 with Retry-After; emergency mode accepts only HIGH and
+CRITICAL; a database outage answers 503 with nothing written."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+
+from apps.inference.models import InferenceTask, QueueEntry
+from tests.conftest import register_model
+from tests.inference.queue_helpers import ask, submit
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def model(db):  # type: ignore[no-untyped-def]
+    register_model("stub", "http://127.0.0.1:9/v1")
+
+
+def test_a_full_queue_answers_429_and_accepts_only_high_and_critical(client_for, alice, settings):  # type: ignore[no-untyped-def]
+    settings.MEDAI_QUEUE_MAX = 3
+    client = client_for(alice)
+    for i in range(3):
+        submit(client, f"routine {i}")
+    for level in ("low", "normal"):
+        refused = ask(client, f"one more {level}", level)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert int(refused["Retry-After"]) > 0
+    assert ask(client, "urgent", "high").status_code == 202
+    assert ask(client, "very urgent", "critical").status_code == 202
+    assert InferenceTask.objects.count() == QueueEntry.objects.count() == 5
+    assert client.get("/v1/async/health").json()["emergency_mode"] is True
+
+
+def test_a_database_outage_answers_503_and_writes_nothing(client_for, alice):  # type: ignore[no-untyped-def]
+    client = client_for(alice)
+    with mock.patch("apps.inference.broker.put", side_effect=OperationalError("connection refused")):
+        response = ask(client, "during the outage")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert InferenceTask.objects.count() == QueueEntry.objects.count() == 0
