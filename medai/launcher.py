@@ -1,0 +1,288 @@
+"""One command for the embedded default: ``python -m medai.launcher`` (``make run``).
+
+Starts an embedded Redis (unless ``REDIS_URL`` is set), migrates, collects static files, creates
+the demo tenant, then runs the bundled llama.cpp server, the web server (uvicorn) and the worker
+(qcluster) as children, each child's output prefixed with its name. Ctrl-C or SIGTERM stops every
+child (terminate, wait, kill) and then Redis; a child that dies on its own stops the rest.
+
+Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
+MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_LINE = "medai is ready"
+STOP_TIMEOUT = 10.0
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[launcher] {message}", flush=True)
+
+
+class Child:
+    """A child process in its own process group, its output copied to ours with a name prefix."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._pump = threading.Thread(target=self._copy_output, daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            sys.stdout.write(f"[{self.name}] {raw.decode(errors='replace').rstrip()}\n")
+            sys.stdout.flush()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the child's whole process group (qcluster has workers), wait, then SIGKILL."""
+        if self.alive():
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} did not stop within {timeout:.0f}s; killing it")
+        # Whatever is left of the group (the child itself or its own children) is killed.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        if self.alive():
+            self.proc.wait(timeout)
+        self._pump.join(2)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def env_port(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise LaunchError(f"{name} must be a port number, got {raw!r}") from None
+    if not 0 < port < 65536:
+        raise LaunchError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+def var_dir() -> Path:
+    path = Path(os.environ.get("MEDAI_VAR_DIR", str(ROOT / "var")))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    """Run a manage.py command to completion; a failure stops the launch with its output."""
+    log(f"manage.py {' '.join(args)}")
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True)
+    for line in result.stdout.splitlines():
+        print(f"[{args[0]}] {line}", flush=True)
+    if result.returncode != 0:
+        raise LaunchError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+
+
+def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.Event) -> bool:
+    """Wait for ``url`` to answer 200 while every child stays alive; False if ``stop`` was set first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stop.is_set():
+            return False
+        for child in children:
+            if not child.alive():
+                raise LaunchError(f"{child.name} exited with {child.proc.returncode} during start-up")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise LaunchError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+def demo_password(var: Path) -> str:
+    explicit = os.environ.get("MEDAI_DEMO_PASSWORD")
+    if explicit:
+        return explicit
+    path = var / "demo-password"
+    return path.read_text().strip() if path.is_file() else "(see var/demo-password)"
+
+
+def banner(port: int, password: str, llama_url: str | None) -> str:
+    base = f"http://127.0.0.1:{port}"
+    model = "Chat"
+    return f"""
+======================================================================
+ {READY_LINE}
+   web UI      {base}/
+   admin       {base}/admin/
+   API         {base}/v1
+   API docs    {base}/api/docs/
+   metrics     {base}/metrics
+   model       {llama_url or "none started (MEDAI_LLAMA=0): register servers in admin"}
+ demo users (location "demo"):  admin / {password}    clinician / {password}
+
+ try it:
+   TOKEN=$(curl -s {base}/v1/auth/login -H 'Content-Type: application/json' \\
+     -d '{{"username": "clinician", "password": "{password}", "location_id": "demo"}}' \\
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+   curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
+     -H 'Content-Type: application/json' \\
+     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is sepsis?"}}], "max_tokens": 64}}'
+
+ with the openai client (the token above, or an API key made in admin):
+   from openai import OpenAI
+   client = OpenAI(base_url="{base}/v1", api_key=TOKEN)
+   reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}])
+   print(reply.choices[0].message.content)
+
+ Ctrl-C stops everything.
+======================================================================
+"""
+
+
+def supervise(children: list[Child], stop: threading.Event) -> Child | None:
+    """Block until ``stop`` is set (a signal) or a child dies; return the child that died, if any."""
+    while not stop.wait(0.5):
+        for child in children:
+            if not child.alive():
+                return child
+    return None
+
+
+def stop_all(children: list[Child]) -> None:
+    """Stop children in reverse start order (web and worker before the model server)."""
+    for child in reversed(children):
+        if child.alive():
+            log(f"stopping {child.name} (pid {child.pid})")
+        child.stop()
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        log(f"received {signal.Signals(signum).name}; shutting down")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def start_redis(var: Path, env: dict[str, str]) -> Callable[[], None]:
+    """The one embedded Redis every child shares, unless REDIS_URL points at a server. Returns its stopper."""
+    if env.get("REDIS_URL"):
+        log(f"using Redis at {env['REDIS_URL']}")
+        return lambda: None
+    from medai import embedded
+
+    env["REDIS_URL"] = embedded.start_embedded_redis(var / "redis")
+    log(f"embedded Redis at {env['REDIS_URL']}")
+
+    def stop_redis() -> None:
+        for server in list(embedded._servers):
+            embedded._shutdown(server)
+        embedded._servers.clear()
+        log("embedded Redis stopped")
+
+    return stop_redis
+
+
+def run() -> int:
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    port = env_port("MEDAI_PORT", 8000)
+    llama_port = env_port("MEDAI_LLAMA_PORT", 8081)
+    with_llama = os.environ.get("MEDAI_LLAMA", "1") != "0"
+    for name, p in [("MEDAI_PORT", port)] + ([("MEDAI_LLAMA_PORT", llama_port)] if with_llama else []):
+        if not port_is_free(p):
+            raise LaunchError(f"port {p} ({name}) is in use: stop what holds it or set {name}")
+
+    var = var_dir()
+    env = {**os.environ, "MEDAI_VAR_DIR": str(var), "MEDAI_LLAMA_PORT": str(llama_port), "PYTHONUNBUFFERED": "1"}
+    stop_redis = start_redis(var, env)
+    children: list[Child] = []
+    try:
+        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"],
+                        ["bootstrap_demo", "--llama-port", str(llama_port)]):
+            manage(*command, env=env)
+            if stop.is_set():
+                return 130
+
+        llama_url = None
+        if with_llama:
+            from apps.gpu.llamacpp import server_command
+
+            argv = server_command(llama_port, parallel=4, ctx_size=2048 * 4)
+            children.append(Child("llama", argv, env))
+            llama_url = f"http://127.0.0.1:{llama_port}/v1"
+        children.append(Child("web", [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
+                                      "--port", str(port), "--no-access-log"], env))
+        children.append(Child("worker", [sys.executable, "manage.py", "qcluster"], env))
+
+        if with_llama and not wait_ready(f"http://127.0.0.1:{llama_port}/health", children, 180, stop):
+            return 130
+        if not wait_ready(f"http://127.0.0.1:{port}/healthz", children, 120, stop):
+            return 130
+        print(banner(port, demo_password(var), llama_url), flush=True)
+
+        died = supervise(children, stop)
+        if died is not None:
+            log(f"{died.name} exited unexpectedly with {died.proc.returncode}; stopping the rest")
+            return 1
+        return 0
+    finally:
+        stop_all(children)
+        stop_redis()
+        log("all stopped")
+
+
+def main() -> None:
+    try:
+        code = run()
+    except LaunchError as exc:
+        log(f"error: {exc}")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The launcher (`make run`): one command brings up the embedded default end to end, and Ctrl-C
+takes every process it started down again."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medai.launcher import READY_LINE, port_is_free
+from tests.support.servers import ROOT, free_port
+
+START_TIMEOUT = 300.0  # migrations on a fresh SQLite, model load: bounded, not timed
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), children of children included."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def launcher(tmp_path: Path):  # type: ignore[no-untyped-def]
+    port, llama_port = free_port(), free_port()
+    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(port),
+           "MEDAI_LLAMA_PORT": str(llama_port), "MEDAI_DEMO_PASSWORD": "launcher-test-pass"}
+    env.pop("REDIS_URL", None)  # the launcher's own embedded Redis, as `make run` does
+    if env.get("DATABASE_URL", "").startswith("postgres"):
+        env.pop("DATABASE_URL")  # not the test database pytest-django owns: SQLite in the tmp var dir
+    proc = subprocess.Popen([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    state = {"proc": proc, "port": port, "llama_port": llama_port, "lines": lines, "output": output}
+    yield state
+    if proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(10)
+
+
+def _wait_for_ready(state: dict) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            line = state["lines"].get(timeout=1)
+        except queue.Empty:
+            if state["proc"].poll() is not None:
+                break
+            continue
+        if READY_LINE in line:
+            return
+    pytest.fail("launcher never printed ready:\n" + "".join(state["output"])[-5000:])
+
+
+def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) -> None:  # type: ignore[no-untyped-def]
+    proc: subprocess.Popen = launcher["proc"]
+    _wait_for_ready(launcher)
+    children = _descendants(proc.pid)
+    names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
+    assert any("llama-server" in n for n in names) and any("uvicorn" in n for n in names)
+    assert any("qcluster" in n for n in names)
+
+    base = f"http://127.0.0.1:{launcher['port']}"
+    login = httpx.post(f"{base}/v1/auth/login", json={"username": "clinician", "password": "launcher-test-pass",
+                                                       "location_id": "demo"}, timeout=30)
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
+    chat = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, timeout=120,
+                      json={"model": "Chat", "max_tokens": 16,
+                            "messages": [{"role": "user", "content": "Say hello."}]})
+    assert chat.status_code == 200, chat.text
+    body = chat.json()
+    assert body["choices"][0]["message"]["content"].strip()
+    assert body["usage"]["completion_tokens"] > 0
+    assert httpx.get(f"{base}/admin/login/", timeout=10).status_code == 200
+    # The admin's stylesheet is served by the ASGI app itself (whitenoise): the admin looks right.
+    assert httpx.get(f"{base}/static/admin/css/base.css", timeout=10).status_code == 200
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, "".join(launcher["output"])[-3000:]
+    leftovers = {pid for pid in children if _alive(pid)}
+    assert not leftovers, f"processes left running after SIGINT: {leftovers}"
+    assert port_is_free(launcher["port"]) and port_is_free(launcher["llama_port"])
+    assert "all stopped" in "".join(launcher["output"])
+
+
+def test_launcher_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path), "MEDAI_PORT": str(port), "MEDAI_LLAMA": "0"}
+        result = subprocess.run([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} (MEDAI_PORT) is in use" in result.stdout
