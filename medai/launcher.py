@@ -61,9 +61,10 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM the child's whole process group (qcluster has workers), wait, then SIGKILL."""
+        """SIGTERM the child (it stops its own children: qcluster its workers), wait, then SIGKILL
+        whatever is left of its process group."""
         if self.alive():
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            self.proc.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
