@@ -287,57 +287,135 @@ def _principal_for(task: InferenceTask) -> Principal:
                      api_key_id=task.api_key_id)
 
 
-@services.db_unit
-def run_task(task_id: str) -> str:
-    """Run one queued task: claim it, call the backend (failover, retries), write the result once.
-
-    A re-delivery after a dead worker's lease finds the task PROCESSING and claims it again; the
-    result is written only by the latest claim (``attempts`` is the fencing token), only once.
-    """
-    now = timezone.now()
+def _claim_task(task_id: Any, now: Any) -> tuple[InferenceTask | None, int, str]:
+    """Move a live task to PROCESSING with attempts + 1 (the fencing token for its result)."""
     task = InferenceTask.objects.filter(id=task_id).first()
     if task is None or task.status not in LIVE:
-        return task.status if task else "missing"
+        return None, 0, task.status if task else "missing"
     if task.status == S.QUEUED and task.deadline and task.deadline <= now:
         InferenceTask.objects.filter(id=task.id, status=S.QUEUED).update(
             status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
             error_message="The task was still queued at its deadline.", request=None)
         push_update(task.id)
-        return S.EXPIRED
+        return None, 0, S.EXPIRED
     attempt = task.attempts + 1
     claimed = InferenceTask.objects.filter(id=task.id, status__in=LIVE, attempts=task.attempts).update(
         status=S.PROCESSING, attempts=attempt, started_at=now,
         queue_wait_ms=int((now - (task.queued_at or task.created_at)).total_seconds() * 1000))
     if not claimed:
-        return "lost_claim"
+        return None, 0, "lost_claim"
     push_update(task.id)
+    return task, attempt, S.PROCESSING
+
+
+def _companions(task: InferenceTask, limit: int) -> list[int]:
+    """Collation: lease up to ``limit`` more queued entries for the same model/agent from the head
+    of the queue (priority order kept: they are the next work anyway). Returns their entry ids."""
+    if limit <= 0:
+        return []
+    from django.db import connection
+
+    now = timezone.now()
+    with transaction.atomic():
+        qs = QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank").only("id", "task_id")
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        head = list(qs[: limit * 4])
+        if not head:
+            return []
+        same = set(InferenceTask.objects.filter(
+            id__in=[e.task_id for e in head if e.task_id], status=S.QUEUED, requested_model=task.requested_model,
+            agent_type=task.agent_type).values_list("id", flat=True))
+        chosen = [e.id for e in head if e.task_id in same][:limit]
+        if chosen:
+            QueueEntry.objects.filter(id__in=chosen).update(locked_until=now + timedelta(seconds=broker.lease_seconds()))
+    return chosen
+
+
+def _route(task: InferenceTask) -> router.Route | router.RoutingError:
+    """Resolved on the sync side: the router may query the database (not allowed on the loop)."""
     spec = task.request or {}
-    outcome: dict[str, Any]
-    started = time.perf_counter()
     try:
-        route = router.resolve(spec.get("model") or None, spec.get("agent_type") or None)
+        return router.resolve(spec.get("model") or None, spec.get("agent_type") or None)
+    except router.RoutingError as exc:
+        return exc
+
+
+async def _execute(task: InferenceTask, route: router.Route | router.RoutingError) -> dict[str, Any]:
+    spec = task.request or {}
+    try:
+        if isinstance(route, router.RoutingError):
+            raise route
         plan = services.ChatPlan(principal=_principal_for(task), route=route, payload=spec.get("payload") or {},
                                  stream=False, include_usage=False, priority=task.priority,
                                  requested_model=task.requested_model, correlation_id=task.correlation_id)
-        data = _run(services.complete_chat(plan))
-        outcome = {"status": S.COMPLETED, "result": data, "http_status": 200, "error_code": "", "error_message": "",
-                   "prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
-                   "endpoint_id": plan.endpoint.id if plan.endpoint else None,
-                   "model_name": plan.endpoint.name if plan.endpoint else ""}
+        data = await services.complete_chat(plan)
+        return {"status": S.COMPLETED, "result": data, "http_status": 200, "error_code": "", "error_message": "",
+                "prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
+                "endpoint_id": plan.endpoint.id if plan.endpoint else None,
+                "model_name": plan.endpoint.name if plan.endpoint else ""}
     except (ApiError, router.RoutingError) as exc:
-        outcome = {"status": S.FAILED, "result": None, "http_status": exc.status_code,
-                   "error_code": exc.code, "error_message": exc.message[:2000]}
+        return {"status": S.FAILED, "result": None, "http_status": exc.status_code,
+                "error_code": exc.code, "error_message": exc.message[:2000]}
+
+
+def _finish(task: InferenceTask, attempt: int, outcome: dict[str, Any], inference_ms: int) -> str:
     finished = timezone.now()
     written = InferenceTask.objects.filter(id=task.id, status=S.PROCESSING, attempts=attempt).update(
-        finished_at=finished, inference_ms=int((time.perf_counter() - started) * 1000),
+        finished_at=finished, inference_ms=inference_ms,
         latency_ms=int((finished - task.created_at).total_seconds() * 1000),
         result_expires_at=finished + timedelta(seconds=result_ttl()), **outcome)
-    if written:
-        record_event("inference.complete", actor=_actor(_principal_for(task)), obj=task,
-                     outcome="success" if outcome["status"] == S.COMPLETED else "failure",
-                     details={"status": outcome["status"], "model": outcome.get("model_name", "")})
-        push_update(task.id)
-    return outcome["status"] if written else "superseded"
+    if not written:
+        return "superseded"
+    record_event("inference.complete", actor=_actor(_principal_for(task)), obj=task,
+                 outcome="success" if outcome["status"] == S.COMPLETED else "failure",
+                 details={"status": outcome["status"], "model": outcome.get("model_name", "")})
+    push_update(task.id)
+    return outcome["status"]
+
+
+@services.db_unit
+def run_task(task_id: str, collate: bool = True) -> str:
+    """Run one delivered task, and with it (collation) up to the GPU policy's batch size - 1 queued
+    tasks for the same model, concurrently, so the backend's continuous batching is fed.
+
+    Claims are fenced by ``attempts``: a re-delivery after a dead worker's lease claims the task
+    again and only the latest claim writes the result, once. Companion entries are leased like a
+    delivery and deleted when their result is written; if this worker dies they are delivered again.
+    """
+    now = timezone.now()
+    task, attempt, state = _claim_task(task_id, now)
+    if task is None:
+        return state
+    work: list[tuple[InferenceTask, int, int | None]] = [(task, attempt, None)]
+    if collate:
+        from apps.gpu import policy
+
+        for entry_id in _companions(task, policy.batch_size() - 1):
+            entry = QueueEntry.objects.filter(id=entry_id).only("task_id").first()
+            other, other_attempt, _ = _claim_task(entry.task_id, timezone.now()) if entry else (None, 0, "")
+            if other is not None:
+                work.append((other, other_attempt, entry_id))
+            else:
+                QueueEntry.objects.filter(id=entry_id).delete()
+
+    async def run_all() -> list[tuple[dict[str, Any], int]]:
+        async def one(t: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
+            started = time.perf_counter()
+            outcome = await _execute(t, route)
+            return outcome, int((time.perf_counter() - started) * 1000)
+
+        return await asyncio.gather(*(one(t, r) for (t, _, _), r in zip(work, routes, strict=True)))
+
+    routes = [_route(t) for t, _, _ in work]
+
+    results = _run(run_all())
+    states = []
+    for (t, a, entry_id), (outcome, ms) in zip(work, results, strict=True):
+        states.append(_finish(t, a, outcome, ms))
+        if entry_id is not None:
+            QueueEntry.objects.filter(id=entry_id).delete()
+    return states[0]
 
 
 # --- websocket push ----------------------------------------------------------------------------

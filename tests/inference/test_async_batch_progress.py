@@ -26,7 +26,7 @@ def test_batch_progress_counts_finished_tasks(client_for, alice, charlie, stub_b
     progress = client.get(f"/v1/async/batch-status/{batch_id}").json()
     assert (progress["total"], progress["queued"], progress["progress_percent"]) == (4, 4, 0.0)
 
-    queue.run_task(task_ids[0])
+    queue.run_task(task_ids[0], collate=False)
     client.post(f"/v1/async/cancel/{task_ids[1]}")
     progress = client.get(f"/v1/async/batch-status/{batch_id}").json()
     assert (progress["completed"], progress["cancelled"], progress["queued"]) == (1, 1, 2)

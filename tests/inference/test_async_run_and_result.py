@@ -3,10 +3,11 @@ the result comes back in the OpenAI shape with timings; exhausted backends fail 
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from apps.inference import queue
-from apps.inference.models import InferenceTask
+from apps.inference.models import InferenceTask, QueueEntry
 from tests.conftest import register_model
 from tests.inference.queue_helpers import submit
 from tests.support.servers import set_stub_mode
@@ -56,3 +57,19 @@ def test_a_task_whose_backends_all_fail_is_failed_with_a_readable_error(client_f
     assert status["status"] == "failed" and status["error"]["code"] == "backend_unavailable"
     assert "stub-a" in status["error"]["message"]
     assert client.get(f"/v1/async/result/{task_id}").status_code == 503
+
+
+def test_queued_tasks_for_the_same_model_are_dispatched_together(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    client = client_for(alice)
+    set_stub_mode(stub_backend, "slow", delay=0.3)
+    same = [submit(client, f"same model {i}") for i in range(5)]
+    other = submit(client, "other model", agent_type="Billing")
+    assert queue.run_task(same[0]) == "completed"
+    statuses = {str(k): v for k, v in InferenceTask.objects.values_list("id", "status")}
+    assert [statuses[t] for t in same] == ["completed"] * 5
+    assert statuses[other] == "queued"
+    assert not QueueEntry.objects.filter(task_id__in=same[1:]).exists()  # the companions were acknowledged
+    stats = httpx.get(stub_backend.removesuffix("/v1") + "/_stats", timeout=5).json()
+    assert stats["max_in_flight"] > 1  # sent concurrently (up to the model's concurrency slots)
