@@ -55,6 +55,28 @@ def list_key() -> str:
     return Conf.CLUSTER_NAME
 
 
+def unit_of_work(func: Any) -> Any:
+    """Like services.db_unit (drop a stale connection before and after), but only outside an atomic
+    block: the queue services also run inside a request or a caller's transaction, where closing
+    the connection would break it."""
+    import functools
+
+    from django.db import close_old_connections, connection
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        outside = not connection.in_atomic_block
+        if outside:
+            close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if outside and not connection.in_atomic_block:
+                close_old_connections()
+
+    return wrapper
+
+
 # --- submission ----------------------------------------------------------------------------------
 
 
@@ -79,7 +101,8 @@ def _prepare(auth_header: str | None, item: dict[str, Any], correlation_id: str)
                                    or not 1 <= deadline_s <= 7 * 86400):
         raise ApiError(400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.",
                        "deadline_s")
-    plan = services.begin_chat(auth_header, json.dumps(item).encode(), correlation_id)
+    # begin_chat without its db_unit wrapper: connections are managed by unit_of_work here
+    plan = services.begin_chat.__wrapped__(auth_header, json.dumps(item).encode(), correlation_id)
     spec = {"model": item.get("model") or "", "agent_type": item.get("agent_type") or "",
             "payload": plan.payload, "deadline_s": deadline_s}
     return plan, spec
@@ -126,7 +149,7 @@ def _create(plan: services.ChatPlan, spec: dict[str, Any], batch: TaskBatch | No
     return Submitted(task, True)
 
 
-@services.db_unit
+@unit_of_work
 def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: str = "") -> Submitted:
     """Validate, route and queue one chat request; returns the new or the identical existing task."""
     plan, spec = _prepare(auth_header, item, correlation_id)
@@ -142,7 +165,7 @@ def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: s
     return submitted
 
 
-@services.db_unit
+@unit_of_work
 def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") -> tuple[TaskBatch, list[InferenceTask]]:
     """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none."""
     if not isinstance(items, list) or not items:
@@ -374,7 +397,7 @@ def _finish(task: InferenceTask, attempt: int, outcome: dict[str, Any], inferenc
     return outcome["status"]
 
 
-@services.db_unit
+@unit_of_work
 def run_task(task_id: str, collate: bool = True) -> str:
     """Run one delivered task, and with it (collation) up to the GPU policy's batch size - 1 queued
     tasks for the same model, concurrently, so the backend's continuous batching is fed.
