@@ -55,3 +55,17 @@ def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):  # t
                                       format="json")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "deadline_s"
+
+
+def test_a_result_past_retention_answers_410_before_the_sweep_runs(client_for, alice):  # type: ignore[no-untyped-def]
+    task_id = submit(client_for(alice), "swept later")
+    InferenceTask.objects.filter(id=task_id).update(status="completed", result={"choices": []},
+                                                    result_expires_at=timezone.now() - timedelta(seconds=1))
+    assert client_for(alice).get(f"/v1/async/result/{task_id}").status_code == 410
+
+
+def test_the_sweep_is_scheduled_for_the_worker_cluster():  # type: ignore[no-untyped-def]
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.get(func="apps.inference.tasks.expire_tasks")
+    assert (schedule.schedule_type, schedule.minutes) == (Schedule.MINUTES, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.paginator import EmptyPage, Paginator
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -111,7 +112,8 @@ class ResultView(APIView):
         if task.status in (S.QUEUED, S.PROCESSING):
             raise ApiError(409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.",
                            headers={"Retry-After": "1"})
-        if task.status == S.EXPIRED:
+        if task.status == S.EXPIRED or (task.result_expires_at and task.result_expires_at <= timezone.now()):
+            # past retention even if the sweep (every minute) has not purged it yet
             raise ApiError(410, "task_expired", f"Task {task.id} has expired; its content is no longer kept.")
         if task.status == S.CANCELLED:
             raise ApiError(409, "task_cancelled", f"Task {task.id} was cancelled.")
