@@ -141,7 +141,7 @@ def test_a_task_whose_worker_was_killed_completes_after_its_lease(cluster_env, t
         _wait(lambda: store.tasks()[task_id][0] == "completed", 90, "the task to be re-delivered and complete")
         assert store.tasks()[task_id] == ("completed", 2)
         assert store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)]
-        result = store.rows(f"SELECT model_name, finished_at FROM inference_inferencetask")
+        result = store.rows("SELECT model_name, finished_at FROM inference_inferencetask")
         assert result[0][0] == "stub-a" and result[0][1] is not None
     finally:
         for proc in clusters:
