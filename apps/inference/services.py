@@ -106,6 +106,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "Request body is JSON nested too deeply.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
     return data

@@ -1,0 +1,41 @@
+"""Nothing a client sends produces a 500: hostile bodies, headers and paths on every endpoint."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from tests.conftest import register_model
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEEP = "[" * 100_000
+BODIES = [DEEP, "{" * 5000, '{"a":' * 3000, "\x00", "{}", "[]", '"x"', "1e999999", '{"messages": ' + DEEP + "}",
+          '{"username": {"$ne": 1}, "password": [], "location_id": null}', "\ud800"]
+ENDPOINTS = ["/v1/auth/login", "/v1/auth/refresh", "/v1/auth/logout", "/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_hostile_bodies_never_cause_a_500(path, alice, token_for):  # type: ignore[no-untyped-def]
+    register_model("m", "http://127.0.0.1:9/v1")
+    client = Client(raise_request_exception=False)
+    for auth in ("", f"Bearer {token_for(alice)}"):
+        for body in BODIES:
+            response = client.post(path, data=body.encode("utf-8", "surrogatepass"), content_type="application/json",
+                                   HTTP_AUTHORIZATION=auth)
+            assert response.status_code < 500, (path, body[:40], response.content[:200])
+            if response.status_code >= 400:
+                assert "error" in response.json(), (path, body[:40], response.content[:200])
+
+
+@pytest.mark.parametrize("path", ["/v1/models/%00", "/v1/models/" + "x" * 5000, "/v1/%ff", "/v1/chat/completions/"])
+def test_odd_paths_never_cause_a_500(path, alice, token_for):  # type: ignore[no-untyped-def]
+    response = Client(raise_request_exception=False).get(path, HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
+    assert response.status_code < 500
+
+
+@pytest.mark.parametrize("header", ["Bearer " + "a" * 10_000, "Bearer \u00e9\u00e9", "Bearer a.b.c", "Bearer mk_",
+                                    "bearer    spaced", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."])
+def test_odd_authorization_headers_are_401(header, alice):  # type: ignore[no-untyped-def]
+    response = Client(raise_request_exception=False).get("/v1/models", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
