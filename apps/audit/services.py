@@ -52,29 +52,65 @@ def record_event(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain. Details pass through PHI redaction first."""
+    event = new_event(action, actor=actor, outcome=outcome, location=location, ip=ip, obj=obj,
+                      object_type=object_type, object_id=object_id, details=details)
+    return record_events([event])[0]
+
+
+def new_event(
+    action: str,
+    *,
+    actor: Any = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    location: str = "",
+    ip: str | None = None,
+    obj: Any = None,
+    object_type: str = "",
+    object_id: str = "",
+    details: dict[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> AuditEvent:
+    """An unsaved event for ``record_events`` (same arguments as ``record_event``)."""
     if obj is not None:
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or str(obj.pk)
-    event = AuditEvent(
+    return AuditEvent(
         created_at=timezone.now(),
         action=action,
         outcome=outcome,
         actor_id=getattr(actor, "pk", None),
         actor=getattr(actor, "username", "") or "",
         location=location or "",
-        correlation_id=get_correlation_id(),
+        correlation_id=get_correlation_id() if correlation_id is None else correlation_id,
         ip=ip or None,
         object_type=object_type,
         object_id=object_id,
         details=redact_value(details or {}),
     )
+
+
+def record_events(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Append several events (from ``new_event``) to the chain in one write, in list order.
+
+    The chain head is locked once; each event's ``prev_hash`` is the previous one's hash, so the
+    result is exactly the chain that as many ``record_event`` calls would have written. The rows
+    go in with one multi-row INSERT while the head is locked, so their ``seq`` follows list order
+    and no other writer can interleave.
+    """
+    if not events:
+        return []
     with transaction.atomic():
         head, _ = AuditChainHead.objects.select_for_update().get_or_create(id=1, defaults={"last_hash": GENESIS})
-        event.prev_hash = head.last_hash
-        event.hash = _digest(head.last_hash, event)
-        event.save(force_insert=True)
-        AuditChainHead.objects.filter(id=1).update(last_hash=event.hash)
-    return event
+        prev = head.last_hash
+        for event in events:
+            event.prev_hash = prev
+            event.hash = prev = _digest(prev, event)
+        if len(events) == 1:
+            events[0].save(force_insert=True)
+        else:
+            AuditEvent.objects.bulk_create(events)
+        AuditChainHead.objects.filter(id=1).update(last_hash=prev)
+    return events
 
 
 @dataclass

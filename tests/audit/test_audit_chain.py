@@ -57,3 +57,28 @@ def test_removing_the_last_row_is_detected(alice):  # type: ignore[no-untyped-de
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM audit_auditevent WHERE seq = %s", [last.seq])
     assert not verify_chain().ok
+
+
+def test_events_written_in_bulk_extend_one_valid_chain(alice):  # type: ignore[no-untyped-def]
+    from apps.audit.services import new_event, record_events
+
+    before = record_event("auth.login", actor=alice, location="demo")
+    bulk = record_events([new_event("inference.complete", actor=alice, object_id=str(i),
+                                    details={"note": "Dr. John Smith asked"}) for i in range(5)])
+    after = record_event("auth.logout", actor=alice)
+    chain = list(AuditEvent.objects.order_by("seq"))
+    assert [e.seq for e in chain] == [before.seq, *(e.seq for e in bulk), after.seq]
+    assert [e.prev_hash for e in chain[1:]] == [e.hash for e in chain[:-1]]
+    assert "Smith" not in str(bulk[0].details)  # redacted like record_event
+    assert verify_chain().ok and verify_chain().checked == 7
+    call_command("verify_audit_chain")
+
+
+def test_tampering_inside_a_bulk_write_is_detected(alice):  # type: ignore[no-untyped-def]
+    from apps.audit.services import new_event, record_events
+
+    bulk = record_events([new_event("inference.complete", actor=alice, object_id=str(i)) for i in range(4)])
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET object_id = 'x' WHERE seq = %s", [bulk[2].seq])
+    report = verify_chain()
+    assert not report.ok and report.first_bad_seq == bulk[2].seq
