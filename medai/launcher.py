@@ -1,8 +1,9 @@
 """One command for the embedded default: ``python -m medai.launcher`` (``make run``).
 
 Starts an embedded Redis (unless ``REDIS_URL`` is set), migrates, collects static files, creates
-the demo tenant, then runs the bundled llama.cpp server, the web server (uvicorn) and the worker
-(qcluster) as children, each child's output prefixed with its name. Ctrl-C or SIGTERM stops every
+the demo tenant and registers the bundled llama.cpp server as a supervised ModelServer, then runs
+the monitor (GPU sampling, health checks; it starts and supervises that llama.cpp server), the web
+server (uvicorn) and the worker (qcluster) as children, each child's output prefixed with its name. Ctrl-C or SIGTERM stops every
 child (terminate, wait, kill) and then Redis; a child that dies on its own stops the rest.
 
 Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
@@ -121,8 +122,10 @@ def manage(*args: str, env: dict[str, str]) -> None:
         raise LaunchError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
 
 
-def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.Event) -> bool:
-    """Wait for ``url`` to answer 200 while every child stays alive; False if ``stop`` was set first."""
+def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.Event,
+               accept: Callable[[httpx.Response], object] | None = None) -> bool:
+    """Wait for ``url`` to answer 200 (and ``accept`` the response) while every child stays alive;
+    False if ``stop`` was set first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop.is_set():
@@ -131,9 +134,10 @@ def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.
             if not child.alive():
                 raise LaunchError(f"{child.name} exited with {child.proc.returncode} during start-up")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200 and (accept is None or accept(response)):
                 return True
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.2)
     raise LaunchError(f"{url} did not answer 200 within {timeout:.0f}s")
@@ -241,18 +245,23 @@ def run() -> int:
     children: list[Child] = []
     try:
         for command in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"],
-                        ["bootstrap_demo", "--llama-port", str(llama_port)]):
+                        ["bootstrap_demo", "--llama-port", str(llama_port), *([] if with_llama else ["--no-llama"])]):
             manage(*command, env=env)
             if stop.is_set():
                 return 130
 
+        # The monitor starts the bundled llama.cpp server (a ModelServer row, autostart) and restarts it
+        # if it crashes; it stops it when it stops.
+        from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
+
         llama_url = None
         if with_llama:
-            from apps.gpu.llamacpp import server_command
-
-            argv = server_command(llama_port, parallel=4, ctx_size=2048 * 4)
-            children.append(Child("llama", argv, env))
+            try:  # fail now, clearly, rather than in the monitor's log
+                find_llama_server(), find_bundled_model()
+            except NotInstalled as exc:
+                raise LaunchError(f"{exc} (or MEDAI_LLAMA=0 to start without it)") from None
             llama_url = f"http://127.0.0.1:{llama_port}/v1"
+        children.append(Child("monitor", [sys.executable, "manage.py", "monitor"], env))
         children.append(Child("web", [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
                                       "--port", str(port), "--no-access-log"], env))
         children.append(Child("worker", [sys.executable, "manage.py", "qcluster"], env))
@@ -260,6 +269,10 @@ def run() -> int:
         if with_llama and not wait_ready(f"http://127.0.0.1:{llama_port}/health", children, 180, stop):
             return 130
         if not wait_ready(f"http://127.0.0.1:{port}/healthz", children, 120, stop):
+            return 130
+        # Ready means the platform can answer: workers up and the bundled model seen serving.
+        ready = (lambda r: r.json().get("models", {}).get("ok")) if with_llama else None
+        if not wait_ready(f"http://127.0.0.1:{port}/readyz", children, 120, stop, accept=ready):
             return 130
         print(banner(port, demo_password(var), llama_url), flush=True)
 

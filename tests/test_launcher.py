@@ -99,6 +99,7 @@ def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) 
     names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
     assert any("llama-server" in n for n in names) and any("uvicorn" in n for n in names)
     assert any("qcluster" in n for n in names)
+    assert any("manage.py monitor" in n for n in names)  # it started (and supervises) llama-server
 
     base = f"http://127.0.0.1:{launcher['port']}"
     login = httpx.post(f"{base}/v1/auth/login", json={"username": "clinician", "password": "launcher-test-pass",

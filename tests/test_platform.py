@@ -23,6 +23,22 @@ def test_readyz_reports_each_dependency():  # type: ignore[no-untyped-def]
     assert response.status_code == 503 and not body["checks"]["workers"]["ok"]
 
 
+def test_readyz_reports_which_model_servers_are_serving():  # type: ignore[no-untyped-def]
+    from apps.gpu import shared
+    from tests.conftest import register_model
+
+    up = register_model("up", "http://127.0.0.1:9/v1")
+    down = register_model("down", "http://127.0.0.1:9/v1")
+    shared.mark_health(up.pk, True, "ok")
+    shared.mark_health(down.pk, False, "HTTP 503")
+    models = Client().get("/readyz").json()["models"]
+    assert models["ok"] and models["serving"] == ["up"] and models["enabled"] == 2
+
+    shared.mark_health(up.pk, False, "connection refused")
+    models = Client().get("/readyz").json()["models"]
+    assert not models["ok"] and models["serving"] == []
+
+
 def test_metrics_are_exposed_in_prometheus_format():  # type: ignore[no-untyped-def]
     Client().get("/healthz")
     text = Client().get("/metrics").content.decode()

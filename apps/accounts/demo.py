@@ -47,9 +47,11 @@ def demo_password(var_dir: Path | None = None) -> tuple[str, str]:
 
 
 @transaction.atomic
-def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None) -> DemoResult:
+def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None, autostart: bool = True) -> DemoResult:
     """Create (idempotently) the Demo organization, the ``demo`` location, the ``admin`` and
-    ``clinician`` users with the demo password, and the bundled SmolLM2 model on every agent route."""
+    ``clinician`` users with the demo password, the bundled SmolLM2 model on every agent route, and
+    the supervised llama.cpp server that serves it (the monitor starts it when ``autostart``)."""
+    from apps.gpu.services import ensure_bundled_server
     from apps.inference import router
     from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 
@@ -76,5 +78,6 @@ def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None
         if not AgentRouteEntry.objects.filter(route=route, endpoint=endpoint).exists():
             last = route.entries.aggregate(m=Max("position"))["m"]
             AgentRouteEntry.objects.create(route=route, endpoint=endpoint, position=0 if last is None else last + 1)
+    ensure_bundled_server(port, endpoint_name=endpoint.name, parallel=4, vram_mb=endpoint.vram_mb, autostart=autostart)
     transaction.on_commit(router.invalidate)
     return DemoResult(password=password, password_source=source, location=location, endpoint_name=endpoint.name)

@@ -284,7 +284,8 @@ def restart_server(server: ModelServer, actor: Any = None) -> None:
 
 @transaction.atomic
 def ensure_bundled_server(port: int, *, endpoint_name: str | None = None, parallel: int = 4,
-                          ctx_size: int | None = None, threads: int | None = None, vram_mb: int = 400) -> ModelServer:
+                          ctx_size: int | None = None, threads: int | None = None, vram_mb: int = 400,
+                          autostart: bool = True) -> ModelServer:
     """The supervised llama.cpp server of the embedded default, on the bundled SmolLM2 GGUF, and the
     model endpoint that points at it (created or updated; idempotent). The launcher calls this,
     then runs the monitor, which starts the server."""
@@ -303,5 +304,5 @@ def ensure_bundled_server(port: int, *, endpoint_name: str | None = None, parall
     if threads:
         args += ["--threads", str(threads)]
     server, _ = ModelServer.objects.update_or_create(name=f"llama.cpp {name}", defaults=dict(
-        endpoint=endpoint, port=port, host="127.0.0.1", gpu_index=0, vram_mb=vram_mb, autostart=True, args=args))
+        endpoint=endpoint, port=port, host="127.0.0.1", gpu_index=0, vram_mb=vram_mb, autostart=autostart, args=args))
     return server

@@ -158,6 +158,7 @@ class Supervisor:
                 child.healthy_since = now
                 changes["state"] = ModelServer.State.RUNNING
                 logger.info("model server %s is serving", server.name)
+                _share_health(server, True, "serving (supervisor: /health answered)")
             elif now - child.started > START_TIMEOUT:
                 logger.warning("model server %s did not become healthy in %ss: restarting", server.name, START_TIMEOUT)
                 self._stop(server.pk)
@@ -184,6 +185,7 @@ class Supervisor:
         b.crashes += 1
         b.until = now + delay
         logger.warning("model server %s %s; restarting in %.0f s", server.name, why, delay)
+        _share_health(server, False, f"{why}; restart in {delay:.0f} s")  # route around it now, not at the next check
         _audit("gpu.server.crashed", failure=True, obj=server, server=server.name, why=why, exit_code=code,
                restarts=server.restarts + 1, restart_in_s=delay)
         self._save(server, state=ModelServer.State.BACKOFF, pid=None, restarts=server.restarts + 1,
@@ -226,6 +228,19 @@ class Supervisor:
         for name, value in changes.items():
             setattr(server, name, value)
         ModelServer.objects.filter(pk=server.pk).update(**changes, updated_at=timezone.now())
+
+
+def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
+    """What the supervisor just saw of its server is the freshest health there is: share it at once
+    (the periodic check would take up to ``MEDAI_HEALTH_INTERVAL`` to notice)."""
+    if not server.endpoint_id:
+        return
+    try:
+        from apps.gpu import shared
+
+        shared.mark_health(server.endpoint_id, ok, detail)
+    except Exception:  # noqa: BLE001 - Redis down: the periodic health check will catch up
+        logger.warning("could not share the health of %s", server.name, exc_info=True)
 
 
 def _audit(action: str, **kwargs: object) -> None:

@@ -87,3 +87,19 @@ def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: 
     result = bootstrap_demo()
     assert result.password_source == "env"
     assert User.objects.get(username="admin").check_password("a-new-password-456")
+
+
+def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(db, var_dir: Path,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from apps.gpu.models import ModelServer
+
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
+    call_command("bootstrap_demo", "--llama-port", "18157")
+    call_command("bootstrap_demo", "--llama-port", "18158")
+    server = ModelServer.objects.get()
+    assert server.endpoint.name == "smollm2-135m" and ModelEndpoint.objects.count() == 1
+    assert (server.port, server.autostart) == (18158, True)
+    assert server.health_url.startswith("http://127.0.0.1:18158/")
+
+    call_command("bootstrap_demo", "--llama-port", "18158", "--no-llama")
+    assert ModelServer.objects.get().autostart is False

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from apps.audit.models import AuditEvent
-from apps.gpu import policy, services
+from apps.gpu import policy, services, shared
 from apps.gpu.models import ModelServer
 from apps.gpu.monitor import Monitor
 from apps.gpu.providers import SimulatedProvider
@@ -47,7 +47,11 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
         def state() -> ModelServer:
             return ModelServer.objects.get(pk=server.pk)
 
+        def shared_health() -> bool:
+            return shared.load_view().health[server.endpoint_id]["ok"]
+
         wait_for("running", lambda: state().state == ModelServer.State.RUNNING, supervisor.reconcile)
+        assert shared_health()  # shared at once: routing need not wait for the next health check
         assert chat(port).status_code == 200
         first_pid = state().pid
         os.kill(first_pid, signal.SIGKILL)
@@ -55,7 +59,9 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
         wait_for("noticed", lambda: state().restarts == 1, supervisor.reconcile, 30)
         crashed = state()
         assert crashed.last_exit_code == -signal.SIGKILL and "exited with code" in crashed.last_error
+        assert not shared_health()  # routed around from the moment the crash is seen
         wait_for("running again", lambda: state().state == ModelServer.State.RUNNING, supervisor.reconcile)
+        assert shared_health()
         again = state()
         assert again.pid != first_pid and again.restarts == 1
         assert "llama" in again.log_tail.lower() or again.log_tail  # recent log lines are kept
