@@ -44,6 +44,10 @@ def lease_seconds() -> float:
     return float(getattr(settings, "MEDAI_QUEUE_LEASE_SECONDS", 0) or Conf.RETRY or 60)
 
 
+# 1 µs: far below any gap between two submits, and well above a float's resolution at today's epoch
+FIFO_STEP = 1e-6
+
+
 def rank_for(priority: int, when: Any) -> float:
     return when.timestamp() - int(priority) * aging_seconds()
 
@@ -64,11 +68,11 @@ def redis_client() -> Any:
     return _redis
 
 
-def wake(list_key: str) -> None:
-    """Tell one idle pusher that work arrived (best effort: the poll bounds a lost wake-up)."""
+def wake(list_key: str, n: int = 1) -> None:
+    """Tell idle pushers (up to ``n``) that work arrived (best effort: the poll bounds a lost wake-up)."""
     try:
         pipe = redis_client().pipeline(transaction=False)
-        pipe.lpush(wake_key(list_key), 1)
+        pipe.lpush(wake_key(list_key), *([1] * min(n, 8)))
         pipe.ltrim(wake_key(list_key), 0, 63)
         pipe.execute()
     except Exception as exc:  # noqa: BLE001 - Redis down only slows pickup to the poll interval
@@ -85,6 +89,22 @@ def put(list_key: str, payload: str, *, priority: int = 1, task_id: Any = None, 
         locked_until=now, task_id=task_id, payload=payload)
     transaction.on_commit(lambda: wake(list_key), using=Conf.ORM)
     return entry.pk
+
+
+def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = None) -> None:
+    """Insert entries for ``(payload, priority, task_id)`` items with one multi-row INSERT (inside
+    the caller's transaction) and wake a pusher once on commit. Items enqueued together keep their
+    order within a level: each ranks ``FIFO_STEP`` after the previous one."""
+    from apps.inference.models import QueueEntry
+
+    if not items:
+        return
+    now = now or timezone.now()
+    entries = [QueueEntry(key=list_key, priority=int(priority), rank=rank_for(priority, now) + i * FIFO_STEP,
+                          enqueued_at=now, locked_until=now, task_id=task_id, payload=payload)
+               for i, (payload, priority, task_id) in enumerate(items)]
+    QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
+    transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)
 
 
 class PriorityBroker(Broker):

@@ -52,6 +52,11 @@ class StatusConsumer(AsyncJsonWebsocketConsumer):
     async def task_update(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "task.update", "data": event["data"]})
 
+    async def task_updates(self, event: dict[str, Any]) -> None:
+        """Several updates sent to a group at once (apps.inference.push): one frame per task."""
+        for data in event["data"]["updates"]:
+            await self.send_json({"type": "task.update", "data": data})
+
 
 async def _visible_group(principal: Any, kind: str, object_id: str) -> str | None:
     import uuid

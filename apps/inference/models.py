@@ -195,6 +195,9 @@ class TaskBatch(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="batches")
     location = models.ForeignKey("accounts.Location", on_delete=models.PROTECT, related_name="batches")
     total = models.PositiveIntegerField(default=0)
+    # De-duplication per item: tasks of earlier requests that items of this batch were answered
+    # with (their ``batch`` is another one, or none); progress counts them with the batch's own.
+    reused_task_ids = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

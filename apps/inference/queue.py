@@ -20,15 +20,15 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Count, Min, Q
+from django.db.models import Case, Count, F, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
 from apps.accounts.models import SCOPE_INFERENCE
 from apps.accounts.services import Principal
-from apps.audit.services import record_event
-from apps.inference import broker, router, services
+from apps.audit.services import new_event, record_event, record_events
+from apps.inference import broker, push, router, services
 from apps.inference.api.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, QueueEntry, TaskBatch
 
@@ -124,50 +124,81 @@ def _admit(priority: int, incoming: int) -> None:
                    "high and critical priority. Retry later.", headers={"Retry-After": retry})
 
 
-def _create(plan: services.ChatPlan, spec: dict[str, Any], batch: TaskBatch | None, now: Any) -> Submitted:
-    p = plan.principal
-    key = dedup_key(p.location_pk, spec["model"], spec["agent_type"], spec["payload"])
+def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
+    """The caller's live or retained task for each de-duplication key (the newest one)."""
     # Reused only for the same caller: a task is visible to its owner alone, and answering another
     # clinician with an existing task would tell them what a colleague asked (PHI).
-    existing = (InferenceTask.objects.filter(location_id=p.location_pk, user_id=p.user_id, dedup_key=key,
-                                             mode=InferenceTask.Mode.ASYNC)
-                .filter(Q(status__in=LIVE) | Q(status=S.COMPLETED, result_expires_at__gt=now))
-                .order_by("-created_at").first())
-    if existing is not None and batch is None:
-        return Submitted(existing, False)
+    rows = (InferenceTask.objects.filter(location_id=p.location_pk, user_id=p.user_id, dedup_key__in=keys,
+                                         mode=InferenceTask.Mode.ASYNC)
+            .filter(Q(status__in=LIVE) | Q(status=S.COMPLETED, result_expires_at__gt=now))
+            .order_by("created_at"))
+    return {t.dedup_key: t for t in rows}  # the newest wins
+
+
+def _new_task(plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None,
+              now: Any) -> InferenceTask:
+    p = plan.principal
     deadline = now + timedelta(seconds=spec["deadline_s"]) if spec["deadline_s"] else None
-    task = InferenceTask.objects.create(
+    return InferenceTask(
         mode=InferenceTask.Mode.ASYNC, status=S.QUEUED, priority=plan.priority, user_id=p.user_id,
         location_id=p.location_pk, api_key_id=p.api_key_id, agent_type=plan.route.agent_type,
         requested_model=plan.requested_model, request=spec, correlation_id=plan.correlation_id,
         created_at=now, queued_at=now, dedup_key=key, deadline=deadline, batch=batch)
-    package = SignedPackage.dumps({
+
+
+def _package(task: InferenceTask, now: Any) -> str:
+    return SignedPackage.dumps({
         "id": task.id.hex, "name": f"inference-{task.id}", "func": TASK_FUNC, "args": (str(task.id),), "kwargs": {},
         "ack_failure": True, "started": now, "save": False})
-    broker.put(list_key(), package, priority=plan.priority, task_id=task.id, now=now)
-    transaction.on_commit(lambda: push_update(task.id))
-    return Submitted(task, True)
+
+
+def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
+    """Write the tasks and their queue entries (inside the caller's transaction), push on commit."""
+    if len(tasks) == 1:
+        tasks[0].save(force_insert=True)
+    else:
+        InferenceTask.objects.bulk_create(tasks)
+    broker.put_many(list_key(), [(_package(t, now), t.priority, t.id) for t in tasks], now=now)
+    updates = [push.update_for(t) for t in tasks]
+    transaction.on_commit(lambda: push.send(updates))
+
+
+def _key(plan: services.ChatPlan, spec: dict[str, Any]) -> str:
+    return dedup_key(plan.principal.location_pk, spec["model"], spec["agent_type"], spec["payload"])
 
 
 @unit_of_work
 def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: str = "") -> Submitted:
     """Validate, route and queue one chat request; returns the new or the identical existing task."""
     plan, spec = _prepare(auth_header, item, correlation_id)
+    key = _key(plan, spec)
     try:
         with transaction.atomic():
+            now = timezone.now()
+            existing = _existing(plan.principal, [key], now).get(key)
+            if existing is not None:
+                return Submitted(existing, False)
             _admit(plan.priority, 1)
-            submitted = _create(plan, spec, None, timezone.now())
-            if submitted.created:
-                record_event("inference.submit", actor=_actor(plan.principal), location=plan.principal.location_code,
-                             obj=submitted.task, details={"priority": Priority(plan.priority).name.lower()})
+            task = _new_task(plan, spec, key, None, now)
+            _enqueue([task], now)
+            record_event("inference.submit", actor=_actor(plan.principal), location=plan.principal.location_code,
+                         obj=task, details={"priority": Priority(plan.priority).name.lower()})
     except DatabaseError as exc:
         raise _db_down(exc) from None
-    return submitted
+    return Submitted(task, True)
 
 
 @unit_of_work
 def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") -> tuple[TaskBatch, list[InferenceTask]]:
-    """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none."""
+    """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none.
+
+    Bulk: one transaction writes every task row (one multi-row INSERT), every queue entry (another)
+    and one audit event for the batch. De-duplication applies per item, as for a single submit: an
+    item identical to a live or retained task of the caller's, or to an earlier item of the same
+    batch, is answered with that task (``task_ids`` keeps one id per item, in order); the batch
+    counts such reused tasks in its progress. Within the batch, entries keep the items' order
+    (FIFO within a level).
+    """
     if not isinstance(items, list) or not items:
         raise ApiError(400, "invalid_value", "requests must be a non-empty list.", "requests")
     if len(items) > batch_max():
@@ -185,18 +216,32 @@ def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") 
                 exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
             raise
     principal = prepared[0][0].principal
+    keys = [_key(plan, spec) for plan, spec in prepared]
     try:
         with transaction.atomic():
-            _admit(max(p.priority for p, _ in prepared), len(prepared))
             now = timezone.now()
-            batch = TaskBatch.objects.create(user_id=principal.user_id, location_id=principal.location_pk,
-                                             total=len(prepared))
-            tasks = [_create(plan, spec, batch, now).task for plan, spec in prepared]
+            reused = _existing(principal, list(set(keys)), now)
+            fresh = [(plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if k not in reused]
+            if fresh:
+                _admit(max(plan.priority for plan, _, _ in fresh), len({k for *_, k in fresh}))
+            batch = TaskBatch(user_id=principal.user_id, location_id=principal.location_pk)
+            by_key: dict[str, InferenceTask] = dict(reused)
+            new: list[InferenceTask] = []
+            for plan, spec, k in fresh:
+                if k not in by_key:
+                    by_key[k] = _new_task(plan, spec, k, batch, now)
+                    new.append(by_key[k])
+            batch.total = len(by_key)
+            batch.reused_task_ids = [str(t.id) for t in reused.values()]
+            batch.save(force_insert=True)
+            if new:
+                _enqueue(new, now)
             record_event("inference.submit_batch", actor=_actor(principal), location=principal.location_code,
-                         obj=batch, details={"total": len(tasks)})
+                         obj=batch, details={"total": len(items), "created": len(new), "reused": len(reused),
+                                             "priority": Priority(max(p.priority for p, _ in prepared)).name.lower()})
     except DatabaseError as exc:
         raise _db_down(exc) from None
-    return batch, tasks
+    return batch, [by_key[k] for k in keys]
 
 
 def _actor(principal: Principal) -> Any:
@@ -225,7 +270,8 @@ def position(task: InferenceTask) -> int | None:
 
 
 def batch_progress(batch: TaskBatch) -> dict[str, Any]:
-    counts = dict(batch.tasks.values_list("status").annotate(n=Count("id")))
+    members = InferenceTask.objects.filter(Q(batch=batch) | Q(id__in=batch.reused_task_ids or []))
+    counts = dict(members.order_by().values_list("status").annotate(n=Count("id")))
     total = batch.total
     completed, failed = counts.get(S.COMPLETED, 0) + counts.get(S.EXPIRED, 0), counts.get(S.FAILED, 0)
     cancelled = counts.get(S.CANCELLED, 0)
@@ -310,49 +356,93 @@ def _principal_for(task: InferenceTask) -> Principal:
                      api_key_id=task.api_key_id)
 
 
-def _claim_task(task_id: Any, now: Any) -> tuple[InferenceTask | None, int, str]:
-    """Move a live task to PROCESSING with attempts + 1 (the fencing token for its result)."""
-    task = InferenceTask.objects.filter(id=task_id).first()
-    if task is None or task.status not in LIVE:
-        return None, 0, task.status if task else "missing"
-    if task.status == S.QUEUED and task.deadline and task.deadline <= now:
-        InferenceTask.objects.filter(id=task.id, status=S.QUEUED).update(
-            status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
-            error_message="The task was still queued at its deadline.", request=None)
-        push_update(task.id)
-        return None, 0, S.EXPIRED
-    attempt = task.attempts + 1
-    claimed = InferenceTask.objects.filter(id=task.id, status__in=LIVE, attempts=task.attempts).update(
-        status=S.PROCESSING, attempts=attempt, started_at=now,
-        queue_wait_ms=int((now - (task.queued_at or task.created_at)).total_seconds() * 1000))
-    if not claimed:
-        return None, 0, "lost_claim"
-    push_update(task.id)
-    return task, attempt, S.PROCESSING
+@dataclass
+class Claimed:
+    task: InferenceTask
+    attempt: int  # the fencing token: only this claim may write the result
+    entry_id: int | None  # a companion's queue entry (deleted with its result); None: the delivered task
 
 
-def _companions(task: InferenceTask, limit: int) -> list[int]:
-    """Collation: lease up to ``limit`` more queued entries for the same model/agent from the head
-    of the queue (priority order kept: they are the next work anyway). Returns their entry ids."""
-    if limit <= 0:
-        return []
+def drain_seconds() -> float:
+    return float(getattr(settings, "MEDAI_QUEUE_DRAIN_SECONDS", 1.0))
+
+
+def _locked(qs: Any, skip: bool = False) -> Any:
+    """Row locks on PostgreSQL (SQLite's IMMEDIATE transaction already holds the write lock)."""
     from django.db import connection
 
+    if connection.features.has_select_for_update_skip_locked:
+        return qs.select_for_update(skip_locked=skip)
+    return qs
+
+
+def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
+    """Claim, in one transaction, the delivered task (``task_id``) and up to ``limit`` - 1 queued tasks
+    for the same model from the head of the queue (collation), or with ``task_id`` None the next
+    ``limit`` tasks for ``model`` if the queue's head is for that model (a worker draining a deep
+    queue). Each claimed task moves to PROCESSING with attempts + 1; companions' entries are leased
+    like a delivery, so a dead worker's group is delivered again.
+
+    Lock order (PostgreSQL): the delivered task, then entries and companion tasks with SKIP LOCKED,
+    so a concurrent cancel or claim is skipped, never waited for (no deadlock).
+    """
     now = timezone.now()
+    group: list[Claimed] = []
+    expired: list[InferenceTask] = []
+    delivered = None
     with transaction.atomic():
-        qs = QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank").only("id", "task_id")
-        if connection.features.has_select_for_update_skip_locked:
-            qs = qs.select_for_update(skip_locked=True)
-        head = list(qs[: limit * 4])
-        if not head:
-            return []
-        same = set(InferenceTask.objects.filter(
-            id__in=[e.task_id for e in head if e.task_id], status=S.QUEUED, requested_model=task.requested_model,
-            agent_type=task.agent_type).values_list("id", flat=True))
-        chosen = [e.id for e in head if e.task_id in same][:limit]
-        if chosen:
-            QueueEntry.objects.filter(id__in=chosen).update(locked_until=now + timedelta(seconds=broker.lease_seconds()))
-    return chosen
+        if task_id is not None:
+            task = _locked(InferenceTask.objects.filter(id=task_id)).first()
+            if task is None or task.status not in LIVE:
+                return [], task.status if task else "missing"
+            if task.status == S.QUEUED and task.deadline and task.deadline <= now:
+                expired.append(task)
+                limit = 0  # the delivery ends here, as it would have without collation
+            else:
+                group.append(Claimed(task, task.attempts + 1, None))
+            model, delivered = (task.requested_model, task.agent_type), task.id
+        assert model is not None
+        if limit > len(group):
+            head = list(_locked(QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank")
+                                .only("id", "task_id"), skip=True)[: limit * 4])
+            ids = [e.task_id for e in head if e.task_id and e.task_id != delivered]
+            same = {t.id: t for t in _locked(InferenceTask.objects.filter(
+                id__in=ids, status=S.QUEUED, requested_model=model[0], agent_type=model[1]), skip=True)}
+            if task_id is None and (not head or head[0].task_id not in same):
+                return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
+            for entry in head:
+                other = same.get(entry.task_id)
+                if other is None or len(group) >= limit:
+                    continue
+                if other.deadline and other.deadline <= now:
+                    expired.append(other)
+                else:
+                    group.append(Claimed(other, other.attempts + 1, entry.id))
+            leased = [c.entry_id for c in group if c.entry_id is not None]
+            if leased:
+                QueueEntry.objects.filter(id__in=leased).update(
+                    locked_until=now + timedelta(seconds=broker.lease_seconds()))
+        if expired:
+            InferenceTask.objects.filter(id__in=[t.id for t in expired], status=S.QUEUED).update(
+                status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
+                error_message="The task was still queued at its deadline.", request=None)
+            QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
+        if group:
+            # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
+            waits = {c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000)
+                     for c in group}
+            InferenceTask.objects.filter(id__in=list(waits), status__in=LIVE).update(
+                status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now,
+                queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()),
+                                   output_field=IntegerField()))
+        updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
+            push.update_for(c.task, S.PROCESSING) for c in group]
+        transaction.on_commit(lambda: push.send(updates))
+    for c in group:
+        c.task.status, c.task.attempts, c.task.started_at = S.PROCESSING, c.attempt, now
+    if not group:
+        return [], S.EXPIRED if expired else "empty"
+    return group, S.PROCESSING
 
 
 def _route(task: InferenceTask) -> router.Route | router.RoutingError:
@@ -382,19 +472,51 @@ async def _execute(task: InferenceTask, route: router.Route | router.RoutingErro
                 "error_code": exc.code, "error_message": exc.message[:2000]}
 
 
-def _finish(task: InferenceTask, attempt: int, outcome: dict[str, Any], inference_ms: int) -> str:
+def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
+    """Send the group's requests concurrently (the backend's continuous batching is fed)."""
+    routes = [_route(c.task) for c in group]
+
+    async def one(task: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
+        started = time.perf_counter()
+        outcome = await _execute(task, route)
+        return outcome, int((time.perf_counter() - started) * 1000)
+
+    async def run_all() -> list[tuple[dict[str, Any], int]]:
+        return await asyncio.gather(*(one(c.task, r) for c, r in zip(group, routes, strict=True)))
+
+    return _run(run_all())
+
+
+def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
+    """Write the group's results in one transaction: each fenced by its attempt (a task claimed again
+    after this worker's lease ended is not overwritten: "superseded"), one audit write for all,
+    the companions' entries deleted, the updates pushed on commit."""
     finished = timezone.now()
-    written = InferenceTask.objects.filter(id=task.id, status=S.PROCESSING, attempts=attempt).update(
-        finished_at=finished, inference_ms=inference_ms,
-        latency_ms=int((finished - task.created_at).total_seconds() * 1000),
-        result_expires_at=finished + timedelta(seconds=result_ttl()), **outcome)
-    if not written:
-        return "superseded"
-    record_event("inference.complete", actor=_actor(_principal_for(task)), obj=task,
-                 outcome="success" if outcome["status"] == S.COMPLETED else "failure",
-                 details={"status": outcome["status"], "model": outcome.get("model_name", "")})
-    push_update(task.id)
-    return outcome["status"]
+    states: list[str] = []
+    events = []
+    updates = []
+    with transaction.atomic():
+        for c, (outcome, ms) in zip(group, results, strict=True):
+            task = c.task
+            written = InferenceTask.objects.filter(id=task.id, status=S.PROCESSING, attempts=c.attempt).update(
+                finished_at=finished, inference_ms=ms, latency_ms=int((finished - task.created_at).total_seconds() * 1000),
+                result_expires_at=finished + timedelta(seconds=result_ttl()), **outcome)
+            if not written:
+                states.append("superseded")
+                continue
+            states.append(outcome["status"])
+            task.model_name = outcome.get("model_name", "")
+            events.append(new_event("inference.complete", actor=_actor(_principal_for(task)), obj=task,
+                                    outcome="success" if outcome["status"] == S.COMPLETED else "failure",
+                                    details={"status": outcome["status"], "model": task.model_name},
+                                    correlation_id=task.correlation_id))
+            updates.append(push.update_for(task, outcome["status"]))
+        record_events(events)
+        companions = [c.entry_id for c in group if c.entry_id is not None]
+        if companions:
+            QueueEntry.objects.filter(id__in=companions).delete()
+        transaction.on_commit(lambda: push.send(updates))
+    return states
 
 
 @unit_of_work
@@ -405,78 +527,47 @@ def run_task(task_id: str, collate: bool = True) -> str:
     Claims are fenced by ``attempts``: a re-delivery after a dead worker's lease claims the task
     again and only the latest claim writes the result, once. Companion entries are leased like a
     delivery and deleted when their result is written; if this worker dies they are delivered again.
+
+    A deep queue: after its group, the worker goes on with the next group of the same model for up
+    to ``MEDAI_QUEUE_DRAIN_SECONDS``, but only while the head of the queue is for that model: any
+    other work at the head (a CRITICAL task for another model) ends the drain and is delivered by
+    the broker as usual. Every group stays within the policy's batch size.
     """
-    now = timezone.now()
-    task, attempt, state = _claim_task(task_id, now)
-    if task is None:
+    from apps.gpu import policy
+
+    limit = max(policy.batch_size(), 1) if collate else 1
+    group, state = _claim_group(task_id, None, limit)
+    if not group:
         return state
-    work: list[tuple[InferenceTask, int, int | None]] = [(task, attempt, None)]
-    if collate:
-        from apps.gpu import policy
-
-        for entry_id in _companions(task, policy.batch_size() - 1):
-            entry = QueueEntry.objects.filter(id=entry_id).only("task_id").first()
-            other, other_attempt, _ = _claim_task(entry.task_id, timezone.now()) if entry else (None, 0, "")
-            if other is not None:
-                work.append((other, other_attempt, entry_id))
-            else:
-                QueueEntry.objects.filter(id=entry_id).delete()
-
-    async def run_all() -> list[tuple[dict[str, Any], int]]:
-        async def one(t: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
-            started = time.perf_counter()
-            outcome = await _execute(t, route)
-            return outcome, int((time.perf_counter() - started) * 1000)
-
-        return await asyncio.gather(*(one(t, r) for (t, _, _), r in zip(work, routes, strict=True)))
-
-    routes = [_route(t) for t, _, _ in work]
-
-    results = _run(run_all())
-    states = []
-    for (t, a, entry_id), (outcome, ms) in zip(work, results, strict=True):
-        states.append(_finish(t, a, outcome, ms))
-        if entry_id is not None:
-            QueueEntry.objects.filter(id=entry_id).delete()
-    return states[0]
+    model = (group[0].task.requested_model, group[0].task.agent_type)
+    result = _finish_group(group, _execute_group(group))[0]  # the delivered task's
+    end = time.monotonic() + drain_seconds()
+    while collate and time.monotonic() < end:
+        group, _ = _claim_group(None, model, max(policy.batch_size(), 1))
+        if not group:
+            break
+        _finish_group(group, _execute_group(group))
+    return result
 
 
 # --- websocket push ----------------------------------------------------------------------------
 
 
 def task_group(task_id: Any) -> str:
-    return f"task.{task_id}"
+    return push.task_group(task_id)
 
 
 def batch_group(batch_id: Any) -> str:
-    return f"batch.{batch_id}"
+    return push.batch_group(batch_id)
 
 
 def push_update(task_id: Any) -> None:
-    """Send the task's status to ``user.<id>``, ``task.<uuid>`` (and ``batch.<uuid>``): best effort."""
+    """Send the task's current status to its groups (``user.<id>``, ``task.<uuid>``, ``batch.<uuid>``):
+    best effort, queued to this process's pusher (apps.inference.push)."""
     try:
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
-
         task = InferenceTask.objects.filter(id=task_id).only(
             "id", "status", "priority", "user_id", "batch_id", "model_name").first()
-        layer = get_channel_layer()
-        if task is None or layer is None:
-            return
-        data = {"task_id": str(task.id), "status": task.status, "priority": Priority(task.priority).name.lower(),
-                "model": task.model_name, "batch_id": str(task.batch_id) if task.batch_id else None}
-        groups = [f"user.{task.user_id}", task_group(task.id)]
-        if task.batch_id:
-            groups.append(batch_group(task.batch_id))
-
-        async def send() -> None:
-            for group in groups:
-                await layer.group_send(group, {"type": "task.update", "data": data})
-
-        try:
-            asyncio.get_running_loop()
-            return  # called on an event loop: the sync path cannot block it; skip the push
-        except RuntimeError:
-            async_to_sync(send)()
+        if task is not None:
+            push.send([push.update_for(task)])
     except Exception as exc:  # noqa: BLE001 - a missed push must not fail the task
         logger.warning("task push failed: %s", exc)

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from django.db import OperationalError
 
-from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.models import InferenceTask, QueueEntry, TaskBatch
 from tests.conftest import register_model
 from tests.inference.queue_helpers import ask, submit
 
@@ -38,8 +38,12 @@ def test_a_full_queue_answers_429_and_accepts_only_high_and_critical(client_for,
 
 def test_a_database_outage_answers_503_and_writes_nothing(client_for, alice):  # type: ignore[no-untyped-def]
     client = client_for(alice)
-    with mock.patch("apps.inference.broker.put", side_effect=OperationalError("connection refused")):
+    # the queue entries are the last write of a submit: failing there must roll the task rows back
+    with mock.patch("apps.inference.broker.put_many", side_effect=OperationalError("connection refused")):
         response = ask(client, "during the outage")
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "database_unavailable"
-    assert InferenceTask.objects.count() == QueueEntry.objects.count() == 0
+        batch = client.post("/v1/async/submit-batch", {"requests": [
+            {"agent_type": "Chat", "messages": [{"role": "user", "content": f"outage {i}"}]} for i in range(3)]},
+            format="json")
+    assert response.status_code == batch.status_code == 503
+    assert response.json()["error"]["code"] == batch.json()["error"]["code"] == "database_unavailable"
+    assert InferenceTask.objects.count() == QueueEntry.objects.count() == TaskBatch.objects.count() == 0

@@ -1,0 +1,89 @@
+"""Workers claim and finish a collated group in bulk, and a worker whose model heads a deep queue
+goes on with the next group of it; other work at the head (a CRITICAL task for another model)
+stops that at once. Each finished task gets its audit event, in one valid chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.audit.services import verify_chain
+from apps.inference import queue
+from apps.inference.models import InferenceTask, QueueEntry
+from tests.conftest import register_model
+from tests.inference.queue_helpers import submit
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def small_batches(monkeypatch, settings):  # type: ignore[no-untyped-def]
+    from apps.gpu import policy
+
+    monkeypatch.setattr(policy, "batch_size", lambda: 2)
+    settings.MEDAI_QUEUE_DRAIN_SECONDS = 60
+
+
+def _deliver() -> str:
+    """What the broker hands a worker next (its entry leased, as in a real cluster), run, acknowledged."""
+    from apps.inference.broker import PriorityBroker
+
+    broker = PriorityBroker(list_key=queue.list_key())
+    [(ack, _)] = broker._claim()
+    task_id = str(QueueEntry.objects.get(pk=ack).task_id)
+    state = queue.run_task(task_id)
+    broker.acknowledge(ack)
+    return state
+
+
+def _statuses(ids: list[str]) -> list[str]:
+    found = {str(k): v for k, v in InferenceTask.objects.filter(id__in=ids).values_list("id", "status")}
+    return [found[i] for i in ids]
+
+
+def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    client = client_for(alice)
+    first = [submit(client, f"a{i}") for i in range(5)]
+    other = submit(client, "b", agent_type="Billing")
+    later = [submit(client, f"a-late{i}") for i in range(2)]
+    assert _deliver() == "completed"
+    # groups of 2: [a0 a1] [a2 a3] [a4 a-late0] (same model from the head window), then "b" heads the queue
+    assert _statuses(first) == ["completed"] * 5
+    assert _statuses(later) == ["completed", "queued"]
+    assert _statuses([other]) == ["queued"]
+    assert set(QueueEntry.objects.values_list("task_id", flat=True)) == {InferenceTask.objects.get(id=other).id,
+                                                                        InferenceTask.objects.get(id=later[1]).id}
+    completes = AuditEvent.objects.filter(action="inference.complete")
+    assert sorted(completes.values_list("object_id", flat=True)) == sorted(first + later[:1])
+    assert verify_chain().ok
+
+
+def test_a_critical_task_for_another_model_ends_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    client = client_for(alice)
+    low = [submit(client, f"low {i}", "low") for i in range(6)]
+    from apps.inference.broker import PriorityBroker
+
+    [(ack, _)] = PriorityBroker(list_key=queue.list_key())._claim()  # a worker took low 0 ...
+    urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
+    assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
+    assert _statuses(low) == ["completed", "completed"] + ["queued"] * 4
+    assert _statuses([urgent]) == ["queued"]
+
+
+def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    client = client_for(alice)
+    ids = [submit(client, f"q{i}") for i in range(2)]
+    group, state = queue._claim_group(ids[0], None, 2)
+    assert state == "processing" and [str(c.task.id) for c in group] == ids
+    assert [c.attempt for c in group] == [1, 1]
+    # the lease ended and another worker claimed the companion again (attempt 2)
+    InferenceTask.objects.filter(id=ids[1]).update(attempts=2)
+    states = queue._finish_group(group, queue._execute_group(group))
+    assert states == ["completed", "superseded"]
+    assert InferenceTask.objects.get(id=ids[1]).status == "processing"
+    assert AuditEvent.objects.filter(action="inference.complete").count() == 1
