@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -67,8 +68,9 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         _wait("web and both model servers up", lambda: _servers_running() == 2 and _ok(base + "/healthz"), 180)
         print(f"web on {base}; monitor supervising 2 llama.cpp servers; var dir {var}")
-        pressure_walk(base, headers, sim_file)
-        kill_under_load(base, headers, args.load_seconds, args.threads)
+        pressure_walk(base, headers, lambda percent: sim_file.write_text(
+            json.dumps({"0": {"memory_percent": percent}} if percent is not None else {})))
+        kill_under_load(base, headers, args.load_seconds, args.threads, primary="primary", model="Clinical")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -123,7 +125,9 @@ def _wait(what: str, check, timeout: float) -> float:  # type: ignore[no-untyped
     return time.monotonic() - t0
 
 
-def pressure_walk(base: str, headers: dict[str, str], sim_file: Path) -> None:
+def pressure_walk(base: str, headers: dict[str, str], steer: Callable[[float | None], object]) -> None:
+    """Steer the simulated GPU's memory (``steer(percent)``, None clears it) and print every change
+    of what GET /v1/gpu/status reports."""
     print("\n== simulated memory pressure walk (GET /v1/gpu/status) ==")
     t0 = time.monotonic()
     last = None
@@ -144,16 +148,18 @@ def pressure_walk(base: str, headers: dict[str, str], sim_file: Path) -> None:
             time.sleep(0.25)
 
     for percent, seconds in ((20, 5), (60, 5), (75, 5), (92, 5), (20, 40)):
-        sim_file.write_text(json.dumps({"0": {"memory_percent": percent}}))
+        steer(percent)
         print(f"  t={time.monotonic() - t0:5.1f}s  -> override memory to {percent}%")
         poll(seconds)
-    sim_file.write_text("{}")
+    steer(None)
 
 
-def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads: int) -> None:
+def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads: int, *, primary: str,
+                    model: str) -> None:
+    """Load ``model`` from client threads, SIGKILL the server of endpoint ``primary``, report."""
     from apps.gpu.models import ModelServer
 
-    print(f"\n== SIGKILL the primary llama.cpp server under load ({threads} client threads) ==")
+    print(f"\n== SIGKILL the {primary} llama.cpp server under load ({threads} client threads) ==")
     results: list[tuple[float, int, str]] = []
     stop = threading.Event()
     t0 = time.monotonic()
@@ -162,24 +168,24 @@ def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads:
         with httpx.Client(timeout=60) as client:
             while not stop.is_set():
                 r = client.post(base + "/v1/chat/completions", headers=headers, json={
-                    "model": "Clinical", "max_tokens": 8, "messages": [{"role": "user", "content": "Say OK."}]})
-                model = r.json().get("model", "") if r.status_code == 200 else r.text[:200]
-                results.append((time.monotonic() - t0, r.status_code, model))
+                    "model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Say OK."}]})
+                answered_by = r.json().get("model", "") if r.status_code == 200 else r.text[:200]
+                results.append((time.monotonic() - t0, r.status_code, answered_by))
 
     workers = [threading.Thread(target=load) for _ in range(threads)]
     for w in workers:
         w.start()
     time.sleep(min(5.0, seconds / 4))
-    primary = ModelServer.objects.get(endpoint__name="primary")
-    restarts = primary.restarts
-    os.kill(primary.pid, signal.SIGKILL)
+    server = ModelServer.objects.get(endpoint__name=primary)
+    restarts = server.restarts
+    os.kill(server.pid, signal.SIGKILL)
     killed = time.monotonic() - t0
-    print(f"  t={killed:5.1f}s  killed pid {primary.pid}")
+    print(f"  t={killed:5.1f}s  killed pid {server.pid} ({server.name})")
     running = _wait("restarted", lambda: ModelServer.objects.filter(
-        pk=primary.pk, state="running", restarts__gt=restarts).exists(), 60)
-    print(f"  t={killed + running:5.1f}s  monitor reports the primary running again ({running:.1f} s after the kill)")
-    back = _wait("primary answers", lambda: any(t > killed + running and m == "primary" for t, _, m in results), 60)
-    print(f"  t={killed + running + back:5.1f}s  primary answering requests again "
+        pk=server.pk, state="running", restarts__gt=restarts).exists(), 60)
+    print(f"  t={killed + running:5.1f}s  monitor reports {primary} running again ({running:.1f} s after the kill)")
+    back = _wait("primary answers", lambda: any(t > killed + running and m == primary for t, _, m in results), 60)
+    print(f"  t={killed + running + back:5.1f}s  {primary} answering requests again "
           f"({running + back:.1f} s after the kill)")
     while time.monotonic() - t0 < seconds:
         time.sleep(0.2)

@@ -236,9 +236,11 @@ def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
     if not server.endpoint_id:
         return
     try:
-        from apps.gpu import shared
+        from apps.gpu import circuit, shared
 
         shared.mark_health(server.endpoint_id, ok, detail)
+        if ok and circuit.state_of(server.endpoint_id)[0] == circuit.OPEN:
+            circuit.half_open(server.endpoint_id)  # as a passing health check does: one trial request
     except Exception:  # noqa: BLE001 - Redis down: the periodic health check will catch up
         logger.warning("could not share the health of %s", server.name, exc_info=True)
 
