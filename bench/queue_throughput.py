@@ -1,6 +1,10 @@
 """The async queue's speed: broker dequeue cost by depth, a CRITICAL task behind 10,000 LOW ones,
 idle pickup and end-to-end tasks/s through real ``qcluster`` processes on the zero-latency stub.
 
+End to end, tasks are submitted in this process through the queue services the API views call
+(``queue.submit_batch``, ``--batch`` tasks a call, as ``POST /v1/async/submit-batch``; and
+``queue.submit_task`` one by one), without HTTP; tasks/s is N / (first submit → last completion).
+
 Runs in an isolated environment (a temporary ``MEDAI_VAR_DIR``: SQLite file and embedded Redis
 unless ``DATABASE_URL``/``REDIS_URL`` are set; on PostgreSQL a fresh database is created and
 dropped). Figures only, no pass/fail::
@@ -8,6 +12,7 @@ dropped). Figures only, no pass/fail::
     .venv/bin/python bench/queue_throughput.py                    # SQLite + embedded Redis
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/medai REDIS_URL=redis://127.0.0.1:6379/0 \\
         .venv/bin/python bench/queue_throughput.py --tasks 1000
+    .venv/bin/python bench/queue_throughput.py --tasks 5000 --batch 100   # defaults: 300 single, 40 critical
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clusters", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=100, help="tasks per submit_batch call")
+    parser.add_argument("--single-tasks", type=int, default=300, help="also time this many single submits (0: skip)")
+    parser.add_argument("--idle-samples", type=int, default=30)
+    parser.add_argument("--critical-samples", type=int, default=40, help="CRITICAL behind 10,000 LOW, end to end")
     parser.add_argument("--profile-submit", action="store_true", help="cProfile the submit loop (top 15 by cumtime)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="medai-qbench-"))
@@ -125,14 +134,34 @@ def main() -> None:
     user.locations.add(loc)
     ep = ModelEndpoint.objects.create(name="stub", base_url=url, context_length=2048)
     AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
+    other = ModelEndpoint.objects.create(name="stub-other", base_url=url, context_length=2048)
+    AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Urgent")[0], endpoint=other)
     header = "Bearer " + issue_tokens(user, loc).access_token
-    env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_QUEUE_MAX=str(10 * args.tasks), MEDAI_BACKEND_RETRIES="0")
+    queue_max = max(10 * args.tasks, 40_000)
+    env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_QUEUE_MAX=str(queue_max), MEDAI_BACKEND_RETRIES="0")
     clusters = [subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
                                  stdout=(tmp / f"cluster{i}.log").open("ab"), stderr=subprocess.STDOUT)
                 for i in range(args.clusters)]
     from django.conf import settings
 
-    settings.MEDAI_QUEUE_MAX = 10 * args.tasks
+    settings.MEDAI_QUEUE_MAX = queue_max
+
+    def ask(text: str, priority: str = "normal", agent: str = "Chat") -> dict[str, object]:
+        return {"agent_type": agent, "priority": priority, "messages": [{"role": "user", "content": text}]}
+
+    def submit_many(n: int, prefix: str, priority: str = "normal") -> list:
+        """n tasks through queue.submit_batch (the service behind POST /v1/async/submit-batch), args.batch a call."""
+        ids: list = []
+        for start in range(0, n, args.batch):
+            _, tasks = queue.submit_batch(header, [ask(f"{prefix}{i}", priority)
+                                                   for i in range(start, min(n, start + args.batch))])
+            ids += [t.id for t in tasks]
+        return ids
+
+    def signal_clusters(sig: int) -> None:
+        for proc in clusters:
+            os.killpg(proc.pid, sig)
+
     try:
         def wait_done(ids: list, timeout: float = 600) -> None:
             end = time.monotonic() + timeout
@@ -143,20 +172,19 @@ def main() -> None:
             raise SystemExit("timed out")
 
         # warm-up (cluster start, connections)
-        warm = [queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": f"w{i}"}]}).task.id
-                for i in range(10)]
+        warm = [queue.submit_task(header, ask(f"w{i}")).task.id for i in range(10)]
         wait_done(warm, 120)
         # idle pickup: one task at a time into an idle cluster; submit (commit) → started_at
         pickups = []
-        for i in range(30):
+        for i in range(args.idle_samples):
             time.sleep(0.3)
-            task = queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": f"idle{i}"}]}).task
+            task = queue.submit_task(header, ask(f"idle{i}")).task
             wait_done([task.id], 30)
             t = InferenceTask.objects.get(id=task.id)
             pickups.append((t.started_at - t.queued_at).total_seconds() * 1000)
         out["idle_pickup_ms_median"] = round(statistics.median(pickups), 1)
         out["idle_pickup_ms_p95"] = round(pct(pickups, 95), 1)
-        # throughput: submit N, time until all completed (submit → completed, end to end)
+        # throughput: submit N through submit-batch, time until all completed (submit → completed)
         if args.profile_submit:
             import cProfile
             import pstats
@@ -164,16 +192,52 @@ def main() -> None:
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.perf_counter()
-        ids = [queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": f"t{i}"}]}).task.id
-               for i in range(args.tasks)]
+        ids = submit_many(args.tasks, "t")
         submitted = time.perf_counter() - t0
         if args.profile_submit:
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
         wait_done(ids)
         total = time.perf_counter() - t0
-        out.update(tasks=args.tasks, workers=args.workers, clusters=args.clusters,
+        out.update(tasks=args.tasks, batch=args.batch, workers=args.workers, clusters=args.clusters,
                    submit_per_s=round(args.tasks / submitted, 1), end_to_end_tasks_per_s=round(args.tasks / total, 1))
+        # the same with one POST /v1/async/submit per task (queue.submit_task)
+        if args.single_tasks:
+            t0 = time.perf_counter()
+            ids = [queue.submit_task(header, ask(f"s{i}")).task.id for i in range(args.single_tasks)]
+            submitted = time.perf_counter() - t0
+            wait_done(ids)
+            total = time.perf_counter() - t0
+            out.update(single_tasks=args.single_tasks, single_submit_per_s=round(args.single_tasks / submitted, 1),
+                       single_end_to_end_tasks_per_s=round(args.single_tasks / total, 1))
+        # a CRITICAL task submitted behind 10,000 queued LOW ones (clusters paused while the LOW ones
+        # are written, then resumed): submit (commit) → started_at, for the same model as the LOW
+        # tasks and for another one (a worker draining the LOW model must stop for it)
+        if args.critical_samples:
+            signal_clusters(signal.SIGSTOP)
+            try:
+                low = submit_many(10_000, "low", "low")
+            finally:
+                signal_clusters(signal.SIGCONT)
+            lat: dict[str, list[float]] = {"Chat": [], "Urgent": []}
+            depths = []
+            for i in range(args.critical_samples):
+                time.sleep(0.05)
+                agent = "Chat" if i % 2 else "Urgent"
+                depths.append(InferenceTask.objects.filter(status="queued", priority=0).count())
+                task = queue.submit_task(header, ask(f"critical{i}", "critical", agent)).task
+                end = time.monotonic() + 30
+                while time.monotonic() < end:
+                    t = InferenceTask.objects.filter(id=task.id).only("started_at", "queued_at").first()
+                    if t.started_at:
+                        lat[agent].append((t.started_at - t.queued_at).total_seconds() * 1000)
+                        break
+                    time.sleep(0.002)
+            for agent, name in (("Chat", "same_model"), ("Urgent", "other_model")):
+                out[f"critical_e2e_{name}_ms_p50"] = round(pct(lat[agent], 50), 1)
+                out[f"critical_e2e_{name}_ms_p95"] = round(pct(lat[agent], 95), 1)
+            out["critical_e2e_low_queued_min_max"] = [min(depths), max(depths)]
+            wait_done(low)
     finally:
         for proc in clusters:
             os.killpg(proc.pid, signal.SIGTERM)

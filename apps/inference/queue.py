@@ -127,12 +127,21 @@ def _admit(priority: int, incoming: int) -> None:
 def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
     """The caller's live or retained task for each de-duplication key (the newest one)."""
     # Reused only for the same caller: a task is visible to its owner alone, and answering another
-    # clinician with an existing task would tell them what a colleague asked (PHI).
-    rows = (InferenceTask.objects.filter(location_id=p.location_pk, user_id=p.user_id, dedup_key__in=keys,
-                                         mode=InferenceTask.Mode.ASYNC)
-            .filter(Q(status__in=LIVE) | Q(status=S.COMPLETED, result_expires_at__gt=now))
-            .order_by("created_at"))
-    return {t.dedup_key: t for t in rows}  # the newest wins
+    # clinician with an existing task would tell them what a colleague asked (PHI). The lookup is by
+    # key alone (its index; the key already includes the location), the rest is checked here: with
+    # the owner in the WHERE clause SQLite picks the owner index and reads all the caller's tasks.
+    rows = (InferenceTask.objects.filter(dedup_key__in=keys).order_by()
+            .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at",
+                                         "created_at", "id"))
+    best: dict[str, tuple[Any, Any]] = {}
+    for key, user_id, location_id, mode, status, expires, created, pk in rows:
+        if (user_id, location_id, mode) != (p.user_id, p.location_pk, InferenceTask.Mode.ASYNC):
+            continue
+        if status in LIVE or (status == S.COMPLETED and expires and expires > now):
+            if key not in best or created > best[key][0]:
+                best[key] = (created, pk)
+    found = {t.id: t for t in _by_pk([pk for _, pk in best.values()])} if best else {}
+    return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
 
 
 def _new_task(plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None,
@@ -376,6 +385,21 @@ def _locked(qs: Any, skip: bool = False) -> Any:
     return qs
 
 
+def _by_pk(ids: list[Any]) -> Any:
+    """Tasks by primary key alone, unordered. Filters on status here would let SQLite's planner pick
+    the status index and scan every queued task: a cost growing with the queue's depth."""
+    return InferenceTask.objects.filter(id__in=ids).order_by()
+
+
+def _delivered_waiting(rank: float, now: Any) -> bool:
+    """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
+    (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
+    stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
+    leased = list(QueueEntry.objects.filter(key=list_key(), rank__lt=rank, locked_until__gt=now).values_list(
+        "task_id", flat=True)[:256])
+    return S.QUEUED in set(_by_pk(leased).values_list("status", flat=True))
+
+
 def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
     """Claim, in one transaction, the delivered task (``task_id``) and up to ``limit`` - 1 queued tasks
     for the same model from the head of the queue (collation), or with ``task_id`` None the next
@@ -404,26 +428,30 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
         assert model is not None
         if limit > len(group):
             head = list(_locked(QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank")
-                                .only("id", "task_id"), skip=True)[: limit * 4])
+                                .only("id", "task_id", "rank"), skip=True)[: limit * 4])
             ids = [e.task_id for e in head if e.task_id and e.task_id != delivered]
-            same = {t.id: t for t in _locked(InferenceTask.objects.filter(
-                id__in=ids, status=S.QUEUED, requested_model=model[0], agent_type=model[1]), skip=True)}
-            if task_id is None and (not head or head[0].task_id not in same):
+            window = _locked(_by_pk(ids).only("id", "status", "requested_model", "agent_type", "deadline"), skip=True)
+            same = {t.id: t for t in window
+                    if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model}
+            if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
                 return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
+            chosen: list[tuple[Any, int]] = []
             for entry in head:
                 other = same.get(entry.task_id)
-                if other is None or len(group) >= limit:
+                if other is None or len(group) + len(chosen) >= limit:
                     continue
                 if other.deadline and other.deadline <= now:
                     expired.append(other)
                 else:
-                    group.append(Claimed(other, other.attempts + 1, entry.id))
+                    chosen.append((other.id, entry.id))
+            rows = {t.id: t for t in _by_pk([t for t, _ in chosen])}  # whole rows (the request) of those alone
+            group += [Claimed(rows[t], rows[t].attempts + 1, entry_id) for t, entry_id in chosen]
             leased = [c.entry_id for c in group if c.entry_id is not None]
             if leased:
                 QueueEntry.objects.filter(id__in=leased).update(
                     locked_until=now + timedelta(seconds=broker.lease_seconds()))
         if expired:
-            InferenceTask.objects.filter(id__in=[t.id for t in expired], status=S.QUEUED).update(
+            _by_pk([t.id for t in expired]).update(  # checked QUEUED under the lock
                 status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
                 error_message="The task was still queued at its deadline.", request=None)
             QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
@@ -431,7 +459,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
             waits = {c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000)
                      for c in group}
-            InferenceTask.objects.filter(id__in=list(waits), status__in=LIVE).update(
+            _by_pk(list(waits)).update(
                 status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now,
                 queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()),
                                    output_field=IntegerField()))
@@ -490,8 +518,10 @@ def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
 def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
     """Write the group's results in one transaction: each fenced by its attempt (a task claimed again
     after this worker's lease ended is not overwritten: "superseded"), one audit write for all,
-    the companions' entries deleted, the updates pushed on commit."""
+    the companions' entries deleted, the updates pushed on commit. (One UPDATE per row: a single
+    bulk_update's CASE expressions cost more to build than the statements they replace.)"""
     finished = timezone.now()
+    expires = finished + timedelta(seconds=result_ttl())
     states: list[str] = []
     events = []
     updates = []
@@ -500,7 +530,7 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
             task = c.task
             written = InferenceTask.objects.filter(id=task.id, status=S.PROCESSING, attempts=c.attempt).update(
                 finished_at=finished, inference_ms=ms, latency_ms=int((finished - task.created_at).total_seconds() * 1000),
-                result_expires_at=finished + timedelta(seconds=result_ttl()), **outcome)
+                result_expires_at=expires, **outcome)
             if not written:
                 states.append("superseded")
                 continue

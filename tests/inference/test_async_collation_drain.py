@@ -87,3 +87,19 @@ def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alic
     assert states == ["completed", "superseded"]
     assert InferenceTask.objects.get(id=ids[1]).status == "processing"
     assert AuditEvent.objects.filter(action="inference.complete").count() == 1
+
+
+def test_work_the_broker_already_handed_out_ends_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+    from apps.inference.broker import PriorityBroker
+
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    client = client_for(alice)
+    low = [submit(client, f"low {i}", "low") for i in range(6)]
+    broker = PriorityBroker(list_key=queue.list_key())
+    [(ack, _)] = broker._claim()  # a worker took low 0 ...
+    urgent = submit(client, "urgent", "critical", agent_type="Billing")
+    [(prefetched, _)] = broker._claim()  # ... and the cluster prefetched the urgent one for its next free worker
+    assert str(QueueEntry.objects.get(pk=prefetched).task_id) == urgent
+    assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
+    assert _statuses(low) == ["completed", "completed"] + ["queued"] * 4
