@@ -4,9 +4,14 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application()
+
+from medai.handler import MedaiASGIHandler  # noqa: E402
+
+# Django's ASGIHandler, minus the per-request thread where nothing needs it (medai/handler.py).
+django_asgi_app = MedaiASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
