@@ -5,9 +5,10 @@ but the steps run in this process, on one event loop, without the HTTP server ar
 
     .venv/bin/python bench/pipeline_steps.py [--requests 300]
 
-Steps that touch the database run once through the thread hop the view uses and once inline,
-so the cost of the hop itself shows; the admission calls (Redis) and the backend call (httpx)
-are timed alone. Figures only.
+Steps that touch the database run once through a thread hop and once inline, so the cost of the
+hop itself shows; ``begin_chat_cached`` is what the view runs on the loop when the caches answer;
+the admission calls, the validation and the backend call (aiohttp; httpx beside it) are timed
+alone. Figures only.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
 
     from apps.accounts.services import authenticate_bearer
     from apps.gpu import circuit, policy, slots
-    from apps.inference import backends, services
+    from apps.inference import backends, recorder, services
+    from apps.inference.api.serializers import ChatCompletionRequestSerializer
     from apps.inference.models import InferenceTask
 
     body = json.dumps({"model": STUB_MODEL, "messages": PROMPT, "max_tokens": 1}).encode()
@@ -81,8 +83,16 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
         plan = await timed(f"{kind}: begin_chat, through the thread hop",
                            lambda h=header: run_sync(services.begin_chat)(h, body, "bench"))
         await timed(f"{kind}: begin_chat, inline", lambda h=header: services.begin_chat(h, body, "bench"))
+        await timed(f"{kind}: begin_chat_cached (the view's path)",
+                    lambda h=header: services.begin_chat_cached(h, body, "bench"))
         await timed(f"{kind}: authenticate_bearer alone", lambda k=kind: authenticate_bearer(creds[k]))
-    await timed("complete_chat (admission + httpx + bookkeeping)", lambda: services.complete_chat(plan))
+    data = json.loads(body)
+    await timed("validate_chat_body (fast path)", lambda: services.validate_chat_body(data))
+    await timed("ChatCompletionRequestSerializer alone",
+                lambda: ChatCompletionRequestSerializer(data=data).is_valid())
+    await timed("complete_chat (admission + aiohttp + bookkeeping)", lambda: services.complete_chat(plan))
+    await timed("record_later (the view's path: queue for the writer)",
+                lambda: services.record_later(plan, InferenceTask.Status.COMPLETED, 200))
     await timed("record_outcome, through the thread hop",
                 lambda: run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200))
     await timed("record_outcome, inline", lambda: services.record_outcome(plan, InferenceTask.Status.COMPLETED, 200))
@@ -90,11 +100,19 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
     await timed("empty thread hop (thread-sensitive)", lambda: sync_to_async(lambda: None)())
     endpoint = plan.route.candidates[0]
     payload = {**plan.payload, "model": endpoint.backend_model}
-    await timed("httpx POST to the stub alone", lambda: backends.post_json(endpoint, "/chat/completions", payload))
+    await timed("aiohttp POST to the stub alone (post_json)",
+                lambda: backends.post_json(endpoint, "/chat/completions", payload))
+
+    async def httpx_post() -> Any:
+        response = await backends.async_client().post(endpoint.base_url + "/chat/completions", json=payload)
+        return response.json()
+
+    await timed("httpx POST to the stub alone (for comparison)", httpx_post)
     await timed("admission: policy.choose", lambda: policy.choose(plan.route.candidates, 1))
     await timed("admission: slots.try_acquire + release",
                 lambda: slots.try_acquire(endpoint.id, 1_000_000).release())
     await timed("admission: circuit.allow", lambda: circuit.allow(endpoint.id))
+    recorder.writer.flush()
     return timings
 
 

@@ -240,6 +240,11 @@ MEDAI_API_KEY_TTL_DAYS = envint("MEDAI_API_KEY_TTL_DAYS", 90, minimum=1)
 MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
 MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
 MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on the sign-in page
+# Records of non-streamed chat completions are written after the answer, in batches: each one is
+# in the database within about this many ms (apps/inference/recorder.py says what that trades).
+MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
+# Records a process may hold unwritten (the database is slow or down); past it, 503 until it drains.
+MEDAI_RECORD_BACKLOG = envint("MEDAI_RECORD_BACKLOG", 10_000, minimum=1)
 
 # --- GPU: sampling, policy, resilience, supervision (apps/gpu) ---
 MEDAI_GPU_PROVIDER = env("MEDAI_GPU_PROVIDER", "auto")  # auto | nvml | simulated | none

@@ -29,6 +29,22 @@ def _fresh_caches() -> Iterator[None]:
     router.invalidate()
 
 
+@pytest.fixture(autouse=True)
+def _records_written() -> Iterator[None]:
+    # Non-streamed chat records are written in the background (apps/inference/recorder.py):
+    # write them before pytest-django's teardown empties the database (its fixtures, set up
+    # first, are torn down after this one), or one would land in the next test.
+    yield
+    records_written()
+
+
+def records_written() -> None:
+    """Wait until every chat record submitted so far is in the database."""
+    from apps.inference.recorder import writer
+
+    assert writer.flush(10), "chat records were not written within 10 s"
+
+
 @pytest.fixture
 def org(db) -> Organization:  # type: ignore[no-untyped-def]
     return Organization.objects.create(name="Demo Hospital")

@@ -38,6 +38,11 @@ class LoginDenied(AuthError):
     code = "location_denied"
 
 
+class NeedsDatabase(Exception):
+    """Raised with ``cached_only=True`` when the answer is not in this process's caches: the
+    caller asks again where a query is allowed (a worker thread)."""
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling, where, and with which rights: the result of authentication."""
@@ -182,10 +187,12 @@ def _user_ref(principal: Principal) -> Any:
     return type("Actor", (), {"pk": principal.user_id, "username": principal.username})()
 
 
-def _active_user(user_id: int) -> User | None:
+def _active_user(user_id: int, cached_only: bool = False) -> User | None:
     cached = _user_cache.get(("user", user_id))
     if cached is not None:
         return cached
+    if cached_only:
+        raise NeedsDatabase
     user = User.objects.filter(pk=user_id, is_active=True).first()
     if user is not None:
         user._location_map = {  # type: ignore[attr-defined]
@@ -195,25 +202,30 @@ def _active_user(user_id: int) -> User | None:
     return user
 
 
-def authenticate_bearer(token: str) -> tuple[User, Principal]:
+def authenticate_bearer(token: str, *, cached_only: bool = False) -> tuple[User, Principal]:
     """Resolve ``Authorization: Bearer <token>`` (a JWT or an API key) to a user and Principal.
 
-    Raises AuthError for anything that is not a valid, unexpired, unrevoked credential.
+    Raises AuthError for anything that is not a valid, unexpired, unrevoked credential. With
+    ``cached_only`` it makes no query (it may run on the event loop) and raises NeedsDatabase
+    where one would be needed: a user, key or revocation not in the per-process caches, or a
+    key's last-use time due for its write.
     """
     if not token:
         raise AuthError("Missing bearer token.", "missing_credentials")
     if token.startswith(ApiKey.PREFIX):
-        return _authenticate_api_key(token)
-    return _authenticate_jwt(token)
+        return _authenticate_api_key(token, cached_only)
+    return _authenticate_jwt(token, cached_only)
 
 
-def _authenticate_jwt(token: str) -> tuple[User, Principal]:
+def _authenticate_jwt(token: str, cached_only: bool = False) -> tuple[User, Principal]:
     try:
         access = AccessToken(token)
     except TokenError as exc:
         raise AuthError(f"Token is invalid or expired: {exc}", "token_not_valid") from None
     jti = access.get("jti")
     if _revoked_cache.get(jti) is None:
+        if cached_only:
+            raise NeedsDatabase
         if RevokedAccessToken.objects.filter(jti=jti).exists():
             raise AuthError("Token has been revoked.", "token_revoked")
         _revoked_cache.set(jti, False)
@@ -221,7 +233,7 @@ def _authenticate_jwt(token: str) -> tuple[User, Principal]:
         user_id = int(access["sub"])
     except (KeyError, TypeError, ValueError):
         raise AuthError("Token has no valid subject.", "token_not_valid") from None
-    user = _active_user(user_id)
+    user = _active_user(user_id, cached_only)
     if user is None:
         raise AuthError("User is inactive or unknown.", "user_inactive")
     location = user._location_map.get(access.get("location_id"))  # type: ignore[attr-defined]
@@ -233,13 +245,15 @@ def _authenticate_jwt(token: str) -> tuple[User, Principal]:
     return user, principal
 
 
-def _usable_api_key(secret: str) -> ApiKey | None:
+def _usable_api_key(secret: str, cached_only: bool = False) -> ApiKey | None:
     """The usable key for a secret. A key found is kept in the per-process cache like users are:
     revoking or rotating it here drops the cache at once; other processes see it within
     ``MEDAI_AUTH_CACHE_SECONDS``. Expiry is checked on every use."""
     cache_key = ("api_key", hash_secret(secret))
     key = _user_cache.get(cache_key)
     if key is None:
+        if cached_only:
+            raise NeedsDatabase
         key = ApiKey.objects.for_secret(secret)
         if key is not None:
             _user_cache.set(cache_key, key)
@@ -247,13 +261,15 @@ def _usable_api_key(secret: str) -> ApiKey | None:
     return key if key.is_usable else None
 
 
-def _authenticate_api_key(secret: str) -> tuple[User, Principal]:
-    key = _usable_api_key(secret)
+def _authenticate_api_key(secret: str, cached_only: bool = False) -> tuple[User, Principal]:
+    key = _usable_api_key(secret, cached_only)
     if key is None:
         raise AuthError("API key is invalid, expired or revoked.", "invalid_api_key")
     now = timezone.now()
     # Write last-use at most once a minute: a write per request would serialize the hot path.
     if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
+        if cached_only:
+            raise NeedsDatabase
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now  # the cached copy too, or every request would write
     user = key.user

@@ -87,11 +87,17 @@ def _load() -> RegistrySnapshot:
     return RegistrySnapshot(models, agents, time.monotonic())
 
 
-def snapshot() -> RegistrySnapshot:
+class SnapshotStale(Exception):
+    """``cached_only`` and the snapshot must be (re)loaded: ask again where a query is allowed."""
+
+
+def snapshot(cached_only: bool = False) -> RegistrySnapshot:
     """The current registry snapshot, reloaded when older than the cache TTL."""
     global _snapshot
     snap = _snapshot
     if snap is None or time.monotonic() - snap.loaded_at > settings.MEDAI_ROUTE_CACHE_SECONDS:
+        if cached_only:
+            raise SnapshotStale
         with _lock:
             snap = _snapshot = _load()
     return snap
@@ -102,13 +108,13 @@ def invalidate() -> None:
     _snapshot = None
 
 
-def resolve(model: str | None, agent_type: str | None) -> Route:
+def resolve(model: str | None, agent_type: str | None, *, cached_only: bool = False) -> Route:
     """Route a request. ``agent_type`` wins; ``model`` may name a model or an agent type.
 
     When both are given and ``model`` names a model, that model is tried first and the agent's
-    own models follow as fallbacks.
+    own models follow as fallbacks. With ``cached_only`` it makes no query (SnapshotStale instead).
     """
-    snap = snapshot()
+    snap = snapshot(cached_only)
     preferred: EndpointInfo | None = None
     if model:
         preferred = snap.models.get(model)

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import close_old_connections
 from django.utils import timezone
 
 from apps.accounts.authentication import bearer_token
 from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
-from apps.accounts.services import AuthError, Principal, authenticate_bearer
+from apps.accounts.services import AuthError, NeedsDatabase, Principal, authenticate_bearer
 from apps.audit.context import get_correlation_id
-from apps.inference import backends, router
+from apps.inference import backends, recorder, router
 from apps.inference.api.errors import ApiError, validation_api_error
-from apps.inference.api.serializers import ChatCompletionRequestSerializer
+from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
 from apps.inference.models import InferenceTask, Priority
 
 logger = logging.getLogger("medai.inference")
@@ -84,13 +85,14 @@ class ChatPlan:
 # --- authentication shared by the async views ---------------------------------------------
 
 
-def authenticate_header(header: str | None, scope: str) -> Principal:
-    """Authenticate an ``Authorization`` header value and require ``scope``. Raises ApiError."""
+def authenticate_header(header: str | None, scope: str, *, cached_only: bool = False) -> Principal:
+    """Authenticate an ``Authorization`` header value and require ``scope``. Raises ApiError
+    (and NeedsDatabase with ``cached_only``, see ``authenticate_bearer``)."""
     token = bearer_token(header or "")
     if token is None:
         raise ApiError(401, "missing_credentials", "Authentication required: send 'Authorization: Bearer <token>'.")
     try:
-        _, principal = authenticate_bearer(token)
+        _, principal = authenticate_bearer(token, cached_only=cached_only)
     except AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
     if not principal.has_scope(scope):
@@ -119,14 +121,39 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 @db_unit
 def begin_chat(auth_header: str | None, body: bytes, correlation_id: str = "") -> ChatPlan:
     """Authenticate, authorize, validate and route one chat request (sync: may query the DB)."""
-    principal = authenticate_header(auth_header, SCOPE_INFERENCE)
-    data = parse_json_body(body)
-    serializer = ChatCompletionRequestSerializer(data=data)
-    if not serializer.is_valid():
-        raise validation_api_error(serializer.errors)
-    req = serializer.validated_data
+    return _begin_chat(auth_header, body, correlation_id, cached_only=False)
+
+
+def begin_chat_cached(auth_header: str | None, body: bytes, correlation_id: str = "") -> ChatPlan | None:
+    """``begin_chat`` from this process's caches alone, so it may run on the event loop: None
+    when a step needs a query (credential or routes not cached, a key's last-use write due);
+    then run ``begin_chat`` in a thread. Raises the same ApiErrors as ``begin_chat``."""
     try:
-        route = router.resolve(req.get("model") or None, req.get("agent_type") or None)
+        return _begin_chat(auth_header, body, correlation_id, cached_only=True)
+    except (NeedsDatabase, router.SnapshotStale):
+        return None
+    except SynchronousOnlyOperation:  # a query slipped through (a lazy relation): the thread answers
+        logger.warning("begin_chat_cached needed a query; answered from a thread", exc_info=True)
+        return None
+
+
+def validate_chat_body(data: dict[str, Any]) -> dict[str, Any]:
+    """The validated chat request; ApiError 400 naming the first bad field."""
+    req = fast_chat_request(data)
+    if req is None:
+        serializer = ChatCompletionRequestSerializer(data=data)
+        if not serializer.is_valid():
+            raise validation_api_error(serializer.errors)
+        req = serializer.validated_data
+    return req
+
+
+def _begin_chat(auth_header: str | None, body: bytes, correlation_id: str, *, cached_only: bool) -> ChatPlan:
+    principal = authenticate_header(auth_header, SCOPE_INFERENCE, cached_only=cached_only)
+    data = parse_json_body(body)
+    req = validate_chat_body(data)
+    try:
+        route = router.resolve(req.get("model") or None, req.get("agent_type") or None, cached_only=cached_only)
     except router.RoutingError as exc:
         raise ApiError(exc.status_code, exc.code, exc.message, exc.param) from None
 
@@ -279,14 +306,14 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                                         "The client closed the connection before the stream ended."))
 
 
-@db_unit
-def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
-    """Write the request's record: who, where, which model, tokens, timings and outcome."""
+def _record_fields(plan: ChatPlan, status: str, http_status: int, error_code: str = "",
+                   error_message: str = "") -> dict[str, Any]:
+    """The request's record: who, where, which model, tokens, timings and outcome."""
     now = timezone.now()
     total_ms = int((time.perf_counter() - plan.started) * 1000)
     inference_ms = int((time.perf_counter() - plan.backend_started) * 1000) if plan.backend_started else None
     p = plan.principal
-    InferenceTask.objects.create(
+    return dict(
         mode=InferenceTask.Mode.SYNC,
         status=status,
         priority=plan.priority,
@@ -312,6 +339,27 @@ def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: st
         inference_ms=inference_ms,
         latency_ms=total_ms,
     )
+
+
+@db_unit
+def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
+    """Write the request's record now (sync: a query)."""
+    InferenceTask.objects.create(**_record_fields(plan, status, http_status, error_code, error_message))
+
+
+def record_later(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
+    """Queue the request's record for the background writer: in the database within about
+    ``MEDAI_RECORD_LINGER_MS`` (apps/inference/recorder.py). Never blocks."""
+    recorder.writer.submit(_record_fields(plan, status, http_status, error_code, error_message))
+
+
+def ensure_recording_capacity() -> None:
+    """503 before any backend call when this process holds MEDAI_RECORD_BACKLOG unwritten records
+    (the database is down or cannot keep up): medai serves no request it cannot record."""
+    if not recorder.writer.has_room():
+        raise ApiError(503, "recording_unavailable", "Requests cannot be recorded right now (the database is "
+                       "unavailable or behind); nothing was sent to a model. Try again shortly.",
+                       headers={"Retry-After": "5"})
 
 
 def _int(value: Any) -> int:

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from apps.inference.models import InferenceTask
-from tests.conftest import register_model
+from tests.conftest import records_written, register_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -25,6 +25,7 @@ def test_openai_client_gets_an_answer_from_the_real_model(client):  # type: igno
     assert completion.model == "smollm2-135m"
     assert completion.choices[0].message.content.strip()
     assert completion.usage.completion_tokens > 0
+    records_written()  # written after the answer, in the background
     task = InferenceTask.objects.get()
     assert task.status == "completed" and task.completion_tokens == completion.usage.completion_tokens
     assert task.prompt_tokens == completion.usage.prompt_tokens > 0
@@ -55,5 +56,6 @@ def test_agent_type_as_extra_body_field(client):  # type: ignore[no-untyped-def]
     completion = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=4,
                                                 extra_body={"agent_type": "Chat", "priority": "high"})
     assert completion.choices[0].message.content is not None
+    records_written()
     task = InferenceTask.objects.get()
     assert task.agent_type == "Chat" and task.priority == 2

@@ -11,7 +11,7 @@ import pytest
 
 from apps.gpu import slots
 from apps.inference.models import InferenceTask
-from tests.conftest import register_model
+from tests.conftest import records_written, register_model
 from tests.gpu.conftest import publish_decision, reading
 from tests.support.servers import set_stub_mode, start_stub
 
@@ -25,8 +25,10 @@ def call(live_medai, alice, token_for, fresh_view):  # type: ignore[no-untyped-d
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
     def post(body, **kwargs):  # type: ignore[no-untyped-def]
-        return httpx.post(f"{live_medai}/v1/chat/completions", json={"messages": MSG, **body}, headers=headers,
-                          timeout=30, **kwargs)
+        response = httpx.post(f"{live_medai}/v1/chat/completions", json={"messages": MSG, **body}, headers=headers,
+                              timeout=30, **kwargs)
+        records_written()  # written after the answer, in the background
+        return response
 
     return post
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from apps.inference.models import InferenceTask
-from tests.conftest import register_model
+from tests.conftest import records_written, register_model
 from tests.support.servers import free_port, set_stub_mode, start_stub
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +22,9 @@ def call(live_medai, alice, token_for):  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
     def post(body):  # type: ignore[no-untyped-def]
-        return httpx.post(f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        response = httpx.post(f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        records_written()  # written after the answer, in the background
+        return response
 
     return post
 

@@ -1,6 +1,6 @@
 """API views. Chat completions is a native async view: DRF has no async views, and a request
-waiting on a model server must not hold a thread. It still uses DRF's serializers for
-validation and the same authentication service as the DRF views."""
+waiting on a model server must not hold a thread. It validates exactly as DRF's serializer does
+(``services.validate_chat_body``) and uses the same authentication service as the DRF views."""
 
 from __future__ import annotations
 
@@ -42,27 +42,38 @@ def _read_body(request: HttpRequest) -> bytes:
 
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE)."""
+    """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE).
+
+    Authentication, validation and routing run on the event loop when this process's caches
+    can answer them (most requests), else in a thread. A non-streamed request's record is
+    written after the answer by the background writer; a stream's before ``[DONE]``."""
     if request.method != "POST":
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
     plan = None
     try:
         body = _read_body(request)
-        plan = await run_sync(services.begin_chat)(request.headers.get("Authorization"), body,
-                                                   getattr(request, "correlation_id", ""))
+        auth, correlation_id = request.headers.get("Authorization"), getattr(request, "correlation_id", "")
+        plan = services.begin_chat_cached(auth, body, correlation_id)
+        if plan is None:
+            plan = await run_sync(services.begin_chat)(auth, body, correlation_id)
         if plan.stream:
             stream = await services.open_chat_stream(plan)
             response = StreamingHttpResponse(services.relay_stream(plan, stream), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        data = await services.complete_chat(plan)
+        services.ensure_recording_capacity()
     except ApiError as exc:
-        if plan is not None:
+        if plan is not None and plan.stream:
             await run_sync(services.record_outcome)(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code,
                                                     exc.message)
         return exc.response()
-    await run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200)
+    try:
+        data = await services.complete_chat(plan)
+    except ApiError as exc:
+        services.record_later(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
+        return exc.response()
+    services.record_later(plan, InferenceTask.Status.COMPLETED, 200)
     return JsonResponse(data)
 
 

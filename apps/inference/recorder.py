@@ -1,0 +1,178 @@
+"""The records of non-streamed chat completions, written after the answer by one background
+thread per process, in batches (one ``bulk_create``, one commit).
+
+Why: writing the row before answering cost a thread hop and an INSERT + COMMIT per request, the
+largest part of what medai added to a completion after the HTTP client (``bench/README.md``).
+
+The trade, and its bounds:
+
+* A record appears in the database within about ``MEDAI_RECORD_LINGER_MS`` (20 ms by default)
+  after the answer, not before it: a client that reads its task list the instant it has its
+  answer may not see that request yet. Streamed completions are still recorded before
+  ``[DONE]`` (their rows are rarer, and their clients wait on the stream anyway).
+* Every record is written: on a clean shutdown (SIGTERM, Ctrl-C) the process writes what it holds
+  before exiting (``atexit``); a database error is retried with backoff, keeping the rows.
+  Only a process killed outright (SIGKILL, power loss) loses what it held: at most the last
+  linger window's requests.
+* Bounded: at most ``MEDAI_RECORD_BACKLOG`` rows are held unwritten per process. When the
+  database cannot keep up (or is down) and the backlog is full, chat requests answer 503
+  ``recording_unavailable`` before any backend call rather than serve requests that cannot be
+  recorded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
+
+logger = logging.getLogger("medai.inference")
+
+BATCH_MAX = 500
+RETRY_MAX_SECONDS = 5.0
+SHUTDOWN_SECONDS = 10.0
+
+
+class RecordWriter:
+    """A bounded queue of InferenceTask field dicts and the thread that bulk-inserts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._pending: list[dict[str, Any]] = []
+        self._submitted = 0  # rows ever submitted
+        self._settled = 0  # rows written, or given up on (logged)
+        self._urgent = 0  # flushes waiting: skip the linger
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def has_room(self) -> bool:
+        """Whether one more request may be served: fewer than MEDAI_RECORD_BACKLOG rows unwritten."""
+        return self._submitted - self._settled < settings.MEDAI_RECORD_BACKLOG
+
+    def submit(self, row: dict[str, Any]) -> None:
+        """Queue one record (InferenceTask field values); never blocks, never does I/O."""
+        self._ensure_thread()
+        with self._lock:
+            self._pending.append(row)
+            self._submitted += 1
+            if len(self._pending) == 1 or len(self._pending) >= BATCH_MAX:
+                self._has_work.notify()  # wake the writer only when idle, or the batch is full
+
+    def flush(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
+        """Wait until every record submitted so far is written (or given up on); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._submitted
+            if self._settled >= target:
+                return True
+            alive = self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+            self._urgent += 1
+            self._has_work.notify()
+            try:
+                while alive and self._settled < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._progress.wait(left)
+            finally:
+                self._urgent -= 1
+        if not alive:  # no writer in this process (forked, or never started): write here
+            self._drain_here()
+        return self._settled >= target
+
+    # --- the writer thread ---------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child does not write its parent's rows
+                self._pending.clear()
+                self._submitted = self._settled = 0
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, daemon=True, name="medai-record-writer")
+                self._thread.start()
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            while not self._pending:
+                self._has_work.wait()
+            # Linger so that one INSERT and one COMMIT serve many requests under load.
+            deadline = time.monotonic() + settings.MEDAI_RECORD_LINGER_MS / 1000
+            while not self._urgent and len(self._pending) < BATCH_MAX:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._has_work.wait(left)
+            batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+            return batch
+
+    def _settle(self, n: int) -> None:
+        with self._lock:
+            self._settled += n
+            self._progress.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            try:
+                self._write(batch)
+            except Exception:  # noqa: BLE001 - the writer must outlive anything
+                logger.exception("lost %d request records", len(batch))
+            self._settle(len(batch))
+
+    def _drain_here(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            self._write(batch, retry_seconds=0.0)
+            self._settle(len(batch))
+
+    def _write(self, batch: list[dict[str, Any]], retry_seconds: float | None = None) -> None:
+        """Insert the batch; keep retrying while the database is unreachable (with backoff);
+        a batch the database refuses is written row by row so that one bad row loses only itself."""
+        from apps.inference.models import InferenceTask
+
+        delay, waited = 0.05, 0.0
+        while True:
+            close_old_connections()
+            try:
+                InferenceTask.objects.bulk_create([InferenceTask(**row) for row in batch])
+                return
+            except (OperationalError, InterfaceError) as exc:
+                limit = retry_seconds if retry_seconds is not None else (SHUTDOWN_SECONDS if self._urgent else None)
+                if limit is not None and waited >= limit:
+                    logger.error("lost %d request records: the database is unavailable (%s)", len(batch), exc)
+                    return
+                logger.warning("request records not written yet (%s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            except DatabaseError:
+                for row in batch:
+                    close_old_connections()
+                    try:
+                        InferenceTask.objects.create(**row)
+                    except Exception:  # noqa: BLE001
+                        logger.exception("lost the record of request %s", row.get("correlation_id"))
+                return
+            finally:
+                close_old_connections()
+
+
+writer = RecordWriter()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if writer._submitted > writer._settled and not writer.flush(SHUTDOWN_SECONDS):
+        logger.error("exiting with %d request records unwritten", writer._submitted - writer._settled)
