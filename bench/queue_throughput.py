@@ -138,7 +138,8 @@ def main() -> None:
     AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Urgent")[0], endpoint=other)
     header = "Bearer " + issue_tokens(user, loc).access_token
     queue_max = max(10 * args.tasks, 40_000)
-    env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_QUEUE_MAX=str(queue_max), MEDAI_BACKEND_RETRIES="0")
+    env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_QUEUE_MAX=str(queue_max), MEDAI_BACKEND_RETRIES="0",
+               MEDAI_RESULT_TTL="3600")
     clusters = [subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
                                  stdout=(tmp / f"cluster{i}.log").open("ab"), stderr=subprocess.STDOUT)
                 for i in range(args.clusters)]
@@ -166,7 +167,8 @@ def main() -> None:
         def wait_done(ids: list, timeout: float = 600) -> None:
             end = time.monotonic() + timeout
             while time.monotonic() < end:
-                if InferenceTask.objects.filter(id__in=ids, status="completed").count() == len(ids):
+                # finished; "expired" too: a long run outlives the first results' retention
+                if InferenceTask.objects.filter(id__in=ids, status__in=("completed", "expired")).count() == len(ids):
                     return
                 time.sleep(0.005)
             raise SystemExit("timed out")

@@ -549,6 +549,12 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
     return states
 
 
+async def _timed(task: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
+    started = time.perf_counter()
+    outcome = await _execute(task, route)
+    return outcome, int((time.perf_counter() - started) * 1000)
+
+
 @unit_of_work
 def run_task(task_id: str, collate: bool = True) -> str:
     """Run one delivered task, and with it (collation) up to the GPU policy's batch size - 1 queued
@@ -558,10 +564,13 @@ def run_task(task_id: str, collate: bool = True) -> str:
     again and only the latest claim writes the result, once. Companion entries are leased like a
     delivery and deleted when their result is written; if this worker dies they are delivered again.
 
-    A deep queue: after its group, the worker goes on with the next group of the same model for up
-    to ``MEDAI_QUEUE_DRAIN_SECONDS``, but only while the head of the queue is for that model: any
-    other work at the head (a CRITICAL task for another model) ends the drain and is delivered by
-    the broker as usual. Every group stays within the policy's batch size.
+    A deep queue: for up to ``MEDAI_QUEUE_DRAIN_SECONDS`` the worker keeps the batch size in flight
+    for its model, like a sliding window: finished requests are written (in one transaction per
+    wake-up) and, once half the window is free, replaced from the head of the queue in one claim, so
+    the backend never idles on the slowest request of a group. It claims only while the head of the
+    queue is for its model: any other work at the head (a CRITICAL task for another model, an
+    entry already handed to a cluster) stops the refills, and the broker delivers it as usual. No
+    more than the policy's batch size is ever in flight from one worker.
     """
     from apps.gpu import policy
 
@@ -569,14 +578,48 @@ def run_task(task_id: str, collate: bool = True) -> str:
     group, state = _claim_group(task_id, None, limit)
     if not group:
         return state
-    model = (group[0].task.requested_model, group[0].task.agent_type)
-    result = _finish_group(group, _execute_group(group))[0]  # the delivered task's
+    delivered, model = group[0], (group[0].task.requested_model, group[0].task.agent_type)
+    _run(asyncio.sleep(0))  # make sure this process's loop exists
+    loop = _loop
+    assert loop is not None
+    pending: dict[asyncio.Task[Any], Claimed] = {}
+
+    def start(claimed: list[Claimed]) -> None:
+        for c in claimed:
+            pending[loop.create_task(_timed(c.task, _route(c.task)))] = c
+
+    start(group)
+    result = state
     end = time.monotonic() + drain_seconds()
-    while collate and time.monotonic() < end:
-        group, _ = _claim_group(None, model, max(policy.batch_size(), 1))
-        if not group:
-            break
-        _finish_group(group, _execute_group(group))
+    refill = collate
+    try:
+        while pending:
+            done, _ = loop.run_until_complete(asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED))
+            # The loop stops while results are written: first let the requests that the finished ones
+            # just handed their slots to go out, so the backend does not idle meanwhile (and let
+            # near-simultaneous answers join this write).
+            loop.run_until_complete(asyncio.sleep(0.001))
+            done = {t for t in pending if t.done()}
+            ready = [t for t in pending if t in done]  # in claim order
+            finished = [pending.pop(t) for t in ready]
+            for c, st in zip(finished, _finish_group(finished, [t.result() for t in ready]), strict=True):
+                if c is delivered:
+                    result = st
+            if not refill:
+                continue
+            limit = max(policy.batch_size(), 1)
+            room = limit - len(pending)
+            if time.monotonic() >= end:
+                refill = False
+            elif room >= (limit + 1) // 2:
+                more, _ = _claim_group(None, model, room)
+                refill = bool(more)
+                start(more)
+    finally:
+        if pending:  # an unexpected error: the rest goes back to the queue when its lease ends
+            for t in pending:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     return result
 
 
