@@ -3,6 +3,7 @@ when the request used no thread of its own, and exactly as Django does otherwise
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core import signals
 
+from medai import handler
 from medai.handler import _inline_safe, _request_thread_unused
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,25 +41,30 @@ def test_only_djangos_own_receivers_run_inline():  # type: ignore[no-untyped-def
         signals.request_finished.disconnect(other)
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/v1/models"])  # an async view; a sync (DRF) view
-def test_request_signals_fire_for_async_and_sync_views(live_medai, path, alice, token_for):  # type: ignore[no-untyped-def]
-    seen: list[str] = []
+@pytest.mark.parametrize(("path", "own_thread"), [("/healthz", False), ("/v1/models", True)])
+def test_request_finished_runs_on_the_loop_unless_the_request_used_a_thread(  # type: ignore[no-untyped-def]
+        live_medai, path, own_thread, alice, token_for, monkeypatch):
+    # /healthz is an async view: nothing runs in a thread of its own. /v1/models is a sync (DRF)
+    # view: it runs in the request's thread, whose connections request_finished must close there.
+    seen: list[tuple[str, str]] = []
 
     def started(**kwargs):  # type: ignore[no-untyped-def]
-        seen.append("started")
+        seen.append(("started", threading.current_thread().name))
 
     def finished(**kwargs):  # type: ignore[no-untyped-def]
-        seen.append("finished")
+        seen.append(("finished", threading.current_thread().name))
 
+    monkeypatch.setattr(handler, "INLINE_SAFE", handler.INLINE_SAFE | {started, finished})
     signals.request_started.connect(started)
     signals.request_finished.connect(finished)
     try:
         response = httpx.get(live_medai + path, headers={"Authorization": f"Bearer {token_for(alice)}"}, timeout=10)
         deadline = time.monotonic() + 10
-        while "finished" not in seen and time.monotonic() < deadline:  # sent after the response
+        while len(seen) < 2 and time.monotonic() < deadline:  # request_finished follows the response
             time.sleep(0.01)
     finally:
         signals.request_started.disconnect(started)
         signals.request_finished.disconnect(finished)
     assert response.status_code == 200
-    assert seen == ["started", "finished"]
+    assert [event for event, _ in seen] == ["started", "finished"]
+    assert (seen[0][1] != seen[1][1]) is own_thread
