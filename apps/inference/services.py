@@ -1,8 +1,11 @@
 """The inference pipeline: authenticate → authorize → validate → route → call the backend → record.
 
-Sync chat requests run here; the async task API (queue) builds on the same steps. The sync steps
-(``begin_chat``, ``record_outcome``) touch the database and run in a worker thread; the backend
-call is async so a waiting request holds no thread.
+Sync chat requests run here; the async task API (queue) builds on the same steps. ``begin_chat``
+may query the database and runs in a worker thread, unless ``begin_chat_cached`` could answer on
+the event loop from the per-process caches (most requests); the backend call is async so a
+waiting request holds no thread; a non-streamed request's record goes to the background writer
+(``record_later``, apps/inference/recorder.py), a stream's is written before ``[DONE]``
+(``record_outcome``, in a worker thread).
 """
 
 from __future__ import annotations
