@@ -23,6 +23,7 @@ Wake-ups: ``enqueue`` pushes to a Redis list after commit; an idle pusher waits 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -105,6 +106,37 @@ def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = Non
                for i, (payload, priority, task_id) in enumerate(items)]
     QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
     transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)
+
+
+_inherited: list[Any] = []  # a parent's connections and pools, kept referenced so they are never closed here
+
+
+def forget_inherited_connections() -> None:
+    """In a forked child (django-q2 forks workers from the sentinel, also to replace a recycled or
+    killed one): drop the database connections and psycopg pools inherited from the parent, without
+    closing them (closing would end the parent's sessions on their shared sockets), so the child
+    opens its own. Without this, a worker forked after the sentinel used the database (its
+    scheduler does) shares the parent's pooled connections: interleaved protocol errors, and
+    PoolTimeout because a pool's filler threads do not survive a fork."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None:
+            _inherited.append(conn.connection)
+            conn.connection = None
+        conn.in_atomic_block = False
+        conn.savepoint_ids = []
+        conn.needs_rollback = False
+        conn.run_on_commit = []
+        conn.closed_in_transaction = False
+    try:
+        from django.db.backends.postgresql.base import DatabaseWrapper
+    except ImportError:  # psycopg not installed: no pools
+        return
+    _inherited.extend(DatabaseWrapper._connection_pools.values())
+    DatabaseWrapper._connection_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=forget_inherited_connections)
 
 
 class PriorityBroker(Broker):

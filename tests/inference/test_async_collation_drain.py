@@ -61,7 +61,7 @@ def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, 
     assert verify_chain().ok
 
 
-def test_a_critical_task_for_another_model_ends_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)
     register_model("stub-b", stub_backend, agents=("Billing",))
     client = client_for(alice)
@@ -71,7 +71,8 @@ def test_a_critical_task_for_another_model_ends_the_drain(client_for, alice, stu
     [(ack, _)] = PriorityBroker(list_key=queue.list_key())._claim()  # a worker took low 0 ...
     urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
-    assert _statuses(low) == ["completed", "completed"] + ["queued"] * 4
+    # low 0 runs alone: no companions and no drain while more urgent work for another model waits
+    assert _statuses(low) == ["completed"] + ["queued"] * 5
     assert _statuses([urgent]) == ["queued"]
 
 
@@ -104,3 +105,4 @@ def test_work_the_broker_already_handed_out_ends_the_drain(client_for, alice, st
     assert str(QueueEntry.objects.get(pk=prefetched).task_id) == urgent
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
     assert _statuses(low) == ["completed", "completed"] + ["queued"] * 4
+
