@@ -43,3 +43,32 @@ def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backen
     assert_matches("/v1/chat/completions", "post", 400, bad.json())
     anon = httpx.post(f"{live_medai}/v1/chat/completions", json={})
     assert_matches("/v1/chat/completions", "post", 401, anon.json())
+
+
+def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+    from apps.inference import queue
+    from tests.inference.queue_helpers import ask
+
+    register_model("stub-a", stub_backend)
+    client = client_for(alice)
+    submitted = ask(client, "Schema check")
+    assert_matches("/v1/async/submit", "post", 202, submitted.json())
+    task_id = submitted.json()["task_id"]
+    assert_matches("/v1/async/status/{task_id}", "get", 200, client.get(f"/v1/async/status/{task_id}").json())
+    assert_matches("/v1/async/result/{task_id}", "get", 409, client.get(f"/v1/async/result/{task_id}").json())
+    assert queue.run_task(task_id) == "completed"
+    assert_matches("/v1/async/result/{task_id}", "get", 200, client.get(f"/v1/async/result/{task_id}").json())
+    assert_matches("/v1/async/cancel/{task_id}", "post", 409, client.post(f"/v1/async/cancel/{task_id}").json())
+
+    batch = client.post("/v1/async/submit-batch", {"requests": [
+        {"agent_type": "Chat", "messages": [{"role": "user", "content": f"item {i}"}]} for i in range(3)]},
+        format="json")
+    assert_matches("/v1/async/submit-batch", "post", 202, batch.json())
+    progress = client.get(f"/v1/async/batch-status/{batch.json()['batch_id']}")
+    assert_matches("/v1/async/batch-status/{batch_id}", "get", 200, progress.json())
+    assert_matches("/v1/async/tasks", "get", 200, client.get("/v1/async/tasks").json())
+    assert_matches("/v1/async/health", "get", 200, client.get("/v1/async/health").json())
+    bad = client.post("/v1/async/submit", {"agent_type": "Chat", "messages": []}, format="json")
+    assert_matches("/v1/async/submit", "post", 400, bad.json())
+    missing = client.get("/v1/async/status/00000000-0000-0000-0000-000000000000")
+    assert_matches("/v1/async/status/{task_id}", "get", 404, missing.json())

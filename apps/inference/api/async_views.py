@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.paginator import EmptyPage, Paginator
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,7 +19,17 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import CanInfer, CanRead
 from apps.inference import queue
 from apps.inference.api.errors import ApiError
-from apps.inference.api.serializers import PriorityField
+from apps.inference.api.serializers import (
+    AsyncBatchSubmittedSerializer,
+    AsyncResultSerializer,
+    AsyncSubmitBatchRequestSerializer,
+    AsyncSubmitRequestSerializer,
+    BatchProgressSerializer,
+    ErrorSerializer,
+    PriorityField,
+    QueueHealthSerializer,
+    TaskErrorSerializer,
+)
 from apps.inference.models import InferenceTask, TaskBatch
 
 S = InferenceTask.Status
@@ -35,6 +45,7 @@ class TaskStatusSerializer(serializers.Serializer):
     batch_id = serializers.UUIDField(allow_null=True)
     attempts = serializers.IntegerField()
     error = serializers.SerializerMethodField()
+    deduplicated = serializers.BooleanField(required=False, help_text="On submit: an identical live task was reused.")
     created_at = serializers.DateTimeField()
     queued_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
@@ -45,8 +56,20 @@ class TaskStatusSerializer(serializers.Serializer):
     completion_tokens = serializers.IntegerField()
     result_expires_at = serializers.DateTimeField(allow_null=True)
 
+    @extend_schema_field(TaskErrorSerializer(allow_null=True))
     def get_error(self, task: InferenceTask) -> dict[str, str] | None:
         return {"code": task.error_code, "message": task.error_message} if task.error_code else None
+
+
+def _errors(*codes: int) -> dict[int, Any]:
+    return {code: ErrorSerializer for code in (400, 401, 403, *codes)}
+
+
+class TaskPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    results = TaskStatusSerializer(many=True)
 
 
 def _task(request: Request, task_id: Any) -> InferenceTask:
@@ -66,7 +89,8 @@ class SubmitView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=None, responses={202: TaskStatusSerializer}, operation_id="async_submit")
+    @extend_schema(request=AsyncSubmitRequestSerializer, responses={202: TaskStatusSerializer, **_errors(413, 429, 503)},
+                   operation_id="async_submit")
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
@@ -82,7 +106,9 @@ class SubmitBatchView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=None, responses={202: dict}, operation_id="async_submit_batch")
+    @extend_schema(request=AsyncSubmitBatchRequestSerializer,
+                   responses={202: AsyncBatchSubmittedSerializer, **_errors(413, 429, 503)},
+                   operation_id="async_submit_batch")
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
         batch, tasks = queue.submit_batch(request.headers.get("Authorization"), data.get("requests"),
@@ -96,7 +122,7 @@ class StatusView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses=TaskStatusSerializer, operation_id="async_status")
+    @extend_schema(responses={200: TaskStatusSerializer, **_errors(404)}, operation_id="async_status")
     def get(self, request: Request, task_id: Any) -> Response:
         return Response(_status(_task(request, task_id)))
 
@@ -106,7 +132,7 @@ class ResultView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses={200: dict}, operation_id="async_result")
+    @extend_schema(responses={200: AsyncResultSerializer, **_errors(404, 409, 410, 502)}, operation_id="async_result")
     def get(self, request: Request, task_id: Any) -> Response:
         task = _task(request, task_id)
         if task.status in (S.QUEUED, S.PROCESSING):
@@ -131,7 +157,7 @@ class CancelView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=None, responses=TaskStatusSerializer, operation_id="async_cancel")
+    @extend_schema(request=None, responses={200: TaskStatusSerializer, **_errors(404, 409)}, operation_id="async_cancel")
     def post(self, request: Request, task_id: Any) -> Response:
         return Response(_status(queue.cancel_task(request.auth, _task(request, task_id))))
 
@@ -141,7 +167,7 @@ class BatchStatusView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses={200: dict}, operation_id="async_batch_status")
+    @extend_schema(responses={200: BatchProgressSerializer, **_errors(404)}, operation_id="async_batch_status")
     def get(self, request: Request, batch_id: Any) -> Response:
         p = request.auth
         batch = TaskBatch.objects.filter(id=batch_id, user_id=p.user_id, location_id=p.location_pk).first()
@@ -157,7 +183,7 @@ class TaskListView(APIView):
 
     @extend_schema(parameters=[OpenApiParameter("status", str), OpenApiParameter("page", int),
                                OpenApiParameter("page_size", int)],
-                   responses={200: dict}, operation_id="async_tasks")
+                   responses={200: TaskPageSerializer, **_errors(404)}, operation_id="async_tasks")
     def get(self, request: Request) -> Response:
         qs = InferenceTask.objects.visible_to(request.auth).filter(mode=InferenceTask.Mode.ASYNC)
         status = request.query_params.get("status")
@@ -184,6 +210,7 @@ class QueueHealthView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses={200: dict}, operation_id="async_health")
+    @extend_schema(responses={200: QueueHealthSerializer, 401: ErrorSerializer, 403: ErrorSerializer},
+                   operation_id="async_health")
     def get(self, request: Request) -> Response:
         return Response(queue.health())

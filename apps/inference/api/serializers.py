@@ -174,6 +174,74 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
 
 
+# --- the async task API (documentation and schema tests; apps.inference.queue validates) -----
+
+
+class AsyncSubmitRequestSerializer(ChatCompletionRequestSerializer):
+    """One queued chat request: the chat-completions body (without ``stream``) plus a deadline."""
+
+    stream = None  # async tasks are polled, not streamed
+    deadline_s = serializers.FloatField(required=False, allow_null=True, min_value=1, max_value=7 * 86400,
+                                        help_text="Seconds the task may wait queued before it expires.")
+
+
+class AsyncSubmitBatchRequestSerializer(serializers.Serializer):
+    requests = AsyncSubmitRequestSerializer(many=True, allow_empty=False,
+                                            help_text="Up to MEDAI_BATCH_MAX requests, queued all or none.")
+
+
+class TaskErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class AsyncBatchSubmittedSerializer(serializers.Serializer):
+    batch_id = serializers.UUIDField()
+    task_ids = serializers.ListField(child=serializers.UUIDField(),
+                                     help_text="One per request, in order; a duplicate reuses the live task's id.")
+    status = serializers.CharField()
+
+
+class BatchProgressSerializer(serializers.Serializer):
+    batch_id = serializers.UUIDField()
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    processing = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    progress_percent = serializers.FloatField()
+
+
+class TaskTimingsSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    queue_wait_ms = serializers.IntegerField(allow_null=True)
+    inference_ms = serializers.IntegerField(allow_null=True)
+    attempts = serializers.IntegerField()
+
+
+class AsyncResultSerializer(ChatCompletionSerializer):
+    medai = TaskTimingsSerializer()
+
+
+class QueueDepthSerializer(serializers.Serializer):
+    critical = serializers.IntegerField()
+    high = serializers.IntegerField()
+    normal = serializers.IntegerField()
+    low = serializers.IntegerField()
+
+
+class QueueHealthSerializer(serializers.Serializer):
+    depth = QueueDepthSerializer()
+    queued = serializers.IntegerField()
+    processing = serializers.IntegerField()
+    oldest_wait_s = serializers.FloatField()
+    clusters_alive = serializers.IntegerField()
+    workers_alive = serializers.IntegerField()
+    queue_max = serializers.IntegerField()
+    emergency_mode = serializers.BooleanField(help_text="Only HIGH and CRITICAL are accepted while true.")
+
+
 # --- the chat request without building a serializer (the hot path) ----------------------------
 
 _SKIP = object()  # "not sure": let ChatCompletionRequestSerializer decide (and word the error)
