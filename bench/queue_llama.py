@@ -9,10 +9,12 @@ Starts ``llama-server`` on the bundled SmolLM2-135M-Instruct the way the tests d
 2. through the queue: the same N requests submitted with ``queue.submit_batch`` (the service behind
    ``POST /v1/async/submit-batch``, 100 a call) into a real ``manage.py qcluster`` (2 workers) on
    the durable broker; req/s = N / (first submit → last task finished);
-3. direct again at the best concurrency (the machine is shared: the better of the two runs counts).
+3. ``--rounds`` interleaved rounds (3 by default) of: direct at the best concurrency, then the
+   same requests through the queue (each series' prompts marked ``[<round>d]`` or ``[<round>q]``, so
+   no prompt is served from the other's cache).
 
-Reports the ratio queue / best direct (target ≥ 0.95). Isolated like bench/queue_throughput.py
-(temporary ``MEDAI_VAR_DIR``, SQLite and an embedded Redis unless ``DATABASE_URL``/``REDIS_URL``)::
+Reports the ratio of the medians, queue / direct at the best concurrency (target ≥ 0.95). Isolated
+like bench/queue_throughput.py (temporary ``MEDAI_VAR_DIR``, SQLite and an embedded Redis unless ``DATABASE_URL``/``REDIS_URL``)::
 
     .venv/bin/python bench/queue_llama.py --requests 64
 """
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,12 +67,48 @@ async def _direct(base_url: str, model: str, texts: list[str], concurrency: int,
             "completion_tokens": tokens}
 
 
+class BusySlots:
+    """Samples the server's ``/slots`` every 25 ms while in use: the mean number of slots
+    processing shows how well a series keeps the server's continuous batching fed."""
+
+    def __init__(self, base_url: str) -> None:
+        import threading
+
+        self.url = base_url.removesuffix("/v1") + "/slots"
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=2) as client:
+            while not self._stop.wait(0.025):
+                try:
+                    self.samples.append(sum(1 for s in client.get(self.url).json() if s.get("is_processing")))
+                except Exception:  # noqa: BLE001 - a missed sample
+                    pass
+
+    def __enter__(self) -> BusySlots:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return round(statistics.fmean(self.samples), 2) if self.samples else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved direct / queue rounds")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="medai-qllama-"))
     env, dbname = _env(tmp)
@@ -141,15 +180,28 @@ def main() -> None:
             return elapsed, ids
 
         run_queue([f"warm-up {i}: {x}" for i, x in enumerate(prompts(8))])
-        elapsed, ids = run_queue(texts)
-        tokens = sum(InferenceTask.objects.filter(id__in=ids).values_list("completion_tokens", flat=True))
-        through = {"seconds": round(elapsed, 2), "rps": round(args.requests / elapsed, 3)}
-        print(f"queue   : {through['rps']:.2f} req/s ({through['seconds']} s, {tokens} tokens)", flush=True)
-        again = asyncio.run(_direct(url, BUNDLED_MODEL_ALIAS, texts, best["concurrency"], args.max_tokens))
-        print(f"direct  c={again['concurrency']} again: {again['rps']:.2f} req/s", flush=True)
-        best_rps = max(best["rps"], again["rps"])
-        out.update(direct=direct, direct_again=again, queue=through, queue_completion_tokens=tokens,
-                   best_direct_concurrency=best["concurrency"], ratio_queue_vs_best_direct=round(through["rps"] / best_rps, 3))
+        # Interleaved rounds (the machine is shared and the model server's speed drifts): direct at
+        # the best concurrency, then the same requests through the queue; medians are compared.
+        rounds = []
+        for r in range(args.rounds):
+            with BusySlots(url) as busy_d:
+                d = asyncio.run(_direct(url, BUNDLED_MODEL_ALIAS, [f"[{r}d] {x}" for x in texts],
+                                        best["concurrency"], args.max_tokens))
+            with BusySlots(url) as busy_q:
+                elapsed, ids = run_queue([f"[{r}q] {x}" for x in texts])
+            tokens = sum(InferenceTask.objects.filter(id__in=ids).values_list("completion_tokens", flat=True))
+            q = {"seconds": round(elapsed, 2), "rps": round(args.requests / elapsed, 3), "completion_tokens": tokens,
+                 "mean_busy_slots": busy_q.mean}
+            d["mean_busy_slots"] = busy_d.mean
+            rounds.append({"direct": d, "queue": q})
+            print(f"round {r}: direct c={d['concurrency']} {d['rps']:.2f} req/s (busy slots {busy_d.mean}), "
+                  f"queue {q['rps']:.2f} req/s (busy slots {busy_q.mean}) "
+                  f"({d['completion_tokens']} / {tokens} tokens)", flush=True)
+        direct_med = statistics.median(x["direct"]["rps"] for x in rounds)
+        queue_med = statistics.median(x["queue"]["rps"] for x in rounds)
+        out.update(direct=direct, rounds=rounds, best_direct_concurrency=best["concurrency"],
+                   direct_median_rps=direct_med, queue_median_rps=queue_med,
+                   ratio_queue_vs_best_direct=round(queue_med / direct_med, 3))
     finally:
         if cluster is not None:
             os.killpg(cluster.pid, signal.SIGTERM)

@@ -230,6 +230,10 @@ MEDAI_QUEUE_MAX = envint("MEDAI_QUEUE_MAX", 1000, minimum=1)  # above it: 429, o
 MEDAI_QUEUE_AGING_SECONDS = envfloat("MEDAI_QUEUE_AGING_SECONDS", 60.0)  # anti-starvation: +1 level per period
 MEDAI_QUEUE_LEASE_SECONDS = envfloat("MEDAI_QUEUE_LEASE_SECONDS", 0.0)  # 0: Q_CLUSTER retry
 MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
+# A worker that finds more queued work for its model at the head of the queue keeps feeding the
+# backend for up to this long before handing back to the broker (strict priority order holds
+# throughout: it refills only while the head of the queue is for its model).
+MEDAI_QUEUE_DRAIN_SECONDS = envfloat("MEDAI_QUEUE_DRAIN_SECONDS", 10.0)
 
 # --- medai ---
 MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)

@@ -108,6 +108,21 @@ def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = Non
     transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)
 
 
+def put_again(list_key: str, items: list[tuple[str, int, Any, Any]], *, now: Any = None) -> None:
+    """Re-insert entries for ``(payload, priority, task_id, queued_at)`` at the rank they were first
+    given (a task sent back to the queue keeps its place), waking pushers on commit."""
+    from apps.inference.models import QueueEntry
+
+    if not items:
+        return
+    now = now or timezone.now()
+    QueueEntry.objects.using(Conf.ORM).bulk_create([
+        QueueEntry(key=list_key, priority=int(priority), rank=rank_for(priority, queued_at), enqueued_at=now,
+                   locked_until=now, task_id=task_id, payload=payload)
+        for payload, priority, task_id, queued_at in items])
+    transaction.on_commit(lambda: wake(list_key, len(items)), using=Conf.ORM)
+
+
 _inherited: list[Any] = []  # a parent's connections and pools, kept referenced so they are never closed here
 
 

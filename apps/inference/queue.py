@@ -13,13 +13,15 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Case, Count, F, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 from django_q.conf import Conf
@@ -37,6 +39,10 @@ S = InferenceTask.Status
 LIVE = (S.QUEUED, S.PROCESSING)
 FINISHED = (S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED)
 TASK_FUNC = "apps.inference.tasks.run_inference"
+# Admission answers that mean "not now" (every allowed model at its concurrency limit, the GPU
+# policy holding new work): a queued task goes back to the queue in its place instead of failing.
+WAIT_CODES = frozenset({"model_busy", "gpu_overloaded"})
+REQUEUED = "requeued"
 
 
 def result_ttl() -> int:
@@ -60,8 +66,6 @@ def unit_of_work(func: Any) -> Any:
     block: the queue services also run inside a request or a caller's transaction, where closing
     the connection would break it."""
     import functools
-
-    from django.db import close_old_connections, connection
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -373,7 +377,7 @@ class Claimed:
 
 
 def drain_seconds() -> float:
-    return float(getattr(settings, "MEDAI_QUEUE_DRAIN_SECONDS", 1.0))
+    return settings.MEDAI_QUEUE_DRAIN_SECONDS
 
 
 def _locked(qs: Any, skip: bool = False) -> Any:
@@ -500,6 +504,8 @@ async def _execute(task: InferenceTask, route: router.Route | router.RoutingErro
                 "endpoint_id": plan.endpoint.id if plan.endpoint else None,
                 "model_name": plan.endpoint.name if plan.endpoint else ""}
     except (ApiError, router.RoutingError) as exc:
+        if exc.code in WAIT_CODES:
+            return {"status": REQUEUED, "error_code": exc.code}
         return {"status": S.FAILED, "result": None, "http_status": exc.status_code,
                 "error_code": exc.code, "error_message": exc.message[:2000]}
 
@@ -555,11 +561,15 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
         current = {pk: (status, attempts) for pk, status, attempts in _locked(
             _by_pk([c.task.id for c in group])).values_list("id", "status", "attempts")}
-        mine = []
+        mine, requeued = [], []
         for c, (outcome, ms) in zip(group, results, strict=True):
             task = c.task
             if current.get(task.id) != (S.PROCESSING, c.attempt):
                 states.append("superseded")
+                continue
+            if outcome["status"] == REQUEUED:
+                requeued.append(c)
+                states.append(S.QUEUED)
                 continue
             for name, value in {"prompt_tokens": 0, "completion_tokens": 0, "endpoint_id": None, "model_name": "",
                                 **outcome}.items():
@@ -575,18 +585,62 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
             updates.append(push.update_for(task, outcome["status"]))
         if mine:
             _write_results(mine)
+        if requeued:
+            _requeue(requeued, finished)
+            updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
         record_events(events)
-        companions = [c.entry_id for c in group if c.entry_id is not None]
+        back = {id(c) for c in requeued}
+        companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
         if companions:
             QueueEntry.objects.filter(id__in=companions).delete()
         transaction.on_commit(lambda: push.send(updates))
     return states
 
 
+def _requeue(claimed: list[Claimed], now: Any) -> None:
+    """Put tasks that admission turned away (WAIT_CODES) back in the queue, in their old place:
+    QUEUED again, and a companion's entry unleased, while the delivered task (whose entry django-q2
+    acknowledges when this run returns) gets a new entry at its original rank. The attempt counter
+    keeps its increment (it is the fencing token); ``started_at`` is cleared."""
+    _by_pk([c.task.id for c in claimed]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+    companions = [c.entry_id for c in claimed if c.entry_id is not None]
+    if companions:
+        QueueEntry.objects.filter(id__in=companions).update(locked_until=now)
+        transaction.on_commit(lambda: broker.wake(list_key(), len(companions)))
+    delivered = [c.task for c in claimed if c.entry_id is None]
+    if delivered:
+        broker.put_again(list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at)
+                                      for t in delivered], now=now)
+    for c in claimed:
+        c.task.status, c.task.started_at = S.QUEUED, None
+
+
 async def _timed(task: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
     started = time.perf_counter()
     outcome = await _execute(task, route)
     return outcome, int((time.perf_counter() - started) * 1000)
+
+
+_db_pool: ThreadPoolExecutor | None = None
+_db_pool_pid: int | None = None
+
+
+def _db_thread(func: Any, *args: Any) -> Any:
+    close_old_connections()  # this thread's connection: drop it if broken or past CONN_MAX_AGE
+    return func(*args)
+
+
+def _off_loop(loop: asyncio.AbstractEventLoop, func: Any, *args: Any) -> Any:
+    """Run a worker's database step (claim, result write) on this process's database thread while
+    the loop keeps serving the requests in flight: a stopped loop would leave the model server's
+    freed slots idle until the write ends. Inside a caller's transaction (tests, a caller's
+    atomic block) the step runs inline, on the caller's connection."""
+    global _db_pool, _db_pool_pid
+    if connection.in_atomic_block:
+        return func(*args)
+    if _db_pool is None or _db_pool_pid != os.getpid():  # one per process (workers are forked)
+        _db_pool, _db_pool_pid = ThreadPoolExecutor(1, thread_name_prefix="medai-queue-db"), os.getpid()
+    return loop.run_until_complete(loop.run_in_executor(_db_pool, _db_thread, func, *args))
 
 
 @unit_of_work
@@ -605,6 +659,10 @@ def run_task(task_id: str, collate: bool = True) -> str:
     queue is for its model: any other work at the head (a CRITICAL task for another model, an
     entry already handed to a cluster) stops the refills, and the broker delivers it as usual. No
     more than the policy's batch size is ever in flight from one worker.
+
+    A task that admission turns away for now (``WAIT_CODES``: its model at the concurrency limit
+    after the policy's wait, or the GPU policy holding new work) is not failed: it goes back to the
+    queue in its old place (``_requeue``) and this worker stops claiming more for that model.
     """
     from apps.gpu import policy
 
@@ -629,16 +687,18 @@ def run_task(task_id: str, collate: bool = True) -> str:
     try:
         while pending:
             done, _ = loop.run_until_complete(asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED))
-            # The loop stops while results are written: first let the requests that the finished ones
-            # just handed their slots to go out, so the backend does not idle meanwhile (and let
-            # near-simultaneous answers join this write).
+            # Let near-simultaneous answers join this write (and the requests that the finished ones
+            # just handed their slots to go out).
             loop.run_until_complete(asyncio.sleep(0.001))
             done = {t for t in pending if t.done()}
             ready = [t for t in pending if t in done]  # in claim order
             finished = [pending.pop(t) for t in ready]
-            for c, st in zip(finished, _finish_group(finished, [t.result() for t in ready]), strict=True):
+            states = _off_loop(loop, _finish_group, finished, [t.result() for t in ready])
+            for c, st in zip(finished, states, strict=True):
                 if c is delivered:
                     result = st
+                if st == S.QUEUED:
+                    refill = False  # the model has no room: hand back to the broker, do not claim more
             if not refill:
                 continue
             limit = max(policy.batch_size(), 1)
@@ -646,7 +706,7 @@ def run_task(task_id: str, collate: bool = True) -> str:
             if time.monotonic() >= end:
                 refill = False
             elif room >= (limit + 1) // 2:
-                more, _ = _claim_group(None, model, room)
+                more, _ = _off_loop(loop, _claim_group, None, model, room)
                 refill = bool(more)
                 start(more)
     finally:
