@@ -481,6 +481,40 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
     return group, S.PROCESSING
 
 
+URGENT_CHECK_SECONDS = 0.005
+
+
+def _urgent_head(above: int) -> bool:
+    """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
+    indexed read, no lock)."""
+    head = (QueueEntry.objects.filter(key=list_key(), locked_until__lte=timezone.now()).order_by("rank")
+            .values_list("priority", flat=True).first())
+    return head is not None and head > above
+
+
+def _claim_urgent(above: int) -> list[Claimed]:
+    """Claim the head of the queue if it is more urgent than ``above``, whatever its model: a worker
+    feeding a deep queue of less urgent work starts it at once, next to its requests in flight,
+    instead of making it wait until its window drains and the broker delivers it. The entry is leased
+    like a companion's (deleted with the result; delivered again if this worker dies)."""
+    now = timezone.now()
+    with transaction.atomic():
+        entry = _locked(QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank")
+                        .only("id", "task_id", "priority", "rank"), skip=True).first()
+        if entry is None or entry.priority <= above or entry.task_id is None or _delivered_waiting(entry.rank, now):
+            return []
+        task = _locked(_by_pk([entry.task_id]), skip=True).first()
+        if task is None or task.status != S.QUEUED or (task.deadline and task.deadline <= now):
+            return []  # the broker's delivery (or the expiry sweep) deals with it
+        QueueEntry.objects.filter(id=entry.id).update(locked_until=now + timedelta(seconds=broker.lease_seconds()))
+        wait = int((now - (task.queued_at or task.created_at)).total_seconds() * 1000)
+        _by_pk([task.id]).update(status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now, queue_wait_ms=wait)
+        update = push.update_for(task, S.PROCESSING)
+        transaction.on_commit(lambda: push.send([update]))
+    task.status, task.attempts, task.started_at = S.PROCESSING, task.attempts + 1, now
+    return [Claimed(task, task.attempts, entry.id)]
+
+
 def _route(task: InferenceTask) -> router.Route | router.RoutingError:
     """Resolved on the sync side: the router may query the database (not allowed on the loop)."""
     spec = task.request or {}
@@ -660,6 +694,10 @@ def run_task(task_id: str, collate: bool = True) -> str:
     entry already handed to a cluster) stops the refills, and the broker delivers it as usual. No
     more than the policy's batch size is ever in flight from one worker.
 
+    More urgent work at the head of the queue (a CRITICAL task for another model, say) does not
+    wait for this worker's window to drain: checked at most every ``URGENT_CHECK_SECONDS`` between
+    answers, it is claimed and started at once, beside the requests in flight (``_claim_urgent``).
+
     A task that admission turns away for now (``WAIT_CODES``: its model at the concurrency limit
     after the policy's wait, or the GPU policy holding new work) is not failed: it goes back to the
     queue in its old place (``_requeue``) and this worker stops claiming more for that model.
@@ -684,6 +722,8 @@ def run_task(task_id: str, collate: bool = True) -> str:
     result = state
     end = time.monotonic() + drain_seconds()
     refill = collate
+    level = max(c.task.priority for c in group)  # more urgent work than this is started at once
+    next_urgent_check = 0.0
     try:
         while pending:
             done, _ = loop.run_until_complete(asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED))
@@ -699,6 +739,10 @@ def run_task(task_id: str, collate: bool = True) -> str:
                     result = st
                 if st == S.QUEUED:
                     refill = False  # the model has no room: hand back to the broker, do not claim more
+            if collate and level < Priority.CRITICAL and time.monotonic() >= next_urgent_check:
+                next_urgent_check = time.monotonic() + URGENT_CHECK_SECONDS
+                if _off_loop(loop, _urgent_head, level):
+                    start(_off_loop(loop, _claim_urgent, level))
             if not refill:
                 continue
             limit = max(policy.batch_size(), 1)

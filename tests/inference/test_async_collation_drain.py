@@ -1,6 +1,6 @@
 """Workers claim and finish a collated group in bulk, and a worker whose model heads a deep queue
-goes on with the next group of it; other work at the head (a CRITICAL task for another model)
-stops that at once. Each finished task gets its audit event, in one valid chain."""
+goes on with the next group of it; other work at the head stops that at once, and more urgent work
+(a CRITICAL task for another model) is started by the draining worker itself. Each finished task gets its audit event, in one valid chain."""
 
 from __future__ import annotations
 
@@ -70,10 +70,31 @@ def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_f
 
     [(ack, _)] = PriorityBroker(list_key=queue.list_key())._claim()  # a worker took low 0 ...
     urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
+    group, _ = queue._claim_group(str(QueueEntry.objects.get(pk=ack).task_id), None, 2)
+    # low 0 is claimed alone: no companions while more urgent work for another model waits
+    assert [str(c.task.id) for c in group] == [low[0]]
+
+
+def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    client = client_for(alice)
+    low = [submit(client, f"low {i}", "low") for i in range(6)]
+    from apps.inference.broker import PriorityBroker
+
+    broker = PriorityBroker(list_key=queue.list_key())
+    [(ack, _)] = broker._claim()  # a worker took low 0 ...
+    urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
-    # low 0 runs alone: no companions and no drain while more urgent work for another model waits
-    assert _statuses(low) == ["completed"] + ["queued"] * 5
-    assert _statuses([urgent]) == ["queued"]
+    broker.acknowledge(ack)
+    # after low 0 the worker found the CRITICAL task at the head and ran it itself, before going on
+    # with its own model from the head of the queue (strict order: urgent first, then low 1, ...)
+    assert _statuses([urgent] + low) == ["completed"] * 7
+    started = dict(InferenceTask.objects.filter(id__in=[urgent] + low).values_list("id", "started_at"))
+    started = {str(k): v for k, v in started.items()}
+    assert started[low[0]] <= started[urgent] <= started[low[1]]
+    assert not QueueEntry.objects.exists()
+    assert verify_chain().ok
 
 
 def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
