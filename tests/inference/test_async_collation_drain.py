@@ -73,6 +73,7 @@ def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_f
     group, _ = queue._claim_group(str(QueueEntry.objects.get(pk=ack).task_id), None, 2)
     # low 0 is claimed alone: no companions while more urgent work for another model waits
     assert [str(c.task.id) for c in group] == [low[0]]
+    assert _statuses([urgent] + low[1:]) == ["queued"] * 6
 
 
 def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
