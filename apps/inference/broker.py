@@ -18,11 +18,20 @@ row leased, and it is delivered again when its lease ends (at-least-once). Keep 
 
 Wake-ups: ``enqueue`` pushes to a Redis list after commit; an idle pusher waits on it with BLPOP
 (at most ``poll`` seconds, which also bounds a lost wake-up), so idle pickup takes milliseconds.
+
+No prefetch while every worker is busy: django-q2's pusher would otherwise lease the next entry
+(and hold one more in its local queue) while all workers run long requests, and a CRITICAL task
+arriving then would wait behind that prefetched work. Workers record themselves in a small
+shared array while they run a task (``worker_busy``); the pusher claims only when one is free,
+and a worker that finishes wakes it. A worker killed mid-task no longer counts (its pid is dead).
+Meanwhile queued work stays in the table, where a worker draining its model takes more urgent
+work at once (``apps.inference.queue._claim_urgent``).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from datetime import timedelta
 from typing import Any
@@ -35,6 +44,48 @@ from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
 logger = logging.getLogger("medai.queue")
+
+# pids of this cluster's workers running a task. Created on import, which happens in qcluster's
+# main process (django-q2 loads the broker class there) before it forks the sentinel, the workers
+# and the pusher, so they all share this memory.
+_busy = multiprocessing.Array("i", 64)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class worker_busy:  # noqa: N801 - used as a context manager, like contextlib's
+    """Marks this worker process busy in the cluster's shared array while a task runs; on exit the
+    pusher is woken (a worker is free)."""
+
+    def __enter__(self) -> None:
+        pid = os.getpid()
+        with _busy.get_lock():
+            for i in range(len(_busy)):
+                if _busy[i] in (0, pid) or not _alive(_busy[i]):
+                    _busy[i] = pid
+                    break
+
+    def __exit__(self, *exc: object) -> None:
+        pid = os.getpid()
+        with _busy.get_lock():
+            for i in range(len(_busy)):
+                if _busy[i] == pid:
+                    _busy[i] = 0
+        wake(Conf.CLUSTER_NAME)  # the list key of this cluster's queue
+
+
+def workers_busy() -> int:
+    with _busy.get_lock():
+        pids = [p for p in _busy if p]
+    return sum(1 for p in pids if _alive(p))
 
 
 def aging_seconds() -> float:
@@ -198,7 +249,7 @@ class PriorityBroker(Broker):
     def dequeue(self) -> list[tuple[int, str]] | None:
         if transaction.get_autocommit(using=Conf.ORM):
             close_old_connections()
-        tasks = self._claim()
+        tasks = self._claim() if workers_busy() < Conf.WORKERS else None
         if tasks:
             return tasks
         try:

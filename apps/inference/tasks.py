@@ -6,8 +6,10 @@ from __future__ import annotations
 def run_inference(task_id: str) -> str:
     """Run one async inference task (delivered by apps.inference.broker.PriorityBroker)."""
     from apps.inference import queue
+    from apps.inference.broker import worker_busy
 
-    return queue.run_task(task_id)
+    with worker_busy():
+        return queue.run_task(task_id)
 
 
 def expire_tasks() -> dict[str, int]:
