@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.queue_throughput import _env  # noqa: E402
+from bench.queue_throughput import _env, drop_database, report, stop_cluster  # noqa: E402
 
 
 def prompts(n: int) -> list[str]:
@@ -204,24 +202,10 @@ def main() -> None:
                    ratio_queue_vs_best_direct=round(queue_med / direct_med, 3))
     finally:
         if cluster is not None:
-            os.killpg(cluster.pid, signal.SIGTERM)
-            try:
-                cluster.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(cluster.pid, signal.SIGKILL)
-                cluster.wait(10)
+            stop_cluster(cluster)
         llama.stop()
-        connection.close()
-        if dbname:
-            import psycopg
-
-            with psycopg.connect(env["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    print(json.dumps(out, indent=2))
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"queue_llama_{out['database']}.json").write_text(json.dumps(out, indent=2))
-
+        drop_database(env, dbname)
+    report("queue_llama", out)
 
 if __name__ == "__main__":
     main()

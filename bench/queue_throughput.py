@@ -242,23 +242,40 @@ def main() -> None:
             wait_done(low)
     finally:
         for proc in clusters:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_cluster(proc)
         stub.stop()
-        connection.close()
-        if dbname:
-            import psycopg
+        drop_database(env, dbname)
+    report("queue_throughput", out)
 
-            with psycopg.connect(env["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a qcluster's process group (it drains its workers), SIGKILL if it takes too long."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def drop_database(env: dict[str, str], dbname: str) -> None:
+    """Close this process's connection and drop the bench's own PostgreSQL database, if it made one."""
+    from django.db import connection
+
+    connection.close()
+    if dbname:
+        import psycopg
+
+        with psycopg.connect(env["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def report(name: str, out: dict[str, object]) -> None:
+    """Print the figures and keep them in bench/results/<name>_<database>.json."""
     print(json.dumps(out, indent=2))
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / f"queue_throughput_{out['database']}.json").write_text(json.dumps(out, indent=2))
+    (results / f"{name}_{out['database']}.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -61,15 +61,21 @@ def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, 
     assert verify_chain().ok
 
 
-def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
-    register_model("stub-a", stub_backend)
-    register_model("stub-b", stub_backend, agents=("Billing",))
-    client = client_for(alice)
-    low = [submit(client, f"low {i}", "low") for i in range(6)]
+def _low_then_urgent(client, stub_backend):  # type: ignore[no-untyped-def]
+    """Six LOW tasks for stub-a; a worker takes the first; then a CRITICAL one for stub-b arrives."""
     from apps.inference.broker import PriorityBroker
 
-    [(ack, _)] = PriorityBroker(list_key=queue.list_key())._claim()  # a worker took low 0 ...
-    urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
+    register_model("stub-a", stub_backend)
+    register_model("stub-b", stub_backend, agents=("Billing",))
+    low = [submit(client, f"low {i}", "low") for i in range(6)]
+    broker = PriorityBroker(list_key=queue.list_key())
+    [(ack, _)] = broker._claim()
+    urgent = submit(client, "urgent", "critical", agent_type="Billing")
+    return low, urgent, broker, ack
+
+
+def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+    low, urgent, _, ack = _low_then_urgent(client_for(alice), stub_backend)
     group, _ = queue._claim_group(str(QueueEntry.objects.get(pk=ack).task_id), None, 2)
     # low 0 is claimed alone: no companions while more urgent work for another model waits
     assert [str(c.task.id) for c in group] == [low[0]]
@@ -77,15 +83,7 @@ def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_f
 
 
 def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
-    register_model("stub-a", stub_backend)
-    register_model("stub-b", stub_backend, agents=("Billing",))
-    client = client_for(alice)
-    low = [submit(client, f"low {i}", "low") for i in range(6)]
-    from apps.inference.broker import PriorityBroker
-
-    broker = PriorityBroker(list_key=queue.list_key())
-    [(ack, _)] = broker._claim()  # a worker took low 0 ...
-    urgent = submit(client, "urgent", "critical", agent_type="Billing")  # ... then this arrived
+    low, urgent, broker, ack = _low_then_urgent(client_for(alice), stub_backend)
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
     broker.acknowledge(ack)
     # after low 0 the worker found the CRITICAL task at the head and ran it itself, before going on
