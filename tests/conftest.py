@@ -17,6 +17,20 @@ from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Background threads (the record writer, a worker's database thread, the live server's) keep
+    connections of their own; on PostgreSQL they would stop pytest-django from dropping the test
+    database at the end. Torn down before django_db_setup, so the drop finds no other session."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     from apps.accounts import services as account_services
