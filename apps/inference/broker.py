@@ -38,6 +38,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections, transaction
+from django.db.models import F
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
@@ -237,13 +238,9 @@ class PriorityBroker(Broker):
             rows = list(qs[: max(Conf.BULK, 1)])
             if not rows:
                 return []
+            # leased; deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
             QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
-                locked_until=now + timedelta(seconds=lease_seconds()))
-            # deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
-            from django.db.models import F
-
-            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
-                deliveries=F("deliveries") + 1)
+                locked_until=now + timedelta(seconds=lease_seconds()), deliveries=F("deliveries") + 1)
         return [(r.id, r.payload) for r in rows]
 
     def dequeue(self) -> list[tuple[int, str]] | None:
