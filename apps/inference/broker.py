@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -62,20 +64,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class worker_busy:  # noqa: N801 - used as a context manager, like contextlib's
-    """Marks this worker process busy in the cluster's shared array while a task runs; on exit the
-    pusher is woken (a worker is free)."""
-
-    def __enter__(self) -> None:
-        pid = os.getpid()
-        with _busy.get_lock():
-            for i in range(len(_busy)):
-                if _busy[i] in (0, pid) or not _alive(_busy[i]):
-                    _busy[i] = pid
-                    break
-
-    def __exit__(self, *exc: object) -> None:
-        pid = os.getpid()
+@contextmanager
+def worker_busy() -> Iterator[None]:
+    """Mark this worker process busy in the cluster's shared array while a task runs; afterwards
+    wake the pusher (a worker is free)."""
+    pid = os.getpid()
+    with _busy.get_lock():
+        for i in range(len(_busy)):
+            if _busy[i] in (0, pid) or not _alive(_busy[i]):
+                _busy[i] = pid
+                break
+    try:
+        yield
+    finally:
         with _busy.get_lock():
             for i in range(len(_busy)):
                 if _busy[i] == pid:

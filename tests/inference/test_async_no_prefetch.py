@@ -41,7 +41,8 @@ def test_a_killed_worker_no_longer_counts_as_busy(one_worker):  # type: ignore[n
     pid = os.fork()
     if pid == 0:  # the child shares the parent's array, as a forked django-q2 worker does
         try:
-            broker.worker_busy().__enter__()
+            busy = broker.worker_busy()
+            busy.__enter__()  # and never leaves it
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
