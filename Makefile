@@ -39,9 +39,10 @@ $(CHROMIUM):
 test: install $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# makemigrations loads the settings: as a development environment (keys generated into var/ if missing).
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/python manage.py makemigrations --check --dry-run
+	MEDAI_ENV=development $(BIN)/python manage.py makemigrations --check --dry-run
 
 clean:
 	rm -rf $(VENV)

@@ -110,7 +110,7 @@ class Env:
             "LOG_LEVEL": "WARNING",
             "DEBUG": "0",
             "JWT_ACCESS_TTL": "86400",
-            "MEDAI_ENV": "bench",
+            "MEDAI_ENV": "test",  # a throwaway var dir: its keys are generated there
         }
         self.env.pop("DATABASE_URL", None)
         self.stub_url = f"http://127.0.0.1:{args.port_base}/v1"

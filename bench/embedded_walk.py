@@ -49,6 +49,7 @@ def main() -> None:
 
     var = Path(os.environ.get("MEDAI_VAR_DIR", str(ROOT / "var")))
     os.environ.update(MEDAI_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="medai.settings", LOG_LEVEL="WARNING")
+    os.environ.setdefault("MEDAI_ENV", "development")  # as `make run`: the keys it generated in var/
     password = os.environ.get("MEDAI_DEMO_PASSWORD") or (var / "demo-password").read_text().strip()
     login = httpx.post(args.url + "/v1/auth/login", timeout=10,
                        json={"username": "admin", "password": password, "location_id": "demo"})

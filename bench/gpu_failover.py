@@ -43,6 +43,7 @@ def main() -> None:
     var = tempfile.mkdtemp(prefix="medai-bench-failover-")
     sim_file = Path(var) / "sim.json"
     sim_file.write_text("{}")
+    os.environ.setdefault("MEDAI_ENV", "test")  # a throwaway var dir: its keys are generated there
     os.environ.update(MEDAI_VAR_DIR=var, DJANGO_SETTINGS_MODULE="medai.settings", LOG_LEVEL="WARNING",
                       MEDAI_GPU_PROVIDER="simulated", MEDAI_GPU_SIM_FILE=str(sim_file))
     from medai.embedded import start_embedded_redis

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MEDAI_VAR_DIR", tempfile.mkdtemp(prefix="medai-bench-gpu-"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
+os.environ.setdefault("MEDAI_ENV", "test")  # a throwaway var dir: its keys are generated there
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 EMBEDDED_REDIS = not os.environ.get("REDIS_URL")
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 def _env(tmp: Path) -> tuple[dict[str, str], str]:
     os.environ["MEDAI_VAR_DIR"] = str(tmp)
+    os.environ.setdefault("MEDAI_ENV", "test")  # a throwaway var dir: its keys are generated there
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["MEDAI_CACHE_PREFIX"] = f"qbench-{uuid.uuid4().hex[:6]}"
     dbname = ""

@@ -7,7 +7,9 @@ server (uvicorn) and the worker (qcluster) as children, each child's output pref
 child (terminate, wait, kill) and then Redis; a child that dies on its own stops the rest.
 
 Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
-MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD.
+MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD, and MEDAI_ENV, which defaults to
+``development`` here (keys generated into var/ on the first run); any other value applies
+production rules to the secrets (medai/secrets.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from django.core.exceptions import ImproperlyConfigured
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "medai is ready"
@@ -106,9 +109,26 @@ def env_port(name: str, default: int) -> int:
 
 
 def var_dir() -> Path:
-    path = Path(os.environ.get("MEDAI_VAR_DIR", str(ROOT / "var")))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from medai.secrets import private_dir
+
+    try:
+        return private_dir(Path(os.environ.get("MEDAI_VAR_DIR", str(ROOT / "var"))))
+    except ImproperlyConfigured as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def check_secrets(env: dict[str, str], var: Path) -> None:
+    """Resolve the secrets once before any child starts (generating them in development), so a
+    refusal is one clear message instead of a traceback in manage.py's output."""
+    from medai.env import envbool
+    from medai.secrets import load
+
+    try:
+        found = load(environ=env, var_dir=var, debug=envbool("DEBUG", False))
+    except ImproperlyConfigured as exc:
+        raise LaunchError(str(exc)) from None
+    log(f"MEDAI_ENV={env['MEDAI_ENV']}; secrets: " + ", ".join(f"{name} from {source}"
+                                                            for name, source in found.sources.items()))
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
@@ -240,7 +260,11 @@ def run() -> int:
             raise LaunchError(f"port {p} ({name}) is in use: stop what holds it or set {name}")
 
     var = var_dir()
-    env = {**os.environ, "MEDAI_VAR_DIR": str(var), "MEDAI_LLAMA_PORT": str(llama_port), "PYTHONUNBUFFERED": "1"}
+    # `make run` is the embedded default on a developer's machine: unless told otherwise, it is a
+    # development environment, whose missing keys are generated into var/ (medai/secrets.py).
+    env = {**os.environ, "MEDAI_ENV": os.environ.get("MEDAI_ENV", "").strip() or "development",
+           "MEDAI_VAR_DIR": str(var), "MEDAI_LLAMA_PORT": str(llama_port), "PYTHONUNBUFFERED": "1"}
+    check_secrets(env, var)
     stop_redis = start_redis(var, env)
     children: list[Child] = []
     try:

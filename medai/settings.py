@@ -10,21 +10,23 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from medai.env import env, envbool, envfloat, envint, envlist, envsecret
+from medai import secrets as medai_secrets
+from medai.env import env, envbool, envfloat, envint, envlist
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env("MEDAI_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# MEDAI_ENV=development or test (any case) is a developer machine or the test suite: missing secrets
+# are generated into the var dir and DEBUG is allowed. Anything else, unset included, is production.
+MEDAI_ENV = env("MEDAI_ENV", "").strip().lower()
+# Keys, the SQLite database, the embedded Redis socket: readable by this user only (0700).
+VAR_DIR = medai_secrets.private_dir(Path(env("MEDAI_VAR_DIR", str(BASE_DIR / "var"))))
 
-DEV_SECRET_KEY = "medai-dev-insecure-secret-key-change-me-0123456789abcdef"
 DEBUG = envbool("DEBUG", False)
-SECRET_KEY = envsecret("SECRET_KEY", DEV_SECRET_KEY)
-# The embedded default may run on the dev key; anything that says it is production may not.
-MEDAI_ENV = env("MEDAI_ENV", "embedded")
-if MEDAI_ENV == "production" and SECRET_KEY == DEV_SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set when MEDAI_ENV=production")
-if len(SECRET_KEY) < 32:
-    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
+# Three separate secrets, none with a default and none derived from another (medai/secrets.py):
+# this refuses to start on a missing, weak or published key, or on DEBUG outside development/test.
+_secrets = medai_secrets.load(environ=os.environ, var_dir=VAR_DIR, debug=DEBUG)
+SECRET_KEY = _secrets.secret_key
+# Fernet keys of PHI and backend API keys at rest (apps/audit/fields.py), newest first.
+MEDAI_ENCRYPTION_KEYS = list(_secrets.encryption_keys)
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -96,6 +98,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     _db["ENGINE"] = "django_prometheus.db.backends.sqlite3"
+    medai_secrets.private_sqlite_database(str(_db.get("NAME") or ""))  # 0600, and so its -wal/-shm
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
     _db.setdefault("OPTIONS", {})
@@ -199,7 +202,7 @@ SIMPLE_JWT = {
     "ROTATE_REFRESH_TOKENS": True,
     "BLACKLIST_AFTER_ROTATION": True,
     "ALGORITHM": "HS256",
-    "SIGNING_KEY": envsecret("JWT_SIGNING_KEY", SECRET_KEY),
+    "SIGNING_KEY": _secrets.jwt_signing_key,
     "USER_ID_CLAIM": "sub",
     "USER_ID_FIELD": "id",
     "UPDATE_LAST_LOGIN": True,
