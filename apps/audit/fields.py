@@ -1,31 +1,50 @@
 """Encryption at rest for PHI and secrets (Fernet: AES-128-CBC + HMAC-SHA256).
 
-Keys come from ``MEDAI_ENCRYPTION_KEYS`` (comma-separated Fernet keys, newest first, so keys can
-be rotated: old rows still decrypt) or are derived from SECRET_KEY for the embedded default.
+The keys are ``settings.MEDAI_ENCRYPTION_KEYS`` (newest first: new values are encrypted with the
+first, older ones still decrypt, so a key is rotated by putting a new one in front). They are never
+derived from another key; where they come from is medai/secrets.py.
+
+A stored value the configured keys cannot decrypt (a key dropped from the list, or a development
+database written under the key medai used to derive from its former development key) must not
+turn every page that shows its row into a 500, and must not be destroyed by the next save of that
+row. It reads as an empty value, as if purged, that remembers its ciphertext: saving the row writes
+the ciphertext back unchanged, so putting the right key back recovers it. Each field logs this once
+per process (which column, never the value).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
+import logging
 from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.db import models
+from django.dispatch import receiver
 
-from medai.env import envlist
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
 def _fernet() -> MultiFernet:
-    keys = envlist("MEDAI_ENCRYPTION_KEYS", [])
+    keys = list(getattr(settings, "MEDAI_ENCRYPTION_KEYS", None) or [])
     if not keys:
-        derived = base64.urlsafe_b64encode(hashlib.sha256(b"medai-at-rest:" + settings.SECRET_KEY.encode()).digest())
-        keys = [derived.decode()]
+        raise ImproperlyConfigured("MEDAI_ENCRYPTION_KEYS is empty: nothing can be encrypted at rest")
     return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+
+
+@receiver(setting_changed)
+def _keys_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "MEDAI_ENCRYPTION_KEYS":
+        _fernet.cache_clear()
+
+
+class DecryptionError(ValueError):
+    """The value was not encrypted with any of the configured keys (or it was altered)."""
 
 
 def encrypt(plaintext: str) -> str:
@@ -36,7 +55,37 @@ def decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken:
-        raise ValueError("encrypted value cannot be decrypted with the configured keys") from None
+        raise DecryptionError("encrypted value cannot be decrypted with MEDAI_ENCRYPTION_KEYS") from None
+
+
+class UndecryptableText(str):
+    """An encrypted text value no configured key opens: reads as "", saves back its ciphertext."""
+
+    ciphertext: str
+
+    def __new__(cls, ciphertext: str) -> UndecryptableText:
+        value = super().__new__(cls, "")
+        value.ciphertext = ciphertext
+        return value
+
+
+class UndecryptableJSON(dict):  # type: ignore[type-arg]
+    """An encrypted JSON value no configured key opens: reads as {} (empty), saves back its ciphertext."""
+
+    def __init__(self, ciphertext: str) -> None:
+        super().__init__()
+        self.ciphertext = ciphertext
+
+
+_warned: set[str] = set()
+
+
+def _undecryptable(field: models.Field) -> None:  # type: ignore[type-arg]
+    label = f"{field.model._meta.label}.{field.name}" if hasattr(field, "model") else field.name
+    if label not in _warned:
+        _warned.add(label)
+        logger.warning("%s holds values that MEDAI_ENCRYPTION_KEYS cannot decrypt (written under another key); "
+                       "they read as empty and are kept unchanged", label)
 
 
 class EncryptedTextField(models.TextField):
@@ -45,9 +94,15 @@ class EncryptedTextField(models.TextField):
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if value in (None, ""):
             return value
-        return decrypt(value)
+        try:
+            return decrypt(value)
+        except DecryptionError:
+            _undecryptable(self)
+            return UndecryptableText(value)
 
     def get_prep_value(self, value: Any) -> Any:
+        if isinstance(value, UndecryptableText):
+            return value.ciphertext
         value = super().get_prep_value(value)
         if value in (None, ""):
             return value
@@ -60,7 +115,11 @@ class EncryptedJSONField(models.TextField):
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if value is None or value == "":
             return None
-        return json.loads(decrypt(value))
+        try:
+            return json.loads(decrypt(value))
+        except DecryptionError:
+            _undecryptable(self)
+            return UndecryptableJSON(value)
 
     def to_python(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -71,6 +130,8 @@ class EncryptedJSONField(models.TextField):
         return value
 
     def get_prep_value(self, value: Any) -> Any:
+        if isinstance(value, UndecryptableJSON):
+            return value.ciphertext
         if value is None:
             return None
         return encrypt(json.dumps(value, separators=(",", ":")))

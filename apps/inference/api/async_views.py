@@ -146,7 +146,9 @@ class ResultView(APIView):
         if task.status == S.FAILED:
             raise ApiError(task.http_status if task.http_status and task.http_status >= 400 else 502,
                            task.error_code or "task_failed", task.error_message or "The task failed.")
-        body = dict(task.result or {})
+        if not task.result:  # None, or encrypted under a key this installation no longer has
+            raise ApiError(410, "task_result_unavailable", f"Task {task.id}'s result can no longer be read.")
+        body = dict(task.result)
         body["medai"] = {"task_id": str(task.id), "queue_wait_ms": task.queue_wait_ms,
                          "inference_ms": task.inference_ms, "attempts": task.attempts}
         return Response(body)
