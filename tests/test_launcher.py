@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from medai.launcher import READY_LINE, port_is_free
 from tests.support.servers import ROOT, free_port
 
+SECRETS = ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS")
 START_TIMEOUT = 300.0  # migrations on a fresh SQLite, model load: bounded, not timed
 
 
@@ -52,6 +54,8 @@ def launcher(tmp_path: Path):  # type: ignore[no-untyped-def]
     env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(port),
            "MEDAI_LLAMA_PORT": str(llama_port), "MEDAI_DEMO_PASSWORD": "launcher-test-pass"}
     env.pop("REDIS_URL", None)  # the launcher's own embedded Redis, as `make run` does
+    for name in ("MEDAI_ENV", *SECRETS, *(f"{n}_FILE" for n in SECRETS)):
+        env.pop(name, None)  # a fresh clone: nothing set; the launcher makes it a development environment
     if env.get("DATABASE_URL", "").startswith("postgres"):
         env.pop("DATABASE_URL")  # not the test database pytest-django owns: SQLite in the tmp var dir
     proc = subprocess.Popen([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -66,7 +70,8 @@ def launcher(tmp_path: Path):  # type: ignore[no-untyped-def]
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    state = {"proc": proc, "port": port, "llama_port": llama_port, "lines": lines, "output": output}
+    state = {"proc": proc, "port": port, "llama_port": llama_port, "lines": lines, "output": output,
+             "var": tmp_path / "var"}
     yield state
     if proc.poll() is None:
         for pid in _descendants(proc.pid):
@@ -117,6 +122,24 @@ def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) 
     # The admin's stylesheet is served by the ASGI app itself (whitenoise): the admin looks right.
     assert httpx.get(f"{base}/static/admin/css/base.css", timeout=10).status_code == 200
 
+    # Its keys were generated into its var dir (0600), and every child uses them: the web process
+    # encrypts an async request that the worker decrypts and answers, and the web reads the result.
+    var = launcher["var"]
+    assert stat.S_IMODE(var.stat().st_mode) == 0o700
+    for name in ("secret-key", "jwt-signing-key", "encryption-keys"):
+        assert stat.S_IMODE((var / name).stat().st_mode) == 0o600, name
+    headers = {"Authorization": f"Bearer {token}"}
+    submitted = httpx.post(f"{base}/v1/async/submit", headers=headers, timeout=30,
+                           json={"agent_type": "Chat", "max_tokens": 8,
+                                 "messages": [{"role": "user", "content": "Say hi."}]})
+    assert submitted.status_code == 202, submitted.text
+    deadline = time.monotonic() + 120
+    while (result := httpx.get(f"{base}/v1/async/result/{submitted.json()['task_id']}", headers=headers,
+                               timeout=30)).status_code == 409 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert result.status_code == 200, result.text
+    assert result.json()["choices"][0]["message"]["content"].strip()
+
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, "".join(launcher["output"])[-3000:]
     leftovers = {pid for pid in children if _alive(pid)}
@@ -137,3 +160,16 @@ def test_launcher_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path) -> No
                                 text=True, timeout=60)
     assert result.returncode == 1
     assert f"port {port} (MEDAI_PORT) is in use" in result.stdout
+
+
+def test_launcher_outside_development_refuses_missing_keys_before_starting_anything(tmp_path: Path) -> None:
+    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(free_port()), "MEDAI_LLAMA": "0",
+           "MEDAI_ENV": "production"}
+    for name in (*SECRETS, *(f"{n}_FILE" for n in SECRETS)):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "SECRET_KEY is not set" in result.stdout and "MEDAI_ENV=development" in result.stdout
+    assert "embedded Redis" not in result.stdout and "manage.py" not in result.stdout
+    assert not (tmp_path / "var" / "secret-key").exists()
