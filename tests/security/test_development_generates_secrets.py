@@ -125,13 +125,17 @@ def test_the_suite_and_the_processes_it_starts_share_their_keys() -> None:
     from apps.audit.fields import encrypt
 
     assert settings.MEDAI_ENV == "test"
+    assert settings.SIMPLE_JWT["SIGNING_KEY"] != settings.SECRET_KEY
     token = encrypt("shared PHI")
     access = AccessToken()
     access["sub"] = "42"
-    code = (DECRYPT + "from rest_framework_simplejwt.tokens import AccessToken\n"
+    code = (DECRYPT + FINGERPRINTS + "from rest_framework_simplejwt.tokens import AccessToken\n"
             "print('SUB=' + AccessToken(sys.argv[2])['sub'])\n")
     result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code.replace("sys.argv[1]", repr(token))
                              .replace("sys.argv[2]", repr(str(access)))], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PLAIN=shared PHI" in result.stdout and "SUB=42" in result.stdout
+    child = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert child == {"SECRET_KEY": _fp(settings.SECRET_KEY), "JWT_SIGNING_KEY": _fp(settings.SIMPLE_JWT["SIGNING_KEY"]),
+                     "MEDAI_ENCRYPTION_KEYS": [_fp(k) for k in settings.MEDAI_ENCRYPTION_KEYS]}
