@@ -100,9 +100,9 @@ class Environment:
 
 @dataclass(frozen=True)
 class Secrets:
-    secret_key: str
-    jwt_signing_key: str
-    encryption_keys: tuple[str, ...]
+    secret_key: str = field(repr=False)
+    jwt_signing_key: str = field(repr=False)
+    encryption_keys: tuple[str, ...] = field(repr=False)
     # where each came from: "environment", "file <path>" (NAME_FILE or the var dir), "generated <path>"
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
