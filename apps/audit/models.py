@@ -18,6 +18,7 @@ class AuditEvent(models.Model):
         SUCCESS = "success"
         FAILURE = "failure"
         DENIED = "denied"
+        CANCELLED = "cancelled"  # the client withdrew (a clinician pressing Stop): neither success nor fault
 
     seq = models.BigAutoField(primary_key=True)
     created_at = models.DateTimeField(db_index=True)
@@ -26,9 +27,11 @@ class AuditEvent(models.Model):
     # Identity is copied, not foreign-keyed: deleting a user must not rewrite history.
     actor_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     actor = models.CharField(max_length=150, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True, db_index=True, help_text="The API key used, if any.")
     location = models.CharField(max_length=32, blank=True, db_index=True)
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=256, blank=True)
     object_type = models.CharField(max_length=64, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
     details = models.JSONField(default=dict, blank=True)

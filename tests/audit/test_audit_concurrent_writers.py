@@ -1,0 +1,67 @@
+"""Several processes appending to the audit trail at once (as web processes, workers and the
+monitor do) extend one chain: no fork, no lost event, and ``audit_verify`` passes. On SQLite and,
+when the suite runs on PostgreSQL, there (each in a database of its own, shared by the writers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.own_database import ROOT, own_database, rows
+
+WRITERS = 4
+SINGLE = 20  # record_event calls per writer
+BATCHES = 5  # record_events calls of BATCH events per writer
+BATCH = 4
+
+WRITER = """
+import os, time
+from apps.audit.services import new_event, record_event, record_events
+name, go = os.environ["WRITER"], os.environ["GO_FILE"]
+while not os.path.exists(go):
+    time.sleep(0.005)
+for i in range(%(single)d):
+    record_event("test.write", details={"writer": name, "i": i})
+    if i %% 4 == 0:
+        record_events([new_event("test.batch", details={"writer": name, "i": i, "j": j}) for j in range(%(batch)d)])
+""" % {"single": SINGLE, "batch": BATCH}
+
+
+@pytest.fixture
+def shared_db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with own_database(tmp_path) as env:
+        yield env
+
+
+def test_concurrent_writers_extend_one_chain_that_verifies(shared_db, tmp_path):  # type: ignore[no-untyped-def]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "manage.py", "shell", "-c", WRITER], cwd=ROOT,
+                              env={**shared_db, "WRITER": f"w{n}", "GO_FILE": str(go)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in range(WRITERS)]
+    time.sleep(0.5)  # let them start Django; each waits for the go file, so they write at once
+    go.touch()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+
+    expected = WRITERS * (SINGLE + BATCHES * BATCH)
+    chain = rows(shared_db, "SELECT seq, prev_hash, hash, details FROM audit_auditevent ORDER BY seq")
+    assert len(chain) == expected
+    prevs = [prev for _, prev, _, _ in chain]
+    assert len(set(prevs)) == len(prevs), "two events extend the same event: the chain forked"
+    assert [prev for _, prev, _, _ in chain[1:]] == [h for _, _, h, _ in chain[:-1]]
+    # the writers really ran concurrently: their events interleave in the chain
+    import json
+
+    writers = [json.loads(d)["writer"] if isinstance(d, str) else d["writer"] for *_, d in chain]
+    switches = sum(1 for a, b in zip(writers, writers[1:], strict=False) if a != b)
+    assert switches >= WRITERS
+
+    verify = subprocess.run([sys.executable, "manage.py", "audit_verify"], cwd=ROOT, env=shared_db,
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stderr
+    assert f"{expected} events verified" in verify.stdout
