@@ -1,10 +1,16 @@
 """Prometheus metrics of the GPU app.
 
 GPU readings, pressure level, thermal state and circuit states live in the shared (Redis) state,
-so every process exports them identically through a collector that reads it at scrape time: no
-multiprocess mode is needed, and any web process's ``/metrics`` shows the monitor's data. Backend
-attempts are per-process counters (django-prometheus exports each process; scrape each one).
-Failures are also counted in Redis per minute, for the ModelMetric rows the monitor writes.
+so they are exported by a collector that reads it at scrape time (``GpuCollector``): any web
+process's ``/metrics`` shows the monitor's data. Backend attempts are counters of the process that
+made them (web or worker), gathered from every process by prometheus_client's multiprocess mode
+(medai/metrics.py). Backend faults are also counted in Redis per minute, for the ModelMetric rows
+the monitor writes (``services.aggregate_metrics``).
+
+What counts against a model is decided here, once (``counts_against_model``): a backend fault.
+A client that cancels (a clinician pressing Stop) or whose request the backend refuses for its
+input (a 4xx) is not a failure of the model: not in its failure rate, not in the ``fails:``
+buckets, not in ``medai_backend_attempts_total{outcome="failure"}``.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from apps.gpu import shared
 
-BACKEND_ATTEMPTS = Counter("medai_backend_attempts_total", "Backend calls by model and outcome",
+BACKEND_ATTEMPTS = Counter("medai_backend_attempts_total", "Backend calls by model and outcome (ok, failure: a "
+                           "backend fault, client_error: refused for the request's input, cancelled: by the client)",
                            ["model", "outcome"])
+ATTEMPT_OUTCOMES = ("ok", "failure", "client_error", "cancelled")
+# A client's own withdrawal, recorded as a request's error_code (older rows: FAILED client_disconnected).
+CLIENT_CANCEL_CODES = frozenset({"client_disconnected", "cancelled"})
 LEVELS = ("LOW", "NORMAL", "HIGH", "CRITICAL")
 THERMAL = ("NORMAL", "REDUCE", "PAUSE", "STOP")
 CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
@@ -29,9 +39,23 @@ def failure_bucket(ts: float | None = None) -> int:
     return int((ts or time.time()) // 60 * 60)
 
 
-def record_attempt(endpoint: Any, ok: bool) -> None:
-    BACKEND_ATTEMPTS.labels(endpoint.name, "ok" if ok else "failure").inc()
-    if not ok:
+def counts_against_model(status: str, http_status: int | None, error_code: str) -> bool:
+    """Whether a finished request (its InferenceTask status, HTTP status and error code) is a
+    failure of the model that served it. Only backend faults are: a FAILED request that the
+    client did not cancel and that was not refused for its input (a 4xx answer to the client)."""
+    if status != "failed" or error_code in CLIENT_CANCEL_CODES:
+        return False
+    return not (http_status is not None and 400 <= http_status < 500)
+
+
+def record_attempt(endpoint: Any, ok: bool | None = None, *, outcome: str | None = None) -> None:
+    """Count one backend call: ``ok`` True/False, or an ``outcome`` of ATTEMPT_OUTCOMES. Only a
+    ``failure`` (a backend fault) goes into the per-minute ``fails:`` buckets."""
+    outcome = outcome or ("ok" if ok else "failure")
+    if outcome not in ATTEMPT_OUTCOMES:
+        raise ValueError(f"unknown attempt outcome {outcome!r}")
+    BACKEND_ATTEMPTS.labels(endpoint.name, outcome).inc()
+    if outcome == "failure":
         try:
             k = shared.key(f"fails:{failure_bucket()}")
             pipe = shared.client().pipeline(transaction=False)

@@ -167,8 +167,12 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def aggregate_metrics(now: datetime | None = None) -> int:
     """Write the ModelMetric rows of the current and previous bucket from the request records
-    (and the failed attempts the request paths counted in Redis). Returns rows written."""
-    from apps.gpu.metrics import failure_bucket
+    (and the failed attempts the request paths counted in Redis). Returns rows written.
+
+    ``failures`` counts backend faults only (``metrics.counts_against_model``): a request the
+    client cancelled (Stop) or that was refused for its input still counts as a request of the
+    model, never as one of its failures."""
+    from apps.gpu.metrics import counts_against_model, failure_bucket
     from apps.inference.models import InferenceTask, ModelEndpoint
 
     now = now or timezone.now()
@@ -178,17 +182,17 @@ def aggregate_metrics(now: datetime | None = None) -> int:
     for start in (current - timedelta(seconds=METRIC_BUCKET_SECONDS), current):
         end = start + timedelta(seconds=METRIC_BUCKET_SECONDS)
         rows = InferenceTask.objects.filter(created_at__gte=start, created_at__lt=end).exclude(model_name="").values_list(
-            "model_name", "status", "inference_ms", "latency_ms", "completion_tokens")
+            "model_name", "status", "http_status", "error_code", "inference_ms", "latency_ms", "completion_tokens")
         try:
             fails = {k.decode(): int(v) for k, v in
                      shared.client().hgetall(shared.key(f"fails:{failure_bucket(start.timestamp())}")).items()}
         except Exception:  # noqa: BLE001
             fails = {}
         per_model: dict[str, dict[str, Any]] = {}
-        for name, status, inference_ms, latency_ms, tokens in rows:
+        for name, status, http_status, error_code, inference_ms, latency_ms, tokens in rows:
             m = per_model.setdefault(name, {"requests": 0, "failures": 0, "lat": [], "tokens": 0, "ms": 0})
             m["requests"] += 1
-            if status == InferenceTask.Status.FAILED:
+            if counts_against_model(status, http_status, error_code):
                 m["failures"] += 1
             elif status == InferenceTask.Status.COMPLETED and (inference_ms or latency_ms) is not None:
                 m["lat"].append(float(inference_ms or latency_ms))

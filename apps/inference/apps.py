@@ -7,4 +7,6 @@ class InferenceConfig(AppConfig):
     verbose_name = "Inference"
 
     def ready(self) -> None:
-        from apps.inference import signals  # noqa: F401
+        from apps.inference import metrics, signals  # noqa: F401
+
+        metrics.register()

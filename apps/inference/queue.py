@@ -29,8 +29,9 @@ from django_q.signing import SignedPackage
 
 from apps.accounts.models import SCOPE_INFERENCE
 from apps.accounts.services import Principal
-from apps.audit.services import new_event, record_event, record_events
-from apps.inference import broker, push, router, services
+from apps.audit.services import record_event, record_events
+from apps.inference import auditing, broker, push, router, services
+from apps.inference import metrics as inference_metrics
 from apps.inference.api.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, QueueEntry, TaskBatch
 
@@ -330,6 +331,7 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
         QueueEntry.objects.filter(task_id=task.id).delete()
         record_event("inference.cancel", actor=_actor(principal), location=principal.location_code, obj=task)
         transaction.on_commit(lambda: push_update(task.id))
+        transaction.on_commit(lambda: inference_metrics.count_finished("async", "cancelled"))
     task.refresh_from_db()
     return task
 
@@ -344,6 +346,7 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
             status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
             error_message="The task was still queued at its deadline.", request=None)
         QueueEntry.objects.filter(task_id__in=overdue).delete()
+    inference_metrics.count_finished("async", "expired", expired)
     purged = InferenceTask.objects.filter(
         mode=InferenceTask.Mode.ASYNC, status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
         result_expires_at__lte=now).update(status=S.EXPIRED, request=None, result=None)
@@ -474,6 +477,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
             push.update_for(c.task, S.PROCESSING) for c in group]
         transaction.on_commit(lambda: push.send(updates))
+    inference_metrics.count_finished("async", "expired", len(expired))
     for c in group:
         c.task.status, c.task.attempts, c.task.started_at = S.PROCESSING, c.attempt, now
     if not group:
@@ -589,7 +593,6 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
     finished = timezone.now()
     expires = finished + timedelta(seconds=result_ttl())
     states: list[str] = []
-    events = []
     updates = []
     with transaction.atomic():
         # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
@@ -612,22 +615,25 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
             task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)
             mine.append(task)
             states.append(outcome["status"])
-            events.append(new_event("inference.complete", actor=_actor(_principal_for(task)), obj=task,
-                                    outcome="success" if outcome["status"] == S.COMPLETED else "failure",
-                                    details={"status": outcome["status"], "model": task.model_name},
-                                    correlation_id=task.correlation_id))
             updates.append(push.update_for(task, outcome["status"]))
         if mine:
             _write_results(mine)
         if requeued:
             _requeue(requeued, finished)
             updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
-        record_events(events)
         back = {id(c) for c in requeued}
         companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
         if companions:
             QueueEntry.objects.filter(id__in=companions).delete()
+        if mine:  # one audit event per finished task, appended last: the chain head stays locked to the commit
+            users, locations = auditing.identities(mine)
+            record_events([auditing.inference_event(t, username=users.get(t.user_id, ""),
+                                                    location_code=locations.get(t.location_id, "")) for t in mine])
         transaction.on_commit(lambda: push.send(updates))
+    for task in mine:
+        if task.started_at is not None:
+            task.queue_wait_ms = int((task.started_at - (task.queued_at or task.created_at)).total_seconds() * 1000)
+        inference_metrics.observe(inference_metrics.task_fields(task))
     return states
 
 

@@ -1,5 +1,7 @@
 """The records of non-streamed chat completions, written after the answer by one background
-thread per process, in batches (one ``bulk_create``, one commit).
+thread per process, in batches (one ``bulk_create``, one commit), each with its audit event
+(apps/inference/auditing.py) in the same transaction: a record is never written without its
+event, nor an event without its record.
 
 Why: writing the row before answering cost a thread hop and an INSERT + COMMIT per request, the
 largest part of what medai added to a completion after the HTTP client (``bench/README.md``).
@@ -30,13 +32,16 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
 
 logger = logging.getLogger("medai.inference")
 
 BATCH_MAX = 500
 RETRY_MAX_SECONDS = 5.0
 SHUTDOWN_SECONDS = 10.0
+
+
+Pending = tuple[dict[str, Any], dict[str, Any] | None]  # (InferenceTask fields, inference_event arguments)
 
 
 class RecordWriter:
@@ -46,7 +51,7 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Pending] = []
         self._submitted = 0  # rows ever submitted
         self._settled = 0  # rows written, or given up on (logged)
         self._urgent = 0  # flushes waiting: skip the linger
@@ -57,11 +62,12 @@ class RecordWriter:
         """Whether one more request may be served: fewer than MEDAI_RECORD_BACKLOG rows unwritten."""
         return self._submitted - self._settled < settings.MEDAI_RECORD_BACKLOG
 
-    def submit(self, row: dict[str, Any]) -> None:
-        """Queue one record (InferenceTask field values); never blocks, never does I/O."""
+    def submit(self, row: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+        """Queue one record (InferenceTask field values) and, with ``audit`` (the identity
+        arguments of ``auditing.inference_event``), its audit event; never blocks, never does I/O."""
         self._ensure_thread()
         with self._lock:
-            self._pending.append(row)
+            self._pending.append((row, audit))
             self._submitted += 1
             if len(self._pending) == 1 or len(self._pending) >= BATCH_MAX:
                 self._has_work.notify()  # wake the writer only when idle, or the batch is full
@@ -102,7 +108,7 @@ class RecordWriter:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="medai-record-writer")
                 self._thread.start()
 
-    def _take(self) -> list[dict[str, Any]]:
+    def _take(self) -> list[Pending]:
         with self._lock:
             while not self._pending:
                 self._has_work.wait()
@@ -137,16 +143,15 @@ class RecordWriter:
             self._write(batch, retry_seconds=0.0)
             self._settle(len(batch))
 
-    def _write(self, batch: list[dict[str, Any]], retry_seconds: float | None = None) -> None:
-        """Insert the batch; keep retrying while the database is unreachable (with backoff);
-        a batch the database refuses is written row by row so that one bad row loses only itself."""
-        from apps.inference.models import InferenceTask
-
+    def _write(self, batch: list[Pending], retry_seconds: float | None = None) -> None:
+        """Insert the batch and append its audit events, in one transaction; keep retrying while the
+        database is unreachable (with backoff); a batch the database refuses is written row by row
+        so that one bad row loses only itself."""
         delay, waited = 0.05, 0.0
         while True:
             close_old_connections()
             try:
-                InferenceTask.objects.bulk_create([InferenceTask(**row) for row in batch])
+                _insert(batch)
                 return
             except (OperationalError, InterfaceError) as exc:
                 limit = retry_seconds if retry_seconds is not None else (SHUTDOWN_SECONDS if self._urgent else None)
@@ -158,15 +163,31 @@ class RecordWriter:
                 waited += delay
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
             except DatabaseError:
-                for row in batch:
+                for pending in batch:
                     close_old_connections()
                     try:
-                        InferenceTask.objects.create(**row)
+                        _insert([pending])
                     except Exception:  # noqa: BLE001
-                        logger.exception("lost the record of request %s", row.get("correlation_id"))
+                        logger.exception("lost the record of request %s", pending[0].get("correlation_id"))
                 return
             finally:
                 close_old_connections()
+
+
+def _insert(batch: list[Pending]) -> None:
+    """The records (one multi-row INSERT) and then their audit events (one append under the chain
+    head's lock, held until the commit right after it). Built afresh on every try: a failed try
+    leaves nothing behind in them."""
+    from apps.audit.services import record_events
+    from apps.inference.auditing import inference_event
+    from apps.inference.models import InferenceTask
+
+    tasks = [InferenceTask(**row) for row, _ in batch]
+    events = [inference_event(task, **audit) for task, (_, audit) in zip(tasks, batch, strict=True)
+              if audit is not None]
+    with transaction.atomic():
+        InferenceTask.objects.bulk_create(tasks)
+        record_events(events)
 
 
 writer = RecordWriter()

@@ -29,12 +29,18 @@ from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 from apps.accounts.services import AuthError, NeedsDatabase, Principal, authenticate_bearer
 from apps.audit.context import get_correlation_id
 from apps.inference import backends, recorder, router
+from apps.inference import metrics as inference_metrics
 from apps.inference.api.errors import ApiError, validation_api_error
 from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
 from apps.inference.models import InferenceTask, Priority
 
 logger = logging.getLogger("medai.inference")
 T = TypeVar("T")
+# The client went away before its answer (a clinician pressing Stop): recorded CANCELLED.
+CLIENT_DISCONNECTED = "client_disconnected"
+# HTTP status recorded for a non-streamed request whose client left before the answer (nginx's
+# "client closed request"; no response was sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def db_unit(func: Callable[..., T]) -> Callable[..., T]:
@@ -83,6 +89,9 @@ class ChatPlan:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     backend_started: float | None = None
+    # Where the request came from, for its audit event (set by the HTTP view; none for async tasks).
+    client_ip: str | None = None
+    user_agent: str = ""
 
 
 # --- authentication shared by the async views ---------------------------------------------
@@ -257,7 +266,8 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
 
     The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
     its record. After the first token no retry is possible: a broken stream ends with an error
-    event. A client that disconnects still gets its request recorded (as failed).
+    event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
+    as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     from asgiref.sync import sync_to_async
 
@@ -305,7 +315,7 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     finally:
         await stream.aclose()
         if not recorded:  # the client went away mid-stream
-            await asyncio.shield(record(InferenceTask.Status.FAILED, "client_disconnected",
+            await asyncio.shield(record(InferenceTask.Status.CANCELLED, CLIENT_DISCONNECTED,
                                         "The client closed the connection before the stream ended."))
 
 
@@ -344,16 +354,34 @@ def _record_fields(plan: ChatPlan, status: str, http_status: int, error_code: st
     )
 
 
+def _audit_identity(plan: ChatPlan) -> dict[str, Any]:
+    """The arguments of ``auditing.inference_event`` that the record's fields do not hold."""
+    p = plan.principal
+    return {"username": p.username, "location_code": p.location_code, "ip": plan.client_ip,
+            "user_agent": plan.user_agent}
+
+
 @db_unit
 def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
-    """Write the request's record now (sync: a query)."""
-    InferenceTask.objects.create(**_record_fields(plan, status, http_status, error_code, error_message))
+    """Write the request's record and its audit event now, in one transaction (sync: queries)."""
+    from django.db import transaction
+
+    from apps.audit.services import record_events
+    from apps.inference.auditing import inference_event
+
+    fields = _record_fields(plan, status, http_status, error_code, error_message)
+    with transaction.atomic():
+        task = InferenceTask.objects.create(**fields)
+        record_events([inference_event(task, **_audit_identity(plan))])
+    inference_metrics.observe(fields)
 
 
 def record_later(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
-    """Queue the request's record for the background writer: in the database within about
-    ``MEDAI_RECORD_LINGER_MS`` (apps/inference/recorder.py). Never blocks."""
-    recorder.writer.submit(_record_fields(plan, status, http_status, error_code, error_message))
+    """Queue the request's record and its audit event for the background writer: in the database
+    within about ``MEDAI_RECORD_LINGER_MS`` (apps/inference/recorder.py). Never blocks."""
+    fields = _record_fields(plan, status, http_status, error_code, error_message)
+    recorder.writer.submit(fields, _audit_identity(plan))
+    inference_metrics.observe(fields)
 
 
 def ensure_recording_capacity() -> None:

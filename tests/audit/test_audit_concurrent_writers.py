@@ -24,11 +24,11 @@ from apps.audit.services import new_event, record_event, record_events
 name, go = os.environ["WRITER"], os.environ["GO_FILE"]
 while not os.path.exists(go):
     time.sleep(0.005)
-for i in range(%(single)d):
+for i in range(SINGLE):
     record_event("test.write", details={"writer": name, "i": i})
-    if i %% 4 == 0:
-        record_events([new_event("test.batch", details={"writer": name, "i": i, "j": j}) for j in range(%(batch)d)])
-""" % {"single": SINGLE, "batch": BATCH}
+    if i % (SINGLE // BATCHES) == 0:
+        record_events([new_event("test.batch", details={"writer": name, "i": i, "j": j}) for j in range(BATCH)])
+""".replace("BATCHES", str(BATCHES)).replace("SINGLE", str(SINGLE)).replace("BATCH", str(BATCH))
 
 
 @pytest.fixture

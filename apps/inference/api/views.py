@@ -4,6 +4,7 @@ waiting on a model server must not hold a thread. It validates exactly as DRF's 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -56,6 +57,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         plan = services.begin_chat_cached(auth, body, correlation_id)
         if plan is None:
             plan = await run_sync(services.begin_chat)(auth, body, correlation_id)
+        plan.client_ip = request.META.get("REMOTE_ADDR") or None
+        plan.user_agent = request.headers.get("User-Agent", "")
         if plan.stream:
             stream = await services.open_chat_stream(plan)
             response = StreamingHttpResponse(services.relay_stream(plan, stream), content_type="text/event-stream")
@@ -73,6 +76,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except ApiError as exc:
         services.record_later(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
         return exc.response()
+    except asyncio.CancelledError:  # the client disconnected while the model worked: its own outcome
+        services.record_later(plan, InferenceTask.Status.CANCELLED, services.CLIENT_CLOSED_REQUEST,
+                              services.CLIENT_DISCONNECTED, "The client closed the connection before the answer.")
+        raise
     services.record_later(plan, InferenceTask.Status.COMPLETED, 200)
     return JsonResponse(data)
 
