@@ -15,12 +15,13 @@ django_asgi_app = MedaiASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from medai.metrics import WebsocketGauge  # noqa: E402
 from medai.routing import websocket_urlpatterns  # noqa: E402
 from medai.ws_auth import JWTAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": JWTAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        "websocket": WebsocketGauge(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

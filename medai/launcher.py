@@ -7,9 +7,10 @@ server (uvicorn) and the worker (qcluster) as children, each child's output pref
 child (terminate, wait, kill) and then Redis; a child that dies on its own stops the rest.
 
 Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
-MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD, and MEDAI_ENV, which defaults to
-``development`` here (keys generated into var/ on the first run); any other value applies
-production rules to the secrets (medai/secrets.py).
+MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD, PROMETHEUS_MULTIPROC_DIR
+(var/metrics: where every child keeps its metrics for /metrics; emptied at start), and MEDAI_ENV,
+which defaults to ``development`` here (keys generated into var/ on the first run); any other value
+applies production rules to the secrets (medai/secrets.py).
 """
 
 from __future__ import annotations
@@ -163,6 +164,18 @@ def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.
     raise LaunchError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
+def metrics_dir(var: Path, env: dict[str, str]) -> Path:
+    """Where every child keeps its metrics for /metrics (prometheus_client's multiprocess mode,
+    medai/metrics.py): ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``var/metrics``; emptied of the
+    previous run's files before any child starts (only ``*.db``: it may be a directory the
+    operator named)."""
+    directory = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or var / "metrics")
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in directory.glob("*.db"):
+        f.unlink(missing_ok=True)
+    return directory
+
+
 def demo_password(var: Path) -> str:
     explicit = os.environ.get("MEDAI_DEMO_PASSWORD")
     if explicit:
@@ -285,6 +298,7 @@ def run() -> int:
             except NotInstalled as exc:
                 raise LaunchError(f"{exc} (or MEDAI_LLAMA=0 to start without it)") from None
             llama_url = f"http://127.0.0.1:{llama_port}/v1"
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(var, env))
         children.append(Child("monitor", [sys.executable, "manage.py", "monitor"], env))
         children.append(Child("web", [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
                                       "--port", str(port), "--no-access-log"], env))

@@ -268,6 +268,26 @@ MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)
 MEDAI_RETRY_BACKOFF_SECONDS = envfloat("MEDAI_RETRY_BACKOFF_SECONDS", 0.2)
 MEDAI_SLOT_LEASE_SECONDS = envfloat("MEDAI_SLOT_LEASE_SECONDS", 600.0)
 
+# --- metrics: prometheus_client's multiprocess mode (medai/metrics.py) ---
+# Every process of one machine keeps its metrics in PROMETHEUS_MULTIPROC_DIR and /metrics merges
+# them. It must be set before prometheus_client is imported (this module is read first): the
+# launcher sets it for its children; the test suite gets a directory of its own here.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]  # set but empty (a sourced env file) means unset, not the cwd
+if "pytest" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir = tempfile.mkdtemp(prefix="medai-test-metrics-")
+    atexit.register(shutil.rmtree, _metrics_dir, True)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    _values = sys.modules.get("prometheus_client.values")
+    if _values is not None and not getattr(_values.ValueClass, "_multiprocess", False):
+        raise ImproperlyConfigured("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: this "
+                                   "process's metrics would not reach /metrics (set it in the environment)")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

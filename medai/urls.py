@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.inference import ui
 from apps.inference.api.errors import handler_json
-from medai import health
+from medai import health, metrics
 
 v1 = [
     path("", include("apps.accounts.api.urls")),
@@ -22,7 +22,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("", include("django_prometheus.urls")),
+    # Every process's metrics, django-prometheus's and medai's (medai/metrics.py).
+    path("metrics", metrics.metrics_view, name="prometheus-django-metrics"),
 ]
 
 
