@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
@@ -31,7 +32,10 @@ def _recorded(timeout: float = 30) -> InferenceTask:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         records_written()
-        task = InferenceTask.objects.first()
+        try:
+            task = InferenceTask.objects.first()
+        except OperationalError:  # in-memory SQLite's shared cache: "table is locked" while a write runs
+            task = None
         if task is not None:
             return task
         time.sleep(0.05)
@@ -86,6 +90,21 @@ def test_a_client_leaving_before_a_slow_answer_is_cancelled_not_failed(live_meda
     task = _recorded()
     assert (task.status, task.error_code, task.http_status, task.stream) == ("cancelled", "client_disconnected", 499,
                                                                              False)
+    assert AuditEvent.objects.get(action="inference.complete", object_id=str(task.id)).outcome == "cancelled"
+    _never_a_failure_of("stub-a", ep.pk)
+
+
+def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(live_medai, stub_backend, alice,  # type: ignore[no-untyped-def]
+                                                                         token_for):
+    ep = register_model("stub-a", stub_backend)
+    set_stub_mode(stub_backend, "slow", delay=3)
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream("POST", f"{live_medai}/v1/chat/completions", timeout=0.5,
+                          headers={"Authorization": f"Bearer {token_for(alice)}"},
+                          json={"model": "stub-a", "messages": LONG, "stream": True}) as response:
+            response.read()
+    task = _recorded()
+    assert (task.status, task.error_code, task.stream) == ("cancelled", "client_disconnected", True)
     assert AuditEvent.objects.get(action="inference.complete", object_id=str(task.id)).outcome == "cancelled"
     _never_a_failure_of("stub-a", ep.pk)
 

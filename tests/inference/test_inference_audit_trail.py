@@ -129,6 +129,31 @@ def test_a_batch_of_records_and_their_events_are_written_together(chat, alice): 
     one_per_inference()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_record_is_never_written_without_its_event(chat, alice):  # type: ignore[no-untyped-def]
+    from unittest import mock
+
+    from django.db import OperationalError
+
+    from apps.audit import services as audit_services
+
+    real = audit_services.record_events
+    failures: list[int] = []
+
+    def flaky(events):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)  # the first try fails after its records were inserted: all of it rolls back
+            raise OperationalError("database is locked")
+        return real(events)
+
+    with mock.patch.object(audit_services, "record_events", side_effect=flaky):
+        assert chat(request_id="req-retried").status_code == 200
+        records_written()
+    assert failures
+    the_event(InferenceTask.objects.get())  # one record, one event: the retry did not write the record twice
+    one_per_inference()
+
+
 # --- async tasks, run by the worker ----------------------------------------------------------------
 
 

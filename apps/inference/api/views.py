@@ -71,6 +71,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             await run_sync(services.record_outcome)(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code,
                                                     exc.message)
         return exc.response()
+    except asyncio.CancelledError:  # the client left while its stream was opening: its own outcome
+        if plan is not None and plan.stream:
+            await asyncio.shield(run_sync(services.record_outcome)(
+                plan, InferenceTask.Status.CANCELLED, services.CLIENT_CLOSED_REQUEST, services.CLIENT_DISCONNECTED,
+                "The client closed the connection before the stream opened."))
+        raise
     try:
         data = await services.complete_chat(plan)
     except ApiError as exc:
