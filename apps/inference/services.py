@@ -21,17 +21,19 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from apps.accounts.authentication import bearer_token
 from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 from apps.accounts.services import AuthError, NeedsDatabase, Principal, authenticate_bearer
 from apps.audit.context import get_correlation_id
+from apps.audit.services import record_events
 from apps.inference import backends, recorder, router
 from apps.inference import metrics as inference_metrics
 from apps.inference.api.errors import ApiError, validation_api_error
 from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
+from apps.inference.auditing import inference_event
 from apps.inference.models import InferenceTask, Priority
 
 logger = logging.getLogger("medai.inference")
@@ -364,11 +366,6 @@ def _audit_identity(plan: ChatPlan) -> dict[str, Any]:
 @db_unit
 def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
     """Write the request's record and its audit event now, in one transaction (sync: queries)."""
-    from django.db import transaction
-
-    from apps.audit.services import record_events
-    from apps.inference.auditing import inference_event
-
     fields = _record_fields(plan, status, http_status, error_code, error_message)
     with transaction.atomic():
         task = InferenceTask.objects.create(**fields)
