@@ -154,6 +154,10 @@ class InferenceTask(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
+    tools_offered = models.PositiveSmallIntegerField(default=0, help_text="Tools the model was offered (0: none).")
+    tool_calls = models.PositiveSmallIntegerField(default=0, help_text="Tool calls the model answered with.")
+    end_user = models.CharField(max_length=256, blank=True,
+                                help_text="The caller's end user, as it named them (OpenAI's user / safety_identifier).")
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)

@@ -107,7 +107,9 @@ def _prepare(auth_header: str | None, item: dict[str, Any], correlation_id: str)
         raise ApiError(400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.",
                        "deadline_s")
     # begin_chat without its db_unit wrapper: connections are managed by unit_of_work here
-    plan = services.begin_chat.__wrapped__(auth_header, json.dumps(item).encode(), correlation_id)
+    # (deadline_s is the queue's own field, checked above: the chat validation refuses unknown fields)
+    chat = {k: v for k, v in item.items() if k != "deadline_s"}
+    plan = services.begin_chat.__wrapped__(auth_header, json.dumps(chat).encode(), correlation_id)
     spec = {"model": item.get("model") or "", "agent_type": item.get("agent_type") or "",
             "payload": plan.payload, "deadline_s": deadline_s}
     return plan, spec
@@ -157,6 +159,7 @@ def _new_task(plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: Ta
         mode=InferenceTask.Mode.ASYNC, status=S.QUEUED, priority=plan.priority, user_id=p.user_id,
         location_id=p.location_pk, api_key_id=p.api_key_id, agent_type=plan.route.agent_type,
         requested_model=plan.requested_model, request=spec, correlation_id=plan.correlation_id,
+        tools_offered=plan.tools_offered, end_user=plan.end_user,
         created_at=now, queued_at=now, dedup_key=key, deadline=deadline, batch=batch)
 
 
@@ -539,7 +542,7 @@ async def _execute(task: InferenceTask, route: router.Route | router.RoutingErro
         data = await services.complete_chat(plan)
         return {"status": S.COMPLETED, "result": data, "http_status": 200, "error_code": "", "error_message": "",
                 "prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
-                "endpoint_id": plan.endpoint.id if plan.endpoint else None,
+                "tool_calls": plan.tool_calls, "endpoint_id": plan.endpoint.id if plan.endpoint else None,
                 "model_name": plan.endpoint.name if plan.endpoint else ""}
     except (ApiError, router.RoutingError) as exc:
         if exc.code in WAIT_CODES:
@@ -564,7 +567,7 @@ def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
 
 
 RESULT_FIELDS = ("status", "result", "http_status", "error_code", "error_message", "prompt_tokens",
-                 "completion_tokens", "endpoint", "model_name", "finished_at", "inference_ms", "latency_ms",
+                 "completion_tokens", "tool_calls", "endpoint", "model_name", "finished_at", "inference_ms", "latency_ms",
                  "result_expires_at")
 
 
@@ -608,8 +611,8 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
                 requeued.append(c)
                 states.append(S.QUEUED)
                 continue
-            for name, value in {"prompt_tokens": 0, "completion_tokens": 0, "endpoint_id": None, "model_name": "",
-                                **outcome}.items():
+            for name, value in {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0, "endpoint_id": None,
+                                "model_name": "", **outcome}.items():
                 setattr(task, name, value)
             task.finished_at, task.result_expires_at, task.inference_ms = finished, expires, ms
             task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)

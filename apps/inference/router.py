@@ -124,7 +124,7 @@ def resolve(model: str | None, agent_type: str | None, *, cached_only: bool = Fa
             raise RoutingError(400, "unknown_agent_type", f"agent_type: unknown agent type '{agent_type}'. "
                                f"Known: {', '.join(sorted(a.agent_type for a in snap.agents.values()))}.", "agent_type")
         if model and preferred is None and model.lower() != agent.agent_type.lower():
-            raise RoutingError(400, "model_not_found", f"model: unknown model '{model}'.", "model")
+            raise RoutingError(404, "model_not_found", f"model: unknown model '{model}'.", "model")
         return _agent_route(agent, agent.agent_type, preferred)
     if not model:
         raise RoutingError(400, "invalid_request", "model: this field is required (a model name or an agent type).",
@@ -135,7 +135,7 @@ def resolve(model: str | None, agent_type: str | None, *, cached_only: bool = Fa
         return Route(model, "", (preferred,))
     agent = snap.agents.get(model.lower())
     if agent is None:
-        raise RoutingError(400, "model_not_found", f"model: unknown model or agent type '{model}'. "
+        raise RoutingError(404, "model_not_found", f"model: unknown model or agent type '{model}'. "
                            "GET /v1/models lists what is available.", "model")
     return _agent_route(agent, model, None)
 

@@ -29,10 +29,15 @@ from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 from apps.accounts.services import AuthError, NeedsDatabase, Principal, authenticate_bearer
 from apps.audit.context import get_correlation_id
 from apps.audit.services import record_events
-from apps.inference import backends, recorder, router
+from apps.inference import backends, conformance, recorder, router
 from apps.inference import metrics as inference_metrics
+from apps.inference.api.chat_request import (
+    ChatCompletionRequestSerializer,
+    fast_chat_request,
+    find_unforwardable,
+    tool_choice_names,
+)
 from apps.inference.api.errors import ApiError, validation_api_error
-from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
 from apps.inference.auditing import inference_event
 from apps.inference.models import InferenceTask, Priority
 
@@ -59,10 +64,12 @@ def db_unit(func: Callable[..., T]) -> Callable[..., T]:
 
     return wrapper
 
-# Request fields passed through to the backend unchanged (when the client set them).
+# Request fields passed through to the backend unchanged (when the client set them). The tool
+# fields are forwarded by ``_tool_fields``; ``user``/``safety_identifier`` are kept on the record;
+# what medai cannot forward was refused by validation (apps/inference/api/chat_request.py).
 PASSTHROUGH = (
     "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
-    "frequency_penalty", "seed", "response_format", "logprobs", "top_logprobs",
+    "frequency_penalty", "seed", "response_format", "logprobs", "top_logprobs", "logit_bias",
 )
 
 
@@ -94,6 +101,9 @@ class ChatPlan:
     # Where the request came from, for its audit event (set by the HTTP view; none for async tasks).
     client_ip: str | None = None
     user_agent: str = ""
+    tools_offered: int = 0  # tools the model was offered
+    tool_calls: int = 0  # tool calls it answered with
+    end_user: str = ""  # the caller's end user (OpenAI's ``user`` / ``safety_identifier``)
 
 
 # --- authentication shared by the async views ---------------------------------------------
@@ -152,7 +162,12 @@ def begin_chat_cached(auth_header: str | None, body: bytes, correlation_id: str 
 
 
 def validate_chat_body(data: dict[str, Any]) -> dict[str, Any]:
-    """The validated chat request; ApiError 400 naming the first bad field."""
+    """The validated chat request; ApiError 400 naming the first bad field, also for what the
+    JSON parser accepts but cannot be forwarded (a lone surrogate, NaN)."""
+    unforwardable = find_unforwardable(data)
+    if unforwardable is not None:
+        param, why = unforwardable
+        raise ApiError(400, "invalid_value", f"{param}: {why}." if param else f"The request {why}.", param)
     req = fast_chat_request(data)
     if req is None:
         serializer = ChatCompletionRequestSerializer(data=data)
@@ -178,6 +193,7 @@ def _begin_chat(auth_header: str | None, body: bytes, correlation_id: str, *, ca
     for name in PASSTHROUGH:
         if req.get(name) is not None:
             payload[name] = req[name]
+    payload.update(_tool_fields(req))
     include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
     if req["stream"]:
         payload["stream"] = True
@@ -192,11 +208,42 @@ def _begin_chat(auth_header: str | None, body: bytes, correlation_id: str, *, ca
         priority=req.get("priority", Priority.NORMAL),
         requested_model=req.get("model") or req.get("agent_type") or "",
         correlation_id=correlation_id or get_correlation_id(),
+        tools_offered=len(payload.get("tools") or ()),
+        end_user=req.get("safety_identifier") or req.get("user") or "",
     )
 
 
 def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if v is not None}
+    cleaned = {k: v for k, v in message.items() if v is not None}
+    if cleaned["role"] == "assistant":
+        if not cleaned.get("tool_calls"):
+            cleaned.pop("tool_calls", None)
+            cleaned.setdefault("content", "")  # servers want content or tool_calls in a turn
+    return cleaned
+
+
+def _tool_fields(req: dict[str, Any]) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as every backend understands them.
+
+    A named function or OpenAI's ``allowed_tools`` is sent as the tools it allows with
+    ``tool_choice`` ``"required"`` (or the allowed mode): llama.cpp knows only the three strings
+    (it would silently take a named function for ``auto``), and the narrowed list means the same
+    to any server. Without tools, ``none``/``auto`` ask for nothing, so nothing is sent.
+    """
+    tools = req.get("tools") or []
+    if not tools:
+        return {}
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict):
+        names = set(tool_choice_names(choice))
+        tools = [t for t in tools if t["function"]["name"] in names]
+        choice = "required" if choice["type"] == "function" else choice["allowed_tools"]["mode"]
+    fields: dict[str, Any] = {"tools": tools}
+    if choice is not None:
+        fields["tool_choice"] = choice
+    if req.get("parallel_tool_calls") is not None:
+        fields["parallel_tool_calls"] = req["parallel_tool_calls"]
+    return fields
 
 
 def _all_failed(plan: ChatPlan) -> ApiError:
@@ -242,7 +289,7 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
         endpoint, "/chat/completions", {**plan.payload, "model": endpoint.backend_model}))
     lease.release()
     assert plan.endpoint is not None
-    data["model"] = plan.endpoint.name
+    plan.tool_calls = conformance.completion(data, plan.endpoint.name)
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
@@ -274,7 +321,7 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     from asgiref.sync import sync_to_async
 
     assert plan.endpoint is not None
-    name = plan.endpoint.name
+    normalise = conformance.ChunkNormaliser(plan.endpoint.name)
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
@@ -298,7 +345,7 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                 if "error" in event:
                     error = ("backend_error", str(event["error"])[:500])
                     break
-                event["model"] = name
+                plan.tool_calls += normalise(event)
                 if not event.get("choices") and usage and not plan.include_usage:
                     continue  # the usage-only chunk medai asked for on its own behalf
                 if not plan.include_usage:
@@ -346,6 +393,9 @@ def _record_fields(plan: ChatPlan, status: str, http_status: int, error_code: st
         prompt_tokens=plan.prompt_tokens,
         completion_tokens=plan.completion_tokens,
         attempts=len(plan.attempts),
+        tools_offered=plan.tools_offered,
+        tool_calls=plan.tool_calls,
+        end_user=plan.end_user,
         correlation_id=plan.correlation_id,
         created_at=plan.created_at,
         started_at=plan.created_at,

@@ -48,7 +48,7 @@ def test_completion_is_relayed_under_medais_model_name_and_recorded(call, stub_b
 def test_agent_type_field_routes_and_system_prompt_is_added(call, stub_backend):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend, agents=("Billing",))
     response = call({"model": "anything-ignored", "agent_type": "billing", "messages": MSG})
-    assert response.status_code == 400  # 'anything-ignored' is neither a model nor the agent type
+    assert response.status_code == 404  # 'anything-ignored' is neither a model nor the agent type
     response = call({"model": "Billing", "agent_type": "Billing", "messages": MSG})
     assert response.status_code == 200
     assert InferenceTask.objects.filter(status="completed").get().agent_type == "Billing"

@@ -56,8 +56,13 @@ def error_body(status_code: int, code: str, message: str, param: str | None = No
     return {"error": {"message": message, "type": _TYPES.get(status_code, "api_error"), "param": param, "code": code}}
 
 
-def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
-    """Flatten DRF's nested validation detail to (param path, message) of its first error."""
+# Codes a validation error may carry out to the client (DRF's own, "invalid", "required"...,
+# become "invalid_request").
+PUBLIC_VALIDATION_CODES = frozenset({"unknown_parameter", "unsupported_parameter"})
+
+
+def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
+    """Flatten DRF's nested validation detail to (param path, message, code) of its first error."""
     if isinstance(detail, dict):
         for key, value in detail.items():
             if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
@@ -73,14 +78,14 @@ def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, s
                 if value:
                     return first_validation_error(value, f"{prefix}[{index}]")
                 continue
-            return (prefix or None), str(value)
-    return (prefix or None), str(detail)
+            return (prefix or None), str(value), getattr(value, "code", "") or ""
+    return (prefix or None), str(detail), getattr(detail, "code", "") or ""
 
 
 def validation_api_error(detail: Any) -> ApiError:
-    param, message = first_validation_error(detail)
+    param, message, code = first_validation_error(detail)
     text = f"{param}: {message}" if param else message
-    return ApiError(400, "invalid_request", text, param)
+    return ApiError(400, code if code in PUBLIC_VALIDATION_CODES else "invalid_request", text, param)
 
 
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -34,7 +34,9 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
             schemas[name[0]] = component.schema
     errors = {str(code): {"description": text, "content": {"application/json": {"schema": error_ref}}}
               for code, text in [(400, "Bad input; error.param names the field."), (401, "No valid credentials."),
-                                 (403, "Not allowed."), (413, "Body too large."),
+                                 (403, "Not allowed."),
+                                 (404, "Unknown model (error.code model_not_found)."), (413, "Body too large."),
+                                 (429, "Rate limited, over quota, or every slot of the model busy."),
                                  (503, "No model server could answer.")]}
     result.setdefault("paths", {})["/v1/chat/completions"] = {
         "post": {

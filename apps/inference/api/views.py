@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import CanRead
 from apps.inference import services
 from apps.inference.api.errors import ApiError
-from apps.inference.api.serializers import ModelListSerializer, ModelSerializer
+from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.models import InferenceTask
 
 run_sync = sync_to_async(thread_sensitive=False)
@@ -103,7 +103,7 @@ class ModelListView(APIView):
 class ModelDetailView(APIView):
     permission_classes = [CanRead]
 
-    @extend_schema(responses=ModelSerializer, operation_id="retrieve_model")
+    @extend_schema(responses={200: ModelSerializer, 404: ErrorSerializer}, operation_id="retrieve_model")
     def get(self, request: Request, model_id: str) -> Response:
         for item in services.list_models(request.auth):
             if item["id"] == model_id:
