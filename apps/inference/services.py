@@ -164,12 +164,12 @@ def begin_chat_cached(auth_header: str | None, body: bytes, correlation_id: str 
 def validate_chat_body(data: dict[str, Any]) -> dict[str, Any]:
     """The validated chat request; ApiError 400 naming the first bad field, also for what the
     JSON parser accepts but cannot be forwarded (a lone surrogate, NaN)."""
-    unforwardable = find_unforwardable(data)
-    if unforwardable is not None:
-        param, why = unforwardable
-        raise ApiError(400, "invalid_value", f"{param}: {why}." if param else f"The request {why}.", param)
-    req = fast_chat_request(data)
+    req = fast_chat_request(data)  # takes only what can be forwarded as is
     if req is None:
+        unforwardable = find_unforwardable(data)
+        if unforwardable is not None:
+            param, why = unforwardable
+            raise ApiError(400, "invalid_value", f"{param}: {why}." if param else f"The request {why}.", param)
         serializer = ChatCompletionRequestSerializer(data=data)
         if not serializer.is_valid():
             raise validation_api_error(serializer.errors)

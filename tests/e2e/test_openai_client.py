@@ -45,9 +45,14 @@ def test_openai_client_lists_models(client):  # type: ignore[no-untyped-def]
 
 
 def test_openai_client_sees_typed_errors(client, live_medai):  # type: ignore[no-untyped-def]
-    with pytest.raises(openai.BadRequestError) as bad:
+    with pytest.raises(openai.NotFoundError) as missing:  # as OpenAI answers an unknown model
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
-    assert bad.value.body["param"] == "model"
+    assert missing.value.code == "model_not_found" and missing.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "  "}])
+    assert bad.value.body["param"] == "messages[0].content"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{live_medai}/v1", api_key="mk_bad_key", max_retries=0).models.list()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from apps.inference.api.chat_request import find_unforwardable
 from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -71,7 +72,7 @@ def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # ty
     rng = random.Random(4321)
     values = [None, True, False, 0, 1, -1, 3, 1.5, 2.5, float("inf"), "", " x", "x", "high", "HIGH", "\x00", [], {},
               ["a"], ["a"] * 5, [1], {"a": 1}, 10**30, "y" * 300, {"type": "text"}, {"type": "json_object", "a": 1},
-              {"include_usage": True}, {"include_usage": 1}, "auto", ["text"]]
+              {"include_usage": True}, {"include_usage": 1}, "auto", ["text"], "\ud800", ["a\udfff"], float("nan")]
     fields = ["model", "agent_type", "priority", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
               "stream", "stream_options", "stop", "presence_penalty", "frequency_penalty", "seed", "user",
               "response_format", "logprobs", "top_logprobs", "service_tier", "modalities", "store", "unknown"]
@@ -80,7 +81,7 @@ def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # ty
     for _ in range(40_000):
         body: dict[str, Any] = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(0, 3))}
         body["messages"] = [
-            {k: v for k, v in {"role": rng.choice(roles), "content": rng.choice(["hi", "", None, 5, "x", "  ", "\u200b"]),
+            {k: v for k, v in {"role": rng.choice(roles), "content": rng.choice(["hi", "", None, 5, "x", "  ", "\u200b", "é\ud800"]),
                                "name": rng.choice([None, "n", " n", "", "z" * 70]), "tool_call_id": "c",
                                "refusal": None}.items() if rng.random() < (0.8 if k in ("role", "content", "name")
                                                                              else 0.05)}
@@ -89,6 +90,7 @@ def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # ty
         fast = fast_chat_request(body)
         if fast is not None:
             fast_taken += 1
+            assert find_unforwardable(body) is None, body
             slow = serializer_result(body)
             assert slow is not None and same(fast, slow), body
     assert fast_taken > 50  # the comparison did happen

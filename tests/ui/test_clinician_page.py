@@ -83,3 +83,43 @@ def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):  # ty
     status = page.evaluate(
         "async (t) => (await fetch('/v1/models', {headers: {Authorization: 'Bearer ' + t}})).status", token)
     assert status == 401
+
+
+def ask_ready(page) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page)
+    page.wait_for_selector("#chat-panel:not([hidden])")
+    page.wait_for_selector("#model option[value='MedicalQA']", state="attached")
+    page.select_option("#model", "MedicalQA")
+    page.fill("#max-tokens", "8")
+
+
+def test_a_question_of_only_spaces_is_not_sent_and_the_page_says_why(page):  # type: ignore[no-untyped-def]
+    from apps.inference.models import InferenceTask
+
+    ask_ready(page)
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/v1/chat/completions") else None)
+    page.fill("#question", "   \n  ")
+    page.click("#ask-button")
+    expect(page.locator("#question-error")).to_contain_text("only spaces")
+    assert page.get_attribute("#question", "aria-invalid") == "true"
+    assert not sent and not InferenceTask.objects.exists()
+    page.fill("#question", "What is hypertension?")  # typing a real question clears the message
+    expect(page.locator("#question-error")).to_have_text("")
+
+
+def test_the_servers_refusal_of_a_blank_question_is_shown_beside_the_question(page):  # type: ignore[no-untyped-def]
+    import json
+
+    ask_ready(page)
+
+    def blank_it(route):  # type: ignore[no-untyped-def]
+        body = json.loads(route.request.post_data)
+        body["messages"][0]["content"] = "   "  # as a client without the page's own check would send it
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", blank_it)
+    page.fill("#question", "What is hypertension?")
+    page.click("#ask-button")
+    expect(page.locator("#question-error")).to_contain_text("must not be blank")
+    expect(page.locator("#status")).to_have_text("Not sent to a model.")

@@ -596,6 +596,17 @@ _PRIORITY_NAMES = {name: int(Priority[name]) for name in Priority.names}
 _PLAIN_FORMATS = ({"type": "text"}, {"type": "json_object"})
 
 
+def _text(value: str) -> bool:
+    """Whether ``value`` can be sent on as UTF-8 (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _plain_str(value: Any, max_length: int, allow_blank: bool) -> Any:
     # What CharField returns unchanged: a str it would neither strip nor reject.
     if (type(value) is not str or len(value) > max_length or not value.isascii() or "\x00" in value
@@ -642,9 +653,9 @@ def _response_format(value: Any) -> Any:
 
 
 def _stop(value: Any) -> Any:
-    if value is None or type(value) is str:
+    if value is None or (type(value) is str and _text(value)):
         return value
-    if type(value) is list and len(value) <= 4 and all(type(s) is str for s in value):
+    if type(value) is list and len(value) <= 4 and all(type(s) is str and _text(s) for s in value):
         return value
     return _SKIP
 
@@ -663,7 +674,7 @@ def _message(value: Any) -> Any:
     role, content = value.get("role"), value.get("content")
     # list content, empty or blank turns, tool calls and results: the serializer's rules
     if (type(role) is not str or role not in ROLES or role == "tool" or type(content) is not str
-            or is_blank(content)):
+            or is_blank(content) or not _text(content)):
         return _SKIP
     message = {"role": role, "content": content}
     for key in value:
@@ -706,7 +717,8 @@ def fast_chat_request(data: dict[str, Any]) -> dict[str, Any] | None:
     request, without building a serializer. None when anything is unusual or invalid (a field it
     does not know included: tools, unknown fields...): the caller then runs the serializer, which
     decides and words any error. It accepts a subset of what the serializer accepts and returns
-    the same values for it (tests/inference/test_chat_fast_validation.py holds the two together)."""
+    the same values for it (tests/inference/test_chat_fast_validation.py holds the two together),
+    and only what can be forwarded as is (``find_unforwardable`` finds nothing in it)."""
     messages = data.get("messages")
     if type(messages) is not list or not messages or len(messages) > settings.MEDAI_MAX_MESSAGES:
         return None

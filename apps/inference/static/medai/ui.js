@@ -98,6 +98,15 @@ async function whoami() {
   }
 }
 
+// Blank as the server counts it (apps/inference/api/chat_request.py BLANK_CHARS): whitespace and
+// the invisible zero-width characters. The server refuses such a question with a 400 anyway.
+const BLANK = /^[\s\x1c-\x1f\x85\u200b-\u200d\u2060\ufeff]*$/;
+
+function questionError(text) {
+  $("question-error").textContent = text;
+  $("question").setAttribute("aria-invalid", text ? "true" : "false");
+}
+
 function setBusy(busy) {
   $("ask-button").disabled = busy;
   $("stop-button").hidden = !busy;
@@ -105,6 +114,13 @@ function setBusy(busy) {
 
 async function ask(event) {
   event.preventDefault();
+  const question = $("question").value;
+  if (BLANK.test(question)) {
+    questionError("Type a question first: it is empty or holds only spaces, so nothing was sent.");
+    $("question").focus();
+    return;
+  }
+  questionError("");
   const answer = $("answer");
   answer.textContent = "";
   $("answer-meta").textContent = "";
@@ -117,11 +133,17 @@ async function ask(event) {
       method: "POST", signal: controller.signal,
       body: JSON.stringify({
         model: $("model").value, stream: true, max_tokens: Number($("max-tokens").value) || 256,
-        messages: [{ role: "user", content: $("question").value }],
+        messages: [{ role: "user", content: question }],
       }),
     });
     if (!resp.ok) {
       const body = await resp.json().catch(() => null);
+      const param = body && body.error && body.error.param;
+      if (resp.status === 400 && param && param.startsWith("messages")) {
+        questionError("The question was not accepted: " + errorText(body, "it is not valid."));
+        $("status").textContent = "Not sent to a model.";
+        return;
+      }
       $("status").textContent = errorText(body, "Request failed (" + resp.status + ").");
       return;
     }
@@ -175,5 +197,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("ask-form").addEventListener("submit", ask);
   $("logout").addEventListener("click", logout);
   $("stop-button").addEventListener("click", () => controller && controller.abort());
+  $("question").addEventListener("input", () => { if (!BLANK.test($("question").value)) questionError(""); });
   show();
 });
