@@ -15,6 +15,10 @@ BODIES = [DEEP, "{" * 5000, '{"a":' * 3000, "\x00", "{}", "[]", '"x"', "1e999999
           '{"requests": [[]]}', '{"requests": "x"}', '{"requests": [{"messages": "x"}]}',
           '{"requests": [' + ",".join(['{"model": "m", "messages": [{"role": "user", "content": "q"}]}'] * 101) + "]}",
           '{"model": "m", "messages": [{"role": "user", "content": "q"}], "priority": "urgent"}',
+          '{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "response_format": {"type": "text", "x": NaN}}',
+          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "tools": [{"type": "function", '
+          '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
           '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
           '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}']
 ENDPOINTS = ["/v1/auth/login", "/v1/auth/refresh", "/v1/auth/logout", "/v1/chat/completions", "/v1/async/submit",

@@ -80,9 +80,9 @@ class AgentRouteAdmin(admin.ModelAdmin):
 @admin.register(InferenceTask)
 class InferenceTaskAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "mode", "status", "priority", "user", "location", "model_name",
-                    "prompt_tokens", "completion_tokens", "latency_ms", "error_code"]
+                    "prompt_tokens", "completion_tokens", "tool_calls", "latency_ms", "error_code"]
     list_filter = ["mode", "status", "priority", "location", "model_name"]
-    search_fields = ["id", "correlation_id", "user__username"]
+    search_fields = ["id", "correlation_id", "user__username", "end_user"]
     date_hierarchy = "created_at"
     exclude = ["request", "result"]  # PHI is not shown in the admin list or form
 
