@@ -10,6 +10,9 @@ from pathlib import Path
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ALIAS = "smollm2-135m-instruct"
+# SmolLM2's own ChatML template with tool calling added: the GGUF's template cannot take tools
+# (llama-server would leave them out of the prompt) nor render a turn that called one.
+BUNDLED_CHAT_TEMPLATE = Path(__file__).resolve().parent / "chat_templates" / "smollm2-tools.jinja"
 
 
 class NotInstalled(RuntimeError):
@@ -56,7 +59,7 @@ def find_bundled_model() -> Path:
 
 # llama-server's short spellings and negations, so that an option given twice is seen as one.
 _SAME_OPTION = {"-m": "--model", "-a": "--alias", "-np": "--parallel", "-c": "--ctx-size", "-t": "--threads",
-                "--no-jinja": "--jinja", "--no-metrics": "--metrics"}
+                "--no-jinja": "--jinja", "--no-metrics": "--metrics", "--chat-template": "--chat-template-file"}
 
 
 def _option(token: str) -> str | None:
@@ -79,7 +82,8 @@ def server_command(
     extra: list[str] | None = None,
 ) -> list[str]:
     """The argv that starts llama-server with ``parallel`` slots (continuous batching) and its
-    Jinja chat templates (``--jinja``: what lets a model call tools).
+    Jinja chat templates (``--jinja``: what lets a model call tools); the bundled SmolLM2 with
+    ``BUNDLED_CHAT_TEMPLATE``, which can.
 
     ``extra`` (a ModelServer's ``args``) overrides: an option it gives replaces the default of
     the same name (``-c`` and ``--ctx-size`` alike; ``--no-jinja`` drops ``--jinja``), so each
@@ -87,11 +91,14 @@ def server_command(
     that says two things is one an operator cannot read."""
     extra = [str(a) for a in extra or []]
     given = {_option(a) for a in extra} - {None}
+    model = Path(model_path or find_bundled_model())
     defaults: list[tuple[str, str | None]] = [
-        ("--model", str(model_path or find_bundled_model())), ("--host", host), ("--port", str(port)),
+        ("--model", str(model)), ("--host", host), ("--port", str(port)),
         ("--alias", alias), ("--parallel", str(parallel)), ("--ctx-size", str(ctx_size)), ("--metrics", None),
         ("--jinja", None), ("--threads", str(threads or max(1, (os.cpu_count() or 2)))),
     ]
+    if model.name == BUNDLED_MODEL_FILE:
+        defaults.append(("--chat-template-file", str(BUNDLED_CHAT_TEMPLATE)))
     if api_key:
         defaults.append(("--api-key", api_key))
     cmd = [find_llama_server()]

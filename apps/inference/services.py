@@ -29,7 +29,7 @@ from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 from apps.accounts.services import AuthError, NeedsDatabase, Principal, authenticate_bearer
 from apps.audit.context import get_correlation_id
 from apps.audit.services import record_events
-from apps.inference import backends, conformance, recorder, router
+from apps.inference import backends, conformance, forced_tools, recorder, router
 from apps.inference import metrics as inference_metrics
 from apps.inference.api.chat_request import (
     ChatCompletionRequestSerializer,
@@ -282,13 +282,23 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
     return result, lease
 
 
+def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str, Any]:
+    """The request as this endpoint takes it (a forced tool call on llama.cpp: apps/inference/forced_tools.py)."""
+    payload = plan.payload
+    if forced_tools.applies(payload, endpoint.kind):
+        payload = forced_tools.request(payload)
+    return {**payload, "model": endpoint.backend_model}
+
+
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
     plan.backend_started = time.perf_counter()
     data, lease = await _call_backend(plan, lambda endpoint: backends.post_json(
-        endpoint, "/chat/completions", {**plan.payload, "model": endpoint.backend_model}))
+        endpoint, "/chat/completions", _backend_payload(plan, endpoint)))
     lease.release()
     assert plan.endpoint is not None
+    if forced_tools.applies(plan.payload, plan.endpoint.kind):
+        forced_tools.completion(data)
     plan.tool_calls = conformance.completion(data, plan.endpoint.name)
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
@@ -301,7 +311,7 @@ async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
     The model's concurrency slot is held until the stream is closed."""
     plan.backend_started = time.perf_counter()
     stream, lease = await _call_backend(plan, lambda endpoint: backends.open_stream(
-        endpoint, "/chat/completions", {**plan.payload, "model": endpoint.backend_model}))
+        endpoint, "/chat/completions", _backend_payload(plan, endpoint)))
     stream.on_close.append(lease.release)
     return stream
 
@@ -322,6 +332,8 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
 
     assert plan.endpoint is not None
     normalise = conformance.ChunkNormaliser(plan.endpoint.name)
+    convert = (forced_tools.StreamConverter() if forced_tools.applies(plan.payload, plan.endpoint.kind)
+               else lambda event: [event])
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
@@ -345,13 +357,14 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                 if "error" in event:
                     error = ("backend_error", str(event["error"])[:500])
                     break
-                plan.tool_calls += normalise(event)
-                if not event.get("choices") and usage and not plan.include_usage:
-                    continue  # the usage-only chunk medai asked for on its own behalf
-                if not plan.include_usage:
-                    event.pop("usage", None)
-                chunks += 1
-                yield _sse(event)
+                for chunk in convert(event):
+                    plan.tool_calls += normalise(chunk)
+                    if not chunk.get("choices") and usage and not plan.include_usage:
+                        continue  # the usage-only chunk medai asked for on its own behalf
+                    if not plan.include_usage:
+                        chunk.pop("usage", None)
+                    chunks += 1
+                    yield _sse(chunk)
         except backends.BackendFailure as exc:
             error = ("backend_error", exc.reason)
         if error is not None:

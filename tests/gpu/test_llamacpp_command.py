@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from apps.gpu import services
-from apps.gpu.llamacpp import server_command
+from apps.gpu.llamacpp import BUNDLED_CHAT_TEMPLATE, BUNDLED_MODEL_FILE, server_command
 from apps.gpu.supervisor import server_argv
 from apps.inference.models import ModelEndpoint
 
@@ -19,9 +19,9 @@ def fake_install(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     binary = tmp_path / "llama-server"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    (tmp_path / BUNDLED_MODEL_FILE).write_bytes(b"GGUF")
     monkeypatch.setenv("MEDAI_LLAMA_SERVER", str(binary))
-    monkeypatch.setenv("MEDAI_MODEL_PATH", str(tmp_path / "model.gguf"))
+    monkeypatch.setenv("MEDAI_MODEL_PATH", str(tmp_path / BUNDLED_MODEL_FILE))
 
 
 def options(argv: list[str]) -> collections.Counter[str]:
@@ -41,6 +41,8 @@ def test_the_bundled_servers_command_line_names_each_option_once():  # type: ign
     assert (value(argv, "--parallel"), value(argv, "--ctx-size"), value(argv, "--threads")) == ("2", "3000", "1")
     assert value(argv, "--port") == "18450" and value(argv, "--alias") == "smollm2-135m-instruct"
     assert "--jinja" in argv  # tool calling needs llama.cpp's Jinja chat templates
+    assert value(argv, "--chat-template-file") == str(BUNDLED_CHAT_TEMPLATE)  # one that can take tools
+    assert BUNDLED_CHAT_TEMPLATE.is_file()
 
 
 @pytest.mark.django_db
@@ -65,3 +67,11 @@ def test_extra_arguments_replace_the_defaults_they_name_in_either_spelling():  #
 def test_the_test_suites_llama_server_is_started_with_jinja():  # type: ignore[no-untyped-def]
     argv = server_command(9001, parallel=4, ctx_size=8192, threads=2)
     assert "--jinja" in argv and max(options(argv).values()) == 1
+
+
+def test_another_model_keeps_its_own_chat_template(tmp_path):  # type: ignore[no-untyped-def]
+    other = tmp_path / "qwen.gguf"
+    other.write_bytes(b"GGUF")
+    argv = server_command(9002, other)
+    assert "--chat-template-file" not in argv and "--jinja" in argv
+    assert "--chat-template-file" not in server_command(9003, extra=["--chat-template", "chatml"])

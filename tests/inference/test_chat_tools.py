@@ -215,3 +215,63 @@ def test_a_completions_tool_calls_are_counted_and_made_well_formed():  # type: i
     assert first["type"] == "function" and first["id"].startswith("call_")
     assert json.loads(first["function"]["arguments"]) == {"x": 1}
     assert data["choices"][0]["message"]["content"] is None
+
+
+# --- a forced call on llama.cpp, through a JSON schema (apps/inference/forced_tools.py) -------------
+
+
+def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_tools():  # type: ignore[no-untyped-def]
+    from apps.inference import forced_tools
+
+    payload = {"messages": MSG, "tools": [VITAL, LOOKUP], "tool_choice": "required"}
+    assert forced_tools.applies(payload, "llamacpp") and not forced_tools.applies(payload, "vllm")
+    assert not forced_tools.applies({**payload, "tool_choice": "auto"}, "llamacpp")
+    forced = forced_tools.request(payload)
+    assert forced["tools"] == payload["tools"] and "tool_choice" not in forced  # still in the prompt
+    schema = forced["response_format"]["json_schema"]["schema"]
+    assert [c["properties"]["name"] for c in schema["anyOf"]] == [{"const": "record_vital"}, {"const": "lookup_patient"}]
+    assert schema["anyOf"][0]["properties"]["arguments"] == VITAL["function"]["parameters"]
+    parallel = forced_tools.request({**payload, "parallel_tool_calls": True})["response_format"]["json_schema"]
+    assert parallel["schema"]["properties"]["tool_calls"]["minItems"] == 1
+
+
+def test_the_json_answer_comes_back_as_tool_calls():  # type: ignore[no-untyped-def]
+    from apps.inference import forced_tools
+
+    data = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": '{\n "name": "record_vital", "arguments": {"heart_rate": 72}}'}}]}
+    forced_tools.completion(data)
+    conformance.completion(data, "m")
+    choice = data["choices"][0]
+    (call,) = choice["message"]["tool_calls"]
+    assert (choice["finish_reason"], choice["message"]["content"], call["function"]["name"]) == (
+        "tool_calls", None, "record_vital")
+    assert json.loads(call["function"]["arguments"]) == {"heart_rate": 72} and call["id"].startswith("call_")
+
+
+def test_a_streamed_json_answer_comes_back_as_tool_call_deltas():  # type: ignore[no-untyped-def]
+    from apps.inference import forced_tools
+
+    convert = forced_tools.StreamConverter()
+    pieces = ['{"tool_calls": [{"name": "record_vital", ', '"arguments": {"heart_rate": 72}}, ',
+              '{"name": "lookup_patient", "arguments": {}}]}']
+    events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+              *({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces),
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}]
+    out = [chunk for event in events for chunk in convert(event)]
+    deltas = [c["choices"][0]["delta"] for c in out if c["choices"]]
+    assert deltas[0] == {"role": "assistant"} and not any("content" in d for d in deltas)
+    calls = deltas[1]["tool_calls"]
+    assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "record_vital"), (1, "lookup_patient")]
+    assert out[-2]["choices"][0]["finish_reason"] == "tool_calls" and out[-1]["usage"]["total_tokens"] == 14
+
+
+def test_a_forced_call_cut_off_by_max_tokens_is_relayed_as_the_text_it_got():  # type: ignore[no-untyped-def]
+    from apps.inference import forced_tools
+
+    convert = forced_tools.StreamConverter()
+    out = convert({"choices": [{"index": 0, "delta": {"content": '{"name": "rec'}, "finish_reason": None}]})
+    out += convert({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    assert [c["choices"][0] for c in out] == [{"index": 0, "delta": {"content": '{"name": "rec'}, "finish_reason": None},
+                                              {"index": 0, "delta": {}, "finish_reason": "length"}]
