@@ -208,7 +208,7 @@ def _begin_chat(auth_header: str | None, body: bytes, correlation_id: str, *, ca
         priority=req.get("priority", Priority.NORMAL),
         requested_model=req.get("model") or req.get("agent_type") or "",
         correlation_id=correlation_id or get_correlation_id(),
-        tools_offered=len(payload.get("tools") or ()),
+        tools_offered=len(req.get("tools") or ()),  # as the client offered them (before any narrowing)
         end_user=req.get("safety_identifier") or req.get("user") or "",
     )
 

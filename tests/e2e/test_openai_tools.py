@@ -33,7 +33,7 @@ def client(live_medai, llama_server, alice, api_key_for):  # type: ignore[no-unt
 
 def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[no-untyped-def]
     completion = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[LOOKUP, RECORD_VITAL], max_tokens=96, temperature=0,
+        model="smollm2-135m", messages=QUESTION, tools=[LOOKUP, RECORD_VITAL], max_tokens=48, temperature=0,
         tool_choice={"type": "function", "function": {"name": "record_vital"}})
     message = completion.choices[0].message
     assert message.tool_calls, completion
@@ -48,7 +48,7 @@ def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[n
 
 def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client):  # type: ignore[no-untyped-def]
     stream = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=96,
+        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=48,
         temperature=0, stream=True)
     calls: dict[int, dict[str, str]] = {}
     finish = None
@@ -83,7 +83,7 @@ def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client)
 
 def test_the_returned_message_object_can_be_sent_back_as_is(client):  # type: ignore[no-untyped-def]
     completion = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=96,
+        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=48,
         temperature=0)
     message = completion.choices[0].message  # a ChatCompletionMessage, refusal and all
     results = [{"role": "tool", "tool_call_id": c.id, "content": "recorded"} for c in message.tool_calls]
