@@ -16,6 +16,7 @@ client) is untouched: these classes only change ``__acall__``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -23,14 +24,20 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
 from django.contrib.messages.middleware import MessageMiddleware as _Message
 from django.contrib.sessions.middleware import SessionMiddleware as _Session
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrameOptions
 from django.middleware.common import CommonMiddleware as _Common
 from django.middleware.csrf import CsrfViewMiddleware as _CsrfView
 from django.middleware.security import SecurityMiddleware as _Security
+from django.utils.deprecation import MiddlewareMixin
 from django_prometheus.middleware import PrometheusAfterMiddleware as _PrometheusAfter
 from django_prometheus.middleware import PrometheusBeforeMiddleware as _PrometheusBefore
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoise
+
+logger = logging.getLogger("medai.http")
+REDIS_RETRY_AFTER = 5
 
 
 class InlineHooksMixin:
@@ -151,3 +158,24 @@ class WhiteNoiseMiddleware(_WhiteNoise):
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
+
+
+class RedisUnavailableMiddleware(MiddlewareMixin):
+    """Redis gone (restarting, unreachable): a view that needed it answers 503 with ``Retry-After``,
+    OpenAI-shaped on ``/v1/``, instead of a 500. Every Redis client reconnects by itself once it is
+    back (medai/redisconf.py, medai/embedded.py), so the next try works. Only a view's exceptions
+    come here (``process_exception``): no hook of this middleware runs on a request that succeeds."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, (RedisConnectionError, RedisTimeoutError)):
+            return None
+        logger.warning("Redis unavailable for %s %s: %s", request.method, request.path, type(exception).__name__)
+        message = "A shared service (Redis) is unavailable; try again shortly."
+        if request.path.startswith("/v1/"):
+            from apps.inference.api.errors import handler_json
+
+            response: HttpResponse = handler_json(503, "redis_unavailable", message)
+        else:
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(REDIS_RETRY_AFTER)
+        return response

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
 from medai.env import env, envbool, envfloat, envint, envlist
+from medai.redisconf import cache_config, channel_layers_config, client_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # MEDAI_ENV=development or test (any case) is a developer machine or the test suite: missing secrets
@@ -58,6 +59,7 @@ MIDDLEWARE = [
     "medai.middleware.SecurityMiddleware",
     "medai.middleware.WhiteNoiseMiddleware",
     "apps.audit.middleware.CorrelationIdMiddleware",
+    "medai.middleware.RedisUnavailableMiddleware",
     "medai.middleware.SessionMiddleware",
     "medai.middleware.CommonMiddleware",
     "medai.middleware.CsrfViewMiddleware",
@@ -124,20 +126,25 @@ if not REDIS_URL:
     REDIS_URL = start_embedded_redis()
     os.environ["REDIS_URL"] = REDIS_URL  # children (e.g. qcluster workers) share it
 
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env("MEDAI_CACHE_PREFIX", "medai"),
-        "TIMEOUT": 300,
-    }
-}
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env("MEDAI_CACHE_PREFIX", "medai") + ":asgi"},
-    }
-}
+# Every Redis client's timeouts (medai/redisconf.py): a normal command reads for at most
+# MEDAI_REDIS_SOCKET_TIMEOUT; a blocking one (the channel layer's receive, the broker's wake-up wait)
+# for its block plus that, so an idle websocket is never cut by its own client's timeout.
+MEDAI_REDIS_SOCKET_TIMEOUT = envfloat("MEDAI_REDIS_SOCKET_TIMEOUT", 5.0)
+MEDAI_REDIS_CONNECT_TIMEOUT = envfloat("MEDAI_REDIS_CONNECT_TIMEOUT", 2.0)
+MEDAI_REDIS_HEALTH_CHECK_INTERVAL = envfloat("MEDAI_REDIS_HEALTH_CHECK_INTERVAL", 30.0)
+MEDAI_CHANNEL_RECEIVE_BLOCK = envfloat("MEDAI_CHANNEL_RECEIVE_BLOCK", 5.0)  # channels_redis' BZPOPMIN
+# A websocket re-joins its groups at half this (channels_redis drops members older than it).
+MEDAI_CHANNEL_GROUP_EXPIRY = envint("MEDAI_CHANNEL_GROUP_EXPIRY", 86_400, minimum=10)
+for _name in ("MEDAI_REDIS_SOCKET_TIMEOUT", "MEDAI_REDIS_CONNECT_TIMEOUT", "MEDAI_CHANNEL_RECEIVE_BLOCK"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be positive")
+REDIS_OPTIONS = client_options(socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT, connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT,
+                               health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL)
+CACHES = cache_config(REDIS_URL, prefix=env("MEDAI_CACHE_PREFIX", "medai"), options=REDIS_OPTIONS)
+CHANNEL_LAYERS = channel_layers_config(
+    REDIS_URL, prefix=env("MEDAI_CACHE_PREFIX", "medai") + ":asgi", socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT,
+    connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT, health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL,
+    receive_block=MEDAI_CHANNEL_RECEIVE_BLOCK, group_expiry=MEDAI_CHANNEL_GROUP_EXPIRY)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -261,6 +268,8 @@ MEDAI_GPU_SIM_FILE = env("MEDAI_GPU_SIM_FILE", "")  # JSON overrides for the sim
 MEDAI_GPU_SAMPLE_INTERVAL = envfloat("MEDAI_GPU_SAMPLE_INTERVAL", 2.0)
 MEDAI_HEALTH_INTERVAL = envfloat("MEDAI_HEALTH_INTERVAL", 10.0)
 MEDAI_GPU_STATE_CACHE_SECONDS = envfloat("MEDAI_GPU_STATE_CACHE_SECONDS", 1.0)
+# A GPU sample older than this is reported stale (and the monitor as not running): 3 intervals.
+MEDAI_GPU_STALE_AFTER = envfloat("MEDAI_GPU_STALE_AFTER", 3 * MEDAI_GPU_SAMPLE_INTERVAL)
 MEDAI_GPU_HISTORY_DAYS = envint("MEDAI_GPU_HISTORY_DAYS", 7, minimum=1)
 MEDAI_CIRCUIT_FAILURES = envint("MEDAI_CIRCUIT_FAILURES", 5, minimum=1)
 MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
@@ -291,13 +300,19 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "apps.audit.logging.CorrelationFilter"}},
+    "filters": {"correlation": {"()": "apps.audit.logging.CorrelationFilter"},
+                # no credential in any log line (a websocket's ?token=, a key in an error's text)
+                "credentials": {"()": "apps.audit.credentials.CredentialFilter"}},
     "formatters": {"json": {"()": "apps.audit.logging.JsonFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation", "credentials"]},
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
+        # uvicorn's websocket lines ("WebSocket /ws/status/?token=… [accepted]") and errors, as JSON.
+        # Not uvicorn.access: naming it here would turn on the access log that --no-access-log turned off;
+        # medai/asgi.py puts the credential filter on it instead, on or off.
+        "uvicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},

@@ -1,4 +1,5 @@
-"""Structured JSON logs with correlation ids; every message passes through PHI redaction."""
+"""Structured JSON logs with correlation ids; every message passes through PHI redaction and
+credential redaction (apps/audit/credentials.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 from apps.audit.context import get_correlation_id
+from apps.audit.credentials import redact_credentials
 from apps.audit.redaction import redact
 
 
@@ -22,11 +24,11 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": redact(redact_credentials(record.getMessage())),
         }
         cid = getattr(record, "correlation_id", "")
         if cid:
             payload["correlation_id"] = cid
-        if record.exc_info:
-            payload["exc"] = redact(self.formatException(record.exc_info))
+        if record.exc_info or record.exc_text:
+            payload["exc"] = redact(redact_credentials(record.exc_text or self.formatException(record.exc_info)))
         return json.dumps(payload, default=str)

@@ -33,14 +33,24 @@ def key(name: str) -> str:
 
 
 def client() -> redis.Redis:
-    """A process-wide Redis client on ``REDIS_URL`` (its connection pool is thread-safe)."""
+    """A process-wide Redis client on ``REDIS_URL`` (its connection pool is thread-safe). After a
+    Redis restart it reconnects on the next command; while Redis is down a command fails within
+    the settings' timeouts (``REDIS_OPTIONS``) with a ``redis.RedisError``."""
     global _client
     if _client is None:
         with _client_lock:
             if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2,
-                                               health_check_interval=30)
+                _client = redis.Redis.from_url(settings.REDIS_URL, **settings.REDIS_OPTIONS)
     return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests that point the process at another Redis)."""
+    global _client
+    with _client_lock:
+        old, _client = _client, None
+    if old is not None:
+        old.close()
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""No credential in any log line: redaction of tokens, keys and passwords in log text.
+
+Credentials reach log lines through URLs above all: a websocket opened with ``?token=<JWT>`` is
+logged by uvicorn with its query string (its access log and its websocket lines), by Django on a
+4xx/5xx, and by anything that logs a URL or an exception mentioning one. So two layers:
+
+- query parameters that carry credentials (``token=``, ``access_token=``, ``api_key=``,
+  ``password=``…) keep their name and lose their value;
+- the credentials medai issues are recognised wherever they appear (a JWT, ``eyJ…``.``…``.``…``;
+  an API key, ``mk_<8 hex>_<secret>``; a ``Bearer <token>`` header value), in a path, a message
+  or an exception's text.
+
+``CredentialFilter`` applies both to a log record's message, arguments, exception and stack text
+before any handler formats it. medai's JSON formatter (apps/audit/logging.py) runs it too, and
+medai/asgi.py installs it on uvicorn's own loggers, whose records never reach medai's handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Query parameter names whose value is a credential (case-insensitive; "-" and "_" alike).
+SECRET_PARAMS = ("token", "access_token", "refresh_token", "id_token", "auth_token", "api_key", "apikey",
+                 "key", "password", "passwd", "secret", "client_secret", "authorization", "auth", "jwt",
+                 "signature", "sig")
+
+_NAMES = "|".join(re.escape(p).replace("_", "[-_]") for p in SECRET_PARAMS)
+_PARAM = re.compile(r"(?i)([?&;]|^)((?:" + _NAMES + r")=)[^&;#\s\"'<>]*", re.MULTILINE)
+# A JWT: three base64url parts, the first two JSON objects ("eyJ" is base64 for '{"').
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# medai's API keys (apps.accounts: ApiKey.PREFIX "mk_", 8 hex, "_", the secret).
+_API_KEY = re.compile(r"mk_[0-9a-f]{8}_[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+|,\s*)(?!\[REDACTED\])[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with every credential it carries replaced by ``[REDACTED]``."""
+    if not text:
+        return text
+    text = _PARAM.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
+    text = _API_KEY.sub(REDACTED, text)
+    return _BEARER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+
+
+def _redact_arg(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value  # kept as they are: formatters may need the type (uvicorn's status code)
+    text = value if isinstance(value, str) else str(value)
+    clean = redact_credentials(text)
+    return value if clean == text else clean
+
+
+_formatter = logging.Formatter()
+
+
+class CredentialFilter(logging.Filter):
+    """Redacts credentials in the record itself, so every handler and formatter sees it clean."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_credentials(record.msg)
+        elif record.msg is not None and not isinstance(record.msg, (int, float)):
+            record.msg = _redact_arg(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_credentials(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_credentials(record.stack_info)
+        return True
+
+
+def install(*logger_names: str) -> None:
+    """Add the filter to these loggers (idempotent): for loggers with handlers of their own."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, CredentialFilter) for f in logger.filters):
+            logger.addFilter(CredentialFilter())
