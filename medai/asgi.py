@@ -8,6 +8,12 @@ import django  # noqa: E402
 
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application()
 
+from apps.audit import credentials  # noqa: E402
+
+# uvicorn's (and daphne's) loggers keep handlers of their own when the server configured logging
+# after Django did (an in-process server, a --log-config): the filter on the logger covers them.
+credentials.install("uvicorn.access", "uvicorn.error", "daphne.server", "daphne.http_protocol", "django.request")
+
 from medai.handler import MedaiASGIHandler  # noqa: E402
 
 # Django's ASGIHandler, minus the per-request thread where nothing needs it (medai/handler.py).

@@ -1,13 +1,36 @@
-"""Websocket authentication: a JWT or API key in the ``?token=`` query string or in the
-``Sec-WebSocket-Protocol`` header as ``bearer, <token>``. Consumers close with 4401 without one."""
+"""Websocket authentication, once per connection: the credential (a JWT or an API key) becomes a
+``principal`` in the scope (None without a valid one); consumers refuse with 4401/4403
+(apps/accounts/websocket.py).
+
+Where the credential comes from, preferred first:
+
+- ``Sec-WebSocket-Protocol: bearer, <token>``: what a browser sends for
+  ``new WebSocket(url, ["bearer", token])``. The server's answer names ``bearer`` (never the
+  token), so the credential stays out of URLs, and with them out of access logs, proxies' logs
+  and browser history.
+- ``?token=<token>`` in the query string, for older clients. It still works, and every medai log
+  line redacts it (apps/audit/credentials.py), but a proxy in front of medai may log it: prefer
+  the header.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
 from apps.accounts.services import AuthError, authenticate_bearer
+
+logger = logging.getLogger("medai.ws")
+
+BEARER_SUBPROTOCOL = "bearer"
+
+
+class _Unavailable(Exception):
+    pass
 
 
 @database_sync_to_async
@@ -16,6 +39,21 @@ def _authenticate(token: str):  # type: ignore[no-untyped-def]
         return authenticate_bearer(token)
     except AuthError:
         return None, None
+    except DatabaseError as exc:  # the database is down: the consumer closes 1013, not a 500
+        raise _Unavailable from exc
+
+
+def credential_from(scope: dict[str, Any]) -> tuple[str, str | None]:
+    """(token, the subprotocol to accept) from the handshake; ("", None) without a credential."""
+    offered = [p.strip() for p in scope.get("subprotocols") or []]
+    for index, name in enumerate(offered[:-1]):
+        if name.lower() == BEARER_SUBPROTOCOL and offered[index + 1]:
+            return offered[index + 1], name
+    query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
+    for name in ("token", "access_token"):
+        if query.get(name):
+            return query[name][0], None
+    return "", None
 
 
 class JWTAuthMiddleware:
@@ -23,18 +61,16 @@ class JWTAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        token = ""
-        query = parse_qs(scope.get("query_string", b"").decode())
-        if query.get("token"):
-            token = query["token"][0]
-        else:
-            for name, value in scope.get("headers", []):
-                if name == b"sec-websocket-protocol":
-                    parts = [p.strip() for p in value.decode().split(",")]
-                    if len(parts) >= 2 and parts[0].lower() == "bearer":
-                        token = parts[1]
-        user, principal = (None, None)
+        token, subprotocol = credential_from(scope)
+        user, principal, unavailable = None, None, False
         if token:
-            user, principal = await _authenticate(token)
-        scope = dict(scope, user=user, principal=principal)
+            try:
+                user, principal = await _authenticate(token)
+            except _Unavailable:
+                logger.warning("websocket authentication unavailable: the database did not answer")
+                unavailable = True
+        if subprotocol is None and BEARER_SUBPROTOCOL in (scope.get("subprotocols") or []):
+            subprotocol = BEARER_SUBPROTOCOL  # offered without a token: answer it, then refuse with 4401
+        scope = dict(scope, user=user, principal=principal, auth_subprotocol=subprotocol,
+                     auth_unavailable=unavailable)
         return await self.inner(scope, receive, send)

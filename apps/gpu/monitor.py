@@ -187,7 +187,8 @@ def _push_ws(state: dict[str, Any]) -> None:
         layer = get_channel_layer()
         if layer is not None:
             async_to_sync(layer.group_send)("gpu", {"type": "gpu.update", "data": {
-                "simulated": state["simulated"], "policy": state["policy"], "gpus": state["gpus"]}})
+                "sampled_at": state["ts"], "simulated": state["simulated"], "policy": state["policy"],
+                "gpus": state["gpus"]}})
     except Exception:  # noqa: BLE001 - a websocket hiccup must not stop the monitor
         logger.debug("gpu websocket push failed", exc_info=True)
 

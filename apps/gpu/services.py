@@ -106,7 +106,24 @@ def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str,
     return state
 
 
-def status_payload() -> dict[str, Any]:
+def stale_after() -> float:
+    """Seconds after which the last GPU sample is stale: a few of the monitor's sample intervals."""
+    return float(settings.MEDAI_GPU_STALE_AFTER)
+
+
+def freshness(sampled_at: float | None, published: bool = True, now: float | None = None) -> dict[str, Any]:
+    """How old the sample is and whether the monitor still publishes. A sample older than
+    ``stale_after()`` is stale, and then the monitor counts as not running: a monitor that runs
+    publishes every interval. (This process may also hold an old sample because Redis is gone:
+    shared.view() keeps the last one; it is just as stale to whoever reads it.)"""
+    if not published or sampled_at is None:
+        return {"sampled_at": None, "age_seconds": None, "stale": True, "monitor_running": False}
+    age = max(0.0, (time.time() if now is None else now) - float(sampled_at))
+    stale = age > stale_after()
+    return {"sampled_at": sampled_at, "age_seconds": round(age, 1), "stale": stale, "monitor_running": not stale}
+
+
+def status_payload(now: float | None = None) -> dict[str, Any]:
     """What ``GET /v1/gpu/status`` answers, from the shared state."""
     v = shared.view()
     state = v.state
@@ -117,8 +134,7 @@ def status_payload() -> dict[str, Any]:
     return {
         "provider": state.get("provider", "none"),
         "simulated": bool(state.get("simulated")),
-        "sampled_at": state.get("ts"),
-        "monitor_running": bool(state),
+        **freshness(state.get("ts"), bool(state), now),
         "pressure_level": policy.level,
         "thermal_state": policy.thermal,
         "policy": {

@@ -1,4 +1,5 @@
-"""``/ws/gpu/``: the current GPU status on connect, then the monitor's updates; 4401 without credentials."""
+"""``/ws/gpu/``: the current GPU status on connect, then the monitor's updates; 4401 without credentials,
+4403 without the read scope."""
 
 from __future__ import annotations
 
@@ -14,8 +15,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_without_credentials_the_socket_is_closed_4401():  # type: ignore[no-untyped-def]
-    connected, code = await WebsocketCommunicator(application, "/ws/gpu/").connect()
-    assert not connected and code == 4401
+    communicator = WebsocketCommunicator(application, "/ws/gpu/")
+    connected, _ = await communicator.connect()
+    assert connected  # the handshake completes, then the close carries the reason
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_credential_without_the_read_scope_is_closed_4403(alice, api_key_for):  # type: ignore[no-untyped-def]
+    key = await sync_to_async(api_key_for)(alice, scopes=["inference"])
+    communicator = WebsocketCommunicator(application, "/ws/gpu/", subprotocols=["bearer", key])
+    connected, subprotocol = await communicator.connect()
+    assert connected and subprotocol == "bearer"
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4403}
 
 
 async def test_status_on_connect_then_live_updates_labelled_simulated(alice, token_for, fresh_view):  # type: ignore[no-untyped-def]
@@ -27,10 +38,12 @@ async def test_status_on_connect_then_live_updates_labelled_simulated(alice, tok
     assert connected
     first = await communicator.receive_json_from(timeout=5)
     assert first["type"] == "gpu.status" and first["data"]["simulated"] is True
+    assert (first["data"]["stale"], first["data"]["monitor_running"]) == (False, True)
     assert first["data"]["pressure_level"] == "LOW"
     monitor.pushed = None  # force a push even though nothing changed
     await sync_to_async(monitor.sample)()
     update = await communicator.receive_json_from(timeout=5)
     assert update["type"] == "gpu.update" and update["data"]["simulated"] is True
+    assert update["data"]["stale"] is False and update["data"]["age_seconds"] is not None
     assert update["data"]["policy"]["level"] == "LOW" and update["data"]["gpus"][0]["simulated"] is True
     await communicator.disconnect()

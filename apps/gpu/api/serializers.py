@@ -60,7 +60,10 @@ class GpuStatusSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(["nvml", "simulated", "none", "test"])
     simulated = serializers.BooleanField()
     sampled_at = serializers.FloatField(allow_null=True, help_text="Unix time of the monitor's last sample.")
-    monitor_running = serializers.BooleanField()
+    age_seconds = serializers.FloatField(allow_null=True, help_text="How old that sample is; null: none.")
+    stale = serializers.BooleanField(help_text="True when the sample is older than a few sample intervals "
+                                               "(MEDAI_GPU_STALE_AFTER) or there is none.")
+    monitor_running = serializers.BooleanField(help_text="False when the monitor stopped publishing (stale).")
     pressure_level = serializers.ChoiceField(LEVELS)
     thermal_state = serializers.ChoiceField(THERMAL)
     policy = PolicyNowSerializer()

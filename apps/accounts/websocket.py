@@ -1,0 +1,164 @@
+"""The base of medai's websocket consumers: who may connect, and how a socket ends.
+
+Authentication happened once, in the ASGI middleware (``medai/ws_auth.py``), which put the
+``principal`` (None without a valid credential) and the subprotocol to answer in the scope. Here:
+
+- Refusals are sent after the handshake: accept, then close with **4401** (no valid credential)
+  or **4403** (a credential without the consumer's scope). A close sent before the accept is an
+  HTTP 403 to the client, its code lost: a browser sees only "failed".
+- A client that authenticated with ``Sec-WebSocket-Protocol: bearer, <token>`` gets ``bearer``
+  back (a browser fails a handshake whose answer names none of the offered protocols).
+- Redis (the channel layer) or the database gone: the socket is closed with **1013** (try again
+  later), never a 500 at the handshake nor a dropped connection without a close frame. Every
+  socket of the process closes at the first failed receive, because after a Redis restart their
+  group memberships are gone (medai/channel_layer.py); clients reconnect and rejoin.
+- Group memberships are renewed at half the layer's ``group_expiry``, so a socket open for days
+  keeps receiving (channels_redis drops members older than that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from apps.accounts.models import SCOPE_READ
+
+logger = logging.getLogger("medai.ws")
+
+UNAUTHENTICATED = 4401
+FORBIDDEN = 4403
+TRY_AGAIN_LATER = 1013
+
+UNAVAILABLE = (RedisError, DatabaseError)
+
+
+class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
+    """Subclasses name ``required_scope`` and return their groups from ``groups_for``; ``opened`` runs
+    once the socket is accepted and its groups joined."""
+
+    required_scope = SCOPE_READ
+
+    joined: list[str]
+    _accepted = False
+    _closing = False
+    _watchdog: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        code = self.refusal(scope)
+        if code is not None:
+            # Before the channel layer is involved: a refused socket costs no Redis round trip, and
+            # no receive is left to cancel (redis-py may swallow a cancel during a connect).
+            await _refuse(scope, receive, send, code)
+            return
+        try:
+            await super().__call__(scope, receive, send)
+        except UNAVAILABLE as exc:
+            await self.close_unavailable(exc)
+        finally:
+            self._stop_watchdog()
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def groups_for(self, principal: Any) -> list[str]:
+        return []
+
+    async def opened(self, principal: Any) -> None:
+        pass
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def refusal(cls, scope: dict[str, Any]) -> int | None:
+        """The close code for a socket this consumer refuses, None if it may connect."""
+        principal = scope.get("principal")
+        if scope.get("auth_unavailable"):
+            return TRY_AGAIN_LATER
+        if principal is None:
+            return UNAUTHENTICATED
+        if cls.required_scope and not principal.has_scope(cls.required_scope):
+            return FORBIDDEN
+        return None
+
+    async def connect(self) -> None:
+        principal = self.scope["principal"]
+        self.joined = []
+        for group in self.groups_for(principal):
+            await self.join(group)
+        await self.accept(self.scope.get("auth_subprotocol"))
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        await self.opened(principal)
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        self._accepted = True
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self._closing = True
+        await super().close(code=code, reason=reason)
+
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+
+    async def disconnect(self, code: int) -> None:
+        self._stop_watchdog()
+        for group in getattr(self, "joined", []):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except UNAVAILABLE:
+                break  # Redis is gone: its memberships with it (or they expire)
+
+    async def close_unavailable(self, exc: BaseException | None = None) -> None:
+        """Close with 1013 (the handshake completed first if need be); quiet if the client is gone."""
+        if self._closing:
+            return
+        self._closing = True
+        logger.warning("websocket %s closed 1013: %s", self.scope.get("path", "?"),
+                       type(exc).__name__ if exc else "the channel layer lost Redis")
+        try:
+            if not self._accepted:
+                await super().accept(self.scope.get("auth_subprotocol"))
+                self._accepted = True
+            await super().close(code=TRY_AGAIN_LATER)
+        except Exception:  # noqa: BLE001 - the client disconnected meanwhile
+            pass
+
+    # --- the watchdog: outages and group renewal ------------------------------------------------
+
+    def renew_every(self) -> float:
+        return max(float(getattr(self.channel_layer, "group_expiry", 86_400)) / 2, 1.0)
+
+    async def _watch(self) -> None:
+        outage_of = getattr(self.channel_layer, "outage", None)
+        outage = outage_of() if outage_of else asyncio.get_running_loop().create_future()
+        try:
+            while True:
+                done, _ = await asyncio.wait({outage}, timeout=self.renew_every())
+                if done:
+                    await self.close_unavailable()
+                    return
+                for group in list(self.joined):
+                    await self.channel_layer.group_add(group, self.channel_name)
+        except UNAVAILABLE as exc:
+            await self.close_unavailable(exc)
+        finally:
+            outage.cancel()
+
+    def _stop_watchdog(self) -> None:
+        task, self._watchdog = self._watchdog, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+
+async def _refuse(scope: dict[str, Any], receive: Any, send: Any, code: int) -> None:
+    """Complete the handshake, then close with ``code``: the client sees why."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept", "subprotocol": scope.get("auth_subprotocol")})
+    await send({"type": "websocket.close", "code": code})
