@@ -3,10 +3,16 @@
 Starts an embedded Redis (unless ``REDIS_URL`` is set), migrates, collects static files, creates
 the demo tenant and registers the bundled llama.cpp server as a supervised ModelServer, then runs
 the monitor (GPU sampling, health checks; it starts and supervises that llama.cpp server), the web
-server (uvicorn) and the worker (qcluster) as children, each child's output prefixed with its name. Ctrl-C or SIGTERM stops every
-child (terminate, wait, kill) and then Redis; a child that dies on its own stops the rest.
+server (uvicorn) and the worker (qcluster) as children, each child's output prefixed with its name.
+
+It supervises what it owns: the embedded Redis, if it dies, is started again at once on the same
+unix socket (every child keeps its ``REDIS_URL`` and reconnects by itself); a child that dies is
+started again with a growing delay (1 s, 2 s, 4 s … 30 s), and one that keeps dying (more than
+``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds) stops the launch. Ctrl-C or SIGTERM
+stops every child (terminate, wait, kill) and then Redis.
 
 Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
+MEDAI_ACCESS_LOG=1 (uvicorn's access log; credentials in URLs are redacted either way),
 MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD, PROMETHEUS_MULTIPROC_DIR
 (var/metrics: where every child keeps its metrics for /metrics; emptied at start), and MEDAI_ENV,
 which defaults to ``development`` here (keys generated into var/ on the first run); any other value
@@ -28,9 +34,15 @@ from pathlib import Path
 import httpx
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.audit.credentials import redact_credentials
+from medai.embedded import EmbeddedRedis
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "medai is ready"
 STOP_TIMEOUT = 10.0
+RESTART_LIMIT = 5  # restarts of one child within RESTART_WINDOW before the launch gives up
+RESTART_WINDOW = 60.0
+RESTART_MAX_DELAY = 30.0
 
 
 class LaunchError(RuntimeError):
@@ -47,14 +59,34 @@ class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
         self.argv = argv
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self._pump = threading.Thread(target=self._copy_output, daemon=True)
+        self.env = env
+        self.restarts: list[float] = []  # monotonic times of this child's restarts
+        self.due: float | None = None  # when a dead child is to be started again
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._pump = threading.Thread(target=self._copy_output, args=(self.proc,), daemon=True)
         self._pump.start()
 
-    def _copy_output(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
+    def restart(self) -> None:
+        _signal_group(self.proc.pid, signal.SIGKILL)  # whatever the dead child left behind
+        self._pump.join(2)
+        self.restarts.append(time.monotonic())
+        self.due = None
+        self._spawn()
+
+    def restart_delay(self, now: float) -> float | None:
+        """Seconds to wait before the next restart, or None when it died too often to go on."""
+        recent = [t for t in self.restarts if now - t < RESTART_WINDOW]
+        if len(recent) >= RESTART_LIMIT:
+            return None
+        return min(2.0 ** len(recent), RESTART_MAX_DELAY)
+
+    def _copy_output(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
             sys.stdout.write(f"[{self.name}] {raw.decode(errors='replace').rstrip()}\n")
             sys.stdout.flush()
 
@@ -217,12 +249,33 @@ def banner(port: int, password: str, llama_url: str | None) -> str:
 """
 
 
-def supervise(children: list[Child], stop: threading.Event) -> Child | None:
-    """Block until ``stop`` is set (a signal) or a child dies; return the child that died, if any."""
-    while not stop.wait(0.5):
+def supervise(children: list[Child], stop: threading.Event, redis: EmbeddedRedis | None = None,
+              tick: float = 0.5) -> Child | None:
+    """Until ``stop`` is set (a signal): start the embedded Redis again at once if it died (on the
+    same socket), and a dead child after its delay. Returns a child that died too often."""
+    while not stop.wait(tick):
+        if redis is not None and not redis.alive():
+            code = redis.proc.returncode if redis.proc is not None else None
+            log(f"embedded Redis exited ({code}); starting it again on {redis.socket_file}")
+            try:
+                redis.restart()
+                log(f"embedded Redis is back (pid {redis.pid})")
+            except RuntimeError as exc:  # tried again at the next tick
+                log(f"embedded Redis did not start: {exc}")
+        now = time.monotonic()
         for child in children:
-            if not child.alive():
-                return child
+            if child.alive():
+                continue
+            if child.due is None:
+                delay = child.restart_delay(now)
+                if delay is None:
+                    log(f"{child.name} exited {RESTART_LIMIT} times within {RESTART_WINDOW:.0f}s; giving up")
+                    return child
+                log(f"{child.name} exited with {child.proc.returncode}; starting it again in {delay:.0f}s")
+                child.due = now + delay
+            elif now >= child.due:
+                child.restart()
+                log(f"{child.name} started again (pid {child.pid})")
     return None
 
 
@@ -243,23 +296,16 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def start_redis(var: Path, env: dict[str, str]) -> Callable[[], None]:
-    """The one embedded Redis every child shares, unless REDIS_URL points at a server. Returns its stopper."""
+def start_redis(var: Path, env: dict[str, str]) -> EmbeddedRedis | None:
+    """The one embedded Redis every child shares (its socket in ``var/redis/``), unless REDIS_URL
+    points at a server (which the launcher does not own, nor restart)."""
     if env.get("REDIS_URL"):
-        log(f"using Redis at {env['REDIS_URL']}")
-        return lambda: None
-    from medai import embedded
-
-    env["REDIS_URL"] = embedded.start_embedded_redis(var / "redis")
-    log(f"embedded Redis at {env['REDIS_URL']}")
-
-    def stop_redis() -> None:
-        for server in list(embedded._servers):
-            embedded._shutdown(server)
-        embedded._servers.clear()
-        log("embedded Redis stopped")
-
-    return stop_redis
+        log(f"using Redis at {redact_credentials(env['REDIS_URL'])}")
+        return None
+    server = EmbeddedRedis(var / "redis").start()
+    env["REDIS_URL"] = server.url
+    log(f"embedded Redis at {server.url} (pid {server.pid})")
+    return server
 
 
 def run() -> int:
@@ -278,7 +324,7 @@ def run() -> int:
     env = {**os.environ, "MEDAI_ENV": os.environ.get("MEDAI_ENV", "").strip() or "development",
            "MEDAI_VAR_DIR": str(var), "MEDAI_LLAMA_PORT": str(llama_port), "PYTHONUNBUFFERED": "1"}
     check_secrets(env, var)
-    stop_redis = start_redis(var, env)
+    redis = start_redis(var, env)
     children: list[Child] = []
     try:
         for command in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"],
@@ -300,8 +346,9 @@ def run() -> int:
             llama_url = f"http://127.0.0.1:{llama_port}/v1"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(var, env))
         children.append(Child("monitor", [sys.executable, "manage.py", "monitor"], env))
+        access_log = ["--access-log"] if os.environ.get("MEDAI_ACCESS_LOG", "0") == "1" else ["--no-access-log"]
         children.append(Child("web", [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
-                                      "--port", str(port), "--no-access-log"], env))
+                                      "--port", str(port), *access_log], env))
         children.append(Child("worker", [sys.executable, "manage.py", "qcluster"], env))
 
         if with_llama and not wait_ready(f"http://127.0.0.1:{llama_port}/health", children, 180, stop):
@@ -314,14 +361,16 @@ def run() -> int:
             return 130
         print(banner(port, demo_password(var), llama_url), flush=True)
 
-        died = supervise(children, stop)
+        died = supervise(children, stop, redis)
         if died is not None:
-            log(f"{died.name} exited unexpectedly with {died.proc.returncode}; stopping the rest")
+            log(f"{died.name} keeps exiting (last with {died.proc.returncode}); stopping the rest")
             return 1
         return 0
     finally:
         stop_all(children)
-        stop_redis()
+        if redis is not None:
+            redis.stop()
+            log("embedded Redis stopped")
         log("all stopped")
 
 

@@ -1,4 +1,5 @@
-"""The launcher (`make run`): one command brings up the embedded default end to end, and Ctrl-C
+"""The launcher (`make run`): one command brings up the embedded default end to end, restarts what it
+owns when it dies (the embedded Redis on the same socket), and Ctrl-C
 takes every process it started down again."""
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def launcher(tmp_path: Path):  # type: ignore[no-untyped-def]
+def launcher(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The launcher as `make run` starts it; ``@pytest.mark.launcher_env(NAME="value")`` adds to its environment."""
     port, llama_port = free_port(), free_port()
+    marker = request.node.get_closest_marker("launcher_env")
     env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(port),
-           "MEDAI_LLAMA_PORT": str(llama_port), "MEDAI_DEMO_PASSWORD": "launcher-test-pass"}
+           "MEDAI_LLAMA_PORT": str(llama_port), "MEDAI_DEMO_PASSWORD": "launcher-test-pass",
+           **(marker.kwargs if marker else {})}
     env.pop("REDIS_URL", None)  # the launcher's own embedded Redis, as `make run` does
     for name in ("MEDAI_ENV", *SECRETS, *(f"{n}_FILE" for n in SECRETS)):
         env.pop(name, None)  # a fresh clone: nothing set; the launcher makes it a development environment
@@ -173,3 +177,91 @@ def test_launcher_outside_development_refuses_missing_keys_before_starting_anyth
     assert "SECRET_KEY is not set" in result.stdout and "MEDAI_ENV=development" in result.stdout
     assert "embedded Redis" not in result.stdout and "manage.py" not in result.stdout
     assert not (tmp_path / "var" / "secret-key").exists()
+
+
+def _redis_server_pid(launcher_pid: int) -> int | None:
+    """The embedded redis-server under the launcher, if one runs (it rewrites its command line:
+    found by its process name)."""
+    for pid in _descendants(launcher_pid):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name.startswith("redis-server") and _alive(pid):
+            return pid
+    return None
+
+
+def _redis_urls(output: list[str]) -> list[str]:
+    """Every REDIS_URL the launcher announced (its embedded Redis)."""
+    return [line.split("embedded Redis at ", 1)[1].split()[0] for line in output if "embedded Redis at " in line]
+
+
+def _until(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (httpx.HTTPError, OSError):
+            result = None
+        if result:
+            return result
+        time.sleep(0.2)
+    pytest.fail(f"{check} did not hold within {timeout:.0f}s")
+
+
+@pytest.mark.launcher_env(MEDAI_LLAMA="0")
+def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_works_again(launcher) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    proc: subprocess.Popen = launcher["proc"]
+    _wait_for_ready(launcher)
+    base = f"http://127.0.0.1:{launcher['port']}"
+    ws_base = base.replace("http://", "ws://")
+    pid = _redis_server_pid(proc.pid)
+    assert pid is not None, "no embedded redis-server under the launcher"
+    [redis_url] = _redis_urls(launcher["output"])
+    socket_path = redis_url.removeprefix("unix://")
+    assert Path(socket_path).is_socket()
+
+    def login() -> str:
+        answer = httpx.post(f"{base}/v1/auth/login", timeout=30, json={
+            "username": "clinician", "password": "launcher-test-pass", "location_id": "demo"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["access_token"]
+
+    token = login()
+    with connect(f"{ws_base}/ws/status/", subprotocols=["bearer", token], open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+    again = _until(lambda: (found := _redis_server_pid(proc.pid)) and found != pid and found)
+    assert f"starting it again on {socket_path}" in "".join(launcher["output"])
+    assert Path(socket_path).is_socket()  # the same socket: every child keeps its REDIS_URL
+    assert proc.poll() is None
+    _until(lambda: httpx.get(f"{base}/readyz", timeout=10).json()["checks"]["redis"]["ok"])
+    token = login()
+    with connect(f"{ws_base}/ws/status/", subprotocols=["bearer", token], open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    # the monitor publishes again into the new Redis: a fresh sample, not a stale one
+    status = _until(lambda: (body := httpx.get(f"{base}/v1/gpu/status", timeout=10,
+                                               headers={"Authorization": f"Bearer {token}"}).json())
+                    and body["monitor_running"] and body)
+    assert status["stale"] is False
+
+    # the launcher supervises its other children too: a killed web server is started again
+    [web] = [p for p in _descendants(proc.pid) if "uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes().decode()]
+    os.kill(web, signal.SIGKILL)
+    _until(lambda: "web started again" in "".join(launcher["output"]))
+    assert _until(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200)
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, "".join(launcher["output"])[-3000:]
+    assert not _alive(again)

@@ -47,3 +47,18 @@ async def test_status_on_connect_then_live_updates_labelled_simulated(alice, tok
     assert update["data"]["stale"] is False and update["data"]["age_seconds"] is not None
     assert update["data"]["policy"]["level"] == "LOW" and update["data"]["gpus"][0]["simulated"] is True
     await communicator.disconnect()
+
+
+async def test_when_the_monitor_stops_publishing_the_socket_says_the_sample_is_stale(alice, token_for, fresh_view, settings):  # type: ignore[no-untyped-def]
+    settings.MEDAI_GPU_STALE_AFTER = 0.5
+    await sync_to_async(Monitor(SimulatedProvider(), supervise=False).sample)()  # one sample, then silence
+    token = await sync_to_async(token_for)(alice)
+    communicator = WebsocketCommunicator(application, "/ws/gpu/", subprotocols=["bearer", token])
+    assert (await communicator.connect())[0]
+    first = await communicator.receive_json_from(timeout=5)
+    assert first["type"] == "gpu.status"
+    again = await communicator.receive_json_from(timeout=5)  # no update came: the status again, stale
+    assert again["type"] == "gpu.status"
+    assert (again["data"]["stale"], again["data"]["monitor_running"]) == (True, False)
+    assert again["data"]["age_seconds"] >= 0.5
+    await communicator.disconnect()
