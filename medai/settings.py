@@ -309,10 +309,10 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
-        # uvicorn's websocket lines ("WebSocket /ws/status/?token=… [accepted]") and errors, as JSON.
-        # Not uvicorn.access: naming it here would turn on the access log that --no-access-log turned off;
-        # medai/asgi.py puts the credential filter on it instead, on or off.
-        "uvicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # uvicorn's own lines (uvicorn.error: "WebSocket /ws/status/?token=… [accepted]", errors) as JSON.
+        # Not uvicorn.access: naming it here would turn on the access log that --no-access-log turned
+        # off (it does not propagate); medai/asgi.py puts the credential filter on it, on or off.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},

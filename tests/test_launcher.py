@@ -265,3 +265,30 @@ def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, "".join(launcher["output"])[-3000:]
     assert not _alive(again)
+
+
+@pytest.mark.launcher_env(MEDAI_LLAMA="0", MEDAI_ACCESS_LOG="1")
+def test_with_access_logs_on_the_web_log_carries_no_credential(launcher) -> None:  # type: ignore[no-untyped-def]
+    """The real `make run` logging (uvicorn's CLI configures it, then Django): a websocket opened with
+    ?token=, requests with credentials in their query; the whole launcher output stays clean."""
+    import json
+
+    from websockets.sync.client import connect
+
+    proc: subprocess.Popen = launcher["proc"]
+    _wait_for_ready(launcher)
+    base = f"http://127.0.0.1:{launcher['port']}"
+    token = httpx.post(f"{base}/v1/auth/login", timeout=30, json={
+        "username": "clinician", "password": "launcher-test-pass", "location_id": "demo"}).json()["access_token"]
+    key = "mk_0123abcd_" + "k" * 43  # the shape of an API key: redacted whether valid or not
+    with connect(f"{base.replace('http://', 'ws://')}/ws/status/?token={token}", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    assert httpx.get(f"{base}/v1/models?token={token}", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/v1/nowhere?api_key={key}", timeout=10).status_code == 404
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    output = "".join(launcher["output"])
+    assert "GET /v1/models?token=[REDACTED]" in output  # the access log is on
+    assert "/ws/status/?token=[REDACTED]" in output
+    assert token not in output and token.split(".")[2] not in output and key not in output

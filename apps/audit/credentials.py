@@ -62,14 +62,20 @@ class CredentialFilter(logging.Filter):
     """Redacts credentials in the record itself, so every handler and formatter sees it clean."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact_credentials(record.msg)
-        elif record.msg is not None and not isinstance(record.msg, (int, float)):
-            record.msg = _redact_arg(record.msg)
+        # Arguments one by one, so a formatter that reads them (uvicorn's access formatter) still can.
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_arg(a) for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        template = record.msg if isinstance(record.msg, str) else _redact_arg(record.msg)
+        clean = redact_credentials(template) if isinstance(template, str) else template
+        if clean != record.msg:
+            if record.args and isinstance(record.msg, str):
+                # the credential sits in the template itself ("...?token=%s"): redacting it there would
+                # break the placeholders, so the whole message is formatted, then redacted
+                record.msg, record.args = redact_credentials(record.getMessage()), None
+            else:
+                record.msg = clean
         if record.exc_info and not record.exc_text:
             record.exc_text = _formatter.formatException(record.exc_info)
         if record.exc_text:

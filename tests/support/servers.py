@@ -96,14 +96,14 @@ def set_stub_mode(base_url: str, mode: str, **extra: object) -> None:
 class LiveASGIServer:
     """medai's ASGI application under uvicorn in a thread of the test process (sees the test DB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, access_log: bool = False) -> None:
         import uvicorn
 
         from medai.asgi import application
 
         self.port = free_port()
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port,
+                                log_level="info" if access_log else "warning", lifespan="off", access_log=access_log)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
