@@ -1,0 +1,56 @@
+"""The page's live GPU line, in a real browser: it authenticates /ws/gpu/ with the
+``Sec-WebSocket-Protocol`` header (no token in the URL), shows the simulated sample, and says so
+when the sample goes stale because the monitor stopped publishing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from apps.gpu.monitor import Monitor
+from apps.gpu.providers import SimulatedProvider
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = os.environ.get("MEDAI_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+         "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(live_medai, alice) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # as tests/ui/test_clinician_page.py
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(live_medai + "/")
+        yield page
+        browser.close()
+
+
+def test_the_gpu_line_is_live_over_the_subprotocol_and_turns_stale_when_the_monitor_stops(page, settings):  # type: ignore[no-untyped-def]
+    settings.MEDAI_GPU_STALE_AFTER = 2.0
+    Monitor(SimulatedProvider(), supervise=False).sample()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORD)
+    page.fill("#location", "demo")
+    page.click("#login-button")
+    line = page.locator("#gpu-status")
+    expect(line).to_contain_text("(simulated)")
+    expect(line).to_contain_text("pressure LOW")
+    assert sockets and all(url.endswith("/ws/gpu/") for url in sockets)  # the token is not in the URL
+    # no sample comes after that one: the socket re-sends the status, stale, and the page says so
+    expect(line).to_contain_text("STALE", timeout=15_000)
+    expect(line).to_have_attribute("data-stale", "true")
