@@ -12,9 +12,18 @@ index: its cost does not depend on the queue's depth.
 
 Delivery: the head rows are leased (``locked_until = now + lease``) in one transaction, with
 ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several clusters never take the same row) and
-under SQLite's IMMEDIATE write lock. ``acknowledge`` deletes the row; a worker that dies leaves the
-row leased, and it is delivered again when its lease ends (at-least-once). Keep ``bulk`` and
-``queue_limit`` at 1: work prefetched into a cluster's local queue is no longer reordered.
+under SQLite's IMMEDIATE write lock. A worker that dies leaves the row leased, and it is
+delivered again when its lease ends (at-least-once). Keep ``bulk`` and ``queue_limit`` at 1: work
+prefetched into a cluster's local queue is no longer reordered.
+
+An entry is never removed before its task reaches a final state. django-q2 acknowledges a
+delivery from its monitor process once the task function returns, and also when it raised
+(``ack_failure``) or failed ``max_attempts`` times; its pusher calls ``fail`` on a package it cannot
+read (signed with another ``SECRET_KEY``, say). ``acknowledge`` and ``fail`` therefore delete only
+entries whose task is finished (or gone, or that carry no task): a task still queued (sent back
+by its worker) or processing (its worker raised before writing an outcome, or another worker
+holds it after a re-delivery) keeps its entry, which is delivered again when its lease ends. An
+unreadable package of a live task is signed again (it is rebuilt from the task id) and delivered.
 
 Wake-ups: ``enqueue`` pushes to a Redis list after commit; an idle pusher waits on it with BLPOP
 (at most ``poll`` seconds, which also bounds a lost wake-up), so idle pickup takes milliseconds.
@@ -88,6 +97,19 @@ def workers_busy() -> int:
     with _busy.get_lock():
         pids = [p for p in _busy if p]
     return sum(1 for p in pids if _alive(p))
+
+
+TASK_FUNC = "apps.inference.tasks.run_inference"
+
+
+def task_package(task_id: Any, now: Any = None) -> str:
+    """The signed django-q2 package that runs the inference task ``task_id`` (one per entry)."""
+    import uuid
+
+    task_id = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
+    return SignedPackage.dumps({
+        "id": task_id.hex, "name": f"inference-{task_id}", "func": TASK_FUNC, "args": (str(task_id),), "kwargs": {},
+        "ack_failure": True, "started": now or timezone.now(), "save": False})
 
 
 def aging_seconds() -> float:
@@ -284,8 +306,32 @@ class PriorityBroker(Broker):
 
         QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).delete()
 
+    def _delete_unless_live(self, entry_id: int) -> int:
+        """Delete the entry unless its task is still queued or processing (one statement, so a
+        concurrent claim or requeue is seen or waits); the number of rows deleted."""
+        from django.db.models import Exists, OuterRef
+
+        from apps.inference.models import InferenceTask, QueueEntry
+
+        live = InferenceTask.objects.using(Conf.ORM).filter(
+            id=OuterRef("task_id"), status__in=(InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING))
+        deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).exclude(Exists(live)).delete()
+        return deleted
+
     def acknowledge(self, task_id: int) -> None:
-        self.delete(task_id)
+        # ``task_id`` is django-q2's name for the ack id: the QueueEntry's primary key
+        self._delete_unless_live(task_id)
 
     def fail(self, task_id: int) -> None:
-        self.delete(task_id)
+        """django-q2's pusher could not read the entry's package: drop it if its task is over,
+        otherwise sign it again with this process's key and deliver it again."""
+        from apps.inference.models import QueueEntry
+
+        if self._delete_unless_live(task_id):
+            return
+        entry = QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).values_list("task_id", flat=True).first()
+        if entry is not None:
+            logger.warning("queue entry %s had an unreadable package: signed again", task_id)
+            QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).update(
+                payload=task_package(entry), locked_until=timezone.now())
+            transaction.on_commit(lambda: wake(self.list_key), using=Conf.ORM)

@@ -15,17 +15,19 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
-from django.db.models import Case, Count, F, IntegerField, Min, Q, Value, When
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db.models import Case, Count, Exists, F, IntegerField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_q.conf import Conf
-from django_q.signing import SignedPackage
+from django_q.exceptions import TimeoutException
 
 from apps.accounts.models import SCOPE_INFERENCE
 from apps.accounts.services import Principal
@@ -39,7 +41,7 @@ logger = logging.getLogger("medai.queue")
 S = InferenceTask.Status
 LIVE = (S.QUEUED, S.PROCESSING)
 FINISHED = (S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED)
-TASK_FUNC = "apps.inference.tasks.run_inference"
+TASK_FUNC = broker.TASK_FUNC
 # Admission answers that mean "not now" (every allowed model at its concurrency limit, the GPU
 # policy holding new work): a queued task goes back to the queue in its place instead of failing.
 WAIT_CODES = frozenset({"model_busy", "gpu_overloaded"})
@@ -115,20 +117,32 @@ def _prepare(auth_header: str | None, item: dict[str, Any], correlation_id: str)
     return plan, spec
 
 
-def _admit(priority: int, incoming: int) -> None:
-    """Overload: past MEDAI_QUEUE_MAX queued tasks only HIGH and CRITICAL are accepted (emergency
-    mode); past twice that, nothing."""
-    depth = InferenceTask.objects.filter(status=S.QUEUED, mode=InferenceTask.Mode.ASYNC).count()
+def room(priority: int, depth: int) -> int:
+    """The overload rule, the one place it lives (admission and ``/v1/async/health``): how many
+    more tasks of ``priority`` the queue accepts while ``depth`` async tasks are queued.
+
+    Up to MEDAI_QUEUE_MAX queued tasks, every priority is accepted. Once the queue holds MAX
+    (emergency mode) only HIGH and CRITICAL are, up to twice MAX; past that, nothing."""
     limit = queue_max()
-    if depth + incoming <= limit:
-        return
-    retry = "30"
-    if priority >= Priority.HIGH and depth + incoming <= 2 * limit:
-        return
-    if priority >= Priority.HIGH:
-        raise ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers={"Retry-After": retry})
-    raise ApiError(429, "queue_full", f"The queue holds {depth} tasks (limit {limit}): emergency mode accepts only "
-                   "high and critical priority. Retry later.", headers={"Retry-After": retry})
+    return max((2 * limit if priority >= Priority.HIGH else limit) - depth, 0)
+
+
+def emergency_mode(depth: int) -> bool:
+    """Whether a NORMAL or LOW submission is turned away at this depth (``room`` says so)."""
+    return room(Priority.NORMAL, depth) == 0
+
+
+def _admit(priorities: list[int]) -> None:
+    """Admit new tasks of these priorities or answer 429 (``room``). Each task counts at its own
+    priority, so a batch mixing HIGH and LOW items cannot carry LOW work into emergency mode."""
+    depth = InferenceTask.objects.filter(status=S.QUEUED, mode=InferenceTask.Mode.ASYNC).count()
+    retry = {"Retry-After": "30"}
+    routine = sum(1 for p in priorities if p < Priority.HIGH)
+    if len(priorities) > room(Priority.HIGH, depth):
+        raise ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers=retry)
+    if routine > room(Priority.NORMAL, depth):
+        raise ApiError(429, "queue_full", f"The queue holds {depth} tasks (limit {queue_max()}): emergency mode "
+                       "accepts only high and critical priority. Retry later.", headers=retry)
 
 
 def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
@@ -164,9 +178,7 @@ def _new_task(plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: Ta
 
 
 def _package(task: InferenceTask, now: Any) -> str:
-    return SignedPackage.dumps({
-        "id": task.id.hex, "name": f"inference-{task.id}", "func": TASK_FUNC, "args": (str(task.id),), "kwargs": {},
-        "ack_failure": True, "started": now, "save": False})
+    return broker.task_package(task.id, now)
 
 
 def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
@@ -195,7 +207,7 @@ def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: s
             existing = _existing(plan.principal, [key], now).get(key)
             if existing is not None:
                 return Submitted(existing, False)
-            _admit(plan.priority, 1)
+            _admit([plan.priority])
             task = _new_task(plan, spec, key, None, now)
             _enqueue([task], now)
             record_event("inference.submit", actor=_actor(plan.principal), location=plan.principal.location_code,
@@ -240,7 +252,10 @@ def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") 
             reused = _existing(principal, list(set(keys)), now)
             fresh = [(plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if k not in reused]
             if fresh:
-                _admit(max(plan.priority for plan, _, _ in fresh), len({k for *_, k in fresh}))
+                first: dict[str, int] = {}  # one new task per distinct item, at its first item's priority
+                for plan, _, k in fresh:
+                    first.setdefault(k, plan.priority)
+                _admit(list(first.values()))
             batch = TaskBatch(user_id=principal.user_id, location_id=principal.location_pk)
             by_key: dict[str, InferenceTask] = dict(reused)
             new: list[InferenceTask] = []
@@ -278,23 +293,33 @@ def _db_down(exc: Exception) -> ApiError:
 
 def position(task: InferenceTask) -> int | None:
     """1-based place in the queue while queued (entries that the broker would deliver first)."""
-    if task.status != S.QUEUED:
-        return None
-    entry = QueueEntry.objects.filter(task_id=task.id).only("rank").first()
-    if entry is None:
-        return None
-    return QueueEntry.objects.filter(key=list_key(), rank__lt=entry.rank).count() + 1
+    return positions([task]).get(task.id)
+
+
+def positions(tasks: list[InferenceTask]) -> dict[Any, int]:
+    """``position`` of each queued task in ``tasks``, by task id, in one query whatever their number:
+    each entry's place is counted from the ``(key, rank)`` index by a correlated subquery."""
+    queued = [t.id for t in tasks if t.status == S.QUEUED]
+    if not queued:
+        return {}
+    ahead = (QueueEntry.objects.filter(key=list_key(), rank__lt=OuterRef("rank")).order_by()
+             .values("key").annotate(n=Count("id")).values("n"))
+    rows = (QueueEntry.objects.filter(task_id__in=queued).order_by()
+            .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
+            .values_list("task_id", "ahead"))
+    return {task_id: n + 1 for task_id, n in rows}
 
 
 def batch_progress(batch: TaskBatch) -> dict[str, Any]:
     members = InferenceTask.objects.filter(Q(batch=batch) | Q(id__in=batch.reused_task_ids or []))
     counts = dict(members.order_by().values_list("status").annotate(n=Count("id")))
     total = batch.total
-    completed, failed = counts.get(S.COMPLETED, 0) + counts.get(S.EXPIRED, 0), counts.get(S.FAILED, 0)
-    cancelled = counts.get(S.CANCELLED, 0)
-    done = completed + failed + cancelled
+    completed, failed = counts.get(S.COMPLETED, 0), counts.get(S.FAILED, 0)
+    cancelled, expired = counts.get(S.CANCELLED, 0), counts.get(S.EXPIRED, 0)
+    done = completed + failed + cancelled + expired
     return {"batch_id": str(batch.id), "total": total, "completed": completed, "failed": failed,
-            "cancelled": cancelled, "processing": counts.get(S.PROCESSING, 0), "queued": counts.get(S.QUEUED, 0),
+            "cancelled": cancelled, "expired": expired, "processing": counts.get(S.PROCESSING, 0),
+            "queued": counts.get(S.QUEUED, 0),
             "progress_percent": round(100.0 * done / total, 1) if total else 100.0}
 
 
@@ -317,7 +342,7 @@ def health() -> dict[str, Any]:
             "processing": InferenceTask.objects.filter(status=S.PROCESSING, mode=InferenceTask.Mode.ASYNC).count(),
             "oldest_wait_s": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
             "clusters_alive": len(stats), "workers_alive": workers, "queue_max": queue_max(),
-            "emergency_mode": sum(depth.values()) >= queue_max()}
+            "emergency_mode": emergency_mode(sum(depth.values()))}
 
 
 # --- cancel, expiry, retention ----------------------------------------------------------------
@@ -326,8 +351,9 @@ def health() -> dict[str, Any]:
 def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
     """Cancel a queued task (its queue entry goes too); a running or finished one answers 409."""
     with transaction.atomic():
+        now = timezone.now()
         changed = InferenceTask.objects.filter(id=task.id, status=S.QUEUED).update(
-            status=S.CANCELLED, finished_at=timezone.now(), request=None)
+            status=S.CANCELLED, finished_at=now, request=None, content_purged_at=now)
         if not changed:
             task.refresh_from_db()
             raise ApiError(409, "not_cancellable", f"Task {task.id} is {task.status}; only queued tasks can be cancelled.")
@@ -340,20 +366,41 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
 
 
 def expire_and_purge(now: Any = None) -> dict[str, int]:
-    """QUEUED past its deadline → EXPIRED; finished results past retention → content purged,
-    metadata kept (COMPLETED → EXPIRED). Run by the worker's schedule and on read."""
+    """QUEUED past its deadline → EXPIRED (its prompt dropped); a finished task past its retention
+    (``result_expires_at``) keeps its outcome — a purged COMPLETED task is still COMPLETED — and
+    loses its content (prompt and result), the time of the purge recorded in ``content_purged_at``.
+    Run every minute by the worker cluster's schedule (``apps.inference.tasks.expire_tasks``)."""
     now = now or timezone.now()
     with transaction.atomic():
         overdue = list(InferenceTask.objects.filter(status=S.QUEUED, deadline__lte=now).values_list("id", flat=True))
         expired = InferenceTask.objects.filter(id__in=overdue, status=S.QUEUED).update(
             status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
-            error_message="The task was still queued at its deadline.", request=None)
+            error_message="The task was still queued at its deadline.", request=None, content_purged_at=now)
         QueueEntry.objects.filter(task_id__in=overdue).delete()
     inference_metrics.count_finished("async", "expired", expired)
     purged = InferenceTask.objects.filter(
-        mode=InferenceTask.Mode.ASYNC, status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
-        result_expires_at__lte=now).update(status=S.EXPIRED, request=None, result=None)
+        result_expires_at__lte=now, content_purged_at__isnull=True, mode=InferenceTask.Mode.ASYNC,
+        status__in=(S.COMPLETED, S.FAILED, S.CANCELLED)).update(request=None, result=None, content_purged_at=now)
     return {"expired": expired, "purged": purged}
+
+
+def recover_orphans(now: Any = None) -> int:
+    """Send back to the queue, at their old place, live async tasks that have no queue entry (a
+    task PROCESSING or QUEUED always has one until it ends, so such a task was lost: its entry
+    deleted by an older version, or by hand). Run by the same schedule as ``expire_and_purge``."""
+    now = now or timezone.now()
+    entry = QueueEntry.objects.filter(task_id=OuterRef("id"))
+    with transaction.atomic():
+        lost = list(_locked(InferenceTask.objects.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE)
+                            .exclude(Exists(entry)).order_by()
+                            .only("id", "status", "priority", "queued_at", "created_at"))[:1000])
+        if not lost:
+            return 0
+        _by_pk([t.id for t in lost]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+        broker.put_again(list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at)
+                                      for t in lost], now=now)
+    logger.warning("sent %d task(s) without a queue entry back to the queue", len(lost))
+    return len(lost)
 
 
 # --- running (worker side) ---------------------------------------------------------------------
@@ -410,6 +457,16 @@ def _delivered_waiting(rank: float, now: Any) -> bool:
     return S.QUEUED in set(_by_pk(leased).values_list("status", flat=True))
 
 
+def max_deliveries() -> int:
+    """How many times a task is delivered to a worker that then never writes its outcome (killed,
+    out of time, its database gone) before it is failed: django-q2's ``max_attempts``."""
+    return int(Conf.MAX_ATTEMPTS or 3)
+
+
+def _deliveries(task_id: Any) -> int:
+    return max(QueueEntry.objects.filter(task_id=task_id).values_list("deliveries", flat=True), default=0)
+
+
 def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
     """Claim, in one transaction, the delivered task (``task_id``) and up to ``limit`` - 1 queued tasks
     for the same model from the head of the queue (collation), or with ``task_id`` None the next
@@ -429,6 +486,13 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             task = _locked(InferenceTask.objects.filter(id=task_id)).first()
             if task is None or task.status not in LIVE:
                 return [], task.status if task else "missing"
+            deliveries = _deliveries(task.id) if task.status == S.PROCESSING else 0
+            if deliveries > max_deliveries():  # its earlier runs all ended without writing an outcome
+                _write_failures([task], _failed(WORKER_LOST, (
+                    f"No worker could finish this task: it was started {deliveries - 1} times and each time its "
+                    "worker stopped (it crashed, was killed or ran out of time) before writing an outcome. "
+                    "It is not retried.")), now)
+                return [], S.FAILED
             if task.status == S.QUEUED and task.deadline and task.deadline <= now:
                 expired.append(task)
                 limit = 0  # the delivery ends here, as it would have without collation
@@ -467,7 +531,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
         if expired:
             _by_pk([t.id for t in expired]).update(  # checked QUEUED under the lock
                 status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
-                error_message="The task was still queued at its deadline.", request=None)
+                error_message="The task was still queued at its deadline.", request=None, content_purged_at=now)
             QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
         if group:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
@@ -522,19 +586,19 @@ def _claim_urgent(above: int) -> list[Claimed]:
     return [Claimed(task, task.attempts, entry.id)]
 
 
-def _route(task: InferenceTask) -> router.Route | router.RoutingError:
+def _route(task: InferenceTask) -> router.Route | Exception:
     """Resolved on the sync side: the router may query the database (not allowed on the loop)."""
     spec = task.request or {}
     try:
         return router.resolve(spec.get("model") or None, spec.get("agent_type") or None)
-    except router.RoutingError as exc:
+    except Exception as exc:  # noqa: BLE001 - a RoutingError is the task's answer; anything else fails it too
         return exc
 
 
-async def _execute(task: InferenceTask, route: router.Route | router.RoutingError) -> dict[str, Any]:
+async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict[str, Any]:
     spec = task.request or {}
     try:
-        if isinstance(route, router.RoutingError):
+        if isinstance(route, Exception):
             raise route
         plan = services.ChatPlan(principal=_principal_for(task), route=route, payload=spec.get("payload") or {},
                                  stream=False, include_usage=False, priority=task.priority,
@@ -549,6 +613,8 @@ async def _execute(task: InferenceTask, route: router.Route | router.RoutingErro
             return {"status": REQUEUED, "error_code": exc.code}
         return {"status": S.FAILED, "result": None, "http_status": exc.status_code,
                 "error_code": exc.code, "error_message": exc.message[:2000]}
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it ends this task (FAILED), not the worker
+        return _internal(exc, task.id, "running it")
 
 
 def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
@@ -587,6 +653,13 @@ def _write_results(tasks: list[InferenceTask]) -> None:
               + [meta.pk.get_db_prep_value(t.pk, connection)] for t in tasks]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
+    """The audit events of these tasks' outcomes (unsaved, for ``record_events``)."""
+    users, locations = auditing.identities(tasks)
+    return [auditing.inference_event(t, username=users.get(t.user_id, ""), location_code=locations.get(t.location_id, ""))
+            for t in tasks]
 
 
 def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
@@ -629,9 +702,7 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         if companions:
             QueueEntry.objects.filter(id__in=companions).delete()
         if mine:  # one audit event per finished task, appended last: the chain head stays locked to the commit
-            users, locations = auditing.identities(mine)
-            record_events([auditing.inference_event(t, username=users.get(t.user_id, ""),
-                                                    location_code=locations.get(t.location_id, "")) for t in mine])
+            record_events(_outcome_events(mine))
         transaction.on_commit(lambda: push.send(updates))
     for task in mine:
         if task.started_at is not None:
@@ -640,20 +711,85 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
     return states
 
 
+# --- unexpected errors: every task ends with an outcome ---------------------------------------
+# An error that is not the backend's answer (a bug, a request that cannot be encoded, a row that
+# cannot be written or read) ends the task FAILED with a message a user can read; the trace goes
+# to the log (redacted), never into the API. Errors of the database connection itself are not the
+# task's: the run stops, its entries stay leased and are delivered again when the lease ends
+# (``max_deliveries`` bounds that); a task left PROCESSING without an entry is sent back to the
+# queue by the sweep (``recover_orphans``).
+
+INTERNAL_ERROR = "internal_error"
+WORKER_LOST = "worker_lost"
+TIMED_OUT = "task_timeout"
+TRANSIENT = (OperationalError, InterfaceError)
+
+
+def _failed(code: str, message: str) -> dict[str, Any]:
+    return {"status": S.FAILED, "result": None, "http_status": None, "error_code": code, "error_message": message}
+
+
+def _internal(exc: BaseException, task_id: Any, step: str) -> dict[str, Any]:
+    """The outcome of a task that an unexpected error stopped while ``step``."""
+    logger.error("task %s: unexpected %s while %s", task_id, type(exc).__name__, step, exc_info=exc)
+    if isinstance(exc, TimeoutException):
+        return _failed(TIMED_OUT, f"The task ran longer than the worker's time limit ({Conf.TIMEOUT} s) and was "
+                                  "stopped. It is not retried.")
+    return _failed(INTERNAL_ERROR, f"An internal error ({type(exc).__name__}) stopped this task while {step}. "
+                                   "It is not retried; medai's log has the details under this task's id.")
+
+
+def _finish_or_fail(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
+    """``_finish_group``; when the write fails for a reason other than the connection, each task is
+    written on its own, and one whose outcome cannot be written is FAILED instead."""
+    try:
+        return _finish_group(group, results)
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if len(group) > 1:
+            return [state for c, r in zip(group, results, strict=True) for state in _finish_or_fail([c], [r])]
+        return _finish_group(group, [(_internal(exc, group[0].task.id, "saving its outcome"), results[0][1])])
+
+
+def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: Any) -> None:
+    """FAILED with ``outcome``, for tasks that were not claimed by this run (inside the caller's
+    transaction, under the rows' locks): one UPDATE, their audit events, a push on commit."""
+    expires = now + timedelta(seconds=result_ttl())
+    for task in tasks:
+        for name, value in {**outcome, "finished_at": now, "result_expires_at": expires}.items():
+            setattr(task, name, value)
+        task.latency_ms = int((now - task.created_at).total_seconds() * 1000)
+    _by_pk([t.id for t in tasks]).update(**outcome, finished_at=now, result_expires_at=expires)
+    record_events(_outcome_events(tasks))
+    updates = [push.update_for(t, S.FAILED) for t in tasks]
+    fields = [inference_metrics.task_fields(t) for t in tasks]
+    transaction.on_commit(lambda: push.send(updates))
+    transaction.on_commit(lambda: [inference_metrics.observe(f) for f in fields])
+
+
+def _fail_unclaimable(task_id: Any, exc: Exception) -> str:
+    """The delivered task could not even be claimed (its row cannot be read, say): FAILED as it is,
+    its columns read without its content."""
+    outcome = _internal(exc, task_id, "starting it")
+    with transaction.atomic():
+        task = _locked(InferenceTask.objects.filter(id=task_id).defer("request", "result")).first()
+        if task is None or task.status not in LIVE:
+            return task.status if task else "missing"
+        _write_failures([task], outcome, timezone.now())
+    return S.FAILED
+
+
 def _requeue(claimed: list[Claimed], now: Any) -> None:
     """Put tasks that admission turned away (WAIT_CODES) back in the queue, in their old place:
-    QUEUED again, and a companion's entry unleased, while the delivered task (whose entry django-q2
-    acknowledges when this run returns) gets a new entry at its original rank. The attempt counter
-    keeps its increment (it is the fencing token); ``started_at`` is cleared."""
-    _by_pk([c.task.id for c in claimed]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
-    companions = [c.entry_id for c in claimed if c.entry_id is not None]
-    if companions:
-        QueueEntry.objects.filter(id__in=companions).update(locked_until=now)
-        transaction.on_commit(lambda: broker.wake(list_key(), len(companions)))
-    delivered = [c.task for c in claimed if c.entry_id is None]
-    if delivered:
-        broker.put_again(list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at)
-                                      for t in delivered], now=now)
+    QUEUED again and their entries unleased (the delivered task's too: django-q2's acknowledgement
+    keeps the entry of a queued task, see apps.inference.broker), their delivery count reset (they
+    did not fail). The attempt counter keeps its increment (it is the fencing token);
+    ``started_at`` is cleared."""
+    ids = [c.task.id for c in claimed]
+    _by_pk(ids).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+    QueueEntry.objects.filter(task_id__in=ids).update(locked_until=now, deliveries=0)
+    transaction.on_commit(lambda: broker.wake(list_key(), len(ids)))
     for c in claimed:
         c.task.status, c.task.started_at = S.QUEUED, None
 
@@ -714,7 +850,18 @@ def run_task(task_id: str, collate: bool = True) -> str:
     from apps.gpu import policy
 
     limit = max(policy.batch_size(), 1) if collate else 1
-    group, state = _claim_group(task_id, None, limit)
+    try:
+        group, state = _claim_group(task_id, None, limit)
+    except TRANSIENT:
+        raise  # the entry stays leased: delivered again when its lease ends
+    except Exception as exc:  # noqa: BLE001 - a companion's row, or the task's own, could not be read
+        logger.error("task %s: claim failed (%s); trying it alone", task_id, type(exc).__name__)
+        try:
+            group, state = _claim_group(task_id, None, 1)
+        except TRANSIENT:
+            raise
+        except Exception as alone:  # noqa: BLE001
+            return _fail_unclaimable(task_id, alone)
     if not group:
         return state
     delivered, model = group[0], (group[0].task.requested_model, group[0].task.agent_type)
@@ -722,18 +869,31 @@ def run_task(task_id: str, collate: bool = True) -> str:
     loop = _loop
     assert loop is not None
     pending: dict[asyncio.Task[Any], Claimed] = {}
+    unwritten: dict[int, Claimed] = {}  # claimed by this run, outcome not written yet (by id())
 
     def start(claimed: list[Claimed]) -> None:
         for c in claimed:
+            unwritten[id(c)] = c
             pending[loop.create_task(_timed(c.task, _route(c.task)))] = c
 
-    start(group)
+    def claim_more(claim: Callable[..., list[Claimed]], *args: Any) -> list[Claimed]:
+        # more work for this run; if it cannot be claimed, this run just takes no more
+        try:
+            return _off_loop(loop, claim, *args)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            logger.error("task claim failed (%s): no more work for this run", type(exc).__name__, exc_info=exc)
+            return []
+
     result = state
     end = time.monotonic() + drain_seconds()
     refill = collate
     level = max(c.task.priority for c in group)  # more urgent work than this is started at once
     next_urgent_check = 0.0
+    unwritten.update((id(c), c) for c in group)
     try:
+        start(group)
         while pending:
             done, _ = loop.run_until_complete(asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED))
             # Let near-simultaneous answers join this write (and the requests that the finished ones
@@ -742,8 +902,9 @@ def run_task(task_id: str, collate: bool = True) -> str:
             done = {t for t in pending if t.done()}
             ready = [t for t in pending if t in done]  # in claim order
             finished = [pending.pop(t) for t in ready]
-            states = _off_loop(loop, _finish_group, finished, [t.result() for t in ready])
+            states = _off_loop(loop, _finish_or_fail, finished, [t.result() for t in ready])
             for c, st in zip(finished, states, strict=True):
+                unwritten.pop(id(c), None)
                 if c is delivered:
                     result = st
                 if st == S.QUEUED:
@@ -751,23 +912,44 @@ def run_task(task_id: str, collate: bool = True) -> str:
             if collate and level < Priority.CRITICAL and time.monotonic() >= next_urgent_check:
                 next_urgent_check = time.monotonic() + URGENT_CHECK_SECONDS
                 if _off_loop(loop, _urgent_head, level):
-                    start(_off_loop(loop, _claim_urgent, level))
+                    start(claim_more(_claim_urgent, level))
             if not refill:
                 continue
             limit = max(policy.batch_size(), 1)
-            room = limit - len(pending)
+            free = limit - len(pending)
             if time.monotonic() >= end:
                 refill = False
-            elif room >= (limit + 1) // 2:
-                more, _ = _off_loop(loop, _claim_group, None, model, room)
+            elif free >= (limit + 1) // 2:
+                more = claim_more(_claim_refill, model, free)
                 refill = bool(more)
                 start(more)
+    except (Exception, TimeoutException) as exc:
+        # Unexpected, outside any one task's own steps (those end their task above): the tasks of
+        # this run without an outcome end FAILED, unless the database connection is what failed
+        # (then their entries, still leased, deliver them again). A timeout is re-raised after, so
+        # that django-q2 replaces this worker as it intends.
+        _cancel(loop, pending)
+        if unwritten and not isinstance(exc, TRANSIENT):
+            left = list(unwritten.values())
+            states = _off_loop(loop, _finish_group, left, [(_internal(exc, c.task.id, "running it"), 0) for c in left])
+            result = next((st for c, st in zip(left, states, strict=True) if c is delivered), result)
+        if isinstance(exc, (*TRANSIENT, TimeoutException)):
+            raise
     finally:
-        if pending:  # an unexpected error: the rest goes back to the queue when its lease ends
-            for t in pending:
-                t.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        _cancel(loop, pending)  # KeyboardInterrupt, say: the rest goes back to the queue when its lease ends
     return result
+
+
+def _claim_refill(model: tuple[str, str], n: int) -> list[Claimed]:
+    return _claim_group(None, model, n)[0]
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, pending: dict[asyncio.Task[Any], Claimed]) -> None:
+    if pending:
+        for t in pending:
+            t.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        pending.clear()
 
 
 # --- websocket push ----------------------------------------------------------------------------

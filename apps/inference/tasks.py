@@ -13,7 +13,8 @@ def run_inference(task_id: str) -> str:
 
 
 def expire_tasks() -> dict[str, int]:
-    """Schedule: expire overdue queued tasks and purge results past MEDAI_RESULT_TTL."""
+    """Schedule: expire overdue queued tasks, purge content past MEDAI_RESULT_TTL, and send tasks
+    that lost their queue entry back to the queue."""
     from apps.inference import queue
 
-    return queue.expire_and_purge()
+    return {**queue.expire_and_purge(), "recovered": queue.recover_orphans()}

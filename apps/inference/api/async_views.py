@@ -36,10 +36,16 @@ S = InferenceTask.Status
 
 
 class TaskStatusSerializer(serializers.Serializer):
+    """A task's state. ``status`` is its outcome once it ends and stays so: a completed task whose
+    result was purged at the end of its retention is still ``completed``, with ``content_purged_at``."""
+
     task_id = serializers.UUIDField(source="id")
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=S.values, help_text=(
+        "queued → processing → completed | failed | cancelled; queued → expired when its deadline passes. "
+        "An outcome never changes, also when the content is purged."))
     priority = PriorityField()
-    position = serializers.IntegerField(allow_null=True, required=False)
+    position = serializers.IntegerField(allow_null=True, required=False,
+                                        help_text="1-based place in the queue while queued, else null.")
     agent_type = serializers.CharField()
     model = serializers.CharField(source="model_name")
     batch_id = serializers.UUIDField(allow_null=True)
@@ -54,11 +60,19 @@ class TaskStatusSerializer(serializers.Serializer):
     inference_ms = serializers.IntegerField(allow_null=True)
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
-    result_expires_at = serializers.DateTimeField(allow_null=True)
+    result_expires_at = serializers.DateTimeField(allow_null=True, help_text=(
+        "When the prompt and result are purged (MEDAI_RESULT_TTL after the task finished)."))
+    content_purged_at = serializers.DateTimeField(allow_null=True, help_text=(
+        "When the prompt and result were purged (end of retention, cancel or expiry); null while they are kept. "
+        "The status keeps the outcome."))
 
     @extend_schema_field(TaskErrorSerializer(allow_null=True))
     def get_error(self, task: InferenceTask) -> dict[str, str] | None:
         return {"code": task.error_code, "message": task.error_message} if task.error_code else None
+
+
+def _iso(when: Any) -> str:
+    return when.isoformat(timespec="seconds") if when else "an unknown time"
 
 
 def _errors(*codes: int) -> dict[int, Any]:
@@ -72,16 +86,24 @@ class TaskPageSerializer(serializers.Serializer):
     results = TaskStatusSerializer(many=True)
 
 
-def _task(request: Request, task_id: Any) -> InferenceTask:
-    task = InferenceTask.objects.visible_to(request.auth).filter(id=task_id, mode=InferenceTask.Mode.ASYNC).first()
+def _task(request: Request, task_id: Any, *content: str) -> InferenceTask:
+    """The caller's async task, or 404; its encrypted ``content`` columns are read only if named."""
+    qs = InferenceTask.objects.visible_to(request.auth).filter(id=task_id, mode=InferenceTask.Mode.ASYNC)
+    task = qs.defer(*({"request", "result"} - set(content))).first()
     if task is None:
         raise ApiError(404, "task_not_found", f"Task '{task_id}' does not exist.")
     return task
 
 
+def _statuses(tasks: list[InferenceTask]) -> list[dict[str, Any]]:
+    places = queue.positions(tasks)  # one query for them all
+    for task in tasks:
+        task.position = places.get(task.id)  # type: ignore[attr-defined]
+    return [dict(TaskStatusSerializer(task).data) for task in tasks]
+
+
 def _status(task: InferenceTask) -> dict[str, Any]:
-    task.position = queue.position(task)  # type: ignore[attr-defined]
-    return dict(TaskStatusSerializer(task).data)
+    return _statuses([task])[0]
 
 
 class SubmitView(APIView):
@@ -128,25 +150,32 @@ class StatusView(APIView):
 
 
 class ResultView(APIView):
-    """``GET /v1/async/result/{id}``: the OpenAI completion plus timings; 409 until finished, 410 once expired."""
+    """``GET /v1/async/result/{id}``: the OpenAI completion plus timings; 409 until finished (or when
+    cancelled); a failed task answers its error; 410 ``result_purged`` once its retention ended
+    (the task stays completed), 410 ``task_expired`` if it expired queued."""
 
     permission_classes = [CanRead]
 
     @extend_schema(responses={200: AsyncResultSerializer, **_errors(404, 409, 410, 502)}, operation_id="async_result")
     def get(self, request: Request, task_id: Any) -> Response:
-        task = _task(request, task_id)
+        task = _task(request, task_id, "result")
         if task.status in (S.QUEUED, S.PROCESSING):
             raise ApiError(409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.",
                            headers={"Retry-After": "1"})
-        if task.status == S.EXPIRED or (task.result_expires_at and task.result_expires_at <= timezone.now()):
-            # past retention even if the sweep (every minute) has not purged it yet
-            raise ApiError(410, "task_expired", f"Task {task.id} has expired; its content is no longer kept.")
+        if task.status == S.EXPIRED:
+            raise ApiError(410, "task_expired", f"Task {task.id} expired at {_iso(task.finished_at)}: it was still "
+                           "queued at its deadline and never ran.")
         if task.status == S.CANCELLED:
             raise ApiError(409, "task_cancelled", f"Task {task.id} was cancelled.")
         if task.status == S.FAILED:
             raise ApiError(task.http_status if task.http_status and task.http_status >= 400 else 502,
                            task.error_code or "task_failed", task.error_message or "The task failed.")
-        if not task.result:  # None, or encrypted under a key this installation no longer has
+        purged = task.content_purged_at or (  # past retention even if the sweep (every minute) has not run yet
+            task.result_expires_at if task.result_expires_at and task.result_expires_at <= timezone.now() else None)
+        if purged:
+            raise ApiError(410, "result_purged", f"Task {task.id} completed at {_iso(task.finished_at)}; its result "
+                           f"was purged at {_iso(purged)}, when its retention ended.")
+        if not task.result:  # encrypted under a key this installation no longer has
             raise ApiError(410, "task_result_unavailable", f"Task {task.id}'s result can no longer be read.")
         body = dict(task.result)
         body["medai"] = {"task_id": str(task.id), "queue_wait_ms": task.queue_wait_ms,
@@ -198,13 +227,13 @@ class TaskListView(APIView):
             size = min(max(int(request.query_params.get("page_size", 50)), 1), 200)
         except ValueError:
             raise ApiError(400, "invalid_value", "page and page_size must be integers.", "page") from None
-        paginator = Paginator(qs.order_by("-created_at"), size)
+        paginator = Paginator(qs.defer("request", "result").order_by("-created_at"), size)  # no content to decrypt
         try:
             page = paginator.page(page_no)
         except EmptyPage:
             raise ApiError(404, "page_not_found", f"Page {page_no} does not exist.", "page") from None
         return Response({"count": paginator.count, "page": page_no, "page_size": size,
-                         "results": [dict(TaskStatusSerializer(t).data) for t in page.object_list]})
+                         "results": _statuses(list(page.object_list))})
 
 
 class QueueHealthView(APIView):
