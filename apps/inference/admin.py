@@ -77,11 +77,27 @@ class AgentRouteAdmin(admin.ModelAdmin):
         return " → ".join(e.endpoint.name for e in obj.entries.select_related("endpoint").order_by("position"))
 
 
+class ContentPurgedFilter(admin.SimpleListFilter):
+    """Whether a task still holds its prompt and result (its status is its outcome either way)."""
+
+    title = "content"
+    parameter_name = "content"
+
+    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+        return [("kept", "kept"), ("purged", "purged")]
+
+    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        if self.value() in ("kept", "purged"):
+            return queryset.filter(content_purged_at__isnull=self.value() == "kept")
+        return queryset
+
+
 @admin.register(InferenceTask)
 class InferenceTaskAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "mode", "status", "priority", "user", "location", "model_name",
-                    "prompt_tokens", "completion_tokens", "tool_calls", "latency_ms", "error_code"]
-    list_filter = ["mode", "status", "priority", "location", "model_name"]
+                    "prompt_tokens", "completion_tokens", "tool_calls", "latency_ms", "error_code",
+                    "content_purged_at"]
+    list_filter = ["mode", "status", ContentPurgedFilter, "priority", "location", "model_name"]
     search_fields = ["id", "correlation_id", "user__username", "end_user"]
     date_hierarchy = "created_at"
     exclude = ["request", "result"]  # PHI is not shown in the admin list or form

@@ -171,6 +171,9 @@ class InferenceTask(models.Model):
     dedup_key = models.CharField(max_length=64, blank=True, db_index=True)
     deadline = models.DateTimeField(null=True, blank=True, help_text="A task still queued then expires.")
     result_expires_at = models.DateTimeField(null=True, blank=True, help_text="When the result's content is purged.")
+    # The outcome (status) stays when retention ends; this says that the prompt and result are gone, and since when.
+    content_purged_at = models.DateTimeField(null=True, blank=True,
+                                             help_text="When the prompt and result were purged (retention, cancel, expiry).")
 
     objects = InferenceTaskQuerySet.as_manager()
 
@@ -179,6 +182,9 @@ class InferenceTask(models.Model):
         indexes = [
             models.Index(fields=["user", "location", "-created_at"], name="task_owner_recent"),
             models.Index(fields=["status", "-priority", "created_at"], name="task_status_prio"),
+            # the retention sweep: tasks whose content is still kept, by the end of their retention
+            models.Index(fields=["result_expires_at"], condition=models.Q(content_purged_at__isnull=True),
+                         name="task_purge_due"),
         ]
 
     def __str__(self) -> str:

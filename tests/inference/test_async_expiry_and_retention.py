@@ -41,12 +41,14 @@ def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice
         status="completed", result={"choices": [{"message": {"content": "an answer"}}]}, finished_at=done,
         completion_tokens=7, result_expires_at=done + timedelta(seconds=settings.MEDAI_RESULT_TTL))
     assert client.get(f"/v1/async/result/{task_id}").status_code == 200
-    queue.expire_and_purge(done + timedelta(seconds=settings.MEDAI_RESULT_TTL + 1))
+    swept = done + timedelta(seconds=settings.MEDAI_RESULT_TTL + 1)
+    assert queue.expire_and_purge(swept)["purged"] == 1
     task = InferenceTask.objects.get(id=task_id)
-    assert (task.status, task.result, task.request) == ("expired", None, None)
+    assert (task.status, task.result, task.request, task.content_purged_at) == ("completed", None, None, swept)
     assert (task.completion_tokens, task.finished_at) == (7, done)
-    assert client.get(f"/v1/async/result/{task_id}").status_code == 410
-    assert client.get(f"/v1/async/status/{task_id}").json()["status"] == "expired"
+    result = client.get(f"/v1/async/result/{task_id}")
+    assert (result.status_code, result.json()["error"]["code"]) == (410, "result_purged")
+    assert client.get(f"/v1/async/status/{task_id}").json()["status"] == "completed"
 
 
 def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):  # type: ignore[no-untyped-def]

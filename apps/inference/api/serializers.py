@@ -134,9 +134,11 @@ class BatchProgressSerializer(serializers.Serializer):
     completed = serializers.IntegerField()
     failed = serializers.IntegerField()
     cancelled = serializers.IntegerField()
+    expired = serializers.IntegerField(help_text="Still queued at their deadline (a purged result stays completed).")
     processing = serializers.IntegerField()
     queued = serializers.IntegerField()
-    progress_percent = serializers.FloatField()
+    progress_percent = serializers.FloatField(help_text="Tasks with an outcome (completed, failed, cancelled, "
+                                              "expired) per 100 of the total.")
 
 
 class TaskTimingsSerializer(serializers.Serializer):
@@ -164,5 +166,8 @@ class QueueHealthSerializer(serializers.Serializer):
     oldest_wait_s = serializers.FloatField()
     clusters_alive = serializers.IntegerField()
     workers_alive = serializers.IntegerField()
-    queue_max = serializers.IntegerField()
-    emergency_mode = serializers.BooleanField(help_text="Only HIGH and CRITICAL are accepted while true.")
+    queue_max = serializers.IntegerField(help_text="MEDAI_QUEUE_MAX: up to this many queued tasks, every priority "
+                                         "is accepted; from it on (emergency mode) only high and critical, up "
+                                         "to twice it.")
+    emergency_mode = serializers.BooleanField(help_text="queued >= queue_max: a low or normal submission answers "
+                                              "429 queue_full; high and critical are still accepted.")
