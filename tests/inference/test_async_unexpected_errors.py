@@ -7,6 +7,8 @@ whatever request validation lets through.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.db import connection
 
@@ -125,3 +127,37 @@ def test_a_task_whose_row_cannot_be_read_fails_instead_of_staying_queued(client_
     status = client.get(f"/v1/async/status/{task_id}").json()
     assert (status["status"], status["error"]["code"]) == ("failed", "internal_error")
     assert not QueueEntry.objects.exists()
+
+
+POISON = """
+from apps.inference.models import InferenceTask
+task = InferenceTask.objects.get(id=ids[0])
+task.request = {**task.request, "payload": {"messages": [{"role": "user", "content": "x \\ud800"}], "max_tokens": 4}}
+task.save(update_fields=["request"])
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_cluster_fails_the_task_that_breaks_it_and_runs_the_next(cluster_env, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.inference.cluster_helpers import Store, qcluster, setup_tasks, stop, wait_for
+    from tests.support.servers import start_stub
+
+    stub, url = start_stub("ok")
+    cluster = None
+    try:
+        store = Store(cluster_env["DATABASE_URL"])
+        bad, good = setup_tasks(cluster_env, url, 2, then=POISON)
+        cluster_env["MEDAI_Q_WORKERS"] = "1"
+        cluster = qcluster(cluster_env, tmp_path / "cluster.log")
+        wait_for(lambda: store.tasks()[good][0] == "completed", 90, "the second task to complete")
+        wait_for(lambda: store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)], 30,
+                 "both deliveries to be acknowledged")
+        rows = {str(uuid.UUID(str(i))): rest for i, *rest in store.rows(
+            "SELECT id, status, error_code, error_message FROM inference_inferencetask")}
+        status, code, message = rows[bad]
+        assert (status, code) == ("failed", "internal_error") and "UnicodeEncodeError" in message
+        assert store.rows("SELECT count(*) FROM audit_auditevent WHERE action = 'inference.complete'") == [(2,)]
+    finally:
+        if cluster is not None:
+            stop(cluster)
+        stub.stop()
