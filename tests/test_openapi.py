@@ -72,3 +72,36 @@ def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backe
     assert_matches("/v1/async/submit", "post", 400, bad.json())
     missing = client.get("/v1/async/status/00000000-0000-0000-0000-000000000000")
     assert_matches("/v1/async/status/{task_id}", "get", 404, missing.json())
+
+
+def test_purged_and_failed_tasks_match_the_schema(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+    from apps.inference import queue
+    from apps.inference.broker import PriorityBroker
+    from apps.inference.models import InferenceTask, QueueEntry
+    from tests.inference.queue_helpers import submit
+
+    register_model("stub-a", stub_backend)
+    client = client_for(alice)
+    done, broken, waiting = submit(client, "answered"), submit(client, "breaks"), submit(client, "waits")
+    assert queue.run_task(done, collate=False) == "completed"
+    task = InferenceTask.objects.get(id=broken)
+    task.request = {**task.request, "payload": {"messages": [{"role": "user", "content": "\ud800"}]}}
+    task.save(update_fields=["request"])
+    assert queue.run_task(broken, collate=False) == "failed"
+    queue.expire_and_purge(InferenceTask.objects.get(id=done).result_expires_at)
+    broker = PriorityBroker(list_key=queue.list_key())
+    for entry in QueueEntry.objects.all():  # django-q2 acknowledges the deliveries of finished tasks
+        broker.acknowledge(entry.pk)
+
+    status = client.get(f"/v1/async/status/{done}").json()
+    assert status["status"] == "completed" and status["content_purged_at"]
+    assert_matches("/v1/async/status/{task_id}", "get", 200, status)
+    purged = client.get(f"/v1/async/result/{done}")
+    assert purged.status_code == 410
+    assert_matches("/v1/async/result/{task_id}", "get", 410, purged.json())
+    failed = client.get(f"/v1/async/result/{broken}")
+    assert_matches("/v1/async/result/{task_id}", "get", failed.status_code, failed.json())
+    page = client.get("/v1/async/tasks").json()
+    assert {t["task_id"]: t["position"] for t in page["results"]}[waiting] == 1
+    assert_matches("/v1/async/tasks", "get", 200, page)
+    assert_matches("/v1/async/health", "get", 200, client.get("/v1/async/health").json())
