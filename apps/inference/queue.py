@@ -597,6 +597,9 @@ def _route(task: InferenceTask) -> router.Route | Exception:
 
 async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict[str, Any]:
     spec = task.request or {}
+    if not spec.get("payload"):  # read as empty: encrypted under a key this installation no longer has
+        return _failed(REQUEST_UNREADABLE, "This task's request can no longer be read (it was encrypted under a key "
+                                           "this installation no longer has). Submit it again.")
     try:
         if isinstance(route, Exception):
             raise route
@@ -720,6 +723,7 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
 # queue by the sweep (``recover_orphans``).
 
 INTERNAL_ERROR = "internal_error"
+REQUEST_UNREADABLE = "request_unreadable"
 WORKER_LOST = "worker_lost"
 TIMED_OUT = "task_timeout"
 TRANSIENT = (OperationalError, InterfaceError)

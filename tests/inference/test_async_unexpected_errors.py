@@ -116,7 +116,30 @@ def test_an_unexpected_error_in_the_worker_loop_fails_its_tasks(client_for, alic
     assert not QueueEntry.objects.exists()
 
 
-def test_a_task_whose_row_cannot_be_read_fails_instead_of_staying_queued(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
+    client = client_for(alice)
+    task_id, companion = submit(client, "Its claim breaks"), submit(client, "A companion")
+    claim = queue._claim_group
+
+    def broken_with_companions(task_id, model, limit):  # type: ignore[no-untyped-def]
+        if limit > 1:
+            raise ValueError("a companion's row is broken")
+        return claim(task_id, model, limit)
+
+    monkeypatch.setattr(queue, "_claim_group", broken_with_companions)
+    assert delivered_and_run(task_id)[0] == "completed"  # run alone when its companions cannot be claimed
+
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise ValueError("its own row is broken")
+
+    monkeypatch.setattr(queue, "_claim_group", broken)
+    assert delivered_and_run(companion)[0] == "failed"
+    status = client.get(f"/v1/async/status/{companion}").json()
+    assert (status["status"], status["error"]["code"]) == ("failed", "internal_error")
+    assert not QueueEntry.objects.exists()
+
+
+def test_a_request_that_cannot_be_decrypted_fails_readably(client_for, alice):  # type: ignore[no-untyped-def]
     client = client_for(alice)
     task_id = submit(client, "Encrypted with a key that is gone")
     table, pk = InferenceTask._meta.db_table, InferenceTask._meta.pk
@@ -125,7 +148,7 @@ def test_a_task_whose_row_cannot_be_read_fails_instead_of_staying_queued(client_
                        ["not a token", pk.get_db_prep_value(pk.to_python(task_id), connection)])
     assert delivered_and_run(task_id)[0] == "failed"
     status = client.get(f"/v1/async/status/{task_id}").json()
-    assert (status["status"], status["error"]["code"]) == ("failed", "internal_error")
+    assert (status["status"], status["error"]["code"]) == ("failed", "request_unreadable")
     assert not QueueEntry.objects.exists()
 
 
