@@ -98,7 +98,7 @@ def test_the_migration_restores_the_outcome_of_tasks_purged_before(client_for, a
     InferenceTask.objects.filter(id=done).update(status="expired", http_status=200, result_expires_at=ended)
     InferenceTask.objects.filter(id=failed).update(status="expired", error_code="backend_unavailable",
                                                    result_expires_at=ended)
-    migration = importlib.import_module("apps.inference.migrations.0006_task_content_purged_at")
+    migration = importlib.import_module("apps.inference.migrations.0007_task_content_purged_at")
     migration.restore_outcomes(apps, None)
     rows = dict(InferenceTask.objects.values_list("id", "status"))
     assert [rows[InferenceTask._meta.pk.to_python(t)] for t in (done, failed)] == ["completed", "failed"]
