@@ -97,3 +97,16 @@ def test_a_served_model_id_the_backend_does_not_know_fails_over(post, stub_backe
     response = post({"model": "Clinical", "messages": MSG})
     assert response.status_code == 200 and response.json()["model"] == "fallback"
     assert circuit.state_of(misconfigured.pk)[1] == 1
+
+
+def test_a_half_open_trial_that_was_the_callers_fault_lets_the_next_request_be_the_trial(post, stub_backend):  # type: ignore[no-untyped-def]
+    model = register_model("recovering", stub_backend)
+    for _ in range(settings.MEDAI_CIRCUIT_FAILURES):
+        circuit.record_failure(model.pk)
+    circuit.half_open(model.pk)
+    set_stub_mode(stub_backend, "error", status=500, body=IMAGE_500)
+    assert post({"model": "recovering", "messages": IMAGE_MSG}).status_code == 400
+    assert circuit.state_of(model.pk)[0] == circuit.HALF_OPEN  # neither closed nor re-opened by it
+    set_stub_mode(stub_backend, "ok")
+    assert post({"model": "recovering", "messages": MSG}, user="bob").status_code == 200
+    assert circuit.state_of(model.pk)[0] == circuit.CLOSED

@@ -50,30 +50,3 @@ def test_this_process_counts_are_published_for_the_others(fresh_view):  # type: 
     slots.flush_releases()
     entry = json.loads(shared.client().hget(shared.key("inflight"), slots.PROCESS_ID))
     assert entry["counts"] == {}
-
-
-async def test_waiting_requests_are_served_in_arrival_order_and_newcomers_queue_behind(fresh_view):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    held = slots.try_acquire(EP, 1)
-    order: list[str] = []
-
-    async def request(name: str, ticket: int) -> None:
-        while True:
-            lease = slots.try_acquire(EP, 1, ticket=ticket)
-            if lease is not None:
-                order.append(name)
-                await asyncio.sleep(0)
-                lease.release()
-                return
-            await slots.wait_turn([EP], 30, ticket)
-
-    tickets = {name: slots.new_ticket() for name in "abc"}
-    tasks = [asyncio.create_task(request(name, tickets[name])) for name in "cba"]  # started in reverse
-    while sum(len(q) for q in slots._waiters.values()) < 3:
-        await asyncio.sleep(0.001)
-    assert slots.try_acquire(EP, 1) is None  # a slot is held
-    held.release()
-    assert slots.try_acquire(EP, 1) is None  # freed, but "a" waited first
-    await asyncio.gather(*tasks)
-    assert order == ["a", "b", "c"]
