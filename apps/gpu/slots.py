@@ -206,16 +206,16 @@ async def wait_for_slot(endpoint_ids: Iterable[int], *, limit: int, key: Key, ti
         bumped.notify()
     if any(remote_in_flight().get(i, 0) for i in joined):
         _ensure_listener()  # other processes hold these slots: hear of their releases
+    timer = loop.call_later(timeout, _wake, waiter.future)  # cheaper than asyncio.timeout on this path
     try:
-        async with asyncio.timeout(timeout):
-            await waiter.future
-    except TimeoutError:
-        pass
+        await waiter.future
     except BaseException:
         lease = _leave(waiter)
         if lease is not None:
             lease.release()  # granted just as the request was cancelled: pass it on
         raise
+    finally:
+        timer.cancel()
     if waiter.bumped:
         raise LineFull
     return _leave(waiter)
