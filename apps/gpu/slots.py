@@ -375,7 +375,7 @@ def _publish_once() -> None:
         pipe.hset(shared.key("inflight"), PROCESS_ID,
                   json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}))
         if freed:  # after the count, in the same round trip: a woken waiter reads the new count
-            pipe.publish(shared.key("released"), json.dumps({"pid": PROCESS_ID, "freed": freed}))
+            pipe.publish(release_channel(), json.dumps({"pid": PROCESS_ID, "freed": freed}))
         pipe.execute()
         _last_published.clear()
         _last_published.update(counts)
@@ -398,6 +398,13 @@ _listener: threading.Thread | None = None
 _listener_pid: int | None = None
 
 
+def release_channel() -> str:
+    """The channel releases are announced on. Channels ignore Redis's database numbers, so the
+    number is part of the name: installations on other databases of one Redis stay apart."""
+    db = shared.client().connection_pool.connection_kwargs.get("db", 0)
+    return f"{shared.key('released')}:{db}"
+
+
 def _listen_loop() -> None:
     """Hear other processes' releases (``released`` channel) and wake this process's waiters."""
     global _fresh_remote
@@ -405,7 +412,7 @@ def _listen_loop() -> None:
         pubsub = None
         try:
             pubsub = shared.client().pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(shared.key("released"))
+            pubsub.subscribe(release_channel())
             while True:
                 message = pubsub.get_message(timeout=HEARTBEAT)
                 if message is None or message.get("type") != "message":

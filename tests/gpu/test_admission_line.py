@@ -172,10 +172,10 @@ async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeyp
     shared.invalidate()
     task = asyncio.create_task(call_with_failover([endpoint()], answer, priority=NORMAL))
     await until(lambda: slots.waiting(EP) == 1)
-    await until(lambda: slots._listener is not None and shared.client().pubsub_numsub(shared.key("released"))[0][1] > 0)
+    await until(lambda: slots._listener is not None and shared.client().pubsub_numsub(slots.release_channel())[0][1] > 0)
     # what the other process's publisher does when its request ends
     shared.client().hset(shared.key("inflight"), other, json.dumps({"ts": time.time(), "counts": {}}))
-    shared.client().publish(shared.key("released"), json.dumps({"pid": other, "freed": {str(EP): 1}}))
+    shared.client().publish(slots.release_channel(), json.dumps({"pid": other, "freed": {str(EP): 1}}))
     ep, _, lease = await asyncio.wait_for(task, 10)
     lease.release()
     assert ep.id == EP

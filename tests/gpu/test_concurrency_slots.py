@@ -50,3 +50,21 @@ def test_this_process_counts_are_published_for_the_others(fresh_view):  # type: 
     slots.flush_releases()
     entry = json.loads(shared.client().hget(shared.key("inflight"), slots.PROCESS_ID))
     assert entry["counts"] == {}
+
+
+def test_a_release_is_announced_to_the_other_processes(fresh_view):  # type: ignore[no-untyped-def]
+    pubsub = shared.client().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(slots.release_channel())
+    try:
+        lease = slots.try_acquire(EP, 4)
+        slots.flush_releases()
+        lease.release()
+        slots.flush_releases()
+        deadline = time.monotonic() + 10
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+        assert message is not None, "no announcement"
+        assert json.loads(message["data"]) == {"pid": slots.PROCESS_ID, "freed": {str(EP): 1}}
+    finally:
+        pubsub.close()
