@@ -273,15 +273,13 @@ def _nudge(counts: dict[int, int]) -> None:
         waiter.notify()
 
 
-def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None, ticket: int | None = None) -> Lease | None:
+def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None) -> Lease | None:
     """Take a slot if fewer than ``limit`` requests are in flight on this model (every process
     counted); None otherwise. Never waits, never does I/O when the view is fresh. A request does
     not overtake requests of this process waiting for the model with a better key; one without a
     key overtakes nobody."""
     if limit <= 0:
         return None
-    if key is None and ticket is not None:
-        key = (0, ticket)
     remote = remote_in_flight().get(endpoint_id, 0)
     if key is not None and remote and _local[endpoint_id] + remote >= limit:
         # A waiter held back by other processes' counts reads them fresh (the view may be up to
