@@ -322,7 +322,7 @@ async def _load(base_url: str, model: str, token: str | None, total: int, concur
     elapsed = time.perf_counter() - start
     return {"requests": total, "concurrency": concurrency, "seconds": elapsed, "rps": total / elapsed,
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "median_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95)}
+            "median_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95), "p99_ms": pct(latencies, 0.99)}
 
 
 def load(base_url: str, model: str, token: str | None, total: int, concurrency: int) -> dict[str, Any]:

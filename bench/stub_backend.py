@@ -2,7 +2,10 @@
 
 Real model servers do not fail on demand; this one does. Modes (``--mode`` or ``POST /_mode``):
 ``ok`` (answer at once), ``error503``, ``error500``, ``hang`` (never answer), ``slow`` (sleep
-``--delay`` seconds first), ``reject400``. ``GET /_stats`` returns how many requests it served.
+``--delay`` seconds first), ``reject400``, ``error`` (answer ``status`` with the JSON ``body``
+given with the mode: any model server's error answer), ``hold`` (keep every request waiting until
+the mode changes: a test decides when the backend answers). ``GET /_stats`` returns how many
+requests it served.
 
     python bench/stub_backend.py --port 18200 --mode ok
 """
@@ -15,7 +18,19 @@ import json
 import time
 from typing import Any
 
-STATE: dict[str, Any] = {"mode": "ok", "delay": 0.0, "requests": 0, "in_flight": 0, "max_in_flight": 0}
+STATE: dict[str, Any] = {"mode": "ok", "delay": 0.0, "requests": 0, "in_flight": 0, "max_in_flight": 0,
+                         "status": 500, "body": {"error": {"message": "stub failed", "type": "server_error"}}}
+MODES = ["ok", "error503", "error500", "hang", "slow", "reject400", "error", "hold"]
+_released: asyncio.Event | None = None  # set while the mode is not "hold"
+
+
+def _gate() -> asyncio.Event:
+    global _released
+    if _released is None:
+        _released = asyncio.Event()
+        if STATE["mode"] != "hold":
+            _released.set()
+    return _released
 
 
 def _completion(model: str, content: str = "OK") -> dict[str, Any]:
@@ -55,11 +70,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = await _read_body(receive)
     if path == "/_mode" and method == "POST":
         STATE.update(json.loads(body))
+        if STATE["mode"] == "hold":
+            _gate().clear()
+        else:
+            _gate().set()
         return await _send_json(send, 200, STATE)
     if path == "/_stats":
         return await _send_json(send, 200, STATE)
     if path in ("/health", "/v1/health"):
-        return await _send_json(send, 200 if STATE["mode"] == "ok" else 503, {"status": STATE["mode"]})
+        return await _send_json(send, 200 if STATE["mode"] in ("ok", "hold") else 503, {"status": STATE["mode"]})
     if path == "/v1/models":
         return await _send_json(send, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
     if path != "/v1/chat/completions" or method != "POST":
@@ -73,6 +92,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await asyncio.sleep(3600)
         if mode == "slow":
             await asyncio.sleep(float(STATE["delay"]))
+        if mode == "hold":
+            await _gate().wait()
+        if mode == "error":
+            return await _send_json(send, int(STATE["status"]), STATE["body"])
         if mode == "error503":
             return await _send_json(send, 503, {"error": {"message": "stub is overloaded"}})
         if mode == "error500":
@@ -101,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18200)
-    parser.add_argument("--mode", default="ok", choices=["ok", "error503", "error500", "hang", "slow", "reject400"])
+    parser.add_argument("--mode", default="ok", choices=MODES)
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     STATE.update(mode=args.mode, delay=args.delay)

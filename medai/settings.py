@@ -276,6 +276,9 @@ MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
 MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)
 MEDAI_RETRY_BACKOFF_SECONDS = envfloat("MEDAI_RETRY_BACKOFF_SECONDS", 0.2)
 MEDAI_SLOT_LEASE_SECONDS = envfloat("MEDAI_SLOT_LEASE_SECONDS", 600.0)
+# Requests one web or worker process lets wait in line for a model's slot (the wait itself is the
+# GPU policy's admission_wait_seconds, admin-editable); past it, 429 with Retry-After.
+MEDAI_ADMISSION_QUEUE_MAX = envint("MEDAI_ADMISSION_QUEUE_MAX", 100, minimum=1)
 
 # --- metrics: prometheus_client's multiprocess mode (medai/metrics.py) ---
 # Every process of one machine keeps its metrics in PROMETHEUS_MULTIPROC_DIR and /metrics merges

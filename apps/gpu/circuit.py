@@ -121,6 +121,14 @@ def record_success(endpoint_id: int) -> None:
     _set_local(endpoint_id, None)
 
 
+def end_trial(endpoint_id: int) -> None:
+    """The request let through as a half-open trial ended without telling anything about the
+    backend (the request's own fault): let the next request be the trial. Free when closed."""
+    if state_of(endpoint_id)[0] == CLOSED:
+        return
+    shared.client().delete(shared.key(f"trial:{endpoint_id}"))
+
+
 def half_open(endpoint_id: int) -> None:
     """The monitor saw the server healthy again: let a trial request through now."""
     value = _script("half_open", _HALF_OPEN)(keys=[shared.key("circuits")], args=[str(endpoint_id)])

@@ -71,8 +71,9 @@ class PolicySettings(models.Model):
     recovery_margin_celsius = models.FloatField(default=3.0)
     recovery_hold_seconds = models.FloatField(default=10.0, help_text="How long the lower reading must hold before "
                                               "each single step down.")
-    admission_wait_seconds = models.FloatField(default=10.0, help_text="How long a sync request waits for a slot "
-                                               "before 429/503 with Retry-After.")
+    admission_wait_seconds = models.FloatField(default=60.0, help_text="How long a request that finds every slot "
+                                               "of its models busy waits in their line (most urgent first) before "
+                                               "429 with Retry-After (503 while the GPU policy holds new work).")
 
     class Meta:
         verbose_name = verbose_name_plural = "policy settings"

@@ -50,7 +50,9 @@ DEFAULT_TABLE: dict[str, Any] = {
     "margin_percent": 5.0,
     "margin_celsius": 3.0,
     "hold_seconds": 10.0,
-    "wait_seconds": 10.0,
+    # How long a request waits in a model's line for a slot: a minute, about what an LLM answer
+    # takes under load (apps/gpu/slots.py); admin-editable (PolicySettings.admission_wait_seconds).
+    "wait_seconds": 60.0,
 }
 
 
@@ -223,7 +225,8 @@ def _from_decision(d: dict[str, Any], simulated: bool, sampled: bool) -> PolicyS
     return PolicyState(
         level=d["level"], thermal=d["thermal"], batch_size=int(d["batch_size"]), concurrency=int(d["concurrency"]),
         allowed=frozenset(allowed) if allowed is not None else None, admit_new=bool(d["admit_new"]),
-        admit_critical=bool(d["admit_critical"]), wait_seconds=float(d.get("wait_seconds", 10.0)),
+        admit_critical=bool(d["admit_critical"]),
+        wait_seconds=float(d.get("wait_seconds", DEFAULT_TABLE["wait_seconds"])),
         simulated=simulated, sampled=sampled)
 
 

@@ -1,9 +1,14 @@
 """One backend call with admission, retries, the circuit breaker and failover.
 
-    choose candidates (policy, health, circuits, latency)  →  take a concurrency slot (bounded wait)
-    →  call  →  on failure: count it on the circuit, fail over to the next candidate; when every
+    choose candidates (policy, health, circuits, latency)  →  take a concurrency slot, or wait in
+    the model's line for one (priority-ordered, bounded in time and length: ``slots``)  →  call
+    →  on a backend failure: count it on the circuit, fail over to the next candidate; when every
     candidate has failed, retry the ones that failed retryably (connect errors, 502/503/504) up to
     ``MEDAI_BACKEND_RETRIES`` times with exponential backoff and jitter.
+
+A failure the request caused (``BackendRejected``: unsupported input, too long, malformed; see
+``apps.inference.backends.classify``) is that caller's answer: it is not counted on the circuit,
+not retried, not sent to another model, and marks nothing down.
 
 The call must be one that no token has reached the client from yet (a whole non-streamed
 completion, or the opening of a stream): after that nothing is retried.
@@ -45,6 +50,15 @@ def backoff(retry: int) -> float:
     return base * (0.5 + random.random())
 
 
+def _busy(choice: policy.Choice, ids: list[int], limit: int, key: slots.Key, why: str) -> NoBackend:
+    if limit == 0:
+        return NoBackend(503, "gpu_overloaded", f"GPU policy holds new work (pressure {choice.policy.level}, "
+                         f"thermal {choice.policy.thermal}); retry later.", max(1, int(choice.policy.wait_seconds)))
+    retry = slots.retry_after(ids, slots.ahead_of(ids, key), limit)
+    return NoBackend(429, "model_busy", f"Every allowed model is at its concurrency limit ({limit} at pressure "
+                     f"{choice.policy.level}) and {why}; retry in about {retry} s.", retry)
+
+
 async def call_with_failover(
     candidates: Sequence[Any],
     call: Callable[[Any], Awaitable[T]],
@@ -56,8 +70,9 @@ async def call_with_failover(
     """Run ``call(endpoint)`` on the best candidate that can serve; returns (endpoint, result, lease).
 
     The caller releases the lease when the work ends (at once for a completion, at the end of a
-    stream). ``BackendRejected`` (a 4xx) propagates untouched: another backend would refuse it too.
-    Raises NoBackend (503 none can serve / all failed, 503 GPU policy holds new work, 429 slots full).
+    stream). ``BackendRejected`` (the request's fault) propagates untouched. Raises NoBackend (503
+    none can serve / all failed, 503 GPU policy holds new work, 429 every slot busy and the wait
+    ran out or the line is full, with a Retry-After estimated from the line ahead).
     """
     from apps.inference.backends import BackendFailure, BackendRejected
 
@@ -67,8 +82,7 @@ async def call_with_failover(
     tried: set[int] = set()
     retry_ids: set[int] = set()
     failures: list[str] = []
-    next_delay = slots.wait_loop_delays()
-    ticket: int | None = None  # taken when this request first has to wait
+    key: slots.Key = (-priority, slots.new_ticket())  # this request's place in every model's line
     while True:
         choice = policy.choose(candidates, priority, keep_first=keep_first)
         if deadline is None:
@@ -91,7 +105,7 @@ async def call_with_failover(
         limit = choice.policy.limit_for(priority)
         endpoint, lease = None, None
         for ep in pool:
-            lease = slots.try_acquire(ep.id, limit, ticket=ticket)
+            lease = slots.try_acquire(ep.id, limit, key=key)
             if lease is None:
                 continue
             if circuit.allow(ep.id):  # a half-open circuit lets one trial through
@@ -100,18 +114,21 @@ async def call_with_failover(
             lease.release()
             lease = None
         if endpoint is None or lease is None:
-            if time.monotonic() >= deadline:
-                wait = int(choice.policy.wait_seconds) or 1
-                if limit == 0:
-                    raise NoBackend(503, "gpu_overloaded", f"GPU policy holds new work (pressure "
-                                    f"{choice.policy.level}, thermal {choice.policy.thermal}); retry later.", wait)
-                raise NoBackend(429, "model_busy", f"Every allowed model is at its concurrency limit ({limit} at "
-                                f"pressure {choice.policy.level}); retry later.", max(1, wait // 2))
-            if ticket is None:
-                ticket = slots.new_ticket()
-            await slots.wait_turn([ep.id for ep in pool], min(next_delay(), max(deadline - time.monotonic(), 0.001)),
-                                  ticket)
-            continue
+            ids = [ep.id for ep in pool]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _busy(choice, ids, limit, key, f"this request waited {choice.policy.wait_seconds:g} s")
+            try:
+                lease = await slots.wait_for_slot(ids, limit=limit, key=key,
+                                                  timeout=min(remaining, slots.RECHECK_SECONDS))
+            except slots.LineFull:
+                raise _busy(choice, ids, limit, key, f"{slots.queue_max()} requests already wait for it") from None
+            if lease is None:
+                continue  # time to look again: policy, other processes' slots, the deadline
+            endpoint = next((ep for ep in pool if ep.id == lease.endpoint_id), None)
+            if endpoint is None or not circuit.allow(lease.endpoint_id):
+                lease.release()
+                continue
 
         t0 = time.perf_counter()
         try:
@@ -131,7 +148,10 @@ async def call_with_failover(
             continue
         except BackendRejected:
             lease.release()
-            _safely(circuit.record_success, endpoint.id)  # it answered: it is alive
+            # The request's fault says nothing about the backend: no failure, and no success either
+            # (bad requests must not keep a failing backend's circuit closed); a trial it held is
+            # handed back so the next request can be the trial.
+            _safely(circuit.end_trial, endpoint.id)
             raise
         except BaseException:
             lease.release()

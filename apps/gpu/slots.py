@@ -1,4 +1,5 @@
-"""Per-model concurrency slots, counted in every process, admitted with no round trip.
+"""Per-model concurrency slots, counted in every process, admitted with no round trip, and a
+bounded, priority-ordered line of requests waiting for one.
 
 Each process counts its own requests in flight per model exactly (a lock and a dict) and a
 background thread publishes those counts to Redis (hash ``inflight``: one field per process, at
@@ -12,6 +13,21 @@ over the 0.2 ms budget of the whole decision). The price of this design is that 
 starting requests within the same second may briefly exceed a model's limit together; within one
 process the limit is exact, and a level that admits nothing (CRITICAL, thermal pause) admits
 nothing anywhere. A process that dies stops heart-beating and its counts are ignored after 10 s.
+
+The line. A request that finds every slot of its models taken joins each model's line in this
+process, ordered by its key ``(-priority, ticket)``: CRITICAL first, first come first served
+within a level; a newcomer never takes a slot while someone with a better key waits for it. A
+release hands its slot straight to the best waiter of that model (the count does not change, so
+nobody can slip in between, and the waiter wakes with its lease: no poll). A release in another
+process is announced on a Redis channel (``released``, in the same round trip as the count it
+publishes) and wakes the heads of this process's lines for that model to re-check; a waiter also
+re-checks on its own every ``RECHECK_SECONDS``, which only matters for GPU policy changes and an
+announcement lost while Redis was away. The line is per process (each process's waiters compete
+for the slots the others leave through the published counts), holds at most
+``MEDAI_ADMISSION_QUEUE_MAX`` waiters per model (a newcomer of higher priority than the last one
+takes its place; the one put out answers 429), and a waiter gives up after the policy's
+``wait_seconds``. Their 429 carries ``retry_after``: the line ahead of them times how long this
+model's slots were held lately, divided among its slots.
 """
 
 from __future__ import annotations
@@ -20,20 +36,29 @@ import asyncio
 import bisect
 import itertools
 import json
+import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
+
+from django.conf import settings
 
 from apps.gpu import shared
+
+logger = logging.getLogger("medai.gpu")
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 PUBLISH_MIN_INTERVAL = 0.05
 HEARTBEAT = 2.0
 STALE_AFTER = 10.0
+RECHECK_SECONDS = 1.0  # a waiter's own re-check: policy changes, a lost cross-process announcement
+HOLD_ALPHA = 0.2  # weight of the newest slot hold time in its moving average
+DEFAULT_HOLD_SECONDS = 1.0  # a model whose slots were never released here yet (and no latency known)
 
 _local: defaultdict[int, int] = defaultdict(int)
 _lock = threading.Lock()
@@ -42,43 +67,70 @@ _published = threading.Condition()
 _publish_round = 0
 _publisher: threading.Thread | None = None
 _publisher_pid: int | None = None
+_hold_ema: dict[int, float] = {}  # seconds a slot of each model was held, moving average (this process)
+
+Key = tuple[int, int]  # (-priority, ticket): smaller is served first
 
 
 class Lease:
-    """A held slot. ``release()`` is idempotent."""
+    """A held slot. ``release()`` is idempotent; it hands the slot to the best waiter of the model."""
 
-    __slots__ = ("endpoint_id", "released")
+    __slots__ = ("endpoint_id", "released", "acquired_at")
 
     def __init__(self, endpoint_id: int) -> None:
-        self.endpoint_id, self.released = endpoint_id, False
+        self.endpoint_id, self.released, self.acquired_at = endpoint_id, False, time.monotonic()
 
     def release(self) -> None:
-        if not self.released:
-            self.released = True
-            with _lock:
-                _local[self.endpoint_id] -= 1
-                waiter = None
-                queue = _waiters.get(self.endpoint_id)
-                while queue:
-                    candidate = queue.pop(0)
-                    if not candidate.woken and not candidate.future.done():
-                        waiter = candidate
-                        waiter.woken = True
-                        break
-            if waiter is not None:  # the longest waiter for this model tries next
-                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+        if self.released:
+            return
+        self.released = True
+        endpoint_id = self.endpoint_id
+        held = time.monotonic() - self.acquired_at
+        remote = remote_in_flight().get(endpoint_id, 0)  # outside the lock: it may refresh the view
+        with _lock:
+            previous = _hold_ema.get(endpoint_id)
+            _hold_ema[endpoint_id] = held if previous is None else previous + HOLD_ALPHA * (held - previous)
+            waiter = _head(endpoint_id)
+            if waiter is not None and _local[endpoint_id] - 1 + remote < waiter.limit:
+                handed: Lease | None = Lease(endpoint_id)  # the slot passes on: the count stays
+                _grant(waiter, handed)
+            else:
+                waiter, handed = None, None
+                _local[endpoint_id] -= 1
+        if waiter is None:
             _dirty.set()
+        elif not waiter.notify() and handed is not None:
+            handed.release()  # the waiter's loop is gone: on to the next
 
 
 class _Waiter:
-    __slots__ = ("ticket", "loop", "future", "woken")
+    __slots__ = ("key", "limit", "loop", "future", "endpoint_ids", "lease", "gone", "bumped")
 
-    def __init__(self, ticket: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-        self.ticket, self.loop, self.future, self.woken = ticket, loop, future, False
+    def __init__(self, key: Key, limit: int, loop: asyncio.AbstractEventLoop, endpoint_ids: Sequence[int]) -> None:
+        self.key, self.limit, self.loop, self.endpoint_ids = key, limit, loop, tuple(endpoint_ids)
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.lease: Lease | None = None
+        self.gone = False  # out of every line: granted, bumped, nudged, or left
+        self.bumped = False
+
+    def notify(self) -> bool:
+        """Wake it on its own loop; False when that loop is closed."""
+        try:
+            if _running_loop() is self.loop:
+                _wake(self.future)
+            else:
+                self.loop.call_soon_threadsafe(_wake, self.future)
+        except RuntimeError:
+            return False
+        return True
 
 
-_waiters: defaultdict[int, list[_Waiter]] = defaultdict(list)  # per model, by ticket: first come, first served
+_lines: dict[int, list[_Waiter]] = {}  # per model, by key
 _tickets = itertools.count()
+
+
+class LineFull(Exception):
+    """No room in the line of any of the request's models (or put out of it by a more urgent one)."""
 
 
 def new_ticket() -> int:
@@ -86,56 +138,158 @@ def new_ticket() -> int:
     return next(_tickets)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-async def wait_turn(endpoint_ids: Iterable[int], timeout: float, ticket: int) -> bool:
-    """Wait, in ticket order per model, until a slot of one of these models is released in this
-    process, or ``timeout`` passes (releases in other processes and policy changes are seen by
-    polling). True when woken by a release."""
+def _head(endpoint_id: int) -> _Waiter | None:
+    line = _lines.get(endpoint_id)
+    return line[0] if line else None
+
+
+def _remove(waiter: _Waiter) -> None:
+    """Take it out of every line (under ``_lock``)."""
+    waiter.gone = True
+    for endpoint_id in waiter.endpoint_ids:
+        line = _lines.get(endpoint_id)
+        if line is None:
+            continue
+        i = bisect.bisect_left(line, waiter.key, key=lambda w: w.key)
+        if i < len(line) and line[i] is waiter:
+            del line[i]
+        if not line:
+            del _lines[endpoint_id]
+
+
+def _grant(waiter: _Waiter, lease: Lease) -> None:
+    _remove(waiter)
+    waiter.lease = lease
+
+
+def queue_max() -> int:
+    return settings.MEDAI_ADMISSION_QUEUE_MAX
+
+
+async def wait_for_slot(endpoint_ids: Iterable[int], *, limit: int, key: Key, timeout: float) -> Lease | None:
+    """Wait in line (by ``key``) for a slot of one of these models, at most ``timeout`` seconds.
+
+    Returns the lease a release handed over, or None when it is time to look again (the timeout,
+    a release in another process, a re-check). Raises ``LineFull`` when every one of these lines
+    is full of waiters at least as urgent, or when a more urgent newcomer put this one out."""
     loop = asyncio.get_running_loop()
-    waiter = _Waiter(ticket, loop, loop.create_future())
-    ids = list(endpoint_ids)
+    ids = list(dict.fromkeys(endpoint_ids))
+    waiter = _Waiter(key, limit, loop, ids)
+    most = queue_max()
+    bumped: _Waiter | None = None
     with _lock:
-        for endpoint_id in ids:
-            bisect.insort(_waiters[endpoint_id], waiter, key=lambda w: w.ticket)
+        joined = [i for i in ids if len(_lines.get(i, ())) < most]
+        if not joined:
+            # Full everywhere: a more urgent request takes the place of the least urgent waiter.
+            worst = max((_lines[i][-1] for i in ids), key=lambda w: w.key)
+            if worst.key <= key:
+                raise LineFull
+            _remove(worst)
+            worst.bumped, bumped = True, worst
+            joined = [i for i in ids if len(_lines.get(i, ())) < most]
+        waiter.endpoint_ids = tuple(joined)
+        for endpoint_id in joined:
+            bisect.insort(_lines.setdefault(endpoint_id, []), waiter, key=lambda w: w.key)
+    if bumped is not None:
+        bumped.notify()
+    if any(remote_in_flight().get(i, 0) for i in joined):
+        _ensure_listener()  # other processes hold these slots: hear of their releases
+    timer = loop.call_later(timeout, _wake, waiter.future)  # cheaper than asyncio.timeout on this path
     try:
-        await asyncio.wait_for(waiter.future, timeout)
-        return True
-    except TimeoutError:
-        return False
+        await waiter.future
+    except BaseException:
+        lease = _leave(waiter)
+        if lease is not None:
+            lease.release()  # granted just as the request was cancelled: pass it on
+        raise
     finally:
-        with _lock:
-            waiter.woken = True
-            for endpoint_id in ids:
-                queue = _waiters.get(endpoint_id)
-                if queue is not None:
-                    try:
-                        queue.remove(waiter)
-                    except ValueError:
-                        pass
-                    if not queue:
-                        del _waiters[endpoint_id]
+        timer.cancel()
+    if waiter.bumped:
+        raise LineFull
+    return _leave(waiter)
 
 
-def try_acquire(endpoint_id: int, limit: int, *, ticket: int | None = None) -> Lease | None:
+def _leave(waiter: _Waiter) -> Lease | None:
+    with _lock:
+        if not waiter.gone:
+            _remove(waiter)
+        lease, waiter.lease = waiter.lease, None
+    return lease
+
+
+def ahead_of(endpoint_ids: Iterable[int], key: Key) -> int:
+    """How many requests of this process wait before ``key`` for these models (the fewest of them)."""
+    with _lock:
+        counts = [bisect.bisect_left(line, key, key=lambda w: w.key) for i in endpoint_ids
+                  if (line := _lines.get(i)) is not None]
+    return min(counts, default=0)
+
+
+def waiting(endpoint_id: int) -> int:
+    """Requests of this process in the line of this model."""
+    with _lock:
+        return len(_lines.get(endpoint_id, ()))
+
+
+def retry_after(endpoint_ids: Iterable[int], ahead: int, limit: int) -> int:
+    """Seconds until a request with ``ahead`` requests before it would likely have a slot: rounds
+    of ``limit`` requests, each as long as a slot of the model was held lately (the request-path
+    latency EMA before any was released here). The soonest of the models; at least 1."""
+    v = shared.view()
+    best = math.inf
+    for endpoint_id in endpoint_ids:
+        hold = _hold_ema.get(endpoint_id)
+        if hold is None:
+            ema_ms = v.ema_ms.get(endpoint_id)
+            hold = ema_ms / 1000 if ema_ms else DEFAULT_HOLD_SECONDS
+        best = min(best, math.ceil((ahead + 1) / max(limit, 1)) * hold)
+    if best is math.inf:
+        best = DEFAULT_HOLD_SECONDS
+    return max(1, math.ceil(best))
+
+
+def _nudge(counts: dict[int, int]) -> None:
+    """Slots of these models were freed in another process: wake that many heads of each line to
+    look again (they keep their keys, so they still come before any newcomer)."""
+    woken: list[_Waiter] = []
+    with _lock:
+        for endpoint_id, n in counts.items():
+            for waiter in list(_lines.get(endpoint_id, ()))[:max(n, 1)]:
+                _remove(waiter)
+                woken.append(waiter)
+    for waiter in woken:
+        waiter.notify()
+
+
+def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None) -> Lease | None:
     """Take a slot if fewer than ``limit`` requests are in flight on this model (every process
     counted); None otherwise. Never waits, never does I/O when the view is fresh. A request does
-    not overtake requests of this process that have waited for the model longer (lower tickets)."""
+    not overtake requests of this process waiting for the model with a better key; one without a
+    key overtakes nobody."""
     if limit <= 0:
         return None
     remote = remote_in_flight().get(endpoint_id, 0)
-    if ticket is not None and remote and _local[endpoint_id] + remote >= limit:
+    if key is not None and remote and _local[endpoint_id] + remote >= limit:
         # A waiter held back by other processes' counts reads them fresh (the view may be up to
-        # MEDAI_GPU_STATE_CACHE_SECONDS old): a slot freed elsewhere is taken within one poll.
+        # MEDAI_GPU_STATE_CACHE_SECONDS old): a slot freed elsewhere is taken at once.
         remote = fresh_remote_in_flight().get(endpoint_id, 0)
     with _lock:
         if _local[endpoint_id] + remote >= limit:
             return None
-        queue = _waiters.get(endpoint_id)
-        if queue and (ticket is None or any(w.ticket < ticket and not w.woken for w in queue)):
+        line = _lines.get(endpoint_id)
+        if line and (key is None or line[0].key < key):
             return None
         _local[endpoint_id] += 1
     _dirty.set()
@@ -207,12 +361,22 @@ def in_flight(endpoint_id: int) -> int:
     return in_flight_by_endpoint().get(endpoint_id, 0)
 
 
+_last_published: dict[int, int] = {}
+
+
 def _publish_once() -> None:
     global _publish_round
     counts = local_in_flight()
+    freed = {k: n - counts.get(k, 0) for k, n in _last_published.items() if counts.get(k, 0) < n}
     try:
-        shared.client().hset(shared.key("inflight"), PROCESS_ID,
-                             json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}))
+        pipe = shared.client().pipeline(transaction=False)
+        pipe.hset(shared.key("inflight"), PROCESS_ID,
+                  json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}))
+        if freed:  # after the count, in the same round trip: a woken waiter reads the new count
+            pipe.publish(release_channel(), json.dumps({"pid": PROCESS_ID, "freed": freed}))
+        pipe.execute()
+        _last_published.clear()
+        _last_published.update(counts)
     except Exception:  # noqa: BLE001 - published again at the next change or heartbeat
         pass
     with _published:
@@ -226,6 +390,55 @@ def _publish_loop() -> None:
         _dirty.clear()
         _publish_once()
         time.sleep(PUBLISH_MIN_INTERVAL)
+
+
+_listener: threading.Thread | None = None
+_listener_pid: int | None = None
+
+
+def release_channel() -> str:
+    """The channel releases are announced on. Channels ignore Redis's database numbers, so the
+    number is part of the name: installations on other databases of one Redis stay apart."""
+    db = shared.client().connection_pool.connection_kwargs.get("db", 0)
+    return f"{shared.key('released')}:{db}"
+
+
+def _listen_loop() -> None:
+    """Hear other processes' releases (``released`` channel) and wake this process's waiters."""
+    global _fresh_remote
+    while True:
+        pubsub = None
+        try:
+            pubsub = shared.client().pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(release_channel())
+            while True:
+                message = pubsub.get_message(timeout=HEARTBEAT)
+                if message is None or message.get("type") != "message":
+                    continue
+                data = json.loads(message["data"])
+                if data.get("pid") == PROCESS_ID:
+                    continue
+                _fresh_remote = None  # the announcing process's new count is in Redis already
+                _nudge({int(k): int(n) for k, n in data.get("freed", {}).items()})
+        except Exception:  # noqa: BLE001 - Redis away: waiters re-check on their own meanwhile
+            logger.debug("slot release listener reconnecting", exc_info=True)
+            time.sleep(1.0)
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+def _ensure_listener() -> None:
+    global _listener, _listener_pid
+    if _listener is None or not _listener.is_alive() or _listener_pid != os.getpid():
+        with _lock:
+            if _listener is None or not _listener.is_alive() or _listener_pid != os.getpid():
+                _listener = threading.Thread(target=_listen_loop, daemon=True, name="medai-slot-listen")
+                _listener_pid = os.getpid()
+                _listener.start()
 
 
 def _ensure_publisher() -> None:
@@ -252,17 +465,5 @@ def reset_local() -> None:
     """Forget this process's counts (tests)."""
     with _lock:
         _local.clear()
-
-
-def wait_loop_delays() -> Callable[[], float]:
-    """How long a waiting request waits before re-checking on its own: 5 ms doubling to 50 ms
-    (a release in this process wakes it at once; one in another process is seen at the next check,
-    at most ``PUBLISH_MIN_INTERVAL`` after it happened)."""
-    delay = 0.005
-
-    def next_delay() -> float:
-        nonlocal delay
-        current, delay = delay, min(delay * 2, 0.05)
-        return current
-
-    return next_delay
+        _hold_ema.clear()
+        _last_published.clear()

@@ -3,6 +3,10 @@
 Non-streamed calls (``post_json``: chat completions) go through aiohttp: on the hot
 path it costs a quarter of httpx's CPU per request alone, and a twentieth with 32 in flight, where
 httpcore's pool bookkeeping dominated (``bench/README.md``). Streams and probes stay on httpx.
+
+Every error answer of a backend is classified in one place (``classify``): either the request
+caused it (``BackendRejected``: a 400 for that caller, never counted against the backend) or the
+backend did (``BackendFailure``: counted on its circuit, failed over, maybe retried).
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import asyncio
 import atexit
 import functools
 import json
+import re
 import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +31,8 @@ from apps.inference.router import EndpointInfo
 
 
 class BackendFailure(Exception):
-    """The backend could not answer: unreachable, timed out, or a 5xx. Another may."""
+    """The backend itself failed: unreachable, timed out, a 5xx not about the input, or misconfigured
+    (a served model id it does not know, a wrong API key). Counted on its circuit; another may answer."""
 
     def __init__(self, endpoint: EndpointInfo, reason: str, status_code: int | None = None,
                  connect_failed: bool = False) -> None:
@@ -41,13 +48,96 @@ class BackendFailure(Exception):
 
 
 class BackendRejected(Exception):
-    """The backend refused this request (4xx): another backend would refuse it too."""
+    """The request caused the backend's error (unsupported input, too long, malformed): the caller's
+    fault, answered with ``status_code`` (400, 413) and ``code``; never counted against the backend,
+    never retried or sent to another model."""
 
-    def __init__(self, endpoint: EndpointInfo, status_code: int, message: str) -> None:
+    def __init__(self, endpoint: EndpointInfo, status_code: int, message: str, code: str = "invalid_request",
+                 param: str | None = None, backend_status: int | None = None) -> None:
         super().__init__(message)
         self.endpoint = endpoint
         self.status_code = status_code
         self.message = message
+        self.code = code
+        self.param = param
+        self.backend_status = backend_status if backend_status is not None else status_code
+
+
+# --- what an error answer means -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Whose fault a backend's error answer is, and what the caller is told when it is theirs."""
+
+    client: bool
+    code: str = "backend_error"
+    status: int = 400  # for the caller, when ``client``
+    param: str | None = None
+
+
+BACKEND = Fault(client=False)
+CONTEXT = Fault(client=True, code="context_length_exceeded", param="messages")
+UNSUPPORTED = Fault(client=True, code="unsupported_input")
+INVALID = Fault(client=True, code="invalid_request")
+TOO_LARGE = Fault(client=True, code="request_too_large", status=413)
+
+# Statuses that are the backend's fault whatever the body says: authentication/permission (medai's
+# backend API key is wrong: no client credential ever reaches a backend), not found / method not
+# allowed (a served model id or base URL that is misconfigured), its own timeouts and overload,
+# TGI's failed generation, and the gateway/unavailable family (llama.cpp's 503 while loading).
+BACKEND_STATUSES = frozenset({401, 403, 404, 405, 407, 408, 421, 424, 429, 502, 503, 504})
+
+# Read against "<error type> <message>", lower-cased, in order; the first match decides. Messages are
+# those of llama.cpp's server (tools/server: format_error_response's types, and the std::exception
+# texts its handlers turn into 500s), vLLM (BadRequestError 400 from ValueError, NotFoundError 404),
+# TGI (422 validation, 424 generation, 429 overloaded) and Ollama.
+RULES: tuple[tuple[re.Pattern[str], Fault], ...] = (
+    # The backend does not serve the model medai asked for (misconfigured served model id): llama.cpp
+    # router "model 'x' not found" (a 400), vLLM "The model `x` does not exist." (404), Ollama
+    # 'model "x" not found, try pulling it first'. Anchored at the start of the message, so text a
+    # client controls (echoed tool definitions, say) cannot make its own request look like this.
+    (re.compile(r"^\s*(error: )?(the )?model\b[^.;]{0,120}\b(not found|does not exist|is not loaded|is not running)"),
+     BACKEND),
+    # Too long for the model's context, or for one of its batches.
+    (re.compile(r"exceed_context_size_error|context (size|length|window)|maximum context|context shift|\bn_ctx\b"
+                r"|too (long|large)|exceeds? (the )?(available |max(imum)? )?(context|length|tokens)"
+                r"|input length|must be <= \d+"), CONTEXT),
+    # Input or a feature this model or server does not support (llama.cpp's 500 "image input is not
+    # supported", 501 not_supported_error, "tools param requires --jinja flag", vLLM "... is not a
+    # multimodal model", Ollama "this model is missing data required for image input").
+    (re.compile(r"not_supported_error|not supported|unsupported|does not support|requires --|"
+                r"not a multimodal|missing data required for (image|audio)|multimodal data provided"), UNSUPPORTED),
+    # Malformed: parse errors, invalid values, schema/grammar/tool errors, the chat template refusing
+    # the conversation (its raise_exception: "roles must alternate").
+    (re.compile(r"invalid_request_error|badrequesterror|\bvalidation\b|\bparse\b|parsing|\binvalid\b|malformed|"
+                r"must (be|contain|include|have|not)|is required|expected |cannot (use|have|set|specify|continue)|"
+                r"json[ _]schema|grammar|jinja|template|roles must|tokeniz|base64|failed to (load|download) "
+                r"(image|audio)|does not match the expected"), INVALID),
+)
+
+
+def classify(status_code: int, body: bytes) -> Fault:
+    """Whose fault an error answer (``status_code`` >= 400) is: the request's, or the backend's.
+
+    Statuses in ``BACKEND_STATUSES`` are always the backend's and a 413 always the request's;
+    otherwise the first of ``RULES`` that matches the error's type and message decides; otherwise
+    any other 4xx is the request's, a 501 an unsupported feature, and any other 5xx the backend's.
+    """
+    if status_code in BACKEND_STATUSES:
+        return BACKEND
+    if status_code == 413:
+        return TOO_LARGE
+    error_type, message = _error_parts(body)
+    text = f"{error_type} {message}".strip().lower()
+    for pattern, fault in RULES:
+        if pattern.search(message.lower() if fault is BACKEND else text):
+            return fault
+    if status_code == 501:
+        return UNSUPPORTED
+    if status_code < 500:
+        return INVALID
+    return BACKEND
 
 
 # --- httpx, for streams -------------------------------------------------------------------------
@@ -143,25 +233,40 @@ def _headers(endpoint: EndpointInfo) -> dict[str, str]:
     return headers
 
 
-def _error_message(response_body: bytes) -> str:
+def _error_parts(response_body: bytes) -> tuple[str, str]:
+    """(error type, message) of an error body: OpenAI's ``{"error": {"type", "message"}}``, TGI's
+    ``{"error": "...", "error_type": "..."}``, FastAPI's ``{"detail": ...}`` or plain text."""
     try:
         data = json.loads(response_body)
     except ValueError:
-        return response_body[:300].decode("utf-8", "replace")
-    err = data.get("error") if isinstance(data, dict) else None
+        return "", response_body[:300].decode("utf-8", "replace")
+    if not isinstance(data, dict):
+        return "", str(data)[:300]
+    err = data.get("error")
     if isinstance(err, dict):
-        return str(err.get("message") or err)
+        return str(err.get("type") or ""), str(err.get("message") or err)
     if isinstance(err, str):
-        return err
-    return str(data)[:300]
+        return str(data.get("error_type") or data.get("type") or ""), err
+    if "detail" in data:
+        return "", str(data["detail"])[:300]
+    if isinstance(data.get("message"), str):
+        return str(data.get("type") or ""), data["message"]
+    return "", str(data)[:300]
+
+
+def _error_message(response_body: bytes) -> str:
+    return _error_parts(response_body)[1]
 
 
 def _check(endpoint: EndpointInfo, status_code: int, body: bytes) -> None:
+    """Raise what an error answer means (see ``classify``); nothing for a success."""
     if status_code < 400:
         return
-    if status_code >= 500 or status_code in (408, 429):
-        raise BackendFailure(endpoint, f"HTTP {status_code}: {_error_message(body)}", status_code)
-    raise BackendRejected(endpoint, status_code, _error_message(body))
+    fault = classify(status_code, body)
+    message = _error_message(body)
+    if fault.client:
+        raise BackendRejected(endpoint, fault.status, message, fault.code, fault.param, backend_status=status_code)
+    raise BackendFailure(endpoint, f"HTTP {status_code}: {message}", status_code)
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

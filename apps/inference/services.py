@@ -253,7 +253,8 @@ def _all_failed(plan: ChatPlan) -> ApiError:
 
 
 def _rejected(exc: backends.BackendRejected) -> ApiError:
-    return ApiError(400, "backend_rejected", f"The model server refused the request: {exc.message}")
+    """The caller's fault, as the backend worded it (classified in ``backends.classify``)."""
+    return ApiError(exc.status_code, exc.code, f"The model server rejected the request: {exc.message}", exc.param)
 
 
 async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], Any]) -> tuple[Any, Any]:

@@ -52,28 +52,19 @@ def test_this_process_counts_are_published_for_the_others(fresh_view):  # type: 
     assert entry["counts"] == {}
 
 
-async def test_waiting_requests_are_served_in_arrival_order_and_newcomers_queue_behind(fresh_view):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    held = slots.try_acquire(EP, 1)
-    order: list[str] = []
-
-    async def request(name: str, ticket: int) -> None:
-        while True:
-            lease = slots.try_acquire(EP, 1, ticket=ticket)
-            if lease is not None:
-                order.append(name)
-                await asyncio.sleep(0)
-                lease.release()
-                return
-            await slots.wait_turn([EP], 30, ticket)
-
-    tickets = {name: slots.new_ticket() for name in "abc"}
-    tasks = [asyncio.create_task(request(name, tickets[name])) for name in "cba"]  # started in reverse
-    while sum(len(q) for q in slots._waiters.values()) < 3:
-        await asyncio.sleep(0.001)
-    assert slots.try_acquire(EP, 1) is None  # a slot is held
-    held.release()
-    assert slots.try_acquire(EP, 1) is None  # freed, but "a" waited first
-    await asyncio.gather(*tasks)
-    assert order == ["a", "b", "c"]
+def test_a_release_is_announced_to_the_other_processes(fresh_view):  # type: ignore[no-untyped-def]
+    pubsub = shared.client().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(slots.release_channel())
+    try:
+        lease = slots.try_acquire(EP, 4)
+        slots.flush_releases()
+        lease.release()
+        slots.flush_releases()
+        deadline = time.monotonic() + 10
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+        assert message is not None, "no announcement"
+        assert json.loads(message["data"]) == {"pid": slots.PROCESS_ID, "freed": {str(EP): 1}}
+    finally:
+        pubsub.close()

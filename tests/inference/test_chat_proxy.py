@@ -110,10 +110,10 @@ def test_backend_rejection_is_400_and_not_retried_elsewhere(call, stub_backend):
         register_model("healthy", stub_backend, agents=("Clinical",), position=1)
         response = call({"model": "Clinical", "messages": MSG})
         assert response.status_code == 400
-        assert response.json()["error"]["code"] == "backend_rejected"
+        assert response.json()["error"]["code"] == "context_length_exceeded"
         assert "too long" in response.json()["error"]["message"]
         task = InferenceTask.objects.get()
-        assert (task.status, task.http_status, task.error_code) == ("failed", 400, "backend_rejected")
+        assert (task.status, task.http_status, task.error_code) == ("failed", 400, "context_length_exceeded")
     finally:
         proc.stop()
 
