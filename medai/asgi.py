@@ -31,3 +31,15 @@ application = ProtocolTypeRouter(
         "websocket": WebsocketGauge(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (Django, the apps, every view: imported now rather than by the first
+# request) lives as long as the process. Freezing it keeps the cyclic garbage collector from
+# scanning it again in each full collection: those scans were the long pauses behind a p99 4-5x
+# the median with 16 requests in flight (bench/README.md, "Waiting for a slot").
+import gc  # noqa: E402
+
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns  # noqa: B018 - imports the URLconf and so every view
+gc.collect()
+gc.freeze()
