@@ -62,11 +62,15 @@ def main() -> None:
     parser.add_argument("--settings", default="medai.settings")
     parser.add_argument("--in-process", action="store_true", help="time admission alone, without HTTP")
     parser.add_argument("--call-us", type=int, default=500, help="--in-process: loop work of each backend call")
+    parser.add_argument("--slots", type=int, default=4, help="the model's concurrency (the LOW row's; 4 by default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--set-slots", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if args.child:
         return _in_process_child(levels, args.requests, args.rounds, args.call_us)
+    if args.set_slots is not None:
+        return _set_slots(args.set_slots)
     signal.signal(signal.SIGTERM, _interrupt)
     if args.in_process:
         return in_process(args, levels)
@@ -78,12 +82,16 @@ def main() -> None:
         "python": platform.python_version(), "argv": sys.argv[1:],
         "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip(),
-        "rounds": [],
+        "rounds": [], "slots": args.slots,
     }
     try:
         creds = env.start_all()
         medai_url = f"http://127.0.0.1:{env.medai_port}/v1"
         medai_pid = env.procs["medai"].pid
+        if args.slots != 4:
+            subprocess.run([sys.executable, __file__, "--set-slots", str(args.slots)], env=env.env, cwd=ROOT,
+                           check=True)
+            time.sleep(2.0)  # the web process reads the published table within MEDAI_GPU_STATE_CACHE_SECONDS
         print(f"warm-up: {args.warmup} requests ...", flush=True)
         load(env.stub_url, "stub-model", None, args.warmup, max(levels))
         load(medai_url, STUB_MODEL, creds["api_key"], args.warmup, max(levels))
@@ -102,6 +110,19 @@ def main() -> None:
     finally:
         env.close()
     report(results, levels)
+
+
+def _set_slots(n: int) -> None:
+    """Give the LOW row of the GPU policy ``n`` requests in flight per model, as an admin would."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
+    django.setup()
+    from apps.gpu import policy
+    from apps.gpu.models import PressureLevel
+
+    PressureLevel.objects.filter(level="LOW").update(concurrency=n)
+    policy.publish_table()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -229,7 +250,7 @@ def report(results: dict[str, Any], levels: list[int]) -> None:
         s["p99_over_median"] = s["medai_p99_ms"] / s["medai_median_ms"]
         summary[str(level)] = s
     results["summary"] = summary
-    print(f"\nOne medai process, 4 slots on the stub; medians of {len(rounds)} rounds "
+    print(f"\nOne medai process, {results['slots']} slots on the stub; medians of {len(rounds)} rounds "
           f"({rounds[0][str(levels[0])]['medai']['requests']} requests per series)")
     print(f"  {'in flight':>9}  {'medai req/s':>11}  {'stub req/s':>10}  {'medai/stub':>10}  {'CPU ms/req':>10}  "
           f"{'median ms':>9}  {'p99 ms':>7}  {'p99/med':>7}  statuses")
