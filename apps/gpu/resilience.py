@@ -152,6 +152,7 @@ async def call_with_failover(
             # (bad requests must not keep a failing backend's circuit closed); a trial it held is
             # handed back so the next request can be the trial.
             _safely(circuit.end_trial, endpoint.id)
+            record_attempt(endpoint, outcome="client_error")
             raise
         except BaseException:
             lease.release()

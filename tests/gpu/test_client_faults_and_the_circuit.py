@@ -10,6 +10,7 @@ from django.conf import settings
 
 from apps.gpu import circuit, shared
 from tests.conftest import records_written, register_model
+from tests.support.metrics import local
 from tests.support.servers import set_stub_mode, start_stub
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,6 +62,9 @@ def test_an_input_the_model_cannot_take_is_the_callers_400_and_never_opens_the_c
     assert served(second) == 0  # no failover: another model would refuse it too, or answer it blind
     assert circuit.state_of(primary.pk) == (circuit.CLOSED, 0, 0.0)
     assert primary.pk not in shared.view().health
+    attempts = "medai_backend_attempts_total"
+    assert local(attempts, model="text-only", outcome="client_error") == settings.MEDAI_CIRCUIT_FAILURES + 2
+    assert local(attempts, model="text-only", outcome="failure") == 0
 
     set_stub_mode(stub_backend, "ok")
     plain = post({"model": "Clinical", "messages": MSG}, user="bob")
