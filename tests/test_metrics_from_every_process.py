@@ -10,9 +10,7 @@ sharing a database of their own and one PROMETHEUS_MULTIPROC_DIR.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.inference.cluster_helpers import stop as stop_group
 from tests.support.metrics import samples, value
 from tests.support.own_database import ROOT, manage_shell, own_database
 from tests.support.servers import free_port, start_stub, wait_http
@@ -38,18 +37,6 @@ ep = ModelEndpoint.objects.create(name="stub-a", base_url=STUB_URL, context_leng
 AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
 print("TOKEN=" + issue_tokens(user, loc).access_token)
 """
-
-
-def _group_stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def _wait(check: Any, timeout: float, what: str) -> Any:
@@ -94,7 +81,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             task_id = submitted.json()["task_id"]
             _wait(lambda: httpx.get(f"{base}/v1/async/status/{task_id}", headers=headers, timeout=10).json()
                   .get("status") == "completed", 120, "the worker to complete the async task")
-            _group_stop(worker)  # the cluster and its worker processes exit: their counters must stay
+            stop_group(worker)  # the cluster and its worker processes exit: their counters must stay
             worker_files = sorted(p.name for p in metrics_dir.glob("*.db"))
 
             queued = httpx.post(base + "/v1/async/submit", json={**ask, "priority": "low",
@@ -119,7 +106,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                    "files_now": sorted(p.name for p in metrics_dir.glob("*.db"))}
     finally:
         for proc in reversed(procs):
-            _group_stop(proc)
+            stop_group(proc)
         stub.stop()
 
 
