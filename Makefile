@@ -42,6 +42,7 @@ test: install $(CHROMIUM)
 # makemigrations loads the settings: as a development environment (keys generated into var/ if missing).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	MEDAI_ENV=development $(BIN)/python manage.py makemigrations --check --dry-run
 
 clean:

@@ -75,22 +75,31 @@ def main() -> None:
     if args.in_process:
         return in_process(args, levels)
 
-    env = Env(argparse.Namespace(no_llama=True, port_base=args.port_base, loop=args.loop, http=args.http,
-                                 settings=args.settings))
+    env = Env(
+        argparse.Namespace(
+            no_llama=True, port_base=args.port_base, loop=args.loop, http=args.http, settings=args.settings
+        )
+    )
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "argv": sys.argv[1:],
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
-        "rounds": [], "slots": args.slots,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "argv": sys.argv[1:],
+        "commit": subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "rounds": [],
+        "slots": args.slots,
     }
     try:
         creds = env.start_all()
         medai_url = f"http://127.0.0.1:{env.medai_port}/v1"
         medai_pid = env.procs["medai"].pid
         if args.slots != 4:
-            subprocess.run([sys.executable, __file__, "--set-slots", str(args.slots)], env=env.env, cwd=ROOT,
-                           check=True)
+            subprocess.run(
+                [sys.executable, __file__, "--set-slots", str(args.slots)], env=env.env, cwd=ROOT, check=True
+            )
             time.sleep(2.0)  # the web process reads the published table within MEDAI_GPU_STATE_CACHE_SECONDS
         print(f"warm-up: {args.warmup} requests ...", flush=True)
         load(env.stub_url, "stub-model", None, args.warmup, max(levels))
@@ -132,23 +141,49 @@ def cpu_seconds(pid: int) -> float:
 
 
 def in_process(args: argparse.Namespace, levels: list[int]) -> None:
-    env = Env(argparse.Namespace(no_llama=True, port_base=args.port_base, loop=args.loop, http=args.http,
-                                 settings=args.settings))
+    env = Env(
+        argparse.Namespace(
+            no_llama=True, port_base=args.port_base, loop=args.loop, http=args.http, settings=args.settings
+        )
+    )
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", "--levels", args.levels, "--requests",
-                              str(args.requests), "--rounds", str(args.rounds), "--call-us", str(args.call_us)],
-                             env=env.env, cwd=ROOT, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--levels",
+                args.levels,
+                "--requests",
+                str(args.requests),
+                "--rounds",
+                str(args.rounds),
+                "--call-us",
+                str(args.call_us),
+            ],
+            env=env.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     finally:
         env.close()
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\nAdmission alone, one event loop, 4 slots, {args.call_us} µs of loop work per call; medians of "
-          f"{args.rounds} rounds of {args.requests} requests")
-    print(f"  {'in flight':>9}  {'req/s':>8}  {'CPU µs/req':>10}  {'median ms':>9}  {'p99 ms':>7}  {'p99/med':>7}  "
-          f"{'no admission req/s':>18}  {'CPU µs/req':>10}")
+    print(
+        f"\nAdmission alone, one event loop, 4 slots, {args.call_us} µs of loop work per call; medians of "
+        f"{args.rounds} rounds of {args.requests} requests"
+    )
+    print(
+        f"  {'in flight':>9}  {'req/s':>8}  {'CPU µs/req':>10}  {'median ms':>9}  {'p99 ms':>7}  {'p99/med':>7}  "
+        f"{'no admission req/s':>18}  {'CPU µs/req':>10}"
+    )
     for level in levels:
         s, b = results[str(level)]["admission"], results[str(level)]["baseline"]
-        print(f"  {level:>9}  {s['rps']:>8.0f}  {s['cpu_us']:>10.1f}  {s['median_ms']:>9.2f}  {s['p99_ms']:>7.2f}  "
-              f"{s['p99_ms'] / s['median_ms']:>7.2f}  {b['rps']:>18.0f}  {b['cpu_us']:>10.1f}")
+        print(
+            f"  {level:>9}  {s['rps']:>8.0f}  {s['cpu_us']:>10.1f}  {s['median_ms']:>9.2f}  {s['p99_ms']:>7.2f}  "
+            f"{s['p99_ms'] / s['median_ms']:>7.2f}  {b['rps']:>18.0f}  {b['cpu_us']:>10.1f}"
+        )
     if len(levels) > 1:
         lo, hi = results[str(levels[0])]["admission"], results[str(levels[-1])]["admission"]
         print(f"  req/s at {levels[-1]} / at {levels[0]} in flight: {hi['rps'] / lo['rps']:.3f}")
@@ -164,8 +199,19 @@ def _in_process_child(levels: list[int], total: int, rounds: int, call_us: int) 
     from apps.gpu.resilience import call_with_failover
     from apps.inference.router import EndpointInfo
 
-    ep = EndpointInfo(id=1, name="bench", kind="openai", base_url="http://127.0.0.1:9/v1", backend_model="m",
-                      api_key="", context_length=2048, vram_mb=0, rank=1, enabled=True, supports_embeddings=False)
+    ep = EndpointInfo(
+        id=1,
+        name="bench",
+        kind="openai",
+        base_url="http://127.0.0.1:9/v1",
+        backend_model="m",
+        api_key="",
+        context_length=2048,
+        vram_mb=0,
+        rank=1,
+        enabled=True,
+        supports_embeddings=False,
+    )
 
     from bench.chat_overhead import pct
 
@@ -200,19 +246,29 @@ def _in_process_child(levels: list[int], total: int, rounds: int, call_us: int) 
         wall, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        return {"rps": total / wall, "cpu_us": cpu * 1e6 / total, "median_ms": pct(latencies, 0.5),
-                "p99_ms": pct(latencies, 0.99)}
+        return {
+            "rps": total / wall,
+            "cpu_us": cpu * 1e6 / total,
+            "median_ms": pct(latencies, 0.5),
+            "p99_ms": pct(latencies, 0.99),
+        }
 
     async def main() -> dict[str, Any]:
         await run(admitted, max(levels))  # warm-up
-        samples: dict[str, dict[str, list[dict[str, float]]]] = {str(c): {"admission": [], "baseline": []}
-                                                                for c in levels}
+        samples: dict[str, dict[str, list[dict[str, float]]]] = {
+            str(c): {"admission": [], "baseline": []} for c in levels
+        }
         for _ in range(rounds):
             for c in levels:
                 samples[str(c)]["baseline"].append(await run(bare, c))
                 samples[str(c)]["admission"].append(await run(admitted, c))
-        return {c: {k: {m: _median([x[m] for x in v]) for m in ("rps", "cpu_us", "median_ms", "p99_ms")}
-                    for k, v in series.items()} for c, series in samples.items()}
+        return {
+            c: {
+                k: {m: _median([x[m] for x in v]) for m in ("rps", "cpu_us", "median_ms", "p99_ms")}
+                for k, v in series.items()
+            }
+            for c, series in samples.items()
+        }
 
     try:
         import uvloop
@@ -250,22 +306,30 @@ def report(results: dict[str, Any], levels: list[int]) -> None:
         s["p99_over_median"] = s["medai_p99_ms"] / s["medai_median_ms"]
         summary[str(level)] = s
     results["summary"] = summary
-    print(f"\nOne medai process, {results['slots']} slots on the stub; medians of {len(rounds)} rounds "
-          f"({rounds[0][str(levels[0])]['medai']['requests']} requests per series)")
-    print(f"  {'in flight':>9}  {'medai req/s':>11}  {'stub req/s':>10}  {'medai/stub':>10}  {'CPU ms/req':>10}  "
-          f"{'median ms':>9}  {'p99 ms':>7}  {'p99/med':>7}  statuses")
+    print(
+        f"\nOne medai process, {results['slots']} slots on the stub; medians of {len(rounds)} rounds "
+        f"({rounds[0][str(levels[0])]['medai']['requests']} requests per series)"
+    )
+    print(
+        f"  {'in flight':>9}  {'medai req/s':>11}  {'stub req/s':>10}  {'medai/stub':>10}  {'CPU ms/req':>10}  "
+        f"{'median ms':>9}  {'p99 ms':>7}  {'p99/med':>7}  statuses"
+    )
     for level in levels:
         s = summary[str(level)]
-        print(f"  {level:>9}  {s['medai_rps']:>11.0f}  {s['stub_rps']:>10.0f}  {s['medai_over_stub']:>10.3f}  "
-              f"{s['medai_cpu_ms']:>10.2f}  {s['medai_median_ms']:>9.1f}  {s['medai_p99_ms']:>7.1f}  {s['p99_over_median']:>7.2f}  "
-              f"{s['medai_statuses']}")
+        print(
+            f"  {level:>9}  {s['medai_rps']:>11.0f}  {s['stub_rps']:>10.0f}  {s['medai_over_stub']:>10.3f}  "
+            f"{s['medai_cpu_ms']:>10.2f}  {s['medai_median_ms']:>9.1f}  {s['medai_p99_ms']:>7.1f}  {s['p99_over_median']:>7.2f}  "
+            f"{s['medai_statuses']}"
+        )
     if len(levels) > 1:
         lo, hi = summary[str(levels[0])], summary[str(levels[-1])]
         ratio = hi["medai_rps"] / lo["medai_rps"]
         results["summary"]["high_over_low"] = ratio
         per_round = [row[str(levels[-1])]["medai"]["rps"] / row[str(levels[0])]["medai"]["rps"] for row in rounds]
-        print(f"  medai req/s at {levels[-1]} / at {levels[0]} in flight: {ratio:.3f} "
-              f"(per round: {', '.join(f'{x:.3f}' for x in per_round)})")
+        print(
+            f"  medai req/s at {levels[-1]} / at {levels[0]} in flight: {ratio:.3f} "
+            f"(per round: {', '.join(f'{x:.3f}' for x in per_round)})"
+        )
     print(f"  records: {results.get('records')}")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)

@@ -76,16 +76,17 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
     call_command("migrate", verbosity=0)
     org = Organization.objects.create(name="Bench Hospital")
     location = Location.objects.create(organization=org, code="bench", name="Bench ward")
-    user = User.objects.create_user("bench", password="bench-password-123", role=User.Role.INTEGRATOR,
-                                    organization=org)
+    user = User.objects.create_user("bench", password="bench-password-123", role=User.Role.INTEGRATOR, organization=org)
     user.locations.add(location)
     _, secret = create_api_key(user, name="bench", location=location)
     token = issue_tokens(user, location).access_token
     route, _ = AgentRoute.objects.get_or_create(agent_type="Chat")
     for position, (name, url, served) in enumerate(
-            [(STUB_MODEL, stub_url, "stub-model"), (LLAMA_MODEL, llama_url, BUNDLED_MODEL_ALIAS)]):
-        endpoint = ModelEndpoint.objects.create(name=name, base_url=url, served_model_id=served, rank=position,
-                                                context_length=2048)
+        [(STUB_MODEL, stub_url, "stub-model"), (LLAMA_MODEL, llama_url, BUNDLED_MODEL_ALIAS)]
+    ):
+        endpoint = ModelEndpoint.objects.create(
+            name=name, base_url=url, served_model_id=served, rank=position, context_length=2048
+        )
         AgentRouteEntry.objects.create(route=route, endpoint=endpoint, position=position)
     print(json.dumps({"api_key": secret, "jwt": token}))
 
@@ -118,8 +119,14 @@ class Env:
         self.medai_port = args.port_base + 2
 
     def django(self, action: str) -> Any:
-        out = subprocess.run([sys.executable, __file__, "--django", action, self.stub_url, self.llama_url],
-                             env=self.env, cwd=ROOT, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--django", action, self.stub_url, self.llama_url],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def start(self, name: str, argv: list[str], health: str, timeout: float = 60) -> subprocess.Popen[bytes]:
@@ -129,8 +136,9 @@ class Env:
                 raise RuntimeError(f"port {port} is in use; pick others with --port-base")
         log = open(self.tmp / f"{name}.log", "wb")
         self.logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True
+        )
         self.procs[name] = proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -148,16 +156,35 @@ class Env:
     def start_all(self) -> dict[str, str]:
         creds = self.django("setup")
         py = sys.executable
-        self.start("stub", [py, str(ROOT / "bench" / "stub_backend.py"), "--port", str(self.args.port_base)],
-                   self.stub_url.removesuffix("/v1") + "/_stats")
+        self.start(
+            "stub",
+            [py, str(ROOT / "bench" / "stub_backend.py"), "--port", str(self.args.port_base)],
+            self.stub_url.removesuffix("/v1") + "/_stats",
+        )
         if not self.args.no_llama:
             from apps.gpu.llamacpp import server_command
 
             argv = server_command(self.args.port_base + 1, parallel=4, ctx_size=8192, threads=2)
             self.start("llama", argv, self.llama_url.removesuffix("/v1") + "/health", timeout=120)
-        uvicorn = [py, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
-                   "--port", str(self.medai_port), "--no-access-log", "--log-level", "warning", "--lifespan", "off",
-                   "--loop", self.args.loop, "--http", self.args.http]
+        uvicorn = [
+            py,
+            "-m",
+            "uvicorn",
+            "medai.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.medai_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--lifespan",
+            "off",
+            "--loop",
+            self.args.loop,
+            "--http",
+            self.args.http,
+        ]
         self.start("medai", uvicorn, f"http://127.0.0.1:{self.medai_port}/healthz")
         return creds
 
@@ -252,9 +279,13 @@ def latency_run(label: str, targets: list[Target], n: int, warmup: int) -> dict[
     direct = targets[0]
     result: dict[str, Any] = {"backend": label, "requests_each": n, "series": {}}
     for t in targets:
-        result["series"][t.name] = {"median_ms": pct(t.samples, 0.5), "p95_ms": pct(t.samples, 0.95),
-                                    "p99_ms": pct(t.samples, 0.99), "mean_ms": statistics.fmean(t.samples),
-                                    "errors": t.errors}
+        result["series"][t.name] = {
+            "median_ms": pct(t.samples, 0.5),
+            "p95_ms": pct(t.samples, 0.95),
+            "p99_ms": pct(t.samples, 0.99),
+            "mean_ms": statistics.fmean(t.samples),
+            "errors": t.errors,
+        }
     for t in targets[1:]:
         paired = [m - d for m, d in zip(t.samples, direct.samples, strict=True)]
         result["series"][t.name]["added"] = {
@@ -297,8 +328,10 @@ async def _load(base_url: str, model: str, token: str | None, total: int, concur
     host, _, port = hostport.partition(":")
     body = json.dumps({"model": model, "messages": PROMPT, "max_tokens": 1}).encode()
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    raw = (f"POST /{prefix}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
-           f"{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    raw = (
+        f"POST /{prefix}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
+        f"{auth}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     remaining = total
     statuses: dict[int, int] = {}
     latencies: list[float] = []
@@ -320,9 +353,16 @@ async def _load(base_url: str, model: str, token: str | None, total: int, concur
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
-    return {"requests": total, "concurrency": concurrency, "seconds": elapsed, "rps": total / elapsed,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "median_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95), "p99_ms": pct(latencies, 0.99)}
+    return {
+        "requests": total,
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "rps": total / elapsed,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "median_ms": pct(latencies, 0.5),
+        "p95_ms": pct(latencies, 0.95),
+        "p99_ms": pct(latencies, 0.99),
+    }
 
 
 def load(base_url: str, model: str, token: str | None, total: int, concurrency: int) -> dict[str, Any]:
@@ -365,19 +405,36 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # so `kill` still stops the servers this started
     env = Env(args)
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "argv": sys.argv[1:], "server": f"uvicorn --loop {args.loop} --http {args.http}",
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "argv": sys.argv[1:],
+        "server": f"uvicorn --loop {args.loop} --http {args.http}",
+        "commit": subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
     }
     try:
         creds = env.start_all()
         medai_url = f"http://127.0.0.1:{env.medai_port}/v1"
         medai_pid = env.procs["medai"].pid
         if args.hold:
-            print(json.dumps({"medai": medai_url, "pid": medai_pid, "stub": env.stub_url, "env": {
-                k: env.env[k] for k in ("MEDAI_VAR_DIR", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "PYTHONPATH")}, **creds}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "medai": medai_url,
+                        "pid": medai_pid,
+                        "stub": env.stub_url,
+                        "env": {
+                            k: env.env[k]
+                            for k in ("MEDAI_VAR_DIR", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "PYTHONPATH")
+                        },
+                        **creds,
+                    }
+                ),
+                flush=True,
+            )
             try:
                 while True:
                     time.sleep(3600)
@@ -392,8 +449,11 @@ def main() -> None:
             backends.append(("llama.cpp", env.llama_url, BUNDLED_MODEL_ALIAS, LLAMA_MODEL))
         for label, url, direct_model, medai_model in backends:
             print(f"latency vs {label}: {args.requests} requests per series ...", flush=True)
-            targets = [Target("direct", url, direct_model), Target("medai+api_key", medai_url, medai_model, creds["api_key"]),
-                       Target("medai+jwt", medai_url, medai_model, creds["jwt"])]
+            targets = [
+                Target("direct", url, direct_model),
+                Target("medai+api_key", medai_url, medai_model, creds["api_key"]),
+                Target("medai+jwt", medai_url, medai_model, creds["jwt"]),
+            ]
             if label == "stub":  # the floor: the same stack answering a trivial view, no backend call
                 targets.append(Target("medai /healthz", medai_url, "", path="/healthz"))
             results["latency"].append(latency_run(label, targets, args.requests, args.warmup))
@@ -411,7 +471,9 @@ def main() -> None:
             statuses: dict[str, int] = {}
 
             def run_load(n: int) -> None:
-                for status, count in load(medai_url, STUB_MODEL, creds["api_key"], n, args.concurrency)["statuses"].items():
+                for status, count in load(medai_url, STUB_MODEL, creds["api_key"], n, args.concurrency)[
+                    "statuses"
+                ].items():
                     statuses[status] = statuses.get(status, 0) + count
 
             run_load(args.rss_warmup)
@@ -422,10 +484,15 @@ def main() -> None:
                 run_load(step)
                 samples.append(rss_kb(medai_pid))
             after = samples[-1]
-            results["memory"] = {"warmup_requests": args.rss_warmup, "requests": args.rss_requests,
-                                 "rss_after_warmup_kb": before, "rss_after_kb": after,
-                                 "growth_pct": (after - before) * 100 / before, "samples_kb": samples,
-                                 "statuses": statuses}
+            results["memory"] = {
+                "warmup_requests": args.rss_warmup,
+                "requests": args.rss_requests,
+                "rss_after_warmup_kb": before,
+                "rss_after_kb": after,
+                "growth_pct": (after - before) * 100 / before,
+                "samples_kb": samples,
+                "statuses": statuses,
+            }
             sent_through_medai += args.rss_warmup + step * (args.rss_requests // step)
         time.sleep(1.0)  # let any in-flight record land
         results["records"] = {"sent_through_medai": sent_through_medai, "in_db": env.django("count")}
@@ -438,12 +505,20 @@ def report(results: dict[str, Any]) -> None:
     print()
     for run in results.get("latency", []):
         print(f"Latency vs {run['backend']} ({run['requests_each']} requests per series, interleaved), ms")
-        print(f"  {'series':<15}{'median':>9}{'p95':>9}{'p99':>9}  {'added med':>10}{'added p95':>10}"
-              f"{'paired med':>11}{'paired p95':>11}")
+        print(
+            f"  {'series':<15}{'median':>9}{'p95':>9}{'p99':>9}  {'added med':>10}{'added p95':>10}"
+            f"{'paired med':>11}{'paired p95':>11}"
+        )
         for name, s in run["series"].items():
             added = s.get("added")
-            extra = (f"  {added['median_ms']:>10.2f}{added['p95_ms']:>10.2f}{added['paired_median_ms']:>11.2f}"
-                     f"{added['paired_p95_ms']:>11.2f}") if added else ""
+            extra = (
+                (
+                    f"  {added['median_ms']:>10.2f}{added['p95_ms']:>10.2f}{added['paired_median_ms']:>11.2f}"
+                    f"{added['paired_p95_ms']:>11.2f}"
+                )
+                if added
+                else ""
+            )
             errors = f"  errors={s['errors']}" if s["errors"] else ""
             print(f"  {name:<15}{s['median_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{extra}{errors}")
         if any(s["errors"] for s in run["series"].values()):
@@ -452,14 +527,18 @@ def report(results: dict[str, Any]) -> None:
     if "throughput" in results:
         print("Throughput (one medai process; the stub direct shows the load generator's ceiling)")
         for name, t in results["throughput"].items():
-            print(f"  {name:<12}{t['rps']:>8.0f} req/s  {t['requests']} requests, {t['concurrency']} in flight, "
-                  f"median {t['median_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms, statuses {t['statuses']}")
+            print(
+                f"  {name:<12}{t['rps']:>8.0f} req/s  {t['requests']} requests, {t['concurrency']} in flight, "
+                f"median {t['median_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms, statuses {t['statuses']}"
+            )
         print()
     if "memory" in results:
         m = results["memory"]
-        print(f"Memory: RSS {m['rss_after_warmup_kb'] / 1024:.1f} MiB after {m['warmup_requests']} requests, "
-              f"{m['rss_after_kb'] / 1024:.1f} MiB after {m['requests']} more: {m['growth_pct']:+.2f}% "
-              f"(samples MiB: {', '.join(f'{s / 1024:.1f}' for s in m['samples_kb'])}); statuses {m['statuses']}")
+        print(
+            f"Memory: RSS {m['rss_after_warmup_kb'] / 1024:.1f} MiB after {m['warmup_requests']} requests, "
+            f"{m['rss_after_kb'] / 1024:.1f} MiB after {m['requests']} more: {m['growth_pct']:+.2f}% "
+            f"(samples MiB: {', '.join(f'{s / 1024:.1f}' for s in m['samples_kb'])}); statuses {m['statuses']}"
+        )
     if "records" in results:
         r = results["records"]
         print(f"Recorded: {r['in_db']} rows for {r['sent_through_medai']} requests through medai")

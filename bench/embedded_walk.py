@@ -51,8 +51,9 @@ def main() -> None:
     os.environ.update(MEDAI_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="medai.settings", LOG_LEVEL="WARNING")
     os.environ.setdefault("MEDAI_ENV", "development")  # as `make run`: the keys it generated in var/
     password = os.environ.get("MEDAI_DEMO_PASSWORD") or (var / "demo-password").read_text().strip()
-    login = httpx.post(args.url + "/v1/auth/login", timeout=10,
-                       json={"username": "admin", "password": password, "location_id": "demo"})
+    login = httpx.post(
+        args.url + "/v1/auth/login", timeout=10, json={"username": "admin", "password": password, "location_id": "demo"}
+    )
     if login.status_code != 200:
         raise SystemExit(f"cannot log in as admin at {args.url} (is `make run` running?): {login.text}")
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
@@ -69,8 +70,9 @@ def main() -> None:
     print(f"platform {args.url}; GPU data simulated; bundled server {bundled.name!r} is {bundled.state}")
     extra = add_second_server(bundled.port + 1)
     try:
-        took = _wait("second server running", lambda: ModelServer.objects.filter(pk=extra.pk, state="running").exists(),
-                     180)
+        took = _wait(
+            "second server running", lambda: ModelServer.objects.filter(pk=extra.pk, state="running").exists(), 180
+        )
         print(f"monitor started {extra.name!r} on port {extra.port} in {took:.1f} s")
         time.sleep(6)  # the web process's route cache (MEDAI_ROUTE_CACHE_SECONDS) sees the new model
 

@@ -44,8 +44,13 @@ def main() -> None:
     sim_file = Path(var) / "sim.json"
     sim_file.write_text("{}")
     os.environ.setdefault("MEDAI_ENV", "test")  # a throwaway var dir: its keys are generated there
-    os.environ.update(MEDAI_VAR_DIR=var, DJANGO_SETTINGS_MODULE="medai.settings", LOG_LEVEL="WARNING",
-                      MEDAI_GPU_PROVIDER="simulated", MEDAI_GPU_SIM_FILE=str(sim_file))
+    os.environ.update(
+        MEDAI_VAR_DIR=var,
+        DJANGO_SETTINGS_MODULE="medai.settings",
+        LOG_LEVEL="WARNING",
+        MEDAI_GPU_PROVIDER="simulated",
+        MEDAI_GPU_SIM_FILE=str(sim_file),
+    )
     from medai.embedded import start_embedded_redis
 
     os.environ["REDIS_URL"] = start_embedded_redis(Path(var) / "redis")
@@ -60,17 +65,45 @@ def main() -> None:
     env = {**os.environ}
     python = sys.executable
     try:
-        procs.append(subprocess.Popen([python, "manage.py", "monitor"], cwd=ROOT, env=env,
-                                      stdout=open(Path(var) / "monitor.log", "wb"), stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen([python, "-m", "uvicorn", "medai.asgi:application", "--port", str(args.port),
-                                       "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env,
-                                      stdout=open(Path(var) / "web.log", "wb"), stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [python, "manage.py", "monitor"],
+                cwd=ROOT,
+                env=env,
+                stdout=open(Path(var) / "monitor.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "medai.asgi:application",
+                    "--port",
+                    str(args.port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=open(Path(var) / "web.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
         base = f"http://127.0.0.1:{args.port}"
         headers = {"Authorization": f"Bearer {token}"}
         _wait("web and both model servers up", lambda: _servers_running() == 2 and _ok(base + "/healthz"), 180)
         print(f"web on {base}; monitor supervising 2 llama.cpp servers; var dir {var}")
-        pressure_walk(base, headers, lambda percent: sim_file.write_text(
-            json.dumps({"0": {"memory_percent": percent}} if percent is not None else {})))
+        pressure_walk(
+            base,
+            headers,
+            lambda percent: sim_file.write_text(
+                json.dumps({"0": {"memory_percent": percent}} if percent is not None else {})
+            ),
+        )
         kill_under_load(base, headers, args.load_seconds, args.threads, primary="primary", model="Clinical")
     finally:
         for p in reversed(procs):
@@ -142,9 +175,11 @@ def pressure_walk(base: str, headers: dict[str, str], steer: Callable[[float | N
             p = s["policy"]
             now = (s["pressure_level"], json.dumps(p["allowed_models"]), p["batch_size"], p["concurrency"])
             if now != last:
-                print(f"  t={time.monotonic() - t0:5.1f}s  memory {g.get('memory', {}).get('used_percent', '?'):>5}%"
-                      f"  level {now[0]:<8} models {now[1]:<26} batch {now[2]}  concurrency {now[3]}"
-                      f"  simulated={s['simulated']}")
+                print(
+                    f"  t={time.monotonic() - t0:5.1f}s  memory {g.get('memory', {}).get('used_percent', '?'):>5}%"
+                    f"  level {now[0]:<8} models {now[1]:<26} batch {now[2]}  concurrency {now[3]}"
+                    f"  simulated={s['simulated']}"
+                )
                 last = now
             time.sleep(0.25)
 
@@ -155,8 +190,9 @@ def pressure_walk(base: str, headers: dict[str, str], steer: Callable[[float | N
     steer(None)
 
 
-def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads: int, *, primary: str,
-                    model: str) -> None:
+def kill_under_load(
+    base: str, headers: dict[str, str], seconds: float, threads: int, *, primary: str, model: str
+) -> None:
     """Load ``model`` from client threads, SIGKILL the server of endpoint ``primary``, report."""
     from apps.gpu.models import ModelServer
 
@@ -168,8 +204,11 @@ def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads:
     def load() -> None:
         with httpx.Client(timeout=60) as client:
             while not stop.is_set():
-                r = client.post(base + "/v1/chat/completions", headers=headers, json={
-                    "model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Say OK."}]})
+                r = client.post(
+                    base + "/v1/chat/completions",
+                    headers=headers,
+                    json={"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Say OK."}]},
+                )
                 answered_by = r.json().get("model", "") if r.status_code == 200 else r.text[:200]
                 results.append((time.monotonic() - t0, r.status_code, answered_by))
 
@@ -182,12 +221,17 @@ def kill_under_load(base: str, headers: dict[str, str], seconds: float, threads:
     os.kill(server.pid, signal.SIGKILL)
     killed = time.monotonic() - t0
     print(f"  t={killed:5.1f}s  killed pid {server.pid} ({server.name})")
-    running = _wait("restarted", lambda: ModelServer.objects.filter(
-        pk=server.pk, state="running", restarts__gt=restarts).exists(), 60)
+    running = _wait(
+        "restarted",
+        lambda: ModelServer.objects.filter(pk=server.pk, state="running", restarts__gt=restarts).exists(),
+        60,
+    )
     print(f"  t={killed + running:5.1f}s  monitor reports {primary} running again ({running:.1f} s after the kill)")
     back = _wait("primary answers", lambda: any(t > killed + running and m == primary for t, _, m in results), 60)
-    print(f"  t={killed + running + back:5.1f}s  {primary} answering requests again "
-          f"({running + back:.1f} s after the kill)")
+    print(
+        f"  t={killed + running + back:5.1f}s  {primary} answering requests again "
+        f"({running + back:.1f} s after the kill)"
+    )
     while time.monotonic() - t0 < seconds:
         time.sleep(0.2)
     stop.set()

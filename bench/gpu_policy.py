@@ -50,8 +50,9 @@ def register(n: int, base_url: str) -> list[object]:
     route, _ = AgentRoute.objects.get_or_create(agent_type="Clinical")
     eps = []
     for i in range(n):
-        ep, _ = ModelEndpoint.objects.get_or_create(name=f"bench-{i}", defaults=dict(
-            base_url=base_url, rank=1 + i // 2, vram_mb=1000 * (i + 1)))
+        ep, _ = ModelEndpoint.objects.get_or_create(
+            name=f"bench-{i}", defaults=dict(base_url=base_url, rank=1 + i // 2, vram_mb=1000 * (i + 1))
+        )
         AgentRouteEntry.objects.get_or_create(route=route, endpoint=ep, defaults={"position": i})
         eps.append(ep)
     router.invalidate()
@@ -160,9 +161,11 @@ def bench_monitor(seconds: float, endpoints: int) -> None:
     finally:
         for proc, _ in stubs:
             proc.stop()
-    print(f"monitor: {wall:.1f} s wall, {cpu:.3f} s CPU = {100 * cpu / wall:.2f}% of one core "
-          f"(simulated GPU sampled every 2 s, {endpoints} backends health-checked every 10 s, "
-          "supervision pass every 0.5 s, metrics every 10 s)")
+    print(
+        f"monitor: {wall:.1f} s wall, {cpu:.3f} s CPU = {100 * cpu / wall:.2f}% of one core "
+        f"(simulated GPU sampled every 2 s, {endpoints} backends health-checked every 10 s, "
+        "supervision pass every 0.5 s, metrics every 10 s)"
+    )
 
 
 def main() -> None:

@@ -37,8 +37,11 @@ def main() -> None:
     env = Env(args)
     try:
         creds = env.django("setup")
-        env.start("stub", [sys.executable, str(Path(__file__).parent / "stub_backend.py"), "--port", str(args.port_base)],
-                  env.stub_url.removesuffix("/v1") + "/_stats")
+        env.start(
+            "stub",
+            [sys.executable, str(Path(__file__).parent / "stub_backend.py"), "--port", str(args.port_base)],
+            env.stub_url.removesuffix("/v1") + "/_stats",
+        )
         os.environ.update(env.env)
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"  # the inline variants call the ORM on the loop, on purpose
         import django
@@ -80,28 +83,36 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
 
     for kind in ("api_key", "jwt"):
         header = f"Bearer {creds[kind]}"
-        plan = await timed(f"{kind}: begin_chat, through the thread hop",
-                           lambda h=header: run_sync(services.begin_chat)(h, body, "bench"))
+        plan = await timed(
+            f"{kind}: begin_chat, through the thread hop",
+            lambda h=header: run_sync(services.begin_chat)(h, body, "bench"),
+        )
         await timed(f"{kind}: begin_chat, inline", lambda h=header: services.begin_chat(h, body, "bench"))
-        await timed(f"{kind}: begin_chat_cached (the view's path)",
-                    lambda h=header: services.begin_chat_cached(h, body, "bench"))
+        await timed(
+            f"{kind}: begin_chat_cached (the view's path)",
+            lambda h=header: services.begin_chat_cached(h, body, "bench"),
+        )
         await timed(f"{kind}: authenticate_bearer alone", lambda k=kind: authenticate_bearer(creds[k]))
     data = json.loads(body)
     await timed("validate_chat_body (fast path)", lambda: services.validate_chat_body(data))
-    await timed("ChatCompletionRequestSerializer alone",
-                lambda: ChatCompletionRequestSerializer(data=data).is_valid())
+    await timed("ChatCompletionRequestSerializer alone", lambda: ChatCompletionRequestSerializer(data=data).is_valid())
     await timed("complete_chat (admission + aiohttp + bookkeeping)", lambda: services.complete_chat(plan))
-    await timed("record_later (the view's path: queue for the writer)",
-                lambda: services.record_later(plan, InferenceTask.Status.COMPLETED, 200))
-    await timed("record_outcome, through the thread hop",
-                lambda: run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200))
+    await timed(
+        "record_later (the view's path: queue for the writer)",
+        lambda: services.record_later(plan, InferenceTask.Status.COMPLETED, 200),
+    )
+    await timed(
+        "record_outcome, through the thread hop",
+        lambda: run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200),
+    )
     await timed("record_outcome, inline", lambda: services.record_outcome(plan, InferenceTask.Status.COMPLETED, 200))
     await timed("empty thread hop (default executor)", lambda: run_sync(lambda: None)())
     await timed("empty thread hop (thread-sensitive)", lambda: sync_to_async(lambda: None)())
     endpoint = plan.route.candidates[0]
     payload = {**plan.payload, "model": endpoint.backend_model}
-    await timed("aiohttp POST to the stub alone (post_json)",
-                lambda: backends.post_json(endpoint, "/chat/completions", payload))
+    await timed(
+        "aiohttp POST to the stub alone (post_json)", lambda: backends.post_json(endpoint, "/chat/completions", payload)
+    )
 
     async def httpx_post() -> Any:
         response = await backends.async_client().post(endpoint.base_url + "/chat/completions", json=payload)
@@ -109,8 +120,7 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
 
     await timed("httpx POST to the stub alone (for comparison)", httpx_post)
     await timed("admission: policy.choose", lambda: policy.choose(plan.route.candidates, 1))
-    await timed("admission: slots.try_acquire + release",
-                lambda: slots.try_acquire(endpoint.id, 1_000_000).release())
+    await timed("admission: slots.try_acquire + release", lambda: slots.try_acquire(endpoint.id, 1_000_000).release())
     await timed("admission: circuit.allow", lambda: circuit.allow(endpoint.id))
     recorder.writer.flush()
     return timings

@@ -48,21 +48,33 @@ async def _direct(base_url: str, model: str, texts: list[str], concurrency: int,
     todo = list(enumerate(texts))
     tokens = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
+
         async def worker() -> None:
             nonlocal tokens
             while todo:
                 _, text = todo.pop(0)
-                r = await client.post("/chat/completions", json={
-                    "model": model, "max_tokens": max_tokens, "temperature": 0, "seed": 1,
-                    "messages": [{"role": "user", "content": text}]})
+                r = await client.post(
+                    "/chat/completions",
+                    json={
+                        "model": model,
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                        "seed": 1,
+                        "messages": [{"role": "user", "content": text}],
+                    },
+                )
                 r.raise_for_status()
                 tokens += r.json()["usage"]["completion_tokens"]
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    return {"concurrency": concurrency, "seconds": round(elapsed, 2), "rps": round(len(texts) / elapsed, 3),
-            "completion_tokens": tokens}
+    return {
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "rps": round(len(texts) / elapsed, 3),
+        "completion_tokens": tokens,
+    }
 
 
 class BusySlots:
@@ -134,25 +146,39 @@ def main() -> None:
         asyncio.run(_direct(url, BUNDLED_MODEL_ALIAS, prompts(8), 4, args.max_tokens))  # warm-up
         direct = [asyncio.run(_direct(url, BUNDLED_MODEL_ALIAS, texts, c, args.max_tokens)) for c in args.concurrency]
         for d in direct:
-            print(f"direct  c={d['concurrency']}: {d['rps']:.2f} req/s ({d['seconds']} s, {d['completion_tokens']} tokens)",
-                  flush=True)
+            print(
+                f"direct  c={d['concurrency']}: {d['rps']:.2f} req/s ({d['seconds']} s, {d['completion_tokens']} tokens)",
+                flush=True,
+            )
         best = max(direct, key=lambda d: d["rps"])
 
         org = Organization.objects.create(name="Bench")
         loc = Location.objects.create(organization=org, code="bench", name="Bench")
         user = User.objects.create_user("bench", password="bench-password-1", role="integrator", organization=org)
         user.locations.add(loc)
-        ep = ModelEndpoint.objects.create(name="smollm2", base_url=url, served_model_id=BUNDLED_MODEL_ALIAS,
-                                          context_length=2048)
+        ep = ModelEndpoint.objects.create(
+            name="smollm2", base_url=url, served_model_id=BUNDLED_MODEL_ALIAS, context_length=2048
+        )
         AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
         header = "Bearer " + issue_tokens(user, loc).access_token
         env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_BACKEND_RETRIES="0")
-        cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
-                                   stdout=(tmp / "cluster.log").open("ab"), stderr=subprocess.STDOUT)
+        cluster = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=(tmp / "cluster.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
 
         def ask(text: str) -> dict[str, object]:
-            return {"model": "smollm2", "max_tokens": args.max_tokens, "temperature": 0, "seed": 1,
-                    "messages": [{"role": "user", "content": text}]}
+            return {
+                "model": "smollm2",
+                "max_tokens": args.max_tokens,
+                "temperature": 0,
+                "seed": 1,
+                "messages": [{"role": "user", "content": text}],
+            }
 
         def run_queue(batch: list[str]) -> tuple[float, list]:
             from django.db.models import Max
@@ -161,7 +187,7 @@ def main() -> None:
             t0 = timezone.now()
             ids = []
             for start in range(0, len(batch), 100):
-                ids += [t.id for t in queue.submit_batch(header, [ask(x) for x in batch[start:start + 100]])[1]]
+                ids += [t.id for t in queue.submit_batch(header, [ask(x) for x in batch[start : start + 100]])[1]]
             end = time.monotonic() + 600
             while time.monotonic() < end:
                 if InferenceTask.objects.filter(id__in=ids, status__in=("completed", "failed")).count() == len(ids):
@@ -183,29 +209,45 @@ def main() -> None:
         rounds = []
         for r in range(args.rounds):
             with BusySlots(url) as busy_d:
-                d = asyncio.run(_direct(url, BUNDLED_MODEL_ALIAS, [f"[{r}d] {x}" for x in texts],
-                                        best["concurrency"], args.max_tokens))
+                d = asyncio.run(
+                    _direct(
+                        url, BUNDLED_MODEL_ALIAS, [f"[{r}d] {x}" for x in texts], best["concurrency"], args.max_tokens
+                    )
+                )
             with BusySlots(url) as busy_q:
                 elapsed, ids = run_queue([f"[{r}q] {x}" for x in texts])
             tokens = sum(InferenceTask.objects.filter(id__in=ids).values_list("completion_tokens", flat=True))
-            q = {"seconds": round(elapsed, 2), "rps": round(args.requests / elapsed, 3), "completion_tokens": tokens,
-                 "mean_busy_slots": busy_q.mean}
+            q = {
+                "seconds": round(elapsed, 2),
+                "rps": round(args.requests / elapsed, 3),
+                "completion_tokens": tokens,
+                "mean_busy_slots": busy_q.mean,
+            }
             d["mean_busy_slots"] = busy_d.mean
             rounds.append({"direct": d, "queue": q})
-            print(f"round {r}: direct c={d['concurrency']} {d['rps']:.2f} req/s (busy slots {busy_d.mean}), "
-                  f"queue {q['rps']:.2f} req/s (busy slots {busy_q.mean}) "
-                  f"({d['completion_tokens']} / {tokens} tokens)", flush=True)
+            print(
+                f"round {r}: direct c={d['concurrency']} {d['rps']:.2f} req/s (busy slots {busy_d.mean}), "
+                f"queue {q['rps']:.2f} req/s (busy slots {busy_q.mean}) "
+                f"({d['completion_tokens']} / {tokens} tokens)",
+                flush=True,
+            )
         direct_med = statistics.median(x["direct"]["rps"] for x in rounds)
         queue_med = statistics.median(x["queue"]["rps"] for x in rounds)
-        out.update(direct=direct, rounds=rounds, best_direct_concurrency=best["concurrency"],
-                   direct_median_rps=direct_med, queue_median_rps=queue_med,
-                   ratio_queue_vs_best_direct=round(queue_med / direct_med, 3))
+        out.update(
+            direct=direct,
+            rounds=rounds,
+            best_direct_concurrency=best["concurrency"],
+            direct_median_rps=direct_med,
+            queue_median_rps=queue_med,
+            ratio_queue_vs_best_direct=round(queue_med / direct_med, 3),
+        )
     finally:
         if cluster is not None:
             stop_cluster(cluster)
         llama.stop()
         drop_database(env, dbname)
     report("queue_llama", out)
+
 
 if __name__ == "__main__":
     main()

@@ -92,9 +92,20 @@ def main() -> None:
 
     def fill(n: int, priority: int = 0) -> None:
         now = timezone.now()
-        QueueEntry.objects.bulk_create([QueueEntry(key=key, priority=priority, rank=broker.rank_for(priority, now),
-                                                   enqueued_at=now, locked_until=now, payload="x")
-                                        for _ in range(n)], batch_size=2000)
+        QueueEntry.objects.bulk_create(
+            [
+                QueueEntry(
+                    key=key,
+                    priority=priority,
+                    rank=broker.rank_for(priority, now),
+                    enqueued_at=now,
+                    locked_until=now,
+                    payload="x",
+                )
+                for _ in range(n)
+            ],
+            batch_size=2000,
+        )
 
     # 1. dequeue cost (claim + ack of the head) at 100 vs 10,000 queued
     for depth in (100, 10_000):
@@ -139,11 +150,23 @@ def main() -> None:
     AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Urgent")[0], endpoint=other)
     header = "Bearer " + issue_tokens(user, loc).access_token
     queue_max = max(10 * args.tasks, 40_000)
-    env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_QUEUE_MAX=str(queue_max), MEDAI_BACKEND_RETRIES="0",
-               MEDAI_RESULT_TTL="3600")
-    clusters = [subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
-                                 stdout=(tmp / f"cluster{i}.log").open("ab"), stderr=subprocess.STDOUT)
-                for i in range(args.clusters)]
+    env.update(
+        MEDAI_Q_WORKERS=str(args.workers),
+        MEDAI_QUEUE_MAX=str(queue_max),
+        MEDAI_BACKEND_RETRIES="0",
+        MEDAI_RESULT_TTL="3600",
+    )
+    clusters = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=(tmp / f"cluster{i}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(args.clusters)
+    ]
     from django.conf import settings
 
     settings.MEDAI_QUEUE_MAX = queue_max
@@ -155,8 +178,9 @@ def main() -> None:
         """n tasks through queue.submit_batch (the service behind POST /v1/async/submit-batch), args.batch a call."""
         ids: list = []
         for start in range(0, n, args.batch):
-            _, tasks = queue.submit_batch(header, [ask(f"{prefix}{i}", priority)
-                                                   for i in range(start, min(n, start + args.batch))])
+            _, tasks = queue.submit_batch(
+                header, [ask(f"{prefix}{i}", priority) for i in range(start, min(n, start + args.batch))]
+            )
             ids += [t.id for t in tasks]
         return ids
 
@@ -165,6 +189,7 @@ def main() -> None:
             os.killpg(proc.pid, sig)
 
     try:
+
         def wait_done(ids: list, timeout: float = 600) -> None:
             end = time.monotonic() + timeout
             while time.monotonic() < end:
@@ -207,8 +232,14 @@ def main() -> None:
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
         wait_done(ids)
         total = time.perf_counter() - t0
-        out.update(tasks=args.tasks, batch=args.batch, workers=args.workers, clusters=args.clusters,
-                   submit_per_s=round(args.tasks / submitted, 1), end_to_end_tasks_per_s=round(args.tasks / total, 1))
+        out.update(
+            tasks=args.tasks,
+            batch=args.batch,
+            workers=args.workers,
+            clusters=args.clusters,
+            submit_per_s=round(args.tasks / submitted, 1),
+            end_to_end_tasks_per_s=round(args.tasks / total, 1),
+        )
         # the same with one POST /v1/async/submit per task (queue.submit_task)
         if args.single_tasks:
             t0 = time.perf_counter()
@@ -216,8 +247,11 @@ def main() -> None:
             submitted = time.perf_counter() - t0
             wait_done(ids)
             total = time.perf_counter() - t0
-            out.update(single_tasks=args.single_tasks, single_submit_per_s=round(args.single_tasks / submitted, 1),
-                       single_end_to_end_tasks_per_s=round(args.single_tasks / total, 1))
+            out.update(
+                single_tasks=args.single_tasks,
+                single_submit_per_s=round(args.single_tasks / submitted, 1),
+                single_end_to_end_tasks_per_s=round(args.single_tasks / total, 1),
+            )
         # a CRITICAL task submitted behind 10,000 queued LOW ones (clusters paused while the LOW ones
         # are written, then resumed): submit (commit) → started_at, for the same model as the LOW
         # tasks and for another one (a worker draining the LOW model must stop for it)

@@ -18,8 +18,15 @@ import json
 import time
 from typing import Any
 
-STATE: dict[str, Any] = {"mode": "ok", "delay": 0.0, "requests": 0, "in_flight": 0, "max_in_flight": 0,
-                         "status": 500, "body": {"error": {"message": "stub failed", "type": "server_error"}}}
+STATE: dict[str, Any] = {
+    "mode": "ok",
+    "delay": 0.0,
+    "requests": 0,
+    "in_flight": 0,
+    "max_in_flight": 0,
+    "status": 500,
+    "body": {"error": {"message": "stub failed", "type": "server_error"}},
+}
 MODES = ["ok", "error503", "error500", "hang", "slow", "reject400", "error", "hold"]
 _released: asyncio.Event | None = None  # set while the mode is not "hold"
 
@@ -35,7 +42,10 @@ def _gate() -> asyncio.Event:
 
 def _completion(model: str, content: str = "OK") -> dict[str, Any]:
     return {
-        "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
     }
@@ -52,8 +62,13 @@ async def _read_body(receive: Any) -> bytes:
 
 async def _send_json(send: Any, status: int, payload: Any) -> None:
     data = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -108,11 +123,24 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return await _send_json(send, 200, _completion(model))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for piece in ("O", "K"):
-            chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
-        final = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                 "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+            chunk = {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
+            await send(
+                {"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True}
+            )
+        final = {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
         await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode()})
     finally:
         STATE["in_flight"] -= 1

@@ -44,14 +44,17 @@ class RedisChannelLayer(_RedisChannelLayer):
             if timeout is not None and timeout <= receive_block:
                 raise ImproperlyConfigured(
                     f"CHANNEL_LAYERS: socket_timeout {timeout}s must exceed the blocking receive of "
-                    f"{receive_block}s, or every idle websocket dies with TimeoutError")
+                    f"{receive_block}s, or every idle websocket dies with TimeoutError"
+                )
 
     def read_timeouts(self) -> dict[str, float | None]:
         """The timeouts a websocket's receive runs under (tests check a hold outlasts them)."""
         socket_timeouts = [h.get("socket_timeout", _default_socket_timeout()) for h in self.hosts]
-        return {"receive_block": self.brpop_timeout,
-                "socket_timeout": max((t for t in socket_timeouts if t is not None), default=None),
-                "health_check_interval": max(float(h.get("health_check_interval", 0)) for h in self.hosts)}
+        return {
+            "receive_block": self.brpop_timeout,
+            "socket_timeout": max((t for t in socket_timeouts if t is not None), default=None),
+            "health_check_interval": max(float(h.get("health_check_interval", 0)) for h in self.hosts),
+        }
 
     async def receive_single(self, channel: str) -> Any:
         try:

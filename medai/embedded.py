@@ -67,10 +67,27 @@ class EmbeddedRedis:
         return self.proc.pid if self.proc is not None else None
 
     def argv(self) -> list[str]:
-        return [redis_server_executable(), "--port", "0",
-                "--unixsocket", str(self.socket_file), "--unixsocketperm", "700",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--logfile", str(self.log_file), "--loglevel", "warning"]
+        return [
+            redis_server_executable(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_file),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log_file),
+            "--loglevel",
+            "warning",
+        ]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -92,8 +109,13 @@ class EmbeddedRedis:
         if self.alive():
             return self
         self.socket_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -104,8 +104,11 @@ class MedaiASGIHandler(ASGIHandler):
             # close() runs the response's closers and sends request_finished. Django adds the
             # request's own close() (its body, in memory or a temporary file); other closers
             # (an open file being served) keep the stock path.
-            if (all(getattr(closer, "__self__", None) is request for closer in response._resource_closers)
-                    and _request_thread_unused() and _inline_safe(signals.request_finished, self.__class__)):
+            if (
+                all(getattr(closer, "__self__", None) is request for closer in response._resource_closers)
+                and _request_thread_unused()
+                and _inline_safe(signals.request_finished, self.__class__)
+            ):
                 response.close()
             else:
                 await sync_to_async(response.close)()

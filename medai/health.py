@@ -56,12 +56,19 @@ def _check_models() -> dict[str, object]:
         view = shared.load_view()
         enabled = [ep for ep in router.snapshot().models.values() if ep.enabled]
         stale = max(3 * float(getattr(settings, "MEDAI_HEALTH_INTERVAL", 10.0)), 30.0)
-        serving = [ep.name for ep in enabled if policy._healthy(view, ep.id, stale)[0]
-                   and view.circuits.get(ep.id, (circuit.CLOSED,))[0] != circuit.OPEN]
+        serving = [
+            ep.name
+            for ep in enabled
+            if policy._healthy(view, ep.id, stale)[0] and view.circuits.get(ep.id, (circuit.CLOSED,))[0] != circuit.OPEN
+        ]
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
-    return {"ok": bool(serving), "serving": sorted(serving), "enabled": len(enabled),
-            "detail": f"{len(serving)} of {len(enabled)} enabled model endpoint(s) serving"}
+    return {
+        "ok": bool(serving),
+        "serving": sorted(serving),
+        "enabled": len(enabled),
+        "detail": f"{len(serving)} of {len(enabled)} enabled model endpoint(s) serving",
+    }
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
@@ -70,5 +77,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         ok, detail = check()
         checks[name] = {"ok": ok, "detail": detail}
     ready = all(c["ok"] for c in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not_ready", "checks": checks, "models": _check_models()},
-                        status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks, "models": _check_models()},
+        status=200 if ready else 503,
+    )

@@ -65,8 +65,15 @@ class Child:
         self._spawn()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._pump = threading.Thread(target=self._copy_output, args=(self.proc,), daemon=True)
         self._pump.start()
 
@@ -160,23 +167,36 @@ def check_secrets(env: dict[str, str], var: Path) -> None:
         found = load(environ=env, var_dir=var, debug=envbool("DEBUG", False))
     except ImproperlyConfigured as exc:
         raise LaunchError(str(exc)) from None
-    log(f"MEDAI_ENV={env['MEDAI_ENV']}; secrets: " + ", ".join(f"{name} from {source}"
-                                                            for name, source in found.sources.items()))
+    log(
+        f"MEDAI_ENV={env['MEDAI_ENV']}; secrets: "
+        + ", ".join(f"{name} from {source}" for name, source in found.sources.items())
+    )
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
     """Run a manage.py command to completion; a failure stops the launch with its output."""
     log(f"manage.py {' '.join(args)}")
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     for line in result.stdout.splitlines():
         print(f"[{args[0]}] {line}", flush=True)
     if result.returncode != 0:
         raise LaunchError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
 
 
-def wait_ready(url: str, children: list[Child], timeout: float, stop: threading.Event,
-               accept: Callable[[httpx.Response], object] | None = None) -> bool:
+def wait_ready(
+    url: str,
+    children: list[Child],
+    timeout: float,
+    stop: threading.Event,
+    accept: Callable[[httpx.Response], object] | None = None,
+) -> bool:
     """Wait for ``url`` to answer 200 (and ``accept`` the response) while every child stays alive;
     False if ``stop`` was set first."""
     deadline = time.monotonic() + timeout
@@ -249,8 +269,9 @@ def banner(port: int, password: str, llama_url: str | None) -> str:
 """
 
 
-def supervise(children: list[Child], stop: threading.Event, redis: EmbeddedRedis | None = None,
-              tick: float = 0.5) -> Child | None:
+def supervise(
+    children: list[Child], stop: threading.Event, redis: EmbeddedRedis | None = None, tick: float = 0.5
+) -> Child | None:
     """Until ``stop`` is set (a signal): start the embedded Redis again at once if it died (on the
     same socket), and a dead child after its delay. Returns a child that died too often."""
     while not stop.wait(tick):
@@ -321,14 +342,22 @@ def run() -> int:
     var = var_dir()
     # `make run` is the embedded default on a developer's machine: unless told otherwise, it is a
     # development environment, whose missing keys are generated into var/ (medai/secrets.py).
-    env = {**os.environ, "MEDAI_ENV": os.environ.get("MEDAI_ENV", "").strip() or "development",
-           "MEDAI_VAR_DIR": str(var), "MEDAI_LLAMA_PORT": str(llama_port), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "MEDAI_ENV": os.environ.get("MEDAI_ENV", "").strip() or "development",
+        "MEDAI_VAR_DIR": str(var),
+        "MEDAI_LLAMA_PORT": str(llama_port),
+        "PYTHONUNBUFFERED": "1",
+    }
     check_secrets(env, var)
     redis = start_redis(var, env)
     children: list[Child] = []
     try:
-        for command in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"],
-                        ["bootstrap_demo", "--llama-port", str(llama_port), *([] if with_llama else ["--no-llama"])]):
+        for command in (
+            ["migrate", "--noinput"],
+            ["collectstatic", "--noinput", "-v", "0"],
+            ["bootstrap_demo", "--llama-port", str(llama_port), *([] if with_llama else ["--no-llama"])],
+        ):
             manage(*command, env=env)
             if stop.is_set():
                 return 130
@@ -347,8 +376,23 @@ def run() -> int:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(var, env))
         children.append(Child("monitor", [sys.executable, "manage.py", "monitor"], env))
         access_log = ["--access-log"] if os.environ.get("MEDAI_ACCESS_LOG", "0") == "1" else ["--no-access-log"]
-        children.append(Child("web", [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
-                                      "--port", str(port), *access_log], env))
+        children.append(
+            Child(
+                "web",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "medai.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    *access_log,
+                ],
+                env,
+            )
+        )
         children.append(Child("worker", [sys.executable, "manage.py", "qcluster"], env))
 
         if with_llama and not wait_ready(f"http://127.0.0.1:{llama_port}/health", children, 180, stop):

@@ -50,8 +50,9 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE = ".medai-metrics.lock"
 FOLDED_KINDS = ("counter", "histogram", "summary")
 
-WEBSOCKETS = Gauge("medai_websocket_connections", "Websocket connections open now, by path", ["path"],
-                   multiprocess_mode="livesum")
+WEBSOCKETS = Gauge(
+    "medai_websocket_connections", "Websocket connections open now, by path", ["path"], multiprocess_mode="livesum"
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -160,8 +161,13 @@ def compact(path: str) -> int:
             try:
                 for metric in merged:
                     for sample in metric.samples:
-                        key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()),
-                                       metric.documentation)
+                        key = mmap_key(
+                            metric.name,
+                            sample.name,
+                            list(sample.labels),
+                            list(sample.labels.values()),
+                            metric.documentation,
+                        )
                         out.write_value(key, sample.value, 0.0)
             finally:
                 out.close()

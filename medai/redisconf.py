@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def client_options(*, socket_timeout: float, connect_timeout: float, health_check_interval: float,
-                   blocking: float = 0.0) -> dict[str, Any]:
+def client_options(
+    *, socket_timeout: float, connect_timeout: float, health_check_interval: float, blocking: float = 0.0
+) -> dict[str, Any]:
     """Connection options for a redis-py client or pool. ``blocking``: the longest time a blocking
     command of this client waits on the server (BLPOP, BZPOPMIN timeout), added to the read timeout."""
     return {
@@ -41,17 +42,30 @@ def cache_config(url: str, *, prefix: str, options: dict[str, Any]) -> dict[str,
     }
 
 
-def channel_layers_config(url: str, *, prefix: str, socket_timeout: float, connect_timeout: float,
-                          health_check_interval: float, receive_block: float = 5.0,
-                          group_expiry: int = 86_400) -> dict[str, Any]:
+def channel_layers_config(
+    url: str,
+    *,
+    prefix: str,
+    socket_timeout: float,
+    connect_timeout: float,
+    health_check_interval: float,
+    receive_block: float = 5.0,
+    group_expiry: int = 86_400,
+) -> dict[str, Any]:
     """CHANNEL_LAYERS for medai's channel layer (``medai.channel_layer``): its receive blocks
     ``receive_block`` seconds, and its connections read for that plus ``socket_timeout``."""
-    host = {"address": url, **client_options(socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                                             health_check_interval=health_check_interval, blocking=receive_block)}
+    host = {
+        "address": url,
+        **client_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            health_check_interval=health_check_interval,
+            blocking=receive_block,
+        ),
+    }
     return {
         "default": {
             "BACKEND": "medai.channel_layer.RedisChannelLayer",
-            "CONFIG": {"hosts": [host], "prefix": prefix, "receive_block": receive_block,
-                       "group_expiry": group_expiry},
+            "CONFIG": {"hosts": [host], "prefix": prefix, "receive_block": receive_block, "group_expiry": group_expiry},
         }
     }

@@ -61,10 +61,12 @@ FILES = {SECRET_KEY: "secret-key", JWT_SIGNING_KEY: "jwt-signing-key", ENCRYPTIO
 
 # SHA-256 of keys that were published (medai's former development SECRET_KEY, and the Fernet key
 # the encryption key used to be derived from it): digests, so the keys themselves appear nowhere.
-_PUBLISHED_DIGESTS = frozenset({
-    "c934571be5c75300d8fe01457761fc45dc3ac270eaafc254bc351e2b5e994513",
-    "28c6eaed27b2cd175004461135858306f9ab1659b3aeb7322040df6235eb9501",
-})
+_PUBLISHED_DIGESTS = frozenset(
+    {
+        "c934571be5c75300d8fe01457761fc45dc3ac270eaafc254bc351e2b5e994513",
+        "28c6eaed27b2cd175004461135858306f9ab1659b3aeb7322040df6235eb9501",
+    }
+)
 _EXAMPLE_FILE = Path(__file__).resolve().parent.parent / ".env.example"
 
 GENERATE_HINT = """\
@@ -167,8 +169,10 @@ def text_key_problems(name: str, value: str) -> list[str]:
         return [f"{name} is {n} character{'' if n == 1 else 's'} long; it must be at least {MIN_KEY_LENGTH}."]
     bits = estimated_entropy_bits(value)
     if _repeats_a_shorter_value(value) or bits < MIN_ENTROPY_BITS:
-        return [f"{name} is guessable (about {bits:.0f} bits of entropy estimated, at least "
-                f"{MIN_ENTROPY_BITS:.0f} needed): use a random value."]
+        return [
+            f"{name} is guessable (about {bits:.0f} bits of entropy estimated, at least "
+            f"{MIN_ENTROPY_BITS:.0f} needed): use a random value."
+        ]
     return []
 
 
@@ -182,11 +186,14 @@ def fernet_key_problems(name: str, keys: tuple[str, ...]) -> list[str]:
         except (binascii.Error, ValueError):
             raw = b""
         if len(raw) != 32 or len(key) != 44:
-            problems.append(f"{label} is not a Fernet key (44 characters of url-safe base64 that decode to "
-                            "32 random bytes).")
+            problems.append(
+                f"{label} is not a Fernet key (44 characters of url-safe base64 that decode to 32 random bytes)."
+            )
         elif _published(key):
-            problems.append(f"{label} is a published key (the key medai derived from its former development key, "
-                            "or a value from .env.example).")
+            problems.append(
+                f"{label} is a published key (the key medai derived from its former development key, "
+                "or a value from .env.example)."
+            )
         elif _repeats_a_shorter_value(raw) or estimated_entropy_bits(raw) < MIN_ENTROPY_BITS:
             problems.append(f"{label} is guessable (its 32 bytes are not random): generate one.")
     return problems
@@ -199,8 +206,10 @@ def cross_problems(secret_key: str, jwt_key: str, fernet_keys: tuple[str, ...]) 
         problems.append(f"{JWT_SIGNING_KEY} equals {SECRET_KEY}: each must be its own random value.")
     for other_name, other in ((SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)):
         if other and any(k in (other, former_derived_fernet_key(other)) for k in fernet_keys):
-            problems.append(f"{ENCRYPTION_KEYS} contains {other_name} or a key derived from it: the encryption "
-                            "key must be independent of every other key.")
+            problems.append(
+                f"{ENCRYPTION_KEYS} contains {other_name} or a key derived from it: the encryption "
+                "key must be independent of every other key."
+            )
     return problems
 
 
@@ -219,9 +228,11 @@ def private_dir(path: Path) -> Path:
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         if st.st_uid != os.geteuid() or mode & stat.S_ISVTX:
-            raise ImproperlyConfigured(f"MEDAI_VAR_DIR={path} is mode {mode:o} and shared (owned by another user, or "
-                                       "sticky like /tmp): medai keeps keys and data there; give it a private "
-                                       "directory (mode 0700).")
+            raise ImproperlyConfigured(
+                f"MEDAI_VAR_DIR={path} is mode {mode:o} and shared (owned by another user, or "
+                "sticky like /tmp): medai keeps keys and data there; give it a private "
+                "directory (mode 0700)."
+            )
         os.chmod(path, mode & 0o700)
     return path
 
@@ -259,8 +270,10 @@ def _read_key_file(path: Path, name: str) -> str:
         if value:
             return value
         time.sleep(0.02)
-    raise ImproperlyConfigured(f"{path} ({name}) is empty: delete it to have a new key generated"
-                               + (" (data encrypted with the old key is lost)." if name == ENCRYPTION_KEYS else "."))
+    raise ImproperlyConfigured(
+        f"{path} ({name}) is empty: delete it to have a new key generated"
+        + (" (data encrypted with the old key is lost)." if name == ENCRYPTION_KEYS else ".")
+    )
 
 
 def create_once(path: Path, name: str, make: Callable[[], str]) -> tuple[str, bool]:
@@ -330,8 +343,11 @@ def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
-    for name, make in ((SECRET_KEY, _new_text_key), (JWT_SIGNING_KEY, _new_text_key),
-                       (ENCRYPTION_KEYS, _new_fernet_key)):
+    for name, make in (
+        (SECRET_KEY, _new_text_key),
+        (JWT_SIGNING_KEY, _new_text_key),
+        (ENCRYPTION_KEYS, _new_fernet_key),
+    ):
         value, source = _from_environ(name, environ)
         if not value and env.development:
             path = var_dir / FILES[name]
@@ -345,15 +361,21 @@ def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
     fernet_keys = split_keys(values[ENCRYPTION_KEYS])
     for name, value in ((SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)):
         if value:
-            problems += [f"{p} (from {sources[name]})" if sources[name] != "environment" else p
-                         for p in text_key_problems(name, value)]
+            problems += [
+                f"{p} (from {sources[name]})" if sources[name] != "environment" else p
+                for p in text_key_problems(name, value)
+            ]
     problems += fernet_key_problems(ENCRYPTION_KEYS, fernet_keys)
     problems += cross_problems(secret_key, jwt_key, fernet_keys)
     if debug and not env.development:
-        problems.append("DEBUG is on: its error pages show settings, source and request data to anyone who "
-                        "triggers one. Set DEBUG=0 (DEBUG is allowed only with MEDAI_ENV=development or test).")
+        problems.append(
+            "DEBUG is on: its error pages show settings, source and request data to anyone who "
+            "triggers one. Set DEBUG=0 (DEBUG is allowed only with MEDAI_ENV=development or test)."
+        )
     if problems:
         raise ImproperlyConfigured(
-            f"{env.describe()}; medai refuses to start:\n" + "".join(f"  - {p}\n" for p in problems)
-            + GENERATE_HINT.format(var_dir=var_dir))
+            f"{env.describe()}; medai refuses to start:\n"
+            + "".join(f"  - {p}\n" for p in problems)
+            + GENERATE_HINT.format(var_dir=var_dir)
+        )
     return Secrets(secret_key, jwt_key, fernet_keys, sources)

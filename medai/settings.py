@@ -108,8 +108,11 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     if envbool("DB_POOL", True):
         # Under ASGI every sync unit of work may run in a fresh thread, so per-thread persistent
         # connections do not help; psycopg's pool does (Django >= 5.1). It replaces CONN_MAX_AGE.
-        _db["OPTIONS"]["pool"] = {"min_size": envint("DB_POOL_MIN", 2, minimum=0),
-                                  "max_size": envint("DB_POOL_MAX", 20, minimum=1), "timeout": 10}
+        _db["OPTIONS"]["pool"] = {
+            "min_size": envint("DB_POOL_MIN", 2, minimum=0),
+            "max_size": envint("DB_POOL_MAX", 20, minimum=1),
+            "timeout": 10,
+        }
         _db["CONN_MAX_AGE"] = 0
         _db["CONN_HEALTH_CHECKS"] = False
 if "pytest" in sys.modules:
@@ -138,13 +141,21 @@ MEDAI_CHANNEL_GROUP_EXPIRY = envint("MEDAI_CHANNEL_GROUP_EXPIRY", 86_400, minimu
 for _name in ("MEDAI_REDIS_SOCKET_TIMEOUT", "MEDAI_REDIS_CONNECT_TIMEOUT", "MEDAI_CHANNEL_RECEIVE_BLOCK"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be positive")
-REDIS_OPTIONS = client_options(socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT, connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT,
-                               health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL)
+REDIS_OPTIONS = client_options(
+    socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT,
+    connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT,
+    health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL,
+)
 CACHES = cache_config(REDIS_URL, prefix=env("MEDAI_CACHE_PREFIX", "medai"), options=REDIS_OPTIONS)
 CHANNEL_LAYERS = channel_layers_config(
-    REDIS_URL, prefix=env("MEDAI_CACHE_PREFIX", "medai") + ":asgi", socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT,
-    connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT, health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL,
-    receive_block=MEDAI_CHANNEL_RECEIVE_BLOCK, group_expiry=MEDAI_CHANNEL_GROUP_EXPIRY)
+    REDIS_URL,
+    prefix=env("MEDAI_CACHE_PREFIX", "medai") + ":asgi",
+    socket_timeout=MEDAI_REDIS_SOCKET_TIMEOUT,
+    connect_timeout=MEDAI_REDIS_CONNECT_TIMEOUT,
+    health_check_interval=MEDAI_REDIS_HEALTH_CHECK_INTERVAL,
+    receive_block=MEDAI_CHANNEL_RECEIVE_BLOCK,
+    group_expiry=MEDAI_CHANNEL_GROUP_EXPIRY,
+)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -297,15 +308,19 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     _values = sys.modules.get("prometheus_client.values")
     if _values is not None and not getattr(_values.ValueClass, "_multiprocess", False):
-        raise ImproperlyConfigured("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: this "
-                                   "process's metrics would not reach /metrics (set it in the environment)")
+        raise ImproperlyConfigured(
+            "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: this "
+            "process's metrics would not reach /metrics (set it in the environment)"
+        )
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "apps.audit.logging.CorrelationFilter"},
-                # no credential in any log line (a websocket's ?token=, a key in an error's text)
-                "credentials": {"()": "apps.audit.credentials.CredentialFilter"}},
+    "filters": {
+        "correlation": {"()": "apps.audit.logging.CorrelationFilter"},
+        # no credential in any log line (a websocket's ?token=, a key in an error's text)
+        "credentials": {"()": "apps.audit.credentials.CredentialFilter"},
+    },
     "formatters": {"json": {"()": "apps.audit.logging.JsonFormatter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation", "credentials"]},

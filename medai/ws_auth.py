@@ -71,6 +71,5 @@ class JWTAuthMiddleware:
                 unavailable = True
         if subprotocol is None and BEARER_SUBPROTOCOL in (scope.get("subprotocols") or []):
             subprotocol = BEARER_SUBPROTOCOL  # offered without a token: answer it, then refuse with 4401
-        scope = dict(scope, user=user, principal=principal, auth_subprotocol=subprotocol,
-                     auth_unavailable=unavailable)
+        scope = dict(scope, user=user, principal=principal, auth_subprotocol=subprotocol, auth_unavailable=unavailable)
         return await self.inner(scope, receive, send)

@@ -27,8 +27,10 @@ def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iter
 
     if connection.vendor == "postgresql":
         with django_db_blocker.unblock(), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -131,11 +133,20 @@ def client_for(token_for: Callable[..., str]) -> Callable[..., APIClient]:
     return make
 
 
-def register_model(name: str, base_url: str, *, rank: int = 10, served: str = "", agents: tuple[str, ...] = ("Chat",),
-                   enabled: bool = True, position: int = 0) -> ModelEndpoint:
+def register_model(
+    name: str,
+    base_url: str,
+    *,
+    rank: int = 10,
+    served: str = "",
+    agents: tuple[str, ...] = ("Chat",),
+    enabled: bool = True,
+    position: int = 0,
+) -> ModelEndpoint:
     """Register a model and append it to the given agent routes."""
-    endpoint = ModelEndpoint.objects.create(name=name, base_url=base_url, served_model_id=served, rank=rank,
-                                            enabled=enabled, context_length=2048)
+    endpoint = ModelEndpoint.objects.create(
+        name=name, base_url=base_url, served_model_id=served, rank=rank, enabled=enabled, context_length=2048
+    )
     for agent_type in agents:
         route, _ = AgentRoute.objects.get_or_create(agent_type=agent_type)
         AgentRouteEntry.objects.create(route=route, endpoint=endpoint, position=position)

@@ -43,7 +43,8 @@ def test_only_djangos_own_receivers_run_inline():  # type: ignore[no-untyped-def
 
 @pytest.mark.parametrize(("path", "own_thread"), [("/healthz", False), ("/v1/models", True)])
 def test_request_finished_runs_on_the_loop_unless_the_request_used_a_thread(  # type: ignore[no-untyped-def]
-        live_medai, path, own_thread, alice, token_for, monkeypatch):
+    live_medai, path, own_thread, alice, token_for, monkeypatch
+):
     # /healthz is an async view: nothing runs in a thread of its own. /v1/models is a sync (DRF)
     # view: it runs in the request's thread, whose connections request_finished must close there.
     seen: list[tuple[str, str]] = []

@@ -29,9 +29,13 @@ from tests.conftest import PASSWORD, records_written, register_model
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
-FUZZ = settings(max_examples=1, deadline=None, database=None, derandomize=bool(os.environ.get("CI")),
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=1,
+    deadline=None,
+    database=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def examples(n: int) -> settings:
@@ -42,11 +46,12 @@ def examples(n: int) -> settings:
 
 surrogates = st.characters(categories=["Cs"])
 text = st.text(st.characters(codec="utf-8") | surrogates, max_size=12) | st.sampled_from(
-    ["", " ", "\x00", "\ud800", "a\udfffb", "é", "\U0001f600", "x" * 300])
-leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-        | text)
-anything = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-                        max_leaves=6)
+    ["", " ", "\x00", "\ud800", "a\udfffb", "é", "\U0001f600", "x" * 300]
+)
+leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True) | text
+anything = st.recursive(
+    leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=6
+)
 
 
 def sometimes(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -55,19 +60,36 @@ def sometimes(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 plain = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20).filter(str.strip)
-message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "developer"]), "content": plain},
-                                optional={"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True)})
-FIELDS = {"model": st.just("stub-a"), "priority": st.sampled_from(["low", "normal", "high", "critical", 0, 3]),
-          "max_tokens": st.integers(1, 8), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
-          "n": st.just(1), "seed": st.integers(-(2**31), 2**31), "stop": plain | st.lists(plain, max_size=4),
-          "user": plain, "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
-          "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20),
-          "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
-          "deadline_s": st.floats(1, 3600)}
+message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "developer"]), "content": plain},
+    optional={"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True)},
+)
+FIELDS = {
+    "model": st.just("stub-a"),
+    "priority": st.sampled_from(["low", "normal", "high", "critical", 0, 3]),
+    "max_tokens": st.integers(1, 8),
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0, 1),
+    "n": st.just(1),
+    "seed": st.integers(-(2**31), 2**31),
+    "stop": plain | st.lists(plain, max_size=4),
+    "user": plain,
+    "presence_penalty": st.floats(-2, 2),
+    "frequency_penalty": st.floats(-2, 2),
+    "logprobs": st.booleans(),
+    "top_logprobs": st.integers(0, 20),
+    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+    "deadline_s": st.floats(1, 3600),
+}
 valid_chat = st.fixed_dictionaries(
-    {"agent_type": st.just("Chat"), "messages": st.lists(message, min_size=1, max_size=3).map(
-        lambda ms: [*ms, {"role": "user", "content": "question"}])},
-    optional=FIELDS)
+    {
+        "agent_type": st.just("Chat"),
+        "messages": st.lists(message, min_size=1, max_size=3).map(
+            lambda ms: [*ms, {"role": "user", "content": "question"}]
+        ),
+    },
+    optional=FIELDS,
+)
 WHERE = ["field", "field", "message", "content", "content", "response_format", "messages"]
 
 
@@ -83,8 +105,12 @@ def chat_bodies(draw: Any) -> dict[str, Any]:
             key = draw(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id", "extra"]))
             body["messages"][draw(st.integers(0, len(body["messages"]) - 1))][key] = draw(anything)
         elif where == "content":
-            body["messages"][-1]["content"] = draw(text | st.lists(st.fixed_dictionaries(
-                {"type": sometimes(st.just("text")), "text": sometimes(text)}), max_size=2))
+            body["messages"][-1]["content"] = draw(
+                text
+                | st.lists(
+                    st.fixed_dictionaries({"type": sometimes(st.just("text")), "text": sometimes(text)}), max_size=2
+                )
+            )
         elif where == "response_format":
             body["response_format"] = {"type": "text", "x": draw(anything)}
         else:
@@ -174,9 +200,14 @@ def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):  # typ
     submitted: list[str] = []
 
     @examples(100)
-    @given(body=chat_body, batch=st.lists(chat_body, min_size=1, max_size=3) | anything, as_batch=st.booleans(),
-           other=ids, query=st.dictionaries(st.sampled_from(["status", "page", "page_size"]), text, max_size=3),
-           pick=st.integers(0, 10**6))
+    @given(
+        body=chat_body,
+        batch=st.lists(chat_body, min_size=1, max_size=3) | anything,
+        as_batch=st.booleans(),
+        other=ids,
+        query=st.dictionaries(st.sampled_from(["status", "page", "page_size"]), text, max_size=3),
+        pick=st.integers(0, 10**6),
+    )
     def run(body: dict[str, Any], batch: Any, as_batch: bool, other: str, query: dict[str, str], pick: int) -> None:
         if as_batch:
             response = api("post", "/v1/async/submit-batch", {"requests": batch})
@@ -200,15 +231,24 @@ def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):  # typ
     assert submitted  # the fuzz got tasks into the queue, not only 400s
     assert_no_task_left_behind()
     for task_id in submitted[:20]:
-        assert api("get", f"/v1/async/status/{task_id}").json()["status"] in ("completed", "failed", "cancelled",
-                                                                                "expired")
+        assert api("get", f"/v1/async/status/{task_id}").json()["status"] in (
+            "completed",
+            "failed",
+            "cancelled",
+            "expired",
+        )
     api("get", "/v1/async/health")
 
 
 def test_auth_endpoints_never_answer_500(api, alice):  # type: ignore[no-untyped-def]
     credentials = st.fixed_dictionaries(
-        {"username": sometimes(st.just("alice")), "password": sometimes(st.just(PASSWORD)),
-         "location_id": sometimes(st.just("demo"))}, optional={"extra": anything})
+        {
+            "username": sometimes(st.just("alice")),
+            "password": sometimes(st.just(PASSWORD)),
+            "location_id": sometimes(st.just("demo")),
+        },
+        optional={"extra": anything},
+    )
 
     @examples(40)
     @given(login=credentials, token=sometimes(text) | anything, header=st.none() | text.map(lambda t: f"Bearer {t}"))

@@ -54,16 +54,27 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no
     """The launcher as `make run` starts it; ``@pytest.mark.launcher_env(NAME="value")`` adds to its environment."""
     port, llama_port = free_port(), free_port()
     marker = request.node.get_closest_marker("launcher_env")
-    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(port),
-           "MEDAI_LLAMA_PORT": str(llama_port), "MEDAI_DEMO_PASSWORD": "launcher-test-pass",
-           **(marker.kwargs if marker else {})}
+    env = {
+        **os.environ,
+        "MEDAI_VAR_DIR": str(tmp_path / "var"),
+        "MEDAI_PORT": str(port),
+        "MEDAI_LLAMA_PORT": str(llama_port),
+        "MEDAI_DEMO_PASSWORD": "launcher-test-pass",
+        **(marker.kwargs if marker else {}),
+    }
     env.pop("REDIS_URL", None)  # the launcher's own embedded Redis, as `make run` does
     for name in ("MEDAI_ENV", *SECRETS, *(f"{n}_FILE" for n in SECRETS)):
         env.pop(name, None)  # a fresh clone: nothing set; the launcher makes it a development environment
     if env.get("DATABASE_URL", "").startswith("postgres"):
         env.pop("DATABASE_URL")  # not the test database pytest-django owns: SQLite in the tmp var dir
-    proc = subprocess.Popen([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medai.launcher"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
 
@@ -74,8 +85,14 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    state = {"proc": proc, "port": port, "llama_port": llama_port, "lines": lines, "output": output,
-             "var": tmp_path / "var"}
+    state = {
+        "proc": proc,
+        "port": port,
+        "llama_port": llama_port,
+        "lines": lines,
+        "output": output,
+        "var": tmp_path / "var",
+    }
     yield state
     if proc.poll() is None:
         for pid in _descendants(proc.pid):
@@ -111,13 +128,19 @@ def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) 
     assert any("manage.py monitor" in n for n in names)  # it started (and supervises) llama-server
 
     base = f"http://127.0.0.1:{launcher['port']}"
-    login = httpx.post(f"{base}/v1/auth/login", json={"username": "clinician", "password": "launcher-test-pass",
-                                                       "location_id": "demo"}, timeout=30)
+    login = httpx.post(
+        f"{base}/v1/auth/login",
+        json={"username": "clinician", "password": "launcher-test-pass", "location_id": "demo"},
+        timeout=30,
+    )
     assert login.status_code == 200, login.text
     token = login.json()["access_token"]
-    chat = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, timeout=120,
-                      json={"model": "Chat", "max_tokens": 16,
-                            "messages": [{"role": "user", "content": "Say hello."}]})
+    chat = httpx.post(
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+        json={"model": "Chat", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]},
+    )
     assert chat.status_code == 200, chat.text
     body = chat.json()
     assert body["choices"][0]["message"]["content"].strip()
@@ -133,13 +156,17 @@ def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) 
     for name in ("secret-key", "jwt-signing-key", "encryption-keys"):
         assert stat.S_IMODE((var / name).stat().st_mode) == 0o600, name
     headers = {"Authorization": f"Bearer {token}"}
-    submitted = httpx.post(f"{base}/v1/async/submit", headers=headers, timeout=30,
-                           json={"agent_type": "Chat", "max_tokens": 8,
-                                 "messages": [{"role": "user", "content": "Say hi."}]})
+    submitted = httpx.post(
+        f"{base}/v1/async/submit",
+        headers=headers,
+        timeout=30,
+        json={"agent_type": "Chat", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hi."}]},
+    )
     assert submitted.status_code == 202, submitted.text
     deadline = time.monotonic() + 120
-    while (result := httpx.get(f"{base}/v1/async/result/{submitted.json()['task_id']}", headers=headers,
-                               timeout=30)).status_code == 409 and time.monotonic() < deadline:
+    while (
+        result := httpx.get(f"{base}/v1/async/result/{submitted.json()['task_id']}", headers=headers, timeout=30)
+    ).status_code == 409 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert result.status_code == 200, result.text
     assert result.json()["choices"][0]["message"]["content"].strip()
@@ -160,19 +187,26 @@ def test_launcher_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path) -> No
         busy.listen()
         port = busy.getsockname()[1]
         env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path), "MEDAI_PORT": str(port), "MEDAI_LLAMA": "0"}
-        result = subprocess.run([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
     assert result.returncode == 1
     assert f"port {port} (MEDAI_PORT) is in use" in result.stdout
 
 
 def test_launcher_outside_development_refuses_missing_keys_before_starting_anything(tmp_path: Path) -> None:
-    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path / "var"), "MEDAI_PORT": str(free_port()), "MEDAI_LLAMA": "0",
-           "MEDAI_ENV": "production"}
+    env = {
+        **os.environ,
+        "MEDAI_VAR_DIR": str(tmp_path / "var"),
+        "MEDAI_PORT": str(free_port()),
+        "MEDAI_LLAMA": "0",
+        "MEDAI_ENV": "production",
+    }
     for name in (*SECRETS, *(f"{n}_FILE" for n in SECRETS)):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "medai.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "SECRET_KEY is not set" in result.stdout and "MEDAI_ENV=development" in result.stdout
     assert "embedded Redis" not in result.stdout and "manage.py" not in result.stdout
@@ -228,8 +262,11 @@ def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_
     assert Path(socket_path).is_socket()
 
     def login() -> str:
-        answer = httpx.post(f"{base}/v1/auth/login", timeout=30, json={
-            "username": "clinician", "password": "launcher-test-pass", "location_id": "demo"})
+        answer = httpx.post(
+            f"{base}/v1/auth/login",
+            timeout=30,
+            json={"username": "clinician", "password": "launcher-test-pass", "location_id": "demo"},
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()["access_token"]
 
@@ -251,9 +288,17 @@ def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_
     with connect(f"{ws_base}/ws/status/", subprotocols=["bearer", token], open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
     # the monitor publishes again into the new Redis: a fresh sample, not a stale one
-    status = _until(lambda: (body := httpx.get(f"{base}/v1/gpu/status", timeout=10,
-                                               headers={"Authorization": f"Bearer {token}"}).json())
-                    and body["monitor_running"] and body)
+    status = _until(
+        lambda: (
+            (
+                body := httpx.get(
+                    f"{base}/v1/gpu/status", timeout=10, headers={"Authorization": f"Bearer {token}"}
+                ).json()
+            )
+            and body["monitor_running"]
+            and body
+        )
+    )
     assert status["stale"] is False
 
     # the launcher supervises its other children too: a killed web server is started again
@@ -278,8 +323,11 @@ def test_with_access_logs_on_the_web_log_carries_no_credential(launcher) -> None
     proc: subprocess.Popen = launcher["proc"]
     _wait_for_ready(launcher)
     base = f"http://127.0.0.1:{launcher['port']}"
-    token = httpx.post(f"{base}/v1/auth/login", timeout=30, json={
-        "username": "clinician", "password": "launcher-test-pass", "location_id": "demo"}).json()["access_token"]
+    token = httpx.post(
+        f"{base}/v1/auth/login",
+        timeout=30,
+        json={"username": "clinician", "password": "launcher-test-pass", "location_id": "demo"},
+    ).json()["access_token"]
     key = "mk_0123abcd_" + "k" * 43  # the shape of an API key: redacted whether valid or not
     with connect(f"{base.replace('http://', 'ws://')}/ws/status/?token={token}", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"

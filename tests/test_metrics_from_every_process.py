@@ -58,52 +58,100 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     stub, stub_url = start_stub()
     procs: list[subprocess.Popen] = []
     try:
-        with own_database(tmp, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), MEDAI_Q_WORKERS="1",
-                          MEDAI_QUEUE_POLL="0.5", MEDAI_BACKEND_RETRIES="0") as env:
+        with own_database(
+            tmp,
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+            MEDAI_Q_WORKERS="1",
+            MEDAI_QUEUE_POLL="0.5",
+            MEDAI_BACKEND_RETRIES="0",
+        ) as env:
             out = manage_shell(env, SETUP.replace("STUB_URL", repr(stub_url)))
             headers = {"Authorization": "Bearer " + out.split("TOKEN=", 1)[1].split()[0]}
             port = free_port()
             log = (tmp / "processes.log").open("ab")
-            web = subprocess.Popen([sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1",
-                                    "--port", str(port), "--no-access-log"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+            web = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "medai.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             procs.append(web)
             base = f"http://127.0.0.1:{port}"
             wait_http(base + "/healthz", 120, web)
-            worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+            worker = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             procs.append(worker)
 
             ask = {"agent_type": "Chat", "messages": [{"role": "user", "content": "Normal INR?"}], "max_tokens": 4}
-            submitted = httpx.post(base + "/v1/async/submit", json={**ask, "priority": "high"}, headers=headers,
-                                   timeout=30)
+            submitted = httpx.post(
+                base + "/v1/async/submit", json={**ask, "priority": "high"}, headers=headers, timeout=30
+            )
             assert submitted.status_code == 202, submitted.text
             task_id = submitted.json()["task_id"]
-            _wait(lambda: httpx.get(f"{base}/v1/async/status/{task_id}", headers=headers, timeout=10).json()
-                  .get("status") == "completed", 120, "the worker to complete the async task")
+            _wait(
+                lambda: (
+                    httpx.get(f"{base}/v1/async/status/{task_id}", headers=headers, timeout=10).json().get("status")
+                    == "completed"
+                ),
+                120,
+                "the worker to complete the async task",
+            )
             stop_group(worker)  # the cluster and its worker processes exit: their counters must stay
             worker_files = sorted(p.name for p in metrics_dir.glob("*.db"))
 
-            queued = httpx.post(base + "/v1/async/submit", json={**ask, "priority": "low",
-                                                                 "messages": [{"role": "user", "content": "Later"}]},
-                                headers=headers, timeout=30)
+            queued = httpx.post(
+                base + "/v1/async/submit",
+                json={**ask, "priority": "low", "messages": [{"role": "user", "content": "Later"}]},
+                headers=headers,
+                timeout=30,
+            )
             assert queued.status_code == 202, queued.text
             sync = httpx.post(base + "/v1/chat/completions", json={"model": "Chat", **ask}, headers=headers, timeout=30)
             assert sync.status_code == 200, sync.text
 
             from websockets.sync.client import connect
 
-            with connect(f"ws://127.0.0.1:{port}/ws/status/", subprotocols=["bearer", headers["Authorization"][7:]],
-                         open_timeout=30) as ws:
+            with connect(
+                f"ws://127.0.0.1:{port}/ws/status/",
+                subprotocols=["bearer", headers["Authorization"][7:]],
+                open_timeout=30,
+            ) as ws:
                 assert json.loads(ws.recv(timeout=30))["type"] == "hello"
                 during = httpx.get(base + "/metrics", timeout=30)
-            after_close = _wait(lambda: (lambda t: t if value(t, "medai_websocket_connections", path="/ws/status/")
-                                         == 0 else None)(httpx.get(base + "/metrics", timeout=30).text), 30,
-                                "the websocket gauge to drop")
+            after_close = _wait(
+                lambda: (lambda t: t if value(t, "medai_websocket_connections", path="/ws/status/") == 0 else None)(
+                    httpx.get(base + "/metrics", timeout=30).text
+                ),
+                30,
+                "the websocket gauge to drop",
+            )
             again = httpx.get(base + "/metrics", timeout=30)
-            yield {"text": during.text, "content_type": during.headers["content-type"], "after_close": after_close,
-                   "again": again.text, "worker_files": worker_files,
-                   "files_now": sorted(p.name for p in metrics_dir.glob("*.db"))}
+            yield {
+                "text": during.text,
+                "content_type": during.headers["content-type"],
+                "after_close": after_close,
+                "again": again.text,
+                "worker_files": worker_files,
+                "files_now": sorted(p.name for p in metrics_dir.glob("*.db")),
+            }
     finally:
         for proc in reversed(procs):
             stop_group(proc)
@@ -130,7 +178,11 @@ def test_tokens_in_and_out_are_counted_by_model_and_agent_type(scraped):  # type
 def test_queue_depth_is_exported_by_priority(scraped):  # type: ignore[no-untyped-def]
     text = scraped["text"]
     assert {p: value(text, "medai_queue_depth", priority=p) for p in ("low", "normal", "high", "critical")} == {
-        "low": 1, "normal": 0, "high": 0, "critical": 0}
+        "low": 1,
+        "normal": 0,
+        "high": 0,
+        "critical": 0,
+    }
     assert value(text, "medai_queue_processing") == 0
 
 
@@ -143,8 +195,10 @@ def test_exited_processes_are_folded_and_still_counted(scraped):  # type: ignore
     assert len(scraped["worker_files"]) > len(scraped["files_now"])  # the worker's files were folded
     assert "counter_archive.db" in scraped["files_now"]
     again = samples(scraped["again"])
-    for name, labels in [("medai_backend_attempts_total", {"model": "stub-a", "outcome": "ok"}),
-                         ("medai_tasks_total", {"mode": "async", "outcome": "completed", "model": "stub-a"})]:
+    for name, labels in [
+        ("medai_backend_attempts_total", {"model": "stub-a", "outcome": "ok"}),
+        ("medai_tasks_total", {"mode": "async", "outcome": "completed", "model": "stub-a"}),
+    ]:
         assert again[(name, frozenset(labels.items()))] == value(scraped["text"], name, **labels)  # never twice
 
 
@@ -157,6 +211,7 @@ def test_the_exposition_parses_and_includes_django_and_gpu_metrics(scraped):  # 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) not installed")
 def test_promtool_accepts_the_exposition(scraped):  # type: ignore[no-untyped-def]
-    result = subprocess.run(["promtool", "check", "metrics"], input=scraped["text"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=scraped["text"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr  # parses, and no lint remark

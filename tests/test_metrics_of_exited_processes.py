@@ -26,13 +26,20 @@ if len(sys.argv) > 2:
 
 
 def run_child(path: Path, n: float) -> None:
-    subprocess.run([sys.executable, "-c", CHILD, str(n)], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)},
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", CHILD, str(n)],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)},
+        check=True,
+        timeout=60,
+    )
 
 
 def read(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for m in MultiProcessCollector(None, path=str(path)).collect() for s in m.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for m in MultiProcessCollector(None, path=str(path)).collect()
+        for s in m.samples
+    }
 
 
 JOBS = ("t_jobs_total", frozenset({("kind", "a")}))
@@ -64,9 +71,13 @@ def test_exited_processes_keep_counting_after_they_are_folded(tmp_path: Path) ->
 
 def test_a_live_process_is_left_alone(tmp_path: Path) -> None:
     run_child(tmp_path, 1)
-    live = subprocess.Popen([sys.executable, "-c", CHILD, "3", "stay"], env={**os.environ,
-                            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    live = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "3", "stay"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert live.stdout is not None and live.stdout.readline().strip() == "ready"
         compact(str(tmp_path))

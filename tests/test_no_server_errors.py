@@ -10,19 +10,39 @@ from tests.conftest import register_model
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DEEP = "[" * 100_000
-BODIES = [DEEP, "{" * 5000, '{"a":' * 3000, "\x00", "{}", "[]", '"x"', "1e999999", '{"messages": ' + DEEP + "}",
-          '{"username": {"$ne": 1}, "password": [], "location_id": null}', "\ud800",
-          '{"requests": [[]]}', '{"requests": "x"}', '{"requests": [{"messages": "x"}]}',
-          '{"requests": [' + ",".join(['{"model": "m", "messages": [{"role": "user", "content": "q"}]}'] * 101) + "]}",
-          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "priority": "urgent"}',
-          '{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
-          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "response_format": {"type": "text", "x": NaN}}',
-          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "tools": [{"type": "function", '
-          '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
-          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
-          '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}']
-ENDPOINTS = ["/v1/auth/login", "/v1/auth/refresh", "/v1/auth/logout", "/v1/chat/completions", "/v1/async/submit",
-             "/v1/async/submit-batch", "/v1/async/cancel/00000000-0000-0000-0000-000000000000"]
+BODIES = [
+    DEEP,
+    "{" * 5000,
+    '{"a":' * 3000,
+    "\x00",
+    "{}",
+    "[]",
+    '"x"',
+    "1e999999",
+    '{"messages": ' + DEEP + "}",
+    '{"username": {"$ne": 1}, "password": [], "location_id": null}',
+    "\ud800",
+    '{"requests": [[]]}',
+    '{"requests": "x"}',
+    '{"requests": [{"messages": "x"}]}',
+    '{"requests": [' + ",".join(['{"model": "m", "messages": [{"role": "user", "content": "q"}]}'] * 101) + "]}",
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "priority": "urgent"}',
+    '{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "response_format": {"type": "text", "x": NaN}}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "tools": [{"type": "function", '
+    '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}',
+]
+ENDPOINTS = [
+    "/v1/auth/login",
+    "/v1/auth/refresh",
+    "/v1/auth/logout",
+    "/v1/chat/completions",
+    "/v1/async/submit",
+    "/v1/async/submit-batch",
+    "/v1/async/cancel/00000000-0000-0000-0000-000000000000",
+]
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -31,25 +51,48 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):  # type: igno
     client = Client(raise_request_exception=False)
     for auth in ("", f"Bearer {token_for(alice)}"):
         for body in BODIES:
-            response = client.post(path, data=body.encode("utf-8", "surrogatepass"), content_type="application/json",
-                                   HTTP_AUTHORIZATION=auth)
+            response = client.post(
+                path,
+                data=body.encode("utf-8", "surrogatepass"),
+                content_type="application/json",
+                HTTP_AUTHORIZATION=auth,
+            )
             # 503 is the documented answer when a valid request finds no model server (port 9 here)
             assert response.status_code < 500 or response.status_code == 503, (path, body[:40], response.content[:200])
             if response.status_code >= 400:
                 assert "error" in response.json(), (path, body[:40], response.content[:200])
 
 
-@pytest.mark.parametrize("path", ["/v1/models/%00", "/v1/models/" + "x" * 5000, "/v1/%ff", "/v1/chat/completions/",
-                                  "/v1/async/status/not-a-uuid", "/v1/async/result/" + "0" * 5000,
-                                  "/v1/async/tasks?page=-1&page_size=x", "/v1/async/tasks?status=%00",
-                                  "/v1/async/batch-status/00000000-0000-0000-0000-000000000000"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/%00",
+        "/v1/models/" + "x" * 5000,
+        "/v1/%ff",
+        "/v1/chat/completions/",
+        "/v1/async/status/not-a-uuid",
+        "/v1/async/result/" + "0" * 5000,
+        "/v1/async/tasks?page=-1&page_size=x",
+        "/v1/async/tasks?status=%00",
+        "/v1/async/batch-status/00000000-0000-0000-0000-000000000000",
+    ],
+)
 def test_odd_paths_never_cause_a_500(path, alice, token_for):  # type: ignore[no-untyped-def]
     response = Client(raise_request_exception=False).get(path, HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
     assert response.status_code < 500
 
 
-@pytest.mark.parametrize("header", ["Bearer " + "a" * 10_000, "Bearer \u00e9\u00e9", "Bearer a.b.c", "Bearer mk_",
-                                    "bearer    spaced", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer " + "a" * 10_000,
+        "Bearer \u00e9\u00e9",
+        "Bearer a.b.c",
+        "Bearer mk_",
+        "bearer    spaced",
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
+    ],
+)
 def test_odd_authorization_headers_are_401(header, alice):  # type: ignore[no-untyped-def]
     response = Client(raise_request_exception=False).get("/v1/models", HTTP_AUTHORIZATION=header)
     assert response.status_code == 401

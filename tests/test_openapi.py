@@ -22,8 +22,9 @@ def test_schema_and_docs_are_served():  # type: ignore[no-untyped-def]
 
 
 def test_auth_and_model_responses_match_the_schema(alice):  # type: ignore[no-untyped-def]
-    login = APIClient().post("/v1/auth/login", {"username": "alice", "password": PASSWORD, "location_id": "demo"},
-                             format="json")
+    login = APIClient().post(
+        "/v1/auth/login", {"username": "alice", "password": PASSWORD, "location_id": "demo"}, format="json"
+    )
     assert_matches("/v1/auth/login", "post", 200, login.json())
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {login.json()['access_token']}")
@@ -36,8 +37,11 @@ def test_auth_and_model_responses_match_the_schema(alice):  # type: ignore[no-un
 def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
-    ok = httpx.post(f"{live_medai}/v1/chat/completions", headers=headers,
-                    json={"model": "stub-a", "messages": [{"role": "user", "content": "hi"}]})
+    ok = httpx.post(
+        f"{live_medai}/v1/chat/completions",
+        headers=headers,
+        json={"model": "stub-a", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert_matches("/v1/chat/completions", "post", 200, ok.json())
     bad = httpx.post(f"{live_medai}/v1/chat/completions", headers=headers, json={"model": "stub-a"})
     assert_matches("/v1/chat/completions", "post", 400, bad.json())
@@ -60,9 +64,15 @@ def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backe
     assert_matches("/v1/async/result/{task_id}", "get", 200, client.get(f"/v1/async/result/{task_id}").json())
     assert_matches("/v1/async/cancel/{task_id}", "post", 409, client.post(f"/v1/async/cancel/{task_id}").json())
 
-    batch = client.post("/v1/async/submit-batch", {"requests": [
-        {"agent_type": "Chat", "messages": [{"role": "user", "content": f"item {i}"}]} for i in range(3)]},
-        format="json")
+    batch = client.post(
+        "/v1/async/submit-batch",
+        {
+            "requests": [
+                {"agent_type": "Chat", "messages": [{"role": "user", "content": f"item {i}"}]} for i in range(3)
+            ]
+        },
+        format="json",
+    )
     assert_matches("/v1/async/submit-batch", "post", 202, batch.json())
     progress = client.get(f"/v1/async/batch-status/{batch.json()['batch_id']}")
     assert_matches("/v1/async/batch-status/{batch_id}", "get", 200, progress.json())

@@ -40,8 +40,13 @@ def own_redis(settings, tmp_path: Path) -> Iterator[EmbeddedRedis]:
     settings.REDIS_URL = server.url
     settings.CACHES = cache_config(server.url, prefix="medai-outage", options=settings.REDIS_OPTIONS)
     settings.CHANNEL_LAYERS = channel_layers_config(
-        server.url, prefix="medai-outage:asgi", socket_timeout=2.0, connect_timeout=1.0,
-        health_check_interval=30.0, receive_block=1.0)
+        server.url,
+        prefix="medai-outage:asgi",
+        socket_timeout=2.0,
+        connect_timeout=1.0,
+        health_check_interval=30.0,
+        receive_block=1.0,
+    )
     _reset_clients()
     yield server
     server.stop()
@@ -85,7 +90,8 @@ def _eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
 
 
 def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_socket(
-        own_redis, web, alice, token_for, stub_backend):  # type: ignore[no-untyped-def]
+    own_redis, web, alice, token_for, stub_backend
+):  # type: ignore[no-untyped-def]
     from django.core.cache import cache
 
     from apps.gpu import shared, slots
@@ -110,8 +116,12 @@ def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_
     assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
     gpu = httpx.get(f"{web}/v1/gpu/status", headers=headers, timeout=30)
     assert gpu.status_code == 200
-    chat = httpx.post(f"{web}/v1/chat/completions", headers=headers, timeout=30,
-                      json={"model": "stub-a", "messages": [{"role": "user", "content": "hi"}]})
+    chat = httpx.post(
+        f"{web}/v1/chat/completions",
+        headers=headers,
+        timeout=30,
+        json={"model": "stub-a", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert chat.status_code == 200  # the GPU state and circuits fall back on this process's view
 
     own_redis.restart()
@@ -130,8 +140,9 @@ def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_
     # and a websocket works again, events included
     with _ws(web, "/ws/status/", token) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
-        task = queue.submit_task(f"Bearer {token}", {"model": "stub-a",
-                                                     "messages": [{"role": "user", "content": "again"}]}).task
+        task = queue.submit_task(
+            f"Bearer {token}", {"model": "stub-a", "messages": [{"role": "user", "content": "again"}]}
+        ).task
         assert push.flush(5)
         update = json.loads(ws.recv(timeout=10))
         assert (update["data"]["task_id"], update["data"]["status"]) == (str(task.id), "queued")

@@ -32,9 +32,12 @@ class UserAdmin(DjangoUserAdmin):
 
 
 class ApiKeyCreateForm(forms.ModelForm):
-    scopes = forms.MultipleChoiceField(choices=[(s, s) for s in ALL_SCOPES], required=False,
-                                       widget=forms.CheckboxSelectMultiple,
-                                       help_text="Empty: the role's default scopes.")
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in ALL_SCOPES],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Empty: the role's default scopes.",
+    )
 
     class Meta:
         model = ApiKey
@@ -57,8 +60,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "prefix", "user", "location", "scope_list", "state", "expires_at", "last_used_at"]
     list_filter = ["location", "revoked_at"]
     search_fields = ["name", "prefix", "user__username"]
-    readonly_fields = ["prefix", "user", "location", "scopes", "created_at", "expires_at", "revoked_at",
-                       "last_used_at", "replaced_by"]
+    readonly_fields = [
+        "prefix",
+        "user",
+        "location",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "replaced_by",
+    ]
     actions = ["revoke_keys", "rotate_keys"]
 
     @admin.display(description="scopes")
@@ -89,8 +101,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         key, secret = services.create_api_key(
-            form.cleaned_data["user"], name=form.cleaned_data["name"], location=form.cleaned_data["location"],
-            scopes=form.cleaned_data.get("scopes") or [], expires_at=form.cleaned_data.get("expires_at"),
+            form.cleaned_data["user"],
+            name=form.cleaned_data["name"],
+            location=form.cleaned_data["location"],
+            scopes=form.cleaned_data.get("scopes") or [],
+            expires_at=form.cleaned_data.get("expires_at"),
             actor=request.user,
         )
         obj.pk = key.pk
@@ -98,9 +113,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self._show_secret(request, key, secret)
 
     def _show_secret(self, request, key: ApiKey, secret: str) -> None:  # type: ignore[no-untyped-def]
-        messages.warning(request, format_html(
-            "API key <b>{}</b> created. Copy the secret now; it will not be shown again: <code>{}</code>",
-            key.name, secret))
+        messages.warning(
+            request,
+            format_html(
+                "API key <b>{}</b> created. Copy the secret now; it will not be shown again: <code>{}</code>",
+                key.name,
+                secret,
+            ),
+        )
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset):  # type: ignore[no-untyped-def]

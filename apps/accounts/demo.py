@@ -57,7 +57,9 @@ def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None
 
     password, source = demo_password(var_dir)
     org, _ = Organization.objects.get_or_create(name=DEMO_ORG)
-    location, _ = Location.objects.get_or_create(code=DEMO_LOCATION, defaults={"organization": org, "name": "Demo ward"})
+    location, _ = Location.objects.get_or_create(
+        code=DEMO_LOCATION, defaults={"organization": org, "name": "Demo ward"}
+    )
     for username, role, superuser in DEMO_USERS:
         user, _ = User.objects.get_or_create(username=username)
         user.role = role
@@ -71,9 +73,18 @@ def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None
         user.locations.add(location)
 
     port = llama_port or int(os.environ.get("MEDAI_LLAMA_PORT", "8081"))
-    endpoint, _ = ModelEndpoint.objects.update_or_create(name=BUNDLED_ENDPOINT_NAME, defaults=dict(
-        kind=ModelEndpoint.Kind.LLAMACPP, base_url=f"http://127.0.0.1:{port}/v1",
-        served_model_id="smollm2-135m-instruct", context_length=2048, vram_mb=200, rank=10, enabled=True))
+    endpoint, _ = ModelEndpoint.objects.update_or_create(
+        name=BUNDLED_ENDPOINT_NAME,
+        defaults=dict(
+            kind=ModelEndpoint.Kind.LLAMACPP,
+            base_url=f"http://127.0.0.1:{port}/v1",
+            served_model_id="smollm2-135m-instruct",
+            context_length=2048,
+            vram_mb=200,
+            rank=10,
+            enabled=True,
+        ),
+    )
     for route in AgentRoute.objects.all():
         if not AgentRouteEntry.objects.filter(route=route, endpoint=endpoint).exists():
             last = route.entries.aggregate(m=Max("position"))["m"]

@@ -45,9 +45,12 @@ class User(AbstractUser):
         ADMIN = "admin"
 
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.CLINICIAN)
-    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
-    locations = models.ManyToManyField(Location, blank=True, related_name="users",
-                                       help_text="Locations this user may log in to and work at.")
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="users"
+    )
+    locations = models.ManyToManyField(
+        Location, blank=True, related_name="users", help_text="Locations this user may log in to and work at."
+    )
 
     objects = UserManager()
 
@@ -85,8 +88,12 @@ class ApiKey(models.Model):
     PREFIX = "mk_"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
-    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="api_keys",
-                                 help_text="Requests made with this key act at this location.")
+    location = models.ForeignKey(
+        Location,
+        on_delete=models.PROTECT,
+        related_name="api_keys",
+        help_text="Requests made with this key act at this location.",
+    )
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True, editable=False)
     hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
@@ -95,8 +102,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    replaced_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL,
-                                       related_name="replaces", editable=False)
+    replaced_by = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 

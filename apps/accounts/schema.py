@@ -8,5 +8,8 @@ class BearerAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "bearer"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
-        return {"type": "http", "scheme": "bearer",
-                "description": "An access JWT from /v1/auth/login, or an API key (mk_…)."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An access JWT from /v1/auth/login, or an API key (mk_…).",
+        }

@@ -93,13 +93,24 @@ def login(username: str, password: str, location_code: str, *, ip: str | None = 
     """Check the password and that the user works at ``location_code``; audit either way."""
     user = authenticate(username=username, password=password)
     if user is None:
-        record_event("auth.login", outcome=AuditEvent.Outcome.FAILURE, ip=ip, location=location_code,
-                     details={"username": username, "reason": "bad credentials"})
+        record_event(
+            "auth.login",
+            outcome=AuditEvent.Outcome.FAILURE,
+            ip=ip,
+            location=location_code,
+            details={"username": username, "reason": "bad credentials"},
+        )
         raise AuthError("Invalid username or password.")
     location = user.locations.filter(code=location_code, is_active=True).first()
     if location is None:
-        record_event("auth.login", actor=user, outcome=AuditEvent.Outcome.DENIED, ip=ip,
-                     location=location_code, details={"reason": "not a member of this location"})
+        record_event(
+            "auth.login",
+            actor=user,
+            outcome=AuditEvent.Outcome.DENIED,
+            ip=ip,
+            location=location_code,
+            details={"reason": "not a member of this location"},
+        )
         raise LoginDenied(f"User is not allowed at location '{location_code}'.")
     pair = issue_tokens(user, location)
     User.objects.filter(pk=user.pk).update(last_login=timezone.now())
@@ -129,7 +140,8 @@ def logout(principal: Principal, refresh_token: str | None, *, ip: str | None = 
     with transaction.atomic():
         if principal.jti:
             RevokedAccessToken.objects.get_or_create(
-                jti=principal.jti, defaults={"expires_at": timezone.now() + settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]}
+                jti=principal.jti,
+                defaults={"expires_at": timezone.now() + settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]},
             )
         if refresh_token:
             try:
@@ -240,8 +252,9 @@ def _authenticate_jwt(token: str, cached_only: bool = False) -> tuple[User, Prin
     if location is None:
         raise AuthError("User is no longer allowed at the token's location.", "location_denied")
     scopes = frozenset(str(access.get("scope", "")).split())
-    principal = Principal(user.pk, user.username, user.role, location.pk, location.code,
-                          location.organization_id, scopes, "jwt", jti=jti)
+    principal = Principal(
+        user.pk, user.username, user.role, location.pk, location.code, location.organization_id, scopes, "jwt", jti=jti
+    )
     return user, principal
 
 
@@ -275,8 +288,17 @@ def _authenticate_api_key(secret: str, cached_only: bool = False) -> tuple[User,
     user = key.user
     allowed = set(user.default_scopes)
     scopes = frozenset(s for s in (key.scopes or user.default_scopes) if s in allowed)
-    principal = Principal(user.pk, user.username, user.role, key.location_id, key.location.code,
-                          key.location.organization_id, scopes, "api_key", api_key_id=key.pk)
+    principal = Principal(
+        user.pk,
+        user.username,
+        user.role,
+        key.location_id,
+        key.location.code,
+        key.location.organization_id,
+        scopes,
+        "api_key",
+        api_key_id=key.pk,
+    )
     return user, principal
 
 
@@ -310,11 +332,22 @@ def create_api_key(
         expires_at = timezone.now() + timedelta(days=settings.MEDAI_API_KEY_TTL_DAYS)
     prefix, secret = generate_secret()
     with transaction.atomic():
-        key = ApiKey.objects.create(user=user, location=location, name=name, prefix=prefix,
-                                    hashed_secret=hash_secret(secret), scopes=list(scopes or []),
-                                    expires_at=expires_at)
-        record_event("apikey.create", actor=actor or user, location=location.code, obj=key,
-                     details={"name": name, "prefix": prefix, "scopes": key.scopes})
+        key = ApiKey.objects.create(
+            user=user,
+            location=location,
+            name=name,
+            prefix=prefix,
+            hashed_secret=hash_secret(secret),
+            scopes=list(scopes or []),
+            expires_at=expires_at,
+        )
+        record_event(
+            "apikey.create",
+            actor=actor or user,
+            location=location.code,
+            obj=key,
+            details={"name": name, "prefix": prefix, "scopes": key.scopes},
+        )
     return key, secret
 
 
@@ -323,8 +356,7 @@ def revoke_api_key(key: ApiKey, *, actor: Any = None) -> None:
         if key.revoked_at is None:
             key.revoked_at = timezone.now()
             key.save(update_fields=["revoked_at"])
-        record_event("apikey.revoke", actor=actor, location=key.location.code, obj=key,
-                     details={"prefix": key.prefix})
+        record_event("apikey.revoke", actor=actor, location=key.location.code, obj=key, details={"prefix": key.prefix})
     _user_cache.clear()  # the key may be cached
 
 
@@ -332,12 +364,23 @@ def rotate_api_key(key: ApiKey, *, actor: Any = None) -> tuple[ApiKey, str]:
     """Issue a replacement with the same name, location, scopes and lifetime; revoke the old one."""
     lifetime = (key.expires_at - key.created_at) if key.expires_at else timedelta(days=settings.MEDAI_API_KEY_TTL_DAYS)
     with transaction.atomic():
-        new_key, secret = create_api_key(key.user, name=key.name, location=key.location, scopes=key.scopes,
-                                         expires_at=timezone.now() + lifetime, actor=actor)
+        new_key, secret = create_api_key(
+            key.user,
+            name=key.name,
+            location=key.location,
+            scopes=key.scopes,
+            expires_at=timezone.now() + lifetime,
+            actor=actor,
+        )
         key.replaced_by = new_key
         key.revoked_at = timezone.now()
         key.save(update_fields=["replaced_by", "revoked_at"])
-        record_event("apikey.rotate", actor=actor, location=key.location.code, obj=key,
-                     details={"old_prefix": key.prefix, "new_prefix": new_key.prefix})
+        record_event(
+            "apikey.rotate",
+            actor=actor,
+            location=key.location.code,
+            obj=key,
+            details={"old_prefix": key.prefix, "new_prefix": new_key.prefix},
+        )
     _user_cache.clear()  # the old key may be cached
     return new_key, secret

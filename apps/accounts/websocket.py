@@ -118,8 +118,11 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         if self._closing:
             return
         self._closing = True
-        logger.warning("websocket %s closed 1013: %s", self.scope.get("path", "?"),
-                       type(exc).__name__ if exc else "the channel layer lost Redis")
+        logger.warning(
+            "websocket %s closed 1013: %s",
+            self.scope.get("path", "?"),
+            type(exc).__name__ if exc else "the channel layer lost Redis",
+        )
         try:
             if not self._accepted:
                 await super().accept(self.scope.get("auth_subprotocol"))

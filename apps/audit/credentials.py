@@ -24,9 +24,25 @@ from typing import Any
 REDACTED = "[REDACTED]"
 
 # Query parameter names whose value is a credential (case-insensitive; "-" and "_" alike).
-SECRET_PARAMS = ("token", "access_token", "refresh_token", "id_token", "auth_token", "api_key", "apikey",
-                 "key", "password", "passwd", "secret", "client_secret", "authorization", "auth", "jwt",
-                 "signature", "sig")
+SECRET_PARAMS = (
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "authorization",
+    "auth",
+    "jwt",
+    "signature",
+    "sig",
+)
 
 _NAMES = "|".join(re.escape(p).replace("_", "[-_]") for p in SECRET_PARAMS)
 _PARAM = re.compile(r"(?i)([?&;]|^)((?:" + _NAMES + r")=)[^&;#\s\"'<>]*", re.MULTILINE)

@@ -84,8 +84,11 @@ def _undecryptable(field: models.Field) -> None:  # type: ignore[type-arg]
     label = f"{field.model._meta.label}.{field.name}" if hasattr(field, "model") else field.name
     if label not in _warned:
         _warned.add(label)
-        logger.warning("%s holds values that MEDAI_ENCRYPTION_KEYS cannot decrypt (written under another key); "
-                       "they read as empty and are kept unchanged", label)
+        logger.warning(
+            "%s holds values that MEDAI_ENCRYPTION_KEYS cannot decrypt (written under another key); "
+            "they read as empty and are kept unchanged",
+            label,
+        )
 
 
 class EncryptedTextField(models.TextField):

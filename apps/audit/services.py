@@ -56,9 +56,19 @@ def record_event(
     user_agent: str = "",
 ) -> AuditEvent:
     """Append one event to the chain. Details pass through PHI redaction first."""
-    event = new_event(action, actor=actor, outcome=outcome, location=location, ip=ip, obj=obj,
-                      object_type=object_type, object_id=object_id, details=details, api_key_id=api_key_id,
-                      user_agent=user_agent)
+    event = new_event(
+        action,
+        actor=actor,
+        outcome=outcome,
+        location=location,
+        ip=ip,
+        obj=obj,
+        object_type=object_type,
+        object_id=object_id,
+        details=details,
+        api_key_id=api_key_id,
+        user_agent=user_agent,
+    )
     return record_events([event])[0]
 
 
@@ -167,7 +177,9 @@ def verify_chain(batch_size: int = 2000) -> ChainReport:
             return ChainReport(checked, False, None, "the chain head is missing")
         head_seen = head == prev
     if checked and not head_seen:
-        return ChainReport(checked, False, None, "no event carries the chain head's hash (events removed from the end?)")
+        return ChainReport(
+            checked, False, None, "no event carries the chain head's hash (events removed from the end?)"
+        )
     if not checked and head not in (None, GENESIS):
         return ChainReport(checked, False, None, "the chain head names events that are gone (all removed?)")
     return ChainReport(checked, True)

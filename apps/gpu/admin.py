@@ -29,8 +29,13 @@ class ThermalRuleAdmin(admin.ModelAdmin):
 
 @admin.register(PolicySettings)
 class PolicySettingsAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "recovery_margin_percent", "recovery_margin_celsius", "recovery_hold_seconds",
-                    "admission_wait_seconds"]
+    list_display = [
+        "__str__",
+        "recovery_margin_percent",
+        "recovery_margin_celsius",
+        "recovery_hold_seconds",
+        "admission_wait_seconds",
+    ]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return not PolicySettings.objects.exists()
@@ -51,11 +56,30 @@ class SimulatedGpuAdmin(admin.ModelAdmin):
 
 @admin.register(ModelServer)
 class ModelServerAdmin(admin.ModelAdmin):
-    list_display = ["name", "endpoint", "port", "gpu_index", "vram_mb", "autostart", "desired_state", "state", "pid",
-                    "restarts", "last_error"]
+    list_display = [
+        "name",
+        "endpoint",
+        "port",
+        "gpu_index",
+        "vram_mb",
+        "autostart",
+        "desired_state",
+        "state",
+        "pid",
+        "restarts",
+        "last_error",
+    ]
     list_filter = ["state", "gpu_index", "autostart"]
-    readonly_fields = ["state", "pid", "restarts", "last_exit_code", "last_started_at", "last_error", "log_tail",
-                       "updated_at"]
+    readonly_fields = [
+        "state",
+        "pid",
+        "restarts",
+        "last_exit_code",
+        "last_started_at",
+        "last_error",
+        "log_tail",
+        "updated_at",
+    ]
     actions = ["start", "stop", "restart"]
 
     @admin.action(description="Start (the monitor starts it within a second)")
@@ -79,8 +103,18 @@ class ModelServerAdmin(admin.ModelAdmin):
 
 @admin.register(ModelMetric)
 class ModelMetricAdmin(admin.ModelAdmin):
-    list_display = ["bucket_start", "model_name", "requests", "failures", "failure_rate_percent", "latency_ema_ms",
-                    "latency_p50_ms", "latency_p95_ms", "tokens_per_second", "circuit"]
+    list_display = [
+        "bucket_start",
+        "model_name",
+        "requests",
+        "failures",
+        "failure_rate_percent",
+        "latency_ema_ms",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "tokens_per_second",
+        "circuit",
+    ]
     list_filter = ["model_name"]
     date_hierarchy = "bucket_start"
 
@@ -106,8 +140,19 @@ class ModelMetricAdmin(admin.ModelAdmin):
 
 @admin.register(GpuSample)
 class GpuSampleAdmin(admin.ModelAdmin):
-    list_display = ["taken_at", "gpu_index", "name", "simulated", "memory_used_mb", "memory_total_mb", "temperature_c",
-                    "power_w", "utilization_percent", "level", "thermal"]
+    list_display = [
+        "taken_at",
+        "gpu_index",
+        "name",
+        "simulated",
+        "memory_used_mb",
+        "memory_total_mb",
+        "temperature_c",
+        "power_w",
+        "utilization_percent",
+        "level",
+        "thermal",
+    ]
     list_filter = ["gpu_index", "simulated", "level", "thermal"]
     date_hierarchy = "taken_at"
 

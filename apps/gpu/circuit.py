@@ -95,14 +95,24 @@ def allow(endpoint_id: int) -> bool:
     if state == OPEN and time.time() - opened_at < settings.MEDAI_CIRCUIT_RESET_SECONDS:
         return False
     # Half-open: one trial at a time across every process; the lease outlives a crashed trial.
-    return bool(shared.client().set(shared.key(f"trial:{endpoint_id}"), "1", nx=True,
-                                    ex=int(settings.MEDAI_CIRCUIT_RESET_SECONDS)))
+    return bool(
+        shared.client().set(
+            shared.key(f"trial:{endpoint_id}"), "1", nx=True, ex=int(settings.MEDAI_CIRCUIT_RESET_SECONDS)
+        )
+    )
 
 
 def record_failure(endpoint_id: int) -> str:
     """Count a failure; returns the circuit's state after it."""
-    value = _script("failure", _FAILURE)(keys=[shared.key("circuits")], args=[
-        str(endpoint_id), settings.MEDAI_CIRCUIT_FAILURES, f"{time.time():.3f}", settings.MEDAI_CIRCUIT_RESET_SECONDS])
+    value = _script("failure", _FAILURE)(
+        keys=[shared.key("circuits")],
+        args=[
+            str(endpoint_id),
+            settings.MEDAI_CIRCUIT_FAILURES,
+            f"{time.time():.3f}",
+            settings.MEDAI_CIRCUIT_RESET_SECONDS,
+        ],
+    )
     _set_local(endpoint_id, value)
     state = value.decode().split(",")[0]
     if state == OPEN:

@@ -58,8 +58,16 @@ def find_bundled_model() -> Path:
 
 
 # llama-server's short spellings and negations, so that an option given twice is seen as one.
-_SAME_OPTION = {"-m": "--model", "-a": "--alias", "-np": "--parallel", "-c": "--ctx-size", "-t": "--threads",
-                "--no-jinja": "--jinja", "--no-metrics": "--metrics", "--chat-template": "--chat-template-file"}
+_SAME_OPTION = {
+    "-m": "--model",
+    "-a": "--alias",
+    "-np": "--parallel",
+    "-c": "--ctx-size",
+    "-t": "--threads",
+    "--no-jinja": "--jinja",
+    "--no-metrics": "--metrics",
+    "--chat-template": "--chat-template-file",
+}
 
 
 def _option(token: str) -> str | None:
@@ -93,9 +101,15 @@ def server_command(
     given = {_option(a) for a in extra} - {None}
     model = Path(model_path or find_bundled_model())
     defaults: list[tuple[str, str | None]] = [
-        ("--model", str(model)), ("--host", host), ("--port", str(port)),
-        ("--alias", alias), ("--parallel", str(parallel)), ("--ctx-size", str(ctx_size)), ("--metrics", None),
-        ("--jinja", None), ("--threads", str(threads or max(1, (os.cpu_count() or 2)))),
+        ("--model", str(model)),
+        ("--host", host),
+        ("--port", str(port)),
+        ("--alias", alias),
+        ("--parallel", str(parallel)),
+        ("--ctx-size", str(ctx_size)),
+        ("--metrics", None),
+        ("--jinja", None),
+        ("--threads", str(threads or max(1, (os.cpu_count() or 2)))),
     ]
     if model.name == BUNDLED_MODEL_FILE:
         defaults.append(("--chat-template-file", str(BUNDLED_CHAT_TEMPLATE)))

@@ -24,9 +24,12 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from apps.gpu import shared
 
-BACKEND_ATTEMPTS = Counter("medai_backend_attempts_total", "Backend calls by model and outcome (ok, failure: a "
-                           "backend fault, client_error: refused for the request's input, cancelled: by the client)",
-                           ["model", "outcome"])
+BACKEND_ATTEMPTS = Counter(
+    "medai_backend_attempts_total",
+    "Backend calls by model and outcome (ok, failure: a "
+    "backend fault, client_error: refused for the request's input, cancelled: by the client)",
+    ["model", "outcome"],
+)
 ATTEMPT_OUTCOMES = ("ok", "failure", "client_error", "cancelled")
 # A client's own withdrawal, recorded as a request's error_code (older rows: FAILED client_disconnected).
 CLIENT_CANCEL_CODES = frozenset({"client_disconnected", "cancelled"})
@@ -102,14 +105,18 @@ class GpuCollector(Collector):
         thermal = GaugeMetricFamily("medai_gpu_thermal_state", "Thermal state (0 NORMAL .. 3 STOP)")
         thermal.add_metric([], THERMAL.index(decision["thermal"]) if decision.get("thermal") in THERMAL else 0)
         yield thermal
-        for name, key in (("medai_gpu_policy_concurrency", "concurrency"), ("medai_gpu_policy_batch_size", "batch_size")):
+        for name, key in (
+            ("medai_gpu_policy_concurrency", "concurrency"),
+            ("medai_gpu_policy_batch_size", "batch_size"),
+        ):
             fam = GaugeMetricFamily(name, f"Per-model {key} the GPU policy allows now")
             if key in decision:
                 fam.add_metric([], decision[key])
             yield fam
         names = state.get("endpoint_names") or {}
-        circ = GaugeMetricFamily("medai_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
-                                 labels=["model"])
+        circ = GaugeMetricFamily(
+            "medai_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", labels=["model"]
+        )
         for endpoint_id, name in names.items():
             st = v.circuits.get(int(endpoint_id), ("closed", 0, 0.0))[0]
             circ.add_metric([name], CIRCUIT_VALUE.get(st, 0))

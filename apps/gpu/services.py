@@ -74,8 +74,13 @@ def check_health() -> dict[int, tuple[bool, str]]:
 # --- state --------------------------------------------------------------------------------------
 
 
-def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str, Any], extra: dict[str, Any],
-                  ema_ms: dict[str, float] | None = None) -> dict:
+def publish_state(
+    provider: Any,
+    readings: list[GpuReading],
+    decision: dict[str, Any],
+    extra: dict[str, Any],
+    ema_ms: dict[str, float] | None = None,
+) -> dict:
     """Share the latest readings and policy decision (TTL 30 s: a dead monitor's data expires)."""
     from apps.inference.models import ModelEndpoint
 
@@ -86,8 +91,11 @@ def publish_state(provider: Any, readings: list[GpuReading], decision: dict[str,
         g = r.as_dict()
         g["level"] = level_by_gpu.get(r.index, {}).get("level", decision["level"])
         g["thermal"] = level_by_gpu.get(r.index, {}).get("thermal", decision["thermal"])
-        g["models"] = [s["endpoint__name"] or s["name"] for s in servers
-                       if s["gpu_index"] == r.index and s["state"] in ("running", "starting")]
+        g["models"] = [
+            s["endpoint__name"] or s["name"]
+            for s in servers
+            if s["gpu_index"] == r.index and s["state"] in ("running", "starting")
+        ]
         gpus.append(g)
     latest = latest_ema() if ema_ms is None else ema_ms
     state = {
@@ -141,26 +149,42 @@ def status_payload(now: float | None = None) -> dict[str, Any]:
             "batch_size": policy.batch_size,
             "concurrency": policy.concurrency,
             "allowed_models": sorted(state.get("endpoint_names", {}).get(str(i), str(i)) for i in policy.allowed)
-            if policy.allowed is not None else "all",
+            if policy.allowed is not None
+            else "all",
             "admits_new_work": policy.admit_new,
             "admits_critical": policy.admit_critical,
             "paused_for_oom": bool(state.get("oom")),
         },
-        "gpus": [{
-            "index": g["index"], "name": g["name"], "simulated": bool(g.get("simulated")),
-            "memory": {"total_mb": g["memory_total_mb"], "used_mb": g["memory_used_mb"],
-                       "free_mb": g["memory_free_mb"], "used_percent": g["memory_percent"]},
-            "temperature_c": g.get("temperature_c"), "power_w": g.get("power_w"),
-            "utilization_percent": g.get("utilization_percent"),
-            "pressure_level": g.get("level", decision.get("level")), "thermal_state": g.get("thermal"),
-            "models": g.get("models", []), "processes": g.get("processes", []),
-        } for g in state.get("gpus") or []],
-        "backends": [{
-            "model": name,
-            "healthy": v.health.get(int(pk), {}).get("ok"),
-            "circuit": v.circuits.get(int(pk), (circuit.CLOSED, 0, 0.0))[0],
-            "latency_ema_ms": round(v.ema_ms[int(pk)], 1) if int(pk) in v.ema_ms else None,
-        } for pk, name in sorted(state.get("endpoint_names", {}).items(), key=lambda kv: kv[1])],
+        "gpus": [
+            {
+                "index": g["index"],
+                "name": g["name"],
+                "simulated": bool(g.get("simulated")),
+                "memory": {
+                    "total_mb": g["memory_total_mb"],
+                    "used_mb": g["memory_used_mb"],
+                    "free_mb": g["memory_free_mb"],
+                    "used_percent": g["memory_percent"],
+                },
+                "temperature_c": g.get("temperature_c"),
+                "power_w": g.get("power_w"),
+                "utilization_percent": g.get("utilization_percent"),
+                "pressure_level": g.get("level", decision.get("level")),
+                "thermal_state": g.get("thermal"),
+                "models": g.get("models", []),
+                "processes": g.get("processes", []),
+            }
+            for g in state.get("gpus") or []
+        ],
+        "backends": [
+            {
+                "model": name,
+                "healthy": v.health.get(int(pk), {}).get("ok"),
+                "circuit": v.circuits.get(int(pk), (circuit.CLOSED, 0, 0.0))[0],
+                "latency_ema_ms": round(v.ema_ms[int(pk)], 1) if int(pk) in v.ema_ms else None,
+            }
+            for pk, name in sorted(state.get("endpoint_names", {}).items(), key=lambda kv: kv[1])
+        ],
         "servers": state.get("servers", []),
     }
 
@@ -197,11 +221,18 @@ def aggregate_metrics(now: datetime | None = None) -> int:
     endpoints = dict(ModelEndpoint.objects.values_list("name", "pk"))
     for start in (current - timedelta(seconds=METRIC_BUCKET_SECONDS), current):
         end = start + timedelta(seconds=METRIC_BUCKET_SECONDS)
-        rows = InferenceTask.objects.filter(created_at__gte=start, created_at__lt=end).exclude(model_name="").values_list(
-            "model_name", "status", "http_status", "error_code", "inference_ms", "latency_ms", "completion_tokens")
+        rows = (
+            InferenceTask.objects.filter(created_at__gte=start, created_at__lt=end)
+            .exclude(model_name="")
+            .values_list(
+                "model_name", "status", "http_status", "error_code", "inference_ms", "latency_ms", "completion_tokens"
+            )
+        )
         try:
-            fails = {k.decode(): int(v) for k, v in
-                     shared.client().hgetall(shared.key(f"fails:{failure_bucket(start.timestamp())}")).items()}
+            fails = {
+                k.decode(): int(v)
+                for k, v in shared.client().hgetall(shared.key(f"fails:{failure_bucket(start.timestamp())}")).items()
+            }
         except Exception:  # noqa: BLE001
             fails = {}
         per_model: dict[str, dict[str, Any]] = {}
@@ -219,19 +250,32 @@ def aggregate_metrics(now: datetime | None = None) -> int:
             m["requests"] += count
             m["failures"] += count
         for name, m in per_model.items():
-            previous = (ModelMetric.objects.filter(model_name=name, bucket_start__lt=start)
-                        .exclude(latency_ema_ms=None).order_by("-bucket_start").values_list("latency_ema_ms", flat=True)
-                        .first())
+            previous = (
+                ModelMetric.objects.filter(model_name=name, bucket_start__lt=start)
+                .exclude(latency_ema_ms=None)
+                .order_by("-bucket_start")
+                .values_list("latency_ema_ms", flat=True)
+                .first()
+            )
             mean = statistics.fmean(m["lat"]) if m["lat"] else None
             if mean is None:
                 ema = previous
             else:
                 ema = mean if previous is None else previous + EMA_ALPHA * (mean - previous)
-            ModelMetric.objects.update_or_create(model_name=name, bucket_start=start, defaults=dict(
-                endpoint_id=endpoints.get(name), bucket_seconds=METRIC_BUCKET_SECONDS, requests=m["requests"],
-                failures=m["failures"], latency_ema_ms=ema, latency_p50_ms=_percentile(m["lat"], 0.5),
-                latency_p95_ms=_percentile(m["lat"], 0.95),
-                tokens_per_second=(m["tokens"] / (m["ms"] / 1000)) if m["ms"] else None))
+            ModelMetric.objects.update_or_create(
+                model_name=name,
+                bucket_start=start,
+                defaults=dict(
+                    endpoint_id=endpoints.get(name),
+                    bucket_seconds=METRIC_BUCKET_SECONDS,
+                    requests=m["requests"],
+                    failures=m["failures"],
+                    latency_ema_ms=ema,
+                    latency_p50_ms=_percentile(m["lat"], 0.5),
+                    latency_p95_ms=_percentile(m["lat"], 0.95),
+                    tokens_per_second=(m["tokens"] / (m["ms"] / 1000)) if m["ms"] else None,
+                ),
+            )
             written += 1
     return written
 
@@ -240,9 +284,13 @@ def latest_ema() -> dict[str, float]:
     """The latest latency EMA per endpoint id (for routing, shared through the state)."""
     since = timezone.now() - timedelta(minutes=30)
     out: dict[str, float] = {}
-    for endpoint_id, ema in (ModelMetric.objects.filter(bucket_start__gte=since).exclude(endpoint=None)
-                             .exclude(latency_ema_ms=None).order_by("bucket_start")
-                             .values_list("endpoint_id", "latency_ema_ms")):
+    for endpoint_id, ema in (
+        ModelMetric.objects.filter(bucket_start__gte=since)
+        .exclude(endpoint=None)
+        .exclude(latency_ema_ms=None)
+        .order_by("bucket_start")
+        .values_list("endpoint_id", "latency_ema_ms")
+    ):
         out[str(endpoint_id)] = round(ema, 2)
     return out
 
@@ -253,11 +301,24 @@ def latest_ema() -> dict[str, float]:
 def record_history(readings: list[GpuReading], decision: dict[str, Any]) -> None:
     by_gpu = {g["index"]: g for g in decision.get("gpus", [])}
     now = timezone.now()
-    GpuSample.objects.bulk_create([GpuSample(
-        taken_at=now, gpu_index=r.index, name=r.name[:100], simulated=r.simulated, memory_total_mb=r.memory_total_mb,
-        memory_used_mb=r.memory_used_mb, temperature_c=r.temperature_c, power_w=r.power_w,
-        utilization_percent=r.utilization_percent, level=by_gpu.get(r.index, {}).get("level", decision["level"]),
-        thermal=by_gpu.get(r.index, {}).get("thermal", decision["thermal"])) for r in readings])
+    GpuSample.objects.bulk_create(
+        [
+            GpuSample(
+                taken_at=now,
+                gpu_index=r.index,
+                name=r.name[:100],
+                simulated=r.simulated,
+                memory_total_mb=r.memory_total_mb,
+                memory_used_mb=r.memory_used_mb,
+                temperature_c=r.temperature_c,
+                power_w=r.power_w,
+                utilization_percent=r.utilization_percent,
+                level=by_gpu.get(r.index, {}).get("level", decision["level"]),
+                thermal=by_gpu.get(r.index, {}).get("thermal", decision["thermal"]),
+            )
+            for r in readings
+        ]
+    )
 
 
 def prune_history() -> int:
@@ -277,8 +338,13 @@ def audit(action: str, *, failure: bool = False, actor: Any = None, obj: Any = N
     from apps.audit.services import record_event
 
     try:
-        record_event(action, actor=actor, obj=obj, details=details,
-                     outcome=AuditEvent.Outcome.FAILURE if failure else AuditEvent.Outcome.SUCCESS)
+        record_event(
+            action,
+            actor=actor,
+            obj=obj,
+            details=details,
+            outcome=AuditEvent.Outcome.FAILURE if failure else AuditEvent.Outcome.SUCCESS,
+        )
     except Exception:  # noqa: BLE001
         logger.warning("could not write the audit event %s", action, exc_info=True)
 
@@ -303,9 +369,16 @@ def restart_server(server: ModelServer, actor: Any = None) -> None:
 
 
 @transaction.atomic
-def ensure_bundled_server(port: int, *, endpoint_name: str | None = None, parallel: int = 4,
-                          ctx_size: int | None = None, threads: int | None = None, vram_mb: int = 400,
-                          autostart: bool = True) -> ModelServer:
+def ensure_bundled_server(
+    port: int,
+    *,
+    endpoint_name: str | None = None,
+    parallel: int = 4,
+    ctx_size: int | None = None,
+    threads: int | None = None,
+    vram_mb: int = 400,
+    autostart: bool = True,
+) -> ModelServer:
     """The supervised llama.cpp server of the embedded default, on the bundled SmolLM2 GGUF, and the
     model endpoint that points at it (created or updated; idempotent). The launcher calls this,
     then runs the monitor, which starts the server."""
@@ -314,15 +387,27 @@ def ensure_bundled_server(port: int, *, endpoint_name: str | None = None, parall
 
     name = endpoint_name or BUNDLED_MODEL_ALIAS
     base_url = f"http://127.0.0.1:{port}/v1"
-    endpoint, _ = ModelEndpoint.objects.get_or_create(name=name, defaults=dict(
-        kind=ModelEndpoint.Kind.LLAMACPP, base_url=base_url, served_model_id=BUNDLED_MODEL_ALIAS,
-        context_length=2048, vram_mb=vram_mb, rank=100))
+    endpoint, _ = ModelEndpoint.objects.get_or_create(
+        name=name,
+        defaults=dict(
+            kind=ModelEndpoint.Kind.LLAMACPP,
+            base_url=base_url,
+            served_model_id=BUNDLED_MODEL_ALIAS,
+            context_length=2048,
+            vram_mb=vram_mb,
+            rank=100,
+        ),
+    )
     if endpoint.base_url != base_url:
         endpoint.base_url = base_url
         endpoint.save(update_fields=["base_url", "updated_at"])
     args = ["--parallel", str(parallel), "--ctx-size", str(ctx_size or 2048 * parallel)]
     if threads:
         args += ["--threads", str(threads)]
-    server, _ = ModelServer.objects.update_or_create(name=f"llama.cpp {name}", defaults=dict(
-        endpoint=endpoint, port=port, host="127.0.0.1", gpu_index=0, vram_mb=vram_mb, autostart=autostart, args=args))
+    server, _ = ModelServer.objects.update_or_create(
+        name=f"llama.cpp {name}",
+        defaults=dict(
+            endpoint=endpoint, port=port, host="127.0.0.1", gpu_index=0, vram_mb=vram_mb, autostart=autostart, args=args
+        ),
+    )
     return server

@@ -232,8 +232,11 @@ def _leave(waiter: _Waiter) -> Lease | None:
 def ahead_of(endpoint_ids: Iterable[int], key: Key) -> int:
     """How many requests of this process wait before ``key`` for these models (the fewest of them)."""
     with _lock:
-        counts = [bisect.bisect_left(line, key, key=lambda w: w.key) for i in endpoint_ids
-                  if (line := _lines.get(i)) is not None]
+        counts = [
+            bisect.bisect_left(line, key, key=lambda w: w.key)
+            for i in endpoint_ids
+            if (line := _lines.get(i)) is not None
+        ]
     return min(counts, default=0)
 
 
@@ -266,7 +269,7 @@ def _nudge(counts: dict[int, int]) -> None:
     woken: list[_Waiter] = []
     with _lock:
         for endpoint_id, n in counts.items():
-            for waiter in list(_lines.get(endpoint_id, ()))[:max(n, 1)]:
+            for waiter in list(_lines.get(endpoint_id, ()))[: max(n, 1)]:
                 _remove(waiter)
                 woken.append(waiter)
     for waiter in woken:
@@ -370,8 +373,11 @@ def _publish_once() -> None:
     freed = {k: n - counts.get(k, 0) for k, n in _last_published.items() if counts.get(k, 0) < n}
     try:
         pipe = shared.client().pipeline(transaction=False)
-        pipe.hset(shared.key("inflight"), PROCESS_ID,
-                  json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}))
+        pipe.hset(
+            shared.key("inflight"),
+            PROCESS_ID,
+            json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}),
+        )
         if freed:  # after the count, in the same round trip: a woken waiter reads the new count
             pipe.publish(release_channel(), json.dumps({"pid": PROCESS_ID, "freed": freed}))
         pipe.execute()

@@ -42,8 +42,9 @@ def server_argv(server: ModelServer) -> list[str]:
     from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS, server_command
 
     alias = server.endpoint.backend_model if server.endpoint_id else BUNDLED_MODEL_ALIAS
-    return server_command(server.port, server.model_path or None, alias=alias, host=server.host,
-                          extra=[str(a) for a in server.args or []])
+    return server_command(
+        server.port, server.model_path or None, alias=alias, host=server.host, extra=[str(a) for a in server.args or []]
+    )
 
 
 @dataclass
@@ -90,7 +91,8 @@ class Supervisor:
                 _terminate_pid(server.pid)
             desired = ModelServer.Desired.RUNNING if server.autostart else ModelServer.Desired.STOPPED
             ModelServer.objects.filter(pk=server.pk).update(
-                desired_state=desired, state=ModelServer.State.STOPPED, pid=None, restart_requested=False)
+                desired_state=desired, state=ModelServer.State.STOPPED, pid=None, restart_requested=False
+            )
 
     def reconcile(self) -> None:
         now = time.monotonic()
@@ -137,15 +139,22 @@ class Supervisor:
             self.backoff[server.pk] = Backoff(self.backoff.get(server.pk, Backoff()).crashes, now + MAX_BACKOFF)
             return
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(server.gpu_index)}
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         child = Child(server.pk, proc, now)
         child.start_reader()
         self.children[server.pk] = child
         logger.info("started model server %s (pid %s): %s", server.name, proc.pid, " ".join(argv))
         _audit("gpu.server.started", obj=server, server=server.name, pid=proc.pid, port=server.port)
-        self._save(server, state=ModelServer.State.STARTING, pid=proc.pid, last_started_at=timezone.now(),
-                   last_error="")
+        self._save(
+            server, state=ModelServer.State.STARTING, pid=proc.pid, last_started_at=timezone.now(), last_error=""
+        )
 
     def _check_started(self, server: ModelServer, child: Child, now: float) -> None:
         tail = "\n".join(child.lines)
@@ -181,15 +190,30 @@ class Supervisor:
 
     def _crashed(self, server: ModelServer, now: float, why: str, code: int | None, tail: str) -> None:
         b = self.backoff.setdefault(server.pk, Backoff())
-        delay = min(2 ** b.crashes, MAX_BACKOFF)
+        delay = min(2**b.crashes, MAX_BACKOFF)
         b.crashes += 1
         b.until = now + delay
         logger.warning("model server %s %s; restarting in %.0f s", server.name, why, delay)
         _share_health(server, False, f"{why}; restart in {delay:.0f} s")  # route around it now, not at the next check
-        _audit("gpu.server.crashed", failure=True, obj=server, server=server.name, why=why, exit_code=code,
-               restarts=server.restarts + 1, restart_in_s=delay)
-        self._save(server, state=ModelServer.State.BACKOFF, pid=None, restarts=server.restarts + 1,
-                   last_exit_code=code, last_error=f"{why}; restart in {delay:.0f} s"[:500], log_tail=tail)
+        _audit(
+            "gpu.server.crashed",
+            failure=True,
+            obj=server,
+            server=server.name,
+            why=why,
+            exit_code=code,
+            restarts=server.restarts + 1,
+            restart_in_s=delay,
+        )
+        self._save(
+            server,
+            state=ModelServer.State.BACKOFF,
+            pid=None,
+            restarts=server.restarts + 1,
+            last_exit_code=code,
+            last_error=f"{why}; restart in {delay:.0f} s"[:500],
+            log_tail=tail,
+        )
         if OOM_PATTERN.search(tail) and self.on_oom is not None:
             self.on_oom(server)
 

@@ -10,14 +10,28 @@ from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, Mo
 
 class ModelEndpointForm(forms.ModelForm):
     # Write-only: the stored key is never rendered back; leaving the box empty keeps it.
-    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
-                              help_text="The backend's own API key. Leave empty to keep the stored one.")
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="The backend's own API key. Leave empty to keep the stored one.",
+    )
     clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored API key.")
 
     class Meta:
         model = ModelEndpoint
-        fields = ["name", "kind", "base_url", "served_model_id", "api_key", "clear_api_key", "context_length",
-                  "vram_mb", "rank", "enabled", "supports_embeddings"]
+        fields = [
+            "name",
+            "kind",
+            "base_url",
+            "served_model_id",
+            "api_key",
+            "clear_api_key",
+            "context_length",
+            "vram_mb",
+            "rank",
+            "enabled",
+            "supports_embeddings",
+        ]
 
     def clean_api_key(self) -> str:
         value = self.cleaned_data.get("api_key") or ""
@@ -33,16 +47,34 @@ class ModelEndpointForm(forms.ModelForm):
 
 def _info(ep: ModelEndpoint) -> router.EndpointInfo:
     return router.EndpointInfo(
-        id=ep.pk, name=ep.name, kind=ep.kind, base_url=ep.base_url.rstrip("/"), backend_model=ep.backend_model,
-        api_key=ep.api_key or "", context_length=ep.context_length, vram_mb=ep.vram_mb, rank=ep.rank,
-        enabled=ep.enabled, supports_embeddings=ep.supports_embeddings)
+        id=ep.pk,
+        name=ep.name,
+        kind=ep.kind,
+        base_url=ep.base_url.rstrip("/"),
+        backend_model=ep.backend_model,
+        api_key=ep.api_key or "",
+        context_length=ep.context_length,
+        vram_mb=ep.vram_mb,
+        rank=ep.rank,
+        enabled=ep.enabled,
+        supports_embeddings=ep.supports_embeddings,
+    )
 
 
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
     form = ModelEndpointForm
-    list_display = ["name", "kind", "base_url", "backend_model", "has_api_key", "context_length", "vram_mb",
-                    "rank", "enabled"]
+    list_display = [
+        "name",
+        "kind",
+        "base_url",
+        "backend_model",
+        "has_api_key",
+        "context_length",
+        "vram_mb",
+        "rank",
+        "enabled",
+    ]
     list_filter = ["kind", "enabled"]
     list_editable = ["rank", "enabled"]
     search_fields = ["name", "base_url", "served_model_id"]
@@ -94,9 +126,22 @@ class ContentPurgedFilter(admin.SimpleListFilter):
 
 @admin.register(InferenceTask)
 class InferenceTaskAdmin(admin.ModelAdmin):
-    list_display = ["id", "created_at", "mode", "status", "priority", "user", "location", "model_name",
-                    "prompt_tokens", "completion_tokens", "tool_calls", "latency_ms", "error_code",
-                    "content_purged_at"]
+    list_display = [
+        "id",
+        "created_at",
+        "mode",
+        "status",
+        "priority",
+        "user",
+        "location",
+        "model_name",
+        "prompt_tokens",
+        "completion_tokens",
+        "tool_calls",
+        "latency_ms",
+        "error_code",
+        "content_purged_at",
+    ]
     list_filter = ["mode", "status", ContentPurgedFilter, "priority", "location", "model_name"]
     search_fields = ["id", "correlation_id", "user__username", "end_user"]
     date_hierarchy = "created_at"

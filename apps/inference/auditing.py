@@ -35,8 +35,9 @@ def audit_outcome(status: str) -> str:
     return AuditEvent.Outcome.FAILURE
 
 
-def inference_event(task: InferenceTask, *, username: str, location_code: str, ip: str | None = None,
-                    user_agent: str = "") -> AuditEvent:
+def inference_event(
+    task: InferenceTask, *, username: str, location_code: str, ip: str | None = None, user_agent: str = ""
+) -> AuditEvent:
     """The (unsaved) audit event of a finished inference, for ``record_events``."""
     try:
         priority = Priority(task.priority).name.lower()
@@ -57,9 +58,18 @@ def inference_event(task: InferenceTask, *, username: str, location_code: str, i
         "latency_ms": task.latency_ms,
     }
     return new_event(
-        ACTION, actor=SimpleNamespace(pk=task.user_id, username=username), api_key_id=task.api_key_id,
-        location=location_code, ip=ip, user_agent=user_agent, obj=task, outcome=audit_outcome(task.status),
-        correlation_id=task.correlation_id, created_at=task.finished_at, details=details)
+        ACTION,
+        actor=SimpleNamespace(pk=task.user_id, username=username),
+        api_key_id=task.api_key_id,
+        location=location_code,
+        ip=ip,
+        user_agent=user_agent,
+        obj=task,
+        outcome=audit_outcome(task.status),
+        correlation_id=task.correlation_id,
+        created_at=task.finished_at,
+        details=details,
+    )
 
 
 def identities(tasks: list[InferenceTask]) -> tuple[dict[int, str], dict[int, str]]:

@@ -34,8 +34,9 @@ class BackendFailure(Exception):
     """The backend itself failed: unreachable, timed out, a 5xx not about the input, or misconfigured
     (a served model id it does not know, a wrong API key). Counted on its circuit; another may answer."""
 
-    def __init__(self, endpoint: EndpointInfo, reason: str, status_code: int | None = None,
-                 connect_failed: bool = False) -> None:
+    def __init__(
+        self, endpoint: EndpointInfo, reason: str, status_code: int | None = None, connect_failed: bool = False
+    ) -> None:
         super().__init__(f"{endpoint.name}: {reason}")
         self.endpoint = endpoint
         self.reason = reason
@@ -52,8 +53,15 @@ class BackendRejected(Exception):
     fault, answered with ``status_code`` (400, 413) and ``code``; never counted against the backend,
     never retried or sent to another model."""
 
-    def __init__(self, endpoint: EndpointInfo, status_code: int, message: str, code: str = "invalid_request",
-                 param: str | None = None, backend_status: int | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: EndpointInfo,
+        status_code: int,
+        message: str,
+        code: str = "invalid_request",
+        param: str | None = None,
+        backend_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.endpoint = endpoint
         self.status_code = status_code
@@ -97,23 +105,42 @@ RULES: tuple[tuple[re.Pattern[str], Fault], ...] = (
     # router "model 'x' not found" (a 400), vLLM "The model `x` does not exist." (404), Ollama
     # 'model "x" not found, try pulling it first'. Anchored at the start of the message, so text a
     # client controls (echoed tool definitions, say) cannot make its own request look like this.
-    (re.compile(r"^\s*(error: )?(the )?model\b[^.;]{0,120}\b(not found|does not exist|is not loaded|is not running)"),
-     BACKEND),
+    (
+        re.compile(
+            r"^\s*(error: )?(the )?model\b[^.;]{0,120}\b(not found|does not exist|is not loaded|is not running)"
+        ),
+        BACKEND,
+    ),
     # Too long for the model's context, or for one of its batches.
-    (re.compile(r"exceed_context_size_error|context (size|length|window)|maximum context|context shift|\bn_ctx\b"
-                r"|too (long|large)|exceeds? (the )?(available |max(imum)? )?(context|length|tokens)"
-                r"|input length|must be <= \d+"), CONTEXT),
+    (
+        re.compile(
+            r"exceed_context_size_error|context (size|length|window)|maximum context|context shift|\bn_ctx\b"
+            r"|too (long|large)|exceeds? (the )?(available |max(imum)? )?(context|length|tokens)"
+            r"|input length|must be <= \d+"
+        ),
+        CONTEXT,
+    ),
     # Input or a feature this model or server does not support (llama.cpp's 500 "image input is not
     # supported", 501 not_supported_error, "tools param requires --jinja flag", vLLM "... is not a
     # multimodal model", Ollama "this model is missing data required for image input").
-    (re.compile(r"not_supported_error|not supported|unsupported|does not support|requires --|"
-                r"not a multimodal|missing data required for (image|audio)|multimodal data provided"), UNSUPPORTED),
+    (
+        re.compile(
+            r"not_supported_error|not supported|unsupported|does not support|requires --|"
+            r"not a multimodal|missing data required for (image|audio)|multimodal data provided"
+        ),
+        UNSUPPORTED,
+    ),
     # Malformed: parse errors, invalid values, schema/grammar/tool errors, the chat template refusing
     # the conversation (its raise_exception: "roles must alternate").
-    (re.compile(r"invalid_request_error|badrequesterror|\bvalidation\b|\bparse\b|parsing|\binvalid\b|malformed|"
-                r"must (be|contain|include|have|not)|is required|expected |cannot (use|have|set|specify|continue)|"
-                r"json[ _]schema|grammar|jinja|template|roles must|tokeniz|base64|failed to (load|download) "
-                r"(image|audio)|does not match the expected"), INVALID),
+    (
+        re.compile(
+            r"invalid_request_error|badrequesterror|\bvalidation\b|\bparse\b|parsing|\binvalid\b|malformed|"
+            r"must (be|contain|include|have|not)|is required|expected |cannot (use|have|set|specify|continue)|"
+            r"json[ _]schema|grammar|jinja|template|roles must|tokeniz|base64|failed to (load|download) "
+            r"(image|audio)|does not match the expected"
+        ),
+        INVALID,
+    ),
 )
 
 
@@ -279,9 +306,13 @@ async def post_json(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) 
     session = await _session()
     url = endpoint.base_url + path
     try:
-        async with session.post(url, data=_encode(payload), headers=_headers(endpoint), proxy=_proxy_for(url),
-                                timeout=_client_timeout(settings.MEDAI_BACKEND_TIMEOUT,
-                                                        settings.MEDAI_BACKEND_CONNECT_TIMEOUT)) as response:
+        async with session.post(
+            url,
+            data=_encode(payload),
+            headers=_headers(endpoint),
+            proxy=_proxy_for(url),
+            timeout=_client_timeout(settings.MEDAI_BACKEND_TIMEOUT, settings.MEDAI_BACKEND_CONNECT_TIMEOUT),
+        ) as response:
             status, body = response.status, await response.read()
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True) from None
@@ -369,4 +400,7 @@ async def probe(endpoint: EndpointInfo) -> tuple[bool, str]:
         return False, "answered /models with something that is not an OpenAI model list"
     served = endpoint.backend_model in ids
     note = "serves" if served else "does NOT list"
-    return served or not ids, f"HTTP {response.status_code}; models: {', '.join(map(str, ids)) or 'none'} ({note} '{endpoint.backend_model}')"
+    return (
+        served or not ids,
+        f"HTTP {response.status_code}; models: {', '.join(map(str, ids)) or 'none'} ({note} '{endpoint.backend_model}')",
+    )

@@ -107,9 +107,18 @@ def task_package(task_id: Any, now: Any = None) -> str:
     import uuid
 
     task_id = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
-    return SignedPackage.dumps({
-        "id": task_id.hex, "name": f"inference-{task_id}", "func": TASK_FUNC, "args": (str(task_id),), "kwargs": {},
-        "ack_failure": True, "started": now or timezone.now(), "save": False})
+    return SignedPackage.dumps(
+        {
+            "id": task_id.hex,
+            "name": f"inference-{task_id}",
+            "func": TASK_FUNC,
+            "args": (str(task_id),),
+            "kwargs": {},
+            "ack_failure": True,
+            "started": now or timezone.now(),
+            "save": False,
+        }
+    )
 
 
 def aging_seconds() -> float:
@@ -164,8 +173,14 @@ def put(list_key: str, payload: str, *, priority: int = 1, task_id: Any = None, 
 
     now = now or timezone.now()
     entry = QueueEntry.objects.using(Conf.ORM).create(
-        key=list_key, priority=int(priority), rank=rank_for(priority, now), enqueued_at=now,
-        locked_until=now, task_id=task_id, payload=payload)
+        key=list_key,
+        priority=int(priority),
+        rank=rank_for(priority, now),
+        enqueued_at=now,
+        locked_until=now,
+        task_id=task_id,
+        payload=payload,
+    )
     transaction.on_commit(lambda: wake(list_key), using=Conf.ORM)
     return entry.pk
 
@@ -179,9 +194,18 @@ def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = Non
     if not items:
         return
     now = now or timezone.now()
-    entries = [QueueEntry(key=list_key, priority=int(priority), rank=rank_for(priority, now) + i * FIFO_STEP,
-                          enqueued_at=now, locked_until=now, task_id=task_id, payload=payload)
-               for i, (payload, priority, task_id) in enumerate(items)]
+    entries = [
+        QueueEntry(
+            key=list_key,
+            priority=int(priority),
+            rank=rank_for(priority, now) + i * FIFO_STEP,
+            enqueued_at=now,
+            locked_until=now,
+            task_id=task_id,
+            payload=payload,
+        )
+        for i, (payload, priority, task_id) in enumerate(items)
+    ]
     QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
     transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)
 
@@ -194,10 +218,20 @@ def put_again(list_key: str, items: list[tuple[str, int, Any, Any]], *, now: Any
     if not items:
         return
     now = now or timezone.now()
-    QueueEntry.objects.using(Conf.ORM).bulk_create([
-        QueueEntry(key=list_key, priority=int(priority), rank=rank_for(priority, queued_at), enqueued_at=now,
-                   locked_until=now, task_id=task_id, payload=payload)
-        for payload, priority, task_id, queued_at in items])
+    QueueEntry.objects.using(Conf.ORM).bulk_create(
+        [
+            QueueEntry(
+                key=list_key,
+                priority=int(priority),
+                rank=rank_for(priority, queued_at),
+                enqueued_at=now,
+                locked_until=now,
+                task_id=task_id,
+                payload=payload,
+            )
+            for payload, priority, task_id, queued_at in items
+        ]
+    )
     transaction.on_commit(lambda: wake(list_key, len(items)), using=Conf.ORM)
 
 
@@ -256,9 +290,12 @@ class PriorityBroker(Broker):
         conn = connections[Conf.ORM]
         with transaction.atomic(using=Conf.ORM):
             now = timezone.now()
-            qs = (QueueEntry.objects.using(Conf.ORM)
-                  .filter(key=self.list_key, locked_until__lte=now).order_by("rank")
-                  .only("id", "payload"))
+            qs = (
+                QueueEntry.objects.using(Conf.ORM)
+                .filter(key=self.list_key, locked_until__lte=now)
+                .order_by("rank")
+                .only("id", "payload")
+            )
             if conn.features.has_select_for_update_skip_locked:
                 qs = qs.select_for_update(skip_locked=True)
             rows = list(qs[: max(Conf.BULK, 1)])
@@ -266,7 +303,8 @@ class PriorityBroker(Broker):
                 return []
             # leased; deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
             QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
-                locked_until=now + timedelta(seconds=lease_seconds()), deliveries=F("deliveries") + 1)
+                locked_until=now + timedelta(seconds=lease_seconds()), deliveries=F("deliveries") + 1
+            )
         return [(r.id, r.payload) for r in rows]
 
     def dequeue(self) -> list[tuple[int, str]] | None:
@@ -314,7 +352,8 @@ class PriorityBroker(Broker):
         from apps.inference.models import InferenceTask, QueueEntry
 
         live = InferenceTask.objects.using(Conf.ORM).filter(
-            id=OuterRef("task_id"), status__in=(InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING))
+            id=OuterRef("task_id"), status__in=(InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING)
+        )
         deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).exclude(Exists(live)).delete()
         return deleted
 
@@ -333,5 +372,6 @@ class PriorityBroker(Broker):
         if entry is not None:
             logger.warning("queue entry %s had an unreadable package: signed again", task_id)
             QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).update(
-                payload=task_package(entry), locked_until=timezone.now())
+                payload=task_package(entry), locked_until=timezone.now()
+            )
             transaction.on_commit(lambda: wake(self.list_key), using=Conf.ORM)

@@ -30,21 +30,28 @@ class StatusConsumer(AuthenticatedJsonConsumer):
         return [user_group(principal.user_id)]
 
     async def opened(self, principal: Any) -> None:
-        await self.send_json({"type": "hello", "data": {"user": principal.username, "location": principal.location_code}})
+        await self.send_json(
+            {"type": "hello", "data": {"user": principal.username, "location": principal.location_code}}
+        )
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         """``{"subscribe": {"task": "<uuid>"}}`` or ``{"subscribe": {"batch": "<uuid>"}}``: only the
         caller's own objects at their location; anything else answers an error frame."""
         sub = content.get("subscribe") if isinstance(content, dict) else None
         if not isinstance(sub, dict) or not ({"task", "batch"} & sub.keys()):
-            await self.send_json({"type": "error", "data": {"code": "bad_message",
-                                                            "message": "send {\"subscribe\": {\"task\" | \"batch\": id}}"}})
+            await self.send_json(
+                {
+                    "type": "error",
+                    "data": {"code": "bad_message", "message": 'send {"subscribe": {"task" | "batch": id}}'},
+                }
+            )
             return
         kind = "task" if "task" in sub else "batch"
         group = await _visible_group(self.scope["principal"], kind, str(sub[kind]))
         if group is None:
-            await self.send_json({"type": "error", "data": {"code": f"{kind}_not_found",
-                                                            "message": f"No such {kind}."}})
+            await self.send_json(
+                {"type": "error", "data": {"code": f"{kind}_not_found", "message": f"No such {kind}."}}
+            )
             return
         if group not in self.joined:
             await self.join(group)
@@ -85,7 +92,8 @@ async def _visible_group(principal: Any, kind: str, object_id: str) -> str | Non
     def lookup() -> bool:
         if kind == "task":
             return InferenceTask.objects.visible_to(principal).filter(id=object_id).exists()
-        return TaskBatch.objects.filter(id=object_id, user_id=principal.user_id,
-                                        location_id=principal.location_pk).exists()
+        return TaskBatch.objects.filter(
+            id=object_id, user_id=principal.user_id, location_id=principal.location_pk
+        ).exists()
 
     return f"{kind}.{object_id}" if await database_sync_to_async(lookup)() else None

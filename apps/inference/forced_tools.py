@@ -20,15 +20,25 @@ SCHEMA_NAME = "medai_tool_call"
 
 
 def applies(payload: dict[str, Any], kind: str) -> bool:
-    return (kind == "llamacpp" and bool(payload.get("tools")) and payload.get("tool_choice") == "required"
-            and payload.get("response_format") is None)
+    return (
+        kind == "llamacpp"
+        and bool(payload.get("tools"))
+        and payload.get("tool_choice") == "required"
+        and payload.get("response_format") is None
+    )
 
 
 def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool["function"]
-    return {"type": "object", "properties": {"name": {"const": function["name"]},
-                                             "arguments": function.get("parameters") or {"type": "object"}},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": function["name"]},
+            "arguments": function.get("parameters") or {"type": "object"},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
 
 
 def request(payload: dict[str, Any]) -> dict[str, Any]:
@@ -37,11 +47,17 @@ def request(payload: dict[str, Any]) -> dict[str, Any]:
     one = calls[0] if len(calls) == 1 else {"anyOf": calls}
     schema = one
     if payload.get("parallel_tool_calls"):
-        schema = {"type": "object", "properties": {"tool_calls": {"type": "array", "items": one, "minItems": 1}},
-                  "required": ["tool_calls"], "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {"tool_calls": {"type": "array", "items": one, "minItems": 1}},
+            "required": ["tool_calls"],
+            "additionalProperties": False,
+        }
     forced = {k: v for k, v in payload.items() if k not in ("tool_choice", "parallel_tool_calls")}
-    forced["response_format"] = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema,
-                                                                          "strict": True}}
+    forced["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True},
+    }
     return forced
 
 
@@ -58,8 +74,16 @@ def _calls(text: str) -> list[dict[str, Any]] | None:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             return None
-        calls.append({"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {
-            "name": item["name"], "arguments": json.dumps(item.get("arguments", {}), ensure_ascii=False)}})
+        calls.append(
+            {
+                "id": "call_" + uuid.uuid4().hex[:24],
+                "type": "function",
+                "function": {
+                    "name": item["name"],
+                    "arguments": json.dumps(item.get("arguments", {}), ensure_ascii=False),
+                },
+            }
+        )
     return calls
 
 
@@ -103,16 +127,33 @@ class StreamConverter:
             text = self.text.pop(index, "")
             calls = _calls(text)
             if calls is None:  # cut off (the finish chunk says "length"): what was written, as is
-                out.append({**{k: v for k, v in event.items() if k != "usage"},
-                            "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]})
+                out.append(
+                    {
+                        **{k: v for k, v in event.items() if k != "usage"},
+                        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+                    }
+                )
                 continue
             head = {k: v for k, v in event.items() if k != "usage"}
-            out.append({**head, "choices": [{"index": index, "delta": {"tool_calls": [
-                {"index": i, **call} for i, call in enumerate(calls)]}, "finish_reason": None}]})
+            out.append(
+                {
+                    **head,
+                    "choices": [
+                        {
+                            "index": index,
+                            "delta": {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
             if choice["finish_reason"] == "stop":
                 choice["finish_reason"] = "tool_calls"
-        keep = [c for c in choices if isinstance(c, dict) and (c.get("finish_reason") is not None
-                                                               or set(c.get("delta") or {}) - {"content"})]
+        keep = [
+            c
+            for c in choices
+            if isinstance(c, dict) and (c.get("finish_reason") is not None or set(c.get("delta") or {}) - {"content"})
+        ]
         if keep or event.get("usage"):
             out.append({**event, "choices": keep})
         return out

@@ -41,14 +41,28 @@ PRIORITIES = ("low", "normal", "high", "critical")
 RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
-TASKS = Counter("medai_tasks_total", "Inferences finished, by mode (sync, stream, async), outcome and model",
-                ["mode", "outcome", "model"])
-TOKENS = Counter("medai_tokens_total", "Tokens in (prompt) and out (completion), by model and agent type",
-                 ["model", "agent_type", "direction"])
-RUN_SECONDS = Histogram("medai_task_run_seconds", "Time of the backend call of completed inferences, by mode and model",
-                        ["mode", "model"], buckets=RUN_BUCKETS)
-WAIT_SECONDS = Histogram("medai_queue_wait_seconds", "Time async tasks waited in the queue before a worker started "
-                         "them, by priority", ["priority"], buckets=WAIT_BUCKETS)
+TASKS = Counter(
+    "medai_tasks_total",
+    "Inferences finished, by mode (sync, stream, async), outcome and model",
+    ["mode", "outcome", "model"],
+)
+TOKENS = Counter(
+    "medai_tokens_total",
+    "Tokens in (prompt) and out (completion), by model and agent type",
+    ["model", "agent_type", "direction"],
+)
+RUN_SECONDS = Histogram(
+    "medai_task_run_seconds",
+    "Time of the backend call of completed inferences, by mode and model",
+    ["mode", "model"],
+    buckets=RUN_BUCKETS,
+)
+WAIT_SECONDS = Histogram(
+    "medai_queue_wait_seconds",
+    "Time async tasks waited in the queue before a worker started them, by priority",
+    ["priority"],
+    buckets=WAIT_BUCKETS,
+)
 
 
 _children: dict[tuple[Any, ...], Any] = {}
@@ -101,8 +115,20 @@ def observe(record: Mapping[str, Any]) -> None:
         logger.warning("could not count an inference in the metrics", exc_info=True)
 
 
-OBSERVED_FIELDS = ("mode", "stream", "status", "http_status", "error_code", "model_name", "agent_type",
-                   "prompt_tokens", "completion_tokens", "inference_ms", "queue_wait_ms", "priority")
+OBSERVED_FIELDS = (
+    "mode",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "model_name",
+    "agent_type",
+    "prompt_tokens",
+    "completion_tokens",
+    "inference_ms",
+    "queue_wait_ms",
+    "priority",
+)
 
 
 def task_fields(task: Any) -> dict[str, Any]:
@@ -135,16 +161,21 @@ class QueueCollector(Collector):
         try:
             # Only async tasks are ever QUEUED or PROCESSING (a sync request is recorded when it
             # ends), so the status index alone answers: no mode filter, no table read.
-            rows = list(InferenceTask.objects.filter(status=S.QUEUED).order_by().values_list("priority")
-                        .annotate(n=Count("pk"), oldest=Min("created_at")))
+            rows = list(
+                InferenceTask.objects.filter(status=S.QUEUED)
+                .order_by()
+                .values_list("priority")
+                .annotate(n=Count("pk"), oldest=Min("created_at"))
+            )
             processing = InferenceTask.objects.filter(status=S.PROCESSING).order_by().count()
         except Exception:  # noqa: BLE001 - a scrape answers without the queue rather than fail
             logger.warning("queue metrics unavailable", exc_info=True)
             return
         now = timezone.now()
         depth = GaugeMetricFamily("medai_queue_depth", "Async tasks queued, by priority", labels=["priority"])
-        oldest = GaugeMetricFamily("medai_queue_oldest_seconds", "Age of the oldest queued task, by priority",
-                                   labels=["priority"])
+        oldest = GaugeMetricFamily(
+            "medai_queue_oldest_seconds", "Age of the oldest queued task, by priority", labels=["priority"]
+        )
         found = {_priority(prio): (n, first) for prio, n, first in rows}
         for name in PRIORITIES:
             n, first = found.get(name, (0, None))

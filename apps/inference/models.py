@@ -41,9 +41,14 @@ class ModelEndpoint(models.Model):
         help_text="The public model name clients send as `model`.",
     )
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.LLAMACPP)
-    base_url = models.CharField(max_length=300, validators=[validate_backend_url], help_text="OpenAI base URL of the server, e.g. http://gpu1:8080/v1")
-    served_model_id = models.CharField(max_length=200, blank=True,
-                                       help_text="Model id the backend expects; empty sends the public name.")
+    base_url = models.CharField(
+        max_length=300,
+        validators=[validate_backend_url],
+        help_text="OpenAI base URL of the server, e.g. http://gpu1:8080/v1",
+    )
+    served_model_id = models.CharField(
+        max_length=200, blank=True, help_text="Model id the backend expects; empty sends the public name."
+    )
     api_key = EncryptedTextField(blank=True, default="", help_text="The backend's own API key (stored encrypted).")
     context_length = models.PositiveIntegerField(default=4096, validators=[MinValueValidator(128)])
     vram_mb = models.PositiveIntegerField(default=0, help_text="Estimated GPU memory when loaded (MiB).")
@@ -73,8 +78,7 @@ class ModelEndpoint(models.Model):
 class AgentRoute(models.Model):
     """An agent type (MedicalQA, Billing, ...) and the models that serve it, best first."""
 
-    agent_type = models.CharField(max_length=64, unique=True,
-                                  validators=[RegexValidator(r"^[A-Za-z][A-Za-z0-9_-]*$")])
+    agent_type = models.CharField(max_length=64, unique=True, validators=[RegexValidator(r"^[A-Za-z][A-Za-z0-9_-]*$")])
     description = models.CharField(max_length=300, blank=True)
     system_prompt = models.TextField(blank=True, help_text="Prepended as a system message when the request has none.")
     enabled = models.BooleanField(default=True)
@@ -156,8 +160,11 @@ class InferenceTask(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     tools_offered = models.PositiveSmallIntegerField(default=0, help_text="Tools the model was offered (0: none).")
     tool_calls = models.PositiveSmallIntegerField(default=0, help_text="Tool calls the model answered with.")
-    end_user = models.CharField(max_length=256, blank=True,
-                                help_text="The caller's end user, as it named them (OpenAI's user / safety_identifier).")
+    end_user = models.CharField(
+        max_length=256,
+        blank=True,
+        help_text="The caller's end user, as it named them (OpenAI's user / safety_identifier).",
+    )
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -172,8 +179,9 @@ class InferenceTask(models.Model):
     deadline = models.DateTimeField(null=True, blank=True, help_text="A task still queued then expires.")
     result_expires_at = models.DateTimeField(null=True, blank=True, help_text="When the result's content is purged.")
     # The outcome (status) stays when retention ends; this says that the prompt and result are gone, and since when.
-    content_purged_at = models.DateTimeField(null=True, blank=True,
-                                             help_text="When the prompt and result were purged (retention, cancel, expiry).")
+    content_purged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the prompt and result were purged (retention, cancel, expiry)."
+    )
 
     objects = InferenceTaskQuerySet.as_manager()
 
@@ -183,8 +191,9 @@ class InferenceTask(models.Model):
             models.Index(fields=["user", "location", "-created_at"], name="task_owner_recent"),
             models.Index(fields=["status", "-priority", "created_at"], name="task_status_prio"),
             # the retention sweep: tasks whose content is still kept, by the end of their retention
-            models.Index(fields=["result_expires_at"], condition=models.Q(content_purged_at__isnull=True),
-                         name="task_purge_due"),
+            models.Index(
+                fields=["result_expires_at"], condition=models.Q(content_purged_at__isnull=True), name="task_purge_due"
+            ),
         ]
 
     def __str__(self) -> str:

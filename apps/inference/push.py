@@ -49,8 +49,12 @@ def update_for(task: Any, status: str | None = None) -> tuple[int | None, TaskUp
     from apps.inference.models import Priority
 
     return task.user_id, {
-        "task_id": str(task.id), "status": status or task.status, "priority": Priority(task.priority).name.lower(),
-        "model": task.model_name or "", "batch_id": str(task.batch_id) if task.batch_id else None}
+        "task_id": str(task.id),
+        "status": status or task.status,
+        "priority": Priority(task.priority).name.lower(),
+        "model": task.model_name or "",
+        "batch_id": str(task.batch_id) if task.batch_id else None,
+    }
 
 
 def _groups(updates: Iterable[tuple[int | None, TaskUpdate]]) -> dict[str, list[TaskUpdate]]:
@@ -126,8 +130,11 @@ class Pusher:
                 groups = _groups(batch)
                 for name in await _listened(layer, list(groups)):
                     items = groups[name]
-                    message = ({"type": "task.update", "data": items[0]} if len(items) == 1
-                               else {"type": "task.updates", "data": {"updates": items}})
+                    message = (
+                        {"type": "task.update", "data": items[0]}
+                        if len(items) == 1
+                        else {"type": "task.updates", "data": {"updates": items}}
+                    )
                     await layer.group_send(name, message)
                     self.sent_messages += 1
             except Exception as exc:  # noqa: BLE001 - a missed push must not fail anything

@@ -99,21 +99,30 @@ def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[s
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _prepare(auth_header: str | None, item: dict[str, Any], correlation_id: str) -> tuple[services.ChatPlan, dict[str, Any]]:
+def _prepare(
+    auth_header: str | None, item: dict[str, Any], correlation_id: str
+) -> tuple[services.ChatPlan, dict[str, Any]]:
     if item.get("stream"):
-        raise ApiError(400, "invalid_value", "stream is not available for async tasks; poll the result instead.",
-                       "stream")
+        raise ApiError(
+            400, "invalid_value", "stream is not available for async tasks; poll the result instead.", "stream"
+        )
     deadline_s = item.get("deadline_s")
-    if deadline_s is not None and (isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float))
-                                   or not 1 <= deadline_s <= 7 * 86400):
-        raise ApiError(400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.",
-                       "deadline_s")
+    if deadline_s is not None and (
+        isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not 1 <= deadline_s <= 7 * 86400
+    ):
+        raise ApiError(
+            400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.", "deadline_s"
+        )
     # begin_chat without its db_unit wrapper: connections are managed by unit_of_work here
     # (deadline_s is the queue's own field, checked above: the chat validation refuses unknown fields)
     chat = {k: v for k, v in item.items() if k != "deadline_s"}
     plan = services.begin_chat.__wrapped__(auth_header, json.dumps(chat).encode(), correlation_id)
-    spec = {"model": item.get("model") or "", "agent_type": item.get("agent_type") or "",
-            "payload": plan.payload, "deadline_s": deadline_s}
+    spec = {
+        "model": item.get("model") or "",
+        "agent_type": item.get("agent_type") or "",
+        "payload": plan.payload,
+        "deadline_s": deadline_s,
+    }
     return plan, spec
 
 
@@ -141,8 +150,13 @@ def _admit(priorities: list[int]) -> None:
     if len(priorities) > room(Priority.HIGH, depth):
         raise ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers=retry)
     if routine > room(Priority.NORMAL, depth):
-        raise ApiError(429, "queue_full", f"The queue holds {depth} tasks (limit {queue_max()}): emergency mode "
-                       "accepts only high and critical priority. Retry later.", headers=retry)
+        raise ApiError(
+            429,
+            "queue_full",
+            f"The queue holds {depth} tasks (limit {queue_max()}): emergency mode "
+            "accepts only high and critical priority. Retry later.",
+            headers=retry,
+        )
 
 
 def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
@@ -151,9 +165,11 @@ def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTas
     # clinician with an existing task would tell them what a colleague asked (PHI). The lookup is by
     # key alone (its index; the key already includes the location), the rest is checked here: with
     # the owner in the WHERE clause SQLite picks the owner index and reads all the caller's tasks.
-    rows = (InferenceTask.objects.filter(dedup_key__in=keys).order_by()
-            .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at",
-                                         "created_at", "id"))
+    rows = (
+        InferenceTask.objects.filter(dedup_key__in=keys)
+        .order_by()
+        .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at", "created_at", "id")
+    )
     best: dict[str, tuple[Any, Any]] = {}
     for key, user_id, location_id, mode, status, expires, created, pk in rows:
         if (user_id, location_id, mode) != (p.user_id, p.location_pk, InferenceTask.Mode.ASYNC):
@@ -165,16 +181,30 @@ def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTas
     return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
 
 
-def _new_task(plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None,
-              now: Any) -> InferenceTask:
+def _new_task(
+    plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None, now: Any
+) -> InferenceTask:
     p = plan.principal
     deadline = now + timedelta(seconds=spec["deadline_s"]) if spec["deadline_s"] else None
     return InferenceTask(
-        mode=InferenceTask.Mode.ASYNC, status=S.QUEUED, priority=plan.priority, user_id=p.user_id,
-        location_id=p.location_pk, api_key_id=p.api_key_id, agent_type=plan.route.agent_type,
-        requested_model=plan.requested_model, request=spec, correlation_id=plan.correlation_id,
-        tools_offered=plan.tools_offered, end_user=plan.end_user,
-        created_at=now, queued_at=now, dedup_key=key, deadline=deadline, batch=batch)
+        mode=InferenceTask.Mode.ASYNC,
+        status=S.QUEUED,
+        priority=plan.priority,
+        user_id=p.user_id,
+        location_id=p.location_pk,
+        api_key_id=p.api_key_id,
+        agent_type=plan.route.agent_type,
+        requested_model=plan.requested_model,
+        request=spec,
+        correlation_id=plan.correlation_id,
+        tools_offered=plan.tools_offered,
+        end_user=plan.end_user,
+        created_at=now,
+        queued_at=now,
+        dedup_key=key,
+        deadline=deadline,
+        batch=batch,
+    )
 
 
 def _package(task: InferenceTask, now: Any) -> str:
@@ -210,15 +240,22 @@ def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: s
             _admit([plan.priority])
             task = _new_task(plan, spec, key, None, now)
             _enqueue([task], now)
-            record_event("inference.submit", actor=_actor(plan.principal), location=plan.principal.location_code,
-                         obj=task, details={"priority": Priority(plan.priority).name.lower()})
+            record_event(
+                "inference.submit",
+                actor=_actor(plan.principal),
+                location=plan.principal.location_code,
+                obj=task,
+                details={"priority": Priority(plan.priority).name.lower()},
+            )
     except DatabaseError as exc:
         raise _db_down(exc) from None
     return Submitted(task, True)
 
 
 @unit_of_work
-def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") -> tuple[TaskBatch, list[InferenceTask]]:
+def submit_batch(
+    auth_header: str | None, items: Any, correlation_id: str = ""
+) -> tuple[TaskBatch, list[InferenceTask]]:
     """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none.
 
     Bulk: one transaction writes every task row (one multi-row INSERT), every queue entry (another)
@@ -231,8 +268,9 @@ def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") 
     if not isinstance(items, list) or not items:
         raise ApiError(400, "invalid_value", "requests must be a non-empty list.", "requests")
     if len(items) > batch_max():
-        raise ApiError(413, "batch_too_large", f"A batch holds at most {batch_max()} requests, got {len(items)}.",
-                       "requests")
+        raise ApiError(
+            413, "batch_too_large", f"A batch holds at most {batch_max()} requests, got {len(items)}.", "requests"
+        )
     prepared = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -268,9 +306,18 @@ def submit_batch(auth_header: str | None, items: Any, correlation_id: str = "") 
             batch.save(force_insert=True)
             if new:
                 _enqueue(new, now)
-            record_event("inference.submit_batch", actor=_actor(principal), location=principal.location_code,
-                         obj=batch, details={"total": len(items), "created": len(new), "reused": len(reused),
-                                             "priority": Priority(max(p.priority for p, _ in prepared)).name.lower()})
+            record_event(
+                "inference.submit_batch",
+                actor=_actor(principal),
+                location=principal.location_code,
+                obj=batch,
+                details={
+                    "total": len(items),
+                    "created": len(new),
+                    "reused": len(reused),
+                    "priority": Priority(max(p.priority for p, _ in prepared)).name.lower(),
+                },
+            )
     except DatabaseError as exc:
         raise _db_down(exc) from None
     return batch, [by_key[k] for k in keys]
@@ -284,8 +331,12 @@ def _actor(principal: Principal) -> Any:
 
 def _db_down(exc: Exception) -> ApiError:
     logger.error("queue database error: %s", type(exc).__name__)
-    return ApiError(503, "database_unavailable", "The task store is unavailable; nothing was queued. Retry shortly.",
-                    headers={"Retry-After": "5"})
+    return ApiError(
+        503,
+        "database_unavailable",
+        "The task store is unavailable; nothing was queued. Retry shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -302,11 +353,19 @@ def positions(tasks: list[InferenceTask]) -> dict[Any, int]:
     queued = [t.id for t in tasks if t.status == S.QUEUED]
     if not queued:
         return {}
-    ahead = (QueueEntry.objects.filter(key=list_key(), rank__lt=OuterRef("rank")).order_by()
-             .values("key").annotate(n=Count("id")).values("n"))
-    rows = (QueueEntry.objects.filter(task_id__in=queued).order_by()
-            .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
-            .values_list("task_id", "ahead"))
+    ahead = (
+        QueueEntry.objects.filter(key=list_key(), rank__lt=OuterRef("rank"))
+        .order_by()
+        .values("key")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    rows = (
+        QueueEntry.objects.filter(task_id__in=queued)
+        .order_by()
+        .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
+        .values_list("task_id", "ahead")
+    )
     return {task_id: n + 1 for task_id, n in rows}
 
 
@@ -317,10 +376,17 @@ def batch_progress(batch: TaskBatch) -> dict[str, Any]:
     completed, failed = counts.get(S.COMPLETED, 0), counts.get(S.FAILED, 0)
     cancelled, expired = counts.get(S.CANCELLED, 0), counts.get(S.EXPIRED, 0)
     done = completed + failed + cancelled + expired
-    return {"batch_id": str(batch.id), "total": total, "completed": completed, "failed": failed,
-            "cancelled": cancelled, "expired": expired, "processing": counts.get(S.PROCESSING, 0),
-            "queued": counts.get(S.QUEUED, 0),
-            "progress_percent": round(100.0 * done / total, 1) if total else 100.0}
+    return {
+        "batch_id": str(batch.id),
+        "total": total,
+        "completed": completed,
+        "failed": failed,
+        "cancelled": cancelled,
+        "expired": expired,
+        "processing": counts.get(S.PROCESSING, 0),
+        "queued": counts.get(S.QUEUED, 0),
+        "progress_percent": round(100.0 * done / total, 1) if total else 100.0,
+    }
 
 
 def health() -> dict[str, Any]:
@@ -338,11 +404,16 @@ def health() -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         stats = []
     workers = sum(len(s.workers) for s in stats)
-    return {"depth": depth, "queued": sum(depth.values()),
-            "processing": InferenceTask.objects.filter(status=S.PROCESSING, mode=InferenceTask.Mode.ASYNC).count(),
-            "oldest_wait_s": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
-            "clusters_alive": len(stats), "workers_alive": workers, "queue_max": queue_max(),
-            "emergency_mode": emergency_mode(sum(depth.values()))}
+    return {
+        "depth": depth,
+        "queued": sum(depth.values()),
+        "processing": InferenceTask.objects.filter(status=S.PROCESSING, mode=InferenceTask.Mode.ASYNC).count(),
+        "oldest_wait_s": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+        "clusters_alive": len(stats),
+        "workers_alive": workers,
+        "queue_max": queue_max(),
+        "emergency_mode": emergency_mode(sum(depth.values())),
+    }
 
 
 # --- cancel, expiry, retention ----------------------------------------------------------------
@@ -353,10 +424,13 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
     with transaction.atomic():
         now = timezone.now()
         changed = InferenceTask.objects.filter(id=task.id, status=S.QUEUED).update(
-            status=S.CANCELLED, finished_at=now, request=None, content_purged_at=now)
+            status=S.CANCELLED, finished_at=now, request=None, content_purged_at=now
+        )
         if not changed:
             task.refresh_from_db()
-            raise ApiError(409, "not_cancellable", f"Task {task.id} is {task.status}; only queued tasks can be cancelled.")
+            raise ApiError(
+                409, "not_cancellable", f"Task {task.id} is {task.status}; only queued tasks can be cancelled."
+            )
         QueueEntry.objects.filter(task_id=task.id).delete()
         record_event("inference.cancel", actor=_actor(principal), location=principal.location_code, obj=task)
         transaction.on_commit(lambda: push_update(task.id))
@@ -374,13 +448,21 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
     with transaction.atomic():
         overdue = list(InferenceTask.objects.filter(status=S.QUEUED, deadline__lte=now).values_list("id", flat=True))
         expired = InferenceTask.objects.filter(id__in=overdue, status=S.QUEUED).update(
-            status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
-            error_message="The task was still queued at its deadline.", request=None, content_purged_at=now)
+            status=S.EXPIRED,
+            finished_at=now,
+            error_code="deadline_exceeded",
+            error_message="The task was still queued at its deadline.",
+            request=None,
+            content_purged_at=now,
+        )
         QueueEntry.objects.filter(task_id__in=overdue).delete()
     inference_metrics.count_finished("async", "expired", expired)
     purged = InferenceTask.objects.filter(
-        result_expires_at__lte=now, content_purged_at__isnull=True, mode=InferenceTask.Mode.ASYNC,
-        status__in=(S.COMPLETED, S.FAILED, S.CANCELLED)).update(request=None, result=None, content_purged_at=now)
+        result_expires_at__lte=now,
+        content_purged_at__isnull=True,
+        mode=InferenceTask.Mode.ASYNC,
+        status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
+    ).update(request=None, result=None, content_purged_at=now)
     return {"expired": expired, "purged": purged}
 
 
@@ -391,14 +473,20 @@ def recover_orphans(now: Any = None) -> int:
     now = now or timezone.now()
     entry = QueueEntry.objects.filter(task_id=OuterRef("id"))
     with transaction.atomic():
-        lost = list(_locked(InferenceTask.objects.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE)
-                            .exclude(Exists(entry)).order_by()
-                            .only("id", "status", "priority", "queued_at", "created_at"))[:1000])
+        lost = list(
+            _locked(
+                InferenceTask.objects.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE)
+                .exclude(Exists(entry))
+                .order_by()
+                .only("id", "status", "priority", "queued_at", "created_at")
+            )[:1000]
+        )
         if not lost:
             return 0
         _by_pk([t.id for t in lost]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
-        broker.put_again(list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at)
-                                      for t in lost], now=now)
+        broker.put_again(
+            list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at) for t in lost], now=now
+        )
     logger.warning("sent %d task(s) without a queue entry back to the queue", len(lost))
     return len(lost)
 
@@ -417,9 +505,17 @@ def _run(coro: Any) -> Any:
 
 
 def _principal_for(task: InferenceTask) -> Principal:
-    return Principal(user_id=task.user_id or 0, username="", role="", location_pk=task.location_id,
-                     location_code="", organization_id=None, scopes=frozenset({SCOPE_INFERENCE}), method="queue",
-                     api_key_id=task.api_key_id)
+    return Principal(
+        user_id=task.user_id or 0,
+        username="",
+        role="",
+        location_pk=task.location_id,
+        location_code="",
+        organization_id=None,
+        scopes=frozenset({SCOPE_INFERENCE}),
+        method="queue",
+        api_key_id=task.api_key_id,
+    )
 
 
 @dataclass
@@ -452,8 +548,11 @@ def _delivered_waiting(rank: float, now: Any) -> bool:
     """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
     (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
     stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
-    leased = list(QueueEntry.objects.filter(key=list_key(), rank__lt=rank, locked_until__gt=now).values_list(
-        "task_id", flat=True)[:256])
+    leased = list(
+        QueueEntry.objects.filter(key=list_key(), rank__lt=rank, locked_until__gt=now).values_list(
+            "task_id", flat=True
+        )[:256]
+    )
     return S.QUEUED in set(_by_pk(leased).values_list("status", flat=True))
 
 
@@ -488,10 +587,18 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
                 return [], task.status if task else "missing"
             deliveries = _deliveries(task.id) if task.status == S.PROCESSING else 0
             if deliveries > max_deliveries():  # its earlier runs all ended without writing an outcome
-                _write_failures([task], _failed(WORKER_LOST, (
-                    f"No worker could finish this task: it was started {deliveries - 1} times and each time its "
-                    "worker stopped (it crashed, was killed or ran out of time) before writing an outcome. "
-                    "It is not retried.")), now)
+                _write_failures(
+                    [task],
+                    _failed(
+                        WORKER_LOST,
+                        (
+                            f"No worker could finish this task: it was started {deliveries - 1} times and each time its "
+                            "worker stopped (it crashed, was killed or ran out of time) before writing an outcome. "
+                            "It is not retried."
+                        ),
+                    ),
+                    now,
+                )
                 return [], S.FAILED
             if task.status == S.QUEUED and task.deadline and task.deadline <= now:
                 expired.append(task)
@@ -501,13 +608,24 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             model, delivered = (task.requested_model, task.agent_type), task.id
         assert model is not None
         if limit > len(group):
-            head = list(_locked(QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank")
-                                .only("id", "task_id", "rank"), skip=True)[: limit * 4])
+            head = list(
+                _locked(
+                    QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
+                    .order_by("rank")
+                    .only("id", "task_id", "rank"),
+                    skip=True,
+                )[: limit * 4]
+            )
             ids = [e.task_id for e in head if e.task_id and e.task_id != delivered]
-            window = {t.id: t for t in _locked(_by_pk(ids).only(
-                "id", "status", "priority", "requested_model", "agent_type", "deadline"), skip=True)}
-            same = {k: t for k, t in window.items()
-                    if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model}
+            window = {
+                t.id: t
+                for t in _locked(
+                    _by_pk(ids).only("id", "status", "priority", "requested_model", "agent_type", "deadline"), skip=True
+                )
+            }
+            same = {
+                k: t for k, t in window.items() if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model
+            }
             if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
                 return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
             first = window.get(head[0].task_id) if head else None
@@ -527,22 +645,32 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             leased = [c.entry_id for c in group if c.entry_id is not None]
             if leased:
                 QueueEntry.objects.filter(id__in=leased).update(
-                    locked_until=now + timedelta(seconds=broker.lease_seconds()))
+                    locked_until=now + timedelta(seconds=broker.lease_seconds())
+                )
         if expired:
             _by_pk([t.id for t in expired]).update(  # checked QUEUED under the lock
-                status=S.EXPIRED, finished_at=now, error_code="deadline_exceeded",
-                error_message="The task was still queued at its deadline.", request=None, content_purged_at=now)
+                status=S.EXPIRED,
+                finished_at=now,
+                error_code="deadline_exceeded",
+                error_message="The task was still queued at its deadline.",
+                request=None,
+                content_purged_at=now,
+            )
             QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
         if group:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
-            waits = {c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000)
-                     for c in group}
+            waits = {
+                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
+            }
             _by_pk(list(waits)).update(
-                status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now,
-                queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()),
-                                   output_field=IntegerField()))
+                status=S.PROCESSING,
+                attempts=F("attempts") + 1,
+                started_at=now,
+                queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()), output_field=IntegerField()),
+            )
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
-            push.update_for(c.task, S.PROCESSING) for c in group]
+            push.update_for(c.task, S.PROCESSING) for c in group
+        ]
         transaction.on_commit(lambda: push.send(updates))
     inference_metrics.count_finished("async", "expired", len(expired))
     for c in group:
@@ -558,8 +686,12 @@ URGENT_CHECK_SECONDS = 0.005
 def _urgent_head(above: int) -> bool:
     """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
     indexed read, no lock)."""
-    head = (QueueEntry.objects.filter(key=list_key(), locked_until__lte=timezone.now()).order_by("rank")
-            .values_list("priority", flat=True).first())
+    head = (
+        QueueEntry.objects.filter(key=list_key(), locked_until__lte=timezone.now())
+        .order_by("rank")
+        .values_list("priority", flat=True)
+        .first()
+    )
     return head is not None and head > above
 
 
@@ -570,8 +702,12 @@ def _claim_urgent(above: int) -> list[Claimed]:
     like a companion's (deleted with the result; delivered again if this worker dies)."""
     now = timezone.now()
     with transaction.atomic():
-        entry = _locked(QueueEntry.objects.filter(key=list_key(), locked_until__lte=now).order_by("rank")
-                        .only("id", "task_id", "priority", "rank"), skip=True).first()
+        entry = _locked(
+            QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
+            .order_by("rank")
+            .only("id", "task_id", "priority", "rank"),
+            skip=True,
+        ).first()
         if entry is None or entry.priority <= above or entry.task_id is None or _delivered_waiting(entry.rank, now):
             return []
         task = _locked(_by_pk([entry.task_id]), skip=True).first()
@@ -598,24 +734,47 @@ def _route(task: InferenceTask) -> router.Route | Exception:
 async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict[str, Any]:
     spec = task.request or {}
     if not spec.get("payload"):  # read as empty: encrypted under a key this installation no longer has
-        return _failed(REQUEST_UNREADABLE, "This task's request can no longer be read (it was encrypted under a key "
-                                           "this installation no longer has). Submit it again.")
+        return _failed(
+            REQUEST_UNREADABLE,
+            "This task's request can no longer be read (it was encrypted under a key "
+            "this installation no longer has). Submit it again.",
+        )
     try:
         if isinstance(route, Exception):
             raise route
-        plan = services.ChatPlan(principal=_principal_for(task), route=route, payload=spec.get("payload") or {},
-                                 stream=False, include_usage=False, priority=task.priority,
-                                 requested_model=task.requested_model, correlation_id=task.correlation_id)
+        plan = services.ChatPlan(
+            principal=_principal_for(task),
+            route=route,
+            payload=spec.get("payload") or {},
+            stream=False,
+            include_usage=False,
+            priority=task.priority,
+            requested_model=task.requested_model,
+            correlation_id=task.correlation_id,
+        )
         data = await services.complete_chat(plan)
-        return {"status": S.COMPLETED, "result": data, "http_status": 200, "error_code": "", "error_message": "",
-                "prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
-                "tool_calls": plan.tool_calls, "endpoint_id": plan.endpoint.id if plan.endpoint else None,
-                "model_name": plan.endpoint.name if plan.endpoint else ""}
+        return {
+            "status": S.COMPLETED,
+            "result": data,
+            "http_status": 200,
+            "error_code": "",
+            "error_message": "",
+            "prompt_tokens": plan.prompt_tokens,
+            "completion_tokens": plan.completion_tokens,
+            "tool_calls": plan.tool_calls,
+            "endpoint_id": plan.endpoint.id if plan.endpoint else None,
+            "model_name": plan.endpoint.name if plan.endpoint else "",
+        }
     except (ApiError, router.RoutingError) as exc:
         if exc.code in WAIT_CODES:
             return {"status": REQUEUED, "error_code": exc.code}
-        return {"status": S.FAILED, "result": None, "http_status": exc.status_code,
-                "error_code": exc.code, "error_message": exc.message[:2000]}
+        return {
+            "status": S.FAILED,
+            "result": None,
+            "http_status": exc.status_code,
+            "error_code": exc.code,
+            "error_message": exc.message[:2000],
+        }
     except Exception as exc:  # noqa: BLE001 - whatever it is, it ends this task (FAILED), not the worker
         return _internal(exc, task.id, "running it")
 
@@ -635,9 +794,22 @@ def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
     return _run(run_all())
 
 
-RESULT_FIELDS = ("status", "result", "http_status", "error_code", "error_message", "prompt_tokens",
-                 "completion_tokens", "tool_calls", "endpoint", "model_name", "finished_at", "inference_ms", "latency_ms",
-                 "result_expires_at")
+RESULT_FIELDS = (
+    "status",
+    "result",
+    "http_status",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+    "tool_calls",
+    "endpoint",
+    "model_name",
+    "finished_at",
+    "inference_ms",
+    "latency_ms",
+    "result_expires_at",
+)
 
 
 def _write_results(tasks: list[InferenceTask]) -> None:
@@ -650,10 +822,15 @@ def _write_results(tasks: list[InferenceTask]) -> None:
     meta = InferenceTask._meta
     fields = [meta.get_field(name) for name in RESULT_FIELDS]
     qn = connection.ops.quote_name
-    sql = (f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
-           f"WHERE {qn(meta.pk.column)} = %s")
-    params = [[f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
-              + [meta.pk.get_db_prep_value(t.pk, connection)] for t in tasks]
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
+        f"WHERE {qn(meta.pk.column)} = %s"
+    )
+    params = [
+        [f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
+        + [meta.pk.get_db_prep_value(t.pk, connection)]
+        for t in tasks
+    ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
 
@@ -661,8 +838,10 @@ def _write_results(tasks: list[InferenceTask]) -> None:
 def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
     """The audit events of these tasks' outcomes (unsaved, for ``record_events``)."""
     users, locations = auditing.identities(tasks)
-    return [auditing.inference_event(t, username=users.get(t.user_id, ""), location_code=locations.get(t.location_id, ""))
-            for t in tasks]
+    return [
+        auditing.inference_event(t, username=users.get(t.user_id, ""), location_code=locations.get(t.location_id, ""))
+        for t in tasks
+    ]
 
 
 def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
@@ -675,8 +854,12 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
     updates = []
     with transaction.atomic():
         # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
-        current = {pk: (status, attempts) for pk, status, attempts in _locked(
-            _by_pk([c.task.id for c in group])).values_list("id", "status", "attempts")}
+        current = {
+            pk: (status, attempts)
+            for pk, status, attempts in _locked(_by_pk([c.task.id for c in group])).values_list(
+                "id", "status", "attempts"
+            )
+        }
         mine, requeued = [], []
         for c, (outcome, ms) in zip(group, results, strict=True):
             task = c.task
@@ -687,8 +870,14 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
                 requeued.append(c)
                 states.append(S.QUEUED)
                 continue
-            for name, value in {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0, "endpoint_id": None,
-                                "model_name": "", **outcome}.items():
+            for name, value in {
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "tool_calls": 0,
+                "endpoint_id": None,
+                "model_name": "",
+                **outcome,
+            }.items():
                 setattr(task, name, value)
             task.finished_at, task.result_expires_at, task.inference_ms = finished, expires, ms
             task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)
@@ -737,10 +926,15 @@ def _internal(exc: BaseException, task_id: Any, step: str) -> dict[str, Any]:
     """The outcome of a task that an unexpected error stopped while ``step``."""
     logger.error("task %s: unexpected %s while %s", task_id, type(exc).__name__, step, exc_info=exc)
     if isinstance(exc, TimeoutException):
-        return _failed(TIMED_OUT, f"The task ran longer than the worker's time limit ({Conf.TIMEOUT} s) and was "
-                                  "stopped. It is not retried.")
-    return _failed(INTERNAL_ERROR, f"An internal error ({type(exc).__name__}) stopped this task while {step}. "
-                                   "It is not retried; medai's log has the details under this task's id.")
+        return _failed(
+            TIMED_OUT,
+            f"The task ran longer than the worker's time limit ({Conf.TIMEOUT} s) and was stopped. It is not retried.",
+        )
+    return _failed(
+        INTERNAL_ERROR,
+        f"An internal error ({type(exc).__name__}) stopped this task while {step}. "
+        "It is not retried; medai's log has the details under this task's id.",
+    )
 
 
 def _finish_or_fail(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
@@ -971,8 +1165,11 @@ def push_update(task_id: Any) -> None:
     """Send the task's current status to its groups (``user.<id>``, ``task.<uuid>``, ``batch.<uuid>``):
     best effort, queued to this process's pusher (apps.inference.push)."""
     try:
-        task = InferenceTask.objects.filter(id=task_id).only(
-            "id", "status", "priority", "user_id", "batch_id", "model_name").first()
+        task = (
+            InferenceTask.objects.filter(id=task_id)
+            .only("id", "status", "priority", "user_id", "batch_id", "model_name")
+            .first()
+        )
         if task is not None:
             push.send([push.update_for(task)])
     except Exception as exc:  # noqa: BLE001 - a missed push must not fail the task

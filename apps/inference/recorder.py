@@ -183,8 +183,9 @@ def _insert(batch: list[Pending]) -> None:
     from apps.inference.models import InferenceTask
 
     tasks = [InferenceTask(**row) for row, _ in batch]
-    events = [inference_event(task, **audit) for task, (_, audit) in zip(tasks, batch, strict=True)
-              if audit is not None]
+    events = [
+        inference_event(task, **audit) for task, (_, audit) in zip(tasks, batch, strict=True) if audit is not None
+    ]
     with transaction.atomic():
         InferenceTask.objects.bulk_create(tasks)
         record_events(events)

@@ -75,9 +75,17 @@ def _load() -> RegistrySnapshot:
     models = {}
     for ep in ModelEndpoint.objects.all():
         models[ep.name] = EndpointInfo(
-            id=ep.pk, name=ep.name, kind=ep.kind, base_url=ep.base_url.rstrip("/"), backend_model=ep.backend_model,
-            api_key=ep.api_key or "", context_length=ep.context_length, vram_mb=ep.vram_mb, rank=ep.rank,
-            enabled=ep.enabled, supports_embeddings=ep.supports_embeddings,
+            id=ep.pk,
+            name=ep.name,
+            kind=ep.kind,
+            base_url=ep.base_url.rstrip("/"),
+            backend_model=ep.backend_model,
+            api_key=ep.api_key or "",
+            context_length=ep.context_length,
+            vram_mb=ep.vram_mb,
+            rank=ep.rank,
+            enabled=ep.enabled,
+            supports_embeddings=ep.supports_embeddings,
         )
     by_id = {m.id: m for m in models.values()}
     agents = {}
@@ -121,22 +129,32 @@ def resolve(model: str | None, agent_type: str | None, *, cached_only: bool = Fa
     if agent_type:
         agent = snap.agents.get(agent_type.lower())
         if agent is None:
-            raise RoutingError(400, "unknown_agent_type", f"agent_type: unknown agent type '{agent_type}'. "
-                               f"Known: {', '.join(sorted(a.agent_type for a in snap.agents.values()))}.", "agent_type")
+            raise RoutingError(
+                400,
+                "unknown_agent_type",
+                f"agent_type: unknown agent type '{agent_type}'. "
+                f"Known: {', '.join(sorted(a.agent_type for a in snap.agents.values()))}.",
+                "agent_type",
+            )
         if model and preferred is None and model.lower() != agent.agent_type.lower():
             raise RoutingError(404, "model_not_found", f"model: unknown model '{model}'.", "model")
         return _agent_route(agent, agent.agent_type, preferred)
     if not model:
-        raise RoutingError(400, "invalid_request", "model: this field is required (a model name or an agent type).",
-                           "model")
+        raise RoutingError(
+            400, "invalid_request", "model: this field is required (a model name or an agent type).", "model"
+        )
     if preferred is not None:
         if not preferred.enabled:
             raise RoutingError(503, "model_disabled", f"Model '{model}' is disabled.", "model")
         return Route(model, "", (preferred,))
     agent = snap.agents.get(model.lower())
     if agent is None:
-        raise RoutingError(404, "model_not_found", f"model: unknown model or agent type '{model}'. "
-                           "GET /v1/models lists what is available.", "model")
+        raise RoutingError(
+            404,
+            "model_not_found",
+            f"model: unknown model or agent type '{model}'. GET /v1/models lists what is available.",
+            "model",
+        )
     return _agent_route(agent, model, None)
 
 
@@ -148,6 +166,7 @@ def _agent_route(agent: _AgentEntry, requested: str, preferred: EndpointInfo | N
         ordered = [preferred] + [e for e in ordered if e.id != preferred.id]
     candidates = tuple(e for e in ordered if e.enabled)
     if not candidates:
-        raise RoutingError(503, "no_model_available", f"No enabled model serves agent type '{agent.agent_type}'.",
-                           "agent_type")
+        raise RoutingError(
+            503, "no_model_available", f"No enabled model serves agent type '{agent.agent_type}'.", "agent_type"
+        )
     return Route(requested, agent.agent_type, candidates, agent.system_prompt)

@@ -64,12 +64,24 @@ def db_unit(func: Callable[..., T]) -> Callable[..., T]:
 
     return wrapper
 
+
 # Request fields passed through to the backend unchanged (when the client set them). The tool
 # fields are forwarded by ``_tool_fields``; ``user``/``safety_identifier`` are kept on the record;
 # what medai cannot forward was refused by validation (apps/inference/api/chat_request.py).
 PASSTHROUGH = (
-    "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "presence_penalty",
-    "frequency_penalty", "seed", "response_format", "logprobs", "top_logprobs", "logit_bias",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
 )
 
 
@@ -120,8 +132,9 @@ def authenticate_header(header: str | None, scope: str, *, cached_only: bool = F
     except AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
     if not principal.has_scope(scope):
-        raise ApiError(403, "insufficient_scope", f"This credential lacks the '{scope}' scope "
-                       f"(role '{principal.role}').")
+        raise ApiError(
+            403, "insufficient_scope", f"This credential lacks the '{scope}' scope (role '{principal.role}')."
+        )
     return principal
 
 
@@ -248,8 +261,12 @@ def _tool_fields(req: dict[str, Any]) -> dict[str, Any]:
 
 def _all_failed(plan: ChatPlan) -> ApiError:
     tried = "; ".join(f"{a.endpoint}: {a.error}" for a in plan.attempts)
-    return ApiError(503, "backend_unavailable", f"No model server could answer ({tried}). Try again shortly.",
-                    headers={"Retry-After": "5"})
+    return ApiError(
+        503,
+        "backend_unavailable",
+        f"No model server could answer ({tried}). Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _rejected(exc: backends.BackendRejected) -> ApiError:
@@ -269,8 +286,12 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
     candidates = plan.route.candidates
     try:
         endpoint, result, lease = await call_with_failover(
-            candidates, call, priority=plan.priority, on_attempt=note,
-            keep_first=bool(candidates) and candidates[0].name == plan.route.requested)
+            candidates,
+            call,
+            priority=plan.priority,
+            on_attempt=note,
+            keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
+        )
     except backends.BackendRejected as exc:
         plan.attempts.append(Attempt(exc.endpoint.name, exc.message))
         plan.endpoint = exc.endpoint
@@ -294,8 +315,9 @@ def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str,
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
     plan.backend_started = time.perf_counter()
-    data, lease = await _call_backend(plan, lambda endpoint: backends.post_json(
-        endpoint, "/chat/completions", _backend_payload(plan, endpoint)))
+    data, lease = await _call_backend(
+        plan, lambda endpoint: backends.post_json(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
+    )
     lease.release()
     assert plan.endpoint is not None
     if forced_tools.applies(plan.payload, plan.endpoint.kind):
@@ -311,8 +333,9 @@ async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
     """Open the backend stream (failing over until one opens): errors here still get a status code.
     The model's concurrency slot is held until the stream is closed."""
     plan.backend_started = time.perf_counter()
-    stream, lease = await _call_backend(plan, lambda endpoint: backends.open_stream(
-        endpoint, "/chat/completions", _backend_payload(plan, endpoint)))
+    stream, lease = await _call_backend(
+        plan, lambda endpoint: backends.open_stream(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
+    )
     stream.on_close.append(lease.release)
     return stream
 
@@ -333,8 +356,11 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
 
     assert plan.endpoint is not None
     normalise = conformance.ChunkNormaliser(plan.endpoint.name)
-    convert = (forced_tools.StreamConverter() if forced_tools.applies(plan.payload, plan.endpoint.kind)
-               else lambda event: [event])
+    convert = (
+        forced_tools.StreamConverter()
+        if forced_tools.applies(plan.payload, plan.endpoint.kind)
+        else lambda event: [event]
+    )
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
@@ -370,20 +396,34 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
             error = ("backend_error", exc.reason)
         if error is not None:
             await record(InferenceTask.Status.FAILED, *error)
-            yield _sse({"error": {"message": f"The model server failed mid-stream: {error[1]}", "type": "api_error",
-                                  "param": None, "code": error[0]}})
+            yield _sse(
+                {
+                    "error": {
+                        "message": f"The model server failed mid-stream: {error[1]}",
+                        "type": "api_error",
+                        "param": None,
+                        "code": error[0],
+                    }
+                }
+            )
         else:
             await record(InferenceTask.Status.COMPLETED)
             yield b"data: [DONE]\n\n"
     finally:
         await stream.aclose()
         if not recorded:  # the client went away mid-stream
-            await asyncio.shield(record(InferenceTask.Status.CANCELLED, CLIENT_DISCONNECTED,
-                                        "The client closed the connection before the stream ended."))
+            await asyncio.shield(
+                record(
+                    InferenceTask.Status.CANCELLED,
+                    CLIENT_DISCONNECTED,
+                    "The client closed the connection before the stream ended.",
+                )
+            )
 
 
-def _record_fields(plan: ChatPlan, status: str, http_status: int, error_code: str = "",
-                   error_message: str = "") -> dict[str, Any]:
+def _record_fields(
+    plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = ""
+) -> dict[str, Any]:
     """The request's record: who, where, which model, tokens, timings and outcome."""
     now = timezone.now()
     total_ms = int((time.perf_counter() - plan.started) * 1000)
@@ -423,12 +463,18 @@ def _record_fields(plan: ChatPlan, status: str, http_status: int, error_code: st
 def _audit_identity(plan: ChatPlan) -> dict[str, Any]:
     """The arguments of ``auditing.inference_event`` that the record's fields do not hold."""
     p = plan.principal
-    return {"username": p.username, "location_code": p.location_code, "ip": plan.client_ip,
-            "user_agent": plan.user_agent}
+    return {
+        "username": p.username,
+        "location_code": p.location_code,
+        "ip": plan.client_ip,
+        "user_agent": plan.user_agent,
+    }
 
 
 @db_unit
-def record_outcome(plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = "") -> None:
+def record_outcome(
+    plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = ""
+) -> None:
     """Write the request's record and its audit event now, in one transaction (sync: queries)."""
     fields = _record_fields(plan, status, http_status, error_code, error_message)
     with transaction.atomic():
@@ -449,9 +495,13 @@ def ensure_recording_capacity() -> None:
     """503 before any backend call when this process holds MEDAI_RECORD_BACKLOG unwritten records
     (the database is down or cannot keep up): medai serves no request it cannot record."""
     if not recorder.writer.has_room():
-        raise ApiError(503, "recording_unavailable", "Requests cannot be recorded right now (the database is "
-                       "unavailable or behind); nothing was sent to a model. Try again shortly.",
-                       headers={"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "recording_unavailable",
+            "Requests cannot be recorded right now (the database is "
+            "unavailable or behind); nothing was sent to a model. Try again shortly.",
+            headers={"Retry-After": "5"},
+        )
 
 
 def _int(value: Any) -> int:
@@ -471,12 +521,25 @@ def list_models(principal: Principal) -> list[dict[str, Any]]:
     snap = router.snapshot()
     created = int((timezone.now() - timedelta(days=0)).timestamp())
     data = [
-        {"id": m.name, "object": "model", "created": created, "owned_by": "medai", "medai": {
-            "kind": "model", "backend": m.kind, "context_length": m.context_length, "rank": m.rank}}
-        for m in sorted(snap.models.values(), key=lambda m: (m.rank, m.name)) if m.enabled
+        {
+            "id": m.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "medai",
+            "medai": {"kind": "model", "backend": m.kind, "context_length": m.context_length, "rank": m.rank},
+        }
+        for m in sorted(snap.models.values(), key=lambda m: (m.rank, m.name))
+        if m.enabled
     ]
     for agent in sorted(snap.agents.values(), key=lambda a: a.agent_type):
         if agent.enabled and any(e.enabled for e in agent.endpoints):
-            data.append({"id": agent.agent_type, "object": "model", "created": created, "owned_by": "medai",
-                         "medai": {"kind": "agent_type", "models": [e.name for e in agent.endpoints if e.enabled]}})
+            data.append(
+                {
+                    "id": agent.agent_type,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "medai",
+                    "medai": {"kind": "agent_type", "models": [e.name for e in agent.endpoints if e.enabled]},
+                }
+            )
     return data

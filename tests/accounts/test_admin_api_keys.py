@@ -13,9 +13,16 @@ pytestmark = pytest.mark.django_db
 
 
 def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo):  # type: ignore[no-untyped-def]
-    response = admin_client.post("/admin/accounts/apikey/add/", {
-        "user": alice.pk, "location": demo.pk, "name": "lab system", "scopes": ["inference"],
-    }, follow=True)
+    response = admin_client.post(
+        "/admin/accounts/apikey/add/",
+        {
+            "user": alice.pk,
+            "location": demo.pk,
+            "name": "lab system",
+            "scopes": ["inference"],
+        },
+        follow=True,
+    )
     assert response.status_code == 200
     text = " ".join(str(m) for m in get_messages(response.wsgi_request))
     match = re.search(r"<code>(mk_[0-9a-f]{8}_[A-Za-z0-9_-]+)</code>", text)
@@ -42,8 +49,9 @@ def test_admin_revoke_and_rotate_actions(admin_client, alice, demo):  # type: ig
     admin_client.post("/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [first.pk]})
     first.refresh_from_db()
     assert first.revoked_at is not None
-    response = admin_client.post("/admin/accounts/apikey/", {"action": "rotate_keys", "_selected_action": [second.pk]},
-                                 follow=True)
+    response = admin_client.post(
+        "/admin/accounts/apikey/", {"action": "rotate_keys", "_selected_action": [second.pk]}, follow=True
+    )
     assert "will not be shown again" in " ".join(str(m) for m in get_messages(response.wsgi_request))
     second.refresh_from_db()
     assert second.revoked_at is not None and second.replaced_by is not None

@@ -34,8 +34,14 @@ def test_key_acts_as_its_user_at_its_location_and_records_last_use(alice, demo):
     key, secret = create_api_key(alice, name="ehr", location=demo)
     response = get_me(secret)
     assert response.status_code == 200
-    assert response.json() == {"id": alice.pk, "username": "alice", "role": "clinician", "location_id": "demo",
-                               "scopes": ["inference", "read"], "auth": "api_key"}
+    assert response.json() == {
+        "id": alice.pk,
+        "username": "alice",
+        "role": "clinician",
+        "location_id": "demo",
+        "scopes": ["inference", "read"],
+        "auth": "api_key",
+    }
     key.refresh_from_db()
     assert key.last_used_at is not None
 

@@ -37,8 +37,11 @@ def test_running_twice_creates_one_of_each(db, var_dir: Path, monkeypatch: pytes
     assert ModelEndpoint.objects.filter(name="smollm2-135m").count() == 1
 
 
-def test_bundled_model_is_registered_and_appended_to_every_route_once(db, var_dir: Path,  # type: ignore[no-untyped-def]
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_model_is_registered_and_appended_to_every_route_once(
+    db,
+    var_dir: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
     other = ModelEndpoint.objects.create(name="gpu-big", base_url="http://10.0.0.5:8000/v1", rank=1)
     chat = AgentRoute.objects.get(agent_type="Chat")
@@ -66,8 +69,12 @@ def test_a_new_llama_port_moves_the_endpoint(db, var_dir: Path, monkeypatch: pyt
     assert ModelEndpoint.objects.get(name="smollm2-135m").base_url == "http://127.0.0.1:18156/v1"
 
 
-def test_generated_password_is_stored_privately_and_reused(db, var_dir: Path,  # type: ignore[no-untyped-def]
-                                                          monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_generated_password_is_stored_privately_and_reused(
+    db,
+    var_dir: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
     monkeypatch.delenv("MEDAI_DEMO_PASSWORD", raising=False)
     call_command("bootstrap_demo")
     stored = (var_dir / "demo-password").read_text().strip()
@@ -89,8 +96,11 @@ def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: 
     assert User.objects.get(username="admin").check_password("a-new-password-456")
 
 
-def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(db, var_dir: Path,  # type: ignore[no-untyped-def]
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(
+    db,
+    var_dir: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from apps.gpu.models import ModelServer
 
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.django_db
 
 
 def login(username: str, password: str = PASSWORD, location_id: str = "demo"):  # type: ignore[no-untyped-def]
-    return APIClient().post("/v1/auth/login", {"username": username, "password": password,
-                                               "location_id": location_id}, format="json")
+    return APIClient().post(
+        "/v1/auth/login", {"username": username, "password": password, "location_id": location_id}, format="json"
+    )
 
 
 def test_login_returns_bearer_tokens_with_role_location_and_scope_claims(alice):  # type: ignore[no-untyped-def]

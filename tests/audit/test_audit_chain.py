@@ -63,8 +63,12 @@ def test_events_written_in_bulk_extend_one_valid_chain(alice):  # type: ignore[n
     from apps.audit.services import new_event, record_events
 
     before = record_event("auth.login", actor=alice, location="demo")
-    bulk = record_events([new_event("inference.complete", actor=alice, object_id=str(i),
-                                    details={"note": "Dr. John Smith asked"}) for i in range(5)])
+    bulk = record_events(
+        [
+            new_event("inference.complete", actor=alice, object_id=str(i), details={"note": "Dr. John Smith asked"})
+            for i in range(5)
+        ]
+    )
     after = record_event("auth.logout", actor=alice)
     chain = list(AuditEvent.objects.order_by("seq"))
     assert [e.seq for e in chain] == [before.seq, *(e.seq for e in bulk), after.seq]

@@ -18,7 +18,8 @@ SINGLE = 20  # record_event calls per writer
 BATCHES = 5  # record_events calls of BATCH events per writer
 BATCH = 4
 
-WRITER = """
+WRITER = (
+    """
 import os, time
 from apps.audit.services import new_event, record_event, record_events
 name, go = os.environ["WRITER"], os.environ["GO_FILE"]
@@ -28,7 +29,10 @@ for i in range(SINGLE):
     record_event("test.write", details={"writer": name, "i": i})
     if i % (SINGLE // BATCHES) == 0:
         record_events([new_event("test.batch", details={"writer": name, "i": i, "j": j}) for j in range(BATCH)])
-""".replace("BATCHES", str(BATCHES)).replace("SINGLE", str(SINGLE)).replace("BATCH", str(BATCH))
+""".replace("BATCHES", str(BATCHES))
+    .replace("SINGLE", str(SINGLE))
+    .replace("BATCH", str(BATCH))
+)
 
 
 @pytest.fixture
@@ -39,9 +43,16 @@ def shared_db(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_concurrent_writers_extend_one_chain_that_verifies(shared_db, tmp_path):  # type: ignore[no-untyped-def]
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "manage.py", "shell", "-c", WRITER], cwd=ROOT,
-                              env={**shared_db, "WRITER": f"w{n}", "GO_FILE": str(go)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "-c", WRITER],
+            cwd=ROOT,
+            env={**shared_db, "WRITER": f"w{n}", "GO_FILE": str(go)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for n in range(WRITERS)
+    ]
     time.sleep(0.5)  # let them start Django; each waits for the go file, so they write at once
     go.touch()
     for proc in procs:
@@ -61,7 +72,13 @@ def test_concurrent_writers_extend_one_chain_that_verifies(shared_db, tmp_path):
     switches = sum(1 for a, b in zip(writers, writers[1:], strict=False) if a != b)
     assert switches >= WRITERS
 
-    verify = subprocess.run([sys.executable, "manage.py", "audit_verify"], cwd=ROOT, env=shared_db,
-                            capture_output=True, text=True, timeout=120)
+    verify = subprocess.run(
+        [sys.executable, "manage.py", "audit_verify"],
+        cwd=ROOT,
+        env=shared_db,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stderr
     assert f"{expected} events verified" in verify.stdout

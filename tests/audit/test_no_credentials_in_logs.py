@@ -49,7 +49,8 @@ def web_with_access_log(transactional_db) -> Iterator[str]:  # type: ignore[no-u
 
 
 def test_tokens_and_keys_in_urls_and_errors_never_reach_a_log_line(
-        web_with_access_log, logged, alice, token_for, api_key_for):  # type: ignore[no-untyped-def]
+    web_with_access_log, logged, alice, token_for, api_key_for
+):  # type: ignore[no-untyped-def]
     jwt, key = token_for(alice), api_key_for(alice)
     ws_base = web_with_access_log.replace("http://", "ws://")
     with connect(f"{ws_base}/ws/status/?token={jwt}", open_timeout=10) as ws:  # old clients still work
@@ -59,8 +60,9 @@ def test_tokens_and_keys_in_urls_and_errors_never_reach_a_log_line(
     # failing requests carrying credentials in the query: 401 (the query is no way to authenticate
     # over HTTP) and 404, each logged by uvicorn's access log and by Django's request logger
     assert httpx.get(f"{web_with_access_log}/v1/models?token={jwt}", timeout=30).status_code == 401
-    assert httpx.get(f"{web_with_access_log}/v1/nowhere?api_key={key}&access_token={jwt}",
-                     timeout=30).status_code == 404
+    assert (
+        httpx.get(f"{web_with_access_log}/v1/nowhere?api_key={key}&access_token={jwt}", timeout=30).status_code == 404
+    )
     # an error whose message and exception both carry them
     try:
         raise RuntimeError(f"backend refused Bearer {jwt} for key {key}")
@@ -71,21 +73,32 @@ def test_tokens_and_keys_in_urls_and_errors_never_reach_a_log_line(
     assert "/ws/status/?token=[REDACTED]" in text and "/ws/gpu/?token=[REDACTED]" in text
     assert "/v1/models?token=[REDACTED]" in text  # the access log was on, and redacted
     assert "Not Found: /v1/nowhere" in text and "backend refused Bearer [REDACTED]" in text
-    for secret, what in ((jwt, "JWT"), (key, "API key"), (key.split("_", 2)[2], "API key secret"),
-                         (jwt.split(".")[2], "JWT signature")):
+    for secret, what in (
+        (jwt, "JWT"),
+        (key, "API key"),
+        (key.split("_", 2)[2], "API key secret"),
+        (jwt.split(".")[2], "JWT signature"),
+    ):
         assert secret not in text, f"the {what} is in the log:\n{text[-3000:]}"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("GET /ws/status/?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln HTTP/1.1",
-     "GET /ws/status/?token=[REDACTED] HTTP/1.1"),
-    ('"WebSocket /ws/gpu/?x=1&api_key=mk_0123abcd_AbCdEfGhIjKlMnOp" [accepted]',
-     '"WebSocket /ws/gpu/?x=1&api_key=[REDACTED]" [accepted]'),
-    ("/v1/a?access-token=zzz&password=hunter2#frag", "/v1/a?access-token=[REDACTED]&password=[REDACTED]#frag"),
-    ("Authorization: Bearer sk-abcdefghijkl", "Authorization: Bearer [REDACTED]"),
-    ("subprotocols bearer, mk_0123abcd_xyzxyzxyzxyz", "subprotocols bearer, [REDACTED]"),
-    ("a bare eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln in a path", "a bare [REDACTED] in a path"),
-    ("/v1/async/status/5b0c?page=2&monkey=1", "/v1/async/status/5b0c?page=2&monkey=1"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "GET /ws/status/?token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln HTTP/1.1",
+            "GET /ws/status/?token=[REDACTED] HTTP/1.1",
+        ),
+        (
+            '"WebSocket /ws/gpu/?x=1&api_key=mk_0123abcd_AbCdEfGhIjKlMnOp" [accepted]',
+            '"WebSocket /ws/gpu/?x=1&api_key=[REDACTED]" [accepted]',
+        ),
+        ("/v1/a?access-token=zzz&password=hunter2#frag", "/v1/a?access-token=[REDACTED]&password=[REDACTED]#frag"),
+        ("Authorization: Bearer sk-abcdefghijkl", "Authorization: Bearer [REDACTED]"),
+        ("subprotocols bearer, mk_0123abcd_xyzxyzxyzxyz", "subprotocols bearer, [REDACTED]"),
+        ("a bare eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln in a path", "a bare [REDACTED] in a path"),
+        ("/v1/async/status/5b0c?page=2&monkey=1", "/v1/async/status/5b0c?page=2&monkey=1"),
+    ],
+)
 def test_credentials_are_recognised_in_any_text(text: str, expected: str) -> None:
     assert redact_credentials(text) == expected

@@ -31,8 +31,9 @@ def chat_openai(medai):  # type: ignore[no-untyped-def]
     from langchain_openai import ChatOpenAI
 
     base_url, key = medai
-    return ChatOpenAI(base_url=base_url, api_key=key, model="smollm2-135m", temperature=0, max_tokens=48,
-                      max_retries=0, timeout=120)
+    return ChatOpenAI(
+        base_url=base_url, api_key=key, model="smollm2-135m", temperature=0, max_tokens=48, max_retries=0, timeout=120
+    )
 
 
 def test_langchain_bind_tools_gets_the_forced_call(medai):  # type: ignore[no-untyped-def]

@@ -15,8 +15,7 @@ QUESTION = [{"role": "user", "content": "Name one symptom of the common cold."}]
 
 @pytest.fixture
 def client(live_medai, llama_server, alice, api_key_for):  # type: ignore[no-untyped-def]
-    register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct",
-                   agents=("Chat", "MedicalQA"))
+    register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("Chat", "MedicalQA"))
     return openai.OpenAI(base_url=f"{live_medai}/v1", api_key=api_key_for(alice), max_retries=0, timeout=60)
 
 
@@ -58,8 +57,9 @@ def test_openai_client_sees_typed_errors(client, live_medai):  # type: ignore[no
 
 
 def test_agent_type_as_extra_body_field(client):  # type: ignore[no-untyped-def]
-    completion = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=4,
-                                                extra_body={"agent_type": "Chat", "priority": "high"})
+    completion = client.chat.completions.create(
+        model="smollm2-135m", messages=QUESTION, max_tokens=4, extra_body={"agent_type": "Chat", "priority": "high"}
+    )
     assert completion.choices[0].message.content is not None
     records_written()
     task = InferenceTask.objects.get()

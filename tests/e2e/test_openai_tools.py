@@ -15,14 +15,26 @@ from tests.conftest import records_written, register_model
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 QUESTION = [{"role": "user", "content": "The patient's heart rate is 72. Record it."}]
-RECORD_VITAL = {"type": "function", "function": {
-    "name": "record_vital", "description": "Record a vital sign of the patient.",
-    "parameters": {"type": "object", "properties": {
-        "name": {"type": "string", "description": "e.g. heart_rate"}, "value": {"type": "number"}},
-        "required": ["name", "value"]}}}
-LOOKUP = {"type": "function", "function": {
-    "name": "lookup_patient", "description": "Find a patient by name.",
-    "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
+RECORD_VITAL = {
+    "type": "function",
+    "function": {
+        "name": "record_vital",
+        "description": "Record a vital sign of the patient.",
+        "parameters": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "description": "e.g. heart_rate"}, "value": {"type": "number"}},
+            "required": ["name", "value"],
+        },
+    },
+}
+LOOKUP = {
+    "type": "function",
+    "function": {
+        "name": "lookup_patient",
+        "description": "Find a patient by name.",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
 
 
 @pytest.fixture
@@ -33,8 +45,13 @@ def client(live_medai, llama_server, alice, api_key_for):  # type: ignore[no-unt
 
 def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[no-untyped-def]
     completion = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[LOOKUP, RECORD_VITAL], max_tokens=48, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "record_vital"}})
+        model="smollm2-135m",
+        messages=QUESTION,
+        tools=[LOOKUP, RECORD_VITAL],
+        max_tokens=48,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "record_vital"}},
+    )
     message = completion.choices[0].message
     assert message.tool_calls, completion
     call = message.tool_calls[0]
@@ -48,8 +65,14 @@ def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[n
 
 def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client):  # type: ignore[no-untyped-def]
     stream = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=48,
-        temperature=0, stream=True)
+        model="smollm2-135m",
+        messages=QUESTION,
+        tools=[RECORD_VITAL],
+        tool_choice="required",
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+    )
     calls: dict[int, dict[str, str]] = {}
     finish = None
     for chunk in stream:
@@ -69,37 +92,67 @@ def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client)
     assert task.stream and (task.tools_offered, task.tool_calls) == (1, len(calls))
 
     # second turn: the assistant's tool call and the tool's result, as the official docs show
-    follow_up = client.chat.completions.create(model="smollm2-135m", tools=[RECORD_VITAL], max_tokens=24,
-                                               temperature=0, messages=[
-        *QUESTION,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": first["id"], "type": "function", "function": {"name": first["name"],
-                                                                  "arguments": first["arguments"]}}]},
-        {"role": "tool", "tool_call_id": first["id"], "content": json.dumps({"recorded": True})},
-    ])
+    follow_up = client.chat.completions.create(
+        model="smollm2-135m",
+        tools=[RECORD_VITAL],
+        max_tokens=24,
+        temperature=0,
+        messages=[
+            *QUESTION,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": first["id"],
+                        "type": "function",
+                        "function": {"name": first["name"], "arguments": first["arguments"]},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": first["id"], "content": json.dumps({"recorded": True})},
+        ],
+    )
     assert follow_up.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert follow_up.choices[0].message.content is not None or follow_up.choices[0].message.tool_calls
 
 
 def test_the_returned_message_object_can_be_sent_back_as_is(client):  # type: ignore[no-untyped-def]
     completion = client.chat.completions.create(
-        model="smollm2-135m", messages=QUESTION, tools=[RECORD_VITAL], tool_choice="required", max_tokens=48,
-        temperature=0)
+        model="smollm2-135m",
+        messages=QUESTION,
+        tools=[RECORD_VITAL],
+        tool_choice="required",
+        max_tokens=48,
+        temperature=0,
+    )
     message = completion.choices[0].message  # a ChatCompletionMessage, refusal and all
     results = [{"role": "tool", "tool_call_id": c.id, "content": "recorded"} for c in message.tool_calls]
-    follow_up = client.chat.completions.create(model="smollm2-135m", tools=[RECORD_VITAL], tool_choice="none",
-                                               max_tokens=16, temperature=0,
-                                               messages=[*QUESTION, message, *results])
+    follow_up = client.chat.completions.create(
+        model="smollm2-135m",
+        tools=[RECORD_VITAL],
+        tool_choice="none",
+        max_tokens=16,
+        temperature=0,
+        messages=[*QUESTION, message, *results],
+    )
     assert follow_up.choices[0].message.content is not None and not follow_up.choices[0].message.tool_calls
 
 
 def test_a_malformed_tool_is_a_typed_400_naming_the_field(client):  # type: ignore[no-untyped-def]
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="smollm2-135m", messages=QUESTION,
-                                       tools=[{"type": "function", "function": {"name": "record vital"}}])
+        client.chat.completions.create(
+            model="smollm2-135m", messages=QUESTION, tools=[{"type": "function", "function": {"name": "record vital"}}]
+        )
     assert bad.value.body["param"] == "tools[0].function.name"
     with pytest.raises(openai.BadRequestError) as unsupported:
-        client.chat.completions.create(model="smollm2-135m", messages=QUESTION, modalities=["text", "audio"],
-                                       audio={"voice": "alloy", "format": "mp3"})
-    assert unsupported.value.code == "unsupported_parameter" and unsupported.value.body["param"] in ("audio",
-                                                                                                    "modalities")
+        client.chat.completions.create(
+            model="smollm2-135m",
+            messages=QUESTION,
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "mp3"},
+        )
+    assert unsupported.value.code == "unsupported_parameter" and unsupported.value.body["param"] in (
+        "audio",
+        "modalities",
+    )

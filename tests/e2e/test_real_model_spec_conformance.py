@@ -16,8 +16,13 @@ from tests.support.openai_spec import assert_valid
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 MSG = [{"role": "user", "content": "Name one symptom of the flu."}]
-TOOL = {"type": "function", "function": {"name": "record_symptom", "parameters": {
-    "type": "object", "properties": {"symptom": {"type": "string"}}, "required": ["symptom"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "record_symptom",
+        "parameters": {"type": "object", "properties": {"symptom": {"type": "string"}}, "required": ["symptom"]},
+    },
+}
 VARIANTS = {
     "plain": {},
     "logprobs": {"logprobs": True, "top_logprobs": 2},
@@ -37,8 +42,9 @@ def ask(live_medai, llama_server, alice, token_for):  # type: ignore[no-untyped-
             assert response.status_code == 200, response.text
             return [response.json()]
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-        with httpx.stream("POST", f"{live_medai}/v1/chat/completions", json=body, headers=headers,
-                          timeout=120) as response:
+        with httpx.stream(
+            "POST", f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=120
+        ) as response:
             assert response.status_code == 200, response.read()
             events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"

@@ -28,9 +28,19 @@ MSG = [{"role": "user", "content": "Is 5 mg of warfarin a usual dose?"}]
 
 
 def endpoint(pk: int = EP) -> EndpointInfo:
-    return EndpointInfo(id=pk, name=f"model-{pk}", kind="openai", base_url="http://127.0.0.1:9/v1",
-                        backend_model="m", api_key="", context_length=2048, vram_mb=0, rank=1, enabled=True,
-                        supports_embeddings=False)
+    return EndpointInfo(
+        id=pk,
+        name=f"model-{pk}",
+        kind="openai",
+        base_url="http://127.0.0.1:9/v1",
+        backend_model="m",
+        api_key="",
+        context_length=2048,
+        vram_mb=0,
+        rank=1,
+        enabled=True,
+        supports_embeddings=False,
+    )
 
 
 def one_at_a_time(pk: int = EP, **override: object) -> None:
@@ -82,8 +92,13 @@ async def test_a_critical_request_is_served_before_normal_ones_that_queued_earli
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
     line = Line()
-    for name, priority in [("normal-1", NORMAL), ("low", LOW), ("normal-2", NORMAL), ("critical", CRITICAL),
-                           ("high", HIGH)]:
+    for name, priority in [
+        ("normal-1", NORMAL),
+        ("low", LOW),
+        ("normal-2", NORMAL),
+        ("critical", CRITICAL),
+        ("high", HIGH),
+    ]:
         await line.join(name, priority)
     held.release()
     await line.done()
@@ -155,8 +170,9 @@ async def test_a_wait_that_runs_out_answers_429_with_retry_after(fresh_view):  #
 
 def test_retry_after_is_the_line_ahead_times_how_long_the_models_slots_are_held(fresh_view, monkeypatch):  # type: ignore[no-untyped-def]
     now = [1000.0]
-    monkeypatch.setattr(slots, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time,
-                                                             sleep=time.sleep))
+    monkeypatch.setattr(
+        slots, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time, sleep=time.sleep)
+    )
     lease = slots.try_acquire(EP, 2)
     now[0] += 8.0
     lease.release()  # slots of this model are held 8 s
@@ -172,7 +188,9 @@ async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeyp
     shared.invalidate()
     task = asyncio.create_task(call_with_failover([endpoint()], answer, priority=NORMAL))
     await until(lambda: slots.waiting(EP) == 1)
-    await until(lambda: slots._listener is not None and shared.client().pubsub_numsub(slots.release_channel())[0][1] > 0)
+    await until(
+        lambda: slots._listener is not None and shared.client().pubsub_numsub(slots.release_channel())[0][1] > 0
+    )
     # what the other process's publisher does when its request ends
     shared.client().hset(shared.key("inflight"), other, json.dumps({"ts": time.time(), "counts": {}}))
     shared.client().publish(slots.release_channel(), json.dumps({"pid": other, "freed": {str(EP): 1}}))
@@ -185,8 +203,9 @@ async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeyp
 
 
 @pytest.mark.django_db(transaction=True)
-def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(live_medai, stub_backend, alice, token_for,
-                                                                        fresh_view, monkeypatch):  # type: ignore[no-untyped-def]
+def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(
+    live_medai, stub_backend, alice, token_for, fresh_view, monkeypatch
+):  # type: ignore[no-untyped-def]
     model = register_model("busy", stub_backend)
     publish_decision([reading(60)], [ModelInfo(model.pk, "busy", model.rank, 0, None)])  # NORMAL: 2 at a time
     monkeypatch.setattr(slots, "RECHECK_SECONDS", 0.01)  # waiters look at the clock often
@@ -203,8 +222,14 @@ def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(live_med
     results: list[httpx.Response] = []
 
     def request() -> None:
-        results.append(httpx.post(f"{live_medai}/v1/chat/completions", json={"model": "busy", "messages": MSG},
-                                  headers=headers, timeout=60))
+        results.append(
+            httpx.post(
+                f"{live_medai}/v1/chat/completions",
+                json={"model": "busy", "messages": MSG},
+                headers=headers,
+                timeout=60,
+            )
+        )
 
     threads = [threading.Thread(target=request) for _ in range(8)]
     for t in threads:
@@ -227,23 +252,33 @@ def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(live_med
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_full_line_answers_429_with_a_retry_after_header(live_medai, stub_backend, alice, token_for, fresh_view,
-                                                           settings):  # type: ignore[no-untyped-def]
+def test_a_full_line_answers_429_with_a_retry_after_header(
+    live_medai, stub_backend, alice, token_for, fresh_view, settings
+):  # type: ignore[no-untyped-def]
     settings.MEDAI_ADMISSION_QUEUE_MAX = 1
     model = register_model("busy", stub_backend)
     one_at_a_time(model.pk)
     held = slots.try_acquire(model.pk, 1)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     first: list[httpx.Response] = []
-    waiter = threading.Thread(target=lambda: first.append(httpx.post(
-        f"{live_medai}/v1/chat/completions", json={"model": "busy", "messages": MSG}, headers=headers, timeout=60)))
+    waiter = threading.Thread(
+        target=lambda: first.append(
+            httpx.post(
+                f"{live_medai}/v1/chat/completions",
+                json={"model": "busy", "messages": MSG},
+                headers=headers,
+                timeout=60,
+            )
+        )
+    )
     waiter.start()
     deadline = time.monotonic() + 30
     while slots.waiting(model.pk) < 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    turned_away = httpx.post(f"{live_medai}/v1/chat/completions", json={"model": "busy", "messages": MSG},
-                             headers=headers, timeout=60)
+    turned_away = httpx.post(
+        f"{live_medai}/v1/chat/completions", json={"model": "busy", "messages": MSG}, headers=headers, timeout=60
+    )
     held.release()
     waiter.join(60)
     records_written()

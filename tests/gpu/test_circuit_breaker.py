@@ -43,8 +43,8 @@ def test_after_the_reset_period_exactly_one_trial_goes_through(clock):  # type: 
     assert not circuit.allow(EP)
     clock[0] += 2
     assert not circuit.is_open(EP)
-    assert circuit.allow(EP)          # this caller is the trial
-    assert not circuit.allow(EP)      # everyone else waits for its outcome
+    assert circuit.allow(EP)  # this caller is the trial
+    assert not circuit.allow(EP)  # everyone else waits for its outcome
 
 
 def test_a_successful_trial_closes_the_circuit(clock):  # type: ignore[no-untyped-def]

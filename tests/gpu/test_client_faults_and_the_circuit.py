@@ -16,11 +16,22 @@ from tests.support.servers import set_stub_mode, start_stub
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MSG = [{"role": "user", "content": "Summarise the discharge letter."}]
-IMAGE_MSG = [{"role": "user", "content": [
-    {"type": "text", "text": "What does this X-ray show?"},
-    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
-IMAGE_500 = {"error": {"code": 500, "type": "server_error", "message": "image input is not supported - hint: if "
-                       "this is unexpected, you may need to provide the mmproj"}}
+IMAGE_MSG = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What does this X-ray show?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ],
+    }
+]
+IMAGE_500 = {
+    "error": {
+        "code": 500,
+        "type": "server_error",
+        "message": "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+    }
+}
 
 
 @pytest.fixture
@@ -28,8 +39,12 @@ def post(live_medai, alice, bob, token_for, fresh_view):  # type: ignore[no-unty
     tokens = {"alice": token_for(alice), "bob": token_for(bob)}
 
     def send(body, user="alice"):  # type: ignore[no-untyped-def]
-        response = httpx.post(f"{live_medai}/v1/chat/completions", json=body, timeout=30,
-                              headers={"Authorization": f"Bearer {tokens[user]}"})
+        response = httpx.post(
+            f"{live_medai}/v1/chat/completions",
+            json=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {tokens[user]}"},
+        )
         records_written()
         return response
 
@@ -74,8 +89,12 @@ def test_an_input_the_model_cannot_take_is_the_callers_400_and_never_opens_the_c
 def test_a_backend_500_not_about_the_input_counts_and_opens_the_circuit(post, stub_backend, second):  # type: ignore[no-untyped-def]
     primary = register_model("crashy", stub_backend, rank=1, agents=("Clinical",), position=0)
     register_model("fallback", second, rank=2, agents=("Clinical",), position=1)
-    set_stub_mode(stub_backend, "error", status=500,
-                  body={"error": {"code": 500, "type": "server_error", "message": "got exception: decode failed"}})
+    set_stub_mode(
+        stub_backend,
+        "error",
+        status=500,
+        body={"error": {"code": 500, "type": "server_error", "message": "got exception: decode failed"}},
+    )
     for _ in range(settings.MEDAI_CIRCUIT_FAILURES + 2):
         response = post({"model": "Clinical", "messages": MSG})
         assert response.status_code == 200 and response.json()["model"] == "fallback"
@@ -85,8 +104,12 @@ def test_a_backend_500_not_about_the_input_counts_and_opens_the_circuit(post, st
 
 def test_a_wrong_backend_api_key_is_the_backends_fault_not_the_callers(post, stub_backend):  # type: ignore[no-untyped-def]
     model = register_model("locked", stub_backend)
-    set_stub_mode(stub_backend, "error", status=401,
-                  body={"error": {"code": 401, "type": "authentication_error", "message": "Invalid API Key"}})
+    set_stub_mode(
+        stub_backend,
+        "error",
+        status=401,
+        body={"error": {"code": 401, "type": "authentication_error", "message": "Invalid API Key"}},
+    )
     response = post({"model": "locked", "messages": MSG})
     assert response.status_code == 503 and response.json()["error"]["code"] == "backend_unavailable"
     assert "Invalid API Key" in response.json()["error"]["message"]
@@ -96,8 +119,17 @@ def test_a_wrong_backend_api_key_is_the_backends_fault_not_the_callers(post, stu
 def test_a_served_model_id_the_backend_does_not_know_fails_over(post, stub_backend, second):  # type: ignore[no-untyped-def]
     misconfigured = register_model("misnamed", stub_backend, rank=1, agents=("Clinical",), position=0)
     register_model("fallback", second, rank=2, agents=("Clinical",), position=1)
-    set_stub_mode(stub_backend, "error", status=404, body={"object": "error", "type": "NotFoundError", "code": 404,
-                                                             "message": "The model `misnamed` does not exist."})
+    set_stub_mode(
+        stub_backend,
+        "error",
+        status=404,
+        body={
+            "object": "error",
+            "type": "NotFoundError",
+            "code": 404,
+            "message": "The model `misnamed` does not exist.",
+        },
+    )
     response = post({"model": "Clinical", "messages": MSG})
     assert response.status_code == 200 and response.json()["model"] == "fallback"
     assert circuit.state_of(misconfigured.pk)[1] == 1

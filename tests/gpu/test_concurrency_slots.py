@@ -11,8 +11,9 @@ EP = 77
 
 
 def other_process(count: int, age: float = 0.0) -> None:
-    shared.client().hset(shared.key("inflight"), "elsewhere:1:abc",
-                         json.dumps({"ts": time.time() - age, "counts": {str(EP): count}}))
+    shared.client().hset(
+        shared.key("inflight"), "elsewhere:1:abc", json.dumps({"ts": time.time() - age, "counts": {str(EP): count}})
+    )
     shared.invalidate()
 
 

@@ -25,8 +25,9 @@ def call(live_medai, alice, token_for, fresh_view):  # type: ignore[no-untyped-d
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
     def post(body, **kwargs):  # type: ignore[no-untyped-def]
-        response = httpx.post(f"{live_medai}/v1/chat/completions", json={"messages": MSG, **body}, headers=headers,
-                              timeout=30, **kwargs)
+        response = httpx.post(
+            f"{live_medai}/v1/chat/completions", json={"messages": MSG, **body}, headers=headers, timeout=30, **kwargs
+        )
         records_written()  # written after the answer, in the background
         return response
 
@@ -161,8 +162,16 @@ async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_vi
 
     ep = await sync_to_async(register_model)("streamer", stub_backend)
     route = await sync_to_async(router.resolve)("streamer", None)
-    plan = services.ChatPlan(principal=None, route=route, payload={"messages": MSG, "stream": True}, stream=True,
-                             include_usage=False, priority=1, requested_model="streamer", correlation_id="t")
+    plan = services.ChatPlan(
+        principal=None,
+        route=route,
+        payload={"messages": MSG, "stream": True},
+        stream=True,
+        include_usage=False,
+        priority=1,
+        requested_model="streamer",
+        correlation_id="t",
+    )
     stream = await services.open_chat_stream(plan)
     assert slots.in_flight(ep.pk) == 1
     events = [e async for e in stream.events()]

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.django_db
 
 
 def _publish_sample(ts: float) -> None:
-    shared.publish("state", {"ts": ts, "provider": "simulated", "simulated": True, "gpus": [],
-                             "policy": {}, "endpoint_names": {}}, ttl=60)
+    shared.publish(
+        "state",
+        {"ts": ts, "provider": "simulated", "simulated": True, "gpus": [], "policy": {}, "endpoint_names": {}},
+        ttl=60,
+    )
     shared.invalidate()
 
 
@@ -40,7 +43,11 @@ def test_a_fresh_sample_is_not_stale(settings, fresh_view):  # type: ignore[no-u
 def test_no_sample_at_all_is_stale_and_has_no_age(fresh_view):  # type: ignore[no-untyped-def]
     payload = services.status_payload()
     assert (payload["stale"], payload["monitor_running"], payload["age_seconds"], payload["sampled_at"]) == (
-        True, False, None, None)
+        True,
+        False,
+        None,
+        None,
+    )
 
 
 def test_the_api_and_its_schema_carry_the_staleness(client_for, alice, settings, fresh_view):  # type: ignore[no-untyped-def]

@@ -49,7 +49,9 @@ async def test_status_on_connect_then_live_updates_labelled_simulated(alice, tok
     await communicator.disconnect()
 
 
-async def test_when_the_monitor_stops_publishing_the_socket_says_the_sample_is_stale(alice, token_for, fresh_view, settings):  # type: ignore[no-untyped-def]
+async def test_when_the_monitor_stops_publishing_the_socket_says_the_sample_is_stale(
+    alice, token_for, fresh_view, settings
+):  # type: ignore[no-untyped-def]
     settings.MEDAI_GPU_STALE_AFTER = 0.5
     await sync_to_async(Monitor(SimulatedProvider(), supervise=False).sample)()  # one sample, then silence
     token = await sync_to_async(token_for)(alice)

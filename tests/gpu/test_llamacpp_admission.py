@@ -33,9 +33,16 @@ def test_fifty_concurrent_clients_are_all_answered(live_medai, llama_server, ali
     def client(i: int) -> None:
         with httpx.Client(timeout=600) as http:
             start.wait()
-            response = http.post(f"{live_medai}/v1/chat/completions", headers=headers, json={
-                "model": "smollm2-135m", "max_tokens": 4, "temperature": 0,
-                "messages": [{"role": "user", "content": f"Name one vital sign. ({i})"}]})
+            response = http.post(
+                f"{live_medai}/v1/chat/completions",
+                headers=headers,
+                json={
+                    "model": "smollm2-135m",
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": f"Name one vital sign. ({i})"}],
+                },
+            )
             statuses.append(response.status_code)
             most_waiting[0] = max(most_waiting[0], slots.waiting(model.pk))
 

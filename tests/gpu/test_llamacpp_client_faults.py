@@ -17,27 +17,45 @@ from tests.conftest import records_written, register_model
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-IMAGE = [{"role": "user", "content": [
-    {"type": "text", "text": "What does this X-ray show?"},
-    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
-                                               "AAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}}]}]
+IMAGE = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What does this X-ray show?"},
+            {
+                "type": "image_url",
+                "image_url": {
+                    "url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
+                    "AAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+                },
+            },
+        ],
+    }
+]
 TOO_LONG = [{"role": "user", "content": "Summarise these notes: " + "blood pressure stable, " * 1500}]
 PLAIN = [{"role": "user", "content": "Say OK."}]
 
 
 def post(url: str, token: str, body: dict) -> httpx.Response:  # type: ignore[type-arg]
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"},
-                      timeout=120)
+    return httpx.post(
+        f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
+    )
 
 
 def stream(url: str, token: str, body: dict) -> tuple[int, str]:  # type: ignore[type-arg]
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120,
-                      headers={"Authorization": f"Bearer {token}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json={**body, "stream": True},
+        timeout=120,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
         return response.status_code, response.read().decode()
 
 
 def test_inputs_the_model_cannot_take_are_the_callers_400_and_never_shut_it_off_for_others(
-        live_medai, llama_server, stub_backend, alice, bob, token_for, fresh_view):  # type: ignore[no-untyped-def]
+    live_medai, llama_server, stub_backend, alice, bob, token_for, fresh_view
+):  # type: ignore[no-untyped-def]
     model = register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", rank=1, agents=("Chat",))
     register_model("fallback", stub_backend, rank=2, agents=("Chat",), position=1)
     attacker, other = token_for(alice), token_for(bob)

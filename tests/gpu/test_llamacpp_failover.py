@@ -22,15 +22,17 @@ from tests.support.servers import free_port
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 
-def test_killing_the_primary_loses_no_request_and_it_comes_back(live_medai, llama_server, alice, token_for, settings,
-                                                                fresh_view):  # type: ignore[no-untyped-def]
+def test_killing_the_primary_loses_no_request_and_it_comes_back(
+    live_medai, llama_server, alice, token_for, settings, fresh_view
+):  # type: ignore[no-untyped-def]
     settings.MEDAI_HEALTH_INTERVAL = 1.0
     primary_server = services.ensure_bundled_server(free_port(), endpoint_name="primary", parallel=2, threads=1)
     primary = primary_server.endpoint
     primary.rank = 1
     primary.save()
-    AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Clinical")[0], endpoint=primary,
-                                   position=0)
+    AgentRouteEntry.objects.create(
+        route=AgentRoute.objects.get_or_create(agent_type="Clinical")[0], endpoint=primary, position=0
+    )
     register_model("secondary", llama_server, rank=2, agents=("Clinical",), position=1)
 
     stop_monitor = threading.Event()
@@ -44,8 +46,11 @@ def test_killing_the_primary_loses_no_request_and_it_comes_back(live_medai, llam
     def load() -> None:
         with httpx.Client(timeout=60) as client:
             while not stop_load.is_set():
-                r = client.post(f"{live_medai}/v1/chat/completions", headers=headers, json={
-                    "model": "Clinical", "max_tokens": 4, "messages": [{"role": "user", "content": "Say OK."}]})
+                r = client.post(
+                    f"{live_medai}/v1/chat/completions",
+                    headers=headers,
+                    json={"model": "Clinical", "max_tokens": 4, "messages": [{"role": "user", "content": "Say OK."}]},
+                )
                 results.append((r.status_code, r.json().get("model", r.text) if r.status_code == 200 else r.text))
 
     def wait_for(what: str, check, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
@@ -66,8 +71,11 @@ def test_killing_the_primary_loses_no_request_and_it_comes_back(live_medai, llam
         killed_at = len(results)
         os.kill(server().pid, signal.SIGKILL)
         wait_for("the crash noticed", lambda: server().restarts >= 1, 30)
-        wait_for("primary serving again", lambda: any(m == "primary" for _, m in results[killed_at + 1:]
-                                                      if server().state == "running"), 60)
+        wait_for(
+            "primary serving again",
+            lambda: any(m == "primary" for _, m in results[killed_at + 1 :] if server().state == "running"),
+            60,
+        )
         wait_for("answers after the restart", lambda: sum(1 for _, m in results[killed_at:] if m == "primary") >= 3, 60)
     finally:
         stop_load.set()

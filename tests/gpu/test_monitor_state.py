@@ -25,8 +25,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def gpu(fresh_view):  # type: ignore[no-untyped-def]
     SimulatedGpu.objects.all().delete()
-    return SimulatedGpu.objects.create(index=0, name="Simulated GPU 0 (no hardware)", memory_total_mb=10_000,
-                                       baseline_used_mb=500, mb_per_request=250)
+    return SimulatedGpu.objects.create(
+        index=0, name="Simulated GPU 0 (no hardware)", memory_total_mb=10_000, baseline_used_mb=500, mb_per_request=250
+    )
 
 
 def test_simulated_memory_is_the_models_loaded_plus_work_in_flight(gpu):  # type: ignore[no-untyped-def]
@@ -122,7 +123,10 @@ def test_prometheus_exports_gpu_and_circuit_state(gpu):  # type: ignore[no-untyp
     for _ in range(5):
         circuit.record_failure(ep.pk)
     text = Client().get("/metrics").content.decode()
-    assert 'medai_gpu_memory_total_bytes{gpu="0",name="Simulated GPU 0 (no hardware)",simulated="true"} 1.048576e+10' in text
+    assert (
+        'medai_gpu_memory_total_bytes{gpu="0",name="Simulated GPU 0 (no hardware)",simulated="true"} 1.048576e+10'
+        in text
+    )
     assert "medai_gpu_temperature_celsius{" in text and "medai_gpu_power_watts{" in text
     assert "medai_gpu_pressure_level 0.0" in text
     assert 'medai_circuit_state{model="m"} 2.0' in text
@@ -145,10 +149,20 @@ def test_model_metrics_per_bucket_from_the_records(gpu, alice, demo):  # type: i
     ep = register_model("m", "http://127.0.0.1:9/v1")
     now = timezone.now()
     for i, ms in enumerate([100, 200, 300, 400, 1000]):
-        InferenceTask.objects.create(mode="sync", status="completed", location=demo, user=alice, model_name="m",
-                                     endpoint=ep, created_at=now, inference_ms=ms, completion_tokens=10 * (i + 1))
-    InferenceTask.objects.create(mode="sync", status="failed", location=demo, user=alice, model_name="m", endpoint=ep,
-                                 created_at=now)
+        InferenceTask.objects.create(
+            mode="sync",
+            status="completed",
+            location=demo,
+            user=alice,
+            model_name="m",
+            endpoint=ep,
+            created_at=now,
+            inference_ms=ms,
+            completion_tokens=10 * (i + 1),
+        )
+    InferenceTask.objects.create(
+        mode="sync", status="failed", location=demo, user=alice, model_name="m", endpoint=ep, created_at=now
+    )
     from apps.gpu.metrics import record_attempt
 
     record_attempt(type("E", (), {"name": "m"})(), ok=False)  # a failed attempt before a failover

@@ -22,8 +22,10 @@ def two_gpus(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 2)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: f"h{i}")
     monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: {"h0": b"NVIDIA A100-SXM4-40GB", "h1": "NVIDIA L4"}[h])
-    mem = {"h0": SimpleNamespace(total=40960 * MiB, used=30720 * MiB, free=10240 * MiB),
-           "h1": SimpleNamespace(total=23034 * MiB, used=1024 * MiB, free=22010 * MiB)}
+    mem = {
+        "h0": SimpleNamespace(total=40960 * MiB, used=30720 * MiB, free=10240 * MiB),
+        "h1": SimpleNamespace(total=23034 * MiB, used=1024 * MiB, free=22010 * MiB),
+    }
     monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: mem[h])
     monkeypatch.setattr(pynvml, "nvmlDeviceGetTemperature", lambda h, sensor: {"h0": 71, "h1": 45}[h])
 

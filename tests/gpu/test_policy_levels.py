@@ -11,24 +11,32 @@ from apps.gpu.policy import DEFAULT_TABLE, GpuTrackers, ModelInfo, Tracker, eval
 from tests.gpu.conftest import publish_decision, reading
 
 # rank 1 is the best; "tiny" fits in almost nothing, "big" needs 20 GB.
-MODELS = [ModelInfo(1, "big", 1, 20_000, 0), ModelInfo(2, "mid", 2, 6_000, 0), ModelInfo(3, "small", 3, 2_000, 0),
-          ModelInfo(4, "tiny", 9, 300, 0), ModelInfo(5, "off", 0, 100, 0, enabled=False)]
+MODELS = [
+    ModelInfo(1, "big", 1, 20_000, 0),
+    ModelInfo(2, "mid", 2, 6_000, 0),
+    ModelInfo(3, "small", 3, 2_000, 0),
+    ModelInfo(4, "tiny", 9, 300, 0),
+    ModelInfo(5, "off", 0, 100, 0, enabled=False),
+]
 
 
 def decide(percent: float, temp: float = 40.0, total: int = 100_000) -> dict:
     return evaluate(DEFAULT_TABLE, [reading(percent, temp, total=total)], MODELS, GpuTrackers())
 
 
-@pytest.mark.parametrize("percent, level, allowed, batch, concurrency", [
-    (0, "LOW", None, 8, 4),
-    (49.9, "LOW", None, 8, 4),
-    (50, "NORMAL", None, 6, 2),
-    (69, "NORMAL", None, 6, 2),
-    (70, "HIGH", [1, 2], 4, 1),
-    (84.9, "HIGH", [1, 2], 4, 1),
-    (85, "CRITICAL", [2, 3, 4], 1, 0),  # 15 000 MB free: all but the 20 GB model fit
-    (99.5, "CRITICAL", [4], 1, 0),    # 500 MB free: only the tiny model
-])
+@pytest.mark.parametrize(
+    "percent, level, allowed, batch, concurrency",
+    [
+        (0, "LOW", None, 8, 4),
+        (49.9, "LOW", None, 8, 4),
+        (50, "NORMAL", None, 6, 2),
+        (69, "NORMAL", None, 6, 2),
+        (70, "HIGH", [1, 2], 4, 1),
+        (84.9, "HIGH", [1, 2], 4, 1),
+        (85, "CRITICAL", [2, 3, 4], 1, 0),  # 15 000 MB free: all but the 20 GB model fit
+        (99.5, "CRITICAL", [4], 1, 0),  # 500 MB free: only the tiny model
+    ],
+)
 def test_memory_pressure_sets_level_models_batch_and_concurrency(percent, level, allowed, batch, concurrency):  # type: ignore[no-untyped-def]
     d = decide(percent)
     assert (d["level"], d["allowed"], d["batch_size"], d["concurrency"]) == (level, allowed, batch, concurrency)
@@ -38,17 +46,25 @@ def test_disabled_models_are_never_allowed():  # type: ignore[no-untyped-def]
     assert 5 not in decide(75)["allowed"] and 5 not in decide(99)["allowed"]
 
 
-@pytest.mark.parametrize("temp, thermal, admit_new, admit_critical, concurrency, batch", [
-    (64.9, "NORMAL", True, True, 4, 8),
-    (65, "REDUCE", True, True, 2, 4),     # load halved
-    (79.9, "REDUCE", True, True, 2, 4),
-    (80, "PAUSE", False, True, 0, 1),     # new work waits; CRITICAL priority still runs
-    (85, "STOP", False, False, 0, 1),     # everything waits
-])
+@pytest.mark.parametrize(
+    "temp, thermal, admit_new, admit_critical, concurrency, batch",
+    [
+        (64.9, "NORMAL", True, True, 4, 8),
+        (65, "REDUCE", True, True, 2, 4),  # load halved
+        (79.9, "REDUCE", True, True, 2, 4),
+        (80, "PAUSE", False, True, 0, 1),  # new work waits; CRITICAL priority still runs
+        (85, "STOP", False, False, 0, 1),  # everything waits
+    ],
+)
 def test_temperature_sets_the_thermal_state(temp, thermal, admit_new, admit_critical, concurrency, batch):  # type: ignore[no-untyped-def]
     d = decide(10, temp)
     assert (d["thermal"], d["admit_new"], d["admit_critical"], d["concurrency"], d["batch_size"]) == (
-        thermal, admit_new, admit_critical, concurrency, batch)
+        thermal,
+        admit_new,
+        admit_critical,
+        concurrency,
+        batch,
+    )
 
 
 def test_the_worst_gpu_decides():  # type: ignore[no-untyped-def]
@@ -65,23 +81,23 @@ def test_pressure_rises_at_once_but_recovers_one_step_at_a_time_after_a_hold(): 
         return rows[t.update(rows, percent, margin, hold, now)]["level"]
 
     assert at(10, 0) == "LOW"
-    assert at(90, 1) == "CRITICAL"           # straight up
-    assert at(10, 2) == "CRITICAL"           # the drop starts the hold
-    assert at(10, 11) == "CRITICAL"          # 9 s: still holding
-    assert at(10, 12.5) == "HIGH"            # one step down, not to LOW
+    assert at(90, 1) == "CRITICAL"  # straight up
+    assert at(10, 2) == "CRITICAL"  # the drop starts the hold
+    assert at(10, 11) == "CRITICAL"  # 9 s: still holding
+    assert at(10, 12.5) == "HIGH"  # one step down, not to LOW
     assert at(10, 20) == "HIGH"
     assert at(10, 22.5) == "NORMAL"
-    assert at(48, 33) == "NORMAL"            # within the margin below NORMAL's 50 %: no further step
+    assert at(48, 33) == "NORMAL"  # within the margin below NORMAL's 50 %: no further step
     assert at(48, 60) == "NORMAL"
-    assert at(44, 61) == "NORMAL"            # clear of the margin: a new hold begins
+    assert at(44, 61) == "NORMAL"  # clear of the margin: a new hold begins
     assert at(44, 71.5) == "LOW"
 
 
 def test_a_reading_back_above_the_margin_restarts_the_hold():  # type: ignore[no-untyped-def]
     rows, t = DEFAULT_TABLE["levels"], Tracker()
     t.update(rows, 90, 5, 10, 0)
-    t.update(rows, 70, 5, 10, 1)      # HIGH range, 15 below CRITICAL: hold starts
-    t.update(rows, 82, 5, 10, 6)      # back within the margin: hold cancelled
+    t.update(rows, 70, 5, 10, 1)  # HIGH range, 15 below CRITICAL: hold starts
+    t.update(rows, 82, 5, 10, 6)  # back within the margin: hold cancelled
     assert rows[t.update(rows, 70, 5, 10, 12)]["level"] == "CRITICAL"
     assert rows[t.update(rows, 70, 5, 10, 22.5)]["level"] == "HIGH"
 

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def clinical(fresh_view):  # type: ignore[no-untyped-def]
     """Route Clinical: a (rank 1), b (rank 2), c (rank 2), d (rank 3)."""
-    eps = {name: register_model(name, f"http://127.0.0.1:9/{name}/v1", rank=rank, agents=("Clinical",), position=pos)
-           for pos, (name, rank) in enumerate([("a", 1), ("b", 2), ("c", 2), ("d", 3)])}
+    eps = {
+        name: register_model(name, f"http://127.0.0.1:9/{name}/v1", rank=rank, agents=("Clinical",), position=pos)
+        for pos, (name, rank) in enumerate([("a", 1), ("b", 2), ("c", 2), ("d", 3)])
+    }
     return eps
 
 

@@ -34,8 +34,11 @@ def wait_for(what: str, check: Callable[[], bool], step: Callable[[], None], tim
 
 
 def chat(port: int) -> httpx.Response:
-    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                      json={"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 4})
+    return httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        timeout=60,
+        json={"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 4},
+    )
 
 
 @pytest.mark.e2e
@@ -44,6 +47,7 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
     server = services.ensure_bundled_server(port, parallel=1, threads=1)
     supervisor = Supervisor()
     try:
+
         def state() -> ModelServer:
             return ModelServer.objects.get(pk=server.pk)
 
@@ -76,10 +80,15 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
 
 def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[no-untyped-def]
     port = free_port()
-    server = ModelServer.objects.create(name="stub", port=port, command=sys.executable,
-                                        args=[str(ROOT / "bench" / "stub_backend.py"), "--port", str(port)])
+    server = ModelServer.objects.create(
+        name="stub",
+        port=port,
+        command=sys.executable,
+        args=[str(ROOT / "bench" / "stub_backend.py"), "--port", str(port)],
+    )
     supervisor = Supervisor()
     try:
+
         def state() -> str:
             return ModelServer.objects.get(pk=server.pk).state
 
@@ -92,8 +101,12 @@ def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[n
         wait_for("running", lambda: state() == "running", supervisor.reconcile, 30)
         pid = ModelServer.objects.get(pk=server.pk).pid
         services.restart_server(server)
-        wait_for("restarted", lambda: ModelServer.objects.get(pk=server.pk).pid not in (None, pid) and state() == "running",
-                 supervisor.reconcile, 30)
+        wait_for(
+            "restarted",
+            lambda: ModelServer.objects.get(pk=server.pk).pid not in (None, pid) and state() == "running",
+            supervisor.reconcile,
+            30,
+        )
         assert ModelServer.objects.get(pk=server.pk).restarts == 0  # asked for, not a crash
     finally:
         supervisor.stop_all()
@@ -101,13 +114,26 @@ def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[n
 
 def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_batches(fresh_view):  # type: ignore[no-untyped-def]
     big_port = free_port()
-    big = ModelServer.objects.create(name="big", port=big_port, vram_mb=12_000, command=sys.executable,
-                                     args=[str(ROOT / "bench" / "stub_backend.py"), "--port", str(big_port)])
+    big = ModelServer.objects.create(
+        name="big",
+        port=big_port,
+        vram_mb=12_000,
+        command=sys.executable,
+        args=[str(ROOT / "bench" / "stub_backend.py"), "--port", str(big_port)],
+    )
     monitor = Monitor(SimulatedProvider())
     try:
         wait_for("big running", lambda: ModelServer.objects.get(pk=big.pk).state == "running", monitor.tick, 30)
-        ModelServer.objects.create(name="oom", port=free_port(), vram_mb=2_000, command=sys.executable, args=[
-            "-c", "import sys, time; print('ggml_cuda: CUDA error: out of memory', flush=True); time.sleep(0.2); sys.exit(1)"])
+        ModelServer.objects.create(
+            name="oom",
+            port=free_port(),
+            vram_mb=2_000,
+            command=sys.executable,
+            args=[
+                "-c",
+                "import sys, time; print('ggml_cuda: CUDA error: out of memory', flush=True); time.sleep(0.2); sys.exit(1)",
+            ],
+        )
         wait_for("the out-of-memory noticed", lambda: monitor.oom is not None, monitor.supervisor.reconcile, 30)
         paused = policy.current_policy()
         assert (paused.admit_new, paused.admit_critical, paused.limit_for(3)) == (False, False, 0)

@@ -55,15 +55,24 @@ class Store:
             return list(conn.execute(sql))
 
     def tasks(self) -> dict[str, tuple[str, int]]:
-        return {str(uuid.UUID(str(i))): (s, a)
-                for i, s, a in self.rows("SELECT id, status, attempts FROM inference_inferencetask")}
+        return {
+            str(uuid.UUID(str(i))): (s, a)
+            for i, s, a in self.rows("SELECT id, status, attempts FROM inference_inferencetask")
+        }
 
 
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path), "MEDAI_Q_WORKERS": "1", "MEDAI_QUEUE_LEASE_SECONDS": "3",
-           "MEDAI_QUEUE_POLL": "0.5", "MEDAI_BACKEND_RETRIES": "0", "MEDAI_CACHE_PREFIX": f"q3-{uuid.uuid4().hex[:8]}",
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "MEDAI_VAR_DIR": str(tmp_path),
+        "MEDAI_Q_WORKERS": "1",
+        "MEDAI_QUEUE_LEASE_SECONDS": "3",
+        "MEDAI_QUEUE_POLL": "0.5",
+        "MEDAI_BACKEND_RETRIES": "0",
+        "MEDAI_CACHE_PREFIX": f"q3-{uuid.uuid4().hex[:8]}",
+        "LOG_LEVEL": "WARNING",
+    }
     env.pop("PYTEST_CURRENT_TEST", None)
     pg = env.get("DATABASE_URL", "")
     dbname = ""
@@ -90,14 +99,27 @@ def setup_tasks(env: dict[str, str], stub_url: str, n: int, then: str = "") -> l
     """Register the stub model, submit ``n`` tasks as alice, run ``then`` (Python, with ``ids``)."""
     script = SETUP.replace("sys.argv[1]", repr(stub_url)).replace("int(sys.argv[2])", str(n))
     script = script.replace('print("IDS="', then + '\nprint("IDS="') if then else script
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True,
-                         timeout=120, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.split("IDS=", 1)[1].strip().splitlines()[0])
 
 
 def qcluster(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

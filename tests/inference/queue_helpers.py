@@ -10,8 +10,13 @@ from apps.inference.queue import list_key
 
 
 def ask(client: Any, text: str, priority: str = "normal", **extra: Any) -> Any:
-    body = {"agent_type": "Chat", "messages": [{"role": "user", "content": text}], "priority": priority,
-            "max_tokens": 4, **extra}
+    body = {
+        "agent_type": "Chat",
+        "messages": [{"role": "user", "content": text}],
+        "priority": priority,
+        "max_tokens": 4,
+        **extra,
+    }
     return client.post("/v1/async/submit", body, format="json")
 
 

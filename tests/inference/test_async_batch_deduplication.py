@@ -17,15 +17,23 @@ pytestmark = pytest.mark.django_db
 
 
 def _item(text: str, priority: str = "normal") -> dict:
-    return {"agent_type": "Chat", "messages": [{"role": "user", "content": text}], "priority": priority, "max_tokens": 4}
+    return {
+        "agent_type": "Chat",
+        "messages": [{"role": "user", "content": text}],
+        "priority": priority,
+        "max_tokens": 4,
+    }
 
 
 def test_batch_items_reuse_identical_tasks_and_progress_counts_them(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)
     client = client_for(alice)
     earlier = submit(client, "asked before")
-    response = client.post("/v1/async/submit-batch", {"requests": [
-        _item("asked before"), _item("new one"), _item("new one"), _item("another")]}, format="json")
+    response = client.post(
+        "/v1/async/submit-batch",
+        {"requests": [_item("asked before"), _item("new one"), _item("new one"), _item("another")]},
+        format="json",
+    )
     assert response.status_code == 202
     batch_id, ids = response.json()["batch_id"], response.json()["task_ids"]
     assert ids[0] == earlier and ids[1] == ids[2] and len(set(ids)) == 3
@@ -40,8 +48,11 @@ def test_batch_items_reuse_identical_tasks_and_progress_counts_them(client_for, 
 def test_a_batch_never_reuses_a_colleagues_task(client_for, alice, bob):  # type: ignore[no-untyped-def]
     register_model("stub-a", "http://127.0.0.1:9/v1")
     theirs = submit(client_for(bob), "same words")
-    ids = client_for(alice).post("/v1/async/submit-batch", {"requests": [_item("same words")]},
-                                 format="json").json()["task_ids"]
+    ids = (
+        client_for(alice)
+        .post("/v1/async/submit-batch", {"requests": [_item("same words")]}, format="json")
+        .json()["task_ids"]
+    )
     assert ids != [theirs]
 
 
@@ -63,5 +74,6 @@ def test_a_batch_of_only_known_requests_is_accepted_even_past_the_queue_limit(cl
     submit(client, "fills the queue", "high")
     response = client.post("/v1/async/submit-batch", {"requests": [_item("known", "low")]}, format="json")
     assert response.status_code == 202 and response.json()["task_ids"] == [known]
-    assert client.post("/v1/async/submit-batch", {"requests": [_item("unknown", "low")]},
-                       format="json").status_code == 429
+    assert (
+        client.post("/v1/async/submit-batch", {"requests": [_item("unknown", "low")]}, format="json").status_code == 429
+    )

@@ -12,8 +12,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _requests(n: int) -> list[dict]:
-    return [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}], "priority": "low"}
-            for i in range(n)]
+    return [
+        {"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}], "priority": "low"}
+        for i in range(n)
+    ]
 
 
 def test_batch_progress_counts_finished_tasks(client_for, alice, charlie, stub_backend):  # type: ignore[no-untyped-def]

@@ -55,7 +55,8 @@ def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, 
     assert _statuses([other, later[1]]) == ["queued", "queued"]
     done = [t for t in first + later if _statuses([t]) == ["completed"]]
     assert set(QueueEntry.objects.values_list("task_id", flat=True)) == {
-        t.id for t in InferenceTask.objects.filter(status="queued")}
+        t.id for t in InferenceTask.objects.filter(status="queued")
+    }
     completes = AuditEvent.objects.filter(action="inference.complete")
     assert sorted(completes.values_list("object_id", flat=True)) == sorted(done)
     assert verify_chain().ok
@@ -125,4 +126,3 @@ def test_work_the_broker_already_handed_out_ends_the_drain(client_for, alice, st
     assert str(QueueEntry.objects.get(pk=prefetched).task_id) == urgent
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
     assert _statuses(low) == ["completed", "completed"] + ["queued"] * 4
-

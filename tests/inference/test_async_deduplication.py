@@ -54,8 +54,9 @@ def test_a_finished_task_is_reused_only_while_its_result_is_retained(client_for,
 
     client = client_for(alice)
     first = submit(client, "Retained question")
-    InferenceTask.objects.filter(id=first).update(status="completed", result={"choices": []},
-                                                  result_expires_at=timezone.now() + timedelta(seconds=300))
+    InferenceTask.objects.filter(id=first).update(
+        status="completed", result={"choices": []}, result_expires_at=timezone.now() + timedelta(seconds=300)
+    )
     assert submit(client, "Retained question") == first
     InferenceTask.objects.filter(id=first).update(result_expires_at=timezone.now() - timedelta(seconds=1))
     assert submit(client, "Retained question") != first

@@ -41,19 +41,23 @@ def test_the_flag_is_on_exactly_when_routine_work_is_refused(client_for, alice, 
     assert health["emergency_mode"] is (routine.status_code == 429)
     assert health["emergency_mode"] is (depth >= MAX)
     if routine.status_code == 429:
-        assert routine.json()["error"]["code"] == "queue_full" and "emergency mode" in routine.json()["error"]["message"]
+        assert (
+            routine.json()["error"]["code"] == "queue_full" and "emergency mode" in routine.json()["error"]["message"]
+        )
     assert ask(client, "urgent", "high").status_code == 202
 
 
 def test_a_batch_cannot_carry_routine_work_into_emergency_mode(client_for, alice):  # type: ignore[no-untyped-def]
     client = client_for(alice)
     fill_to(client, MAX)
-    mixed = client.post("/v1/async/submit-batch", {"requests": [item("urgent", "high"), item("routine", "low")]},
-                        format="json")
+    mixed = client.post(
+        "/v1/async/submit-batch", {"requests": [item("urgent", "high"), item("routine", "low")]}, format="json"
+    )
     assert mixed.status_code == 429 and mixed.json()["error"]["code"] == "queue_full"
     assert InferenceTask.objects.count() == MAX
-    urgent = client.post("/v1/async/submit-batch", {"requests": [item("urgent 1", "high"), item("urgent 2", "critical")]},
-                         format="json")
+    urgent = client.post(
+        "/v1/async/submit-batch", {"requests": [item("urgent 1", "high"), item("urgent 2", "critical")]}, format="json"
+    )
     assert urgent.status_code == 202
 
 

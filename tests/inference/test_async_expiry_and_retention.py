@@ -38,8 +38,12 @@ def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice
     task_id = submit(client, "a question")
     done = timezone.now()
     InferenceTask.objects.filter(id=task_id).update(
-        status="completed", result={"choices": [{"message": {"content": "an answer"}}]}, finished_at=done,
-        completion_tokens=7, result_expires_at=done + timedelta(seconds=settings.MEDAI_RESULT_TTL))
+        status="completed",
+        result={"choices": [{"message": {"content": "an answer"}}]},
+        finished_at=done,
+        completion_tokens=7,
+        result_expires_at=done + timedelta(seconds=settings.MEDAI_RESULT_TTL),
+    )
     assert client.get(f"/v1/async/result/{task_id}").status_code == 200
     swept = done + timedelta(seconds=settings.MEDAI_RESULT_TTL + 1)
     assert queue.expire_and_purge(swept)["purged"] == 1
@@ -52,17 +56,20 @@ def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice
 
 
 def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):  # type: ignore[no-untyped-def]
-    response = client_for(alice).post("/v1/async/submit", {"agent_type": "Chat", "deadline_s": -1,
-                                                            "messages": [{"role": "user", "content": "x"}]},
-                                      format="json")
+    response = client_for(alice).post(
+        "/v1/async/submit",
+        {"agent_type": "Chat", "deadline_s": -1, "messages": [{"role": "user", "content": "x"}]},
+        format="json",
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "deadline_s"
 
 
 def test_a_result_past_retention_answers_410_before_the_sweep_runs(client_for, alice):  # type: ignore[no-untyped-def]
     task_id = submit(client_for(alice), "swept later")
-    InferenceTask.objects.filter(id=task_id).update(status="completed", result={"choices": []},
-                                                    result_expires_at=timezone.now() - timedelta(seconds=1))
+    InferenceTask.objects.filter(id=task_id).update(
+        status="completed", result={"choices": []}, result_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert client_for(alice).get(f"/v1/async/result/{task_id}").status_code == 410
 
 

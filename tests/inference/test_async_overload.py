@@ -41,9 +41,15 @@ def test_a_database_outage_answers_503_and_writes_nothing(client_for, alice):  #
     # the queue entries are the last write of a submit: failing there must roll the task rows back
     with mock.patch("apps.inference.broker.put_many", side_effect=OperationalError("connection refused")):
         response = ask(client, "during the outage")
-        batch = client.post("/v1/async/submit-batch", {"requests": [
-            {"agent_type": "Chat", "messages": [{"role": "user", "content": f"outage {i}"}]} for i in range(3)]},
-            format="json")
+        batch = client.post(
+            "/v1/async/submit-batch",
+            {
+                "requests": [
+                    {"agent_type": "Chat", "messages": [{"role": "user", "content": f"outage {i}"}]} for i in range(3)
+                ]
+            },
+            format="json",
+        )
     assert response.status_code == batch.status_code == 503
     assert response.json()["error"]["code"] == batch.json()["error"]["code"] == "database_unavailable"
     assert InferenceTask.objects.count() == QueueEntry.objects.count() == TaskBatch.objects.count() == 0

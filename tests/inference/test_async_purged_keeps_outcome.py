@@ -63,8 +63,10 @@ def test_failed_and_cancelled_tasks_keep_their_outcome_too(client_for, alice, se
     InferenceTask.objects.filter(id=failed).update(request={"model": "", "agent_type": "NoSuchAgent", "payload": {}})
     assert queue.run_task(failed) == "failed"
     past_retention(failed)
-    statuses = {t["task_id"]: (t["status"], t["content_purged_at"] is not None)
-                for t in client.get("/v1/async/tasks").json()["results"]}
+    statuses = {
+        t["task_id"]: (t["status"], t["content_purged_at"] is not None)
+        for t in client.get("/v1/async/tasks").json()["results"]
+    }
     assert statuses == {failed: ("failed", True), cancelled: ("cancelled", True)}
     assert client.get(f"/v1/async/result/{failed}").json()["error"]["code"] != "result_purged"  # its error stays
 
@@ -96,8 +98,9 @@ def test_the_migration_restores_the_outcome_of_tasks_purged_before(client_for, a
     ended = timezone.now() - timedelta(hours=1)
     # what the old sweep left: expired, content gone, the rest of the record kept
     InferenceTask.objects.filter(id=done).update(status="expired", http_status=200, result_expires_at=ended)
-    InferenceTask.objects.filter(id=failed).update(status="expired", error_code="backend_unavailable",
-                                                   result_expires_at=ended)
+    InferenceTask.objects.filter(id=failed).update(
+        status="expired", error_code="backend_unavailable", result_expires_at=ended
+    )
     migration = importlib.import_module("apps.inference.migrations.0007_task_content_purged_at")
     migration.restore_outcomes(apps, None)
     rows = dict(InferenceTask.objects.values_list("id", "status"))

@@ -20,8 +20,9 @@ def _submit_batch(alice, token_for, n: int) -> tuple[str, list[str]]:  # type: i
     register_model("stub", "http://127.0.0.1:9/v1")
     header = f"Bearer {token_for(alice)}"
     before = push.pusher().sent_messages
-    batch, tasks = queue.submit_batch(header, [
-        {"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)])
+    batch, tasks = queue.submit_batch(
+        header, [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)]
+    )
     assert push.flush(5)
     return str(before), [str(t.id) for t in tasks]
 
@@ -36,7 +37,8 @@ async def test_a_batch_reaches_the_owner_as_one_message_and_one_frame_per_task(a
     before, task_ids = await sync_to_async(_submit_batch)(alice, token_for, 3)
     frames = [await ws.receive_json_from(timeout=5) for _ in task_ids]
     assert [(f["type"], f["data"]["task_id"], f["data"]["status"]) for f in frames] == [
-        ("task.update", t, "queued") for t in task_ids]
+        ("task.update", t, "queued") for t in task_ids
+    ]
     assert await ws.receive_nothing(timeout=0.3)
     # only user.<id> has a listener: one group message for the three tasks, none to task./batch. groups
     assert push.pusher().sent_messages - int(before) == 1
@@ -46,7 +48,9 @@ async def test_a_batch_reaches_the_owner_as_one_message_and_one_frame_per_task(a
 def test_updates_are_grouped_per_listened_group() -> None:
     from apps.inference.push import _groups
 
-    updates = [(7, {"task_id": f"t{i}", "status": "queued", "priority": "low", "model": "", "batch_id": "b1"})
-               for i in range(3)]
+    updates = [
+        (7, {"task_id": f"t{i}", "status": "queued", "priority": "low", "model": "", "batch_id": "b1"})
+        for i in range(3)
+    ]
     groups = _groups(updates)  # type: ignore[arg-type]
     assert [len(groups[g]) for g in ("user.7", "batch.b1", "task.t0", "task.t1", "task.t2")] == [3, 3, 1, 1, 1]

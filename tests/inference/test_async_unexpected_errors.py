@@ -59,13 +59,23 @@ def test_a_payload_that_cannot_be_encoded_fails_the_task_readably(client_for, al
     assert result.status_code == 502 and result.json()["error"]["code"] == "internal_error"
     assert not QueueEntry.objects.filter(task_id=task_id).exists()  # acknowledged once it ended
     event = AuditEvent.objects.get(action="inference.complete", object_id=task_id)
-    assert (event.outcome, event.details["status"], event.details["error_code"]) == ("failure", "failed",
-                                                                                      "internal_error")
+    assert (event.outcome, event.details["status"], event.details["error_code"]) == (
+        "failure",
+        "failed",
+        "internal_error",
+    )
     # it is over: cancel says so, an identical request is a new task, the prompt is purged on time
     assert client.post(f"/v1/async/cancel/{task_id}").json()["error"]["code"] == "not_cancellable"
-    again = client.post("/v1/async/submit", {"agent_type": "Chat", "priority": "normal", "max_tokens": 4,
-                                             "messages": [{"role": "user", "content": "What is a normal INR?"}]},
-                        format="json").json()
+    again = client.post(
+        "/v1/async/submit",
+        {
+            "agent_type": "Chat",
+            "priority": "normal",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "What is a normal INR?"}],
+        },
+        format="json",
+    ).json()
     assert again["task_id"] != task_id and again["deduplicated"] is False
     task = InferenceTask.objects.get(id=task_id)
     queue.expire_and_purge(task.result_expires_at)
@@ -144,8 +154,10 @@ def test_a_request_that_cannot_be_decrypted_fails_readably(client_for, alice):  
     task_id = submit(client, "Encrypted with a key that is gone")
     table, pk = InferenceTask._meta.db_table, InferenceTask._meta.pk
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET request = %s WHERE id = %s",
-                       ["not a token", pk.get_db_prep_value(pk.to_python(task_id), connection)])
+        cursor.execute(
+            f"UPDATE {table} SET request = %s WHERE id = %s",
+            ["not a token", pk.get_db_prep_value(pk.to_python(task_id), connection)],
+        )
     assert delivered_and_run(task_id)[0] == "failed"
     status = client.get(f"/v1/async/status/{task_id}").json()
     assert (status["status"], status["error"]["code"]) == ("failed", "request_unreadable")
@@ -173,10 +185,15 @@ def test_a_real_cluster_fails_the_task_that_breaks_it_and_runs_the_next(cluster_
         cluster_env["MEDAI_Q_WORKERS"] = "1"
         cluster = qcluster(cluster_env, tmp_path / "cluster.log")
         wait_for(lambda: store.tasks()[good][0] == "completed", 90, "the second task to complete")
-        wait_for(lambda: store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)], 30,
-                 "both deliveries to be acknowledged")
-        rows = {str(uuid.UUID(str(i))): rest for i, *rest in store.rows(
-            "SELECT id, status, error_code, error_message FROM inference_inferencetask")}
+        wait_for(
+            lambda: store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)],
+            30,
+            "both deliveries to be acknowledged",
+        )
+        rows = {
+            str(uuid.UUID(str(i))): rest
+            for i, *rest in store.rows("SELECT id, status, error_code, error_message FROM inference_inferencetask")
+        }
         status, code, message = rows[bad]
         assert (status, code) == ("failed", "internal_error") and "UnicodeEncodeError" in message
         assert store.rows("SELECT count(*) FROM audit_auditevent WHERE action = 'inference.complete'") == [(2,)]

@@ -18,7 +18,9 @@ def _submit_and_cancel_setup(alice, token_for):  # type: ignore[no-untyped-def]
 
     register_model("stub", "http://127.0.0.1:9/v1")
     header = f"Bearer {token_for(alice)}"
-    return str(queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}).task.id)
+    return str(
+        queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}).task.id
+    )
 
 
 def _cancel(task_id: str, alice_principal_token: str) -> None:

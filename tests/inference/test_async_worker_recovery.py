@@ -33,8 +33,11 @@ def test_a_task_whose_worker_was_killed_completes_after_its_lease(cluster_env, t
         assert store.tasks()[task_id] == ("completed", 2)
         # django-q2 acknowledges the delivery (deletes the entry) after the task returns, from its
         # monitor process: shortly after the row says completed, not with it
-        wait_for(lambda: store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)], 30,
-              "the re-delivered entry to be acknowledged")
+        wait_for(
+            lambda: store.rows("SELECT count(*) FROM inference_queueentry") == [(0,)],
+            30,
+            "the re-delivered entry to be acknowledged",
+        )
         result = store.rows("SELECT model_name, finished_at FROM inference_inferencetask")
         assert result[0][0] == "stub-a" and result[0][1] is not None
     finally:

@@ -46,13 +46,25 @@ MSG = [{"role": "user", "content": "hello"}]
         ({"model": "Chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "valid choice"),
         ({"model": "Chat", "messages": [{"role": "user"}]}, "messages[0].content", "empty"),
         ({"model": "Chat", "messages": [{"role": "user", "content": "   "}]}, "messages[0].content", "blank"),
-        ({"model": "Chat", "messages": [{"role": "user", "content": " \n\t\u3000\u200b"}]}, "messages[0].content",
-         "blank"),
+        (
+            {"model": "Chat", "messages": [{"role": "user", "content": " \n\t\u3000\u200b"}]},
+            "messages[0].content",
+            "blank",
+        ),
         ({"model": "Chat", "messages": [{"role": "system", "content": "  "}, *MSG]}, "messages[0].content", "blank"),
-        ({"model": "Chat", "messages": [*MSG, {"role": "assistant", "content": "ok"}, {"role": "user", "content": " "}]},
-         "messages[2].content", "blank"),
-        ({"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "  "}]}]},
-         "messages[0].content", "blank"),
+        (
+            {
+                "model": "Chat",
+                "messages": [*MSG, {"role": "assistant", "content": "ok"}, {"role": "user", "content": " "}],
+            },
+            "messages[2].content",
+            "blank",
+        ),
+        (
+            {"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "  "}]}]},
+            "messages[0].content",
+            "blank",
+        ),
         ({"model": "Chat", "messages": [{"role": "user", "content": 42}]}, "messages[0].content", "string"),
         ({"model": "Chat", "messages": MSG, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"model": "Chat", "messages": MSG, "max_tokens": 10**9}, "max_tokens", "at most"),
@@ -81,16 +93,25 @@ def test_unknown_model_is_404_model_not_found(chat):  # type: ignore[no-untyped-
     assert (error["code"], error["param"], error["type"]) == ("model_not_found", "model", "not_found_error")
     assert "no-such-model" in error["message"]
     # the same answer as the model lookup gives
-    models = Client().get("/v1/models/no-such-model", HTTP_AUTHORIZATION=response.wsgi_request.META["HTTP_AUTHORIZATION"])
+    models = Client().get(
+        "/v1/models/no-such-model", HTTP_AUTHORIZATION=response.wsgi_request.META["HTTP_AUTHORIZATION"]
+    )
     assert models.status_code == 404 and error_of(models)["code"] == "model_not_found"
 
 
 def test_an_assistant_turn_with_tool_calls_and_no_content_is_valid(chat):  # type: ignore[no-untyped-def]
     # only the offline model's 503 is left: the request itself passed validation
     call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-    response = chat({"model": "offline-model", "messages": [*MSG, {"role": "assistant", "content": None,
-                                                                   "tool_calls": [call]},
-                                                          {"role": "tool", "tool_call_id": "call_1", "content": "42"}]})
+    response = chat(
+        {
+            "model": "offline-model",
+            "messages": [
+                *MSG,
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+            ],
+        }
+    )
     assert response.status_code == 503, response.content
 
 
@@ -132,11 +153,50 @@ def test_disabled_model_is_503(chat):  # type: ignore[no-untyped-def]
 
 def test_random_garbage_never_causes_a_500(chat):  # type: ignore[no-untyped-def]
     rng = random.Random(1234)
-    values = [None, True, 0, -1, 1.5, "", "x", [], {}, [None], [{}], {"a": 1}, "\u0000", 10**30, [[]], "\ud800",
-              float("nan"), float("inf"), " ", {"type": "text", "x": float("nan")}]
-    fields = ["model", "agent_type", "messages", "max_tokens", "temperature", "top_p", "n", "stream", "stop",
-              "priority", "seed", "response_format", "stream_options", "user", "tools", "tool_choice",
-              "parallel_tool_calls", "logit_bias", "audio", "unknown"]
+    values = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        "",
+        "x",
+        [],
+        {},
+        [None],
+        [{}],
+        {"a": 1},
+        "\u0000",
+        10**30,
+        [[]],
+        "\ud800",
+        float("nan"),
+        float("inf"),
+        " ",
+        {"type": "text", "x": float("nan")},
+    ]
+    fields = [
+        "model",
+        "agent_type",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stop",
+        "priority",
+        "seed",
+        "response_format",
+        "stream_options",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "logit_bias",
+        "audio",
+        "unknown",
+    ]
     for _ in range(150):
         body = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(0, len(fields)))}
         if rng.random() < 0.5:
@@ -148,13 +208,20 @@ def test_random_garbage_never_causes_a_500(chat):  # type: ignore[no-untyped-def
 Q = '"messages": [{"role": "user", "content": "hi"}]'
 UNFORWARDABLE = [
     ('{"model": "Chat", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content", "surrogate"),
-    ('{"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
-     "messages[0].content[0].text", "surrogate"),
+    (
+        '{"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+        "messages[0].content[0].text",
+        "surrogate",
+    ),
     ('{"model": "Chat", ' + Q + ', "response_format": {"type": "text", "x": NaN}}', "response_format.x", "finite"),
     ('{"model": "Chat", ' + Q + ', "temperature": Infinity}', "temperature", "finite"),
     ('{"model": "Chat", ' + Q + ', "temperature": 1e999999}', "temperature", "finite"),
-    ('{"model": "Chat", ' + Q + ', "tools": [{"type": "function", "function": {"name": "f", "parameters": '
-     '{"type": "object", "default": -Infinity}}}]}', "tools[0].function.parameters.default", "finite"),
+    (
+        '{"model": "Chat", ' + Q + ', "tools": [{"type": "function", "function": {"name": "f", "parameters": '
+        '{"type": "object", "default": -Infinity}}}]}',
+        "tools[0].function.parameters.default",
+        "finite",
+    ),
     ('{"model": "Chat", ' + Q + ', "user": "\\ud83d"}', "user", "surrogate"),
 ]
 

@@ -18,12 +18,38 @@ VALID = [
     {"model": "Chat", "messages": MSG},
     {"model": "Chat", "messages": MSG, "max_tokens": 1, "stream": False},
     {"agent_type": "MedicalQA", "priority": "high", "messages": MSG, "temperature": 0, "top_p": 1},
-    {"model": "m", "priority": 3, "messages": [{"role": "system", "content": "be brief"}, *MSG,
-                                               {"role": "assistant", "content": "hi", "name": "bot"}]},
-    {"model": "m", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}, "stop": ["\n", "END"],
-     "seed": 7, "user": "", "presence_penalty": -1.5, "frequency_penalty": 2, "logprobs": None, "top_logprobs": 0,
-     "response_format": {"type": "json_object"}, "n": 1, "max_completion_tokens": 5, "max_tokens": None},
-    {"model": "m", "messages": MSG, "response_format": {"type": "text"}, "stream_options": {"include_obfuscation": False}},
+    {
+        "model": "m",
+        "priority": 3,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            *MSG,
+            {"role": "assistant", "content": "hi", "name": "bot"},
+        ],
+    },
+    {
+        "model": "m",
+        "messages": MSG,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "stop": ["\n", "END"],
+        "seed": 7,
+        "user": "",
+        "presence_penalty": -1.5,
+        "frequency_penalty": 2,
+        "logprobs": None,
+        "top_logprobs": 0,
+        "response_format": {"type": "json_object"},
+        "n": 1,
+        "max_completion_tokens": 5,
+        "max_tokens": None,
+    },
+    {
+        "model": "m",
+        "messages": MSG,
+        "response_format": {"type": "text"},
+        "stream_options": {"include_obfuscation": False},
+    },
 ]
 
 
@@ -46,45 +72,108 @@ def test_plainly_valid_body_takes_the_fast_path_with_the_serializers_values(body
     assert slow is not None and same(fast, slow)
 
 
-@pytest.mark.parametrize("body", [
-    {"model": " Chat ", "messages": MSG},  # the serializer strips it
-    {"model": "Chat", "messages": MSG, "max_tokens": 5.0},  # the serializer makes it 5
-    {"model": "Chat", "messages": MSG, "stream": "true"},
-    {"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
-    {"model": "Chat", "messages": [{"role": "assistant", "content": None, "tool_calls": [{}]}]},
-    {"model": "Chat", "messages": MSG, "max_tokens": 0},
-    {"model": "Chat", "messages": []},
-    {"model": None, "messages": MSG},
-    {"model": "Chat", "messages": [{"role": "user", "content": "   "}]},  # blank: the serializer words the 400
-    {"model": "Chat", "messages": [{"role": "user", "content": "\u200b"}]},
-    {"model": "Chat", "messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]},
-    {"model": "Chat", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]},
-    {"model": "Chat", "messages": MSG, "unknown": 1},  # refused by the serializer
-    {"model": "Chat", "messages": [{"role": "user", "content": "x", "extra": "refused"}]},
-    {"model": "Chat", "messages": MSG, "response_format": {"type": "json_schema"}},
-    {"model": "Chat", "messages": MSG, "stream_options": {"include_usage": True, "x": 1}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": " Chat ", "messages": MSG},  # the serializer strips it
+        {"model": "Chat", "messages": MSG, "max_tokens": 5.0},  # the serializer makes it 5
+        {"model": "Chat", "messages": MSG, "stream": "true"},
+        {"model": "Chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {"model": "Chat", "messages": [{"role": "assistant", "content": None, "tool_calls": [{}]}]},
+        {"model": "Chat", "messages": MSG, "max_tokens": 0},
+        {"model": "Chat", "messages": []},
+        {"model": None, "messages": MSG},
+        {"model": "Chat", "messages": [{"role": "user", "content": "   "}]},  # blank: the serializer words the 400
+        {"model": "Chat", "messages": [{"role": "user", "content": "\u200b"}]},
+        {"model": "Chat", "messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]},
+        {"model": "Chat", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"model": "Chat", "messages": MSG, "unknown": 1},  # refused by the serializer
+        {"model": "Chat", "messages": [{"role": "user", "content": "x", "extra": "refused"}]},
+        {"model": "Chat", "messages": MSG, "response_format": {"type": "json_schema"}},
+        {"model": "Chat", "messages": MSG, "stream_options": {"include_usage": True, "x": 1}},
+    ],
+)
 def test_anything_unusual_or_invalid_is_left_to_the_serializer(body):  # type: ignore[no-untyped-def]
     assert fast_chat_request(body) is None
 
 
 def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # type: ignore[no-untyped-def]
     rng = random.Random(4321)
-    values = [None, True, False, 0, 1, -1, 3, 1.5, 2.5, float("inf"), "", " x", "x", "high", "HIGH", "\x00", [], {},
-              ["a"], ["a"] * 5, [1], {"a": 1}, 10**30, "y" * 300, {"type": "text"}, {"type": "json_object", "a": 1},
-              {"include_usage": True}, {"include_usage": 1}, "auto", ["text"], "\ud800", ["a\udfff"], float("nan")]
-    fields = ["model", "agent_type", "priority", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
-              "stream", "stream_options", "stop", "presence_penalty", "frequency_penalty", "seed", "user",
-              "response_format", "logprobs", "top_logprobs", "service_tier", "modalities", "store", "unknown"]
+    values = [
+        None,
+        True,
+        False,
+        0,
+        1,
+        -1,
+        3,
+        1.5,
+        2.5,
+        float("inf"),
+        "",
+        " x",
+        "x",
+        "high",
+        "HIGH",
+        "\x00",
+        [],
+        {},
+        ["a"],
+        ["a"] * 5,
+        [1],
+        {"a": 1},
+        10**30,
+        "y" * 300,
+        {"type": "text"},
+        {"type": "json_object", "a": 1},
+        {"include_usage": True},
+        {"include_usage": 1},
+        "auto",
+        ["text"],
+        "\ud800",
+        ["a\udfff"],
+        float("nan"),
+    ]
+    fields = [
+        "model",
+        "agent_type",
+        "priority",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "user",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "service_tier",
+        "modalities",
+        "store",
+        "unknown",
+    ]
     roles = ["user", "system", "assistant", "tool", "developer", "wizard", None, 1]
     fast_taken = 0
     for _ in range(40_000):
         body: dict[str, Any] = {f: rng.choice(values) for f in rng.sample(fields, rng.randint(0, 3))}
         body["messages"] = [
-            {k: v for k, v in {"role": rng.choice(roles), "content": rng.choice(["hi", "", None, 5, "x", "  ", "\u200b", "é\ud800"]),
-                               "name": rng.choice([None, "n", " n", "", "z" * 70]), "tool_call_id": "c",
-                               "refusal": None}.items() if rng.random() < (0.8 if k in ("role", "content", "name")
-                                                                             else 0.05)}
+            {
+                k: v
+                for k, v in {
+                    "role": rng.choice(roles),
+                    "content": rng.choice(["hi", "", None, 5, "x", "  ", "\u200b", "é\ud800"]),
+                    "name": rng.choice([None, "n", " n", "", "z" * 70]),
+                    "tool_call_id": "c",
+                    "refusal": None,
+                }.items()
+                if rng.random() < (0.8 if k in ("role", "content", "name") else 0.05)
+            }
             for _ in range(rng.randint(0, 3))
         ]
         fast = fast_chat_request(body)

@@ -56,9 +56,13 @@ def test_agent_type_field_routes_and_system_prompt_is_added(call, stub_backend):
 
 def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)
-    with httpx.stream("POST", f"{live_medai}/v1/chat/completions",
-                      json={"model": "stub-a", "messages": MSG, "stream": True},
-                      headers={"Authorization": f"Bearer {token_for(alice)}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        f"{live_medai}/v1/chat/completions",
+        json={"model": "stub-a", "messages": MSG, "stream": True},
+        headers={"Authorization": f"Bearer {token_for(alice)}"},
+        timeout=30,
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
@@ -73,10 +77,13 @@ def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend,
 
 def test_stream_include_usage_is_passed_through(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)
-    with httpx.stream("POST", f"{live_medai}/v1/chat/completions",
-                      json={"model": "stub-a", "messages": MSG, "stream": True,
-                            "stream_options": {"include_usage": True}},
-                      headers={"Authorization": f"Bearer {token_for(alice)}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        f"{live_medai}/v1/chat/completions",
+        json={"model": "stub-a", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}},
+        headers={"Authorization": f"Bearer {token_for(alice)}"},
+        timeout=30,
+    ) as response:
         lines = [line for line in response.iter_lines() if line]
     usage_chunks = [json.loads(line[6:]) for line in lines[:-1] if '"usage"' in line]
     assert usage_chunks and usage_chunks[-1]["usage"]["completion_tokens"] == 2

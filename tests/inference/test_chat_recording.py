@@ -24,8 +24,9 @@ def post(live_medai, alice, token_for, stub_backend):  # type: ignore[no-untyped
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
     def post():  # type: ignore[no-untyped-def]
-        return httpx.post(f"{live_medai}/v1/chat/completions", json={"model": "stub-a", "messages": MSG},
-                          headers=headers, timeout=30)
+        return httpx.post(
+            f"{live_medai}/v1/chat/completions", json={"model": "stub-a", "messages": MSG}, headers=headers, timeout=30
+        )
 
     return post
 

@@ -23,25 +23,69 @@ def test_the_spec_helper_reads_nullable_both_ways():  # type: ignore[no-untyped-
     assert nullable_to_jsonschema({"type": "string", "enum": ["a"], "nullable": True})["enum"] == ["a", None]
     assert nullable_to_jsonschema({"$ref": "#/x", "nullable": True}) == {"anyOf": [{"$ref": "#/x"}, {"type": "null"}]}
     # and the validator is strict where the spec is: a completion without logprobs is not one
-    bare = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
-    assert {"choices/0: 'logprobs' is a required property",
-            "choices/0/message: 'refusal' is a required property"} <= set(errors_of("CreateChatCompletionResponse", bare))
+    bare = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    }
+    assert {
+        "choices/0: 'logprobs' is a required property",
+        "choices/0/message: 'refusal' is a required property",
+    } <= set(errors_of("CreateChatCompletionResponse", bare))
 
 
-@pytest.mark.parametrize("backend_answer", [
-    {"choices": [{"message": {"content": "hi"}}]},  # about everything omitted
-    {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "served", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-     "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
-    {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"},
-                  "logprobs": {"content": [{"token": "hi", "logprob": -0.1, "top_logprobs": [
-                      {"token": "hi", "logprob": -0.1}]}]}}]},  # llama.cpp-style entries, no refusal
-    {"choices": [{"index": 0, "finish_reason": None, "message": {"role": "assistant", "content": None, "tool_calls": [
-        {"function": {"name": "f", "arguments": {"x": 1}}}]}}]},
-    {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x",
-                                                                   "tool_calls": None}}]},
-])
+@pytest.mark.parametrize(
+    "backend_answer",
+    [
+        {"choices": [{"message": {"content": "hi"}}]},  # about everything omitted
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "served",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "hi"},
+                    "logprobs": {
+                        "content": [
+                            {"token": "hi", "logprob": -0.1, "top_logprobs": [{"token": "hi", "logprob": -0.1}]}
+                        ]
+                    },
+                }
+            ]
+        },  # llama.cpp-style entries, no refusal
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}],
+                    },
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "x", "tool_calls": None},
+                }
+            ]
+        },
+    ],
+)
 def test_a_completion_missing_what_the_spec_requires_is_completed(backend_answer):  # type: ignore[no-untyped-def]
     conformance.completion(backend_answer, "medai-model")
     assert_valid("CreateChatCompletionResponse", backend_answer)
@@ -51,16 +95,33 @@ def test_a_completion_missing_what_the_spec_requires_is_completed(backend_answer
         assert choice["logprobs"]["refusal"] is None
 
 
-@pytest.mark.parametrize("chunks", [
-    [{"choices": [{"delta": {"role": "assistant", "content": ""}}]}, {"choices": [{"delta": {"content": "hi"}}]},
-     {"choices": [{"delta": {}, "finish_reason": "stop"}]}, {"choices": [], "usage": {"prompt_tokens": 1,
-                                                                                   "completion_tokens": 1}}],
-    [{"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"id": "a", "function": {"name": "f"}}]}}]},
-     {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}}]},
-     {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}],
-    [{"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [
-        {"token": "a", "logprob": -1.0, "bytes": [97], "top_logprobs": []}]}}]}],
-])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [
+            {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"delta": {"content": "hi"}}]},
+            {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+        ],
+        [
+            {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"id": "a", "function": {"name": "f"}}]}}]},
+            {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        ],
+        [
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": "a"},
+                        "logprobs": {"content": [{"token": "a", "logprob": -1.0, "bytes": [97], "top_logprobs": []}]},
+                    }
+                ]
+            }
+        ],
+    ],
+)
 def test_chunks_missing_what_the_spec_requires_are_completed(chunks):  # type: ignore[no-untyped-def]
     normalise = conformance.ChunkNormaliser("medai-model")
     for chunk in chunks:
@@ -85,9 +146,13 @@ def test_relayed_answers_and_chunks_match_the_spec(post, live_medai, stub_backen
     answer = post({"model": "stub-a", "messages": MSG})
     assert answer.status_code == 200
     assert_valid("CreateChatCompletionResponse", answer.json())
-    with httpx.stream("POST", f"{live_medai}/v1/chat/completions", timeout=30,
-                      json={"model": "stub-a", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}},
-                      headers={"Authorization": f"Bearer {token_for(alice)}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{live_medai}/v1/chat/completions",
+        timeout=30,
+        json={"model": "stub-a", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}},
+        headers={"Authorization": f"Bearer {token_for(alice)}"},
+    ) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     for event in events[:-1]:

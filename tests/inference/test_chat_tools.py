@@ -15,13 +15,21 @@ from apps.inference.api.errors import ApiError
 from tests.conftest import register_model
 
 MSG = [{"role": "user", "content": "Record a heart rate of 72."}]
-VITAL = {"type": "function", "function": {
-    "name": "record_vital", "description": "Record a vital sign.",
-    "parameters": {"type": "object", "properties": {"heart_rate": {"type": "integer"}}, "required": ["heart_rate"]}}}
+VITAL = {
+    "type": "function",
+    "function": {
+        "name": "record_vital",
+        "description": "Record a vital sign.",
+        "parameters": {"type": "object", "properties": {"heart_rate": {"type": "integer"}}, "required": ["heart_rate"]},
+    },
+}
 LOOKUP = {"type": "function", "function": {"name": "lookup_patient"}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "record_vital", "arguments": '{"heart_rate": 72}'}}
-TURNS = [*MSG, {"role": "assistant", "content": None, "tool_calls": [CALL]},
-         {"role": "tool", "tool_call_id": "call_1", "content": "recorded"}]
+TURNS = [
+    *MSG,
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "recorded"},
+]
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -39,52 +47,113 @@ def tool(name: Any = "f", **function: Any) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, **function}}
 
 
-@pytest.mark.parametrize(("data", "param", "fragment"), [
-    (body(tools="record_vital"), "tools", "list"),
-    (body(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools[0].function.name", "required"),
-    (body(tools=[tool("record vital!")]), "tools[0].function.name", "^[a-zA-Z0-9_-]{1,64}$"),
-    (body(tools=[tool("x" * 65)]), "tools[0].function.name", "1 to 64"),
-    (body(tools=[tool("f\n")]), "tools[0].function.name", "^[a-zA-Z0-9_-]{1,64}$"),
-    (body(tools=[VITAL, tool("record_vital")]), "tools[1].function.name", "twice"),
-    (body(tools=[tool(parameters="an object")]), "tools[0].function.parameters", "JSON Schema object"),
-    (body(tools=[tool(parameters=[])]), "tools[0].function.parameters", "JSON Schema object"),
-    (body(tools=[tool(parameters={"type": "string"})]), "tools[0].function.parameters", "type 'object'"),
-    (body(tools=[tool(parameters={"type": "object", "properties": 5})]), "tools[0].function.parameters",
-     "not a valid JSON Schema"),
-    (body(tools=[tool(description=5)]), "tools[0].function.description", "string"),
-    (body(tools=[tool(strict="yes")]), "tools[0].function.strict", "boolean"),
-    (body(tools=[tool(code="print(1)")]), "tools[0].function.code", "unrecognized"),
-    (body(tools=[{"type": "retrieval"}]), "tools[0].type", "'function'"),
-    (body(tools=[{"type": "function"}]), "tools[0].function", "name"),
-    (body(tools=[VITAL], tool_choice="sometimes"), "tool_choice", "'none', 'auto', 'required'"),
-    (body(tools=[VITAL], tool_choice=7), "tool_choice", "'none', 'auto', 'required'"),
-    (body(tools=[VITAL], tool_choice={"type": "function", "function": {"name": "lookup_patient"}}),
-     "tool_choice.function.name", "not among the tools"),
-    (body(tools=[VITAL], tool_choice={"type": "function"}), "tool_choice.function", "name"),
-    (body(tools=[VITAL], tool_choice={"type": "function", "function": {}}), "tool_choice.function.name", "required"),
-    (body(tools=[VITAL], tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "always", "tools": []}}),
-     "tool_choice.allowed_tools.mode", "'auto' or 'required'"),
-    (body(tools=[VITAL], tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
-        {"type": "function", "function": {"name": "nope"}}]}}), "tool_choice.allowed_tools.tools", "not among"),
-    (body(tool_choice="required"), "tool_choice", "needs tools"),
-    (body(tools=[], tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice", "needs tools"),
-    (body(tools=[VITAL], parallel_tool_calls="maybe"), "parallel_tool_calls", "boolean"),
-    (body(messages=[*MSG, {"role": "assistant", "tool_calls": [{**CALL, "function": {
-        "name": "record_vital", "arguments": {"heart_rate": 72}}}]}]), "messages[1].tool_calls[0].function.arguments",
-     "string"),
-    (body(messages=[*MSG, {"role": "assistant", "tool_calls": [{"type": "function", "function": CALL["function"]}]}]),
-     "messages[1].tool_calls[0].id", "id"),
-    (body(messages=[*MSG, {"role": "assistant", "tool_calls": "record"}]), "messages[1].tool_calls", "list"),
-    (body(messages=[{"role": "user", "content": "hi", "tool_calls": [CALL]}]), "messages[0].tool_calls",
-     "only assistant"),
-    (body(messages=[*TURNS[:2], {"role": "tool", "content": "recorded"}]), "messages[2].tool_call_id", "required"),
-    (body(messages=[*TURNS[:2], {"role": "tool", "tool_call_id": "call_9", "content": "x"}]),
-     "messages[2].tool_call_id", "answers no tool call"),
-    (body(messages=[*MSG, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]), "messages[1].tool_call_id",
-     "answers no tool call"),
-    (body(messages=[{"role": "user", "content": "hi", "tool_call_id": "call_1"}]), "messages[0].tool_call_id",
-     "only tool messages"),
-])
+@pytest.mark.parametrize(
+    ("data", "param", "fragment"),
+    [
+        (body(tools="record_vital"), "tools", "list"),
+        (
+            body(tools=[{"type": "function", "function": {"description": "no name"}}]),
+            "tools[0].function.name",
+            "required",
+        ),
+        (body(tools=[tool("record vital!")]), "tools[0].function.name", "^[a-zA-Z0-9_-]{1,64}$"),
+        (body(tools=[tool("x" * 65)]), "tools[0].function.name", "1 to 64"),
+        (body(tools=[tool("f\n")]), "tools[0].function.name", "^[a-zA-Z0-9_-]{1,64}$"),
+        (body(tools=[VITAL, tool("record_vital")]), "tools[1].function.name", "twice"),
+        (body(tools=[tool(parameters="an object")]), "tools[0].function.parameters", "JSON Schema object"),
+        (body(tools=[tool(parameters=[])]), "tools[0].function.parameters", "JSON Schema object"),
+        (body(tools=[tool(parameters={"type": "string"})]), "tools[0].function.parameters", "type 'object'"),
+        (
+            body(tools=[tool(parameters={"type": "object", "properties": 5})]),
+            "tools[0].function.parameters",
+            "not a valid JSON Schema",
+        ),
+        (body(tools=[tool(description=5)]), "tools[0].function.description", "string"),
+        (body(tools=[tool(strict="yes")]), "tools[0].function.strict", "boolean"),
+        (body(tools=[tool(code="print(1)")]), "tools[0].function.code", "unrecognized"),
+        (body(tools=[{"type": "retrieval"}]), "tools[0].type", "'function'"),
+        (body(tools=[{"type": "function"}]), "tools[0].function", "name"),
+        (body(tools=[VITAL], tool_choice="sometimes"), "tool_choice", "'none', 'auto', 'required'"),
+        (body(tools=[VITAL], tool_choice=7), "tool_choice", "'none', 'auto', 'required'"),
+        (
+            body(tools=[VITAL], tool_choice={"type": "function", "function": {"name": "lookup_patient"}}),
+            "tool_choice.function.name",
+            "not among the tools",
+        ),
+        (body(tools=[VITAL], tool_choice={"type": "function"}), "tool_choice.function", "name"),
+        (
+            body(tools=[VITAL], tool_choice={"type": "function", "function": {}}),
+            "tool_choice.function.name",
+            "required",
+        ),
+        (
+            body(
+                tools=[VITAL], tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "always", "tools": []}}
+            ),
+            "tool_choice.allowed_tools.mode",
+            "'auto' or 'required'",
+        ),
+        (
+            body(
+                tools=[VITAL],
+                tool_choice={
+                    "type": "allowed_tools",
+                    "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "nope"}}]},
+                },
+            ),
+            "tool_choice.allowed_tools.tools",
+            "not among",
+        ),
+        (body(tool_choice="required"), "tool_choice", "needs tools"),
+        (body(tools=[], tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice", "needs tools"),
+        (body(tools=[VITAL], parallel_tool_calls="maybe"), "parallel_tool_calls", "boolean"),
+        (
+            body(
+                messages=[
+                    *MSG,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{**CALL, "function": {"name": "record_vital", "arguments": {"heart_rate": 72}}}],
+                    },
+                ]
+            ),
+            "messages[1].tool_calls[0].function.arguments",
+            "string",
+        ),
+        (
+            body(
+                messages=[
+                    *MSG,
+                    {"role": "assistant", "tool_calls": [{"type": "function", "function": CALL["function"]}]},
+                ]
+            ),
+            "messages[1].tool_calls[0].id",
+            "id",
+        ),
+        (body(messages=[*MSG, {"role": "assistant", "tool_calls": "record"}]), "messages[1].tool_calls", "list"),
+        (
+            body(messages=[{"role": "user", "content": "hi", "tool_calls": [CALL]}]),
+            "messages[0].tool_calls",
+            "only assistant",
+        ),
+        (body(messages=[*TURNS[:2], {"role": "tool", "content": "recorded"}]), "messages[2].tool_call_id", "required"),
+        (
+            body(messages=[*TURNS[:2], {"role": "tool", "tool_call_id": "call_9", "content": "x"}]),
+            "messages[2].tool_call_id",
+            "answers no tool call",
+        ),
+        (
+            body(messages=[*MSG, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]),
+            "messages[1].tool_call_id",
+            "answers no tool call",
+        ),
+        (
+            body(messages=[{"role": "user", "content": "hi", "tool_call_id": "call_1"}]),
+            "messages[0].tool_call_id",
+            "only tool messages",
+        ),
+    ],
+)
 def test_a_malformed_tool_request_is_400_naming_the_field(data, param, fragment):  # type: ignore[no-untyped-def]
     error = refusal(data)
     assert error.param == param, error.message
@@ -96,23 +165,44 @@ def test_a_custom_tool_is_refused_as_unsupported():  # type: ignore[no-untyped-d
     assert (error.param, error.code) == ("tools[0].type", "unsupported_parameter")
 
 
-@pytest.mark.parametrize("data", [
-    body(tools=[VITAL]),
-    body(tools=[VITAL, LOOKUP], tool_choice="auto", parallel_tool_calls=False),
-    body(tools=[VITAL], tool_choice="required", parallel_tool_calls=None),
-    body(tools=[VITAL], tool_choice="none"),
-    body(tools=[tool("f", parameters={"type": "object", "properties": {}, "additionalProperties": False},
-                     strict=True)]),
-    body(tools=[VITAL, LOOKUP], tool_choice={"type": "function", "function": {"name": "lookup_patient"}}),
-    body(tools=[VITAL, LOOKUP], tool_choice={"type": "allowed_tools", "allowed_tools": {
-        "mode": "required", "tools": [{"type": "function", "function": {"name": "record_vital"}}]}}),
-    body(tool_choice="none"), body(tool_choice="auto"), body(tools=None, tool_choice=None),
-    body(messages=TURNS, tools=[VITAL]),
-    body(messages=[*TURNS, {"role": "assistant", "content": "Recorded 72.", "refusal": None}]),
-    body(messages=[*MSG, {"role": "assistant", "content": "", "tool_calls": [CALL, {**CALL, "id": "call_2"}]},
-                   {"role": "tool", "tool_call_id": "call_2", "content": "ok"},
-                   {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "ok"}]}]),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        body(tools=[VITAL]),
+        body(tools=[VITAL, LOOKUP], tool_choice="auto", parallel_tool_calls=False),
+        body(tools=[VITAL], tool_choice="required", parallel_tool_calls=None),
+        body(tools=[VITAL], tool_choice="none"),
+        body(
+            tools=[
+                tool("f", parameters={"type": "object", "properties": {}, "additionalProperties": False}, strict=True)
+            ]
+        ),
+        body(tools=[VITAL, LOOKUP], tool_choice={"type": "function", "function": {"name": "lookup_patient"}}),
+        body(
+            tools=[VITAL, LOOKUP],
+            tool_choice={
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "function", "function": {"name": "record_vital"}}],
+                },
+            },
+        ),
+        body(tool_choice="none"),
+        body(tool_choice="auto"),
+        body(tools=None, tool_choice=None),
+        body(messages=TURNS, tools=[VITAL]),
+        body(messages=[*TURNS, {"role": "assistant", "content": "Recorded 72.", "refusal": None}]),
+        body(
+            messages=[
+                *MSG,
+                {"role": "assistant", "content": "", "tool_calls": [CALL, {**CALL, "id": "call_2"}]},
+                {"role": "tool", "tool_call_id": "call_2", "content": "ok"},
+                {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "ok"}]},
+            ]
+        ),
+    ],
+)
 def test_well_formed_tool_requests_pass_validation(data):  # type: ignore[no-untyped-def]
     services.validate_chat_body(data)
 
@@ -137,8 +227,13 @@ def plan_for(alice, token_for):  # type: ignore[no-untyped-def]
 @pytest.mark.django_db
 def test_tools_are_forwarded_to_the_backend(plan_for):  # type: ignore[no-untyped-def]
     plan = plan_for(body(tools=[VITAL, LOOKUP], tool_choice="auto", parallel_tool_calls=True))
-    assert plan.payload["tools"] == [VITAL, {"type": "function", "function": {
-        "name": "lookup_patient", "parameters": {"type": "object", "properties": {}}}}]  # no arguments: an empty object
+    assert plan.payload["tools"] == [
+        VITAL,
+        {
+            "type": "function",
+            "function": {"name": "lookup_patient", "parameters": {"type": "object", "properties": {}}},
+        },
+    ]  # no arguments: an empty object
     assert (plan.payload["tool_choice"], plan.payload["parallel_tool_calls"]) == ("auto", True)
     assert plan.tools_offered == 2
     assert "tools" not in plan_for(body()).payload and plan_for(body()).tools_offered == 0
@@ -153,8 +248,18 @@ def test_a_named_function_is_forwarded_as_required_with_only_that_tool(plan_for)
 
 @pytest.mark.django_db
 def test_allowed_tools_narrow_the_tools_and_keep_the_mode(plan_for):  # type: ignore[no-untyped-def]
-    plan = plan_for(body(tools=[VITAL, LOOKUP], tool_choice={"type": "allowed_tools", "allowed_tools": {
-        "mode": "auto", "tools": [{"type": "function", "function": {"name": "lookup_patient"}}]}}))
+    plan = plan_for(
+        body(
+            tools=[VITAL, LOOKUP],
+            tool_choice={
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "lookup_patient"}}],
+                },
+            },
+        )
+    )
     assert [t["function"]["name"] for t in plan.payload["tools"]] == ["lookup_patient"]
     assert plan.payload["tool_choice"] == "auto"
 
@@ -208,8 +313,18 @@ def test_a_backend_that_omits_the_index_gets_one_per_call():  # type: ignore[no-
 
 
 def test_a_completions_tool_calls_are_counted_and_made_well_formed():  # type: ignore[no-untyped-def]
-    data = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": {"x": 1}}}, CALL]}}]}
+    data = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}, CALL],
+                },
+            }
+        ]
+    }
     assert conformance.completion(data, "m") == 2
     first = data["choices"][0]["message"]["tool_calls"][0]
     assert first["type"] == "function" and first["id"].startswith("call_")
@@ -229,7 +344,10 @@ def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_too
     forced = forced_tools.request(payload)
     assert forced["tools"] == payload["tools"] and "tool_choice" not in forced  # still in the prompt
     schema = forced["response_format"]["json_schema"]["schema"]
-    assert [c["properties"]["name"] for c in schema["anyOf"]] == [{"const": "record_vital"}, {"const": "lookup_patient"}]
+    assert [c["properties"]["name"] for c in schema["anyOf"]] == [
+        {"const": "record_vital"},
+        {"const": "lookup_patient"},
+    ]
     assert schema["anyOf"][0]["properties"]["arguments"] == VITAL["function"]["parameters"]
     parallel = forced_tools.request({**payload, "parallel_tool_calls": True})["response_format"]["json_schema"]
     assert parallel["schema"]["properties"]["tool_calls"]["minItems"] == 1
@@ -238,14 +356,27 @@ def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_too
 def test_the_json_answer_comes_back_as_tool_calls():  # type: ignore[no-untyped-def]
     from apps.inference import forced_tools
 
-    data = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": '{\n "name": "record_vital", "arguments": {"heart_rate": 72}}'}}]}
+    data = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": '{\n "name": "record_vital", "arguments": {"heart_rate": 72}}',
+                },
+            }
+        ]
+    }
     forced_tools.completion(data)
     conformance.completion(data, "m")
     choice = data["choices"][0]
     (call,) = choice["message"]["tool_calls"]
     assert (choice["finish_reason"], choice["message"]["content"], call["function"]["name"]) == (
-        "tool_calls", None, "record_vital")
+        "tool_calls",
+        None,
+        "record_vital",
+    )
     assert json.loads(call["function"]["arguments"]) == {"heart_rate": 72} and call["id"].startswith("call_")
 
 
@@ -253,12 +384,17 @@ def test_a_streamed_json_answer_comes_back_as_tool_call_deltas():  # type: ignor
     from apps.inference import forced_tools
 
     convert = forced_tools.StreamConverter()
-    pieces = ['{"tool_calls": [{"name": "record_vital", ', '"arguments": {"heart_rate": 72}}, ',
-              '{"name": "lookup_patient", "arguments": {}}]}']
-    events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-              *({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces),
-              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-              {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}]
+    pieces = [
+        '{"tool_calls": [{"name": "record_vital", ',
+        '"arguments": {"heart_rate": 72}}, ',
+        '{"name": "lookup_patient", "arguments": {}}]}',
+    ]
+    events = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        *({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}},
+    ]
     out = [chunk for event in events for chunk in convert(event)]
     deltas = [c["choices"][0]["delta"] for c in out if c["choices"]]
     assert deltas[0] == {"role": "assistant"} and not any("content" in d for d in deltas)
@@ -273,5 +409,7 @@ def test_a_forced_call_cut_off_by_max_tokens_is_relayed_as_the_text_it_got():  #
     convert = forced_tools.StreamConverter()
     out = convert({"choices": [{"index": 0, "delta": {"content": '{"name": "rec'}, "finish_reason": None}]})
     out += convert({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
-    assert [c["choices"][0] for c in out] == [{"index": 0, "delta": {"content": '{"name": "rec'}, "finish_reason": None},
-                                              {"index": 0, "delta": {}, "finish_reason": "length"}]
+    assert [c["choices"][0] for c in out] == [
+        {"index": 0, "delta": {"content": '{"name": "rec'}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "length"},
+    ]

@@ -19,11 +19,20 @@ from tests.support.openai_spec import request_properties
 MSG = [{"role": "user", "content": "hello"}]
 # A value of each refused field that asks for something medai cannot give.
 ASKING = {
-    "audio": {"voice": "alloy", "format": "mp3"}, "modalities": ["text", "audio"],
-    "prediction": {"type": "content", "content": "draft"}, "web_search_options": {}, "store": True,
-    "metadata": {"ward": "3"}, "reasoning_effort": "high", "verbosity": "low", "moderation": {"model": "omni"},
-    "prompt_cache_key": "k", "prompt_cache_retention": "24h", "prompt_cache_options": {"ttl": "1h"},
-    "functions": [{"name": "f", "parameters": {}}], "function_call": "auto",
+    "audio": {"voice": "alloy", "format": "mp3"},
+    "modalities": ["text", "audio"],
+    "prediction": {"type": "content", "content": "draft"},
+    "web_search_options": {},
+    "store": True,
+    "metadata": {"ward": "3"},
+    "reasoning_effort": "high",
+    "verbosity": "low",
+    "moderation": {"model": "omni"},
+    "prompt_cache_key": "k",
+    "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"ttl": "1h"},
+    "functions": [{"name": "f", "parameters": {}}],
+    "function_call": "auto",
 }
 
 
@@ -65,14 +74,28 @@ def test_medais_own_extras_are_accepted():  # type: ignore[no-untyped-def]
     assert (req["agent_type"], req["priority"]) == ("Chat", 2)
 
 
-@pytest.mark.parametrize(("message", "param", "code"), [
-    ({"role": "assistant", "content": "", "refusal": "I cannot help."}, "messages[1].refusal", "unsupported_parameter"),
-    ({"role": "assistant", "content": "x", "audio": {"id": "audio_1"}}, "messages[1].audio", "unsupported_parameter"),
-    ({"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
-     "messages[1].function_call", "unsupported_parameter"),
-    ({"role": "assistant", "content": "x", "annotations": []}, "messages[1].annotations", "unknown_parameter"),
-    ({"role": "user", "content": "x", "mood": "curious"}, "messages[1].mood", "unknown_parameter"),
-])
+@pytest.mark.parametrize(
+    ("message", "param", "code"),
+    [
+        (
+            {"role": "assistant", "content": "", "refusal": "I cannot help."},
+            "messages[1].refusal",
+            "unsupported_parameter",
+        ),
+        (
+            {"role": "assistant", "content": "x", "audio": {"id": "audio_1"}},
+            "messages[1].audio",
+            "unsupported_parameter",
+        ),
+        (
+            {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+            "messages[1].function_call",
+            "unsupported_parameter",
+        ),
+        ({"role": "assistant", "content": "x", "annotations": []}, "messages[1].annotations", "unknown_parameter"),
+        ({"role": "user", "content": "x", "mood": "curious"}, "messages[1].mood", "unknown_parameter"),
+    ],
+)
 def test_a_message_field_medai_cannot_forward_is_refused_by_name(message, param, code):  # type: ignore[no-untyped-def]
     error = refusal({"model": "Chat", "messages": [*MSG, message]})
     assert (error.param, error.code) == (param, code)
@@ -85,23 +108,33 @@ def test_an_answer_sent_back_as_a_message_is_accepted():  # type: ignore[no-unty
     services.validate_chat_body({"model": "Chat", "messages": [*MSG, answer, *MSG]})
 
 
-@pytest.mark.parametrize(("data", "param"), [
-    ({"service_tier": "flex"}, "service_tier"),
-    ({"logit_bias": {"abc": 1}}, "logit_bias.abc"),
-    ({"logit_bias": {"42": 500}}, "logit_bias[42]"),
-    ({"logit_bias": [1]}, "logit_bias"),
-    ({"stream_options": {"include_usage": True, "chunk_size": 4}}, "stream_options.chunk_size"),
-    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
-    ({"response_format": {"type": "yaml"}}, "response_format.type"),
-    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}}, "response_format.json_schema.name"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": 5}}}},
-     "response_format.json_schema.schema"),
-    ({"safety_identifier": "x" * 65}, "safety_identifier"),
-    ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, *MSG]},
-     "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}, "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias.abc"),
+        ({"logit_bias": {"42": 500}}, "logit_bias[42]"),
+        ({"logit_bias": [1]}, "logit_bias"),
+        ({"stream_options": {"include_usage": True, "chunk_size": 4}}, "stream_options.chunk_size"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+            "response_format.json_schema.name",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": 5}}}},
+            "response_format.json_schema.schema",
+        ),
+        ({"safety_identifier": "x" * 65}, "safety_identifier"),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, *MSG]},
+            "messages[0].content",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}, "messages[0].content"),
+    ],
+)
 def test_a_bad_value_of_a_forwarded_field_is_400_naming_it(data, param):  # type: ignore[no-untyped-def]
     assert refusal({"model": "Chat", "messages": MSG, **data}).param == param
 
@@ -112,9 +145,20 @@ def test_logit_bias_and_the_json_schema_format_are_forwarded(alice, token_for): 
 
     register_model("offline-model", "http://127.0.0.1:9/v1", agents=())
     schema = {"type": "json_schema", "json_schema": {"name": "vitals", "schema": {"type": "object"}, "strict": True}}
-    plan = services.begin_chat.__wrapped__(f"Bearer {token_for(alice)}", json.dumps({
-        "model": "offline-model", "messages": MSG, "logit_bias": {"42": -100, "7": 2.5}, "response_format": schema,
-        "service_tier": "auto", "store": False, "user": "u-1"}).encode())
+    plan = services.begin_chat.__wrapped__(
+        f"Bearer {token_for(alice)}",
+        json.dumps(
+            {
+                "model": "offline-model",
+                "messages": MSG,
+                "logit_bias": {"42": -100, "7": 2.5},
+                "response_format": schema,
+                "service_tier": "auto",
+                "store": False,
+                "user": "u-1",
+            }
+        ).encode(),
+    )
     assert plan.payload["logit_bias"] == {"42": -100, "7": 2.5} and plan.payload["response_format"] == schema
     assert not {"service_tier", "store", "user"} & set(plan.payload)  # nothing to forward: kept (user) or moot
     assert plan.end_user == "u-1"
@@ -125,8 +169,12 @@ def test_the_end_user_is_kept_on_the_requests_record(live_medai, stub_backend, a
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     for extra in ({"user": "clin-7"}, {"user": "old", "safety_identifier": "clin-8"}):
-        response = httpx.post(f"{live_medai}/v1/chat/completions", headers=headers, timeout=30,
-                              json={"model": "stub-a", "messages": MSG, **extra})
+        response = httpx.post(
+            f"{live_medai}/v1/chat/completions",
+            headers=headers,
+            timeout=30,
+            json={"model": "stub-a", "messages": MSG, **extra},
+        )
         assert response.status_code == 200, response.text
     records_written()
     assert sorted(InferenceTask.objects.values_list("end_user", flat=True)) == ["clin-7", "clin-8"]

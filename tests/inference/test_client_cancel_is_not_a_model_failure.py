@@ -53,25 +53,40 @@ def _never_a_failure_of(model: str, endpoint_id: int) -> None:
     assert raw is None or shared._decode_circuit(raw)[:2] == ("closed", 0)
 
 
-def test_stop_mid_stream_is_cancelled_and_never_a_failure_of_the_model(live_medai, llama_server, alice,  # type: ignore[no-untyped-def]
-                                                                      token_for):
+def test_stop_mid_stream_is_cancelled_and_never_a_failure_of_the_model(
+    live_medai,
+    llama_server,
+    alice,  # type: ignore[no-untyped-def]
+    token_for,
+):
     ep = register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct")
     failed_before = local("medai_tasks_total", mode="stream", outcome="failed", model="smollm2-135m")
     attempts_failed_before = local("medai_backend_attempts_total", model="smollm2-135m", outcome="failure")
     cancelled_before = local("medai_tasks_total", mode="stream", outcome="cancelled", model="smollm2-135m")
-    with httpx.stream("POST", f"{live_medai}/v1/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {token_for(alice)}"},
-                      json={"model": "smollm2-135m", "messages": LONG, "stream": True, "max_tokens": 512}) as response:
+    with httpx.stream(
+        "POST",
+        f"{live_medai}/v1/chat/completions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {token_for(alice)}"},
+        json={"model": "smollm2-135m", "messages": LONG, "stream": True, "max_tokens": 512},
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: {") and '"content"' in line:
                 break  # the first words arrived: Stop (leaving the block closes the connection)
     task = _recorded()
     assert (task.status, task.error_code, task.stream, task.model_name) == (
-        "cancelled", "client_disconnected", True, "smollm2-135m")
+        "cancelled",
+        "client_disconnected",
+        True,
+        "smollm2-135m",
+    )
     event = AuditEvent.objects.get(action="inference.complete", object_id=str(task.id))
     assert (event.outcome, event.details["status"], event.details["error_code"]) == (
-        "cancelled", "cancelled", "client_disconnected")
+        "cancelled",
+        "cancelled",
+        "client_disconnected",
+    )
     _never_a_failure_of("smollm2-135m", ep.pk)
     assert ModelMetric.objects.get(model_name="smollm2-135m").requests == 1  # a request of the model, not a failure
     assert local("medai_tasks_total", mode="stream", outcome="cancelled", model="smollm2-135m") == cancelled_before + 1
@@ -79,29 +94,48 @@ def test_stop_mid_stream_is_cancelled_and_never_a_failure_of_the_model(live_meda
     assert local("medai_backend_attempts_total", model="smollm2-135m", outcome="failure") == attempts_failed_before
 
 
-def test_a_client_leaving_before_a_slow_answer_is_cancelled_not_failed(live_medai, stub_backend, alice,  # type: ignore[no-untyped-def]
-                                                                       token_for):
+def test_a_client_leaving_before_a_slow_answer_is_cancelled_not_failed(
+    live_medai,
+    stub_backend,
+    alice,  # type: ignore[no-untyped-def]
+    token_for,
+):
     ep = register_model("stub-a", stub_backend)
     set_stub_mode(stub_backend, "slow", delay=3)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live_medai}/v1/chat/completions", timeout=0.5,
-                   headers={"Authorization": f"Bearer {token_for(alice)}"},
-                   json={"model": "stub-a", "messages": LONG})
+        httpx.post(
+            f"{live_medai}/v1/chat/completions",
+            timeout=0.5,
+            headers={"Authorization": f"Bearer {token_for(alice)}"},
+            json={"model": "stub-a", "messages": LONG},
+        )
     task = _recorded()
-    assert (task.status, task.error_code, task.http_status, task.stream) == ("cancelled", "client_disconnected", 499,
-                                                                             False)
+    assert (task.status, task.error_code, task.http_status, task.stream) == (
+        "cancelled",
+        "client_disconnected",
+        499,
+        False,
+    )
     assert AuditEvent.objects.get(action="inference.complete", object_id=str(task.id)).outcome == "cancelled"
     _never_a_failure_of("stub-a", ep.pk)
 
 
-def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(live_medai, stub_backend, alice,  # type: ignore[no-untyped-def]
-                                                                         token_for):
+def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(
+    live_medai,
+    stub_backend,
+    alice,  # type: ignore[no-untyped-def]
+    token_for,
+):
     ep = register_model("stub-a", stub_backend)
     set_stub_mode(stub_backend, "slow", delay=3)
     with pytest.raises(httpx.ReadTimeout):
-        with httpx.stream("POST", f"{live_medai}/v1/chat/completions", timeout=0.5,
-                          headers={"Authorization": f"Bearer {token_for(alice)}"},
-                          json={"model": "stub-a", "messages": LONG, "stream": True}) as response:
+        with httpx.stream(
+            "POST",
+            f"{live_medai}/v1/chat/completions",
+            timeout=0.5,
+            headers={"Authorization": f"Bearer {token_for(alice)}"},
+            json={"model": "stub-a", "messages": LONG, "stream": True},
+        ) as response:
             response.read()
     task = _recorded()
     assert (task.status, task.error_code, task.stream) == ("cancelled", "client_disconnected", True)
@@ -109,15 +143,22 @@ def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(live_me
     _never_a_failure_of("stub-a", ep.pk)
 
 
-def test_a_request_refused_for_its_input_is_not_a_failure_of_the_model(live_medai, stub_backend, alice,  # type: ignore[no-untyped-def]
-                                                                       token_for):
+def test_a_request_refused_for_its_input_is_not_a_failure_of_the_model(
+    live_medai,
+    stub_backend,
+    alice,  # type: ignore[no-untyped-def]
+    token_for,
+):
     ep = register_model("stub-a", stub_backend)
     set_stub_mode(stub_backend, "reject400")
     before = local("medai_tasks_total", mode="sync", outcome="client_error", model="stub-a")
     attempts_failed_before = local("medai_backend_attempts_total", model="stub-a", outcome="failure")
-    response = httpx.post(f"{live_medai}/v1/chat/completions", timeout=30,
-                          headers={"Authorization": f"Bearer {token_for(alice)}"},
-                          json={"model": "stub-a", "messages": LONG})
+    response = httpx.post(
+        f"{live_medai}/v1/chat/completions",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token_for(alice)}"},
+        json={"model": "stub-a", "messages": LONG},
+    )
     assert response.status_code == 400
     task = _recorded()
     assert (task.status, task.http_status) == ("failed", 400)  # failed for the client, not for the model
@@ -132,8 +173,18 @@ def test_model_failures_count_backend_faults_only(alice, demo):  # type: ignore[
     now = timezone.now()
 
     def row(status: str, http_status: int | None, code: str = "") -> None:
-        InferenceTask.objects.create(mode="sync", status=status, http_status=http_status, error_code=code, location=demo,
-                                     user=alice, model_name="m", endpoint=ep, created_at=now, inference_ms=100)
+        InferenceTask.objects.create(
+            mode="sync",
+            status=status,
+            http_status=http_status,
+            error_code=code,
+            location=demo,
+            user=alice,
+            model_name="m",
+            endpoint=ep,
+            created_at=now,
+            inference_ms=100,
+        )
 
     row("completed", 200)
     row("cancelled", 200, "client_disconnected")  # Stop mid-stream

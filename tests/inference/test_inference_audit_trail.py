@@ -20,8 +20,20 @@ from tests.support.servers import set_stub_mode
 
 PROMPT = "Patient John Smith, MRN 12345678, asks about his INR of 4.2"
 MSG = [{"role": "user", "content": PROMPT}]
-DETAIL_KEYS = {"mode", "stream", "status", "model", "requested_model", "agent_type", "priority", "http_status",
-               "error_code", "prompt_tokens", "completion_tokens", "latency_ms"}
+DETAIL_KEYS = {
+    "mode",
+    "stream",
+    "status",
+    "model",
+    "requested_model",
+    "agent_type",
+    "priority",
+    "http_status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+}
 
 
 def the_event(task: InferenceTask) -> AuditEvent:
@@ -55,8 +67,9 @@ def chat(live_medai, alice, api_key_for, stub_backend, settings):  # type: ignor
         body = {"model": "stub-a", "messages": MSG, "stream": stream}
         if not stream:
             return httpx.post(f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=30)
-        with httpx.stream("POST", f"{live_medai}/v1/chat/completions", json=body, headers=headers,
-                          timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
             response.read()
             return response
 
@@ -158,8 +171,12 @@ def test_a_record_is_never_written_without_its_event(chat, alice):  # type: igno
 
 
 @pytest.mark.django_db
-def test_an_async_task_is_audited_with_the_submitters_actor_key_and_location(client_for, alice, api_key_for,  # type: ignore[no-untyped-def]
-                                                                             stub_backend):
+def test_an_async_task_is_audited_with_the_submitters_actor_key_and_location(
+    client_for,
+    alice,
+    api_key_for,  # type: ignore[no-untyped-def]
+    stub_backend,
+):
     from rest_framework.test import APIClient
 
     register_model("stub-a", stub_backend)
@@ -189,7 +206,10 @@ def test_a_failed_async_task_is_audited_as_a_failure(client_for, alice, stub_bac
     event = the_event(InferenceTask.objects.get(id=task_id))
     assert (event.actor, event.location, event.api_key_id) == ("alice", "demo", None)
     assert (event.outcome, event.details["http_status"], event.details["error_code"]) == (
-        "failure", 503, "backend_unavailable")
+        "failure",
+        503,
+        "backend_unavailable",
+    )
     one_per_inference()
 
 

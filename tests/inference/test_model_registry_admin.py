@@ -13,8 +13,17 @@ pytestmark = pytest.mark.django_db
 
 
 def _form(**overrides):  # type: ignore[no-untyped-def]
-    data = {"name": "gpu1-llama", "kind": "llamacpp", "base_url": "http://gpu1:8080/v1", "served_model_id": "",
-            "api_key": "sk-backend-secret", "context_length": 4096, "vram_mb": 8000, "rank": 1, "enabled": "on"}
+    data = {
+        "name": "gpu1-llama",
+        "kind": "llamacpp",
+        "base_url": "http://gpu1:8080/v1",
+        "served_model_id": "",
+        "api_key": "sk-backend-secret",
+        "context_length": 4096,
+        "vram_mb": 8000,
+        "rank": 1,
+        "enabled": "on",
+    }
     data.update(overrides)
     return data
 
@@ -43,8 +52,11 @@ def test_saving_without_a_new_key_keeps_the_stored_one(admin_client):  # type: i
 def test_test_connection_reports_what_the_backend_answered(admin_client, stub_backend):  # type: ignore[no-untyped-def]
     ok = ModelEndpoint.objects.create(name="stub", base_url=stub_backend, served_model_id="stub-model")
     down = ModelEndpoint.objects.create(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1")
-    response = admin_client.post("/admin/inference/modelendpoint/", {
-        "action": "test_connection", "_selected_action": [ok.pk, down.pk]}, follow=True)
+    response = admin_client.post(
+        "/admin/inference/modelendpoint/",
+        {"action": "test_connection", "_selected_action": [ok.pk, down.pk]},
+        follow=True,
+    )
     msgs = {m.message.split(" ")[0]: (m.level_tag, m.message) for m in get_messages(response.wsgi_request)}
     assert msgs["stub"][0] == "success" and "serves 'stub-model'" in msgs["stub"][1]
     assert msgs["down"][0] == "error" and "unreachable" in msgs["down"][1]
@@ -54,4 +66,5 @@ def test_seeded_agent_types_exist():  # type: ignore[no-untyped-def]
     from apps.inference.models import AgentRoute
 
     assert {"Chat", "MedicalQA", "Clinical", "Documentation", "Billing", "Claims"} <= set(
-        AgentRoute.objects.values_list("agent_type", flat=True))
+        AgentRoute.objects.values_list("agent_type", flat=True)
+    )

@@ -16,8 +16,9 @@ KEY = '{"agent_type": "Chat", "messages": [{"role": "user", "content": "x"}], "m
 NAN = '{"agent_type": "Chat", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text", "x": NaN}}'
 
 
-@pytest.mark.parametrize(("body", "param"), [(SURROGATE, "messages[0].content"), (KEY, "model.\\udfff"),
-                                            (NAN, "response_format.x")])
+@pytest.mark.parametrize(
+    ("body", "param"), [(SURROGATE, "messages[0].content"), (KEY, "model.\\udfff"), (NAN, "response_format.x")]
+)
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/async/submit"])
 def test_input_that_cannot_be_forwarded_is_a_400_naming_the_field(client_for, alice, stub_backend, path, body, param):  # type: ignore[no-untyped-def]
     register_model("stub-a", stub_backend)

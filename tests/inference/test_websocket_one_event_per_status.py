@@ -19,8 +19,9 @@ def _submit_one_task_batch(token: str, backend: str) -> tuple[str, str]:
     from apps.inference import push, queue
 
     register_model("stub-a", backend)
-    batch, tasks = queue.submit_batch(f"Bearer {token}", [
-        {"agent_type": "Chat", "messages": [{"role": "user", "content": "What is a normal INR?"}]}])
+    batch, tasks = queue.submit_batch(
+        f"Bearer {token}", [{"agent_type": "Chat", "messages": [{"role": "user", "content": "What is a normal INR?"}]}]
+    )
     assert push.flush(5)
     return str(batch.id), str(tasks[0].id)
 
@@ -55,7 +56,9 @@ async def test_the_owner_subscribed_to_its_task_and_batch_sees_each_status_once(
     assert await sync_to_async(_run)(task_id) == "completed"
     frames = await _frames(ws)
     assert [(f["type"], f["data"]["task_id"], f["data"]["status"]) for f in frames] == [
-        ("task.update", task_id, "processing"), ("task.update", task_id, "completed")]
+        ("task.update", task_id, "processing"),
+        ("task.update", task_id, "completed"),
+    ]
     await ws.disconnect()
 
 

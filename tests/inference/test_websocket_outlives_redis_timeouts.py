@@ -55,14 +55,23 @@ def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def short_timeouts(settings, redis_url: str):  # type: ignore[no-untyped-def]
     settings.CHANNEL_LAYERS = channel_layers_config(
-        redis_url, prefix="medai-test-hold:asgi", socket_timeout=SOCKET_TIMEOUT, connect_timeout=1.0,
-        health_check_interval=HEALTH_CHECK, receive_block=RECEIVE_BLOCK, group_expiry=GROUP_EXPIRY)
+        redis_url,
+        prefix="medai-test-hold:asgi",
+        socket_timeout=SOCKET_TIMEOUT,
+        connect_timeout=1.0,
+        health_check_interval=HEALTH_CHECK,
+        receive_block=RECEIVE_BLOCK,
+        group_expiry=GROUP_EXPIRY,
+    )
     from channels.layers import get_channel_layer
 
     timeouts = get_channel_layer().read_timeouts()
     # every timeout a websocket's receive runs under is shorter than the hold
-    assert timeouts == {"receive_block": RECEIVE_BLOCK, "socket_timeout": SOCKET_TIMEOUT + RECEIVE_BLOCK,
-                        "health_check_interval": HEALTH_CHECK}
+    assert timeouts == {
+        "receive_block": RECEIVE_BLOCK,
+        "socket_timeout": SOCKET_TIMEOUT + RECEIVE_BLOCK,
+        "health_check_interval": HEALTH_CHECK,
+    }
     assert max([*timeouts.values(), GROUP_EXPIRY]) < HOLD
     yield
 
@@ -83,7 +92,8 @@ def _idle(ws, seconds: float) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_updates(
-        short_timeouts, live_medai, alice, token_for):  # type: ignore[no-untyped-def]
+    short_timeouts, live_medai, alice, token_for
+):  # type: ignore[no-untyped-def]
     from apps.inference import push, queue
 
     register_model("stub", "http://127.0.0.1:9/v1")
@@ -91,19 +101,24 @@ def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_
     with connect(_ws_url(live_medai, "/ws/status/"), subprotocols=["bearer", token]) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         _idle(ws, HOLD)
-        task = queue.submit_task(f"Bearer {token}", {"agent_type": "Chat",
-                                                     "messages": [{"role": "user", "content": "hi"}]}).task
+        task = queue.submit_task(
+            f"Bearer {token}", {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}
+        ).task
         assert push.flush(5)
         update = json.loads(ws.recv(timeout=10))
         assert (update["type"], update["data"]["task_id"], update["data"]["status"]) == (
-            "task.update", str(task.id), "queued")
+            "task.update",
+            str(task.id),
+            "queued",
+        )
         _idle(ws, HOLD)  # and again, after traffic
         ws.send(json.dumps({"subscribe": {"task": str(task.id)}}))
         assert json.loads(ws.recv(timeout=10)) == {"type": "subscribed", "data": {"task": str(task.id)}}
 
 
 def test_an_idle_gpu_socket_outlives_every_redis_timeout_and_still_gets_gpu_updates(
-        short_timeouts, live_medai, alice, token_for, settings):  # type: ignore[no-untyped-def]
+    short_timeouts, live_medai, alice, token_for, settings
+):  # type: ignore[no-untyped-def]
     settings.MEDAI_GPU_STALE_AFTER = 60.0  # no staleness frame during the hold: it must stay silent
     monitor = Monitor(SimulatedProvider(), supervise=False)
     monitor.sample()

@@ -44,15 +44,19 @@ def _fp(value: str) -> str:
 
 @pytest.mark.parametrize("medai_env", ["development", " Test "])
 def test_development_generates_private_key_files_in_a_fresh_var_dir_and_reuses_them(
-        tmp_path: Path, medai_env: str) -> None:
+    tmp_path: Path, medai_env: str
+) -> None:
     var = tmp_path / "var"
     first = _fingerprints(run_django(settings_env(var, medai_env), FINGERPRINTS))
     assert _mode(var) == 0o700
     for name in FILES:
         assert _mode(var / name) == 0o600, name
     contents = {name: (var / name).read_text().strip() for name in FILES}
-    assert first == {"SECRET_KEY": _fp(contents["secret-key"]), "JWT_SIGNING_KEY": _fp(contents["jwt-signing-key"]),
-                     "MEDAI_ENCRYPTION_KEYS": [_fp(contents["encryption-keys"])]}
+    assert first == {
+        "SECRET_KEY": _fp(contents["secret-key"]),
+        "JWT_SIGNING_KEY": _fp(contents["jwt-signing-key"]),
+        "MEDAI_ENCRYPTION_KEYS": [_fp(contents["encryption-keys"])],
+    }
     assert len(contents["secret-key"]) >= 50 and len(contents["jwt-signing-key"]) >= 50
     Fernet(contents["encryption-keys"].encode())  # a valid Fernet key
     assert not list(var.glob(".*.tmp"))  # no temporary file left behind
@@ -66,8 +70,12 @@ def test_processes_starting_together_end_up_with_the_same_keys(tmp_path: Path) -
     var = tmp_path / "var"
     env = settings_env(var, "development")
     code = "from django.conf import settings\nsettings.SECRET_KEY\n" + FINGERPRINTS
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
     results = [subprocess.CompletedProcess(p.args, p.wait(120), *p.communicate()) for p in procs]
     seen = [_fingerprints(r) for r in results]
     assert all(s == seen[0] for s in seen), seen
@@ -102,8 +110,14 @@ def test_the_encryption_key_is_independent_of_the_signing_keys_and_survives_a_re
     assert fernet_key not in (_former_derivation(secret_key), _former_derivation(jwt_key))
     assert Fernet(fernet_key.encode()).decrypt(token.encode()) == b"Mrs Smith, MRN 12345: sepsis?"
 
-    second = subprocess.run([sys.executable, "-c", "import django\ndjango.setup()\n" + DECRYPT, token], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-c", "import django\ndjango.setup()\n" + DECRYPT, token],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.split("PLAIN=", 1)[1].strip() == "Mrs Smith, MRN 12345: sepsis?"
 
@@ -129,13 +143,28 @@ def test_the_suite_and_the_processes_it_starts_share_their_keys() -> None:
     token = encrypt("shared PHI")
     access = AccessToken()
     access["sub"] = "42"
-    code = (DECRYPT + FINGERPRINTS + "from rest_framework_simplejwt.tokens import AccessToken\n"
-            "print('SUB=' + AccessToken(sys.argv[2])['sub'])\n")
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code.replace("sys.argv[1]", repr(token))
-                             .replace("sys.argv[2]", repr(str(access)))], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        DECRYPT + FINGERPRINTS + "from rest_framework_simplejwt.tokens import AccessToken\n"
+        "print('SUB=' + AccessToken(sys.argv[2])['sub'])\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            code.replace("sys.argv[1]", repr(token)).replace("sys.argv[2]", repr(str(access))),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PLAIN=shared PHI" in result.stdout and "SUB=42" in result.stdout
     child = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
-    assert child == {"SECRET_KEY": _fp(settings.SECRET_KEY), "JWT_SIGNING_KEY": _fp(settings.SIMPLE_JWT["SIGNING_KEY"]),
-                     "MEDAI_ENCRYPTION_KEYS": [_fp(k) for k in settings.MEDAI_ENCRYPTION_KEYS]}
+    assert child == {
+        "SECRET_KEY": _fp(settings.SECRET_KEY),
+        "JWT_SIGNING_KEY": _fp(settings.SIMPLE_JWT["SIGNING_KEY"]),
+        "MEDAI_ENCRYPTION_KEYS": [_fp(k) for k in settings.MEDAI_ENCRYPTION_KEYS],
+    }

@@ -16,8 +16,9 @@ from tests.support.django_process import FORMER_DEV_SECRET_KEY
 
 @pytest.fixture
 def admin(org, demo) -> User:  # type: ignore[no-untyped-def]
-    user = User.objects.create_user("root", password=PASSWORD, role=User.Role.ADMIN, organization=org,
-                                    is_staff=True, is_superuser=True)
+    user = User.objects.create_user(
+        "root", password=PASSWORD, role=User.Role.ADMIN, organization=org, is_staff=True, is_superuser=True
+    )
     user.locations.add(demo)
     return user
 

@@ -31,9 +31,20 @@ def test_generated_fernet_keys_are_accepted() -> None:
     assert fernet_key_problems("MEDAI_ENCRYPTION_KEYS", keys) == []
 
 
-@pytest.mark.parametrize("typed", ["a" * 32, "ab" * 16, "0123456789abcdef" * 2, "abcdefghijklmnopqrstuvwxyz012345",
-                                   "password" * 4, "changeme" * 4, "x" * 31 + "y", "aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb",
-                                   "qwertyqwertyqwertyqwertyqwertyqw"])
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "a" * 32,
+        "ab" * 16,
+        "0123456789abcdef" * 2,
+        "abcdefghijklmnopqrstuvwxyz012345",
+        "password" * 4,
+        "changeme" * 4,
+        "x" * 31 + "y",
+        "aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb",
+        "qwertyqwertyqwertyqwertyqwertyqw",
+    ],
+)
 def test_typed_keys_are_refused_as_guessable(typed: str) -> None:
     (problem,) = text_key_problems("JWT_SIGNING_KEY", typed)
     assert problem.startswith("JWT_SIGNING_KEY is guessable")

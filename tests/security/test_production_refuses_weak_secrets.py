@@ -17,8 +17,11 @@ FORMER_DERIVED_FERNET_KEY = "kJRglT2RyXVhiuNha64I81oXeGtiObhjBZgMdKD8c7o="  # sh
 
 
 def strong() -> dict[str, str]:
-    return {"SECRET_KEY": secrets.token_urlsafe(50), "JWT_SIGNING_KEY": secrets.token_urlsafe(50),
-            "MEDAI_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
+    return {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "JWT_SIGNING_KEY": secrets.token_urlsafe(50),
+        "MEDAI_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+    }
 
 
 def _derived(key: str) -> str:
@@ -29,8 +32,11 @@ def _derived(key: str) -> str:
 
 
 def _longest_example_value() -> str:
-    values = [line.partition("=")[2].strip() for line in (ROOT / ".env.example").read_text().splitlines()
-              if "=" in line and not line.startswith("#")]
+    values = [
+        line.partition("=")[2].strip()
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    ]
     return max(values, key=len)
 
 
@@ -40,30 +46,49 @@ DEFECTS = {
     "JWT_SIGNING_KEY missing": (lambda s: {"JWT_SIGNING_KEY": None}, "JWT_SIGNING_KEY"),
     "MEDAI_ENCRYPTION_KEYS missing": (lambda s: {"MEDAI_ENCRYPTION_KEYS": None}, "MEDAI_ENCRYPTION_KEYS"),
     "JWT_SIGNING_KEY=x": (lambda s: {"JWT_SIGNING_KEY": "x"}, "JWT_SIGNING_KEY"),
-    "JWT_SIGNING_KEY of 31 random characters": (lambda s: {"JWT_SIGNING_KEY": secrets.token_hex(16)[:31]},
-                                                "JWT_SIGNING_KEY"),
+    "JWT_SIGNING_KEY of 31 random characters": (
+        lambda s: {"JWT_SIGNING_KEY": secrets.token_hex(16)[:31]},
+        "JWT_SIGNING_KEY",
+    ),
     "SECRET_KEY = 32 x a": (lambda s: {"SECRET_KEY": "a" * 32}, "SECRET_KEY"),
     "JWT_SIGNING_KEY = 32 x a": (lambda s: {"JWT_SIGNING_KEY": "a" * 32}, "JWT_SIGNING_KEY"),
     "SECRET_KEY of few distinct characters": (lambda s: {"SECRET_KEY": "abc" * 12}, "SECRET_KEY"),
     "SECRET_KEY a repeated word": (lambda s: {"SECRET_KEY": "changeme" * 5}, "SECRET_KEY"),
-    "JWT_SIGNING_KEY a sequence": (lambda s: {"JWT_SIGNING_KEY": "0123456789abcdefghijklmnopqrstuvwxyz"}, "JWT_SIGNING_KEY"),
+    "JWT_SIGNING_KEY a sequence": (
+        lambda s: {"JWT_SIGNING_KEY": "0123456789abcdefghijklmnopqrstuvwxyz"},
+        "JWT_SIGNING_KEY",
+    ),
     "SECRET_KEY the former development key": (lambda s: {"SECRET_KEY": FORMER_DEV_SECRET_KEY}, "SECRET_KEY"),
-    "JWT_SIGNING_KEY the former development key": (lambda s: {"JWT_SIGNING_KEY": FORMER_DEV_SECRET_KEY},
-                                                   "JWT_SIGNING_KEY"),
-    "SECRET_KEY a django-insecure key": (lambda s: {"SECRET_KEY": "django-insecure-" + secrets.token_urlsafe(40)},
-                                         "SECRET_KEY"),
+    "JWT_SIGNING_KEY the former development key": (
+        lambda s: {"JWT_SIGNING_KEY": FORMER_DEV_SECRET_KEY},
+        "JWT_SIGNING_KEY",
+    ),
+    "SECRET_KEY a django-insecure key": (
+        lambda s: {"SECRET_KEY": "django-insecure-" + secrets.token_urlsafe(40)},
+        "SECRET_KEY",
+    ),
     "SECRET_KEY from .env.example": (lambda s: {"SECRET_KEY": _longest_example_value()}, "published"),
     "JWT_SIGNING_KEY equal to SECRET_KEY": (lambda s: {"JWT_SIGNING_KEY": s["SECRET_KEY"]}, "JWT_SIGNING_KEY"),
-    "MEDAI_ENCRYPTION_KEYS not a Fernet key": (lambda s: {"MEDAI_ENCRYPTION_KEYS": secrets.token_urlsafe(50)},
-                                               "MEDAI_ENCRYPTION_KEYS"),
-    "MEDAI_ENCRYPTION_KEYS of zero bytes": (lambda s: {"MEDAI_ENCRYPTION_KEYS": "A" * 43 + "="},
-                                            "MEDAI_ENCRYPTION_KEYS"),
-    "MEDAI_ENCRYPTION_KEYS the former derived key": (lambda s: {"MEDAI_ENCRYPTION_KEYS": FORMER_DERIVED_FERNET_KEY},
-                                                     "MEDAI_ENCRYPTION_KEYS"),
-    "MEDAI_ENCRYPTION_KEYS derived from SECRET_KEY": (lambda s: {"MEDAI_ENCRYPTION_KEYS": _derived(s["SECRET_KEY"])},
-                                                      "MEDAI_ENCRYPTION_KEYS"),
+    "MEDAI_ENCRYPTION_KEYS not a Fernet key": (
+        lambda s: {"MEDAI_ENCRYPTION_KEYS": secrets.token_urlsafe(50)},
+        "MEDAI_ENCRYPTION_KEYS",
+    ),
+    "MEDAI_ENCRYPTION_KEYS of zero bytes": (
+        lambda s: {"MEDAI_ENCRYPTION_KEYS": "A" * 43 + "="},
+        "MEDAI_ENCRYPTION_KEYS",
+    ),
+    "MEDAI_ENCRYPTION_KEYS the former derived key": (
+        lambda s: {"MEDAI_ENCRYPTION_KEYS": FORMER_DERIVED_FERNET_KEY},
+        "MEDAI_ENCRYPTION_KEYS",
+    ),
+    "MEDAI_ENCRYPTION_KEYS derived from SECRET_KEY": (
+        lambda s: {"MEDAI_ENCRYPTION_KEYS": _derived(s["SECRET_KEY"])},
+        "MEDAI_ENCRYPTION_KEYS",
+    ),
     "an old MEDAI_ENCRYPTION_KEYS key invalid": (
-        lambda s: {"MEDAI_ENCRYPTION_KEYS": s["MEDAI_ENCRYPTION_KEYS"] + ",not-a-key"}, "MEDAI_ENCRYPTION_KEYS"),
+        lambda s: {"MEDAI_ENCRYPTION_KEYS": s["MEDAI_ENCRYPTION_KEYS"] + ",not-a-key"},
+        "MEDAI_ENCRYPTION_KEYS",
+    ),
     "DEBUG=1": (lambda s: {"DEBUG": "1"}, "DEBUG"),
 }
 ENVIRONMENTS = [None, "production", "Production", "prod", "staging", "embedded", ""]
@@ -91,7 +116,8 @@ def test_settings_refuse_to_load_outside_development(tmp_path: Path, defect: str
 
 @pytest.mark.parametrize("medai_env", ENVIRONMENTS)
 def test_every_non_development_environment_refuses_missing_keys_and_says_what_to_set(
-        tmp_path: Path, medai_env: str | None) -> None:
+    tmp_path: Path, medai_env: str | None
+) -> None:
     message = _refusal(settings_env(tmp_path, medai_env))
     for variable in ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS", "MEDAI_ENV=development"):
         assert variable in message

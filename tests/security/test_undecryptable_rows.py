@@ -15,8 +15,13 @@ from django.utils import timezone
 from apps.inference.models import InferenceTask, ModelEndpoint
 
 FORMER_DERIVED_FERNET_KEY = "kJRglT2RyXVhiuNha64I81oXeGtiObhjBZgMdKD8c7o="
-ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
-          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Sepsis is…"}}]}
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Sepsis is…"}}],
+}
 
 
 def _raw(table: str, column: str, pk: object) -> str:
@@ -32,10 +37,16 @@ def _write_raw(table: str, column: str, pk: object, value: str) -> None:
 
 def _completed_task(alice, demo) -> InferenceTask:  # type: ignore[no-untyped-def]
     now = timezone.now()
-    return InferenceTask.objects.create(user=alice, location=demo, status=InferenceTask.Status.COMPLETED,
-                                        request={"messages": [{"role": "user", "content": "What is sepsis?"}]},
-                                        result=ANSWER, created_at=now, finished_at=now,
-                                        result_expires_at=now + timedelta(hours=1))
+    return InferenceTask.objects.create(
+        user=alice,
+        location=demo,
+        status=InferenceTask.Status.COMPLETED,
+        request={"messages": [{"role": "user", "content": "What is sepsis?"}]},
+        result=ANSWER,
+        created_at=now,
+        finished_at=now,
+        result_expires_at=now + timedelta(hours=1),
+    )
 
 
 def test_a_result_encrypted_under_a_former_key_answers_410_and_is_kept(alice, demo, client_for, settings) -> None:  # type: ignore[no-untyped-def]
@@ -65,8 +76,9 @@ def test_a_result_encrypted_under_a_former_key_answers_410_and_is_kept(alice, de
 
 
 def test_a_backend_api_key_encrypted_under_a_former_key_reads_as_unset_and_is_kept(admin_client, db) -> None:  # type: ignore[no-untyped-def]
-    endpoint = ModelEndpoint.objects.create(name="gpu1", base_url="http://127.0.0.1:9/v1", api_key="sk-backend",
-                                            context_length=2048)
+    endpoint = ModelEndpoint.objects.create(
+        name="gpu1", base_url="http://127.0.0.1:9/v1", api_key="sk-backend", context_length=2048
+    )
     ciphertext = Fernet(FORMER_DERIVED_FERNET_KEY.encode()).encrypt(b"sk-backend").decode()
     _write_raw(ModelEndpoint._meta.db_table, "api_key", endpoint.pk, ciphertext)
 

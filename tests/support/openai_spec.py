@@ -57,14 +57,19 @@ def spec() -> dict[str, Any]:
 def validator(schema_name: str) -> jsonschema.protocols.Validator:
     document = spec()
     assert schema_name in document["components"]["schemas"], f"no schema {schema_name} in the OpenAI spec"
-    root = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
+    root = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": f"#/components/schemas/{schema_name}",
+        "components": document["components"],
+    }
     return jsonschema.Draft202012Validator(root)
 
 
 def errors_of(schema_name: str, body: Any) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator(schema_name).iter_errors(body)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator(schema_name).iter_errors(body)
+    ]
 
 
 def assert_valid(schema_name: str, body: Any) -> None:

@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def own_database(tmp_path: Path, **extra_env: str) -> Iterator[dict[str, str]]:
     """The environment for child processes: ``DATABASE_URL`` of a new migrated database, a var
     dir and cache prefix of their own, the suite's Redis. Dropped at the end (PostgreSQL)."""
-    env = {**os.environ, "MEDAI_VAR_DIR": str(tmp_path), "MEDAI_CACHE_PREFIX": f"own-{uuid.uuid4().hex[:8]}",
-           "LOG_LEVEL": "WARNING", **extra_env}
+    env = {
+        **os.environ,
+        "MEDAI_VAR_DIR": str(tmp_path),
+        "MEDAI_CACHE_PREFIX": f"own-{uuid.uuid4().hex[:8]}",
+        "LOG_LEVEL": "WARNING",
+        **extra_env,
+    }
     env.pop("PYTEST_CURRENT_TEST", None)
     pg = env.get("DATABASE_URL", "")
     dbname, admin = "", ""
@@ -60,8 +65,14 @@ def rows(env: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
 
 def manage_shell(env: dict[str, str], code: str, timeout: float = 180) -> str:
     """Run ``code`` in ``manage.py shell`` against that database; its stdout."""
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, timeout=timeout,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise AssertionError(f"manage.py shell failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result.stdout

@@ -42,8 +42,9 @@ class Process:
     def __init__(self, argv: list[str], health_url: str, log_name: str, env: dict[str, str] | None = None) -> None:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"medai-test-{log_name}-{os.getpid()}.log"
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
         self.health_url = health_url
 
     def wait(self, timeout: float = 90.0) -> None:
@@ -102,8 +103,14 @@ class LiveASGIServer:
         from medai.asgi import application
 
         self.port = free_port()
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port,
-                                log_level="info" if access_log else "warning", lifespan="off", access_log=access_log)
+        config = uvicorn.Config(
+            application,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="info" if access_log else "warning",
+            lifespan="off",
+            access_log=access_log,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

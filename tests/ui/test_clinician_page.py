@@ -15,8 +15,16 @@ from tests.conftest import PASSWORD, register_model
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("MEDAI_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-         "--no-first-run", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +72,9 @@ def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):  # type:
     expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
     assert page.inner_text("#answer").strip()
     assert "Answered by smollm2-135m" in page.inner_text("#answer-meta")
-    page.screenshot(path=str(Path(os.environ.get("MEDAI_SCREENSHOT_DIR", tmp_path)) / "clinician-answer.png"),
-                    full_page=True)
+    page.screenshot(
+        path=str(Path(os.environ.get("MEDAI_SCREENSHOT_DIR", tmp_path)) / "clinician-answer.png"), full_page=True
+    )
 
 
 def test_wrong_password_shows_the_reason_and_stays_on_sign_in(page):  # type: ignore[no-untyped-def]
@@ -81,7 +90,8 @@ def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):  # ty
     page.click("#logout")
     page.wait_for_selector("#login-panel:not([hidden])")
     status = page.evaluate(
-        "async (t) => (await fetch('/v1/models', {headers: {Authorization: 'Bearer ' + t}})).status", token)
+        "async (t) => (await fetch('/v1/models', {headers: {Authorization: 'Bearer ' + t}})).status", token
+    )
     assert status == 401
 
 

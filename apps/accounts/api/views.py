@@ -32,8 +32,12 @@ class LoginView(APIView):
         data = LoginSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            pair = services.login(data.validated_data["username"], data.validated_data["password"],
-                                  data.validated_data["location_id"], ip=client_ip(request))
+            pair = services.login(
+                data.validated_data["username"],
+                data.validated_data["password"],
+                data.validated_data["location_id"],
+                ip=client_ip(request),
+            )
         except services.LoginDenied as exc:
             raise exceptions.PermissionDenied(exc.message, exc.code) from None
         except services.AuthError as exc:
@@ -76,5 +80,13 @@ class MeView(APIView):
     @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
         p = request.auth
-        return Response({"id": p.user_id, "username": p.username, "role": p.role, "location_id": p.location_code,
-                         "scopes": sorted(p.scopes), "auth": p.method})
+        return Response(
+            {
+                "id": p.user_id,
+                "username": p.username,
+                "role": p.role,
+                "location_id": p.location_code,
+                "scopes": sorted(p.scopes),
+                "auth": p.method,
+            }
+        )

@@ -61,8 +61,9 @@ class GpuStatusSerializer(serializers.Serializer):
     simulated = serializers.BooleanField()
     sampled_at = serializers.FloatField(allow_null=True, help_text="Unix time of the monitor's last sample.")
     age_seconds = serializers.FloatField(allow_null=True, help_text="How old that sample is; null: none.")
-    stale = serializers.BooleanField(help_text="True when the sample is older than a few sample intervals "
-                                               "(MEDAI_GPU_STALE_AFTER) or there is none.")
+    stale = serializers.BooleanField(
+        help_text="True when the sample is older than a few sample intervals (MEDAI_GPU_STALE_AFTER) or there is none."
+    )
     monitor_running = serializers.BooleanField(help_text="False when the monitor stopped publishing (stale).")
     pressure_level = serializers.ChoiceField(LEVELS)
     thermal_state = serializers.ChoiceField(THERMAL)
@@ -70,4 +71,3 @@ class GpuStatusSerializer(serializers.Serializer):
     gpus = GpuSerializer(many=True)
     backends = BackendStateSerializer(many=True)
     servers = serializers.ListField(child=serializers.DictField(), help_text="Supervised model servers.")
-

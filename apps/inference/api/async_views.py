@@ -40,12 +40,17 @@ class TaskStatusSerializer(serializers.Serializer):
     result was purged at the end of its retention is still ``completed``, with ``content_purged_at``."""
 
     task_id = serializers.UUIDField(source="id")
-    status = serializers.ChoiceField(choices=S.values, help_text=(
-        "queued → processing → completed | failed | cancelled; queued → expired when its deadline passes. "
-        "An outcome never changes, also when the content is purged."))
+    status = serializers.ChoiceField(
+        choices=S.values,
+        help_text=(
+            "queued → processing → completed | failed | cancelled; queued → expired when its deadline passes. "
+            "An outcome never changes, also when the content is purged."
+        ),
+    )
     priority = PriorityField()
-    position = serializers.IntegerField(allow_null=True, required=False,
-                                        help_text="1-based place in the queue while queued, else null.")
+    position = serializers.IntegerField(
+        allow_null=True, required=False, help_text="1-based place in the queue while queued, else null."
+    )
     agent_type = serializers.CharField()
     model = serializers.CharField(source="model_name")
     batch_id = serializers.UUIDField(allow_null=True)
@@ -60,11 +65,16 @@ class TaskStatusSerializer(serializers.Serializer):
     inference_ms = serializers.IntegerField(allow_null=True)
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
-    result_expires_at = serializers.DateTimeField(allow_null=True, help_text=(
-        "When the prompt and result are purged (MEDAI_RESULT_TTL after the task finished)."))
-    content_purged_at = serializers.DateTimeField(allow_null=True, help_text=(
-        "When the prompt and result were purged (end of retention, cancel or expiry); null while they are kept. "
-        "The status keeps the outcome."))
+    result_expires_at = serializers.DateTimeField(
+        allow_null=True, help_text=("When the prompt and result are purged (MEDAI_RESULT_TTL after the task finished).")
+    )
+    content_purged_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text=(
+            "When the prompt and result were purged (end of retention, cancel or expiry); null while they are kept. "
+            "The status keeps the outcome."
+        ),
+    )
 
     @extend_schema_field(TaskErrorSerializer(allow_null=True))
     def get_error(self, task: InferenceTask) -> dict[str, str] | None:
@@ -111,13 +121,17 @@ class SubmitView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=AsyncSubmitRequestSerializer, responses={202: TaskStatusSerializer, **_errors(413, 429, 503)},
-                   operation_id="async_submit")
+    @extend_schema(
+        request=AsyncSubmitRequestSerializer,
+        responses={202: TaskStatusSerializer, **_errors(413, 429, 503)},
+        operation_id="async_submit",
+    )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
-        submitted = queue.submit_task(request.headers.get("Authorization"), dict(request.data),
-                                      getattr(request, "correlation_id", ""))
+        submitted = queue.submit_task(
+            request.headers.get("Authorization"), dict(request.data), getattr(request, "correlation_id", "")
+        )
         body = _status(submitted.task)
         body["deduplicated"] = not submitted.created
         return Response(body, status=202)
@@ -128,15 +142,19 @@ class SubmitBatchView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=AsyncSubmitBatchRequestSerializer,
-                   responses={202: AsyncBatchSubmittedSerializer, **_errors(413, 429, 503)},
-                   operation_id="async_submit_batch")
+    @extend_schema(
+        request=AsyncSubmitBatchRequestSerializer,
+        responses={202: AsyncBatchSubmittedSerializer, **_errors(413, 429, 503)},
+        operation_id="async_submit_batch",
+    )
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
-        batch, tasks = queue.submit_batch(request.headers.get("Authorization"), data.get("requests"),
-                                          getattr(request, "correlation_id", ""))
-        return Response({"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"},
-                        status=202)
+        batch, tasks = queue.submit_batch(
+            request.headers.get("Authorization"), data.get("requests"), getattr(request, "correlation_id", "")
+        )
+        return Response(
+            {"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"}, status=202
+        )
 
 
 class StatusView(APIView):
@@ -160,26 +178,43 @@ class ResultView(APIView):
     def get(self, request: Request, task_id: Any) -> Response:
         task = _task(request, task_id, "result")
         if task.status in (S.QUEUED, S.PROCESSING):
-            raise ApiError(409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.", headers={"Retry-After": "1"}
+            )
         if task.status == S.EXPIRED:
-            raise ApiError(410, "task_expired", f"Task {task.id} expired at {_iso(task.finished_at)}: it was still "
-                           "queued at its deadline and never ran.")
+            raise ApiError(
+                410,
+                "task_expired",
+                f"Task {task.id} expired at {_iso(task.finished_at)}: it was still "
+                "queued at its deadline and never ran.",
+            )
         if task.status == S.CANCELLED:
             raise ApiError(409, "task_cancelled", f"Task {task.id} was cancelled.")
         if task.status == S.FAILED:
-            raise ApiError(task.http_status if task.http_status and task.http_status >= 400 else 502,
-                           task.error_code or "task_failed", task.error_message or "The task failed.")
+            raise ApiError(
+                task.http_status if task.http_status and task.http_status >= 400 else 502,
+                task.error_code or "task_failed",
+                task.error_message or "The task failed.",
+            )
         purged = task.content_purged_at or (  # past retention even if the sweep (every minute) has not run yet
-            task.result_expires_at if task.result_expires_at and task.result_expires_at <= timezone.now() else None)
+            task.result_expires_at if task.result_expires_at and task.result_expires_at <= timezone.now() else None
+        )
         if purged:
-            raise ApiError(410, "result_purged", f"Task {task.id} completed at {_iso(task.finished_at)}; its result "
-                           f"was purged at {_iso(purged)}, when its retention ended.")
+            raise ApiError(
+                410,
+                "result_purged",
+                f"Task {task.id} completed at {_iso(task.finished_at)}; its result "
+                f"was purged at {_iso(purged)}, when its retention ended.",
+            )
         if not task.result:  # encrypted under a key this installation no longer has
             raise ApiError(410, "task_result_unavailable", f"Task {task.id}'s result can no longer be read.")
         body = dict(task.result)
-        body["medai"] = {"task_id": str(task.id), "queue_wait_ms": task.queue_wait_ms,
-                         "inference_ms": task.inference_ms, "attempts": task.attempts}
+        body["medai"] = {
+            "task_id": str(task.id),
+            "queue_wait_ms": task.queue_wait_ms,
+            "inference_ms": task.inference_ms,
+            "attempts": task.attempts,
+        }
         return Response(body)
 
 
@@ -188,7 +223,9 @@ class CancelView(APIView):
 
     permission_classes = [CanInfer]
 
-    @extend_schema(request=None, responses={200: TaskStatusSerializer, **_errors(404, 409)}, operation_id="async_cancel")
+    @extend_schema(
+        request=None, responses={200: TaskStatusSerializer, **_errors(404, 409)}, operation_id="async_cancel"
+    )
     def post(self, request: Request, task_id: Any) -> Response:
         return Response(_status(queue.cancel_task(request.auth, _task(request, task_id))))
 
@@ -212,9 +249,11 @@ class TaskListView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(parameters=[OpenApiParameter("status", str), OpenApiParameter("page", int),
-                               OpenApiParameter("page_size", int)],
-                   responses={200: TaskPageSerializer, **_errors(404)}, operation_id="async_tasks")
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str), OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        responses={200: TaskPageSerializer, **_errors(404)},
+        operation_id="async_tasks",
+    )
     def get(self, request: Request) -> Response:
         qs = InferenceTask.objects.visible_to(request.auth).filter(mode=InferenceTask.Mode.ASYNC)
         status = request.query_params.get("status")
@@ -232,8 +271,9 @@ class TaskListView(APIView):
             page = paginator.page(page_no)
         except EmptyPage:
             raise ApiError(404, "page_not_found", f"Page {page_no} does not exist.", "page") from None
-        return Response({"count": paginator.count, "page": page_no, "page_size": size,
-                         "results": _statuses(list(page.object_list))})
+        return Response(
+            {"count": paginator.count, "page": page_no, "page_size": size, "results": _statuses(list(page.object_list))}
+        )
 
 
 class QueueHealthView(APIView):
@@ -241,7 +281,8 @@ class QueueHealthView(APIView):
 
     permission_classes = [CanRead]
 
-    @extend_schema(responses={200: QueueHealthSerializer, 401: ErrorSerializer, 403: ErrorSerializer},
-                   operation_id="async_health")
+    @extend_schema(
+        responses={200: QueueHealthSerializer, 401: ErrorSerializer, 403: ErrorSerializer}, operation_id="async_health"
+    )
     def get(self, request: Request) -> Response:
         return Response(queue.health())

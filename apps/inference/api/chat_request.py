@@ -39,16 +39,22 @@ from apps.inference.models import Priority
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # Content part types each role may send (OpenAI's ChatCompletionRequest*MessageContentPart).
 PART_TYPES = {
-    "system": ("text",), "developer": ("text",), "tool": ("text",),
-    "user": ("text", "image_url", "input_audio", "file"), "assistant": ("text", "refusal"),
+    "system": ("text",),
+    "developer": ("text",),
+    "tool": ("text",),
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
 }
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOOLS = 128
 
 # Python's whitespace (what ``str.strip`` removes) and the invisible zero-width characters: text
 # made only of these is blank. The web page's check (static/medai/ui.js) uses the same set.
-BLANK_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
-               "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000" "\u200b\u200c\u200d\u2060\ufeff")
+BLANK_CHARS = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+    "\u200b\u200c\u200d\u2060\ufeff"
+)
 
 _NOTHING = "is accepted only when it asks for nothing"
 # OpenAI request fields medai does not forward: the values that ask for nothing (accepted and
@@ -58,18 +64,27 @@ UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "modalities": ((None, ["text"]), "only text output is available"),
     "prediction": ((None,), "predicted outputs are not supported by medai's model servers"),
     "web_search_options": ((None,), "medai's models have no web search"),
-    "store": ((None, False), "medai does not store completions for OpenAI's distillation or evals "
-              "(it keeps its own record of every request regardless)"),
+    "store": (
+        (None, False),
+        "medai does not store completions for OpenAI's distillation or evals "
+        "(it keeps its own record of every request regardless)",
+    ),
     "metadata": ((None, {}), "metadata tags stored completions, and medai does not store them"),
     "reasoning_effort": ((None,), "medai's model servers take no reasoning effort"),
     "verbosity": ((None,), "medai's model servers take no verbosity; ask for brevity in the prompt"),
     "moderation": ((None,), "medai runs no moderation model"),
-    "prompt_cache_key": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache routing has no "
-                         "counterpart"),
-    "prompt_cache_retention": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache retention has "
-                               "no counterpart"),
-    "prompt_cache_options": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache options have no "
-                             "counterpart"),
+    "prompt_cache_key": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache routing has no counterpart",
+    ),
+    "prompt_cache_retention": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache retention has no counterpart",
+    ),
+    "prompt_cache_options": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache options have no counterpart",
+    ),
     "functions": ((None,), "deprecated by OpenAI: declare them in tools"),
     "function_call": ((None,), "deprecated by OpenAI: use tool_choice"),
 }
@@ -97,8 +112,9 @@ def _same(value: Any, accepted: tuple[Any, ...]) -> bool:
     return any(type(value) is type(a) and value == a for a in accepted)
 
 
-def _refuse_undeclared(data: Any, declared: Any, unsupported: Mapping[str, tuple[tuple[Any, ...], str]],
-                       what: str) -> None:
+def _refuse_undeclared(
+    data: Any, declared: Any, unsupported: Mapping[str, tuple[tuple[Any, ...], str]], what: str
+) -> None:
     if not isinstance(data, Mapping):
         return
     for key, value in data.items():
@@ -106,8 +122,12 @@ def _refuse_undeclared(data: Any, declared: Any, unsupported: Mapping[str, tuple
             continue
         rule = unsupported.get(key)
         if rule is None:
-            raise _error((key,), f"unrecognized {what} argument: medai accepts the fields of OpenAI's chat "
-                         "completions API, plus agent_type and priority.", "unknown_parameter")
+            raise _error(
+                (key,),
+                f"unrecognized {what} argument: medai accepts the fields of OpenAI's chat "
+                "completions API, plus agent_type and priority.",
+                "unknown_parameter",
+            )
         if not _same(value, rule[0]):
             raise _error((key,), f"not supported: {rule[1]}.", "unsupported_parameter")
 
@@ -159,20 +179,37 @@ def _name(path: tuple[Any, ...], value: Any) -> str:
 def _only(path: tuple[Any, ...], value: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
     for key in value:
         if key not in allowed:
-            raise _error((*path, key), f"unrecognized {what} field (allowed: {', '.join(allowed)}).",
-                         "unknown_parameter")
+            raise _error(
+                (*path, key), f"unrecognized {what} field (allowed: {', '.join(allowed)}).", "unknown_parameter"
+            )
 
 
 # --- tools ---------------------------------------------------------------------------------------
 
 
-@extend_schema_field({"type": "array", "maxItems": MAX_TOOLS, "items": {
-    "type": "object", "required": ["type", "function"], "properties": {
-        "type": {"type": "string", "enum": ["function"]},
-        "function": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}, "description": {"type": "string"},
-            "parameters": {"type": "object", "description": "A JSON Schema of the arguments (an object)."},
-            "strict": {"type": "boolean", "nullable": True}}}}}})
+@extend_schema_field(
+    {
+        "type": "array",
+        "maxItems": MAX_TOOLS,
+        "items": {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"type": "string", "enum": ["function"]},
+                "function": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object", "description": "A JSON Schema of the arguments (an object)."},
+                        "strict": {"type": "boolean", "nullable": True},
+                    },
+                },
+            },
+        },
+    }
+)
 class ToolsField(serializers.Field):
     """OpenAI function tools; the same, normalised (``parameters`` defaults to an empty object)."""
 
@@ -189,8 +226,11 @@ class ToolsField(serializers.Field):
             raise _error((i,), "must be an object with 'type' and 'function'.")
         kind = tool.get("type")
         if kind == "custom":
-            raise _error((i, "type"), "custom tools are not supported by medai's model servers: declare a function "
-                         "tool.", "unsupported_parameter")
+            raise _error(
+                (i, "type"),
+                "custom tools are not supported by medai's model servers: declare a function tool.",
+                "unsupported_parameter",
+            )
         if kind != "function":
             raise _error((i, "type"), "must be 'function'.")
         _only((i,), tool, ("type", "function"), "tool")
@@ -209,8 +249,11 @@ class ToolsField(serializers.Field):
                 raise _error((i, "function", "description"), "must be a string.")
             out["description"] = description
         parameters = function.get("parameters")
-        out["parameters"] = ({"type": "object", "properties": {}} if parameters is None
-                             else _object_schema((i, "function", "parameters"), parameters, "the function's arguments"))
+        out["parameters"] = (
+            {"type": "object", "properties": {}}
+            if parameters is None
+            else _object_schema((i, "function", "parameters"), parameters, "the function's arguments")
+        )
         strict = function.get("strict")
         if strict is not None:
             if not isinstance(strict, bool):
@@ -222,7 +265,7 @@ class ToolsField(serializers.Field):
 def _function_ref(path: tuple[Any, ...], value: Any) -> str:
     """``{"type": "function", "function": {"name": ...}}`` → the name."""
     if not isinstance(value, dict) or value.get("type") != "function":
-        raise _error(path, "must be {\"type\": \"function\", \"function\": {\"name\": ...}}.")
+        raise _error(path, 'must be {"type": "function", "function": {"name": ...}}.')
     _only(path, value, ("type", "function"), "tool choice")
     function = value.get("function")
     if not isinstance(function, dict):
@@ -231,10 +274,18 @@ def _function_ref(path: tuple[Any, ...], value: Any) -> str:
     return _name((*path, "function", "name"), function.get("name"))
 
 
-@extend_schema_field({"oneOf": [
-    {"type": "string", "enum": ["none", "auto", "required"]},
-    {"type": "object", "description": "{\"type\": \"function\", \"function\": {\"name\": ...}} or "
-                                      "{\"type\": \"allowed_tools\", \"allowed_tools\": {\"mode\", \"tools\"}}"}]})
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": ["none", "auto", "required"]},
+            {
+                "type": "object",
+                "description": '{"type": "function", "function": {"name": ...}} or '
+                '{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}',
+            },
+        ]
+    }
+)
 class ToolChoiceField(serializers.Field):
     """``none`` | ``auto`` | ``required`` | a named function | OpenAI's ``allowed_tools``."""
 
@@ -261,8 +312,13 @@ class ToolChoiceField(serializers.Field):
             if not isinstance(tools, list) or not tools:
                 raise _error(("allowed_tools", "tools"), "must be a non-empty list of function references.")
             names = [_function_ref(("allowed_tools", "tools", i), t) for i, t in enumerate(tools)]
-            return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": [
-                {"type": "function", "function": {"name": n}} for n in names]}}
+            return {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": mode,
+                    "tools": [{"type": "function", "function": {"name": n}} for n in names],
+                },
+            }
         if kind == "custom":
             raise _error(("type",), "custom tools are not supported by medai's model servers.", "unsupported_parameter")
         raise _error(("type",), "must be 'function' or 'allowed_tools'.")
@@ -277,12 +333,23 @@ def tool_choice_names(choice: Any) -> list[str]:
     return [t["function"]["name"] for t in choice["allowed_tools"]["tools"]]
 
 
-@extend_schema_field({"type": "array", "items": {"type": "object", "required": ["id", "type", "function"],
-                                                  "properties": {"id": {"type": "string"},
-                                                                 "type": {"type": "string", "enum": ["function"]},
-                                                                 "function": {"type": "object", "properties": {
-                                                                     "name": {"type": "string"},
-                                                                     "arguments": {"type": "string"}}}}}})
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["id", "type", "function"],
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"type": "string", "enum": ["function"]},
+                "function": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+                },
+            },
+        },
+    }
+)
 class ToolCallsField(serializers.Field):
     """An assistant message's earlier tool calls, as the model returned them."""
 
@@ -308,8 +375,9 @@ class ToolCallsField(serializers.Field):
                 raise _error((i, "function", "name"), "must be the called function's name.")
             arguments = function.get("arguments")
             if not isinstance(arguments, str):
-                raise _error((i, "function", "arguments"), "must be a string (the JSON arguments as the model "
-                             "returned them).")
+                raise _error(
+                    (i, "function", "arguments"), "must be a string (the JSON arguments as the model returned them)."
+                )
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         return calls
 
@@ -317,8 +385,13 @@ class ToolCallsField(serializers.Field):
 # --- other structured fields -----------------------------------------------------------------------
 
 
-@extend_schema_field({"type": "object", "nullable": True, "properties": {
-    "include_usage": {"type": "boolean"}, "include_obfuscation": {"type": "boolean"}}})
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "properties": {"include_usage": {"type": "boolean"}, "include_obfuscation": {"type": "boolean"}},
+    }
+)
 class StreamOptionsField(serializers.Field):
     KEYS = ("include_usage", "include_obfuscation")
 
@@ -332,10 +405,25 @@ class StreamOptionsField(serializers.Field):
         return dict(data)
 
 
-@extend_schema_field({"type": "object", "nullable": True, "required": ["type"], "properties": {
-    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
-    "json_schema": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"},
-                                                     "schema": {"type": "object"}, "strict": {"type": "boolean"}}}}})
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "schema": {"type": "object"},
+                    "strict": {"type": "boolean"},
+                },
+            },
+        },
+    }
+)
 class ResponseFormatField(serializers.Field):
     TYPES = ("text", "json_object", "json_schema")
 
@@ -362,8 +450,14 @@ class ResponseFormatField(serializers.Field):
         return dict(data)
 
 
-@extend_schema_field({"type": "object", "nullable": True, "additionalProperties": {"type": "number"},
-                      "description": "Token id → bias between -100 and 100."})
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "additionalProperties": {"type": "number"},
+        "description": "Token id → bias between -100 and 100.",
+    }
+)
 class LogitBiasField(serializers.Field):
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -383,8 +477,12 @@ class ServiceTierField(serializers.Field):
     def to_internal_value(self, data: Any) -> str:
         if data in ("auto", "default"):
             return str(data)
-        raise _error((), "only 'auto' and 'default' are available: medai has one service tier (order requests with "
-                     "its own priority field).", "unsupported_parameter")
+        raise _error(
+            (),
+            "only 'auto' and 'default' are available: medai has one service tier (order requests with "
+            "its own priority field).",
+            "unsupported_parameter",
+        )
 
 
 @extend_schema_field({"type": "string", "enum": ["low", "normal", "high", "critical"], "default": "normal"})
@@ -456,8 +554,7 @@ class MessageSerializer(serializers.Serializer):
         if attrs.get("tool_calls") and role != "assistant":
             raise _error(("tool_calls",), "only assistant messages carry tool calls.")
         if role == "tool" and not attrs.get("tool_call_id"):
-            raise _error(("tool_call_id",), "this field is required in a tool message (the id of the call it "
-                         "answers).")
+            raise _error(("tool_call_id",), "this field is required in a tool message (the id of the call it answers).")
         if role != "tool" and "tool_call_id" in attrs:
             raise _error(("tool_call_id",), "only tool messages carry a tool_call_id.")
         if role != "assistant":  # an assistant turn may be empty, and is when it only calls tools
@@ -466,8 +563,11 @@ class MessageSerializer(serializers.Serializer):
         if isinstance(content, list):
             for i, part in enumerate(content):
                 if part["type"] not in PART_TYPES[role]:
-                    raise _error(("content",), f"part [{i}] of type '{part['type']}' is not allowed in a {role} "
-                                 f"message (allowed: {', '.join(PART_TYPES[role])}).")
+                    raise _error(
+                        ("content",),
+                        f"part [{i}] of type '{part['type']}' is not allowed in a {role} "
+                        f"message (allowed: {', '.join(PART_TYPES[role])}).",
+                    )
         if role in ("user", "system", "developer") and _blank(content):
             raise _error(("content",), "must not be blank (it holds only spaces).")
         return attrs
@@ -494,10 +594,19 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
     frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
     seed = serializers.IntegerField(required=False, allow_null=True)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256,
-                                 help_text="Your end user's id: kept on medai's record of the request.")
-    safety_identifier = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=64,
-                                              help_text="Your end user's id: kept on medai's record of the request.")
+    user = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        help_text="Your end user's id: kept on medai's record of the request.",
+    )
+    safety_identifier = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        max_length=64,
+        help_text="Your end user's id: kept on medai's record of the request.",
+    )
     service_tier = ServiceTierField(required=False, allow_null=True)
     response_format = ResponseFormatField(required=False, allow_null=True)
     logprobs = serializers.BooleanField(required=False, allow_null=True)
@@ -518,8 +627,11 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         for i, message in enumerate(value):
             if message["role"] == "tool":
                 if message["tool_call_id"] not in pending:
-                    raise _error((i, "tool_call_id"), "answers no tool call of the assistant message before it "
-                                 "(a tool message follows the assistant message whose tool_calls it answers).")
+                    raise _error(
+                        (i, "tool_call_id"),
+                        "answers no tool call of the assistant message before it "
+                        "(a tool message follows the assistant message whose tool_calls it answers).",
+                    )
             else:
                 pending = {c["id"] for c in message.get("tool_calls") or ()}
         return value
@@ -543,8 +655,10 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         for name in tool_choice_names(choice):
             if name not in declared:
                 path = ("function", "name") if choice["type"] == "function" else ("allowed_tools", "tools")
-                raise _error(("tool_choice", *path), f"names '{name}', which is not among the tools "
-                             f"({', '.join(sorted(declared))}).")
+                raise _error(
+                    ("tool_choice", *path),
+                    f"names '{name}', which is not among the tools ({', '.join(sorted(declared))}).",
+                )
         return attrs
 
 
@@ -609,8 +723,14 @@ def _text(value: str) -> bool:
 
 def _plain_str(value: Any, max_length: int, allow_blank: bool) -> Any:
     # What CharField returns unchanged: a str it would neither strip nor reject.
-    if (type(value) is not str or len(value) > max_length or not value.isascii() or "\x00" in value
-            or value != value.strip() or (not value and not allow_blank)):
+    if (
+        type(value) is not str
+        or len(value) > max_length
+        or not value.isascii()
+        or "\x00" in value
+        or value != value.strip()
+        or (not value and not allow_blank)
+    ):
         return _SKIP
     return value
 
@@ -640,8 +760,9 @@ def _bool(value: Any, allow_null: bool) -> Any:
 def _stream_options(value: Any) -> Any:
     if value is None:
         return None
-    if type(value) is not dict or not all(k in StreamOptionsField.KEYS and (v is None or type(v) is bool)
-                                          for k, v in value.items()):
+    if type(value) is not dict or not all(
+        k in StreamOptionsField.KEYS and (v is None or type(v) is bool) for k, v in value.items()
+    ):
         return _SKIP
     return dict(value)
 
@@ -673,8 +794,14 @@ def _message(value: Any) -> Any:
         return _SKIP
     role, content = value.get("role"), value.get("content")
     # list content, empty or blank turns, tool calls and results: the serializer's rules
-    if (type(role) is not str or role not in ROLES or role == "tool" or type(content) is not str
-            or is_blank(content) or not _text(content)):
+    if (
+        type(role) is not str
+        or role not in ROLES
+        or role == "tool"
+        or type(content) is not str
+        or is_blank(content)
+        or not _text(content)
+    ):
         return _SKIP
     message = {"role": role, "content": content}
     for key in value:

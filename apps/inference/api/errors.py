@@ -31,8 +31,9 @@ _TYPES = {
 class ApiError(Exception):
     """An error a client caused or must know about; rendered in the OpenAI error shape."""
 
-    def __init__(self, status_code: int, code: str, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code

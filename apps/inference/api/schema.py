@@ -32,25 +32,35 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
     for name, component in generator.registry._components.items():
         if name[1] == "schemas" and name[0] not in schemas:
             schemas[name[0]] = component.schema
-    errors = {str(code): {"description": text, "content": {"application/json": {"schema": error_ref}}}
-              for code, text in [(400, "Bad input; error.param names the field."), (401, "No valid credentials."),
-                                 (403, "Not allowed."),
-                                 (404, "Unknown model (error.code model_not_found)."), (413, "Body too large."),
-                                 (429, "Rate limited, over quota, or every slot of the model busy."),
-                                 (503, "No model server could answer.")]}
+    errors = {
+        str(code): {"description": text, "content": {"application/json": {"schema": error_ref}}}
+        for code, text in [
+            (400, "Bad input; error.param names the field."),
+            (401, "No valid credentials."),
+            (403, "Not allowed."),
+            (404, "Unknown model (error.code model_not_found)."),
+            (413, "Body too large."),
+            (429, "Rate limited, over quota, or every slot of the model busy."),
+            (503, "No model server could answer."),
+        ]
+    }
     result.setdefault("paths", {})["/v1/chat/completions"] = {
         "post": {
             "operationId": "create_chat_completion",
             "summary": "OpenAI-compatible chat completion",
             "description": "`model` names a model or an agent type; `agent_type` and `priority` are medai extras. "
-                           "`stream: true` answers Server-Sent Events ending in `data: [DONE]`.",
+            "`stream: true` answers Server-Sent Events ending in `data: [DONE]`.",
             "tags": ["v1"],
             "security": [{"bearer": []}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
             "responses": {
-                "200": {"description": "The completion (or an SSE stream when stream is true).",
-                        "content": {"application/json": {"schema": response_ref},
-                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "The completion (or an SSE stream when stream is true).",
+                    "content": {
+                        "application/json": {"schema": response_ref},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
                 **errors,
             },
         }

@@ -69,8 +69,9 @@ class ChatMessageOutSerializer(serializers.Serializer):
 class ChatChoiceSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     message = ChatMessageOutSerializer()
-    logprobs = serializers.DictField(allow_null=True, help_text="content and refusal token log probabilities; "
-                                     "null unless logprobs was asked for.")
+    logprobs = serializers.DictField(
+        allow_null=True, help_text="content and refusal token log probabilities; null unless logprobs was asked for."
+    )
     finish_reason = serializers.CharField(allow_null=True)
 
 
@@ -107,13 +108,19 @@ class AsyncSubmitRequestSerializer(ChatCompletionRequestSerializer):
     """One queued chat request: the chat-completions body (without ``stream``) plus a deadline."""
 
     stream = None  # async tasks are polled, not streamed
-    deadline_s = serializers.FloatField(required=False, allow_null=True, min_value=1, max_value=7 * 86400,
-                                        help_text="Seconds the task may wait queued before it expires.")
+    deadline_s = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=7 * 86400,
+        help_text="Seconds the task may wait queued before it expires.",
+    )
 
 
 class AsyncSubmitBatchRequestSerializer(serializers.Serializer):
-    requests = AsyncSubmitRequestSerializer(many=True, allow_empty=False,
-                                            help_text="Up to MEDAI_BATCH_MAX requests, queued all or none.")
+    requests = AsyncSubmitRequestSerializer(
+        many=True, allow_empty=False, help_text="Up to MEDAI_BATCH_MAX requests, queued all or none."
+    )
 
 
 class TaskErrorSerializer(serializers.Serializer):
@@ -123,8 +130,9 @@ class TaskErrorSerializer(serializers.Serializer):
 
 class AsyncBatchSubmittedSerializer(serializers.Serializer):
     batch_id = serializers.UUIDField()
-    task_ids = serializers.ListField(child=serializers.UUIDField(),
-                                     help_text="One per request, in order; a duplicate reuses the live task's id.")
+    task_ids = serializers.ListField(
+        child=serializers.UUIDField(), help_text="One per request, in order; a duplicate reuses the live task's id."
+    )
     status = serializers.CharField()
 
 
@@ -137,8 +145,9 @@ class BatchProgressSerializer(serializers.Serializer):
     expired = serializers.IntegerField(help_text="Still queued at their deadline (a purged result stays completed).")
     processing = serializers.IntegerField()
     queued = serializers.IntegerField()
-    progress_percent = serializers.FloatField(help_text="Tasks with an outcome (completed, failed, cancelled, "
-                                              "expired) per 100 of the total.")
+    progress_percent = serializers.FloatField(
+        help_text="Tasks with an outcome (completed, failed, cancelled, expired) per 100 of the total."
+    )
 
 
 class TaskTimingsSerializer(serializers.Serializer):
@@ -166,8 +175,12 @@ class QueueHealthSerializer(serializers.Serializer):
     oldest_wait_s = serializers.FloatField()
     clusters_alive = serializers.IntegerField()
     workers_alive = serializers.IntegerField()
-    queue_max = serializers.IntegerField(help_text="MEDAI_QUEUE_MAX: up to this many queued tasks, every priority "
-                                         "is accepted; from it on (emergency mode) only high and critical, up "
-                                         "to twice it.")
-    emergency_mode = serializers.BooleanField(help_text="queued >= queue_max: a low or normal submission answers "
-                                              "429 queue_full; high and critical are still accepted.")
+    queue_max = serializers.IntegerField(
+        help_text="MEDAI_QUEUE_MAX: up to this many queued tasks, every priority "
+        "is accepted; from it on (emergency mode) only high and critical, up "
+        "to twice it."
+    )
+    emergency_mode = serializers.BooleanField(
+        help_text="queued >= queue_max: a low or normal submission answers "
+        "429 queue_full; high and critical are still accepted."
+    )

@@ -32,13 +32,15 @@ def _read_body(request: HttpRequest) -> bytes:
     except ValueError:
         declared = 0
     if declared > settings.MEDAI_MAX_BODY_BYTES:
-        raise ApiError(413, "request_too_large", f"Request body is {declared} bytes; the limit is "
-                       f"{settings.MEDAI_MAX_BODY_BYTES}.")
+        raise ApiError(
+            413, "request_too_large", f"Request body is {declared} bytes; the limit is {settings.MEDAI_MAX_BODY_BYTES}."
+        )
     try:
         return request.body
     except RequestDataTooBig:
-        raise ApiError(413, "request_too_large",
-                       f"Request body exceeds the limit of {settings.MEDAI_MAX_BODY_BYTES} bytes.") from None
+        raise ApiError(
+            413, "request_too_large", f"Request body exceeds the limit of {settings.MEDAI_MAX_BODY_BYTES} bytes."
+        ) from None
 
 
 @csrf_exempt
@@ -68,14 +70,21 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         services.ensure_recording_capacity()
     except ApiError as exc:
         if plan is not None and plan.stream:
-            await run_sync(services.record_outcome)(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code,
-                                                    exc.message)
+            await run_sync(services.record_outcome)(
+                plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
+            )
         return exc.response()
     except asyncio.CancelledError:  # the client left while its stream was opening: its own outcome
         if plan is not None and plan.stream:
-            await asyncio.shield(run_sync(services.record_outcome)(
-                plan, InferenceTask.Status.CANCELLED, services.CLIENT_CLOSED_REQUEST, services.CLIENT_DISCONNECTED,
-                "The client closed the connection before the stream opened."))
+            await asyncio.shield(
+                run_sync(services.record_outcome)(
+                    plan,
+                    InferenceTask.Status.CANCELLED,
+                    services.CLIENT_CLOSED_REQUEST,
+                    services.CLIENT_DISCONNECTED,
+                    "The client closed the connection before the stream opened.",
+                )
+            )
         raise
     try:
         data = await services.complete_chat(plan)
@@ -83,8 +92,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         services.record_later(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
         return exc.response()
     except asyncio.CancelledError:  # the client disconnected while the model worked: its own outcome
-        services.record_later(plan, InferenceTask.Status.CANCELLED, services.CLIENT_CLOSED_REQUEST,
-                              services.CLIENT_DISCONNECTED, "The client closed the connection before the answer.")
+        services.record_later(
+            plan,
+            InferenceTask.Status.CANCELLED,
+            services.CLIENT_CLOSED_REQUEST,
+            services.CLIENT_DISCONNECTED,
+            "The client closed the connection before the answer.",
+        )
         raise
     services.record_later(plan, InferenceTask.Status.COMPLETED, 200)
     return JsonResponse(data)

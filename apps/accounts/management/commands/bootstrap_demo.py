@@ -10,16 +10,23 @@ from apps.accounts.demo import bootstrap_demo
 
 
 class Command(BaseCommand):
-    help = ("Create the Demo organization, location 'demo', users admin and clinician, and register the bundled "
-            "model and its supervised llama.cpp server.")
+    help = (
+        "Create the Demo organization, location 'demo', users admin and clinician, and register the bundled "
+        "model and its supervised llama.cpp server."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--llama-port", type=int, default=None, help="Port of the bundled llama.cpp server.")
-        parser.add_argument("--no-llama", action="store_true",
-                            help="Register the bundled llama.cpp server without autostart (the monitor leaves it off).")
+        parser.add_argument(
+            "--no-llama",
+            action="store_true",
+            help="Register the bundled llama.cpp server without autostart (the monitor leaves it off).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = bootstrap_demo(llama_port=options["llama_port"], autostart=not options["no_llama"])
-        self.stdout.write(f"demo location: {result.location.code}; users: admin, clinician; model: {result.endpoint_name}")
+        self.stdout.write(
+            f"demo location: {result.location.code}; users: admin, clinician; model: {result.endpoint_name}"
+        )
         if result.password_source == "generated":
             self.stdout.write(f"generated demo password: {result.password} (stored in var/demo-password)")

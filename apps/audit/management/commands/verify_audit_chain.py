@@ -9,6 +9,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         report = verify_chain()
         if not report.ok:
-            raise CommandError(f"audit chain BROKEN at seq={report.first_bad_seq}: {report.reason} "
-                               f"({report.checked} events verified before it)")
+            raise CommandError(
+                f"audit chain BROKEN at seq={report.first_bad_seq}: {report.reason} "
+                f"({report.checked} events verified before it)"
+            )
         self.stdout.write(self.style.SUCCESS(f"audit chain OK: {report.checked} events verified"))

@@ -13,8 +13,9 @@ class Command(BaseCommand):
     help = "Sample GPUs, health-check backends, supervise model servers and publish the GPU state."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--provider", choices=["auto", "nvml", "simulated", "none"],
-                            help="Override MEDAI_GPU_PROVIDER.")
+        parser.add_argument(
+            "--provider", choices=["auto", "nvml", "simulated", "none"], help="Override MEDAI_GPU_PROVIDER."
+        )
         parser.add_argument("--once", action="store_true", help="One pass (sample, health, metrics), then exit.")
 
     def handle(self, *args: Any, provider: str | None = None, once: bool = False, **options: Any) -> None:
@@ -24,8 +25,10 @@ class Command(BaseCommand):
         monitor = Monitor(get_provider(provider), supervise=not once)
         if once:
             monitor.tick()
-            self.stdout.write(f"GPU provider {monitor.provider.name}: pressure {monitor.decision['level']}, "
-                              f"thermal {monitor.decision['thermal']}")
+            self.stdout.write(
+                f"GPU provider {monitor.provider.name}: pressure {monitor.decision['level']}, "
+                f"thermal {monitor.decision['thermal']}"
+            )
             return
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
