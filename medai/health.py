@@ -55,7 +55,7 @@ def _check_models() -> dict[str, object]:
 
         view = shared.load_view()
         enabled = [ep for ep in router.snapshot().models.values() if ep.enabled]
-        stale = max(3 * float(getattr(settings, "MEDAI_HEALTH_INTERVAL", 10.0)), 30.0)
+        stale = max(3 * settings.MEDAI_HEALTH_INTERVAL, 30.0)
         serving = [
             ep.name
             for ep in enabled

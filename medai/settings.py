@@ -227,11 +227,13 @@ SIMPLE_JWT = {
 }
 
 # --- django-q2: the worker cluster ---
+MEDAI_TASK_TIMEOUT = envint("MEDAI_TASK_TIMEOUT", 300, minimum=5)
+_TASK_RETRY = MEDAI_TASK_TIMEOUT + 60  # django-q2's redelivery of a task whose worker went silent
 Q_CLUSTER = {
     "name": "medai",
     "workers": envint("MEDAI_Q_WORKERS", 2, minimum=1),
-    "timeout": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5),
-    "retry": envint("MEDAI_TASK_TIMEOUT", 300, minimum=5) + 60,
+    "timeout": MEDAI_TASK_TIMEOUT,
+    "retry": _TASK_RETRY,
     # medai's durable priority broker (apps/inference/broker.py). queue_limit 1 and bulk 1: work
     # prefetched into a cluster's local queue can no longer be overtaken by a higher priority.
     "broker_class": "apps.inference.broker.PriorityBroker",
@@ -249,7 +251,8 @@ Q_CLUSTER = {
 MEDAI_RESULT_TTL = envint("MEDAI_RESULT_TTL", 300, minimum=1)  # seconds a result's content is kept
 MEDAI_QUEUE_MAX = envint("MEDAI_QUEUE_MAX", 1000, minimum=1)  # above it: 429, only HIGH/CRITICAL
 MEDAI_QUEUE_AGING_SECONDS = envfloat("MEDAI_QUEUE_AGING_SECONDS", 60.0)  # anti-starvation: +1 level per period
-MEDAI_QUEUE_LEASE_SECONDS = envfloat("MEDAI_QUEUE_LEASE_SECONDS", 0.0)  # 0: Q_CLUSTER retry
+# Seconds a claimed task stays leased to its worker; 0 (the default): Q_CLUSTER's retry.
+MEDAI_QUEUE_LEASE_SECONDS = envfloat("MEDAI_QUEUE_LEASE_SECONDS", 0.0) or float(_TASK_RETRY)
 MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
 # A worker that finds more queued work for its model at the head of the queue keeps feeding the
 # backend for up to this long before handing back to the broker (strict priority order holds

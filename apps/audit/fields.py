@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def _fernet() -> MultiFernet:
-    keys = list(getattr(settings, "MEDAI_ENCRYPTION_KEYS", None) or [])
+    keys = list(settings.MEDAI_ENCRYPTION_KEYS)
     if not keys:
         raise ImproperlyConfigured("MEDAI_ENCRYPTION_KEYS is empty: nothing can be encrypted at rest")
     return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
