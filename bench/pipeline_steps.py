@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.chat_overhead import PROMPT, STUB_MODEL, Env, pct  # noqa: E402
+from bench.chat_overhead import PROMPT, STUB_MODEL, Env, pct
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application()
 

@@ -75,7 +75,7 @@ def exposition() -> bytes:
         return prometheus_client.generate_latest(prometheus_client.REGISTRY)
     try:
         compact(path)
-    except Exception:  # noqa: BLE001 - a scrape still answers; the next one folds
+    except Exception:  # a scrape still answers; the next one folds
         logger.warning("could not fold the metrics of exited processes", exc_info=True)
     registry = prometheus_client.CollectorRegistry()
     MultiProcessCollector(registry, path=path)

@@ -81,7 +81,7 @@ def _eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
             result = check()
             if result:
                 return result
-        except Exception:  # noqa: BLE001 - not yet
+        except Exception:  # not yet
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:

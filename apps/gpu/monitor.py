@@ -183,7 +183,7 @@ class Monitor:
                 started = time.monotonic()
                 try:
                     self.tick(started)
-                except Exception:  # noqa: BLE001 - the monitor outlives any one bad pass
+                except Exception:  # the monitor outlives any one bad pass
                     logger.exception("monitor pass failed")
                 stop.wait(max(0.0, TICK - (time.monotonic() - started)))
         finally:
@@ -224,7 +224,7 @@ def _push_ws(state: dict[str, Any]) -> None:
                     },
                 },
             )
-    except Exception:  # noqa: BLE001 - a websocket hiccup must not stop the monitor
+    except Exception:  # a websocket hiccup must not stop the monitor
         logger.debug("gpu websocket push failed", exc_info=True)
 
 

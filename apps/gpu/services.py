@@ -345,7 +345,7 @@ def audit(action: str, *, failure: bool = False, actor: Any = None, obj: Any = N
             details=details,
             outcome=AuditEvent.Outcome.FAILURE if failure else AuditEvent.Outcome.SUCCESS,
         )
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("could not write the audit event %s", action, exc_info=True)
 
 

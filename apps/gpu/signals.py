@@ -12,7 +12,7 @@ def _publish(**kwargs):  # type: ignore[no-untyped-def]
     def publish() -> None:
         try:
             policy.publish_table()
-        except Exception:  # noqa: BLE001 - the monitor republishes it within seconds
+        except Exception:  # the monitor republishes it within seconds
             import logging
 
             logging.getLogger("medai.gpu").warning("could not publish the GPU policy table", exc_info=True)

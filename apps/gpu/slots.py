@@ -426,7 +426,7 @@ def _listen_loop() -> None:
                     continue
                 _fresh_remote = None  # the announcing process's new count is in Redis already
                 _nudge({int(k): int(n) for k, n in data.get("freed", {}).items()})
-        except Exception:  # noqa: BLE001 - Redis away: waiters re-check on their own meanwhile
+        except Exception:  # Redis away: waiters re-check on their own meanwhile
             logger.debug("slot release listener reconnecting", exc_info=True)
             time.sleep(1.0)
         finally:

@@ -103,7 +103,7 @@ class Supervisor:
         for server in servers.values():
             try:
                 self._reconcile_one(server, now)
-            except Exception:  # noqa: BLE001 - one bad row must not stop supervision of the others
+            except Exception:  # one bad row must not stop supervision of the others
                 logger.exception("supervising %s failed", server.name)
 
     def _reconcile_one(self, server: ModelServer, now: float) -> None:
@@ -265,7 +265,7 @@ def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
         shared.mark_health(server.endpoint_id, ok, detail)
         if ok and circuit.state_of(server.endpoint_id)[0] == circuit.OPEN:
             circuit.half_open(server.endpoint_id)  # as a passing health check does: one trial request
-    except Exception:  # noqa: BLE001 - Redis down: the periodic health check will catch up
+    except Exception:  # Redis down: the periodic health check will catch up
         logger.warning("could not share the health of %s", server.name, exc_info=True)
 
 

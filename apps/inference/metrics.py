@@ -111,7 +111,7 @@ def observe(record: Mapping[str, Any]) -> None:
             _child(RUN_SECONDS, mode, model).observe(record["inference_ms"] / 1000)
         if mode == "async" and record.get("queue_wait_ms") is not None:
             _child(WAIT_SECONDS, _priority(record.get("priority"))).observe(record["queue_wait_ms"] / 1000)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("could not count an inference in the metrics", exc_info=True)
 
 
@@ -141,7 +141,7 @@ def count_finished(mode: str, outcome: str, n: int = 1, model: str = "") -> None
     if n:
         try:
             _child(TASKS, mode, outcome, model).inc(n)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("could not count finished tasks in the metrics", exc_info=True)
 
 
@@ -168,7 +168,7 @@ class QueueCollector(Collector):
                 .annotate(n=Count("pk"), oldest=Min("created_at"))
             )
             processing = InferenceTask.objects.filter(status=S.PROCESSING).order_by().count()
-        except Exception:  # noqa: BLE001 - a scrape answers without the queue rather than fail
+        except Exception:  # a scrape answers without the queue rather than fail
             logger.warning("queue metrics unavailable", exc_info=True)
             return
         now = timezone.now()

@@ -132,7 +132,7 @@ class RecordWriter:
             batch = self._take()
             try:
                 self._write(batch)
-            except Exception:  # noqa: BLE001 - the writer must outlive anything
+            except Exception:  # the writer must outlive anything
                 logger.exception("lost %d request records", len(batch))
             self._settle(len(batch))
 
@@ -167,7 +167,7 @@ class RecordWriter:
                     close_old_connections()
                     try:
                         _insert([pending])
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         logger.exception("lost the record of request %s", pending[0].get("correlation_id"))
                 return
             finally:
