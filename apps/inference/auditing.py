@@ -6,7 +6,7 @@ Where each is written:
 * non-streamed sync chat: by the background record writer (apps/inference/recorder.py), in the
   batch transaction that inserts the records;
 * streamed sync chat: by ``services.record_outcome``, before ``[DONE]`` (or after the client left);
-* async tasks: by the worker, in the transaction that writes the results (``queue._finish_group``).
+* async tasks: by the worker, in the transaction that writes the results (``queue.finish._finish_group``).
 
 The event names who (user and API key), where (location), from where (IP, user agent: sync
 requests only; the worker has no request), which model, the outcome, the HTTP status and the

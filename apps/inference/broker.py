@@ -34,7 +34,7 @@ arriving then would wait behind that prefetched work. Workers record themselves 
 shared array while they run a task (``worker_busy``); the pusher claims only when one is free,
 and a worker that finishes wakes it. A worker killed mid-task no longer counts (its pid is dead).
 Meanwhile queued work stays in the table, where a worker draining its model takes more urgent
-work at once (``apps.inference.queue._claim_urgent``).
+work at once (``apps.inference.queue.claim._claim_urgent``).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, mon
             raise ValueError("cannot store this result")
         write(tasks)
 
-    monkeypatch.setattr(queue, "_write_results", broken_once)
+    monkeypatch.setattr(queue.finish, "_write_results", broken_once)
     assert delivered_and_run(task_id)[0] == "failed"
     task = InferenceTask.objects.get(id=task_id)
     assert (task.status, task.error_code, task.result) == ("failed", "internal_error", None)
@@ -119,7 +119,7 @@ def test_an_unexpected_error_in_the_worker_loop_fails_its_tasks(client_for, alic
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(queue, "_timed", broken)  # fails outside any task's own steps
+    monkeypatch.setattr(queue.run, "_timed", broken)  # fails outside any task's own steps
     assert delivered_and_run(task_id)[0] == "failed"
     task = InferenceTask.objects.get(id=task_id)
     assert (task.status, task.error_code) == ("failed", "internal_error")
@@ -136,13 +136,13 @@ def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_fo
             raise ValueError("a companion's row is broken")
         return claim(task_id, model, limit)
 
-    monkeypatch.setattr(queue, "_claim_group", broken_with_companions)
+    monkeypatch.setattr(queue.run, "_claim_group", broken_with_companions)
     assert delivered_and_run(task_id)[0] == "completed"  # run alone when its companions cannot be claimed
 
     def broken(*args):  # type: ignore[no-untyped-def]
         raise ValueError("its own row is broken")
 
-    monkeypatch.setattr(queue, "_claim_group", broken)
+    monkeypatch.setattr(queue.run, "_claim_group", broken)
     assert delivered_and_run(companion)[0] == "failed"
     status = client.get(f"/v1/async/status/{companion}").json()
     assert (status["status"], status["error"]["code"]) == ("failed", "internal_error")

@@ -1,0 +1,196 @@
+"""Claims: the delivered task with its companions for the same model (collation), a draining
+worker's refills, and urgent work started beside a running window."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Case, F, IntegerField, Value, When
+from django.utils import timezone
+
+from apps.inference import broker, push
+from apps.inference import metrics as inference_metrics
+from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.queue.common import (
+    LIVE,
+    WORKER_LOST,
+    Claimed,
+    S,
+    _by_pk,
+    _failed,
+    _locked,
+    list_key,
+    max_deliveries,
+)
+from apps.inference.queue.finish import _write_failures
+
+
+def _delivered_waiting(rank: float, now: Any) -> bool:
+    """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
+    (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
+    stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
+    leased = list(
+        QueueEntry.objects.filter(key=list_key(), rank__lt=rank, locked_until__gt=now).values_list(
+            "task_id", flat=True
+        )[:256]
+    )
+    return S.QUEUED in set(_by_pk(leased).values_list("status", flat=True))
+
+
+def _deliveries(task_id: Any) -> int:
+    return max(QueueEntry.objects.filter(task_id=task_id).values_list("deliveries", flat=True), default=0)
+
+
+def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
+    """Claim, in one transaction, the delivered task (``task_id``) and up to ``limit`` - 1 queued tasks
+    for the same model from the head of the queue (collation), or with ``task_id`` None the next
+    ``limit`` tasks for ``model`` if the queue's head is for that model (a worker draining a deep
+    queue). Each claimed task moves to PROCESSING with attempts + 1; companions' entries are leased
+    like a delivery, so a dead worker's group is delivered again.
+
+    Lock order (PostgreSQL): the delivered task, then entries and companion tasks with SKIP LOCKED,
+    so a concurrent cancel or claim is skipped, never waited for (no deadlock).
+    """
+    now = timezone.now()
+    group: list[Claimed] = []
+    expired: list[InferenceTask] = []
+    delivered = None
+    with transaction.atomic():
+        if task_id is not None:
+            task = _locked(InferenceTask.objects.filter(id=task_id)).first()
+            if task is None or task.status not in LIVE:
+                return [], task.status if task else "missing"
+            deliveries = _deliveries(task.id) if task.status == S.PROCESSING else 0
+            if deliveries > max_deliveries():  # its earlier runs all ended without writing an outcome
+                _write_failures(
+                    [task],
+                    _failed(
+                        WORKER_LOST,
+                        (
+                            f"No worker could finish this task: it was started {deliveries - 1} times and each time its "
+                            "worker stopped (it crashed, was killed or ran out of time) before writing an outcome. "
+                            "It is not retried."
+                        ),
+                    ),
+                    now,
+                )
+                return [], S.FAILED
+            if task.status == S.QUEUED and task.deadline and task.deadline <= now:
+                expired.append(task)
+                limit = 0  # the delivery ends here, as it would have without collation
+            else:
+                group.append(Claimed(task, task.attempts + 1, None))
+            model, delivered = (task.requested_model, task.agent_type), task.id
+        assert model is not None
+        if limit > len(group):
+            head = list(
+                _locked(
+                    QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
+                    .order_by("rank")
+                    .only("id", "task_id", "rank"),
+                    skip=True,
+                )[: limit * 4]
+            )
+            ids = [e.task_id for e in head if e.task_id and e.task_id != delivered]
+            window = {
+                t.id: t
+                for t in _locked(
+                    _by_pk(ids).only("id", "status", "priority", "requested_model", "agent_type", "deadline"), skip=True
+                )
+            }
+            same = {
+                k: t for k, t in window.items() if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model
+            }
+            if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
+                return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
+            first = window.get(head[0].task_id) if head else None
+            if group and first is not None and first.id not in same and first.priority > group[0].task.priority:
+                same = {}  # more urgent work for another model waits: run the delivered task alone, quickly
+            chosen: list[tuple[Any, int]] = []
+            for entry in head:
+                other = same.get(entry.task_id)
+                if other is None or len(group) + len(chosen) >= limit:
+                    continue
+                if other.deadline and other.deadline <= now:
+                    expired.append(other)
+                else:
+                    chosen.append((other.id, entry.id))
+            rows = {t.id: t for t in _by_pk([t for t, _ in chosen])}  # whole rows (the request) of those alone
+            group += [Claimed(rows[t], rows[t].attempts + 1, entry_id) for t, entry_id in chosen]
+            leased = [c.entry_id for c in group if c.entry_id is not None]
+            if leased:
+                QueueEntry.objects.filter(id__in=leased).update(
+                    locked_until=now + timedelta(seconds=broker.lease_seconds())
+                )
+        if expired:
+            _by_pk([t.id for t in expired]).update(  # checked QUEUED under the lock
+                status=S.EXPIRED,
+                finished_at=now,
+                error_code="deadline_exceeded",
+                error_message="The task was still queued at its deadline.",
+                request=None,
+                content_purged_at=now,
+            )
+            QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
+        if group:
+            # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
+            waits = {
+                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
+            }
+            _by_pk(list(waits)).update(
+                status=S.PROCESSING,
+                attempts=F("attempts") + 1,
+                started_at=now,
+                queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()), output_field=IntegerField()),
+            )
+        updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
+            push.update_for(c.task, S.PROCESSING) for c in group
+        ]
+        transaction.on_commit(lambda: push.send(updates))
+    inference_metrics.count_finished("async", "expired", len(expired))
+    for c in group:
+        c.task.status, c.task.attempts, c.task.started_at = S.PROCESSING, c.attempt, now
+    if not group:
+        return [], S.EXPIRED if expired else "empty"
+    return group, S.PROCESSING
+
+
+def _urgent_head(above: int) -> bool:
+    """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
+    indexed read, no lock)."""
+    head = (
+        QueueEntry.objects.filter(key=list_key(), locked_until__lte=timezone.now())
+        .order_by("rank")
+        .values_list("priority", flat=True)
+        .first()
+    )
+    return head is not None and head > above
+
+
+def _claim_urgent(above: int) -> list[Claimed]:
+    """Claim the head of the queue if it is more urgent than ``above``, whatever its model: a worker
+    feeding a deep queue of less urgent work starts it at once, next to its requests in flight,
+    instead of making it wait until its window drains and the broker delivers it. The entry is leased
+    like a companion's (deleted with the result; delivered again if this worker dies)."""
+    now = timezone.now()
+    with transaction.atomic():
+        entry = _locked(
+            QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
+            .order_by("rank")
+            .only("id", "task_id", "priority", "rank"),
+            skip=True,
+        ).first()
+        if entry is None or entry.priority <= above or entry.task_id is None or _delivered_waiting(entry.rank, now):
+            return []
+        task = _locked(_by_pk([entry.task_id]), skip=True).first()
+        if task is None or task.status != S.QUEUED or (task.deadline and task.deadline <= now):
+            return []  # the broker's delivery (or the expiry sweep) deals with it
+        QueueEntry.objects.filter(id=entry.id).update(locked_until=now + timedelta(seconds=broker.lease_seconds()))
+        wait = int((now - (task.queued_at or task.created_at)).total_seconds() * 1000)
+        _by_pk([task.id]).update(status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now, queue_wait_ms=wait)
+        update = push.update_for(task, S.PROCESSING)
+        transaction.on_commit(lambda: push.send([update]))
+    task.status, task.attempts, task.started_at = S.PROCESSING, task.attempts + 1, now
+    return [Claimed(task, task.attempts, entry.id)]

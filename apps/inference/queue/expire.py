@@ -1,0 +1,66 @@
+"""Expiry, retention and recovery sweeps (run every minute by the worker cluster's schedule)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from apps.inference import broker
+from apps.inference import metrics as inference_metrics
+from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.queue.common import LIVE, S, _by_pk, _locked, _package, list_key, logger
+
+
+def expire_and_purge(now: Any = None) -> dict[str, int]:
+    """QUEUED past its deadline → EXPIRED (its prompt dropped); a finished task past its retention
+    (``result_expires_at``) keeps its outcome — a purged COMPLETED task is still COMPLETED — and
+    loses its content (prompt and result), the time of the purge recorded in ``content_purged_at``.
+    Run every minute by the worker cluster's schedule (``apps.inference.tasks.expire_tasks``)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        overdue = list(InferenceTask.objects.filter(status=S.QUEUED, deadline__lte=now).values_list("id", flat=True))
+        expired = InferenceTask.objects.filter(id__in=overdue, status=S.QUEUED).update(
+            status=S.EXPIRED,
+            finished_at=now,
+            error_code="deadline_exceeded",
+            error_message="The task was still queued at its deadline.",
+            request=None,
+            content_purged_at=now,
+        )
+        QueueEntry.objects.filter(task_id__in=overdue).delete()
+    inference_metrics.count_finished("async", "expired", expired)
+    purged = InferenceTask.objects.filter(
+        result_expires_at__lte=now,
+        content_purged_at__isnull=True,
+        mode=InferenceTask.Mode.ASYNC,
+        status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
+    ).update(request=None, result=None, content_purged_at=now)
+    return {"expired": expired, "purged": purged}
+
+
+def recover_orphans(now: Any = None) -> int:
+    """Send back to the queue, at their old place, live async tasks that have no queue entry (a
+    task PROCESSING or QUEUED always has one until it ends, so such a task was lost: its entry
+    deleted by an older version, or by hand). Run by the same schedule as ``expire_and_purge``."""
+    now = now or timezone.now()
+    entry = QueueEntry.objects.filter(task_id=OuterRef("id"))
+    with transaction.atomic():
+        lost = list(
+            _locked(
+                InferenceTask.objects.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE)
+                .exclude(Exists(entry))
+                .order_by()
+                .only("id", "status", "priority", "queued_at", "created_at")
+            )[:1000]
+        )
+        if not lost:
+            return 0
+        _by_pk([t.id for t in lost]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+        broker.put_again(
+            list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at) for t in lost], now=now
+        )
+    logger.warning("sent %d task(s) without a queue entry back to the queue", len(lost))
+    return len(lost)

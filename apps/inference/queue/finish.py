@@ -1,0 +1,189 @@
+"""Result writes: a group's outcomes fenced by their attempt, failures of tasks that could not run,
+and tasks that admission turned away sent back to the queue in their old place."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.audit.services import record_events
+from apps.inference import auditing, broker, push
+from apps.inference import metrics as inference_metrics
+from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.queue.common import (
+    LIVE,
+    REQUEUED,
+    TRANSIENT,
+    Claimed,
+    S,
+    _by_pk,
+    _internal,
+    _locked,
+    list_key,
+    result_ttl,
+)
+
+RESULT_FIELDS = (
+    "status",
+    "result",
+    "http_status",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+    "tool_calls",
+    "endpoint",
+    "model_name",
+    "finished_at",
+    "inference_ms",
+    "latency_ms",
+    "result_expires_at",
+)
+
+
+def _write_results(tasks: list[InferenceTask]) -> None:
+    """One parametrised UPDATE run for every row (``executemany``). The ORM would compile an UPDATE
+    per row (most of a finished task's cost), and ``bulk_update``'s CASE expressions cost more to
+    build than the statements they replace. Values go through each field's own ``get_db_prep_save``
+    (encryption of the result included), so this writes exactly what ``save()`` would."""
+
+    meta = InferenceTask._meta
+    fields = [meta.get_field(name) for name in RESULT_FIELDS]
+    qn = connection.ops.quote_name
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
+        f"WHERE {qn(meta.pk.column)} = %s"
+    )
+    params = [
+        [f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
+        + [meta.pk.get_db_prep_value(t.pk, connection)]
+        for t in tasks
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
+    """The audit events of these tasks' outcomes (unsaved, for ``record_events``)."""
+    users, locations = auditing.identities(tasks)
+    return [
+        auditing.inference_event(t, username=users.get(t.user_id, ""), location_code=locations.get(t.location_id, ""))
+        for t in tasks
+    ]
+
+
+def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
+    """Write the group's results in one transaction: each fenced by its attempt (a task claimed again
+    after this worker's lease ended is not overwritten: "superseded"), one audit write for all,
+    the companions' entries deleted, the updates pushed on commit."""
+    finished = timezone.now()
+    expires = finished + timedelta(seconds=result_ttl())
+    states: list[str] = []
+    updates = []
+    with transaction.atomic():
+        # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
+        current = {
+            pk: (status, attempts)
+            for pk, status, attempts in _locked(_by_pk([c.task.id for c in group])).values_list(
+                "id", "status", "attempts"
+            )
+        }
+        mine, requeued = [], []
+        for c, (outcome, ms) in zip(group, results, strict=True):
+            task = c.task
+            if current.get(task.id) != (S.PROCESSING, c.attempt):
+                states.append("superseded")
+                continue
+            if outcome["status"] == REQUEUED:
+                requeued.append(c)
+                states.append(S.QUEUED)
+                continue
+            for name, value in {
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "tool_calls": 0,
+                "endpoint_id": None,
+                "model_name": "",
+                **outcome,
+            }.items():
+                setattr(task, name, value)
+            task.finished_at, task.result_expires_at, task.inference_ms = finished, expires, ms
+            task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)
+            mine.append(task)
+            states.append(outcome["status"])
+            updates.append(push.update_for(task, outcome["status"]))
+        if mine:
+            _write_results(mine)
+        if requeued:
+            _requeue(requeued, finished)
+            updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
+        back = {id(c) for c in requeued}
+        companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
+        if companions:
+            QueueEntry.objects.filter(id__in=companions).delete()
+        if mine:  # one audit event per finished task, appended last: the chain head stays locked to the commit
+            record_events(_outcome_events(mine))
+        transaction.on_commit(lambda: push.send(updates))
+    for task in mine:
+        if task.started_at is not None:
+            task.queue_wait_ms = int((task.started_at - (task.queued_at or task.created_at)).total_seconds() * 1000)
+        inference_metrics.observe(inference_metrics.task_fields(task))
+    return states
+
+
+def _finish_or_fail(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
+    """``_finish_group``; when the write fails for a reason other than the connection, each task is
+    written on its own, and one whose outcome cannot be written is FAILED instead."""
+    try:
+        return _finish_group(group, results)
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if len(group) > 1:
+            return [state for c, r in zip(group, results, strict=True) for state in _finish_or_fail([c], [r])]
+        return _finish_group(group, [(_internal(exc, group[0].task.id, "saving its outcome"), results[0][1])])
+
+
+def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: Any) -> None:
+    """FAILED with ``outcome``, for tasks that were not claimed by this run (inside the caller's
+    transaction, under the rows' locks): one UPDATE, their audit events, a push on commit."""
+    expires = now + timedelta(seconds=result_ttl())
+    for task in tasks:
+        for name, value in {**outcome, "finished_at": now, "result_expires_at": expires}.items():
+            setattr(task, name, value)
+        task.latency_ms = int((now - task.created_at).total_seconds() * 1000)
+    _by_pk([t.id for t in tasks]).update(**outcome, finished_at=now, result_expires_at=expires)
+    record_events(_outcome_events(tasks))
+    updates = [push.update_for(t, S.FAILED) for t in tasks]
+    fields = [inference_metrics.task_fields(t) for t in tasks]
+    transaction.on_commit(lambda: push.send(updates))
+    transaction.on_commit(lambda: [inference_metrics.observe(f) for f in fields])
+
+
+def _fail_unclaimable(task_id: Any, exc: Exception) -> str:
+    """The delivered task could not even be claimed (its row cannot be read, say): FAILED as it is,
+    its columns read without its content."""
+    outcome = _internal(exc, task_id, "starting it")
+    with transaction.atomic():
+        task = _locked(InferenceTask.objects.filter(id=task_id).defer("request", "result")).first()
+        if task is None or task.status not in LIVE:
+            return task.status if task else "missing"
+        _write_failures([task], outcome, timezone.now())
+    return S.FAILED
+
+
+def _requeue(claimed: list[Claimed], now: Any) -> None:
+    """Put tasks that admission turned away (WAIT_CODES) back in the queue, in their old place:
+    QUEUED again and their entries unleased (the delivered task's too: django-q2's acknowledgement
+    keeps the entry of a queued task, see apps.inference.broker), their delivery count reset (they
+    did not fail). The attempt counter keeps its increment (it is the fencing token);
+    ``started_at`` is cleared."""
+    ids = [c.task.id for c in claimed]
+    _by_pk(ids).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+    QueueEntry.objects.filter(task_id__in=ids).update(locked_until=now, deliveries=0)
+    transaction.on_commit(lambda: broker.wake(list_key(), len(ids)))
+    for c in claimed:
+        c.task.status, c.task.started_at = S.QUEUED, None

@@ -1,0 +1,265 @@
+"""Submission: one task or a batch, validated and routed by the chat pipeline, written with its
+queue entry in one transaction (de-duplication and the overload rule included)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from apps.accounts.services import Principal
+from apps.audit.services import record_event
+from apps.inference import broker, push, services
+from apps.inference.api.errors import ApiError
+from apps.inference.models import InferenceTask, Priority, TaskBatch
+from apps.inference.queue.common import (
+    LIVE,
+    S,
+    _actor,
+    _by_pk,
+    _db_down,
+    _package,
+    batch_max,
+    list_key,
+    queue_max,
+    unit_of_work,
+)
+
+# --- submission ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    task: InferenceTask
+    created: bool  # False: an identical live or retained task was returned (de-duplication)
+
+
+def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[str, Any]) -> str:
+    """Same location, model/agent, messages and parameters → same key (never across locations)."""
+    canon = json.dumps([location_pk, requested, agent_type, payload], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _prepare(
+    auth_header: str | None, item: dict[str, Any], correlation_id: str
+) -> tuple[services.ChatPlan, dict[str, Any]]:
+    if item.get("stream"):
+        raise ApiError(
+            400, "invalid_value", "stream is not available for async tasks; poll the result instead.", "stream"
+        )
+    deadline_s = item.get("deadline_s")
+    if deadline_s is not None and (
+        isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not 1 <= deadline_s <= 7 * 86400
+    ):
+        raise ApiError(
+            400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.", "deadline_s"
+        )
+    # begin_chat without its db_unit wrapper: connections are managed by unit_of_work here
+    # (deadline_s is the queue's own field, checked above: the chat validation refuses unknown fields)
+    chat = {k: v for k, v in item.items() if k != "deadline_s"}
+    plan = services.begin_chat.__wrapped__(auth_header, json.dumps(chat).encode(), correlation_id)
+    spec = {
+        "model": item.get("model") or "",
+        "agent_type": item.get("agent_type") or "",
+        "payload": plan.payload,
+        "deadline_s": deadline_s,
+    }
+    return plan, spec
+
+
+def room(priority: int, depth: int) -> int:
+    """The overload rule, the one place it lives (admission and ``/v1/async/health``): how many
+    more tasks of ``priority`` the queue accepts while ``depth`` async tasks are queued.
+
+    Up to MEDAI_QUEUE_MAX queued tasks, every priority is accepted. Once the queue holds MAX
+    (emergency mode) only HIGH and CRITICAL are, up to twice MAX; past that, nothing."""
+    limit = queue_max()
+    return max((2 * limit if priority >= Priority.HIGH else limit) - depth, 0)
+
+
+def emergency_mode(depth: int) -> bool:
+    """Whether a NORMAL or LOW submission is turned away at this depth (``room`` says so)."""
+    return room(Priority.NORMAL, depth) == 0
+
+
+def _admit(priorities: list[int]) -> None:
+    """Admit new tasks of these priorities or answer 429 (``room``). Each task counts at its own
+    priority, so a batch mixing HIGH and LOW items cannot carry LOW work into emergency mode."""
+    depth = InferenceTask.objects.filter(status=S.QUEUED, mode=InferenceTask.Mode.ASYNC).count()
+    retry = {"Retry-After": "30"}
+    routine = sum(1 for p in priorities if p < Priority.HIGH)
+    if len(priorities) > room(Priority.HIGH, depth):
+        raise ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers=retry)
+    if routine > room(Priority.NORMAL, depth):
+        raise ApiError(
+            429,
+            "queue_full",
+            f"The queue holds {depth} tasks (limit {queue_max()}): emergency mode "
+            "accepts only high and critical priority. Retry later.",
+            headers=retry,
+        )
+
+
+def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
+    """The caller's live or retained task for each de-duplication key (the newest one)."""
+    # Reused only for the same caller: a task is visible to its owner alone, and answering another
+    # clinician with an existing task would tell them what a colleague asked (PHI). The lookup is by
+    # key alone (its index; the key already includes the location), the rest is checked here: with
+    # the owner in the WHERE clause SQLite picks the owner index and reads all the caller's tasks.
+    rows = (
+        InferenceTask.objects.filter(dedup_key__in=keys)
+        .order_by()
+        .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at", "created_at", "id")
+    )
+    best: dict[str, tuple[Any, Any]] = {}
+    for key, user_id, location_id, mode, status, expires, created, pk in rows:
+        if (user_id, location_id, mode) != (p.user_id, p.location_pk, InferenceTask.Mode.ASYNC):
+            continue
+        if status in LIVE or (status == S.COMPLETED and expires and expires > now):
+            if key not in best or created > best[key][0]:
+                best[key] = (created, pk)
+    found = {t.id: t for t in _by_pk([pk for _, pk in best.values()])} if best else {}
+    return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
+
+
+def _new_task(
+    plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None, now: Any
+) -> InferenceTask:
+    p = plan.principal
+    deadline = now + timedelta(seconds=spec["deadline_s"]) if spec["deadline_s"] else None
+    return InferenceTask(
+        mode=InferenceTask.Mode.ASYNC,
+        status=S.QUEUED,
+        priority=plan.priority,
+        user_id=p.user_id,
+        location_id=p.location_pk,
+        api_key_id=p.api_key_id,
+        agent_type=plan.route.agent_type,
+        requested_model=plan.requested_model,
+        request=spec,
+        correlation_id=plan.correlation_id,
+        tools_offered=plan.tools_offered,
+        end_user=plan.end_user,
+        created_at=now,
+        queued_at=now,
+        dedup_key=key,
+        deadline=deadline,
+        batch=batch,
+    )
+
+
+def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
+    """Write the tasks and their queue entries (inside the caller's transaction), push on commit."""
+    if len(tasks) == 1:
+        tasks[0].save(force_insert=True)
+    else:
+        InferenceTask.objects.bulk_create(tasks)
+    broker.put_many(list_key(), [(_package(t, now), t.priority, t.id) for t in tasks], now=now)
+    updates = [push.update_for(t) for t in tasks]
+    transaction.on_commit(lambda: push.send(updates))
+
+
+def _key(plan: services.ChatPlan, spec: dict[str, Any]) -> str:
+    return dedup_key(plan.principal.location_pk, spec["model"], spec["agent_type"], spec["payload"])
+
+
+@unit_of_work
+def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: str = "") -> Submitted:
+    """Validate, route and queue one chat request; returns the new or the identical existing task."""
+    plan, spec = _prepare(auth_header, item, correlation_id)
+    key = _key(plan, spec)
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            existing = _existing(plan.principal, [key], now).get(key)
+            if existing is not None:
+                return Submitted(existing, False)
+            _admit([plan.priority])
+            task = _new_task(plan, spec, key, None, now)
+            _enqueue([task], now)
+            record_event(
+                "inference.submit",
+                actor=_actor(plan.principal),
+                location=plan.principal.location_code,
+                obj=task,
+                details={"priority": Priority(plan.priority).name.lower()},
+            )
+    except DatabaseError as exc:
+        raise _db_down(exc) from None
+    return Submitted(task, True)
+
+
+@unit_of_work
+def submit_batch(
+    auth_header: str | None, items: Any, correlation_id: str = ""
+) -> tuple[TaskBatch, list[InferenceTask]]:
+    """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none.
+
+    Bulk: one transaction writes every task row (one multi-row INSERT), every queue entry (another)
+    and one audit event for the batch. De-duplication applies per item, as for a single submit: an
+    item identical to a live or retained task of the caller's, or to an earlier item of the same
+    batch, is answered with that task (``task_ids`` keeps one id per item, in order); the batch
+    counts such reused tasks in its progress. Within the batch, entries keep the items' order
+    (FIFO within a level).
+    """
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "invalid_value", "requests must be a non-empty list.", "requests")
+    if len(items) > batch_max():
+        raise ApiError(
+            413, "batch_too_large", f"A batch holds at most {batch_max()} requests, got {len(items)}.", "requests"
+        )
+    prepared = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_value", f"requests[{i}] must be an object.", f"requests[{i}]")
+        try:
+            prepared.append(_prepare(auth_header, item, correlation_id))
+        except ApiError as exc:
+            if exc.status_code == 400:
+                exc.message = f"requests[{i}]: {exc.message}"
+                exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
+            raise
+    principal = prepared[0][0].principal
+    keys = [_key(plan, spec) for plan, spec in prepared]
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            reused = _existing(principal, list(set(keys)), now)
+            fresh = [(plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if k not in reused]
+            if fresh:
+                first: dict[str, int] = {}  # one new task per distinct item, at its first item's priority
+                for plan, _, k in fresh:
+                    first.setdefault(k, plan.priority)
+                _admit(list(first.values()))
+            batch = TaskBatch(user_id=principal.user_id, location_id=principal.location_pk)
+            by_key: dict[str, InferenceTask] = dict(reused)
+            new: list[InferenceTask] = []
+            for plan, spec, k in fresh:
+                if k not in by_key:
+                    by_key[k] = _new_task(plan, spec, k, batch, now)
+                    new.append(by_key[k])
+            batch.total = len(by_key)
+            batch.reused_task_ids = [str(t.id) for t in reused.values()]
+            batch.save(force_insert=True)
+            if new:
+                _enqueue(new, now)
+            record_event(
+                "inference.submit_batch",
+                actor=_actor(principal),
+                location=principal.location_code,
+                obj=batch,
+                details={
+                    "total": len(items),
+                    "created": len(new),
+                    "reused": len(reused),
+                    "priority": Priority(max(p.priority for p, _ in prepared)).name.lower(),
+                },
+            )
+    except DatabaseError as exc:
+        raise _db_down(exc) from None
+    return batch, [by_key[k] for k in keys]
