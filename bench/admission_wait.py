@@ -196,7 +196,7 @@ def _in_process_child(levels: list[int], total: int, rounds: int, call_us: int) 
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
     django.setup()
-    from apps.gpu.resilience import call_with_failover
+    from apps.inference.dispatch import call_with_failover
     from apps.inference.router import EndpointInfo
 
     ep = EndpointInfo(

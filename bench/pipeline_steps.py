@@ -63,8 +63,8 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
     from apps.accounts.services import authenticate_bearer
     from apps.gpu import circuit, policy, slots
     from apps.inference import backends, recorder, services
-    from apps.inference.api.serializers import ChatCompletionRequestSerializer
     from apps.inference.models import InferenceTask
+    from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 
     body = json.dumps({"model": STUB_MODEL, "messages": PROMPT, "max_tokens": 1}).encode()
     run_sync = sync_to_async(thread_sensitive=False)

@@ -172,7 +172,7 @@ class RedisUnavailableMiddleware(MiddlewareMixin):
         logger.warning("Redis unavailable for %s %s: %s", request.method, request.path, type(exception).__name__)
         message = "A shared service (Redis) is unavailable; try again shortly."
         if request.path.startswith("/v1/"):
-            from apps.inference.api.errors import handler_json
+            from apps.inference.errors import handler_json
 
             response: HttpResponse = handler_json(503, "redis_unavailable", message)
         else:

@@ -5,7 +5,7 @@ from django.views.defaults import page_not_found, server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.inference import ui
-from apps.inference.api.errors import handler_json
+from apps.inference.errors import handler_json
 from medai import health, metrics
 
 v1 = [

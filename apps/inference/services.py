@@ -31,15 +31,13 @@ from apps.audit.context import get_correlation_id
 from apps.audit.services import record_events
 from apps.inference import backends, conformance, forced_tools, recorder, router
 from apps.inference import metrics as inference_metrics
-from apps.inference.api.chat_request import (
-    ChatCompletionRequestSerializer,
-    fast_chat_request,
-    find_unforwardable,
-    tool_choice_names,
-)
-from apps.inference.api.errors import ApiError, validation_api_error
 from apps.inference.auditing import inference_event
+from apps.inference.dispatch import NoBackend, call_with_failover
+from apps.inference.errors import ApiError, validation_api_error
 from apps.inference.models import InferenceTask, Priority
+from apps.inference.validation.chat_request import ChatCompletionRequestSerializer, find_unforwardable
+from apps.inference.validation.fast import fast_chat_request
+from apps.inference.validation.fields import tool_choice_names
 
 logger = logging.getLogger("medai.inference")
 T = TypeVar("T")
@@ -67,7 +65,7 @@ def db_unit(func: Callable[..., T]) -> Callable[..., T]:
 
 # Request fields passed through to the backend unchanged (when the client set them). The tool
 # fields are forwarded by ``_tool_fields``; ``user``/``safety_identifier`` are kept on the record;
-# what medai cannot forward was refused by validation (apps/inference/api/chat_request.py).
+# what medai cannot forward was refused by validation (apps/inference/validation/).
 PASSTHROUGH = (
     "max_tokens",
     "max_completion_tokens",
@@ -275,8 +273,7 @@ def _rejected(exc: backends.BackendRejected) -> ApiError:
 
 
 async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], Any]) -> tuple[Any, Any]:
-    """Admission, retries, circuit breaker and failover over the route's candidates (apps.gpu)."""
-    from apps.gpu.resilience import NoBackend, call_with_failover
+    """Admission, retries, circuit breaker and failover over the route's candidates (apps/inference/dispatch.py)."""
 
     def note(endpoint: router.EndpointInfo, error: str) -> None:
         plan.attempts.append(Attempt(endpoint.name, error))

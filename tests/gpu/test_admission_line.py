@@ -14,9 +14,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from apps.gpu import resilience, shared, slots
+from apps.gpu import shared, slots
 from apps.gpu.policy import ModelInfo
-from apps.gpu.resilience import NoBackend, call_with_failover
+from apps.inference import dispatch
+from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.router import EndpointInfo
 from tests.conftest import records_written, register_model
 from tests.gpu.conftest import publish_decision, reading
@@ -216,7 +217,7 @@ def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(
             looked[0] += 1
         return time.monotonic() + offset[0]
 
-    monkeypatch.setattr(resilience, "time", types.SimpleNamespace(monotonic=monotonic, perf_counter=time.perf_counter))
+    monkeypatch.setattr(dispatch, "time", types.SimpleNamespace(monotonic=monotonic, perf_counter=time.perf_counter))
     set_stub_mode(stub_backend, "hold")
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     results: list[httpx.Response] = []

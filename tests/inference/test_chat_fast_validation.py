@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from apps.inference.api.chat_request import find_unforwardable
-from apps.inference.api.serializers import ChatCompletionRequestSerializer, fast_chat_request
+from apps.inference.validation.chat_request import ChatCompletionRequestSerializer, find_unforwardable
+from apps.inference.validation.fast import fast_chat_request
 
 MSG = [{"role": "user", "content": "hello"}]
 

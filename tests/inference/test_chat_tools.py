@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from apps.inference import conformance, services
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from tests.conftest import register_model
 
 MSG = [{"role": "user", "content": "Record a heart rate of 72."}]

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from apps.inference import services
-from apps.inference.api.chat_request import MESSAGE_UNSUPPORTED, UNSUPPORTED, ChatCompletionRequestSerializer
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
+from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
+from apps.inference.validation.fields import MESSAGE_UNSUPPORTED, UNSUPPORTED
 from tests.conftest import records_written, register_model
 from tests.support.openai_spec import request_properties
 

@@ -18,7 +18,6 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanInfer, CanRead
 from apps.inference import queue
-from apps.inference.api.errors import ApiError
 from apps.inference.api.serializers import (
     AsyncBatchSubmittedSerializer,
     AsyncResultSerializer,
@@ -26,11 +25,12 @@ from apps.inference.api.serializers import (
     AsyncSubmitRequestSerializer,
     BatchProgressSerializer,
     ErrorSerializer,
-    PriorityField,
     QueueHealthSerializer,
     TaskErrorSerializer,
 )
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, TaskBatch
+from apps.inference.validation.fields import PriorityField
 
 S = InferenceTask.Status
 

@@ -1,6 +1,6 @@
 """Request and response shapes of the inference API. The chat request itself (validation of
-OpenAI's CreateChatCompletionRequest, the fast path) lives in ``chat_request``; its names are
-re-exported here."""
+OpenAI's CreateChatCompletionRequest, the fast path) lives below the API layer, in
+``apps/inference/validation/``: the services validate with it too."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.inference.api.chat_request import (  # noqa: F401 - re-exported
-    ROLES,
-    ChatCompletionRequestSerializer,
-    MessageSerializer,
-    PriorityField,
-    StopField,
-    fast_chat_request,
-)
+from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 
 
 class EmbeddingRequestSerializer(serializers.Serializer):

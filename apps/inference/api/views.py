@@ -19,8 +19,8 @@ from rest_framework.views import APIView
 
 from apps.accounts.permissions import CanRead
 from apps.inference import services
-from apps.inference.api.errors import ApiError
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 
 run_sync = sync_to_async(thread_sensitive=False)

@@ -1,4 +1,7 @@
-"""One backend call with admission, retries, the circuit breaker and failover.
+"""The pipeline's admit and dispatch steps: one backend call with admission, retries, the circuit
+breaker and failover. Admission is apps.gpu's (GPU policy, concurrency slots, a bounded
+priority-ordered wait); the call, its retries and failover are inference's (moved here from
+apps/gpu/resilience.py so that gpu never imports inference's backends).
 
     choose candidates (policy, health, circuits, latency)  →  take a concurrency slot, or wait in
     the model's line for one (priority-ordered, bounded in time and length: ``slots``)  →  call
@@ -17,6 +20,7 @@ completion, or the opening of a stream): after that nothing is retried.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +30,9 @@ from django.conf import settings
 
 from apps.gpu import circuit, policy, shared, slots
 from apps.gpu.metrics import record_attempt
+from apps.inference.backends import BackendFailure, BackendRejected
+
+logger = logging.getLogger("medai.gpu")
 
 T = TypeVar("T")
 RETRYABLE_STATUS = {502, 503, 504}
@@ -69,6 +76,39 @@ def _busy(choice: policy.Choice, ids: list[int], limit: int, key: slots.Key, why
     )
 
 
+async def admit(
+    choice: policy.Choice, pool: Sequence[Any], priority: int, key: slots.Key, deadline: float
+) -> tuple[Any, slots.Lease] | None:
+    """The admit step: a concurrency slot on one of ``pool`` (in its order) that the GPU policy's
+    limit for ``priority`` and the circuit breaker allow, else a place in the models' line until
+    one frees (or ``deadline``). Returns (endpoint, lease); None when it is time to look again
+    (policy, other processes' slots); raises NoBackend 429/503 when the wait ran out or the line
+    is full."""
+    limit = choice.policy.limit_for(priority)
+    for ep in pool:
+        lease = slots.try_acquire(ep.id, limit, key=key)
+        if lease is None:
+            continue
+        if circuit.allow(ep.id):  # a half-open circuit lets one trial through
+            return ep, lease
+        lease.release()
+    ids = [ep.id for ep in pool]
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _busy(choice, ids, limit, key, f"this request waited {choice.policy.wait_seconds:g} s")
+    try:
+        lease = await slots.wait_for_slot(ids, limit=limit, key=key, timeout=min(remaining, slots.RECHECK_SECONDS))
+    except slots.LineFull:
+        raise _busy(choice, ids, limit, key, f"{slots.queue_max()} requests already wait for it") from None
+    if lease is None:
+        return None
+    endpoint = next((ep for ep in pool if ep.id == lease.endpoint_id), None)
+    if endpoint is None or not circuit.allow(lease.endpoint_id):
+        lease.release()
+        return None
+    return endpoint, lease
+
+
 async def call_with_failover(
     candidates: Sequence[Any],
     call: Callable[[Any], Awaitable[T]],
@@ -84,8 +124,6 @@ async def call_with_failover(
     none can serve / all failed, 503 GPU policy holds new work, 429 every slot busy and the wait
     ran out or the line is full, with a Retry-After estimated from the line ahead).
     """
-    from apps.inference.backends import BackendFailure, BackendRejected
-
     started = time.monotonic()
     deadline: float | None = None
     retries = 0
@@ -112,34 +150,10 @@ async def call_with_failover(
                 continue
             raise NoBackend(503, "backend_unavailable", "; ".join(failures), 5, all_failed=True)
 
-        limit = choice.policy.limit_for(priority)
-        endpoint, lease = None, None
-        for ep in pool:
-            lease = slots.try_acquire(ep.id, limit, key=key)
-            if lease is None:
-                continue
-            if circuit.allow(ep.id):  # a half-open circuit lets one trial through
-                endpoint = ep
-                break
-            lease.release()
-            lease = None
-        if endpoint is None or lease is None:
-            ids = [ep.id for ep in pool]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _busy(choice, ids, limit, key, f"this request waited {choice.policy.wait_seconds:g} s")
-            try:
-                lease = await slots.wait_for_slot(
-                    ids, limit=limit, key=key, timeout=min(remaining, slots.RECHECK_SECONDS)
-                )
-            except slots.LineFull:
-                raise _busy(choice, ids, limit, key, f"{slots.queue_max()} requests already wait for it") from None
-            if lease is None:
-                continue  # time to look again: policy, other processes' slots, the deadline
-            endpoint = next((ep for ep in pool if ep.id == lease.endpoint_id), None)
-            if endpoint is None or not circuit.allow(lease.endpoint_id):
-                lease.release()
-                continue
+        admitted = await admit(choice, pool, priority, key, deadline)
+        if admitted is None:
+            continue  # time to look again: policy, other processes' slots, the deadline
+        endpoint, lease = admitted
 
         t0 = time.perf_counter()
         try:
@@ -182,6 +196,4 @@ def _safely(func: Callable[..., Any], *args: Any) -> None:
     try:
         func(*args)
     except Exception:  # noqa: BLE001
-        import logging
-
-        logging.getLogger("medai.gpu").warning("circuit/health bookkeeping failed", exc_info=True)
+        logger.warning("circuit/health bookkeeping failed", exc_info=True)
