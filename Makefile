@@ -39,11 +39,13 @@ $(CHROMIUM):
 test: install $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# makemigrations loads the settings: as a development environment (keys generated into var/ if missing).
+# makemigrations and mypy's django-stubs plugin load the settings: as a development environment
+# (keys generated into var/ if missing).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MEDAI_ENV=development $(BIN)/python manage.py makemigrations --check --dry-run
+	MEDAI_ENV=development $(BIN)/mypy
 
 clean:
 	rm -rf $(VENV)

@@ -61,6 +61,7 @@ class MedaiASGIHandler(ASGIHandler):
         await _send(signals.request_started, self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
+            assert error_response is not None  # create_request returns one or the other
             body_file.close()
             await self.send_response(error_response, send)
             await sync_to_async(error_response.close)()

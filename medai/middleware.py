@@ -49,6 +49,7 @@ class InlineHooksMixin:
 
     async_mode: bool
     get_response: Any
+    process_view: Any  # the middleware's own hook; replaced by a coroutine in async mode
 
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)  # type: ignore[call-arg]

@@ -146,7 +146,7 @@ def _example_values() -> frozenset[str]:
         lines = _EXAMPLE_FILE.read_text().splitlines()
     except OSError:
         return frozenset()
-    values = set()
+    values: set[str] = set()
     for line in lines:
         name, sep, value = line.lstrip("# ").partition("=")
         if sep and name.strip().isidentifier():

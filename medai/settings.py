@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -214,7 +215,7 @@ SPECTACULAR_SETTINGS = {
         "apps.inference.api.schema.add_chat_completions",
     ],
 }
-SIMPLE_JWT = {
+SIMPLE_JWT: dict[str, Any] = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=envint("JWT_ACCESS_TTL", 900, minimum=30)),
     "REFRESH_TOKEN_LIFETIME": timedelta(seconds=envint("JWT_REFRESH_TTL", 86_400, minimum=60)),
     "ROTATE_REFRESH_TOKENS": True,

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
-from apps.accounts.services import AuthError, authenticate_bearer
+from apps.accounts.models import User
+from apps.accounts.services import AuthError, Principal, authenticate_bearer
 
 logger = logging.getLogger("medai.ws")
 
@@ -34,7 +35,7 @@ class _Unavailable(Exception):
 
 
 @database_sync_to_async
-def _authenticate(token: str):  # type: ignore[no-untyped-def]
+def _authenticate(token: str) -> tuple[User, Principal] | tuple[None, None]:
     try:
         return authenticate_bearer(token)
     except AuthError:
@@ -57,10 +58,10 @@ def credential_from(scope: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class JWTAuthMiddleware:
-    def __init__(self, inner):  # type: ignore[no-untyped-def]
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         token, subprotocol = credential_from(scope)
         user, principal, unavailable = None, None, False
         if token:

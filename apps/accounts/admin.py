@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html
 
 from apps.accounts import services
 from apps.accounts.models import ALL_SCOPES, ApiKey, Location, Organization, User
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldGroups  # django-stubs' name for admin field lists
 
 
 @admin.register(Organization)
@@ -26,7 +33,7 @@ class LocationAdmin(admin.ModelAdmin):
 class UserAdmin(DjangoUserAdmin):
     list_display = ["username", "role", "organization", "is_active", "is_staff", "last_login"]
     list_filter = ["role", "organization", "is_active", "is_staff"]
-    fieldsets = DjangoUserAdmin.fieldsets + (("medai", {"fields": ("role", "organization", "locations")}),)
+    fieldsets = (*(DjangoUserAdmin.fieldsets or ()), ("medai", {"fields": ("role", "organization", "locations")}))
     add_fieldsets = DjangoUserAdmin.add_fieldsets + (("medai", {"fields": ("role", "organization", "locations")}),)
     filter_horizontal = ["locations", "groups", "user_permissions"]
 
@@ -43,8 +50,9 @@ class ApiKeyCreateForm(forms.ModelForm):
         model = ApiKey
         fields = ["user", "location", "name", "scopes", "expires_at"]
 
-    def clean(self):  # type: ignore[no-untyped-def]
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         user, location = data.get("user"), data.get("location")
         if user and location and not user.locations.filter(pk=location.pk).exists():
             self.add_error("location", f"{user.username} does not work at {location.code}.")
@@ -83,20 +91,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return "revoked"
         return "expired" if obj.is_expired else "active"
 
-    def get_form(self, request, obj=None, **kwargs):  # type: ignore[no-untyped-def]
+    def get_form(
+        self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[ApiKey]]:
         if obj is None:
             kwargs["form"] = ApiKeyCreateForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str] | tuple[str, ...]:
         return ["created_at"] if obj is None else self.readonly_fields
 
-    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> _FieldGroups:
         if obj is None:
             return ["user", "location", "name", "scopes", "expires_at"]
         return ["name", *self.readonly_fields]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -112,7 +122,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj._state.adding = False
         self._show_secret(request, key, secret)
 
-    def _show_secret(self, request, key: ApiKey, secret: str) -> None:  # type: ignore[no-untyped-def]
+    def _show_secret(self, request: HttpRequest, key: ApiKey, secret: str) -> None:
         messages.warning(
             request,
             format_html(
@@ -123,13 +133,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         )
 
     @admin.action(description="Revoke selected keys")
-    def revoke_keys(self, request, queryset):  # type: ignore[no-untyped-def]
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset.select_related("location"):
             services.revoke_api_key(key, actor=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
 
     @admin.action(description="Rotate selected keys (new secret, old one revoked)")
-    def rotate_keys(self, request, queryset):  # type: ignore[no-untyped-def]
+    def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset.filter(revoked_at__isnull=True).select_related("user", "location"):
             new_key, secret = services.rotate_api_key(key, actor=request.user)
             self._show_secret(request, new_key, secret)

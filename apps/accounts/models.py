@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from django.contrib.auth.models import AbstractUser, UserManager
+from django.contrib.auth.models import AbstractUser
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -52,7 +52,9 @@ class User(AbstractUser):
         Location, blank=True, related_name="users", help_text="Locations this user may log in to and work at."
     )
 
-    objects = UserManager()
+    # The user's active locations by code, set on the copy the authentication cache keeps
+    # (apps/accounts/services.py): a token's location is checked without a query.
+    _location_map: dict[str, Location]
 
     @property
     def default_scopes(self) -> list[str]:

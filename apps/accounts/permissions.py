@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 
@@ -9,7 +11,7 @@ class _ScopePermission(BasePermission):
     scope = ""
     message = "This credential lacks the required scope."
 
-    def has_permission(self, request, view) -> bool:  # type: ignore[no-untyped-def]
+    def has_permission(self, request: Request, view: APIView) -> bool:
         principal = request.auth
         if principal is None or not hasattr(principal, "has_scope"):
             return False

@@ -121,7 +121,7 @@ def login(username: str, password: str, location_code: str, *, ip: str | None = 
 def refresh_tokens(refresh_token: str, *, ip: str | None = None) -> TokenPair:
     """Rotate a refresh token: the old one is blacklisted, a new pair is issued."""
     try:
-        old = RefreshToken(refresh_token)
+        old = RefreshToken(refresh_token)  # type: ignore[arg-type]  # simplejwt annotates the encoded token as a Token
     except TokenError as exc:
         raise AuthError(f"Refresh token is invalid: {exc}", "token_not_valid") from None
     user = User.objects.filter(pk=old.get("user_id", old.get("sub")), is_active=True).first()
@@ -145,7 +145,7 @@ def logout(principal: Principal, refresh_token: str | None, *, ip: str | None = 
             )
         if refresh_token:
             try:
-                token = RefreshToken(refresh_token)
+                token = RefreshToken(refresh_token)  # type: ignore[arg-type]  # simplejwt annotates the encoded token as a Token
                 if str(token.get("sub", token.get("user_id"))) != str(principal.user_id):
                     raise AuthError("Refresh token belongs to another user.", "token_not_valid")
                 token.blacklist()
@@ -207,9 +207,7 @@ def _active_user(user_id: int, cached_only: bool = False) -> User | None:
         raise NeedsDatabase
     user = User.objects.filter(pk=user_id, is_active=True).first()
     if user is not None:
-        user._location_map = {  # type: ignore[attr-defined]
-            loc.code: loc for loc in user.locations.filter(is_active=True)
-        }
+        user._location_map = {loc.code: loc for loc in user.locations.filter(is_active=True)}
         _user_cache.set(("user", user_id), user)
     return user
 
@@ -231,7 +229,7 @@ def authenticate_bearer(token: str, *, cached_only: bool = False) -> tuple[User,
 
 def _authenticate_jwt(token: str, cached_only: bool = False) -> tuple[User, Principal]:
     try:
-        access = AccessToken(token)
+        access = AccessToken(token)  # type: ignore[arg-type]  # simplejwt annotates the encoded token as a Token
     except TokenError as exc:
         raise AuthError(f"Token is invalid or expired: {exc}", "token_not_valid") from None
     jti = access.get("jti")
@@ -248,7 +246,7 @@ def _authenticate_jwt(token: str, cached_only: bool = False) -> tuple[User, Prin
     user = _active_user(user_id, cached_only)
     if user is None:
         raise AuthError("User is inactive or unknown.", "user_inactive")
-    location = user._location_map.get(access.get("location_id"))  # type: ignore[attr-defined]
+    location = user._location_map.get(access.get("location_id"))
     if location is None:
         raise AuthError("User is no longer allowed at the token's location.", "location_denied")
     scopes = frozenset(str(access.get("scope", "")).split())

@@ -69,7 +69,7 @@ class UndecryptableText(str):
         return value
 
 
-class UndecryptableJSON(dict):  # type: ignore[type-arg]
+class UndecryptableJSON(dict[str, Any]):
     """An encrypted JSON value no configured key opens: reads as {} (empty), saves back its ciphertext."""
 
     def __init__(self, ciphertext: str) -> None:
@@ -80,7 +80,7 @@ class UndecryptableJSON(dict):  # type: ignore[type-arg]
 _warned: set[str] = set()
 
 
-def _undecryptable(field: models.Field) -> None:  # type: ignore[type-arg]
+def _undecryptable(field: models.Field[Any, Any]) -> None:
     label = f"{field.model._meta.label}.{field.name}" if hasattr(field, "model") else field.name
     if label not in _warned:
         _warned.add(label)

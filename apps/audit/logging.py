@@ -29,6 +29,8 @@ class JsonFormatter(logging.Formatter):
         cid = getattr(record, "correlation_id", "")
         if cid:
             payload["correlation_id"] = cid
-        if record.exc_info or record.exc_text:
-            payload["exc"] = redact(redact_credentials(record.exc_text or self.formatException(record.exc_info)))
+        if record.exc_text:
+            payload["exc"] = redact(redact_credentials(record.exc_text))
+        elif record.exc_info:
+            payload["exc"] = redact(redact_credentials(self.formatException(record.exc_info)))
         return json.dumps(payload, default=str)

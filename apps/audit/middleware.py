@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpResponseBase
 
 from apps.audit.context import new_correlation_id, reset_correlation_id, set_correlation_id
 
@@ -16,12 +19,12 @@ class CorrelationIdMiddleware:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
+    def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
 
-    def __call__(self, request):  # type: ignore[no-untyped-def]
+    def __call__(self, request: Any) -> Any:
         if iscoroutinefunction(self):
             return self.__acall__(request)
         cid = new_correlation_id(request.headers.get(HEADER))
@@ -34,7 +37,7 @@ class CorrelationIdMiddleware:
         response[HEADER] = cid
         return response
 
-    async def __acall__(self, request):  # type: ignore[no-untyped-def]
+    async def __acall__(self, request: Any) -> HttpResponseBase:
         cid = new_correlation_id(request.headers.get(HEADER))
         request.correlation_id = cid
         token = set_correlation_id(cid)

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 from django.db import models
 
 
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
-    def update(self, **kwargs):  # type: ignore[no-untyped-def, override]
+    def update(self, **kwargs: Any) -> NoReturn:
         raise PermissionError("audit events are append-only")
 
-    def delete(self):  # type: ignore[no-untyped-def, override]
+    def delete(self) -> NoReturn:
         raise PermissionError("audit events are append-only")
 
 
@@ -46,12 +48,12 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} {self.outcome} by {self.actor or '-'}"
 
-    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise PermissionError("audit events are append-only")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise PermissionError("audit events are append-only")
 
 

@@ -17,6 +17,7 @@ from apps.accounts.api.serializers import (
     RefreshSerializer,
     TokenPairSerializer,
 )
+from apps.accounts.authentication import principal_of
 
 
 def client_ip(request: Request) -> str | None:
@@ -68,7 +69,9 @@ class LogoutView(APIView):
         data = LogoutSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            services.logout(request.auth, data.validated_data.get("refresh_token") or None, ip=client_ip(request))
+            services.logout(
+                principal_of(request), data.validated_data.get("refresh_token") or None, ip=client_ip(request)
+            )
         except services.AuthError as exc:
             raise exceptions.PermissionDenied(exc.message, exc.code) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -79,7 +82,7 @@ class MeView(APIView):
 
     @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
-        p = request.auth
+        p = principal_of(request)
         return Response(
             {
                 "id": p.user_id,

@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.audit.services import verify_chain
@@ -6,7 +10,7 @@ from apps.audit.services import verify_chain
 class Command(BaseCommand):
     help = "Verify the audit trail's hash chain from the first event to the last."
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         report = verify_chain()
         if not report.ok:
             raise CommandError(
