@@ -122,11 +122,11 @@ def task_package(task_id: Any, now: Any = None) -> str:
 
 
 def aging_seconds() -> float:
-    return float(getattr(settings, "MEDAI_QUEUE_AGING_SECONDS", 60.0))
+    return settings.MEDAI_QUEUE_AGING_SECONDS
 
 
 def lease_seconds() -> float:
-    return float(getattr(settings, "MEDAI_QUEUE_LEASE_SECONDS", 0) or Conf.RETRY or 60)
+    return settings.MEDAI_QUEUE_LEASE_SECONDS  # 0 in the environment: settings made it Q_CLUSTER's retry
 
 
 # 1 µs: far below any gap between two submits, and well above a float's resolution at today's epoch

@@ -195,5 +195,5 @@ def _safely(func: Callable[..., Any], *args: Any) -> None:
     """Breaker bookkeeping must not turn a Redis hiccup into a failed request."""
     try:
         func(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("circuit/health bookkeeping failed", exc_info=True)

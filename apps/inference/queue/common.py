@@ -29,15 +29,15 @@ REQUEUED = "requeued"
 
 
 def result_ttl() -> int:
-    return int(getattr(settings, "MEDAI_RESULT_TTL", 300))
+    return settings.MEDAI_RESULT_TTL
 
 
 def queue_max() -> int:
-    return int(getattr(settings, "MEDAI_QUEUE_MAX", 1000))
+    return settings.MEDAI_QUEUE_MAX
 
 
 def batch_max() -> int:
-    return int(getattr(settings, "MEDAI_BATCH_MAX", 100))
+    return settings.MEDAI_BATCH_MAX
 
 
 def list_key() -> str:
