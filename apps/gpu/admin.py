@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from apps.gpu import circuit, services
 from apps.gpu.models import (
@@ -37,7 +41,7 @@ class PolicySettingsAdmin(admin.ModelAdmin):
         "admission_wait_seconds",
     ]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return not PolicySettings.objects.exists()
 
 
@@ -50,7 +54,7 @@ class SimulatedGpuAdmin(admin.ModelAdmin):
     actions = ["clear_overrides"]
 
     @admin.action(description="Clear overrides (follow the simulated load again)")
-    def clear_overrides(self, request, queryset):  # type: ignore[no-untyped-def]
+    def clear_overrides(self, request: HttpRequest, queryset: QuerySet[SimulatedGpu]) -> None:
         queryset.update(memory_used_override_percent=None, temperature_override_c=None)
 
 
@@ -83,19 +87,19 @@ class ModelServerAdmin(admin.ModelAdmin):
     actions = ["start", "stop", "restart"]
 
     @admin.action(description="Start (the monitor starts it within a second)")
-    def start(self, request, queryset):  # type: ignore[no-untyped-def]
+    def start(self, request: HttpRequest, queryset: QuerySet[ModelServer]) -> None:
         for server in queryset:
             services.start_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to start {queryset.count()} server(s).", messages.SUCCESS)
 
     @admin.action(description="Stop")
-    def stop(self, request, queryset):  # type: ignore[no-untyped-def]
+    def stop(self, request: HttpRequest, queryset: QuerySet[ModelServer]) -> None:
         for server in queryset:
             services.stop_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to stop {queryset.count()} server(s).", messages.SUCCESS)
 
     @admin.action(description="Restart")
-    def restart(self, request, queryset):  # type: ignore[no-untyped-def]
+    def restart(self, request: HttpRequest, queryset: QuerySet[ModelServer]) -> None:
         for server in queryset:
             services.restart_server(server, actor=request.user)
         self.message_user(request, f"Asked the monitor to restart {queryset.count()} server(s).", messages.SUCCESS)
@@ -118,10 +122,10 @@ class ModelMetricAdmin(admin.ModelAdmin):
     list_filter = ["model_name"]
     date_hierarchy = "bucket_start"
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     @admin.display(description="failure %")
@@ -156,8 +160,8 @@ class GpuSampleAdmin(admin.ModelAdmin):
     list_filter = ["gpu_index", "simulated", "level", "thermal"]
     date_hierarchy = "taken_at"
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
+from redis.commands.core import Script
 
 from apps.gpu import shared
 
@@ -52,10 +53,10 @@ end
 return raw
 """
 
-_scripts: dict[str, object] = {}
+_scripts: dict[str, Script] = {}
 
 
-def _script(name: str, source: str):  # type: ignore[no-untyped-def]
+def _script(name: str, source: str) -> Script:
     script = _scripts.get(name)
     if script is None:
         script = _scripts[name] = shared.client().register_script(source)

@@ -1,12 +1,14 @@
 """Share an admin edit of the policy table with every process at once (no monitor needed)."""
 
+from typing import Any
+
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from apps.gpu.models import PolicySettings, PressureLevel, ThermalRule
 
 
-def _publish(**kwargs):  # type: ignore[no-untyped-def]
+def _publish(**kwargs: Any) -> None:
     from apps.gpu import policy
 
     def publish() -> None:

@@ -41,7 +41,7 @@ def server_argv(server: ModelServer) -> list[str]:
         return [server.command, *map(str, server.args or [])]
     from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS, server_command
 
-    alias = server.endpoint.backend_model if server.endpoint_id else BUNDLED_MODEL_ALIAS
+    alias = server.endpoint.backend_model if server.endpoint is not None else BUNDLED_MODEL_ALIAS
     return server_command(
         server.port, server.model_path or None, alias=alias, host=server.host, extra=[str(a) for a in server.args or []]
     )

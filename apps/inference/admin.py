@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from apps.inference import backends, router
 from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint
@@ -39,7 +43,7 @@ class ModelEndpointForm(forms.ModelForm):
             return self.instance.api_key
         return value
 
-    def save(self, commit: bool = True):  # type: ignore[no-untyped-def]
+    def save(self, commit: bool = True) -> ModelEndpoint:
         if self.cleaned_data.get("clear_api_key"):
             self.instance.api_key = ""
         return super().save(commit)
@@ -85,7 +89,7 @@ class ModelEndpointAdmin(admin.ModelAdmin):
         return bool(obj.api_key)
 
     @admin.action(description="Test connection (ask the backend which models it serves)")
-    def test_connection(self, request, queryset):  # type: ignore[no-untyped-def]
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[ModelEndpoint]) -> None:
         for ep in queryset:
             ok, detail = async_to_sync(backends.probe)(_info(ep))
             level = messages.SUCCESS if ok else messages.ERROR
@@ -115,10 +119,10 @@ class ContentPurgedFilter(admin.SimpleListFilter):
     title = "content"
     parameter_name = "content"
 
-    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("kept", "kept"), ("purged", "purged")]
 
-    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+    def queryset(self, request: HttpRequest, queryset: QuerySet[InferenceTask]) -> QuerySet[InferenceTask]:
         if self.value() in ("kept", "purged"):
             return queryset.filter(content_purged_at__isnull=self.value() == "kept")
         return queryset
@@ -147,8 +151,8 @@ class InferenceTaskAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     exclude = ["request", "result"]  # PHI is not shown in the admin list or form
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

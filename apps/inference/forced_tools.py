@@ -118,7 +118,9 @@ class StreamConverter:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
             content = delta.pop("content", None)
             if isinstance(content, str):
                 self.text[index] = self.text.get(index, "") + content

@@ -82,7 +82,9 @@ class AgentRoute(models.Model):
     description = models.CharField(max_length=300, blank=True)
     system_prompt = models.TextField(blank=True, help_text="Prepended as a system message when the request has none.")
     enabled = models.BooleanField(default=True)
-    endpoints = models.ManyToManyField(ModelEndpoint, through="AgentRouteEntry", related_name="routes")
+    endpoints: models.ManyToManyField[ModelEndpoint, AgentRouteEntry] = models.ManyToManyField(
+        ModelEndpoint, through="AgentRouteEntry", related_name="routes"
+    )
 
     class Meta:
         ordering = ["agent_type"]

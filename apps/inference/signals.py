@@ -1,10 +1,12 @@
+from typing import Any
+
 from django.db.models.signals import post_delete, post_save
 
 from apps.inference import router
 from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 
 
-def _invalidate(**kwargs):  # type: ignore[no-untyped-def]
+def _invalidate(**kwargs: Any) -> None:
     router.invalidate()
 
 

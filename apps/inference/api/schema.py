@@ -3,7 +3,7 @@ URL walk) to the OpenAPI document, with schemas generated from the same serializ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from drf_spectacular.openapi import AutoSchema
 from rest_framework.views import APIView
@@ -11,13 +11,13 @@ from rest_framework.views import APIView
 from apps.inference.api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ErrorSerializer
 
 
-def _component(generator: Any, serializer: type, direction: str) -> dict[str, Any]:
+def _component(generator: Any, serializer: type, direction: Literal["request", "response"]) -> dict[str, Any]:
     auto = AutoSchema()
     auto.registry = generator.registry
     auto.method = "POST"
     auto.path = "/v1/chat/completions"
     view = APIView()  # AutoSchema needs a view instance for serializer context; none is routed
-    view.request = None
+    view.request = None  # type: ignore[assignment]  # not dispatched: no request
     view.format_kwarg = None
     auto.view = view
     component = auto.resolve_serializer(serializer, direction)
