@@ -236,22 +236,42 @@ def rss_kb(pid: int) -> int:
 class Target:
     """One keep-alive connection and one fixed request (a sync http.client: nothing in the way)."""
 
-    def __init__(self, name: str, base_url: str, model: str, token: str | None = None, path: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        model: str,
+        token: str | None = None,
+        path: str | None = None,
+        stream: bool = False,
+    ) -> None:
         self.name = name
         hostport, _, prefix = base_url.removeprefix("http://").partition("/")
         self.conn = http.client.HTTPConnection(hostport, timeout=60)
         self.method, self.path = ("GET", path) if path else ("POST", f"/{prefix}/chat/completions")
-        self.body = json.dumps({"model": model, "messages": PROMPT, "max_tokens": 1}).encode() if not path else None
+        request: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": 1}
+        if stream:
+            request["stream"] = True
+        self.body = json.dumps(request).encode() if not path else None
+        self.stream = stream
         self.headers = {"Content-Type": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.samples: list[float] = []
+        self.headers_ms: list[float] = []  # streams: status line + headers read
+        self.first_event_ms: list[float] = []  # streams: the first SSE ``data:`` line read
         self.errors = 0
 
     def hit(self, keep: bool = True) -> None:
         start = time.perf_counter()
         self.conn.request(self.method, self.path, self.body, self.headers)
         response = self.conn.getresponse()
+        headers_at = first_at = time.perf_counter()
+        if self.stream and response.status == 200:
+            while line := response.readline():
+                if line.startswith(b"data:"):
+                    first_at = time.perf_counter()
+                    break
         body = response.read()
         elapsed = time.perf_counter() - start
         if response.status != 200:
@@ -260,6 +280,9 @@ class Target:
                 print(f"  {self.name}: HTTP {response.status} {body[:200]!r}", file=sys.stderr)
         if keep:
             self.samples.append(elapsed * 1000)
+            if self.stream:
+                self.headers_ms.append((headers_at - start) * 1000)
+                self.first_event_ms.append((first_at - start) * 1000)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -277,6 +300,7 @@ def latency_run(label: str, targets: list[Target], n: int, warmup: int) -> dict[
         for target in targets[k:] + targets[:k]:  # rotate who goes first
             target.hit(keep=i >= warmup)
     direct = targets[0]
+    direct_stream = next((t for t in targets if t.stream and t.name.startswith("direct")), None)
     result: dict[str, Any] = {"backend": label, "requests_each": n, "series": {}}
     for t in targets:
         result["series"][t.name] = {
@@ -286,15 +310,48 @@ def latency_run(label: str, targets: list[Target], n: int, warmup: int) -> dict[
             "mean_ms": statistics.fmean(t.samples),
             "errors": t.errors,
         }
-    for t in targets[1:]:
-        paired = [m - d for m, d in zip(t.samples, direct.samples, strict=True)]
-        result["series"][t.name]["added"] = {
-            "median_ms": pct(t.samples, 0.5) - pct(direct.samples, 0.5),
-            "p95_ms": pct(t.samples, 0.95) - pct(direct.samples, 0.95),
+        if t.stream:
+            result["series"][t.name]["headers_median_ms"] = pct(t.headers_ms, 0.5)
+            result["series"][t.name]["first_event_median_ms"] = pct(t.first_event_ms, 0.5)
+            result["series"][t.name]["first_event_p95_ms"] = pct(t.first_event_ms, 0.95)
+    for t in targets:
+        if t.name.startswith("direct") or t.path == "/healthz":
+            continue
+        base = direct_stream if t.stream and direct_stream else direct
+        paired = [m - d for m, d in zip(t.samples, base.samples, strict=True)]
+        added = result["series"][t.name]["added"] = {
+            "median_ms": pct(t.samples, 0.5) - pct(base.samples, 0.5),
+            "p95_ms": pct(t.samples, 0.95) - pct(base.samples, 0.95),
             "paired_median_ms": pct(paired, 0.5),
             "paired_p95_ms": pct(paired, 0.95),
         }
+        if t.stream:
+            added["headers_median_ms"] = pct(t.headers_ms, 0.5) - pct(base.headers_ms, 0.5)
+            added["first_event_median_ms"] = pct(t.first_event_ms, 0.5) - pct(base.first_event_ms, 0.5)
+            added["first_event_paired_median_ms"] = pct(
+                [m - d for m, d in zip(t.first_event_ms, base.first_event_ms, strict=True)], 0.5
+            )
+    result["ratios"] = ratios(result["series"])
     return result
+
+
+def ratios(series: dict[str, Any]) -> dict[str, float]:
+    """The targets as ratios within this run: added latency over the ``/healthz`` floor of the same
+    server; what a stream adds (first event, total) over what a non-streamed request adds."""
+    out: dict[str, float] = {}
+    floor = series.get("medai /healthz", {}).get("median_ms")
+    plain = series.get("medai+api_key", {}).get("added", {}).get("median_ms")
+    if floor and plain is not None:
+        out["added_over_healthz_floor"] = plain / floor
+        jwt = series.get("medai+jwt", {}).get("added", {}).get("median_ms")
+        if jwt is not None:
+            out["jwt_added_over_healthz_floor"] = jwt / floor
+    stream = series.get("medai+stream", {}).get("added")
+    if stream and plain:
+        out["stream_first_event_added_over_plain_added"] = stream["first_event_median_ms"] / plain
+        out["stream_headers_added_over_plain_added"] = stream["headers_median_ms"] / plain
+        out["stream_total_added_over_plain_added"] = stream["median_ms"] / plain
+    return out
 
 
 # --- throughput: a small raw-socket HTTP/1.1 load generator ---------------------------------
@@ -388,8 +445,10 @@ def main() -> None:
     parser.add_argument("--no-llama", action="store_true", help="skip the real llama.cpp server")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-rss", action="store_true")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--throughput-requests", type=int, default=3000)
+    parser.add_argument("--no-stream", action="store_true", help="skip the streamed series")
+    parser.add_argument("--concurrency", default="16,64", help="requests in flight, comma-separated levels")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds, stub and medai interleaved")
+    parser.add_argument("--throughput-requests", type=int, default=2000, help="requests per series and round")
     parser.add_argument("--rss-warmup", type=int, default=1000)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--port-base", type=int, default=18210, help="stub, llama, medai on this port and the next two")
@@ -454,24 +513,55 @@ def main() -> None:
                 Target("medai+api_key", medai_url, medai_model, creds["api_key"]),
                 Target("medai+jwt", medai_url, medai_model, creds["jwt"]),
             ]
-            if label == "stub":  # the floor: the same stack answering a trivial view, no backend call
+            if label == "stub":
+                # the floor: the same stack answering a trivial view, no backend call; and streams
+                # (direct and through medai), timed to the headers, the first SSE event and the end
                 targets.append(Target("medai /healthz", medai_url, "", path="/healthz"))
+                if not args.no_stream:
+                    targets.append(Target("direct+stream", url, direct_model, stream=True))
+                    targets.append(Target("medai+stream", medai_url, medai_model, creds["api_key"], stream=True))
+                    sent_through_medai += args.requests + args.warmup
             results["latency"].append(latency_run(label, targets, args.requests, args.warmup))
             sent_through_medai += 2 * (args.requests + args.warmup)  # /healthz records nothing
         if not args.no_throughput:
-            print(f"throughput: {args.throughput_requests} requests, {args.concurrency} in flight ...", flush=True)
-            load(env.stub_url, "stub-model", None, 500, args.concurrency)  # warm-up
-            direct = load(env.stub_url, "stub-model", None, args.throughput_requests, args.concurrency)
-            load(medai_url, STUB_MODEL, creds["api_key"], 500, args.concurrency)
-            through = load(medai_url, STUB_MODEL, creds["api_key"], args.throughput_requests, args.concurrency)
-            results["throughput"] = {"stub_direct": direct, "medai": through}
-            sent_through_medai += 500 + args.throughput_requests
+            levels = [int(c) for c in args.concurrency.split(",")]
+            n = args.throughput_requests
+            print(f"throughput: {args.rounds} rounds x {n} requests at {levels} in flight ...", flush=True)
+            for c in levels:  # warm-up of both, each level's connections
+                load(env.stub_url, "stub-model", None, 500, c)
+                load(medai_url, STUB_MODEL, creds["api_key"], 500, c)
+                sent_through_medai += 500
+            series: dict[str, dict[str, list[dict[str, Any]]]] = {
+                str(c): {"stub_direct": [], "medai": []} for c in levels
+            }
+            for r in range(args.rounds):  # interleaved: the stub's own rate and medai's, level by level
+                for c in levels:
+                    pair = [
+                        ("stub_direct", env.stub_url, "stub-model", None),
+                        ("medai", medai_url, STUB_MODEL, creds["api_key"]),
+                    ]
+                    for name, url, model, token in pair if r % 2 == 0 else pair[::-1]:
+                        series[str(c)][name].append(load(url, model, token, n, c))
+                    sent_through_medai += n
+            results["throughput"] = {
+                c: {
+                    **runs,
+                    "stub_rps_median": statistics.median(x["rps"] for x in runs["stub_direct"]),
+                    "medai_rps_median": statistics.median(x["rps"] for x in runs["medai"]),
+                    "medai_pct_of_stub": 100
+                    * statistics.median(
+                        m["rps"] / d["rps"] for m, d in zip(runs["medai"], runs["stub_direct"], strict=True)
+                    ),
+                }
+                for c, runs in series.items()
+            }
         if not args.no_rss:
             print(f"memory: {args.rss_warmup} warm-up + {args.rss_requests} requests ...", flush=True)
             statuses: dict[str, int] = {}
+            rss_concurrency = int(args.concurrency.split(",")[0])
 
             def run_load(n: int) -> None:
-                for status, count in load(medai_url, STUB_MODEL, creds["api_key"], n, args.concurrency)[
+                for status, count in load(medai_url, STUB_MODEL, creds["api_key"], n, rss_concurrency)[
                     "statuses"
                 ].items():
                     statuses[status] = statuses.get(status, 0) + count
@@ -521,16 +611,49 @@ def report(results: dict[str, Any]) -> None:
             )
             errors = f"  errors={s['errors']}" if s["errors"] else ""
             print(f"  {name:<15}{s['median_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{extra}{errors}")
+        for name, s in run["series"].items():
+            if "first_event_median_ms" in s:
+                added = s.get("added", {})
+                print(
+                    f"  {name:<15} headers {s['headers_median_ms']:.2f}, first event {s['first_event_median_ms']:.2f}"
+                    f" (p95 {s['first_event_p95_ms']:.2f}), total {s['median_ms']:.2f}"
+                    + (
+                        f"; added: headers {added['headers_median_ms']:.2f}, first event"
+                        f" {added['first_event_median_ms']:.2f}, total {added['median_ms']:.2f}"
+                        if added
+                        else ""
+                    )
+                )
+        r = run.get("ratios", {})
+        if "added_over_healthz_floor" in r:
+            floor = run["series"]["medai /healthz"]["median_ms"]
+            added = run["series"]["medai+api_key"]["added"]["median_ms"]
+            print(
+                f"  added (API key) / /healthz floor: {added:.2f} / {floor:.2f} ms = {r['added_over_healthz_floor']:.2f}x"
+                f" (JWT {r['jwt_added_over_healthz_floor']:.2f}x; target <= 1.5x)"
+            )
+        if "stream_first_event_added_over_plain_added" in r:
+            print(
+                f"  stream added / non-streamed added: first event {r['stream_first_event_added_over_plain_added']:.2f}x,"
+                f" headers {r['stream_headers_added_over_plain_added']:.2f}x,"
+                f" total {r['stream_total_added_over_plain_added']:.2f}x (target <= 1x)"
+            )
         if any(s["errors"] for s in run["series"].values()):
             print("  WARNING: some requests failed; the figures above are not comparable")
         print()
     if "throughput" in results:
-        print("Throughput (one medai process; the stub direct shows the load generator's ceiling)")
-        for name, t in results["throughput"].items():
+        print("Throughput through one medai process as a % of the stub's own rate (same generator, interleaved)")
+        for c, t in results["throughput"].items():
             print(
-                f"  {name:<12}{t['rps']:>8.0f} req/s  {t['requests']} requests, {t['concurrency']} in flight, "
-                f"median {t['median_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms, statuses {t['statuses']}"
+                f"  {c:>3} in flight: medai {t['medai_rps_median']:>7.0f} req/s, stub {t['stub_rps_median']:>7.0f} req/s"
+                f" -> {t['medai_pct_of_stub']:.1f}% (target >= 5%)"
             )
+            for name in ("stub_direct", "medai"):
+                for x in t[name]:
+                    print(
+                        f"      {name:<12}{x['rps']:>8.0f} req/s  median {x['median_ms']:.1f} ms, p95 {x['p95_ms']:.1f} ms,"
+                        f" statuses {x['statuses']}"
+                    )
         print()
     if "memory" in results:
         m = results["memory"]
