@@ -1,23 +1,37 @@
-"""The async queue's speed: broker dequeue cost by depth, a CRITICAL task behind 10,000 LOW ones,
-idle pickup and end-to-end tasks/s through real ``qcluster`` processes on the zero-latency stub.
+"""The async queue's speed as ratios to stock django-q2 measured in the same run.
 
-End to end, tasks are submitted in this process through the queue services the API views call
-(``queue.submit_batch``, ``--batch`` tasks a call, as ``POST /v1/async/submit-batch``; and
-``queue.submit_task`` one by one), without HTTP; tasks/s is N / (first submit → last completion).
+For each database (SQLite, PostgreSQL) this starts, side by side and idle between series:
 
-Runs in an isolated environment (a temporary ``MEDAI_VAR_DIR``: SQLite file and embedded Redis
-unless ``DATABASE_URL``/``REDIS_URL`` are set; on PostgreSQL a fresh database is created and
-dropped). Figures only, no pass/fail::
+* medai: one web process (uvicorn, as in production), one ``manage.py qcluster`` (2 workers) on
+  medai's priority broker, the zero-latency stub (``bench/stub_backend.py``) as the model;
+* the baseline: stock django-q2 (``bench/djq_settings.py``: ``django_q`` alone on its own
+  database, a no-op task, 2 workers) with its ORM broker and with its Redis broker, one cluster
+  each.
 
-    .venv/bin/python bench/queue_throughput.py                    # SQLite + embedded Redis
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/medai REDIS_URL=redis://127.0.0.1:6379/0 \\
-        .venv/bin/python bench/queue_throughput.py --tasks 1000
-    .venv/bin/python bench/queue_throughput.py --tasks 5000 --batch 100   # defaults: 300 single, 40 critical
+Then it measures:
+
+1. dequeue (the broker's ``dequeue`` + ``acknowledge`` of the head) at 100 and at 10,000 queued,
+   alternating blocks, before any cluster runs;
+2. idle pickup: one task at a time into the idle cluster, ``POST /v1/async/submit`` sent →
+   the worker's ``started_at`` (and ``queued_at`` → ``started_at``);
+3. rounds, series rotated each round: django-q2 Redis (``async_task`` one by one), django-q2 ORM,
+   medai single submits (one ``POST /v1/async/submit`` per task, ``--clients`` integrators
+   sending at once, keep-alive), medai batched (``POST /v1/async/submit-batch``, ``--batch`` a
+   request, one client); tasks/s = N / (first submit → last ``finished_at``/``stopped``);
+4. a CRITICAL task submitted over HTTP while ~10,000 LOW ones are queued (the cluster paused while
+   they are written) and both workers drain them, for the LOW tasks' model and another one.
+
+Redis is ``--redis`` (127.0.0.1:6379 db 5, flushed at the start); PostgreSQL ``--pg``, databases
+``medai_bench_q`` and ``medai_bench_q_djq`` (created and dropped). Figures only, no pass/fail::
+
+    .venv/bin/python bench/queue_throughput.py                        # SQLite then PostgreSQL, ~5 min
+    .venv/bin/python bench/queue_throughput.py --databases sqlite --tasks 300 --rounds 1
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -25,71 +39,180 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def _env(tmp: Path) -> tuple[dict[str, str], str]:
-    os.environ["MEDAI_VAR_DIR"] = str(tmp)
-    os.environ.setdefault("MEDAI_ENV", "test")  # a throwaway var dir: its keys are generated there
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["MEDAI_CACHE_PREFIX"] = f"qbench-{uuid.uuid4().hex[:6]}"
-    dbname = ""
-    url = os.environ.get("DATABASE_URL", "")
-    if url.startswith("postgres"):
-        import psycopg
-
-        dbname = f"medai_qbench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + dbname
-    else:
-        os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    return dict(os.environ), dbname
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
+    if not values:
+        return float("nan")
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--clusters", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=100, help="tasks per submit_batch call")
-    parser.add_argument("--single-tasks", type=int, default=300, help="also time this many single submits (0: skip)")
-    parser.add_argument("--idle-samples", type=int, default=30)
-    parser.add_argument("--critical-samples", type=int, default=40, help="CRITICAL behind 10,000 LOW, end to end")
-    parser.add_argument("--profile-submit", action="store_true", help="cProfile the submit loop (top 15 by cumtime)")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="medai-qbench-"))
-    env, dbname = _env(tmp)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
+# --- stock django-q2: run inside a child process with bench.djq_settings ----------------------
+
+
+def djq_run(n: int, group: str) -> None:
+    """``async_task`` n no-op tasks one by one, wait for their results; prints the figures."""
+    import django
+
+    django.setup()
+    from django.db.models import Max
+    from django_q.models import Task
+    from django_q.tasks import async_task
+
+    t0 = time.time()
+    for i in range(n):
+        async_task("bench.djq_settings.noop", i, group=group)
+    submitted = time.time()
+    deadline = time.monotonic() + 600
+    while Task.objects.filter(group=group, success=True).count() < n:
+        if time.monotonic() > deadline:
+            raise SystemExit("django-q2 timed out")
+        time.sleep(0.05)
+    last = Task.objects.filter(group=group).aggregate(last=Max("stopped"))["last"].timestamp()
+    print(json.dumps({"tasks": n, "submit_per_s": n / (submitted - t0), "tasks_per_s": n / (last - t0)}))
+
+
+# --- one database: everything above, in this process with medai's settings --------------------
+
+
+class Procs:
+    """Child processes in their own sessions, logs in the run's directory; stopped on close()."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def signal(self, name: str, sig: int) -> None:
+        os.killpg(self.procs[name].pid, sig)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection to medai with the integrator's API key."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        raw = json.dumps(body).encode()
+        try:
+            self.conn.request("POST", path, raw, self.headers)
+            response = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.conn.close()  # the server closed an idle keep-alive connection: open another
+            self.conn.request("POST", path, raw, self.headers)
+            response = self.conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+
+def ask(text: str, priority: str = "normal", agent: str = "Chat") -> dict[str, Any]:
+    return {"agent_type": agent, "priority": priority, "messages": [{"role": "user", "content": text}]}
+
+
+def _databases(kind: str, tmp: Path, pg: str) -> tuple[str, str]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'medai.sqlite3'}", f"sqlite:///{tmp / 'djq.sqlite3'}"
+    import psycopg
+
+    with psycopg.connect(pg + "/postgres", autocommit=True) as conn:
+        for name in ("medai_bench_q", "medai_bench_q_djq"):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return pg + "/medai_bench_q", pg + "/medai_bench_q_djq"
+
+
+def _drop_databases(kind: str, pg: str) -> None:
+    if kind != "postgres":
+        return
+    import psycopg
+
+    with psycopg.connect(pg + "/postgres", autocommit=True) as conn:
+        for name in ("medai_bench_q", "medai_bench_q_djq"):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    import redis
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"medai-qbench-{kind}-"))
+    redis.from_url(args.redis).flushdb()
+    medai_db, djq_db = _databases(kind, tmp, args.pg)
+    queue_max = 40_000
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="medai.settings",
+        MEDAI_VAR_DIR=str(tmp / "var"),
+        MEDAI_ENV="test",  # a throwaway var dir: its keys are generated there
+        LOG_LEVEL="WARNING",
+        DEBUG="0",
+        MEDAI_CACHE_PREFIX=f"qbench-{uuid.uuid4().hex[:6]}",
+        DATABASE_URL=medai_db,
+        REDIS_URL=args.redis,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        MEDAI_Q_WORKERS=str(args.workers),
+        MEDAI_QUEUE_MAX=str(queue_max),
+        MEDAI_BACKEND_RETRIES="0",
+        MEDAI_RESULT_TTL="3600",
+    )
+    env = dict(os.environ)
+    djq_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.djq_settings", "DJQ_DATABASE_URL": djq_db}
+    djq_env.update(DJQ_REDIS_URL=args.redis, DJQ_WORKERS=str(args.workers))
     import django
 
     django.setup()
     from django.core.management import call_command
-    from django.db import connection
+    from django.db import connection, transaction
+    from django.db.models import Max
     from django.utils import timezone
 
     call_command("migrate", verbosity=0)
-    env["REDIS_URL"] = os.environ["REDIS_URL"]  # the embedded one this process started, for the clusters
-    from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import issue_tokens
-    from apps.inference import broker, queue
-    from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint, QueueEntry
-    from tests.support.servers import start_stub
+    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=ROOT, env=djq_env, check=True)
 
-    out: dict[str, object] = {"database": connection.vendor}
-    key = queue.list_key()
+    from apps.accounts.models import Location, Organization, User
+    from apps.accounts.services import create_api_key
+    from apps.inference import broker
+    from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint, QueueEntry
+    from tests.support.servers import free_port, start_stub, wait_http
+
+    try:
+        from apps.inference.queue import list_key
+    except ImportError:  # the queue package may name it elsewhere
+        from apps.inference.queue.submit import list_key  # type: ignore[no-redef]
+
+    out: dict[str, Any] = {"database": connection.vendor, "tasks": args.tasks, "rounds": args.rounds}
+    key = list_key()
     b = broker.PriorityBroker(list_key=key)
 
+    # 1. dequeue at 100 vs 10,000 queued, alternating blocks, no cluster running
     def fill(n: int, priority: int = 0) -> None:
         now = timezone.now()
         QueueEntry.objects.bulk_create(
@@ -107,215 +230,283 @@ def main() -> None:
             batch_size=2000,
         )
 
-    # 1. dequeue cost (claim + ack of the head) at 100 vs 10,000 queued
-    for depth in (100, 10_000):
+    print(f"[{kind}] dequeue at 100 and 10,000 queued ...", flush=True)
+    times: dict[int, list[float]] = {100: [], 10_000: []}
+    for depth in (100, 10_000, 100, 10_000, 100, 10_000):
         QueueEntry.objects.all().delete()
-        fill(depth + 300)
-        times = []
-        for _ in range(300):
+        fill(depth + args.claims)
+        for _ in range(args.claims):
             t = time.perf_counter()
-            [(ack, _)] = b._claim()
+            [(ack, _)] = b.dequeue() or [(None, None)]
             b.acknowledge(ack)
-            times.append((time.perf_counter() - t) * 1000)
-        out[f"dequeue_ms_median_at_{depth}"] = round(statistics.median(times), 3)
-    out["dequeue_ratio_10000_vs_100"] = round(out["dequeue_ms_median_at_10000"] / out["dequeue_ms_median_at_100"], 3)  # type: ignore[operator]
-
-    # 2. a CRITICAL entry behind 10,000 LOW: put → the next claim returns it
-    QueueEntry.objects.all().delete()
-    fill(10_000)
+            times[depth].append((time.perf_counter() - t) * 1000)
+    out["dequeue_ms_median_at_100"] = statistics.median(times[100])
+    out["dequeue_ms_median_at_10000"] = statistics.median(times[10_000])
+    out["dequeue_ratio_10000_vs_100"] = out["dequeue_ms_median_at_10000"] / out["dequeue_ms_median_at_100"]
+    # a CRITICAL entry put behind 10,000 LOW ones → the next dequeue returns it (the broker alone)
     lat = []
-    for _ in range(100):
+    for _ in range(50):
         t = time.perf_counter()
-        from django.db import transaction
-
         with transaction.atomic():
             broker.put(key, "critical", priority=3)
-        [(ack, payload)] = b._claim()
+        [(ack, payload)] = b.dequeue()
         lat.append((time.perf_counter() - t) * 1000)
-        assert payload == "critical"
+        assert payload == "critical", payload
         b.acknowledge(ack)
-    out["critical_behind_10000_low_ms_p50"] = round(pct(lat, 50), 3)
-    out["critical_behind_10000_low_ms_p95"] = round(pct(lat, 95), 3)
+    out["broker_critical_behind_10000_ms_p95"] = pct(lat, 95)
     QueueEntry.objects.all().delete()
 
-    # 3. end to end through real clusters on the zero-latency stub
-    stub, url = start_stub("ok")
+    # the services
     org = Organization.objects.create(name="Bench")
     loc = Location.objects.create(organization=org, code="bench", name="Bench")
     user = User.objects.create_user("bench", password="bench-password-1", role="integrator", organization=org)
     user.locations.add(loc)
-    ep = ModelEndpoint.objects.create(name="stub", base_url=url, context_length=2048)
-    AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
-    other = ModelEndpoint.objects.create(name="stub-other", base_url=url, context_length=2048)
-    AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Urgent")[0], endpoint=other)
-    header = "Bearer " + issue_tokens(user, loc).access_token
-    queue_max = max(10 * args.tasks, 40_000)
-    env.update(
-        MEDAI_Q_WORKERS=str(args.workers),
-        MEDAI_QUEUE_MAX=str(queue_max),
-        MEDAI_BACKEND_RETRIES="0",
-        MEDAI_RESULT_TTL="3600",
-    )
-    clusters = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-            stdout=(tmp / f"cluster{i}.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(args.clusters)
-    ]
-    from django.conf import settings
-
-    settings.MEDAI_QUEUE_MAX = queue_max
-
-    def ask(text: str, priority: str = "normal", agent: str = "Chat") -> dict[str, object]:
-        return {"agent_type": agent, "priority": priority, "messages": [{"role": "user", "content": text}]}
-
-    def submit_many(n: int, prefix: str, priority: str = "normal") -> list:
-        """n tasks through queue.submit_batch (the service behind POST /v1/async/submit-batch), args.batch a call."""
-        ids: list = []
-        for start in range(0, n, args.batch):
-            _, tasks = queue.submit_batch(
-                header, [ask(f"{prefix}{i}", priority) for i in range(start, min(n, start + args.batch))]
-            )
-            ids += [t.id for t in tasks]
-        return ids
-
-    def signal_clusters(sig: int) -> None:
-        for proc in clusters:
-            os.killpg(proc.pid, sig)
-
+    _, api_key = create_api_key(user, name="bench", location=loc)
+    stub, stub_url = start_stub("ok")
+    for name, agent in (("stub", "Chat"), ("stub-other", "Urgent")):
+        endpoint = ModelEndpoint.objects.create(name=name, base_url=stub_url, context_length=2048)
+        route, _ = AgentRoute.objects.get_or_create(agent_type=agent)
+        AgentRouteEntry.objects.create(route=route, endpoint=endpoint)
+    port = free_port()
+    procs = Procs(tmp)
+    py = sys.executable
+    web = [py, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+    web += ["--no-access-log", "--log-level", "warning", "--lifespan", "off", "--loop", "uvloop", "--http", "httptools"]
     try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, procs.start("web", web, env))
+        procs.start("medai-qcluster", [py, "manage.py", "qcluster"], env)
+        for name in ("redis", "orm"):
+            procs.start(f"djq-{name}", [py, "-m", "django", "qcluster"], {**djq_env, "DJQ_BROKER": name})
+        clients = [Client(port, api_key) for _ in range(max(args.clients, 1))]
 
-        def wait_done(ids: list, timeout: float = 600) -> None:
+        def submit(client: Client, item: dict[str, Any]) -> str:
+            status, body = client.post("/v1/async/submit", item)
+            if status != 202:
+                raise SystemExit(f"submit answered {status}: {body}")
+            return body["task_id"]
+
+        def wait_done(ids: list[str], timeout: float = 600) -> float:
+            """Wait until every task finished; the last one's finished_at (epoch seconds)."""
             end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                # finished; "expired" too: a long run outlives the first results' retention
-                if InferenceTask.objects.filter(id__in=ids, status__in=("completed", "expired")).count() == len(ids):
-                    return
-                time.sleep(0.005)
-            raise SystemExit("timed out")
+            done = (InferenceTask.Status.COMPLETED, InferenceTask.Status.EXPIRED)
+            while InferenceTask.objects.filter(id__in=ids, status__in=done).count() < len(ids):
+                if time.monotonic() > end:
+                    raise SystemExit("medai timed out")
+                time.sleep(0.05)
+            failed = InferenceTask.objects.filter(id__in=ids).exclude(status__in=done).count()
+            assert not failed, failed
+            return InferenceTask.objects.filter(id__in=ids).aggregate(last=Max("finished_at"))["last"].timestamp()
 
-        # warm-up (cluster start, connections)
-        warm = [queue.submit_task(header, ask(f"w{i}")).task.id for i in range(10)]
-        wait_done(warm, 120)
-        # idle pickup: one task at a time into an idle cluster; from the submit's commit (the task
-        # cannot be seen before it) to started_at, and from the start of the submit (queued_at,
-        # which includes the submit's own writes and commit) to started_at
-        pickups, from_submit = [], []
+        def djq(broker_name: str, n: int) -> dict[str, Any]:
+            group = f"{broker_name}-{uuid.uuid4().hex[:8]}"
+            proc = subprocess.run(
+                [py, __file__, "--djq-run", str(n), group],
+                cwd=ROOT,
+                env={**djq_env, "DJQ_BROKER": broker_name},
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
+        def medai_single(n: int, prefix: str) -> dict[str, Any]:
+            ids: list[str] = []
+            lock = threading.Lock()
+            counter = iter(range(n))
+
+            def one_client(client: Client) -> None:
+                for i in counter:  # shared: each client takes the next task
+                    task_id = submit(client, ask(f"{prefix}{i}"))
+                    with lock:
+                        ids.append(task_id)
+
+            t0 = time.time()
+            threads = [threading.Thread(target=one_client, args=(c,)) for c in clients]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            submitted = time.time()
+            assert len(ids) == n, len(ids)
+            last = wait_done(ids)
+            return {"tasks": n, "submit_per_s": n / (submitted - t0), "tasks_per_s": n / (last - t0)}
+
+        def submit_batches(n: int, prefix: str, priority: str = "normal") -> list[str]:
+            ids: list[str] = []
+            for start in range(0, n, args.batch):
+                items = [ask(f"{prefix}{i}", priority) for i in range(start, min(n, start + args.batch))]
+                status, body = clients[0].post("/v1/async/submit-batch", {"requests": items})
+                if status != 202:
+                    raise SystemExit(f"submit-batch answered {status}: {body}")
+                ids += body["task_ids"]
+            return ids
+
+        def medai_batch(n: int, prefix: str) -> dict[str, Any]:
+            t0 = time.time()
+            ids = submit_batches(n, prefix)
+            submitted = time.time()
+            last = wait_done(ids)
+            return {"tasks": n, "submit_per_s": n / (submitted - t0), "tasks_per_s": n / (last - t0)}
+
+        print(f"[{kind}] warm-up ...", flush=True)
+        wait_done([submit(clients[0], ask(f"w{i}")) for i in range(20)], 120)
+        for name in ("redis", "orm"):
+            djq(name, 20)
+
+        print(f"[{kind}] idle pickup, {args.idle_samples} samples ...", flush=True)
+        pickup, queued_to_start = [], []
         for i in range(args.idle_samples):
             time.sleep(0.3)
-            task = queue.submit_task(header, ask(f"idle{i}")).task
-            committed = time.time()  # submit_task returns after its commit; same clock as timezone.now()
-            wait_done([task.id], 30)
-            t = InferenceTask.objects.get(id=task.id)
-            pickups.append((t.started_at.timestamp() - committed) * 1000)
-            from_submit.append((t.started_at - t.queued_at).total_seconds() * 1000)
-        out["idle_pickup_ms_median"] = round(statistics.median(pickups), 1)
-        out["idle_pickup_ms_p95"] = round(pct(pickups, 95), 1)
-        out["idle_submit_to_start_ms_median"] = round(statistics.median(from_submit), 1)
-        # throughput: submit N through submit-batch, time until all completed (submit → completed)
-        if args.profile_submit:
-            import cProfile
-            import pstats
+            sent = time.time()
+            task_id = submit(clients[0], ask(f"idle{i}"))
+            wait_done([task_id], 30)
+            task = InferenceTask.objects.get(id=task_id)
+            pickup.append((task.started_at.timestamp() - sent) * 1000)
+            queued_to_start.append((task.started_at - task.queued_at).total_seconds() * 1000)
+        out["idle_pickup_ms_median"] = statistics.median(pickup)
+        out["idle_pickup_ms_p95"] = pct(pickup, 95)
+        out["idle_queued_to_start_ms_p95"] = pct(queued_to_start, 95)
 
-            prof = cProfile.Profile()
-            prof.enable()
-        t0 = time.perf_counter()
-        ids = submit_many(args.tasks, "t")
-        submitted = time.perf_counter() - t0
-        if args.profile_submit:
-            prof.disable()
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-        wait_done(ids)
-        total = time.perf_counter() - t0
-        out.update(
-            tasks=args.tasks,
-            batch=args.batch,
-            workers=args.workers,
-            clusters=args.clusters,
-            submit_per_s=round(args.tasks / submitted, 1),
-            end_to_end_tasks_per_s=round(args.tasks / total, 1),
-        )
-        # the same with one POST /v1/async/submit per task (queue.submit_task)
-        if args.single_tasks:
-            t0 = time.perf_counter()
-            ids = [queue.submit_task(header, ask(f"s{i}")).task.id for i in range(args.single_tasks)]
-            submitted = time.perf_counter() - t0
-            wait_done(ids)
-            total = time.perf_counter() - t0
-            out.update(
-                single_tasks=args.single_tasks,
-                single_submit_per_s=round(args.single_tasks / submitted, 1),
-                single_end_to_end_tasks_per_s=round(args.single_tasks / total, 1),
+        series = {
+            "djq_redis": lambda n, r: djq("redis", n),
+            "djq_orm": lambda n, r: djq("orm", n),
+            "medai_single": lambda n, r: medai_single(n, f"s{r}-"),
+            "medai_batch": lambda n, r: medai_batch(n, f"b{r}-"),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in series}
+        names = list(series)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            print(f"[{kind}] round {r + 1}/{args.rounds}: {', '.join(order)}, {args.tasks} tasks each ...", flush=True)
+            for name in order:
+                runs[name].append(series[name](args.tasks, r))
+        out["series"] = runs
+        rate = {name: statistics.median(x["tasks_per_s"] for x in v) for name, v in runs.items()}
+        out["tasks_per_s_median"] = rate
+
+        def per_round(name: str) -> float:
+            return statistics.median(
+                m["tasks_per_s"] / d["tasks_per_s"] for m, d in zip(runs[name], runs["djq_redis"], strict=True)
             )
-        # a CRITICAL task submitted behind 10,000 queued LOW ones (clusters paused while the LOW ones
-        # are written, then resumed): submit (commit) → started_at, for the same model as the LOW
-        # tasks and for another one (a worker draining the LOW model must stop for it)
+
+        out["single_over_djq_redis"] = per_round("medai_single")
+        out["batch_over_djq_redis"] = per_round("medai_batch")
+        out["djq_orm_over_djq_redis"] = per_round("djq_orm")
+
         if args.critical_samples:
-            signal_clusters(signal.SIGSTOP)
+            print(f"[{kind}] CRITICAL behind 10,000 LOW, {args.critical_samples} samples ...", flush=True)
+            procs.signal("medai-qcluster", signal.SIGSTOP)
             try:
-                low = submit_many(10_000, "low", "low")
+                submit_batches(10_000, "low", "low")
             finally:
-                signal_clusters(signal.SIGCONT)
-            lat: dict[str, list[float]] = {"Chat": [], "Urgent": []}
+                procs.signal("medai-qcluster", signal.SIGCONT)
+            lat_by: dict[str, list[float]] = {"Chat": [], "Urgent": []}
+            q2s: dict[str, list[float]] = {"Chat": [], "Urgent": []}
             depths = []
             for i in range(args.critical_samples):
                 time.sleep(0.05)
                 agent = "Chat" if i % 2 else "Urgent"
                 depths.append(InferenceTask.objects.filter(status="queued", priority=0).count())
-                task = queue.submit_task(header, ask(f"critical{i}", "critical", agent)).task
+                sent = time.time()
+                task_id = submit(clients[0], ask(f"critical{i}", "critical", agent))
                 end = time.monotonic() + 30
                 while time.monotonic() < end:
-                    t = InferenceTask.objects.filter(id=task.id).only("started_at", "queued_at").first()
-                    if t.started_at:
-                        lat[agent].append((t.started_at - t.queued_at).total_seconds() * 1000)
+                    task = InferenceTask.objects.filter(id=task_id).only("started_at", "queued_at").first()
+                    if task.started_at:
+                        lat_by[agent].append((task.started_at.timestamp() - sent) * 1000)
+                        q2s[agent].append((task.started_at - task.queued_at).total_seconds() * 1000)
                         break
                     time.sleep(0.002)
             for agent, name in (("Chat", "same_model"), ("Urgent", "other_model")):
-                out[f"critical_e2e_{name}_ms_p50"] = round(pct(lat[agent], 50), 1)
-                out[f"critical_e2e_{name}_ms_p95"] = round(pct(lat[agent], 95), 1)
-            out["critical_e2e_low_queued_min_max"] = [min(depths), max(depths)]
-            wait_done(low)
+                out[f"critical_{name}_ms_median"] = statistics.median(lat_by[agent])
+                out[f"critical_{name}_ms_p95"] = pct(lat_by[agent], 95)
+                out[f"critical_{name}_queued_to_start_ms_p95"] = pct(q2s[agent], 95)
+                out[f"critical_{name}_over_idle_p95"] = out[f"critical_{name}_ms_p95"] / out["idle_pickup_ms_p95"]
+            out["critical_low_queued_min_max"] = [min(depths), max(depths)]
+            QueueEntry.objects.all().delete()  # nothing left to drain: the clusters stop at once
     finally:
-        for proc in clusters:
-            stop_cluster(proc)
+        procs.close()
         stub.stop()
-        drop_database(env, dbname)
-    report("queue_throughput", out)
+        connection.close()
+        _drop_databases(kind, args.pg)
+    return out
 
 
-def stop_cluster(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a qcluster's process group (it drains its workers), SIGKILL if it takes too long."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+# --- the report -------------------------------------------------------------------------------
 
 
-def drop_database(env: dict[str, str], dbname: str) -> None:
-    """Close this process's connection and drop the bench's own PostgreSQL database, if it made one."""
-    from django.db import connection
+def report(results: dict[str, Any]) -> None:
+    print()
+    for kind, r in results["databases"].items():
+        rate = r["tasks_per_s_median"]
+        print(f"== {kind} ({r['rounds']} rounds x {r['tasks']} tasks a series; medians of the rounds)")
+        print(
+            f"  django-q2 no-op, Redis broker   {rate['djq_redis']:>7.1f} tasks/s   (baseline)\n"
+            f"  django-q2 no-op, ORM broker     {rate['djq_orm']:>7.1f} tasks/s   {r['djq_orm_over_djq_redis']:.2f}x\n"
+            f"  medai single submits (HTTP)     {rate['medai_single']:>7.1f} tasks/s   "
+            f"{r['single_over_djq_redis']:.2f}x  (target >= 1x)\n"
+            f"  medai submit-batch (HTTP)       {rate['medai_batch']:>7.1f} tasks/s   "
+            f"{r['batch_over_djq_redis']:.2f}x  (target >= 2x)"
+        )
+        print(
+            f"  dequeue at 10,000 / at 100: {r['dequeue_ms_median_at_10000']:.2f} / {r['dequeue_ms_median_at_100']:.2f} ms"
+            f" = {r['dequeue_ratio_10000_vs_100']:.2f}x (target <= 1.2x); CRITICAL put behind 10,000 -> dequeued"
+            f" p95 {r['broker_critical_behind_10000_ms_p95']:.2f} ms"
+        )
+        print(
+            f"  idle pickup (submit sent -> started) median {r['idle_pickup_ms_median']:.1f}, p95"
+            f" {r['idle_pickup_ms_p95']:.1f} ms (queued_at -> started p95 {r['idle_queued_to_start_ms_p95']:.1f})"
+        )
+        for name in ("same_model", "other_model"):
+            if f"critical_{name}_ms_p95" in r:
+                print(
+                    f"  CRITICAL behind ~10,000 LOW, {name}: median {r[f'critical_{name}_ms_median']:.1f}, p95"
+                    f" {r[f'critical_{name}_ms_p95']:.1f} ms = {r[f'critical_{name}_over_idle_p95']:.1f}x the idle"
+                    f" p95 (target <= 10x; queued_at -> started p95 {r[f'critical_{name}_queued_to_start_ms_p95']:.1f})"
+                )
+        print()
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"queue_throughput-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"JSON: {path.relative_to(ROOT)}")
 
-    connection.close()
-    if dbname:
-        import psycopg
 
-        with psycopg.connect(env["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def report(name: str, out: dict[str, object]) -> None:
-    """Print the figures and keep them in bench/results/<name>_<database>.json."""
-    print(json.dumps(out, indent=2))
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"{name}_{out['database']}.json").write_text(json.dumps(out, indent=2))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--tasks", type=int, default=500, help="tasks per series and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="workers of each cluster (medai and django-q2)")
+    parser.add_argument("--clients", type=int, default=4, help="integrators sending single submits at once")
+    parser.add_argument("--batch", type=int, default=100, help="tasks per POST /v1/async/submit-batch")
+    parser.add_argument("--claims", type=int, default=150, help="dequeues per block (3 blocks per depth)")
+    parser.add_argument("--idle-samples", type=int, default=20)
+    parser.add_argument("--critical-samples", type=int, default=30)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/5")
+    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL, no database")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--djq-run", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.djq_run:
+        return djq_run(int(args.djq_run[0]), args.djq_run[1])
+    if args.one:
+        Path(args.out).write_text(json.dumps(run_one(args.one, args)))
+        return
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "commit": subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "databases": {},
+    }
+    for kind in args.databases.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:  # each database in a fresh process
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", kind, "--out", f.name], check=True)
+            results["databases"][kind] = json.loads(Path(f.name).read_text())
+    report(results)
 
 
 if __name__ == "__main__":
