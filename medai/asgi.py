@@ -4,9 +4,22 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medai.settings")
 
+import logging
+
 import django
 
+# uvicorn --no-access-log (its logging is configured before it imports this module) leaves
+# "uvicorn.access" with no handler and propagate off. Django's LOGGING names "uvicorn", and
+# dictConfig resets the children of a logger it names (propagate back on), which turned the
+# access log on again through "uvicorn"'s handler: a JSON line per request, ~7% of the web
+# process's CPU under load (bench/README.md). Keep it off when the server said off.
+_access = logging.getLogger("uvicorn.access")
+_access_off = not _access.handlers and not _access.propagate
+
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application()
+
+if _access_off:
+    _access.propagate = False
 
 from apps.audit import credentials  # noqa: E402
 
