@@ -230,6 +230,7 @@ SIMPLE_JWT: dict[str, Any] = {
 # --- django-q2: the worker cluster ---
 MEDAI_TASK_TIMEOUT = envint("MEDAI_TASK_TIMEOUT", 300, minimum=5)
 _TASK_RETRY = MEDAI_TASK_TIMEOUT + 60  # django-q2's redelivery of a task whose worker went silent
+MEDAI_QUEUE_POLL = envfloat("MEDAI_QUEUE_POLL", 1.0)  # idle wait on the Redis wake-up, not a sleep
 Q_CLUSTER = {
     "name": "medai",
     "workers": envint("MEDAI_Q_WORKERS", 2, minimum=1),
@@ -238,7 +239,7 @@ Q_CLUSTER = {
     # medai's durable priority broker (apps/inference/broker.py). queue_limit 1 and bulk 1: work
     # prefetched into a cluster's local queue can no longer be overtaken by a higher priority.
     "broker_class": "apps.inference.broker.PriorityBroker",
-    "poll": envfloat("MEDAI_QUEUE_POLL", 1.0),  # idle wait on the Redis wake-up, not a sleep
+    "poll": MEDAI_QUEUE_POLL,
     "queue_limit": 1,
     "bulk": 1,
     "orm": "default",

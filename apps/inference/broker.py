@@ -151,7 +151,7 @@ def redis_client() -> Any:
 
         # The wake-up wait is a BLPOP of up to ``poll`` seconds: its reads may take that much longer.
         options = {**settings.REDIS_OPTIONS}
-        options["socket_timeout"] = options["socket_timeout"] + max(float(settings.Q_CLUSTER.get("poll", 1.0)), 0.1)
+        options["socket_timeout"] = options["socket_timeout"] + max(settings.MEDAI_QUEUE_POLL, 0.1)
         _redis = redis.Redis.from_url(settings.REDIS_URL, **options)
     return _redis
 
