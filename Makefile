@@ -44,6 +44,7 @@ test: install $(CHROMIUM)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	MEDAI_ENV=development $(BIN)/python manage.py makemigrations --check --dry-run
 	MEDAI_ENV=development $(BIN)/mypy
 
