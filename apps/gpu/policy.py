@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apps.gpu import circuit, shared
-
-CRITICAL_PRIORITY = 3  # apps.inference.models.Priority.CRITICAL
+from apps.gpu.priority import Priority
 
 DEFAULT_TABLE: dict[str, Any] = {
     "levels": [
@@ -248,7 +247,7 @@ class PolicyState:
 
     def limit_for(self, priority: int) -> int:
         """How many requests of this priority may be in flight per model now."""
-        if priority >= CRITICAL_PRIORITY:
+        if priority >= Priority.CRITICAL:
             return max(self.concurrency, 1) if self.admit_critical else 0
         return self.concurrency if self.admit_new else 0
 
@@ -307,7 +306,7 @@ def _healthy(v: shared.View, endpoint_id: int, stale_after: float) -> tuple[bool
     return False, entry.get("detail") or "health check failed"
 
 
-def choose(candidates: Sequence[Any], priority: int = 1, *, keep_first: bool = False) -> Choice:
+def choose(candidates: Sequence[Any], priority: int = Priority.NORMAL, *, keep_first: bool = False) -> Choice:
     """Filter and order a route's candidates: skip disabled, policy-excluded, unhealthy and
     circuit-open ones; among consecutive candidates of equal rank prefer the lower latency EMA.
     ``keep_first``: the client named the first candidate explicitly; it is not reordered."""

@@ -7,6 +7,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from apps.audit.fields import EncryptedJSONField, EncryptedTextField
+from apps.gpu.priority import Priority  # admission orders by it too, so it lives below (apps/gpu)
 
 
 def validate_backend_url(value: str) -> None:
@@ -105,13 +106,6 @@ class AgentRouteEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.route} #{self.position}: {self.endpoint}"
-
-
-class Priority(models.IntegerChoices):
-    LOW = 0
-    NORMAL = 1
-    HIGH = 2
-    CRITICAL = 3
 
 
 class InferenceTaskQuerySet(models.QuerySet["InferenceTask"]):
