@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,13 +150,23 @@ def reset_local() -> None:
     _local_ema.clear()
 
 
+# What other modules keep locally of the shared state (slots.py: this process's in-flight counts),
+# forgotten with it. They register here: this module is below them and imports none of them.
+_on_flush: list[Callable[[], None]] = []
+
+
+def on_flush(forget: Callable[[], None]) -> None:
+    """Call ``forget`` whenever the shared keys are flushed (``flush_shared``)."""
+    if forget not in _on_flush:
+        _on_flush.append(forget)
+
+
 def flush_shared() -> None:
-    """Delete every shared GPU key (tests and the demo's reset)."""
+    """Delete every shared GPU key, and forget what this process keeps of them (tests, benches)."""
     c = client()
     keys = list(c.scan_iter(match=key("*"), count=500))
     if keys:
         c.delete(*keys)
     reset_local()
-    from apps.gpu import slots
-
-    slots.reset_local()
+    for forget in _on_flush:
+        forget()

@@ -473,3 +473,6 @@ def reset_local() -> None:
         _local.clear()
         _hold_ema.clear()
         _last_published.clear()
+
+
+shared.on_flush(reset_local)
