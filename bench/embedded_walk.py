@@ -90,11 +90,11 @@ def main() -> None:
 
 
 def add_second_server(port: int):  # type: ignore[no-untyped-def]
-    from apps.gpu import services
     from apps.gpu.models import ModelServer
+    from apps.inference.bundled import ensure_bundled_server
     from apps.inference.models import AgentRoute, AgentRouteEntry
 
-    server = services.ensure_bundled_server(port, endpoint_name=EXTRA, parallel=2, vram_mb=2500)
+    server = ensure_bundled_server(port, endpoint_name=EXTRA, parallel=2, vram_mb=2500)
     ModelServer.objects.filter(pk=server.pk).update(vram_mb=2500)
     endpoint = server.endpoint
     endpoint.rank, endpoint.vram_mb = 20, 2500

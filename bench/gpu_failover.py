@@ -118,8 +118,8 @@ def main() -> None:
 def _seed(port: int) -> str:
     from apps.accounts.models import Location, Organization, User
     from apps.accounts.services import issue_tokens
-    from apps.gpu import services
     from apps.gpu.models import ModelServer
+    from apps.inference.bundled import ensure_bundled_server
     from apps.inference.models import AgentRoute, AgentRouteEntry
 
     org = Organization.objects.create(name="Bench")
@@ -128,7 +128,7 @@ def _seed(port: int) -> str:
     user.locations.add(loc)
     route = AgentRoute.objects.get(agent_type="Clinical")
     for rank, (name, p, vram) in enumerate([("primary", port - 2, 6000), ("secondary", port - 1, 400)], start=1):
-        server = services.ensure_bundled_server(p, endpoint_name=name, parallel=2, threads=1, vram_mb=vram)
+        server = ensure_bundled_server(p, endpoint_name=name, parallel=2, threads=1, vram_mb=vram)
         ModelServer.objects.filter(pk=server.pk).update(vram_mb=vram)
         server.endpoint.rank = rank
         server.endpoint.vram_mb = vram

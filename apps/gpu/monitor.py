@@ -10,6 +10,7 @@ pressure level held at least at HIGH (smaller batches, less concurrency) for 5 m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -17,10 +18,11 @@ import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from apps.gpu import policy, services, shared, slots
+from apps.gpu import inventory, policy, services, shared, slots
 from apps.gpu.models import ModelServer
 from apps.gpu.providers import Provider, get_provider
 from apps.gpu.supervisor import Supervisor
@@ -36,8 +38,16 @@ OOM_RECOVERY_SECONDS = 300.0
 
 
 class Monitor:
-    def __init__(self, provider: Provider | None = None, *, supervise: bool = True) -> None:
+    def __init__(
+        self,
+        provider: Provider | None = None,
+        *,
+        supervise: bool = True,
+        models: inventory.ModelSource | None = None,
+    ) -> None:
         self.provider = provider or get_provider()
+        # The models, their health checks and metrics: handed by apps.inference (inventory.py).
+        self.models = models or inventory.registered()
         self.trackers = policy.GpuTrackers()
         self.supervisor = Supervisor(on_oom=self.begin_oom) if supervise else None
         self.table: dict[str, Any] = policy.DEFAULT_TABLE
@@ -88,7 +98,7 @@ class Monitor:
 
     def sample(self) -> dict[str, Any]:
         readings = self.readings = self.provider.sample()
-        models = _model_infos()
+        models = self._model_infos()
         floor = None
         if self.oom is not None:
             floor = "CRITICAL" if self.oom["phase"] == "draining" else "HIGH"
@@ -98,7 +108,8 @@ class Monitor:
         extra = {
             "oom": {k: v for k, v in self.oom.items() if k in ("phase", "server", "stopped")} if self.oom else None
         }
-        state = services.publish_state(self.provider, readings, decision, extra, self.ema_ms)
+        names = {str(m.id): m.name for m in models}
+        state = services.publish_state(self.provider, readings, decision, extra, self.ema_ms, endpoint_names=names)
         if self.decision.get("level") != decision["level"] or self.decision.get("thermal") != decision["thermal"]:
             logger.info(
                 "GPU policy: pressure %s, thermal %s, batch %s, concurrency %s, models %s",
@@ -130,6 +141,11 @@ class Monitor:
             self.pushed, self.pushed_at = summary, time.monotonic()
         return state
 
+    def _model_infos(self) -> list[policy.ModelInfo]:
+        """Every model, on the GPU of its supervised server (if it has one here)."""
+        gpu_of = dict(ModelServer.objects.exclude(endpoint=None).values_list("endpoint_id", "gpu_index"))
+        return [dataclasses.replace(m, gpu_index=gpu_of.get(m.id, m.gpu_index)) for m in self.models.models()]
+
     def _audit_circuits(self, names: dict[str, str]) -> None:
         """Circuit transitions happen on request paths (no DB there); the monitor audits them."""
         current = {pk: s[0] for pk, s in shared.view().circuits.items()}
@@ -159,9 +175,9 @@ class Monitor:
             if self.due("sample", settings.MEDAI_GPU_SAMPLE_INTERVAL, now):
                 self.sample()
             if self.due("health", settings.MEDAI_HEALTH_INTERVAL, now):
-                services.check_health()
+                self.models.check_health()
             if self.due("metrics", METRICS_EVERY, now):
-                services.aggregate_metrics()
+                self.models.aggregate_metrics()
                 self.ema_ms = services.latest_ema()
             if self.due("history", HISTORY_EVERY, now) and self.decision:
                 services.record_history(self.readings, self.decision)
@@ -193,23 +209,9 @@ class Monitor:
             logger.info("monitor stopped")
 
 
-def _model_infos() -> list[policy.ModelInfo]:
-    from apps.inference.models import ModelEndpoint
-
-    gpu_of = dict(ModelServer.objects.exclude(endpoint=None).values_list("endpoint_id", "gpu_index"))
-    return [
-        policy.ModelInfo(pk, name, rank, vram, gpu_of.get(pk), enabled)
-        for pk, name, rank, vram, enabled in ModelEndpoint.objects.values_list(
-            "pk", "name", "rank", "vram_mb", "enabled"
-        )
-    ]
-
-
 def _push_ws(state: dict[str, Any]) -> None:
     """Live GPU state to the ``gpu`` websocket group."""
     try:
-        from channels.layers import get_channel_layer
-
         layer = get_channel_layer()
         if layer is not None:
             async_to_sync(layer.group_send)(

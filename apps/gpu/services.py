@@ -1,74 +1,34 @@
-"""GPU services: health checks, state publication, per-model metrics, history, server control.
+"""GPU services: state publication, per-model metrics, history, server control.
 
-The monitor process calls these on its schedule; the admin calls the server verbs.
+The monitor process calls these on its schedule; the admin calls the server verbs. What needs the
+models themselves (health checks, the request records behind the metrics, the bundled model's
+endpoint) is apps.inference's and calls these with plain values (apps/gpu/inventory.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
 import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
+from apps.audit.models import AuditEvent
+from apps.audit.services import record_event
 from apps.gpu import circuit, shared
+from apps.gpu.metrics import failure_bucket
 from apps.gpu.models import GpuSample, ModelMetric, ModelServer
+from apps.gpu.policy import current_policy
 from apps.gpu.providers import GpuReading
 
 logger = logging.getLogger("medai.gpu")
 
 METRIC_BUCKET_SECONDS = 60
 EMA_ALPHA = 0.3
-
-
-# --- health checks -----------------------------------------------------------------------------
-
-
-async def _check_one(client: httpx.AsyncClient, ep: Any) -> tuple[bool, str]:
-    """llama.cpp and vLLM answer ``/health`` at the server root; others are asked ``/v1/models``."""
-    headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
-    url = ep.server_root + "/health" if ep.kind in ("llamacpp", "vllm") else ep.base_url.rstrip("/") + "/models"
-    try:
-        response = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        return False, f"{type(exc).__name__} on {url}"
-    if response.status_code == 200:
-        return True, "ok"
-    return False, f"HTTP {response.status_code} on {url}"
-
-
-async def _check_all(endpoints: list[Any]) -> dict[int, tuple[bool, str]]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=2.0)) as client:
-        # One check per server: several models served by one server share its answer.
-        by_target: dict[tuple[str, str], list[Any]] = {}
-        for ep in endpoints:
-            target = ep.server_root if ep.kind in ("llamacpp", "vllm") else ep.base_url
-            by_target.setdefault((ep.kind, target), []).append(ep)
-        groups = list(by_target.values())
-        results = await asyncio.gather(*(_check_one(client, group[0]) for group in groups))
-    return {ep.id: result for group, result in zip(groups, results, strict=True) for ep in group}
-
-
-def check_health() -> dict[int, tuple[bool, str]]:
-    """Health-check every enabled model endpoint; share the results; let a recovered backend's
-    open circuit try a request at once (half-open)."""
-    from apps.inference import router
-
-    endpoints = [ep for ep in router.snapshot().models.values() if ep.enabled]
-    if not endpoints:
-        return {}
-    results = asyncio.run(_check_all(endpoints))
-    for endpoint_id, (ok, detail) in results.items():
-        shared.mark_health(endpoint_id, ok, detail)
-        if ok and circuit.state_of(endpoint_id)[0] == circuit.OPEN:
-            circuit.half_open(endpoint_id)
-    return results
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -80,10 +40,11 @@ def publish_state(
     decision: dict[str, Any],
     extra: dict[str, Any],
     ema_ms: dict[str, float] | None = None,
+    *,
+    endpoint_names: dict[str, str],
 ) -> dict:
-    """Share the latest readings and policy decision (TTL 30 s: a dead monitor's data expires)."""
-    from apps.inference.models import ModelEndpoint
-
+    """Share the latest readings and policy decision (TTL 30 s: a dead monitor's data expires).
+    ``endpoint_names``: endpoint id (a string, as JSON keys are) -> model name, of every model."""
     servers = list(ModelServer.objects.values("name", "gpu_index", "endpoint__name", "state", "port", "vram_mb"))
     level_by_gpu = {g["index"]: g for g in decision.get("gpus", [])}
     gpus = []
@@ -105,7 +66,7 @@ def publish_state(
         "gpus": gpus,
         "policy": decision,
         "ema_ms": latest,
-        "endpoint_names": {str(pk): name for pk, name in ModelEndpoint.objects.values_list("pk", "name")},
+        "endpoint_names": endpoint_names,
         "servers": servers,
         **extra,
     }
@@ -136,8 +97,6 @@ def status_payload(now: float | None = None) -> dict[str, Any]:
     v = shared.view()
     state = v.state
     decision = state.get("policy") or {}
-    from apps.gpu.policy import current_policy
-
     policy = current_policy()
     return {
         "provider": state.get("provider", "none"),
@@ -192,7 +151,8 @@ def status_payload(now: float | None = None) -> dict[str, Any]:
 # --- per-model metrics ----------------------------------------------------------------------
 
 
-def _bucket(ts: datetime) -> datetime:
+def bucket_start(ts: datetime) -> datetime:
+    """The start of the ModelMetric bucket that ``ts`` falls in."""
     epoch = int(ts.timestamp()) // METRIC_BUCKET_SECONDS * METRIC_BUCKET_SECONDS
     return datetime.fromtimestamp(epoch, tz=ts.tzinfo or timezone.get_current_timezone())
 
@@ -205,79 +165,65 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(ordered[index])
 
 
-def aggregate_metrics(now: datetime | None = None) -> int:
-    """Write the ModelMetric rows of the current and previous bucket from the request records
-    (and the failed attempts the request paths counted in Redis). Returns rows written.
+@dataclass
+class ModelCounts:
+    """One model's requests in one bucket, as its request records tell (apps/inference/model_metrics.py)."""
 
-    ``failures`` counts backend faults only (``metrics.counts_against_model``): a request the
-    client cancelled (Stop) or that was refused for its input still counts as a request of the
-    model, never as one of its failures."""
-    from apps.gpu.metrics import counts_against_model, failure_bucket
-    from apps.inference.models import InferenceTask, ModelEndpoint
+    requests: int = 0
+    failures: int = 0  # backend faults only (metrics.counts_against_model)
+    latencies_ms: list[float] = field(default_factory=list)  # of the completed requests
+    tokens: int = 0  # completion tokens of the completed requests
+    inference_ms: int = 0  # their time in the backend
 
-    now = now or timezone.now()
-    current = _bucket(now)
-    written = 0
-    endpoints = dict(ModelEndpoint.objects.values_list("name", "pk"))
-    for start in (current - timedelta(seconds=METRIC_BUCKET_SECONDS), current):
-        end = start + timedelta(seconds=METRIC_BUCKET_SECONDS)
-        rows = (
-            InferenceTask.objects.filter(created_at__gte=start, created_at__lt=end)
-            .exclude(model_name="")
-            .values_list(
-                "model_name", "status", "http_status", "error_code", "inference_ms", "latency_ms", "completion_tokens"
-            )
+
+def failed_attempts(start: datetime) -> dict[str, int]:
+    """Backend faults by model name that the request paths counted in Redis in the bucket at
+    ``start`` (attempts that failed over to another model leave no request record of their own).
+    Empty when Redis cannot be read: the rows still come from the records."""
+    try:
+        raw = shared.client().hgetall(shared.key(f"fails:{failure_bucket(start.timestamp())}"))
+    except Exception:  # noqa: BLE001
+        return {}
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def record_model_metrics(start: datetime, per_model: dict[str, ModelCounts], endpoint_ids: dict[str, int]) -> int:
+    """Write the ModelMetric rows of the bucket at ``start``: the records' counts per model name plus
+    the failed attempts counted in Redis, the latency EMA carried on from the model's previous row.
+    ``endpoint_ids``: model name -> endpoint id, for the rows' endpoint. Returns rows written."""
+    per_model = {name: replace(m) for name, m in per_model.items()}  # the caller's counts stay as they are
+    for name, count in failed_attempts(start).items():
+        m = per_model.setdefault(name, ModelCounts())
+        m.requests += count
+        m.failures += count
+    for name, m in per_model.items():
+        previous = (
+            ModelMetric.objects.filter(model_name=name, bucket_start__lt=start)
+            .exclude(latency_ema_ms=None)
+            .order_by("-bucket_start")
+            .values_list("latency_ema_ms", flat=True)
+            .first()
         )
-        try:
-            fails = {
-                k.decode(): int(v)
-                for k, v in shared.client().hgetall(shared.key(f"fails:{failure_bucket(start.timestamp())}")).items()
-            }
-        except Exception:  # noqa: BLE001
-            fails = {}
-        per_model: dict[str, dict[str, Any]] = {}
-        for name, status, http_status, error_code, inference_ms, latency_ms, tokens in rows:
-            m = per_model.setdefault(name, {"requests": 0, "failures": 0, "lat": [], "tokens": 0, "ms": 0})
-            m["requests"] += 1
-            if counts_against_model(status, http_status, error_code):
-                m["failures"] += 1
-            elif status == InferenceTask.Status.COMPLETED and (inference_ms or latency_ms) is not None:
-                m["lat"].append(float(inference_ms or latency_ms))
-                m["tokens"] += tokens
-                m["ms"] += inference_ms or 0
-        for name, count in fails.items():
-            m = per_model.setdefault(name, {"requests": 0, "failures": 0, "lat": [], "tokens": 0, "ms": 0})
-            m["requests"] += count
-            m["failures"] += count
-        for name, m in per_model.items():
-            previous = (
-                ModelMetric.objects.filter(model_name=name, bucket_start__lt=start)
-                .exclude(latency_ema_ms=None)
-                .order_by("-bucket_start")
-                .values_list("latency_ema_ms", flat=True)
-                .first()
-            )
-            mean = statistics.fmean(m["lat"]) if m["lat"] else None
-            if mean is None:
-                ema = previous
-            else:
-                ema = mean if previous is None else previous + EMA_ALPHA * (mean - previous)
-            ModelMetric.objects.update_or_create(
-                model_name=name,
-                bucket_start=start,
-                defaults=dict(
-                    endpoint_id=endpoints.get(name),
-                    bucket_seconds=METRIC_BUCKET_SECONDS,
-                    requests=m["requests"],
-                    failures=m["failures"],
-                    latency_ema_ms=ema,
-                    latency_p50_ms=_percentile(m["lat"], 0.5),
-                    latency_p95_ms=_percentile(m["lat"], 0.95),
-                    tokens_per_second=(m["tokens"] / (m["ms"] / 1000)) if m["ms"] else None,
-                ),
-            )
-            written += 1
-    return written
+        mean = statistics.fmean(m.latencies_ms) if m.latencies_ms else None
+        if mean is None:
+            ema = previous
+        else:
+            ema = mean if previous is None else previous + EMA_ALPHA * (mean - previous)
+        ModelMetric.objects.update_or_create(
+            model_name=name,
+            bucket_start=start,
+            defaults=dict(
+                endpoint_id=endpoint_ids.get(name),
+                bucket_seconds=METRIC_BUCKET_SECONDS,
+                requests=m.requests,
+                failures=m.failures,
+                latency_ema_ms=ema,
+                latency_p50_ms=_percentile(m.latencies_ms, 0.5),
+                latency_p95_ms=_percentile(m.latencies_ms, 0.95),
+                tokens_per_second=(m.tokens / (m.inference_ms / 1000)) if m.inference_ms else None,
+            ),
+        )
+    return len(per_model)
 
 
 def latest_ema() -> dict[str, float]:
@@ -334,9 +280,6 @@ def prune_history() -> int:
 def audit(action: str, *, failure: bool = False, actor: Any = None, obj: Any = None, **details: Any) -> None:
     """An audit event for GPU orchestration (crashes, restarts, out-of-memory, policy and circuit
     changes, admin actions). Never raises: the monitor must outlive an audit hiccup."""
-    from apps.audit.models import AuditEvent
-    from apps.audit.services import record_event
-
     try:
         record_event(
             action,
@@ -368,46 +311,33 @@ def restart_server(server: ModelServer, actor: Any = None) -> None:
     audit("gpu.server.restart_requested", actor=actor, obj=server, server=server.name)
 
 
-@transaction.atomic
-def ensure_bundled_server(
+def ensure_llamacpp_server(
+    endpoint_id: int,
+    endpoint_name: str,
     port: int,
     *,
-    endpoint_name: str | None = None,
     parallel: int = 4,
     ctx_size: int | None = None,
     threads: int | None = None,
     vram_mb: int = 400,
     autostart: bool = True,
 ) -> ModelServer:
-    """The supervised llama.cpp server of the embedded default, on the bundled SmolLM2 GGUF, and the
-    model endpoint that points at it (created or updated; idempotent). The launcher calls this,
-    then runs the monitor, which starts the server."""
-    from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS
-    from apps.inference.models import ModelEndpoint
-
-    name = endpoint_name or BUNDLED_MODEL_ALIAS
-    base_url = f"http://127.0.0.1:{port}/v1"
-    endpoint, _ = ModelEndpoint.objects.get_or_create(
-        name=name,
-        defaults=dict(
-            kind=ModelEndpoint.Kind.LLAMACPP,
-            base_url=base_url,
-            served_model_id=BUNDLED_MODEL_ALIAS,
-            context_length=2048,
-            vram_mb=vram_mb,
-            rank=100,
-        ),
-    )
-    if endpoint.base_url != base_url:
-        endpoint.base_url = base_url
-        endpoint.save(update_fields=["base_url", "updated_at"])
+    """The supervised llama.cpp server of a model endpoint on this machine (created or updated;
+    idempotent): ``parallel`` slots of ``ctx_size`` tokens in all (2048 each by default). The
+    monitor starts it (apps/inference/bundled.py makes the bundled model's)."""
     args = ["--parallel", str(parallel), "--ctx-size", str(ctx_size or 2048 * parallel)]
     if threads:
         args += ["--threads", str(threads)]
     server, _ = ModelServer.objects.update_or_create(
-        name=f"llama.cpp {name}",
+        name=f"llama.cpp {endpoint_name}",
         defaults=dict(
-            endpoint=endpoint, port=port, host="127.0.0.1", gpu_index=0, vram_mb=vram_mb, autostart=autostart, args=args
+            endpoint_id=endpoint_id,
+            port=port,
+            host="127.0.0.1",
+            gpu_index=0,
+            vram_mb=vram_mb,
+            autostart=autostart,
+            args=args,
         ),
     )
     return server

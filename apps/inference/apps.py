@@ -7,6 +7,9 @@ class InferenceConfig(AppConfig):
     verbose_name = "Inference"
 
     def ready(self) -> None:
-        from apps.inference import metrics, signals  # noqa: F401
+        # Imported here, not at the top: these import models, which the app registry loads first.
+        from apps.gpu import inventory
+        from apps.inference import metrics, monitoring, signals  # noqa: F401
 
         metrics.register()
+        inventory.register(monitoring.SOURCE)  # the monitor's models (gpu never imports inference)

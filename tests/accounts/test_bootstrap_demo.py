@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from apps.accounts.demo import bootstrap_demo
 from apps.accounts.models import Location, Organization, User
+from apps.inference.demo import bootstrap_demo
 from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 
 SEEDED_AGENTS = {"Chat", "MedicalQA", "Clinical", "Documentation", "Billing", "Claims"}

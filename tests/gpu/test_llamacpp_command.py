@@ -7,9 +7,9 @@ import collections
 
 import pytest
 
-from apps.gpu import services
 from apps.gpu.llamacpp import BUNDLED_CHAT_TEMPLATE, BUNDLED_MODEL_FILE, server_command
 from apps.gpu.supervisor import server_argv
+from apps.inference.bundled import ensure_bundled_server
 from apps.inference.models import ModelEndpoint
 
 
@@ -34,7 +34,7 @@ def value(argv: list[str], option: str) -> str:
 
 @pytest.mark.django_db
 def test_the_bundled_servers_command_line_names_each_option_once():  # type: ignore[no-untyped-def]
-    server = services.ensure_bundled_server(18450, parallel=2, ctx_size=3000, threads=1)
+    server = ensure_bundled_server(18450, parallel=2, ctx_size=3000, threads=1)
     argv = server_argv(server)
     repeated = {o: n for o, n in options(argv).items() if n > 1}
     assert not repeated, f"repeated options: {repeated} in {argv}"
@@ -47,7 +47,7 @@ def test_the_bundled_servers_command_line_names_each_option_once():  # type: ign
 
 @pytest.mark.django_db
 def test_the_demo_bootstrap_registers_a_server_started_with_jinja(tmp_path):  # type: ignore[no-untyped-def]
-    from apps.accounts.demo import bootstrap_demo
+    from apps.inference.demo import bootstrap_demo
 
     result = bootstrap_demo(llama_port=18451, var_dir=tmp_path, autostart=False)
     server = ModelEndpoint.objects.get(name=result.endpoint_name).servers.get()

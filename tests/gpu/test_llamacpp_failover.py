@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
-from apps.gpu import services
 from apps.gpu.models import ModelServer
 from apps.gpu.monitor import Monitor
 from apps.gpu.providers import SimulatedProvider
+from apps.inference.bundled import ensure_bundled_server
 from apps.inference.models import AgentRoute, AgentRouteEntry
 from tests.conftest import register_model
 from tests.support.servers import free_port
@@ -26,7 +26,7 @@ def test_killing_the_primary_loses_no_request_and_it_comes_back(
     live_medai, llama_server, alice, token_for, settings, fresh_view
 ):  # type: ignore[no-untyped-def]
     settings.MEDAI_HEALTH_INTERVAL = 1.0
-    primary_server = services.ensure_bundled_server(free_port(), endpoint_name="primary", parallel=2, threads=1)
+    primary_server = ensure_bundled_server(free_port(), endpoint_name="primary", parallel=2, threads=1)
     primary = primary_server.endpoint
     primary.rank = 1
     primary.save()

@@ -14,6 +14,8 @@ from apps.gpu import circuit, policy, services, shared, slots
 from apps.gpu.models import ModelMetric, ModelServer, PolicySettings, SimulatedGpu
 from apps.gpu.monitor import Monitor
 from apps.gpu.providers import SimulatedProvider
+from apps.inference.backend_health import check_health
+from apps.inference.model_metrics import aggregate_metrics
 from apps.inference.models import InferenceTask
 from tests.conftest import register_model
 from tests.support.openapi import assert_matches
@@ -138,7 +140,7 @@ def test_health_checks_mark_backends_and_half_open_a_recovered_circuit(stub_back
     down = register_model("down", f"http://127.0.0.1:{free_port()}/v1", agents=())
     for _ in range(5):
         circuit.record_failure(up.pk)
-    results = services.check_health()
+    results = check_health()
     assert results[up.pk][0] is True and results[down.pk][0] is False
     v = shared.view()
     assert v.health[up.pk]["ok"] and not v.health[down.pk]["ok"]
@@ -166,7 +168,7 @@ def test_model_metrics_per_bucket_from_the_records(gpu, alice, demo):  # type: i
     from apps.gpu.metrics import record_attempt
 
     record_attempt(type("E", (), {"name": "m"})(), ok=False)  # a failed attempt before a failover
-    services.aggregate_metrics(now)
+    aggregate_metrics(now)
     row = ModelMetric.objects.get(model_name="m", bucket_start__gt=now - timedelta(seconds=60))
     assert (row.requests, row.failures) == (7, 2)
     assert (row.latency_p50_ms, row.latency_p95_ms, row.latency_ema_ms) == (300, 1000, 400)

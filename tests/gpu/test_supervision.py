@@ -18,6 +18,7 @@ from apps.gpu.models import ModelServer
 from apps.gpu.monitor import Monitor
 from apps.gpu.providers import SimulatedProvider
 from apps.gpu.supervisor import Supervisor
+from apps.inference.bundled import ensure_bundled_server
 from tests.support.servers import ROOT, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +45,7 @@ def chat(port: int) -> httpx.Response:
 @pytest.mark.e2e
 def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore[no-untyped-def]
     port = free_port()
-    server = services.ensure_bundled_server(port, parallel=1, threads=1)
+    server = ensure_bundled_server(port, parallel=1, threads=1)
     supervisor = Supervisor()
     try:
 
@@ -153,8 +154,8 @@ def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_
 
 
 def test_the_embedded_defaults_server_entry_is_created_once_and_follows_its_port():  # type: ignore[no-untyped-def]
-    first = services.ensure_bundled_server(18401)
-    again = services.ensure_bundled_server(18402)
+    first = ensure_bundled_server(18401)
+    again = ensure_bundled_server(18402)
     assert first.pk == again.pk and ModelServer.objects.count() == 1
     assert again.autostart and again.port == 18402 and again.vram_mb > 0
     assert again.endpoint.base_url == "http://127.0.0.1:18402/v1" and again.endpoint.kind == "llamacpp"

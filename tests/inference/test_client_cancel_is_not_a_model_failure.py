@@ -14,10 +14,10 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.gpu import services as gpu_services
 from apps.gpu import shared
 from apps.gpu.metrics import failure_bucket
 from apps.gpu.models import ModelMetric
+from apps.inference.model_metrics import aggregate_metrics
 from apps.inference.models import InferenceTask
 from tests.conftest import records_written, register_model
 from tests.support.metrics import local
@@ -44,7 +44,7 @@ def _recorded(timeout: float = 30) -> InferenceTask:
 
 def _never_a_failure_of(model: str, endpoint_id: int) -> None:
     """What the monitor computes for the model, and the circuit every process shares."""
-    gpu_services.aggregate_metrics()
+    aggregate_metrics()
     rows = ModelMetric.objects.filter(model_name=model, bucket_start__gt=timezone.now() - timedelta(seconds=180))
     assert sum(r.failures for r in rows) == 0
     fails = shared.client().hgetall(shared.key(f"fails:{failure_bucket()}"))
@@ -194,6 +194,6 @@ def test_model_failures_count_backend_faults_only(alice, demo):  # type: ignore[
     row("failed", 413, "context_length_exceeded")
     row("failed", 200, "backend_error")  # the model server broke mid-stream: a fault
     row("failed", 503, "backend_unavailable")  # a fault
-    gpu_services.aggregate_metrics(now)
+    aggregate_metrics(now)
     metric = ModelMetric.objects.get(model_name="m", bucket_start__gt=now - timedelta(seconds=60))
     assert (metric.requests, metric.failures) == (8, 2)

@@ -8,6 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from apps.gpu.monitor import Monitor
+from apps.gpu.providers import get_provider
+
 
 class Command(BaseCommand):
     help = "Sample GPUs, health-check backends, supervise model servers and publish the GPU state."
@@ -19,9 +22,6 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="One pass (sample, health, metrics), then exit.")
 
     def handle(self, *args: Any, provider: str | None = None, once: bool = False, **options: Any) -> None:
-        from apps.gpu.monitor import Monitor
-        from apps.gpu.providers import get_provider
-
         monitor = Monitor(get_provider(provider), supervise=not once)
         if once:
             monitor.tick()

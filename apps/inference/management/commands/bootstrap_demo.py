@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.accounts.demo import bootstrap_demo
+from apps.inference.demo import bootstrap_demo
 
 
 class Command(BaseCommand):
