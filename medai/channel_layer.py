@@ -21,13 +21,12 @@ from typing import Any
 
 from channels_redis.core import RedisChannelLayer as _RedisChannelLayer
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 
 def _default_socket_timeout() -> float | None:
     """redis-py's default read timeout (5 s in redis-py 8; None, unbounded, before)."""
-    from redis.asyncio.connection import AbstractConnection
-
     default = inspect.signature(AbstractConnection.__init__).parameters["socket_timeout"].default
     return None if default is inspect.Parameter.empty else default
 

@@ -12,6 +12,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django_q.status import Stat
+
+from apps.gpu import circuit, policy, shared
+from apps.inference import router
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -38,8 +42,6 @@ def _check_redis() -> tuple[bool, str]:
 
 def _check_workers() -> tuple[bool, str]:
     try:
-        from django_q.status import Stat
-
         clusters = [s for s in Stat.get_all() if s.status not in ("Stopped", "Stopping")]
     except Exception as exc:  # noqa: BLE001
         return False, f"{type(exc).__name__}: {exc}"
@@ -50,9 +52,6 @@ def _check_models() -> dict[str, object]:
     """Enabled model endpoints that are serving: health checked (or marked by the supervisor) and
     not circuit-open, read fresh from the shared state."""
     try:
-        from apps.gpu import circuit, policy, shared
-        from apps.inference import router
-
         view = shared.load_view()
         enabled = [ep for ep in router.snapshot().models.values() if ep.enabled]
         stale = max(3 * settings.MEDAI_HEALTH_INTERVAL, 30.0)

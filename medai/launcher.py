@@ -35,7 +35,10 @@ import httpx
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.credentials import redact_credentials
+from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
 from medai.embedded import EmbeddedRedis
+from medai.env import envbool
+from medai.secrets import load, private_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "medai is ready"
@@ -149,8 +152,6 @@ def env_port(name: str, default: int) -> int:
 
 
 def var_dir() -> Path:
-    from medai.secrets import private_dir
-
     try:
         return private_dir(Path(os.environ.get("MEDAI_VAR_DIR", str(ROOT / "var"))))
     except ImproperlyConfigured as exc:
@@ -160,9 +161,6 @@ def var_dir() -> Path:
 def check_secrets(env: dict[str, str], var: Path) -> None:
     """Resolve the secrets once before any child starts (generating them in development), so a
     refusal is one clear message instead of a traceback in manage.py's output."""
-    from medai.env import envbool
-    from medai.secrets import load
-
     try:
         found = load(environ=env, var_dir=var, debug=envbool("DEBUG", False))
     except ImproperlyConfigured as exc:
@@ -364,8 +362,6 @@ def run() -> int:
 
         # The monitor starts the bundled llama.cpp server (a ModelServer row, autostart) and restarts it
         # if it crashes; it stops it when it stops.
-        from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
-
         llama_url = None
         if with_llama:
             try:  # fail now, clearly, rather than in the monitor's log

@@ -44,6 +44,9 @@ from prometheus_client import Gauge
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from apps.gpu.metrics import GpuCollector
+from apps.inference.metrics import QueueCollector
+
 logger = logging.getLogger("medai.metrics")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -62,9 +65,6 @@ def multiprocess_dir() -> str | None:
 
 def scrape_collectors() -> list[Any]:
     """Collectors that read shared state at scrape time (not kept in any process's files)."""
-    from apps.gpu.metrics import GpuCollector
-    from apps.inference.metrics import QueueCollector
-
     return [GpuCollector(), QueueCollector()]
 
 

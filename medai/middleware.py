@@ -36,6 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoise
 
+from apps.inference.errors import handler_json
+
 logger = logging.getLogger("medai.http")
 REDIS_RETRY_AFTER = 5
 
@@ -173,8 +175,6 @@ class RedisUnavailableMiddleware(MiddlewareMixin):
         logger.warning("Redis unavailable for %s %s: %s", request.method, request.path, type(exception).__name__)
         message = "A shared service (Redis) is unavailable; try again shortly."
         if request.path.startswith("/v1/"):
-            from apps.inference.errors import handler_json
-
             response: HttpResponse = handler_json(503, "redis_unavailable", message)
         else:
             response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
+from medai.embedded import start_embedded_redis
 from medai.env import env, envbool, envfloat, envint, envlist
 from medai.redisconf import cache_config, channel_layers_config, client_options
 
@@ -125,8 +129,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: one REDIS_URL; without one this process owns an embedded redis-server ---
 REDIS_URL = env("REDIS_URL", "")
 if not REDIS_URL:
-    from medai.embedded import start_embedded_redis
-
     REDIS_URL = start_embedded_redis()
     os.environ["REDIS_URL"] = REDIS_URL  # children (e.g. qcluster workers) share it
 
@@ -303,10 +305,6 @@ MEDAI_ADMISSION_QUEUE_MAX = envint("MEDAI_ADMISSION_QUEUE_MAX", 100, minimum=1)
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]  # set but empty (a sourced env file) means unset, not the cwd
 if "pytest" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    import atexit
-    import shutil
-    import tempfile
-
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir = tempfile.mkdtemp(prefix="medai-test-metrics-")
     atexit.register(shutil.rmtree, _metrics_dir, True)
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

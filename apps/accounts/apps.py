@@ -7,4 +7,6 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
-        from apps.accounts import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        # Imported for its side effect (it registers the OpenAPI auth extension with
+        # drf-spectacular): ready() is where an app does that, once its registry is loaded.
+        from apps.accounts import schema  # noqa: F401

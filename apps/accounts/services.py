@@ -319,8 +319,6 @@ def create_api_key(
     actor: Any = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never retrievable again."""
-    from apps.accounts.models import hash_secret
-
     if not user.locations.filter(pk=location.pk).exists():
         raise ValueError(f"{user.username} does not work at {location.code}")
     unknown = set(scopes or []) - set(user.default_scopes)

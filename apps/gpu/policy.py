@@ -30,7 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from apps.gpu import circuit, shared
+from apps.gpu.models import PolicySettings, PressureLevel, ThermalRule
 from apps.gpu.priority import Priority
 
 DEFAULT_TABLE: dict[str, Any] = {
@@ -57,8 +60,6 @@ DEFAULT_TABLE: dict[str, Any] = {
 
 def load_table() -> dict[str, Any]:
     """The policy table from the database (the defaults for any part not there)."""
-    from apps.gpu.models import PolicySettings, PressureLevel, ThermalRule
-
     table = dict(DEFAULT_TABLE)
     levels = [
         {
@@ -310,8 +311,6 @@ def choose(candidates: Sequence[Any], priority: int = Priority.NORMAL, *, keep_f
     """Filter and order a route's candidates: skip disabled, policy-excluded, unhealthy and
     circuit-open ones; among consecutive candidates of equal rank prefer the lower latency EMA.
     ``keep_first``: the client named the first candidate explicitly; it is not reordered."""
-    from django.conf import settings
-
     policy = current_policy()
     v = shared.view()
     stale = 3 * settings.MEDAI_HEALTH_INTERVAL

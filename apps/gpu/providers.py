@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from django.conf import settings
+
+from apps.gpu import slots
+from apps.gpu.models import ModelServer, SimulatedGpu
+
 logger = logging.getLogger("medai.gpu")
 
 
@@ -65,6 +70,8 @@ class NvmlProvider:
     simulated = False
 
     def __init__(self) -> None:
+        # Imported here: the NVML bindings are needed only where a GPU is used (``auto`` falls
+        # back to the simulated provider when they cannot be imported).
         import pynvml
 
         self._nvml = pynvml
@@ -147,9 +154,6 @@ class SimulatedProvider:
         return data if isinstance(data, dict) else {}
 
     def sample(self) -> list[GpuReading]:
-        from apps.gpu import slots
-        from apps.gpu.models import ModelServer, SimulatedGpu
-
         gpus = list(SimulatedGpu.objects.all()) or [SimulatedGpu(index=0)]
         running = list(
             ModelServer.objects.filter(state__in=[ModelServer.State.RUNNING, ModelServer.State.STARTING]).values(
@@ -208,8 +212,6 @@ class NoProvider:
 
 def get_provider(choice: str | None = None) -> Provider:
     """The provider ``MEDAI_GPU_PROVIDER`` names (``auto``: NVML if it initializes, else simulated)."""
-    from django.conf import settings
-
     choice = (choice or settings.MEDAI_GPU_PROVIDER).lower()
     if choice == "none":
         return NoProvider()

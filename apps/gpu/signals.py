@@ -1,22 +1,20 @@
 """Share an admin edit of the policy table with every process at once (no monitor needed)."""
 
+import logging
 from typing import Any
 
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+from apps.gpu import policy
 from apps.gpu.models import PolicySettings, PressureLevel, ThermalRule
 
 
 def _publish(**kwargs: Any) -> None:
-    from apps.gpu import policy
-
     def publish() -> None:
         try:
             policy.publish_table()
         except Exception:  # the monitor republishes it within seconds
-            import logging
-
             logging.getLogger("medai.gpu").warning("could not publish the GPU policy table", exc_info=True)
 
     transaction.on_commit(publish)

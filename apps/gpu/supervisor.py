@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 import httpx
 from django.utils import timezone
 
+from apps.gpu import circuit, shared
+from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS, server_command
 from apps.gpu.models import ModelServer
+from apps.gpu.services import audit
 
 logger = logging.getLogger("medai.gpu.supervisor")
 
@@ -39,8 +42,6 @@ def server_argv(server: ModelServer) -> list[str]:
     """The command line of a server: ``command`` + ``args`` verbatim, or llama-server on its model."""
     if server.command:
         return [server.command, *map(str, server.args or [])]
-    from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS, server_command
-
     alias = server.endpoint.backend_model if server.endpoint is not None else BUNDLED_MODEL_ALIAS
     return server_command(
         server.port, server.model_path or None, alias=alias, host=server.host, extra=[str(a) for a in server.args or []]
@@ -260,8 +261,6 @@ def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
     if not server.endpoint_id:
         return
     try:
-        from apps.gpu import circuit, shared
-
         shared.mark_health(server.endpoint_id, ok, detail)
         if ok and circuit.state_of(server.endpoint_id)[0] == circuit.OPEN:
             circuit.half_open(server.endpoint_id)  # as a passing health check does: one trial request
@@ -270,8 +269,6 @@ def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
 
 
 def _audit(action: str, **kwargs: object) -> None:
-    from apps.gpu.services import audit
-
     audit(action, **kwargs)  # type: ignore[arg-type]
 
 

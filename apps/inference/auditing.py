@@ -19,6 +19,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from apps.accounts.models import Location, User
 from apps.audit.models import AuditEvent
 from apps.audit.services import new_event
 from apps.inference.models import InferenceTask, Priority
@@ -75,8 +76,6 @@ def inference_event(
 def identities(tasks: list[InferenceTask]) -> tuple[dict[int, str], dict[int, str]]:
     """Usernames by user id and location codes by location id for these tasks (two small queries):
     what the worker's events name, since a task row keeps only the ids."""
-    from apps.accounts.models import Location, User
-
     user_ids = {t.user_id for t in tasks if t.user_id}
     location_ids = {t.location_id for t in tasks if t.location_id}
     users = dict(User.objects.filter(pk__in=user_ids).values_list("pk", "username")) if user_ids else {}

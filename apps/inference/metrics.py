@@ -28,11 +28,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from django.db.models import Count, Min
+from django.utils import timezone
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from apps.gpu.metrics import counts_against_model
+from apps.inference.models import InferenceTask
 
 logger = logging.getLogger("medai.inference")
 
@@ -152,11 +155,6 @@ class QueueCollector(Collector):
         return []  # no I/O when registering
 
     def collect(self) -> Any:
-        from django.db.models import Count, Min
-        from django.utils import timezone
-
-        from apps.inference.models import InferenceTask
-
         S = InferenceTask.Status
         try:
             # Only async tasks are ever QUEUED or PROCESSING (a sync request is recorded when it

@@ -25,6 +25,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, TypedDict
 
+from channels.layers import get_channel_layer
+
+from apps.inference.models import Priority
+
 logger = logging.getLogger("medai.queue")
 
 
@@ -46,8 +50,6 @@ def batch_group(batch_id: Any) -> str:
 
 def update_for(task: Any, status: str | None = None) -> tuple[int | None, TaskUpdate]:
     """(owner user id, payload) for an InferenceTask (or any object with the same fields)."""
-    from apps.inference.models import Priority
-
     return task.user_id, {
         "task_id": str(task.id),
         "status": status or task.status,
@@ -114,8 +116,6 @@ class Pusher:
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._flush()))
 
     async def _flush(self) -> None:
-        from channels.layers import get_channel_layer
-
         while True:
             with self.lock:
                 batch, self.pending = self.pending, []

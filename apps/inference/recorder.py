@@ -34,6 +34,10 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
 
+from apps.audit.services import record_events
+from apps.inference.auditing import inference_event
+from apps.inference.models import InferenceTask
+
 logger = logging.getLogger("medai.inference")
 
 BATCH_MAX = 500
@@ -178,10 +182,6 @@ def _insert(batch: list[Pending]) -> None:
     """The records (one multi-row INSERT) and then their audit events (one append under the chain
     head's lock, held until the commit right after it). Built afresh on every try: a failed try
     leaves nothing behind in them."""
-    from apps.audit.services import record_events
-    from apps.inference.auditing import inference_event
-    from apps.inference.models import InferenceTask
-
     tasks = [InferenceTask(**row) for row, _ in batch]
     events = [
         inference_event(task, **audit) for task, (_, audit) in zip(tasks, batch, strict=True) if audit is not None

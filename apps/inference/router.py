@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from apps.inference.models import AgentRoute, ModelEndpoint
+
 
 @dataclass(frozen=True)
 class EndpointInfo:
@@ -70,8 +72,6 @@ _snapshot: RegistrySnapshot | None = None
 
 
 def _load() -> RegistrySnapshot:
-    from apps.inference.models import AgentRoute, ModelEndpoint
-
     models = {}
     for ep in ModelEndpoint.objects.all():
         models[ep.name] = EndpointInfo(
