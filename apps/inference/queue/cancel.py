@@ -8,7 +8,7 @@ from django.utils import timezone
 from apps.accounts.services import Principal
 from apps.audit.services import record_event
 from apps.inference import metrics as inference_metrics
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.queue.common import S, _actor
 from apps.inference.queue.notify import push_update

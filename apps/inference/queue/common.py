@@ -14,7 +14,7 @@ from django_q.exceptions import TimeoutException
 
 from apps.accounts.services import Principal
 from apps.inference import broker
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 
 logger = logging.getLogger("medai.queue")

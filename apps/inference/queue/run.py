@@ -16,7 +16,7 @@ from django_q.exceptions import TimeoutException
 from apps.accounts.models import SCOPE_INFERENCE
 from apps.accounts.services import Principal
 from apps.inference import router, services
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.queue.claim import _claim_group, _claim_urgent, _urgent_head
 from apps.inference.queue.common import (

@@ -15,7 +15,7 @@ from django.utils import timezone
 from apps.accounts.services import Principal
 from apps.audit.services import record_event
 from apps.inference import broker, push, services
-from apps.inference.api.errors import ApiError
+from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, TaskBatch
 from apps.inference.queue.common import (
     LIVE,
