@@ -341,12 +341,14 @@ class SSEStream:
 
     async def events(self) -> AsyncIterator[dict[str, Any] | None]:
         """Yield each ``data:`` JSON payload; ``None`` for ``[DONE]``."""
+        lines = self.response.aiter_lines()
         try:
-            async for line in self.response.aiter_lines():
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await _read_to_end(lines)
                     yield None
                     return
                 try:
@@ -366,6 +368,19 @@ class SSEStream:
         finally:
             while self.on_close:
                 self.on_close.pop()()
+
+
+async def _read_to_end(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (the end of the chunked body, as a rule in the same packet), so
+    that closing the response hands its connection back to the pool: closed unread, it was dropped,
+    and every stream paid a new TCP connection to the model server. A backend that sends more or
+    holds the body open gets half a second, then the connection is dropped as before."""
+    try:
+        async with asyncio.timeout(0.5):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 async def open_stream(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> SSEStream:
