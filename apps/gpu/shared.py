@@ -62,11 +62,17 @@ class View:
     health: dict[int, dict[str, Any]]
     loaded_at: float
     ema_ms: dict[int, float] = field(default_factory=dict)
-    in_flight_raw: dict[bytes, bytes] = field(default_factory=dict)  # per process, see slots.py
+    in_flight_raw: dict[bytes | str, bytes | str] = field(default_factory=dict)  # per process, see slots.py
+    remote_in_flight: dict[int, int] | None = field(default=None, compare=False)  # slots.py's parse of it
 
 
 _view: View | None = None
 _view_lock = threading.Lock()
+
+
+def text(raw: bytes | str) -> str:
+    """A Redis reply as text (this client does not decode: its replies are bytes)."""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _decode_circuit(raw: bytes) -> tuple[str, int, float]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -91,11 +92,12 @@ class Lease:
             previous = _hold_ema.get(endpoint_id)
             _hold_ema[endpoint_id] = held if previous is None else previous + HOLD_ALPHA * (held - previous)
             waiter = _head(endpoint_id)
+            handed: Lease | None = None
             if waiter is not None and _local[endpoint_id] - 1 + remote < waiter.limit:
-                handed: Lease | None = Lease(endpoint_id)  # the slot passes on: the count stays
+                handed = Lease(endpoint_id)  # the slot passes on: the count stays
                 _grant(waiter, handed)
             else:
-                waiter, handed = None, None
+                waiter = None
                 _local[endpoint_id] -= 1
         if waiter is None:
             _dirty.set()
@@ -300,11 +302,11 @@ def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None) -> Leas
     return Lease(endpoint_id)
 
 
-def _parse(raw: dict[bytes, bytes], exclude_self: bool) -> dict[int, int]:
+def _parse(raw: dict[bytes | str, bytes | str], exclude_self: bool) -> dict[int, int]:
     now = time.time()
     totals: defaultdict[int, int] = defaultdict(int)
     for field, value in raw.items():
-        if exclude_self and field.decode() == PROCESS_ID:
+        if exclude_self and shared.text(field) == PROCESS_ID:
             continue
         entry = json.loads(value)
         if now - entry["ts"] > STALE_AFTER:
@@ -317,10 +319,9 @@ def _parse(raw: dict[bytes, bytes], exclude_self: bool) -> dict[int, int]:
 def remote_in_flight() -> dict[int, int]:
     """Other processes' requests in flight per model, from this process's view."""
     v = shared.view()
-    cached = getattr(v, "_remote_in_flight", None)
+    cached = v.remote_in_flight
     if cached is None:
-        cached = _parse(v.in_flight_raw, exclude_self=True)
-        v._remote_in_flight = cached  # type: ignore[attr-defined]
+        cached = v.remote_in_flight = _parse(v.in_flight_raw, exclude_self=True)
     return cached
 
 
@@ -457,6 +458,10 @@ def _ensure_publisher() -> None:
                 _publisher.start()
 
 
+def _published_since(target: int) -> bool:
+    return _publish_round >= target
+
+
 def flush_releases(timeout: float = 5.0) -> None:
     """Wait until this process's current counts are in Redis (tests, the monitor's drain)."""
     _ensure_publisher()
@@ -464,7 +469,7 @@ def flush_releases(timeout: float = 5.0) -> None:
         with _published:
             target = _publish_round + 1
             _dirty.set()
-            _published.wait_for(lambda target=target: _publish_round >= target, timeout)
+            _published.wait_for(functools.partial(_published_since, target), timeout)
 
 
 def reset_local() -> None:
