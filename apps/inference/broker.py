@@ -12,7 +12,7 @@ index: its cost does not depend on the queue's depth.
 
 Delivery: the head rows are leased (``locked_until = now + lease``) in one transaction, with
 ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several clusters never take the same row) and
-under SQLite's IMMEDIATE write lock. A worker that dies leaves the row leased, and it is
+under SQLite's IMMEDIATE write lock (the queries on this table are ``QueueEntryQuerySet``'s). A worker that dies leaves the row leased, and it is
 delivered again when its lease ends (at-least-once). Keep ``bulk`` and ``queue_limit`` at 1: work
 prefetched into a cluster's local queue is no longer reordered.
 
@@ -49,7 +49,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections, transaction
-from django.db.models import F
 from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.conf import Conf
@@ -287,23 +286,19 @@ class PriorityBroker(Broker):
     def _claim(self) -> list[tuple[int, str]]:
         from apps.inference.models import QueueEntry
 
-        conn = connections[Conf.ORM]
         with transaction.atomic(using=Conf.ORM):
             now = timezone.now()
-            qs = (
+            rows = list(
                 QueueEntry.objects.using(Conf.ORM)
-                .filter(key=self.list_key, locked_until__lte=now)
-                .order_by("rank")
+                .ready(self.list_key, now)
                 .only("id", "payload")
+                .locked(skip=True)[: max(Conf.BULK, 1)]
             )
-            if conn.features.has_select_for_update_skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            rows = list(qs[: max(Conf.BULK, 1)])
             if not rows:
                 return []
             # leased; deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
-            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).update(
-                locked_until=now + timedelta(seconds=lease_seconds()), deliveries=F("deliveries") + 1
+            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).lease(
+                now + timedelta(seconds=lease_seconds()), delivery=True
             )
         return [(r.id, r.payload) for r in rows]
 
@@ -324,17 +319,17 @@ class PriorityBroker(Broker):
     def queue_size(self) -> int:
         from apps.inference.models import QueueEntry
 
-        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key, locked_until__lte=timezone.now()).count()
+        return QueueEntry.objects.using(Conf.ORM).ready(self.list_key, timezone.now()).count()
 
     def lock_size(self) -> int:
         from apps.inference.models import QueueEntry
 
-        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key, locked_until__gt=timezone.now()).count()
+        return QueueEntry.objects.using(Conf.ORM).leased(self.list_key, timezone.now()).count()
 
     def purge_queue(self) -> Any:
         from apps.inference.models import QueueEntry
 
-        return QueueEntry.objects.using(Conf.ORM).filter(key=self.list_key).delete()
+        return QueueEntry.objects.using(Conf.ORM).in_queue(self.list_key).delete()
 
     def delete_queue(self) -> Any:
         return self.purge_queue()
@@ -347,14 +342,9 @@ class PriorityBroker(Broker):
     def _delete_unless_live(self, entry_id: int) -> int:
         """Delete the entry unless its task is still queued or processing (one statement, so a
         concurrent claim or requeue is seen or waits); the number of rows deleted."""
-        from django.db.models import Exists, OuterRef
+        from apps.inference.models import QueueEntry
 
-        from apps.inference.models import InferenceTask, QueueEntry
-
-        live = InferenceTask.objects.using(Conf.ORM).filter(
-            id=OuterRef("task_id"), status__in=(InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING)
-        )
-        deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).exclude(Exists(live)).delete()
+        deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).without_live_task().delete()
         return deleted
 
     def acknowledge(self, task_id: int) -> None:

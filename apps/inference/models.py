@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
-from django.db import models
+from django.db import connections, models
+from django.db.models import Case, Exists, F, IntegerField, OuterRef, Value, When
 
 from apps.audit.fields import EncryptedJSONField, EncryptedTextField
 from apps.gpu.priority import Priority  # admission orders by it too, so it lives below (apps/gpu)
@@ -108,10 +110,155 @@ class AgentRouteEntry(models.Model):
         return f"{self.route} #{self.position}: {self.endpoint}"
 
 
-class InferenceTaskQuerySet(models.QuerySet["InferenceTask"]):
-    def visible_to(self, principal) -> InferenceTaskQuerySet:  # type: ignore[no-untyped-def]
-        """What a caller may see: their own tasks at their current location."""
+_M = TypeVar("_M", bound=models.Model)
+
+
+class LockingQuerySet(models.QuerySet[_M]):
+    def locked(self, skip: bool = False) -> LockingQuerySet[_M]:
+        """Row locks where the database has them (PostgreSQL; with ``skip``, rows another transaction
+        holds are skipped). SQLite's IMMEDIATE transaction already holds the write lock."""
+        if connections[self.db].features.has_select_for_update_skip_locked:
+            return self.select_for_update(skip_locked=skip)
+        return self
+
+
+DEADLINE_EXCEEDED = "deadline_exceeded"
+DEADLINE_MESSAGE = "The task was still queued at its deadline."
+# The columns a finished task's outcome writes (``InferenceTaskQuerySet.write_outcomes``).
+OUTCOME_FIELDS = (
+    "status",
+    "result",
+    "http_status",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+    "tool_calls",
+    "endpoint",
+    "model_name",
+    "finished_at",
+    "inference_ms",
+    "latency_ms",
+    "result_expires_at",
+)
+
+
+class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
+    """Who sees a task, and the async task's lifecycle, each transition written once:
+    QUEUED → PROCESSING (``claim``) → COMPLETED | FAILED (``write_outcomes``, ``fail``), back to
+    QUEUED (``requeue``); QUEUED → CANCELLED (``cancel``) or EXPIRED (``expire``, ``expire_due``);
+    the content dropped at the end of retention (``purge_due``). The transitions update the rows of
+    this queryset; the guards (status still QUEUED, the attempt read under the rows' locks) are the
+    callers' (apps.inference.queue), as each knows what it holds."""
+
+    def visible_to(self, principal: Any) -> InferenceTaskQuerySet:
+        """What a caller may see: their own tasks at their current location (another user's task, or
+        their own at another location, is not found)."""
         return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
+
+    def by_pk(self, ids: Any) -> InferenceTaskQuerySet:
+        """Tasks by primary key alone, unordered. Filters on status here would let SQLite's planner
+        pick the status index and scan every queued task: a cost growing with the queue's depth."""
+        return self.filter(id__in=ids).order_by()
+
+    def queued(self) -> InferenceTaskQuerySet:
+        """Async tasks waiting in the queue (the depth that admission and health count)."""
+        return self.filter(status=InferenceTask.Status.QUEUED, mode=InferenceTask.Mode.ASYNC)
+
+    def processing(self) -> InferenceTaskQuerySet:
+        return self.filter(status=InferenceTask.Status.PROCESSING, mode=InferenceTask.Mode.ASYNC)
+
+    def live_without_entry(self) -> InferenceTaskQuerySet:
+        """Live async tasks (queued or processing) that have no queue entry: lost ones."""
+        entry = QueueEntry.objects.filter(task_id=OuterRef("id"))
+        return self.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE_STATUSES).exclude(Exists(entry))
+
+    # --- transitions ----------------------------------------------------------------------------
+
+    def claim(self, now: Any, waits: dict[Any, int]) -> int:
+        """QUEUED → PROCESSING: ``attempts`` + 1 (the fencing token), started now, each task's time in
+        the queue (``waits``: ms by task id). Under the rows' locks: the caller read them QUEUED."""
+        if len(waits) == 1:
+            wait: Any = next(iter(waits.values()))
+        else:
+            wait = Case(*(When(id=k, then=Value(v)) for k, v in waits.items()), output_field=IntegerField())
+        return self.update(
+            status=InferenceTask.Status.PROCESSING, attempts=F("attempts") + 1, started_at=now, queue_wait_ms=wait
+        )
+
+    def requeue(self) -> int:
+        """Back to QUEUED, as if never started (admission turned it away, or its entry was lost)."""
+        return self.update(status=InferenceTask.Status.QUEUED, started_at=None, queue_wait_ms=None)
+
+    def fail(self, code: str, message: str, now: Any, expires: Any) -> int:
+        """→ FAILED with ``code`` and ``message``, its content kept until ``expires``."""
+        return self.update(
+            status=InferenceTask.Status.FAILED,
+            result=None,
+            http_status=None,
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+            result_expires_at=expires,
+        )
+
+    def cancel(self, now: Any) -> int:
+        """QUEUED → CANCELLED (only tasks still queued; a running or finished one is left as it is),
+        the prompt dropped. The number of tasks cancelled."""
+        return self.filter(status=InferenceTask.Status.QUEUED).update(
+            status=InferenceTask.Status.CANCELLED, finished_at=now, request=None, content_purged_at=now
+        )
+
+    def expire(self, now: Any) -> int:
+        """→ EXPIRED (still queued at its deadline), the prompt dropped. The caller checked QUEUED."""
+        return self.update(
+            status=InferenceTask.Status.EXPIRED,
+            finished_at=now,
+            error_code=DEADLINE_EXCEEDED,
+            error_message=DEADLINE_MESSAGE,
+            request=None,
+            content_purged_at=now,
+        )
+
+    def expire_due(self, now: Any) -> tuple[list[Any], int]:
+        """Every task still QUEUED past its deadline → EXPIRED: the ids found and how many expired."""
+        overdue = list(self.filter(status=InferenceTask.Status.QUEUED, deadline__lte=now).values_list("id", flat=True))
+        return overdue, self.filter(id__in=overdue, status=InferenceTask.Status.QUEUED).expire(now)
+
+    def purge_due(self, now: Any) -> int:
+        """Finished async tasks past their retention lose their content (prompt and result); their
+        outcome stays (a purged COMPLETED task is still COMPLETED), ``content_purged_at`` says since when."""
+        S = InferenceTask.Status
+        return self.filter(
+            result_expires_at__lte=now,
+            content_purged_at__isnull=True,
+            mode=InferenceTask.Mode.ASYNC,
+            status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
+        ).update(request=None, result=None, content_purged_at=now)
+
+    def write_outcomes(self, tasks: list[InferenceTask]) -> None:
+        """PROCESSING → COMPLETED | FAILED: each task's ``OUTCOME_FIELDS`` as set on the instance, by
+        primary key (the caller read the fence under the rows' locks).
+
+        One parametrised UPDATE run for every row (``executemany``). The ORM would compile an UPDATE
+        per row (most of a finished task's cost), and ``bulk_update``'s CASE expressions cost more to
+        build than the statements they replace. Values go through each field's own ``get_db_prep_save``
+        (encryption of the result included), so this writes exactly what ``save()`` would."""
+        connection = connections[self.db]
+        meta = InferenceTask._meta
+        fields = [meta.get_field(name) for name in OUTCOME_FIELDS]
+        qn = connection.ops.quote_name
+        sql = (
+            f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
+            f"WHERE {qn(meta.pk.column)} = %s"
+        )
+        params = [
+            [f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
+            + [meta.pk.get_db_prep_value(t.pk, connection)]
+            for t in tasks
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
 
 
 class InferenceTask(models.Model):
@@ -200,6 +347,9 @@ class InferenceTask(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+LIVE_STATUSES = (InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING)
+
+
 # --- the async task queue (issue 3) ------------------------------------------------------------
 
 
@@ -222,6 +372,52 @@ class TaskBatch(models.Model):
         return f"batch {self.id} ({self.total})"
 
 
+class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
+    """The broker's table, each query written once: the ready head of a queue (``ready``), the
+    leased entries (``leased``), those ahead of a rank, the entries of some tasks; leases
+    (``lease``, ``release``)."""
+
+    def in_queue(self, key: str) -> QueueEntryQuerySet:
+        return self.filter(key=key)
+
+    def ready(self, key: str, now: Any) -> QueueEntryQuerySet:
+        """The entries of queue ``key`` that may be delivered now (not leased), head first: the
+        ``(key, rank)`` index read in order, whatever the queue's depth."""
+        return self.filter(key=key, locked_until__lte=now).order_by("rank")
+
+    def leased(self, key: str, now: Any) -> QueueEntryQuerySet:
+        """The entries of queue ``key`` handed out and not yet acknowledged (their lease running)."""
+        return self.filter(key=key, locked_until__gt=now)
+
+    def ahead_of(self, rank: Any) -> QueueEntryQuerySet:
+        """Entries that the broker delivers before one of ``rank`` (a value or an ``OuterRef``)."""
+        return self.filter(rank__lt=rank)
+
+    def of_tasks(self, task_ids: Any) -> QueueEntryQuerySet:
+        return self.filter(task_id__in=task_ids)
+
+    def without_live_task(self) -> QueueEntryQuerySet:
+        """Entries whose task is finished, gone, or that carry none (the ones an ack may delete)."""
+        live = InferenceTask.objects.filter(id=OuterRef("task_id"), status__in=LIVE_STATUSES)
+        return self.exclude(Exists(live))
+
+    def deliveries(self, task_id: Any) -> int:
+        """How many times the task's entry was handed out (0 without an entry)."""
+        return max(self.filter(task_id=task_id).values_list("deliveries", flat=True), default=0)
+
+    def lease(self, until: Any, *, delivery: bool = False) -> int:
+        """Lease these entries until ``until`` (invisible to deliveries meanwhile); ``delivery``: it
+        is a delivery, counted in ``deliveries`` (a re-delivery after a lease ends counts again)."""
+        if delivery:
+            return self.update(locked_until=until, deliveries=F("deliveries") + 1)
+        return self.update(locked_until=until)
+
+    def release(self, now: Any) -> int:
+        """End these entries' leases now and reset their delivery count (their task goes back to the
+        queue in its old place: it did not fail)."""
+        return self.update(locked_until=now, deliveries=0)
+
+
 class QueueEntry(models.Model):
     """One pending delivery in the priority broker (apps.inference.broker).
 
@@ -239,6 +435,8 @@ class QueueEntry(models.Model):
     deliveries = models.PositiveIntegerField(default=0)
     task_id = models.UUIDField(null=True, blank=True, db_index=True)
     payload = models.TextField()
+
+    objects = QueueEntryQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["key", "rank"], name="queue_entry_next")]

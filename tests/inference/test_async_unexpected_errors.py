@@ -15,7 +15,7 @@ from django.db import connection
 from apps.audit.models import AuditEvent
 from apps.inference import queue
 from apps.inference.broker import PriorityBroker
-from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.models import InferenceTask, InferenceTaskQuerySet, QueueEntry
 from tests.conftest import register_model
 from tests.inference.queue_helpers import submit
 
@@ -95,16 +95,16 @@ def test_one_bad_task_in_a_collated_group_fails_alone(client_for, alice):  # typ
 def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
     client = client_for(alice)
     task_id = submit(client, "Its answer will not save")
-    write = queue._write_results
+    write = InferenceTaskQuerySet.write_outcomes
     calls = []
 
-    def broken_once(tasks):  # type: ignore[no-untyped-def]
+    def broken_once(self, tasks):  # type: ignore[no-untyped-def]
         calls.append(len(tasks))
         if len(calls) == 1:
             raise ValueError("cannot store this result")
-        write(tasks)
+        write(self, tasks)
 
-    monkeypatch.setattr(queue.finish, "_write_results", broken_once)
+    monkeypatch.setattr(InferenceTaskQuerySet, "write_outcomes", broken_once)
     assert delivered_and_run(task_id)[0] == "failed"
     task = InferenceTask.objects.get(id=task_id)
     assert (task.status, task.error_code, task.result) == ("failed", "internal_error", None)

@@ -42,7 +42,7 @@ from apps.inference.queue.common import (
     unit_of_work,
 )
 from apps.inference.queue.expire import expire_and_purge, recover_orphans
-from apps.inference.queue.finish import _finish_group, _finish_or_fail, _write_failures, _write_results
+from apps.inference.queue.finish import _finish_group, _finish_or_fail, _write_failures
 from apps.inference.queue.notify import batch_group, push_update, task_group
 from apps.inference.queue.read import batch_progress, health, position, positions
 from apps.inference.queue.run import URGENT_CHECK_SECONDS, _execute, _execute_group, _timed, run_task
@@ -72,7 +72,6 @@ __all__ = [
     "_timed",
     "_urgent_head",
     "_write_failures",
-    "_write_results",
     "batch_group",
     "batch_max",
     "batch_progress",

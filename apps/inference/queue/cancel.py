@@ -10,7 +10,7 @@ from apps.audit.services import record_event
 from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, QueueEntry
-from apps.inference.queue.common import S, _actor
+from apps.inference.queue.common import _actor
 from apps.inference.queue.notify import push_update
 
 # --- cancel, expiry, retention ----------------------------------------------------------------
@@ -20,15 +20,13 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
     """Cancel a queued task (its queue entry goes too); a running or finished one answers 409."""
     with transaction.atomic():
         now = timezone.now()
-        changed = InferenceTask.objects.filter(id=task.id, status=S.QUEUED).update(
-            status=S.CANCELLED, finished_at=now, request=None, content_purged_at=now
-        )
+        changed = InferenceTask.objects.filter(id=task.id).cancel(now)  # only if still queued
         if not changed:
             task.refresh_from_db()
             raise ApiError(
                 409, "not_cancellable", f"Task {task.id} is {task.status}; only queued tasks can be cancelled."
             )
-        QueueEntry.objects.filter(task_id=task.id).delete()
+        QueueEntry.objects.of_tasks([task.id]).delete()
         record_event("inference.cancel", actor=_actor(principal), location=principal.location_code, obj=task)
         transaction.on_commit(lambda: push_update(task.id))
         transaction.on_commit(lambda: inference_metrics.count_finished("async", "cancelled"))

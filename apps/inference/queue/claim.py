@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 
 from apps.inference import broker, push
@@ -18,9 +17,7 @@ from apps.inference.queue.common import (
     WORKER_LOST,
     Claimed,
     S,
-    _by_pk,
     _failed,
-    _locked,
     list_key,
     max_deliveries,
 )
@@ -31,16 +28,12 @@ def _delivered_waiting(rank: float, now: Any) -> bool:
     """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
     (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
     stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
-    leased = list(
-        QueueEntry.objects.filter(key=list_key(), rank__lt=rank, locked_until__gt=now).values_list(
-            "task_id", flat=True
-        )[:256]
-    )
-    return S.QUEUED in set(_by_pk(leased).values_list("status", flat=True))
+    leased = list(QueueEntry.objects.leased(list_key(), now).ahead_of(rank).values_list("task_id", flat=True)[:256])
+    return S.QUEUED in set(InferenceTask.objects.by_pk(leased).values_list("status", flat=True))
 
 
-def _deliveries(task_id: Any) -> int:
-    return max(QueueEntry.objects.filter(task_id=task_id).values_list("deliveries", flat=True), default=0)
+def _lease_until(now: Any) -> Any:
+    return now + timedelta(seconds=broker.lease_seconds())
 
 
 def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
@@ -59,10 +52,10 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
     delivered = None
     with transaction.atomic():
         if task_id is not None:
-            task = _locked(InferenceTask.objects.filter(id=task_id)).first()
+            task = InferenceTask.objects.filter(id=task_id).locked().first()
             if task is None or task.status not in LIVE:
                 return [], task.status if task else "missing"
-            deliveries = _deliveries(task.id) if task.status == S.PROCESSING else 0
+            deliveries = QueueEntry.objects.deliveries(task.id) if task.status == S.PROCESSING else 0
             if deliveries > max_deliveries():  # its earlier runs all ended without writing an outcome
                 _write_failures(
                     [task],
@@ -86,19 +79,14 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
         assert model is not None
         if limit > len(group):
             head = list(
-                _locked(
-                    QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
-                    .order_by("rank")
-                    .only("id", "task_id", "rank"),
-                    skip=True,
-                )[: limit * 4]
+                QueueEntry.objects.ready(list_key(), now).only("id", "task_id", "rank").locked(skip=True)[: limit * 4]
             )
             ids = [e.task_id for e in head if e.task_id and e.task_id != delivered]
             window = {
                 t.id: t
-                for t in _locked(
-                    _by_pk(ids).only("id", "status", "priority", "requested_model", "agent_type", "deadline"), skip=True
-                )
+                for t in InferenceTask.objects.by_pk(ids)
+                .only("id", "status", "priority", "requested_model", "agent_type", "deadline")
+                .locked(skip=True)
             }
             same = {
                 k: t for k, t in window.items() if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model
@@ -117,34 +105,22 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
                     expired.append(other)
                 else:
                     chosen.append((other.id, entry.id))
-            rows = {t.id: t for t in _by_pk([t for t, _ in chosen])}  # whole rows (the request) of those alone
+            rows = {
+                t.id: t for t in InferenceTask.objects.by_pk([t for t, _ in chosen])
+            }  # whole rows (the request) of those alone
             group += [Claimed(rows[t], rows[t].attempts + 1, entry_id) for t, entry_id in chosen]
             leased = [c.entry_id for c in group if c.entry_id is not None]
             if leased:
-                QueueEntry.objects.filter(id__in=leased).update(
-                    locked_until=now + timedelta(seconds=broker.lease_seconds())
-                )
+                QueueEntry.objects.filter(id__in=leased).lease(_lease_until(now))
         if expired:
-            _by_pk([t.id for t in expired]).update(  # checked QUEUED under the lock
-                status=S.EXPIRED,
-                finished_at=now,
-                error_code="deadline_exceeded",
-                error_message="The task was still queued at its deadline.",
-                request=None,
-                content_purged_at=now,
-            )
-            QueueEntry.objects.filter(task_id__in=[t.id for t in expired if t.id != delivered]).delete()
+            InferenceTask.objects.by_pk([t.id for t in expired]).expire(now)  # checked QUEUED under the lock
+            QueueEntry.objects.of_tasks([t.id for t in expired if t.id != delivered]).delete()
         if group:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
             waits = {
                 c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
             }
-            _by_pk(list(waits)).update(
-                status=S.PROCESSING,
-                attempts=F("attempts") + 1,
-                started_at=now,
-                queue_wait_ms=Case(*(When(id=k, then=Value(v)) for k, v in waits.items()), output_field=IntegerField()),
-            )
+            InferenceTask.objects.by_pk(list(waits)).claim(now, waits)
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
             push.update_for(c.task, S.PROCESSING) for c in group
         ]
@@ -160,12 +136,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
 def _urgent_head(above: int) -> bool:
     """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
     indexed read, no lock)."""
-    head = (
-        QueueEntry.objects.filter(key=list_key(), locked_until__lte=timezone.now())
-        .order_by("rank")
-        .values_list("priority", flat=True)
-        .first()
-    )
+    head = QueueEntry.objects.ready(list_key(), timezone.now()).values_list("priority", flat=True).first()
     return head is not None and head > above
 
 
@@ -176,20 +147,20 @@ def _claim_urgent(above: int) -> list[Claimed]:
     like a companion's (deleted with the result; delivered again if this worker dies)."""
     now = timezone.now()
     with transaction.atomic():
-        entry = _locked(
-            QueueEntry.objects.filter(key=list_key(), locked_until__lte=now)
-            .order_by("rank")
-            .only("id", "task_id", "priority", "rank"),
-            skip=True,
-        ).first()
+        entry = (
+            QueueEntry.objects.ready(list_key(), now)
+            .only("id", "task_id", "priority", "rank")
+            .locked(skip=True)
+            .first()
+        )
         if entry is None or entry.priority <= above or entry.task_id is None or _delivered_waiting(entry.rank, now):
             return []
-        task = _locked(_by_pk([entry.task_id]), skip=True).first()
+        task = InferenceTask.objects.by_pk([entry.task_id]).locked(skip=True).first()
         if task is None or task.status != S.QUEUED or (task.deadline and task.deadline <= now):
             return []  # the broker's delivery (or the expiry sweep) deals with it
-        QueueEntry.objects.filter(id=entry.id).update(locked_until=now + timedelta(seconds=broker.lease_seconds()))
+        QueueEntry.objects.filter(id=entry.id).lease(_lease_until(now))
         wait = int((now - (task.queued_at or task.created_at)).total_seconds() * 1000)
-        _by_pk([task.id]).update(status=S.PROCESSING, attempts=F("attempts") + 1, started_at=now, queue_wait_ms=wait)
+        InferenceTask.objects.by_pk([task.id]).claim(now, {task.id: wait})
         update = push.update_for(task, S.PROCESSING)
         transaction.on_commit(lambda: push.send([update]))
     task.status, task.attempts, task.started_at = S.PROCESSING, task.attempts + 1, now

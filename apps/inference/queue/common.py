@@ -15,11 +15,11 @@ from django_q.exceptions import TimeoutException
 from apps.accounts.services import Principal
 from apps.inference import broker
 from apps.inference.errors import ApiError
-from apps.inference.models import InferenceTask
+from apps.inference.models import LIVE_STATUSES, InferenceTask
 
 logger = logging.getLogger("medai.queue")
 S = InferenceTask.Status
-LIVE = (S.QUEUED, S.PROCESSING)
+LIVE = LIVE_STATUSES
 FINISHED = (S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED)
 TASK_FUNC = broker.TASK_FUNC
 # Admission answers that mean "not now" (every allowed model at its concurrency limit, the GPU
@@ -93,21 +93,6 @@ class Claimed:
 
 def drain_seconds() -> float:
     return settings.MEDAI_QUEUE_DRAIN_SECONDS
-
-
-def _locked(qs: Any, skip: bool = False) -> Any:
-    """Row locks on PostgreSQL (SQLite's IMMEDIATE transaction already holds the write lock)."""
-    from django.db import connection
-
-    if connection.features.has_select_for_update_skip_locked:
-        return qs.select_for_update(skip_locked=skip)
-    return qs
-
-
-def _by_pk(ids: list[Any]) -> Any:
-    """Tasks by primary key alone, unordered. Filters on status here would let SQLite's planner pick
-    the status index and scan every queued task: a cost growing with the queue's depth."""
-    return InferenceTask.objects.filter(id__in=ids).order_by()
 
 
 def max_deliveries() -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apps.inference import broker
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
-from apps.inference.queue.common import LIVE, S, _by_pk, _locked, _package, list_key, logger
+from apps.inference.queue.common import _package, list_key, logger
 
 
 def expire_and_purge(now: Any = None) -> dict[str, int]:
@@ -21,23 +20,10 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
     Run every minute by the worker cluster's schedule (``apps.inference.tasks.expire_tasks``)."""
     now = now or timezone.now()
     with transaction.atomic():
-        overdue = list(InferenceTask.objects.filter(status=S.QUEUED, deadline__lte=now).values_list("id", flat=True))
-        expired = InferenceTask.objects.filter(id__in=overdue, status=S.QUEUED).update(
-            status=S.EXPIRED,
-            finished_at=now,
-            error_code="deadline_exceeded",
-            error_message="The task was still queued at its deadline.",
-            request=None,
-            content_purged_at=now,
-        )
-        QueueEntry.objects.filter(task_id__in=overdue).delete()
+        overdue, expired = InferenceTask.objects.expire_due(now)
+        QueueEntry.objects.of_tasks(overdue).delete()
     inference_metrics.count_finished("async", "expired", expired)
-    purged = InferenceTask.objects.filter(
-        result_expires_at__lte=now,
-        content_purged_at__isnull=True,
-        mode=InferenceTask.Mode.ASYNC,
-        status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
-    ).update(request=None, result=None, content_purged_at=now)
+    purged = InferenceTask.objects.purge_due(now)
     return {"expired": expired, "purged": purged}
 
 
@@ -46,19 +32,16 @@ def recover_orphans(now: Any = None) -> int:
     task PROCESSING or QUEUED always has one until it ends, so such a task was lost: its entry
     deleted by an older version, or by hand). Run by the same schedule as ``expire_and_purge``."""
     now = now or timezone.now()
-    entry = QueueEntry.objects.filter(task_id=OuterRef("id"))
     with transaction.atomic():
         lost = list(
-            _locked(
-                InferenceTask.objects.filter(mode=InferenceTask.Mode.ASYNC, status__in=LIVE)
-                .exclude(Exists(entry))
-                .order_by()
-                .only("id", "status", "priority", "queued_at", "created_at")
-            )[:1000]
+            InferenceTask.objects.live_without_entry()
+            .order_by()
+            .only("id", "status", "priority", "queued_at", "created_at")
+            .locked()[:1000]
         )
         if not lost:
             return 0
-        _by_pk([t.id for t in lost]).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
+        InferenceTask.objects.by_pk([t.id for t in lost]).requeue()
         broker.put_again(
             list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at) for t in lost], now=now
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.services import record_events
@@ -19,51 +19,10 @@ from apps.inference.queue.common import (
     TRANSIENT,
     Claimed,
     S,
-    _by_pk,
     _internal,
-    _locked,
     list_key,
     result_ttl,
 )
-
-RESULT_FIELDS = (
-    "status",
-    "result",
-    "http_status",
-    "error_code",
-    "error_message",
-    "prompt_tokens",
-    "completion_tokens",
-    "tool_calls",
-    "endpoint",
-    "model_name",
-    "finished_at",
-    "inference_ms",
-    "latency_ms",
-    "result_expires_at",
-)
-
-
-def _write_results(tasks: list[InferenceTask]) -> None:
-    """One parametrised UPDATE run for every row (``executemany``). The ORM would compile an UPDATE
-    per row (most of a finished task's cost), and ``bulk_update``'s CASE expressions cost more to
-    build than the statements they replace. Values go through each field's own ``get_db_prep_save``
-    (encryption of the result included), so this writes exactly what ``save()`` would."""
-
-    meta = InferenceTask._meta
-    fields = [meta.get_field(name) for name in RESULT_FIELDS]
-    qn = connection.ops.quote_name
-    sql = (
-        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
-        f"WHERE {qn(meta.pk.column)} = %s"
-    )
-    params = [
-        [f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
-        + [meta.pk.get_db_prep_value(t.pk, connection)]
-        for t in tasks
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
@@ -87,9 +46,9 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
         current = {
             pk: (status, attempts)
-            for pk, status, attempts in _locked(_by_pk([c.task.id for c in group])).values_list(
-                "id", "status", "attempts"
-            )
+            for pk, status, attempts in InferenceTask.objects.by_pk([c.task.id for c in group])
+            .locked()
+            .values_list("id", "status", "attempts")
         }
         mine, requeued = [], []
         for c, (outcome, ms) in zip(group, results, strict=True):
@@ -116,7 +75,7 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
             states.append(outcome["status"])
             updates.append(push.update_for(task, outcome["status"]))
         if mine:
-            _write_results(mine)
+            InferenceTask.objects.write_outcomes(mine)
         if requeued:
             _requeue(requeued, finished)
             updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
@@ -155,7 +114,9 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
         for name, value in {**outcome, "finished_at": now, "result_expires_at": expires}.items():
             setattr(task, name, value)
         task.latency_ms = int((now - task.created_at).total_seconds() * 1000)
-    _by_pk([t.id for t in tasks]).update(**outcome, finished_at=now, result_expires_at=expires)
+    InferenceTask.objects.by_pk([t.id for t in tasks]).fail(
+        outcome["error_code"], outcome["error_message"], now, expires
+    )
     record_events(_outcome_events(tasks))
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
@@ -168,7 +129,7 @@ def _fail_unclaimable(task_id: Any, exc: Exception) -> str:
     its columns read without its content."""
     outcome = _internal(exc, task_id, "starting it")
     with transaction.atomic():
-        task = _locked(InferenceTask.objects.filter(id=task_id).defer("request", "result")).first()
+        task = InferenceTask.objects.filter(id=task_id).defer("request", "result").locked().first()
         if task is None or task.status not in LIVE:
             return task.status if task else "missing"
         _write_failures([task], outcome, timezone.now())
@@ -182,8 +143,8 @@ def _requeue(claimed: list[Claimed], now: Any) -> None:
     did not fail). The attempt counter keeps its increment (it is the fencing token);
     ``started_at`` is cleared."""
     ids = [c.task.id for c in claimed]
-    _by_pk(ids).update(status=S.QUEUED, started_at=None, queue_wait_ms=None)
-    QueueEntry.objects.filter(task_id__in=ids).update(locked_until=now, deliveries=0)
+    InferenceTask.objects.by_pk(ids).requeue()
+    QueueEntry.objects.of_tasks(ids).release(now)
     transaction.on_commit(lambda: broker.wake(list_key(), len(ids)))
     for c in claimed:
         c.task.status, c.task.started_at = S.QUEUED, None

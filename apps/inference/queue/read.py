@@ -27,14 +27,15 @@ def positions(tasks: list[InferenceTask]) -> dict[Any, int]:
     if not queued:
         return {}
     ahead = (
-        QueueEntry.objects.filter(key=list_key(), rank__lt=OuterRef("rank"))
+        QueueEntry.objects.in_queue(list_key())
+        .ahead_of(OuterRef("rank"))
         .order_by()
         .values("key")
         .annotate(n=Count("id"))
         .values("n")
     )
     rows = (
-        QueueEntry.objects.filter(task_id__in=queued)
+        QueueEntry.objects.of_tasks(queued)
         .order_by()
         .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
         .values_list("task_id", "ahead")
@@ -67,7 +68,7 @@ def health() -> dict[str, Any]:
     from django_q.status import Stat
 
     now = timezone.now()
-    queued = InferenceTask.objects.filter(status=S.QUEUED, mode=InferenceTask.Mode.ASYNC)
+    queued = InferenceTask.objects.queued()
     depth = {p.name.lower(): 0 for p in Priority}
     for prio, n in queued.values_list("priority").annotate(n=Count("id")):
         depth[Priority(prio).name.lower()] = n
@@ -80,7 +81,7 @@ def health() -> dict[str, Any]:
     return {
         "depth": depth,
         "queued": sum(depth.values()),
-        "processing": InferenceTask.objects.filter(status=S.PROCESSING, mode=InferenceTask.Mode.ASYNC).count(),
+        "processing": InferenceTask.objects.processing().count(),
         "oldest_wait_s": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "clusters_alive": len(stats),
         "workers_alive": workers,

@@ -21,7 +21,6 @@ from apps.inference.queue.common import (
     LIVE,
     S,
     _actor,
-    _by_pk,
     _db_down,
     _package,
     batch_max,
@@ -90,7 +89,7 @@ def emergency_mode(depth: int) -> bool:
 def _admit(priorities: list[int]) -> None:
     """Admit new tasks of these priorities or answer 429 (``room``). Each task counts at its own
     priority, so a batch mixing HIGH and LOW items cannot carry LOW work into emergency mode."""
-    depth = InferenceTask.objects.filter(status=S.QUEUED, mode=InferenceTask.Mode.ASYNC).count()
+    depth = InferenceTask.objects.queued().count()
     retry = {"Retry-After": "30"}
     routine = sum(1 for p in priorities if p < Priority.HIGH)
     if len(priorities) > room(Priority.HIGH, depth):
@@ -123,7 +122,7 @@ def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTas
         if status in LIVE or (status == S.COMPLETED and expires and expires > now):
             if key not in best or created > best[key][0]:
                 best[key] = (created, pk)
-    found = {t.id: t for t in _by_pk([pk for _, pk in best.values()])} if best else {}
+    found = {t.id: t for t in InferenceTask.objects.by_pk([pk for _, pk in best.values()])} if best else {}
     return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
 
 
