@@ -10,9 +10,10 @@ within one aging period of each other, FIFO within a level, and the anti-starvat
 that waited 3 periods goes before a CRITICAL one that just arrived. Dequeue reads the head of the
 index: its cost does not depend on the queue's depth.
 
-Delivery: the head rows are leased (``locked_until = now + lease``) in one transaction, with
-``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (several clusters never take the same row) and
-under SQLite's IMMEDIATE write lock (the queries on this table are ``QueueEntryQuerySet``'s). A worker that dies leaves the row leased, and it is
+Delivery: the head rows are leased (``locked_until = now + lease``): on PostgreSQL in one
+statement, ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` (several clusters
+never take the same row, nor wait for each other), elsewhere in one transaction under SQLite's
+IMMEDIATE write lock (``QueueEntryQuerySet.deliver``; the queries on this table are that queryset's). A worker that dies leaves the row leased, and it is
 delivered again when its lease ends (at-least-once). Keep ``bulk`` and ``queue_limit`` at 1: work
 prefetched into a cluster's local queue is no longer reordered.
 
@@ -284,23 +285,14 @@ class PriorityBroker(Broker):
         return put(self.list_key, task, priority=priority)
 
     def _claim(self) -> list[tuple[int, str]]:
+        """Lease the head of the queue (``Conf.BULK`` entries) as a delivery: one statement on
+        PostgreSQL (``QueueEntryQuerySet.deliver``); ``deliveries`` counts how often an entry was
+        handed out (a re-delivery after a lease ends)."""
         from apps.inference.models import QueueEntry
 
-        with transaction.atomic(using=Conf.ORM):
-            now = timezone.now()
-            rows = list(
-                QueueEntry.objects.using(Conf.ORM)
-                .ready(self.list_key, now)
-                .only("id", "payload")
-                .locked(skip=True)[: max(Conf.BULK, 1)]
-            )
-            if not rows:
-                return []
-            # leased; deliveries counts how often an entry was handed out (a re-delivery after a lease ends)
-            QueueEntry.objects.using(Conf.ORM).filter(id__in=[r.id for r in rows]).lease(
-                now + timedelta(seconds=lease_seconds()), delivery=True
-            )
-        return [(r.id, r.payload) for r in rows]
+        now = timezone.now()
+        until = now + timedelta(seconds=lease_seconds())
+        return QueueEntry.objects.using(Conf.ORM).deliver(self.list_key, now, max(Conf.BULK, 1), until)
 
     def dequeue(self) -> list[tuple[int, str]] | None:
         if transaction.get_autocommit(using=Conf.ORM):

@@ -5,7 +5,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Value, When
 
 from apps.audit.fields import EncryptedJSONField, EncryptedTextField
@@ -375,7 +375,7 @@ class TaskBatch(models.Model):
 class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
     """The broker's table, each query written once: the ready head of a queue (``ready``), the
     leased entries (``leased``), those ahead of a rank, the entries of some tasks; leases
-    (``lease``, ``release``)."""
+    (``lease``, ``release``) and the broker's one-statement delivery (``deliver``)."""
 
     def in_queue(self, key: str) -> QueueEntryQuerySet:
         return self.filter(key=key)
@@ -416,6 +416,37 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
         """End these entries' leases now and reset their delivery count (their task goes back to the
         queue in its old place: it did not fail)."""
         return self.update(locked_until=now, deliveries=0)
+
+    def deliver(self, key: str, now: Any, n: int, until: Any) -> list[tuple[int, str]]:
+        """Lease the first ``n`` ready entries of queue ``key`` as a delivery: ``(id, payload)``, head
+        first. On PostgreSQL one statement (``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
+        RETURNING``): concurrent deliveries never take the same entry nor wait for each other.
+        Elsewhere a read and an update in one transaction (SQLite's write lock serialises them)."""
+        connection = connections[self.db]
+        if connection.vendor != "postgresql":
+            with transaction.atomic(using=self.db):
+                rows = list(self.ready(key, now).only("id", "payload")[:n])
+                if rows:
+                    self.filter(id__in=[r.id for r in rows]).lease(until, delivery=True)
+            return [(r.id, r.payload) for r in rows]
+        meta = QueueEntry._meta
+        qn = connection.ops.quote_name
+        col = {name: qn(meta.get_field(name).column) for name in ("id", "key", "locked_until", "deliveries", "rank")}
+        table = qn(meta.db_table)
+        sql = (
+            f"UPDATE {table} SET {col['locked_until']} = %s, {col['deliveries']} = {col['deliveries']} + 1 "
+            f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
+            f"WHERE {col['key']} = %s AND {col['locked_until']} <= %s "
+            f"ORDER BY {col['rank']} LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {col['id']}, {qn(meta.get_field('payload').column)}, {col['rank']}"
+        )
+        stamp = meta.get_field("locked_until")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql, [stamp.get_db_prep_value(until, connection), key, stamp.get_db_prep_value(now, connection), n]
+            )
+            rows = cursor.fetchall()
+        return [(pk, payload) for pk, payload, _ in sorted(rows, key=lambda r: r[2])]
 
 
 class QueueEntry(models.Model):
