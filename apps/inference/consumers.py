@@ -92,8 +92,6 @@ async def _visible_group(principal: Any, kind: str, object_id: str) -> str | Non
     def lookup() -> bool:
         if kind == "task":
             return InferenceTask.objects.visible_to(principal).filter(id=object_id).exists()
-        return TaskBatch.objects.filter(
-            id=object_id, user_id=principal.user_id, location_id=principal.location_pk
-        ).exists()
+        return TaskBatch.objects.visible_to(principal).filter(id=object_id).exists()
 
     return f"{kind}.{object_id}" if await database_sync_to_async(lookup)() else None

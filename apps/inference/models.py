@@ -353,6 +353,12 @@ LIVE_STATUSES = (InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING)
 # --- the async task queue (issue 3) ------------------------------------------------------------
 
 
+class TaskBatchQuerySet(models.QuerySet["TaskBatch"]):
+    def visible_to(self, principal: Any) -> TaskBatchQuerySet:
+        """What a caller may see: their own batches at their current location (the same rule as tasks)."""
+        return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
+
+
 class TaskBatch(models.Model):
     """A batch of async tasks submitted together; progress is counted from its tasks."""
 
@@ -364,6 +370,8 @@ class TaskBatch(models.Model):
     # with (their ``batch`` is another one, or none); progress counts them with the batch's own.
     reused_task_ids = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TaskBatchQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

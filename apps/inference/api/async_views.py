@@ -1,7 +1,7 @@
 """The async task API (``/v1/async/...``): thin DRF views over apps.inference.queue.
 
-Every object lookup goes through ``InferenceTask.objects.visible_to(principal)`` (and the same
-owner filter for batches), so another user's or location's task answers 404.
+Every object lookup goes through ``InferenceTask.objects.visible_to(principal)`` or
+``TaskBatch.objects.visible_to(principal)``, so another user's or location's task answers 404.
 """
 
 from __future__ import annotations
@@ -237,8 +237,7 @@ class BatchStatusView(APIView):
 
     @extend_schema(responses={200: BatchProgressSerializer, **_errors(404)}, operation_id="async_batch_status")
     def get(self, request: Request, batch_id: Any) -> Response:
-        p = request.auth
-        batch = TaskBatch.objects.filter(id=batch_id, user_id=p.user_id, location_id=p.location_pk).first()
+        batch = TaskBatch.objects.visible_to(request.auth).filter(id=batch_id).first()
         if batch is None:
             raise ApiError(404, "batch_not_found", f"Batch '{batch_id}' does not exist.")
         return Response(queue.batch_progress(batch))
