@@ -55,6 +55,8 @@ from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
+from apps.inference.models import QueueEntry
+
 logger = logging.getLogger("medai.queue")
 
 # pids of this cluster's workers running a task. Created on import, which happens in qcluster's
@@ -169,8 +171,6 @@ def wake(list_key: str, n: int = 1) -> None:
 
 def put(list_key: str, payload: str, *, priority: int = 1, task_id: Any = None, now: Any = None) -> int:
     """Insert a queue entry (inside the caller's transaction) and wake a pusher on commit."""
-    from apps.inference.models import QueueEntry
-
     now = now or timezone.now()
     entry = QueueEntry.objects.using(Conf.ORM).create(
         key=list_key,
@@ -189,8 +189,6 @@ def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = Non
     """Insert entries for ``(payload, priority, task_id)`` items with one multi-row INSERT (inside
     the caller's transaction) and wake a pusher once on commit. Items enqueued together keep their
     order within a level: each ranks ``FIFO_STEP`` after the previous one."""
-    from apps.inference.models import QueueEntry
-
     if not items:
         return
     now = now or timezone.now()
@@ -213,8 +211,6 @@ def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = Non
 def put_again(list_key: str, items: list[tuple[str, int, Any, Any]], *, now: Any = None) -> None:
     """Re-insert entries for ``(payload, priority, task_id, queued_at)`` at the rank they were first
     given (a task sent back to the queue keeps its place), waking pushers on commit."""
-    from apps.inference.models import QueueEntry
-
     if not items:
         return
     now = now or timezone.now()
@@ -288,8 +284,6 @@ class PriorityBroker(Broker):
         """Lease the head of the queue (``Conf.BULK`` entries) as a delivery: one statement on
         PostgreSQL (``QueueEntryQuerySet.deliver``); ``deliveries`` counts how often an entry was
         handed out (a re-delivery after a lease ends)."""
-        from apps.inference.models import QueueEntry
-
         now = timezone.now()
         until = now + timedelta(seconds=lease_seconds())
         return QueueEntry.objects.using(Conf.ORM).deliver(self.list_key, now, max(Conf.BULK, 1), until)
@@ -309,33 +303,23 @@ class PriorityBroker(Broker):
         return None
 
     def queue_size(self) -> int:
-        from apps.inference.models import QueueEntry
-
         return QueueEntry.objects.using(Conf.ORM).ready(self.list_key, timezone.now()).count()
 
     def lock_size(self) -> int:
-        from apps.inference.models import QueueEntry
-
         return QueueEntry.objects.using(Conf.ORM).leased(self.list_key, timezone.now()).count()
 
     def purge_queue(self) -> Any:
-        from apps.inference.models import QueueEntry
-
         return QueueEntry.objects.using(Conf.ORM).in_queue(self.list_key).delete()
 
     def delete_queue(self) -> Any:
         return self.purge_queue()
 
     def delete(self, task_id: int) -> None:
-        from apps.inference.models import QueueEntry
-
         QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).delete()
 
     def _delete_unless_live(self, entry_id: int) -> int:
         """Delete the entry unless its task is still queued or processing (one statement, so a
         concurrent claim or requeue is seen or waits); the number of rows deleted."""
-        from apps.inference.models import QueueEntry
-
         deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).without_live_task().delete()
         return deleted
 
@@ -346,8 +330,6 @@ class PriorityBroker(Broker):
     def fail(self, task_id: int) -> None:
         """django-q2's pusher could not read the entry's package: drop it if its task is over,
         otherwise sign it again with this process's key and deliver it again."""
-        from apps.inference.models import QueueEntry
-
         if self._delete_unless_live(task_id):
             return
         entry = QueueEntry.objects.using(Conf.ORM).filter(pk=task_id).values_list("task_id", flat=True).first()
