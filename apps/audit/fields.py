@@ -115,6 +115,11 @@ class EncryptedTextField(models.TextField):
 class EncryptedJSONField(models.TextField):
     """JSON stored encrypted. ``None`` is stored as NULL."""
 
+    # What the django-stubs plugin takes a model attribute of this field to be: any JSON value
+    # (a TextField's would be str).
+    _pyi_private_set_type: Any
+    _pyi_private_get_type: Any
+
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if value is None or value == "":
             return None
