@@ -97,7 +97,7 @@ def worker_busy() -> Iterator[None]:
 
 def workers_busy() -> int:
     with _busy.get_lock():
-        pids = [p for p in _busy if p]
+        pids = [p for p in _busy[:] if p]
     return sum(1 for p in pids if _alive(p))
 
 
@@ -254,8 +254,9 @@ def forget_inherited_connections() -> None:
         from django.db.backends.postgresql.base import DatabaseWrapper
     except ImportError:  # psycopg not installed: no pools
         return
-    _inherited.extend(DatabaseWrapper._connection_pools.values())
-    DatabaseWrapper._connection_pools.clear()
+    pools = DatabaseWrapper._connection_pools  # type: ignore[attr-defined]  # Django's private class dict
+    _inherited.extend(pools.values())
+    pools.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -122,6 +122,12 @@ class LockingQuerySet(models.QuerySet[_M]):
         return self
 
 
+def _concrete(model: type[models.Model], names: Any) -> list[models.Field[Any, Any]]:
+    """The model's columns of these field names, in their order (for the statements written in SQL)."""
+    by_name = {f.name: f for f in model._meta.concrete_fields}
+    return [by_name[name] for name in names]
+
+
 DEADLINE_EXCEEDED = "deadline_exceeded"
 DEADLINE_MESSAGE = "The task was still queued at its deadline."
 # The columns a finished task's outcome writes (``InferenceTaskQuerySet.write_outcomes``).
@@ -246,15 +252,16 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         (encryption of the result included), so this writes exactly what ``save()`` would."""
         connection = connections[self.db]
         meta = InferenceTask._meta
-        fields = [meta.get_field(name) for name in OUTCOME_FIELDS]
+        fields = _concrete(InferenceTask, OUTCOME_FIELDS)
+        [pk] = _concrete(InferenceTask, ["id"])
         qn = connection.ops.quote_name
         sql = (
             f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)} "
-            f"WHERE {qn(meta.pk.column)} = %s"
+            f"WHERE {qn(pk.column)} = %s"
         )
         params = [
             [f.get_db_prep_save(getattr(t, f.attname), connection) for f in fields]
-            + [meta.pk.get_db_prep_value(t.pk, connection)]
+            + [pk.get_db_prep_value(t.pk, connection)]
             for t in tasks
         ]
         with connection.cursor() as cursor:
@@ -439,16 +446,17 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
             return [(r.id, r.payload) for r in rows]
         meta = QueueEntry._meta
         qn = connection.ops.quote_name
-        col = {name: qn(meta.get_field(name).column) for name in ("id", "key", "locked_until", "deliveries", "rank")}
+        names = ("id", "key", "locked_until", "deliveries", "rank", "payload")
+        col = {name: qn(f.column) for name, f in zip(names, _concrete(QueueEntry, names), strict=True)}
         table = qn(meta.db_table)
         sql = (
             f"UPDATE {table} SET {col['locked_until']} = %s, {col['deliveries']} = {col['deliveries']} + 1 "
             f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
             f"WHERE {col['key']} = %s AND {col['locked_until']} <= %s "
             f"ORDER BY {col['rank']} LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {col['id']}, {qn(meta.get_field('payload').column)}, {col['rank']}"
+            f"RETURNING {col['id']}, {col['payload']}, {col['rank']}"
         )
-        stamp = meta.get_field("locked_until")
+        [stamp] = _concrete(QueueEntry, ["locked_until"])
         with connection.cursor() as cursor:
             cursor.execute(
                 sql, [stamp.get_db_prep_value(until, connection), key, stamp.get_db_prep_value(now, connection), n]

@@ -93,12 +93,12 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             }
             if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
                 return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
-            first = window.get(head[0].task_id) if head else None
+            first = window.get(head[0].task_id) if head and head[0].task_id else None
             if group and first is not None and first.id not in same and first.priority > group[0].task.priority:
                 same = {}  # more urgent work for another model waits: run the delivered task alone, quickly
             chosen: list[tuple[Any, int]] = []
             for entry in head:
-                other = same.get(entry.task_id)
+                other = same.get(entry.task_id) if entry.task_id else None
                 if other is None or len(group) + len(chosen) >= limit:
                     continue
                 if other.deadline and other.deadline <= now:

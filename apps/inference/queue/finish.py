@@ -29,7 +29,11 @@ def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
     """The audit events of these tasks' outcomes (unsaved, for ``record_events``)."""
     users, locations = auditing.identities(tasks)
     return [
-        auditing.inference_event(t, username=users.get(t.user_id, ""), location_code=locations.get(t.location_id, ""))
+        auditing.inference_event(
+            t,
+            username=users.get(t.user_id, "") if t.user_id is not None else "",
+            location_code=locations.get(t.location_id, ""),
+        )
         for t in tasks
     ]
 
@@ -121,7 +125,12 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))
-    transaction.on_commit(lambda: [inference_metrics.observe(f) for f in fields])
+
+    def observe() -> None:
+        for f in fields:
+            inference_metrics.observe(f)
+
+    transaction.on_commit(observe)
 
 
 def _fail_unclaimable(task_id: Any, exc: Exception) -> str:
