@@ -251,7 +251,7 @@ Q_CLUSTER = {
     "max_attempts": 3,
 }
 
-# --- the async task queue (apps/inference/queue.py, broker.py) ---
+# --- the async task queue (apps/inference/queue/, broker.py) ---
 MEDAI_RESULT_TTL = envint("MEDAI_RESULT_TTL", 300, minimum=1)  # seconds a result's content is kept
 MEDAI_QUEUE_MAX = envint("MEDAI_QUEUE_MAX", 1000, minimum=1)  # above it: 429, only HIGH/CRITICAL
 MEDAI_QUEUE_AGING_SECONDS = envfloat("MEDAI_QUEUE_AGING_SECONDS", 60.0)  # anti-starvation: +1 level per period
