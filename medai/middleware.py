@@ -42,7 +42,7 @@ logger = logging.getLogger("medai.http")
 REDIS_RETRY_AFTER = 5
 
 
-class InlineHooksMixin:
+class InlineHooksMixin(MiddlewareMixin):
     """Run ``process_request``/``process_view``/``process_response`` inline in async mode.
 
     Only for middleware whose hooks never block; ``needs_thread`` names the exceptions, and a
@@ -54,7 +54,7 @@ class InlineHooksMixin:
     process_view: Any  # the middleware's own hook; replaced by a coroutine in async mode
 
     def __init__(self, get_response: Any) -> None:
-        super().__init__(get_response)  # type: ignore[call-arg]
+        super().__init__(get_response)
         if self.async_mode and self.inline_safe() and hasattr(self, "process_view"):
             # Django adapts a sync process_view with a thread hop; a coroutine it awaits directly.
             sync_view = self.process_view
@@ -73,7 +73,7 @@ class InlineHooksMixin:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         if not self.inline_safe():
-            return await super().__acall__(request)  # type: ignore[misc]
+            return await super().__acall__(request)
         response = None
         if hasattr(self, "process_request"):
             response = self.process_request(request)

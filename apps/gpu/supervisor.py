@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from django.utils import timezone
@@ -268,8 +269,8 @@ def _share_health(server: ModelServer, ok: bool, detail: str) -> None:
         logger.warning("could not share the health of %s", server.name, exc_info=True)
 
 
-def _audit(action: str, **kwargs: object) -> None:
-    audit(action, **kwargs)  # type: ignore[arg-type]
+def _audit(action: str, **kwargs: Any) -> None:
+    audit(action, **kwargs)
 
 
 def _is_ours(pid: int, port: int) -> bool:
