@@ -34,7 +34,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
 
-from apps.audit.services import record_events
+from apps.audit import services as audit_services
 from apps.inference.auditing import inference_event
 from apps.inference.models import InferenceTask
 
@@ -188,7 +188,7 @@ def _insert(batch: list[Pending]) -> None:
     ]
     with transaction.atomic():
         InferenceTask.objects.bulk_create(tasks)
-        record_events(events)
+        audit_services.record_events(events)
 
 
 writer = RecordWriter()
