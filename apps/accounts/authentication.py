@@ -4,20 +4,9 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from apps.accounts import services
 from apps.accounts.models import User
-from apps.accounts.services import AuthError, Principal, authenticate_bearer
-
-
-def bearer_token(header: bytes | str) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, None if there is no header."""
-    if isinstance(header, bytes):
-        header = header.decode("latin-1")
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return ""
-    return token.strip()
+from apps.accounts.services import AuthError, Principal, bearer_token
 
 
 class BearerAuthentication(BaseAuthentication):
@@ -28,7 +17,7 @@ class BearerAuthentication(BaseAuthentication):
         if token is None:
             return None
         try:
-            return authenticate_bearer(token)
+            return services.authenticate_bearer(token)
         except AuthError as exc:
             raise exceptions.AuthenticationFailed(exc.message, exc.code) from None
 

@@ -38,6 +38,16 @@ class LoginDenied(AuthError):
     code = "location_denied"
 
 
+class Forbidden(Exception):
+    """The credential lacks the right for this action: answers 403."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class NeedsDatabase(Exception):
     """Raised with ``cached_only=True`` when the answer is not in this process's caches: the
     caller asks again where a query is allowed (a worker thread)."""
@@ -210,6 +220,37 @@ def _active_user(user_id: int, cached_only: bool = False) -> User | None:
         user._location_map = {loc.code: loc for loc in user.locations.filter(is_active=True)}
         _user_cache.set(("user", user_id), user)
     return user
+
+
+def bearer_token(header: bytes | str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, None if there is no header."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return token.strip()
+
+
+def authenticate_header(header: bytes | str | None, *, cached_only: bool = False) -> Principal:
+    """The pipeline's authenticate step: an ``Authorization`` header value → the caller's Principal.
+
+    Raises AuthError (401; ``missing_credentials`` without a header) and, with ``cached_only``,
+    NeedsDatabase (see ``authenticate_bearer``, which DRF's ``BearerAuthentication`` and the
+    websocket middleware call with the token)."""
+    token = bearer_token(header or "")
+    if token is None:
+        raise AuthError("Authentication required: send 'Authorization: Bearer <token>'.", "missing_credentials")
+    return authenticate_bearer(token, cached_only=cached_only)[1]
+
+
+def authorize(principal: Principal, scope: str) -> None:
+    """The pipeline's authorize step: the caller's credential carries ``scope`` (its location is
+    fixed by the credential itself), else Forbidden (403)."""
+    if not principal.has_scope(scope):
+        raise Forbidden(f"This credential lacks the '{scope}' scope (role '{principal.role}').")
 
 
 def authenticate_bearer(token: str, *, cached_only: bool = False) -> tuple[User, Principal]:
