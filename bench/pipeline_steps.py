@@ -62,8 +62,11 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
 
     from apps.accounts.services import authenticate_bearer
     from apps.gpu import circuit, policy, slots
-    from apps.inference import backends, recorder, services
+    from apps.inference import backends, recorder, validation
     from apps.inference.models import InferenceTask
+    from apps.inference.pipeline import gate, record
+    from apps.inference.pipeline.plan import plan_chat, plan_chat_sync
+    from apps.inference.pipeline.run import complete_chat
     from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 
     body = json.dumps({"model": STUB_MODEL, "messages": PROMPT, "max_tokens": 1}).encode()
@@ -83,29 +86,30 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
 
     for kind in ("api_key", "jwt"):
         header = f"Bearer {creds[kind]}"
-        plan = await timed(
-            f"{kind}: begin_chat, through the thread hop",
-            lambda h=header: run_sync(services.begin_chat)(h, body, "bench"),
-        )
-        await timed(f"{kind}: begin_chat, inline", lambda h=header: services.begin_chat(h, body, "bench"))
-        await timed(
-            f"{kind}: begin_chat_cached (the view's path)",
-            lambda h=header: services.begin_chat_cached(h, body, "bench"),
-        )
+
+        def sync_plan(h: str = header) -> Any:
+            return plan_chat_sync(gate.authenticate_sync(h), body, "bench")
+
+        async def view_plan(h: str = header) -> Any:
+            return await plan_chat(await gate.authenticate(h), body, "bench")
+
+        plan = await timed(f"{kind}: authenticate + plan, through the thread hop", lambda f=sync_plan: run_sync(f)())
+        await timed(f"{kind}: authenticate + plan, inline", sync_plan)
+        await timed(f"{kind}: authenticate + plan_chat (the view's path)", view_plan)
         await timed(f"{kind}: authenticate_bearer alone", lambda k=kind: authenticate_bearer(creds[k]))
     data = json.loads(body)
-    await timed("validate_chat_body (fast path)", lambda: services.validate_chat_body(data))
+    await timed("validation.validate_chat (fast path)", lambda: validation.validate_chat(data))
     await timed("ChatCompletionRequestSerializer alone", lambda: ChatCompletionRequestSerializer(data=data).is_valid())
-    await timed("complete_chat (admission + aiohttp + bookkeeping)", lambda: services.complete_chat(plan))
+    await timed("complete_chat (admission + aiohttp + bookkeeping)", lambda: complete_chat(plan))
     await timed(
         "record_later (the view's path: queue for the writer)",
-        lambda: services.record_later(plan, InferenceTask.Status.COMPLETED, 200),
+        lambda: record.record_later(plan, InferenceTask.Status.COMPLETED, 200),
     )
     await timed(
         "record_outcome, through the thread hop",
-        lambda: run_sync(services.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200),
+        lambda: run_sync(record.record_outcome)(plan, InferenceTask.Status.COMPLETED, 200),
     )
-    await timed("record_outcome, inline", lambda: services.record_outcome(plan, InferenceTask.Status.COMPLETED, 200))
+    await timed("record_outcome, inline", lambda: record.record_outcome(plan, InferenceTask.Status.COMPLETED, 200))
     await timed("empty thread hop (default executor)", lambda: run_sync(lambda: None)())
     await timed("empty thread hop (thread-sensitive)", lambda: sync_to_async(lambda: None)())
     endpoint = plan.route.candidates[0]

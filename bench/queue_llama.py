@@ -132,7 +132,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     env["REDIS_URL"] = os.environ["REDIS_URL"]
     from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import issue_tokens
+    from apps.accounts.services import authenticate_header, issue_tokens
     from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS
     from apps.inference import queue
     from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint
@@ -160,7 +160,7 @@ def main() -> None:
             name="smollm2", base_url=url, served_model_id=BUNDLED_MODEL_ALIAS, context_length=2048
         )
         AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
-        header = "Bearer " + issue_tokens(user, loc).access_token
+        principal = authenticate_header("Bearer " + issue_tokens(user, loc).access_token)
         env.update(MEDAI_Q_WORKERS=str(args.workers), MEDAI_BACKEND_RETRIES="0")
         cluster = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"],
@@ -187,7 +187,7 @@ def main() -> None:
             t0 = timezone.now()
             ids = []
             for start in range(0, len(batch), 100):
-                ids += [t.id for t in queue.submit_batch(header, [ask(x) for x in batch[start : start + 100]])[1]]
+                ids += [t.id for t in queue.submit_batch(principal, [ask(x) for x in batch[start : start + 100]])[1]]
             end = time.monotonic() + 600
             while time.monotonic() < end:
                 if InferenceTask.objects.filter(id__in=ids, status__in=("completed", "failed")).count() == len(ids):

@@ -94,6 +94,7 @@ def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_
 ):  # type: ignore[no-untyped-def]
     from django.core.cache import cache
 
+    from apps.accounts.services import authenticate_header
     from apps.gpu import shared, slots
     from apps.gpu.monitor import Monitor
     from apps.gpu.providers import SimulatedProvider
@@ -141,7 +142,8 @@ def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_
     with _ws(web, "/ws/status/", token) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         task = queue.submit_task(
-            f"Bearer {token}", {"model": "stub-a", "messages": [{"role": "user", "content": "again"}]}
+            authenticate_header(f"Bearer {token}"),
+            {"model": "stub-a", "messages": [{"role": "user", "content": "again"}]},
         ).task
         assert push.flush(5)
         update = json.loads(ws.recv(timeout=10))

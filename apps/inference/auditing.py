@@ -5,7 +5,7 @@ Where each is written:
 
 * non-streamed sync chat: by the background record writer (apps/inference/recorder.py), in the
   batch transaction that inserts the records;
-* streamed sync chat: by ``services.record_outcome``, before ``[DONE]`` (or after the client left);
+* streamed sync chat: by ``pipeline.record.record_outcome``, before ``[DONE]`` (or after the client left);
 * async tasks: by the worker, in the transaction that writes the results (``queue.finish._finish_group``).
 
 The event names who (user and API key), where (location), from where (IP, user agent: sync

@@ -31,6 +31,7 @@ from django.conf import settings
 from apps.gpu import circuit, policy, shared, slots
 from apps.gpu.metrics import record_attempt
 from apps.inference.backends import BackendFailure, BackendRejected
+from apps.inference.pipeline import steps
 
 logger = logging.getLogger("medai.gpu")
 
@@ -84,6 +85,7 @@ async def admit(
     one frees (or ``deadline``). Returns (endpoint, lease); None when it is time to look again
     (policy, other processes' slots); raises NoBackend 429/503 when the wait ran out or the line
     is full."""
+    steps.enter(steps.ADMIT)
     limit = choice.policy.limit_for(priority)
     for ep in pool:
         lease = slots.try_acquire(ep.id, limit, key=key)
@@ -155,6 +157,7 @@ async def call_with_failover(
             continue  # time to look again: policy, other processes' slots, the deadline
         endpoint, lease = admitted
 
+        steps.enter(steps.DISPATCH)
         t0 = time.perf_counter()
         try:
             result = await call(endpoint)

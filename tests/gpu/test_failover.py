@@ -158,11 +158,13 @@ def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call,
 async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_view):  # type: ignore[no-untyped-def]
     from asgiref.sync import sync_to_async
 
-    from apps.inference import router, services
+    from apps.inference import router
+    from apps.inference.pipeline.plan import ChatPlan
+    from apps.inference.pipeline.run import open_chat_stream
 
     ep = await sync_to_async(register_model)("streamer", stub_backend)
     route = await sync_to_async(router.resolve)("streamer", None)
-    plan = services.ChatPlan(
+    plan = ChatPlan(
         principal=None,
         route=route,
         payload={"messages": MSG, "stream": True},
@@ -172,7 +174,7 @@ async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_vi
         requested_model="streamer",
         correlation_id="t",
     )
-    stream = await services.open_chat_stream(plan)
+    stream = await open_chat_stream(plan)
     assert slots.in_flight(ep.pk) == 1
     events = [e async for e in stream.events()]
     assert events[-1] is None  # [DONE] read: still held until closed

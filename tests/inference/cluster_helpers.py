@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
 import json, sys
 from apps.accounts.models import Location, Organization, User
-from apps.accounts.services import issue_tokens
+from apps.accounts.services import authenticate_header, issue_tokens
 from apps.inference import queue
 from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 org = Organization.objects.create(name="Org")
@@ -32,8 +32,8 @@ user = User.objects.create_user("alice", password="correct-horse-battery", role=
 user.locations.add(loc)
 ep = ModelEndpoint.objects.create(name="stub-a", base_url=sys.argv[1], context_length=2048)
 AgentRouteEntry.objects.create(route=AgentRoute.objects.get_or_create(agent_type="Chat")[0], endpoint=ep)
-header = "Bearer " + issue_tokens(user, loc).access_token
-ids = [str(queue.submit_task(header, {"agent_type": "Chat", "max_tokens": 4,
+principal = authenticate_header("Bearer " + issue_tokens(user, loc).access_token)
+ids = [str(queue.submit_task(principal, {"agent_type": "Chat", "max_tokens": 4,
         "messages": [{"role": "user", "content": f"question {i}"}]}).task.id) for i in range(int(sys.argv[2]))]
 print("IDS=" + json.dumps(ids))
 """

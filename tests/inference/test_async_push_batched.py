@@ -15,13 +15,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _submit_batch(alice, token_for, n: int) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
+    from apps.accounts.services import authenticate_header
     from apps.inference import push, queue
 
     register_model("stub", "http://127.0.0.1:9/v1")
-    header = f"Bearer {token_for(alice)}"
+    principal = authenticate_header(f"Bearer {token_for(alice)}")
     before = push.pusher().sent_messages
     batch, tasks = queue.submit_batch(
-        header, [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)]
+        principal,
+        [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)],
     )
     assert push.flush(5)
     return str(before), [str(t.id) for t in tasks]

@@ -14,12 +14,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _submit_and_cancel_setup(alice, token_for):  # type: ignore[no-untyped-def]
+    from apps.accounts.services import authenticate_header
     from apps.inference import queue
 
     register_model("stub", "http://127.0.0.1:9/v1")
-    header = f"Bearer {token_for(alice)}"
+    principal = authenticate_header(f"Bearer {token_for(alice)}")
     return str(
-        queue.submit_task(header, {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}).task.id
+        queue.submit_task(principal, {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}).task.id
     )
 
 

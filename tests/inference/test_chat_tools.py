@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from apps.inference import conformance, services
+from apps.inference import conformance, validation
 from apps.inference.errors import ApiError
+from apps.inference.pipeline import gate
+from apps.inference.pipeline.plan import ChatPlan, plan_chat_sync
 from tests.conftest import register_model
 
 MSG = [{"role": "user", "content": "Record a heart rate of 72."}]
@@ -38,7 +40,7 @@ def body(**fields: Any) -> dict[str, Any]:
 
 def refusal(data: dict[str, Any]) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        services.validate_chat_body(data)
+        validation.validate_chat(data)
     assert caught.value.status_code == 400
     return caught.value
 
@@ -204,7 +206,7 @@ def test_a_custom_tool_is_refused_as_unsupported():  # type: ignore[no-untyped-d
     ],
 )
 def test_well_formed_tool_requests_pass_validation(data):  # type: ignore[no-untyped-def]
-    services.validate_chat_body(data)
+    validation.validate_chat(data)
 
 
 # --- what is forwarded ---------------------------------------------------------------------------
@@ -215,11 +217,11 @@ def plan_for(alice, token_for):  # type: ignore[no-untyped-def]
     register_model("offline-model", "http://127.0.0.1:9/v1", agents=("Chat",))
     token = token_for(alice)
 
-    def plan(data: dict[str, Any]) -> services.ChatPlan:
-        # begin_chat without its connection handling (the test's transaction holds the connection);
+    def plan(data: dict[str, Any]) -> ChatPlan:
+        # the sync plan (no thread: the test's transaction holds the connection);
         # the model itself, so that no agent route's system prompt is added
         data = {**data, "model": "offline-model"}
-        return services.begin_chat.__wrapped__(f"Bearer {token}", json.dumps(data).encode())
+        return plan_chat_sync(gate.authenticate_sync(f"Bearer {token}"), json.dumps(data).encode())
 
     return plan
 

@@ -9,9 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.inference import services
+from apps.inference import validation
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
+from apps.inference.pipeline import gate
+from apps.inference.pipeline.plan import plan_chat_sync
 from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 from apps.inference.validation.fields import MESSAGE_UNSUPPORTED, UNSUPPORTED
 from tests.conftest import records_written, register_model
@@ -39,7 +41,7 @@ ASKING = {
 
 def refusal(data: dict[str, Any]) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        services.validate_chat_body(data)
+        validation.validate_chat(data)
     assert caught.value.status_code == 400
     return caught.value
 
@@ -60,7 +62,7 @@ def test_a_field_medai_cannot_forward_is_400_unsupported_parameter_naming_it(fie
 
 @pytest.mark.parametrize(("field", "value"), [(f, v) for f, (values, _) in UNSUPPORTED.items() for v in values])
 def test_the_value_that_asks_for_nothing_is_accepted(field, value):  # type: ignore[no-untyped-def]
-    services.validate_chat_body({"model": "Chat", "messages": MSG, field: value})
+    validation.validate_chat({"model": "Chat", "messages": MSG, field: value})
 
 
 @pytest.mark.parametrize("field", ["top_k", "min_p", "foo", "Model", "deadline_s", "chat_template_kwargs"])
@@ -71,7 +73,7 @@ def test_a_field_openai_does_not_define_is_400_unknown_parameter(field):  # type
 
 
 def test_medais_own_extras_are_accepted():  # type: ignore[no-untyped-def]
-    req = services.validate_chat_body({"model": "m", "agent_type": "Chat", "priority": "high", "messages": MSG})
+    req = validation.validate_chat({"model": "m", "agent_type": "Chat", "priority": "high", "messages": MSG})
     assert (req["agent_type"], req["priority"]) == ("Chat", 2)
 
 
@@ -106,7 +108,7 @@ def test_an_answer_sent_back_as_a_message_is_accepted():  # type: ignore[no-unty
     # what the official client sends for a returned ChatCompletionMessage put back into messages
     answer = {"role": "assistant", "content": "Hi.", "refusal": None, "audio": None, "function_call": None}
     assert set(MESSAGE_UNSUPPORTED) <= set(answer)
-    services.validate_chat_body({"model": "Chat", "messages": [*MSG, answer, *MSG]})
+    validation.validate_chat({"model": "Chat", "messages": [*MSG, answer, *MSG]})
 
 
 @pytest.mark.parametrize(
@@ -146,8 +148,8 @@ def test_logit_bias_and_the_json_schema_format_are_forwarded(alice, token_for): 
 
     register_model("offline-model", "http://127.0.0.1:9/v1", agents=())
     schema = {"type": "json_schema", "json_schema": {"name": "vitals", "schema": {"type": "object"}, "strict": True}}
-    plan = services.begin_chat.__wrapped__(
-        f"Bearer {token_for(alice)}",
+    plan = plan_chat_sync(
+        gate.authenticate_sync(f"Bearer {token_for(alice)}"),
         json.dumps(
             {
                 "model": "offline-model",

@@ -16,11 +16,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _submit_one_task_batch(token: str, backend: str) -> tuple[str, str]:
+    from apps.accounts.services import authenticate_header
     from apps.inference import push, queue
 
     register_model("stub-a", backend)
     batch, tasks = queue.submit_batch(
-        f"Bearer {token}", [{"agent_type": "Chat", "messages": [{"role": "user", "content": "What is a normal INR?"}]}]
+        authenticate_header(f"Bearer {token}"),
+        [{"agent_type": "Chat", "messages": [{"role": "user", "content": "What is a normal INR?"}]}],
     )
     assert push.flush(5)
     return str(batch.id), str(tasks[0].id)

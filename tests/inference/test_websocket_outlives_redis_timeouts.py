@@ -94,6 +94,7 @@ def _idle(ws, seconds: float) -> None:  # type: ignore[no-untyped-def]
 def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_updates(
     short_timeouts, live_medai, alice, token_for
 ):  # type: ignore[no-untyped-def]
+    from apps.accounts.services import authenticate_header
     from apps.inference import push, queue
 
     register_model("stub", "http://127.0.0.1:9/v1")
@@ -102,7 +103,8 @@ def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         _idle(ws, HOLD)
         task = queue.submit_task(
-            f"Bearer {token}", {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}
+            authenticate_header(f"Bearer {token}"),
+            {"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]},
         ).task
         assert push.flush(5)
         update = json.loads(ws.recv(timeout=10))

@@ -12,8 +12,6 @@ from rest_framework.response import Response
 
 from apps.inference.errors import ApiError, error_body, validation_api_error
 
-__all__ = ["ApiError", "openai_exception_handler"]  # ApiError: for apps/inference/queue.py until its split
-
 
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: every API error in the OpenAI shape."""

@@ -1,6 +1,6 @@
 """API views. Chat completions is a native async view: DRF has no async views, and a request
-waiting on a model server must not hold a thread. It validates exactly as DRF's serializer does
-(``services.validate_chat_body``) and uses the same authentication service as the DRF views."""
+waiting on a model server must not hold a thread. It authenticates with the same accounts
+function as the DRF views, once, then runs the pipeline (apps/inference/pipeline/)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from apps.inference import services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
+from apps.inference.pipeline import gate, plan, record, run
 
 run_sync = sync_to_async(thread_sensitive=False)
 
@@ -47,60 +48,65 @@ def _read_body(request: HttpRequest) -> bytes:
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE).
 
-    Authentication, validation and routing run on the event loop when this process's caches
-    can answer them (most requests), else in a thread. A non-streamed request's record is
+    Authenticated once; authorization, validation and routing run on the event loop when this
+    process's caches can answer them (most requests), else in a thread. A non-streamed request's record is
     written after the answer by the background writer; a stream's before ``[DONE]``."""
     if request.method != "POST":
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
-    plan = None
+    chat = None
     try:
         body = _read_body(request)
-        auth, correlation_id = request.headers.get("Authorization"), getattr(request, "correlation_id", "")
-        plan = services.begin_chat_cached(auth, body, correlation_id)
-        if plan is None:
-            plan = await run_sync(services.begin_chat)(auth, body, correlation_id)
-        plan.client_ip = request.META.get("REMOTE_ADDR") or None
-        plan.user_agent = request.headers.get("User-Agent", "")
-        if plan.stream:
-            stream = await services.open_chat_stream(plan)
-            response = StreamingHttpResponse(services.relay_stream(plan, stream), content_type="text/event-stream")
+        principal = await gate.authenticate(request.headers.get("Authorization"))
+        chat = await plan.plan_chat(
+            principal,
+            body,
+            getattr(request, "correlation_id", ""),
+            client_ip=request.META.get("REMOTE_ADDR") or None,
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        if chat.stream:
+            stream = await run.open_chat_stream(chat)
+            response = StreamingHttpResponse(run.relay_stream(chat, stream), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        services.ensure_recording_capacity()
+        record.ensure_recording_capacity()
     except ApiError as exc:
-        if plan is not None and plan.stream:
-            await run_sync(services.record_outcome)(
-                plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
-            )
+        if chat is not None:
+            if chat.stream:
+                await run_sync(record.record_outcome)(
+                    chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
+                )
+            else:  # refused before any backend call (nowhere to record it): the reservation is freed
+                gate.release(chat.reservation)
         return exc.response()
     except asyncio.CancelledError:  # the client left while its stream was opening: its own outcome
-        if plan is not None and plan.stream:
+        if chat is not None and chat.stream:
             await asyncio.shield(
-                run_sync(services.record_outcome)(
-                    plan,
+                run_sync(record.record_outcome)(
+                    chat,
                     InferenceTask.Status.CANCELLED,
-                    services.CLIENT_CLOSED_REQUEST,
-                    services.CLIENT_DISCONNECTED,
+                    record.CLIENT_CLOSED_REQUEST,
+                    record.CLIENT_DISCONNECTED,
                     "The client closed the connection before the stream opened.",
                 )
             )
         raise
     try:
-        data = await services.complete_chat(plan)
+        data = await run.complete_chat(chat)
     except ApiError as exc:
-        services.record_later(plan, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
+        record.record_later(chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
         return exc.response()
     except asyncio.CancelledError:  # the client disconnected while the model worked: its own outcome
-        services.record_later(
-            plan,
+        record.record_later(
+            chat,
             InferenceTask.Status.CANCELLED,
-            services.CLIENT_CLOSED_REQUEST,
-            services.CLIENT_DISCONNECTED,
+            record.CLIENT_CLOSED_REQUEST,
+            record.CLIENT_DISCONNECTED,
             "The client closed the connection before the answer.",
         )
         raise
-    services.record_later(plan, InferenceTask.Status.COMPLETED, 200)
+    record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
     return JsonResponse(data)
 
 

@@ -1,6 +1,6 @@
 """The async task queue: submit, batch, cancel, run, expire and purge (issue 3).
 
-Requests are validated and routed by the same pipeline as sync chat (``services.begin_chat``);
+Requests are validated and routed by the same pipeline as sync chat (apps/inference/pipeline/);
 the InferenceTask row and its broker entry are written in one transaction, so an accepted task
 is never lost and a failed submission leaves nothing behind. Workers run ``run_task`` through
 the django-q2 entry point in ``apps.inference.tasks``; the broker (``apps.inference.broker``) gives

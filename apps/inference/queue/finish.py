@@ -10,9 +10,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.services import record_events
-from apps.inference import auditing, broker, push
+from apps.inference import broker, push
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.pipeline import record
 from apps.inference.queue.common import (
     LIVE,
     REQUEUED,
@@ -23,19 +24,6 @@ from apps.inference.queue.common import (
     list_key,
     result_ttl,
 )
-
-
-def _outcome_events(tasks: list[InferenceTask]) -> list[Any]:
-    """The audit events of these tasks' outcomes (unsaved, for ``record_events``)."""
-    users, locations = auditing.identities(tasks)
-    return [
-        auditing.inference_event(
-            t,
-            username=users.get(t.user_id, "") if t.user_id is not None else "",
-            location_code=locations.get(t.location_id, ""),
-        )
-        for t in tasks
-    ]
 
 
 def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
@@ -87,13 +75,15 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
         if companions:
             QueueEntry.objects.filter(id__in=companions).delete()
-        if mine:  # one audit event per finished task, appended last: the chain head stays locked to the commit
-            record_events(_outcome_events(mine))
+        if mine:  # the pipeline's reconcile and audit steps: one event per finished task, appended last
+            record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
+            record_events(record.audit_events(mine))
         transaction.on_commit(lambda: push.send(updates))
     for task in mine:
         if task.started_at is not None:
             task.queue_wait_ms = int((task.started_at - (task.queued_at or task.created_at)).total_seconds() * 1000)
-        inference_metrics.observe(inference_metrics.task_fields(task))
+    if mine:
+        record.observe_tasks(mine)  # the metrics step
     return states
 
 
@@ -121,7 +111,8 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
     InferenceTask.objects.by_pk([t.id for t in tasks]).fail(
         outcome["error_code"], outcome["error_message"], now, expires
     )
-    record_events(_outcome_events(tasks))
+    record.reconcile_tasks(tasks)
+    record_events(record.audit_events(tasks))
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))

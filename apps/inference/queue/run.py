@@ -13,11 +13,12 @@ from typing import Any
 from django.db import close_old_connections, connection
 from django_q.exceptions import TimeoutException
 
-from apps.accounts.models import SCOPE_INFERENCE
-from apps.accounts.services import Principal
-from apps.inference import router, services
+from apps.inference import router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
+from apps.inference.pipeline import gate
+from apps.inference.pipeline.plan import task_plan
+from apps.inference.pipeline.run import complete_chat
 from apps.inference.queue.claim import _claim_group, _claim_urgent, _urgent_head
 from apps.inference.queue.common import (
     REQUEST_UNREADABLE,
@@ -47,28 +48,15 @@ def _run(coro: Any) -> Any:
     return _loop.run_until_complete(coro)
 
 
-def _principal_for(task: InferenceTask) -> Principal:
-    return Principal(
-        user_id=task.user_id or 0,
-        username="",
-        role="",
-        location_pk=task.location_id,
-        location_code="",
-        organization_id=None,
-        scopes=frozenset({SCOPE_INFERENCE}),
-        method="queue",
-        api_key_id=task.api_key_id,
-    )
-
-
 URGENT_CHECK_SECONDS = 0.005
 
 
 def _route(task: InferenceTask) -> router.Route | Exception:
-    """Resolved on the sync side: the router may query the database (not allowed on the loop)."""
+    """The pipeline's route step, again at run time, on the sync side: the router may query the
+    database (not allowed on the loop)."""
     spec = task.request or {}
     try:
-        return router.resolve(spec.get("model") or None, spec.get("agent_type") or None)
+        return gate.route_sync(spec.get("model"), spec.get("agent_type"))
     except Exception as exc:  # noqa: BLE001 - a RoutingError is the task's answer; anything else fails it too
         return exc
 
@@ -84,17 +72,8 @@ async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict
     try:
         if isinstance(route, Exception):
             raise route
-        plan = services.ChatPlan(
-            principal=_principal_for(task),
-            route=route,
-            payload=spec.get("payload") or {},
-            stream=False,
-            include_usage=False,
-            priority=task.priority,
-            requested_model=task.requested_model,
-            correlation_id=task.correlation_id,
-        )
-        data = await services.complete_chat(plan)
+        plan = task_plan(task, route)
+        data = await complete_chat(plan)  # the admit and dispatch steps
         return {
             "status": S.COMPLETED,
             "result": data,

@@ -1,5 +1,7 @@
-"""Submission: one task or a batch, validated and routed by the chat pipeline, written with its
-queue entry in one transaction (de-duplication and the overload rule included)."""
+"""Submission: one task or a batch from an authenticated caller, planned by the pipeline
+(``pipeline.plan.plan_tasks``: authorize, validate, rate limit, quota reserve, route, once per
+request and each item once), written with its queue entry in one transaction (de-duplication and
+the overload rule included)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,16 @@ from django.utils import timezone
 
 from apps.accounts.services import Principal
 from apps.audit.services import record_event
-from apps.inference import broker, push, services
+from apps.inference import broker, push
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, TaskBatch
+from apps.inference.pipeline.plan import ChatPlan, plan_tasks
 from apps.inference.queue.common import (
     LIVE,
     S,
     _actor,
     _db_down,
     _package,
-    batch_max,
     list_key,
     queue_max,
     unit_of_work,
@@ -44,31 +46,14 @@ def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[s
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _prepare(
-    auth_header: str | None, item: dict[str, Any], correlation_id: str
-) -> tuple[services.ChatPlan, dict[str, Any]]:
-    if item.get("stream"):
-        raise ApiError(
-            400, "invalid_value", "stream is not available for async tasks; poll the result instead.", "stream"
-        )
-    deadline_s = item.get("deadline_s")
-    if deadline_s is not None and (
-        isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not 1 <= deadline_s <= 7 * 86400
-    ):
-        raise ApiError(
-            400, "invalid_value", "deadline_s must be a number of seconds between 1 and 604800.", "deadline_s"
-        )
-    # begin_chat without its db_unit wrapper: connections are managed by unit_of_work here
-    # (deadline_s is the queue's own field, checked above: the chat validation refuses unknown fields)
-    chat = {k: v for k, v in item.items() if k != "deadline_s"}
-    plan = services.begin_chat.__wrapped__(auth_header, json.dumps(chat).encode(), correlation_id)
-    spec = {
+def _spec(item: dict[str, Any], plan: ChatPlan, deadline_s: float | None) -> dict[str, Any]:
+    """What the task row keeps of its request (``InferenceTask.request``), for its worker."""
+    return {
         "model": item.get("model") or "",
         "agent_type": item.get("agent_type") or "",
         "payload": plan.payload,
         "deadline_s": deadline_s,
     }
-    return plan, spec
 
 
 def room(priority: int, depth: int) -> int:
@@ -126,9 +111,7 @@ def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTas
     return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
 
 
-def _new_task(
-    plan: services.ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None, now: Any
-) -> InferenceTask:
+def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None, now: Any) -> InferenceTask:
     p = plan.principal
     deadline = now + timedelta(seconds=spec["deadline_s"]) if spec["deadline_s"] else None
     return InferenceTask(
@@ -163,14 +146,16 @@ def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
     transaction.on_commit(lambda: push.send(updates))
 
 
-def _key(plan: services.ChatPlan, spec: dict[str, Any]) -> str:
+def _key(plan: ChatPlan, spec: dict[str, Any]) -> str:
     return dedup_key(plan.principal.location_pk, spec["model"], spec["agent_type"], spec["payload"])
 
 
 @unit_of_work
-def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: str = "") -> Submitted:
-    """Validate, route and queue one chat request; returns the new or the identical existing task."""
-    plan, spec = _prepare(auth_header, item, correlation_id)
+def submit_task(principal: Principal, item: dict[str, Any], correlation_id: str = "") -> Submitted:
+    """Validate, route and queue one chat request (a parsed JSON object) of an authenticated
+    caller; returns the new or the identical existing task."""
+    [(plan, deadline_s)] = plan_tasks(principal, [item], correlation_id)
+    spec = _spec(item, plan, deadline_s)
     key = _key(plan, spec)
     try:
         with transaction.atomic():
@@ -194,10 +179,10 @@ def submit_task(auth_header: str | None, item: dict[str, Any], correlation_id: s
 
 
 @unit_of_work
-def submit_batch(
-    auth_header: str | None, items: Any, correlation_id: str = ""
-) -> tuple[TaskBatch, list[InferenceTask]]:
-    """Queue up to MEDAI_BATCH_MAX requests as one batch, all or none.
+def submit_batch(principal: Principal, items: Any, correlation_id: str = "") -> tuple[TaskBatch, list[InferenceTask]]:
+    """Queue up to MEDAI_BATCH_MAX requests (parsed JSON objects) of an authenticated caller as one
+    batch, all or none: the caller authorized, rate-limited and reserved for once, each item
+    validated and routed once.
 
     Bulk: one transaction writes every task row (one multi-row INSERT), every queue entry (another)
     and one audit event for the batch. De-duplication applies per item, as for a single submit: an
@@ -206,24 +191,8 @@ def submit_batch(
     counts such reused tasks in its progress. Within the batch, entries keep the items' order
     (FIFO within a level).
     """
-    if not isinstance(items, list) or not items:
-        raise ApiError(400, "invalid_value", "requests must be a non-empty list.", "requests")
-    if len(items) > batch_max():
-        raise ApiError(
-            413, "batch_too_large", f"A batch holds at most {batch_max()} requests, got {len(items)}.", "requests"
-        )
-    prepared = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ApiError(400, "invalid_value", f"requests[{i}] must be an object.", f"requests[{i}]")
-        try:
-            prepared.append(_prepare(auth_header, item, correlation_id))
-        except ApiError as exc:
-            if exc.status_code == 400:
-                exc.message = f"requests[{i}]: {exc.message}"
-                exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
-            raise
-    principal = prepared[0][0].principal
+    planned = plan_tasks(principal, items, correlation_id, batch=True)  # ApiError 400/413 naming the item
+    prepared = [(plan, _spec(item, plan, deadline_s)) for item, (plan, deadline_s) in zip(items, planned, strict=True)]
     keys = [_key(plan, spec) for plan, spec in prepared]
     try:
         with transaction.atomic():

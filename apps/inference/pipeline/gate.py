@@ -1,0 +1,163 @@
+"""The steps before any backend is chosen: authenticate → authorize → validate → rate limit → quota
+reserve → route. Each maps its owner's answer (accounts, validation, the router) to an ``ApiError``.
+
+Speed: sync chat runs them on the event loop from this process's caches (credentials, the model
+registry); a step whose cache misses (``NeedsDatabase``, ``SnapshotStale``) runs again, alone, in a
+worker thread, where it may query. The others make no query, so no step runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
+
+from apps.accounts import governance
+from apps.accounts import services as accounts
+from apps.accounts.services import AuthError, Forbidden, NeedsDatabase, Principal
+from apps.inference import router, validation
+from apps.inference.errors import ApiError
+from apps.inference.pipeline import steps
+from apps.inference.services import db_unit
+
+logger = logging.getLogger("medai.inference")
+T = TypeVar("T")
+run_sync = sync_to_async(thread_sensitive=False)
+
+
+async def _cached_else_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args, cached_only=True)`` on the loop; in a worker thread (where it may query)
+    when a cache cannot answer."""
+    try:
+        return func(*args, cached_only=True)
+    except (NeedsDatabase, router.SnapshotStale):
+        pass
+    except SynchronousOnlyOperation:  # a query slipped through (a lazy relation): the thread answers
+        logger.warning("%s needed a query on the event loop; answered from a thread", func.__name__, exc_info=True)
+    return await run_sync(db_unit(func))(*args)
+
+
+# --- authenticate: once per HTTP request or websocket connection ---------------------------------
+
+
+def _authenticate(header: str | None, *, cached_only: bool = False) -> Principal:
+    try:
+        return accounts.authenticate_header(header, cached_only=cached_only)
+    except AuthError as exc:
+        raise ApiError(401, exc.code, exc.message) from None
+
+
+def authenticate_sync(header: str | None) -> Principal:
+    """The authenticate step: an ``Authorization`` header → the caller, or ApiError 401."""
+    steps.enter(steps.AUTHENTICATE)
+    return _authenticate(header)
+
+
+async def authenticate(header: str | None) -> Principal:
+    """The authenticate step on the event loop: from the caches, else in a thread."""
+    steps.enter(steps.AUTHENTICATE)
+    return await _cached_else_thread(_authenticate, header)
+
+
+def authenticated(principal: Principal) -> Principal:
+    """The authenticate step of an entry point whose caller DRF already authenticated (through
+    ``BearerAuthentication``, the same accounts function, once per request): ``request.auth``."""
+    steps.enter(steps.AUTHENTICATE)
+    return principal
+
+
+# --- authorize, validate -----------------------------------------------------------------------
+
+
+def authorize(principal: Principal, scope: str) -> None:
+    """The authorize step: the scope this action needs, or ApiError 403."""
+    steps.enter(steps.AUTHORIZE)
+    try:
+        accounts.authorize(principal, scope)
+    except Forbidden as exc:
+        raise ApiError(403, exc.code, exc.message) from None
+
+
+def validate_chat(body: bytes) -> dict[str, Any]:
+    """The validate step of a chat body: the validated request, or ApiError 400 naming the field."""
+    steps.enter(steps.VALIDATE)
+    return validation.validate_chat(validation.parse_json_object(body))
+
+
+def validate_task(item: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """The validate step of one async task request (a parsed JSON object, validated once):
+    (validated chat request, deadline_s), or ApiError 400."""
+    steps.enter(steps.VALIDATE)
+    return validation.validate_task(item)
+
+
+def validate_batch(items: Any) -> list[tuple[dict[str, Any], float | None]]:
+    """The validate step of an async batch's ``requests``: each item validated once; a 400 names
+    the item (``requests[i].field``), a 413 a batch over MEDAI_BATCH_MAX."""
+    steps.enter(steps.VALIDATE)
+    return validation.validate_batch(items)
+
+
+# --- rate limit, quota reserve (apps/accounts/governance.py) -------------------------------------
+
+
+def _limited(exc: governance.LimitExceeded) -> ApiError:
+    return ApiError(429, exc.code, exc.message, headers={**exc.headers, "Retry-After": str(exc.retry_after)})
+
+
+def rate_limit(principal: Principal, *, units: int = 1, ip: str | None = None) -> governance.RateLimit:
+    """The rate limit step, once per HTTP request (``units``: the items of a batch); ApiError 429."""
+    steps.enter(steps.RATE_LIMIT)
+    try:
+        return governance.check_rate_limit(principal, action=governance.CHAT, units=units, ip=ip)
+    except governance.LimitExceeded as exc:
+        raise _limited(exc) from None
+
+
+def reserve_quota(
+    principal: Principal, req: dict[str, Any], *, requests: int = 1, ref: str = ""
+) -> governance.Reservation:
+    """The quota reserve step; ApiError 429. ``req``: the (first) validated request."""
+    steps.enter(steps.QUOTA_RESERVE)
+    try:
+        return governance.reserve(
+            principal,
+            action=governance.CHAT,
+            model=req.get("model") or req.get("agent_type") or "",
+            requests=requests,
+            max_tokens=req.get("max_completion_tokens") or req.get("max_tokens"),
+            ref=ref,
+        )
+    except governance.LimitExceeded as exc:
+        raise _limited(exc) from None
+
+
+def release(reservation: governance.Reservation) -> None:
+    """Settle a reservation whose request never reached a model (refused after it was made)."""
+    governance.reconcile(reservation, prompt_tokens=0, completion_tokens=0, completed=False)
+
+
+# --- route --------------------------------------------------------------------------------------
+
+
+def _route(model: str | None, agent_type: str | None, *, cached_only: bool = False) -> router.Route:
+    try:
+        return router.resolve(model or None, agent_type or None, cached_only=cached_only)
+    except router.RoutingError as exc:
+        raise ApiError(exc.status_code, exc.code, exc.message, exc.param) from None
+
+
+def route_sync(model: str | None, agent_type: str | None) -> router.Route:
+    """The route step: the model or agent type asked for → its ordered candidates, or ApiError
+    (404 unknown, 400 ambiguous...). May query the registry."""
+    steps.enter(steps.ROUTE)
+    return _route(model, agent_type)
+
+
+async def route(model: str | None, agent_type: str | None) -> router.Route:
+    """The route step on the event loop: from the registry snapshot, else in a thread."""
+    steps.enter(steps.ROUTE)
+    return await _cached_else_thread(_route, model, agent_type)

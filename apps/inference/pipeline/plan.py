@@ -1,0 +1,277 @@
+"""A request through the steps before a backend: the ``ChatPlan`` (everything decided before a
+model is called), built from an authenticated Principal and a validated request.
+
+    plan_chat(principal, body)         sync chat: authorize → validate → rate limit → quota
+                                       reserve → route (on the event loop; a cache miss: a thread)
+    plan_tasks(principal, items)       the async API (submit, submit-batch): the same steps, once
+                                       per HTTP request; each item validated and routed once
+    task_plan(task, route)             the worker: a queued task's plan, to dispatch
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from apps.accounts import governance
+from apps.accounts.models import SCOPE_INFERENCE
+from apps.accounts.services import Principal
+from apps.audit.context import get_correlation_id
+from apps.inference import router
+from apps.inference.errors import ApiError
+from apps.inference.models import InferenceTask, Priority
+from apps.inference.pipeline import gate
+from apps.inference.validation.fields import tool_choice_names
+
+# Request fields passed through to the backend unchanged (when the client set them). The tool
+# fields are forwarded by ``_tool_fields``; ``user``/``safety_identifier`` are kept on the record;
+# what medai cannot forward was refused by validation (apps/inference/validation/).
+PASSTHROUGH = (
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+)
+NO_RESERVATION = governance.Reservation(0, 0, None, governance.CHAT)
+
+
+@dataclass
+class Attempt:
+    endpoint: str
+    error: str
+
+
+@dataclass
+class ChatPlan:
+    """Everything decided before the backend is called."""
+
+    principal: Principal
+    route: router.Route
+    payload: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    priority: int
+    requested_model: str
+    correlation_id: str
+    started: float = field(default_factory=time.perf_counter)
+    created_at: Any = field(default_factory=timezone.now)
+    attempts: list[Attempt] = field(default_factory=list)
+    endpoint: router.EndpointInfo | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    backend_started: float | None = None
+    # Where the request came from, for its audit event (set by the HTTP view; none for async tasks).
+    client_ip: str | None = None
+    user_agent: str = ""
+    tools_offered: int = 0  # tools the model was offered
+    tool_calls: int = 0  # tool calls it answered with
+    end_user: str = ""  # the caller's end user (OpenAI's ``user`` / ``safety_identifier``)
+    # What the quota step reserved, settled by the reconcile step (apps/accounts/governance.py).
+    reservation: governance.Reservation = NO_RESERVATION
+    rate_limit: governance.RateLimit = governance.NO_LIMIT
+
+
+def _check_chat(
+    principal: Principal, body: bytes, client_ip: str | None
+) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
+    gate.authorize(principal, SCOPE_INFERENCE)
+    req = gate.validate_chat(body)
+    limit = gate.rate_limit(principal, ip=client_ip)
+    return req, limit, gate.reserve_quota(principal, req)
+
+
+def _chat_plan(
+    principal: Principal,
+    req: dict[str, Any],
+    route: router.Route,
+    checked: tuple[Any, governance.RateLimit, governance.Reservation],
+    correlation_id: str,
+    client_ip: str | None,
+    user_agent: str,
+) -> ChatPlan:
+    plan = build_plan(principal, req, route, correlation_id)
+    plan.client_ip, plan.user_agent = client_ip, user_agent
+    plan.rate_limit, plan.reservation = checked[1], checked[2]
+    return plan
+
+
+async def plan_chat(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> ChatPlan:
+    """Authorize, validate, rate-limit, reserve and route one sync chat request (ApiError on a
+    refusal). On the event loop; only a route whose registry snapshot is stale takes a thread."""
+    checked = _check_chat(principal, body, client_ip)
+    req = checked[0]
+    try:
+        route = await gate.route(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(checked[2])
+        raise
+    return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent)
+
+
+def plan_chat_sync(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> ChatPlan:
+    """``plan_chat`` where a query is allowed (a sync entry point, a worker thread)."""
+    checked = _check_chat(principal, body, client_ip)
+    req = checked[0]
+    try:
+        route = gate.route_sync(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(checked[2])
+        raise
+    return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent)
+
+
+def plan_tasks(
+    principal: Principal, items: Any, correlation_id: str = "", *, batch: bool = False
+) -> list[tuple[ChatPlan, float | None]]:
+    """Authorize, validate, rate-limit, reserve and route async task requests (one HTTP request: a
+    submit of one item, or a ``batch`` of ``items``): [(plan, deadline_s)], each item validated
+    and routed once, parsed JSON as it came (never encoded again). A batch's 400 names the item.
+    Sync: routing may query."""
+    gate.authorize(principal, SCOPE_INFERENCE)
+    validated = gate.validate_batch(items) if batch else [gate.validate_task(items[0])]
+    gate.rate_limit(principal, units=len(validated))
+    reservation = gate.reserve_quota(principal, validated[0][0], requests=len(validated))
+    try:
+        plans = []
+        routes: dict[tuple[str, str], router.Route] = {}
+        for i, (req, deadline_s) in enumerate(validated):
+            key = (req.get("model") or "", req.get("agent_type") or "")
+            if key not in routes:
+                try:
+                    routes[key] = gate.route_sync(*key)
+                except ApiError as exc:
+                    if batch and exc.status_code == 400:
+                        exc.message = f"requests[{i}]: {exc.message}"
+                        exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
+                    raise
+            plan = build_plan(principal, req, routes[key], correlation_id)
+            plan.reservation = reservation
+            plans.append((plan, deadline_s))
+    except BaseException:
+        gate.release(reservation)
+        raise
+    return plans
+
+
+def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:
+    """The backend payload and the record's fields of a validated request on its route."""
+    messages = [_clean_message(m) for m in req["messages"]]
+    if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
+        messages.insert(0, {"role": "system", "content": route.system_prompt})
+    payload: dict[str, Any] = {"messages": messages}
+    for name in PASSTHROUGH:
+        if req.get(name) is not None:
+            payload[name] = req[name]
+    payload.update(_tool_fields(req))
+    stream = bool(req.get("stream"))
+    include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+    if stream:
+        payload["stream"] = True
+        # Always ask for usage so the request is recorded with real token counts.
+        payload["stream_options"] = {"include_usage": True}
+    return ChatPlan(
+        principal=principal,
+        route=route,
+        payload=payload,
+        stream=stream,
+        include_usage=include_usage,
+        priority=req.get("priority", Priority.NORMAL),
+        requested_model=req.get("model") or req.get("agent_type") or "",
+        correlation_id=correlation_id or get_correlation_id(),
+        tools_offered=len(req.get("tools") or ()),  # as the client offered them (before any narrowing)
+        end_user=req.get("safety_identifier") or req.get("user") or "",
+    )
+
+
+def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {k: v for k, v in message.items() if v is not None}
+    if cleaned["role"] == "assistant":
+        if not cleaned.get("tool_calls"):
+            cleaned.pop("tool_calls", None)
+            cleaned.setdefault("content", "")  # servers want content or tool_calls in a turn
+    return cleaned
+
+
+def _tool_fields(req: dict[str, Any]) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as every backend understands them.
+
+    A named function or OpenAI's ``allowed_tools`` is sent as the tools it allows with
+    ``tool_choice`` ``"required"`` (or the allowed mode): llama.cpp knows only the three strings
+    (it would silently take a named function for ``auto``), and the narrowed list means the same
+    to any server. Without tools, ``none``/``auto`` ask for nothing, so nothing is sent.
+    """
+    tools = req.get("tools") or []
+    if not tools:
+        return {}
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict):
+        names = set(tool_choice_names(choice))
+        tools = [t for t in tools if t["function"]["name"] in names]
+        choice = "required" if choice["type"] == "function" else choice["allowed_tools"]["mode"]
+    fields: dict[str, Any] = {"tools": tools}
+    if choice is not None:
+        fields["tool_choice"] = choice
+    if req.get("parallel_tool_calls") is not None:
+        fields["parallel_tool_calls"] = req["parallel_tool_calls"]
+    return fields
+
+
+# --- an async task, as its worker plans it -------------------------------------------------------
+
+
+def task_principal(task: InferenceTask) -> Principal:
+    """The Principal of an async task as its worker knows it (the ids the row keeps)."""
+    return Principal(
+        user_id=task.user_id or 0,
+        username="",
+        role="",
+        location_pk=task.location_id,
+        location_code="",
+        organization_id=None,
+        scopes=frozenset({SCOPE_INFERENCE}),
+        method="queue",
+        api_key_id=task.api_key_id,
+    )
+
+
+def task_plan(task: InferenceTask, route: router.Route) -> ChatPlan:
+    """The plan of a queued task on its route (resolved again at run time): the payload it was
+    submitted with, the reservation made at submit (``governance.reservation_for``)."""
+    principal = task_principal(task)
+    return ChatPlan(
+        principal=principal,
+        route=route,
+        payload=(task.request or {}).get("payload") or {},
+        stream=False,
+        include_usage=False,
+        priority=task.priority,
+        requested_model=task.requested_model,
+        correlation_id=task.correlation_id,
+        reservation=governance.reservation_for(principal, action=governance.CHAT, ref=str(task.id)),
+    )

@@ -1,0 +1,189 @@
+"""The backend call of a planned request: admit → dispatch (apps/inference/dispatch.py: GPU policy
+and concurrency slots from apps.gpu, retries, the circuit breaker, failover), then the answer
+made OpenAI-conformant. A stream is relayed here too, and recorded before its ``[DONE]``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from apps.inference import backends, conformance, forced_tools, router
+from apps.inference.dispatch import NoBackend, call_with_failover
+from apps.inference.errors import ApiError
+from apps.inference.models import InferenceTask
+from apps.inference.pipeline.plan import Attempt, ChatPlan
+from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_outcome
+
+logger = logging.getLogger("medai.inference")
+
+
+def _all_failed(plan: ChatPlan) -> ApiError:
+    tried = "; ".join(f"{a.endpoint}: {a.error}" for a in plan.attempts)
+    return ApiError(
+        503,
+        "backend_unavailable",
+        f"No model server could answer ({tried}). Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _rejected(exc: backends.BackendRejected) -> ApiError:
+    """The caller's fault, as the backend worded it (classified in ``backends.classify``)."""
+    return ApiError(exc.status_code, exc.code, f"The model server rejected the request: {exc.message}", exc.param)
+
+
+async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], Any]) -> tuple[Any, Any]:
+    """The admit and dispatch steps over the route's candidates (``dispatch.call_with_failover``)."""
+
+    def note(endpoint: router.EndpointInfo, error: str) -> None:
+        plan.attempts.append(Attempt(endpoint.name, error))
+        if error:
+            logger.warning("backend %s failed: %s", endpoint.name, error)
+
+    candidates = plan.route.candidates
+    try:
+        endpoint, result, lease = await call_with_failover(
+            candidates,
+            call,
+            priority=plan.priority,
+            on_attempt=note,
+            keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
+        )
+    except backends.BackendRejected as exc:
+        plan.attempts.append(Attempt(exc.endpoint.name, exc.message))
+        plan.endpoint = exc.endpoint
+        raise _rejected(exc) from None
+    except NoBackend as exc:
+        if exc.all_failed:
+            raise _all_failed(plan) from None
+        raise ApiError(exc.status_code, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
+    plan.endpoint = endpoint
+    return result, lease
+
+
+def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str, Any]:
+    """The request as this endpoint takes it (a forced tool call on llama.cpp: apps/inference/forced_tools.py)."""
+    payload = plan.payload
+    if forced_tools.applies(payload, endpoint.kind):
+        payload = forced_tools.request(payload)
+    return {**payload, "model": endpoint.backend_model}
+
+
+async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
+    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
+    plan.backend_started = time.perf_counter()
+    data, lease = await _call_backend(
+        plan, lambda endpoint: backends.post_json(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
+    )
+    lease.release()
+    assert plan.endpoint is not None
+    if forced_tools.applies(plan.payload, plan.endpoint.kind):
+        forced_tools.completion(data)
+    plan.tool_calls = conformance.completion(data, plan.endpoint.name)
+    usage = data.get("usage") or {}
+    plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+    plan.completion_tokens = _int(usage.get("completion_tokens"))
+    return data
+
+
+async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
+    """Open the backend stream (failing over until one opens): errors here still get a status code.
+    The model's concurrency slot is held until the stream is closed."""
+    plan.backend_started = time.perf_counter()
+    stream, lease = await _call_backend(
+        plan, lambda endpoint: backends.open_stream(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
+    )
+    stream.on_close.append(lease.release)
+    return stream
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
+    """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
+
+    The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
+    its record. After the first token no retry is possible: a broken stream ends with an error
+    event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
+    as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
+    """
+    assert plan.endpoint is not None
+    normalise = conformance.ChunkNormaliser(plan.endpoint.name)
+    convert = (
+        forced_tools.StreamConverter()
+        if forced_tools.applies(plan.payload, plan.endpoint.kind)
+        else lambda event: [event]
+    )
+    chunks = 0
+    error: tuple[str, str] | None = None
+    recorded = False
+
+    async def record(status: str, code: str = "", message: str = "") -> None:
+        nonlocal recorded
+        recorded = True
+        if not plan.completion_tokens:
+            plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        await sync_to_async(record_outcome, thread_sensitive=False)(plan, status, 200, code, message)
+
+    try:
+        try:
+            async for event in stream.events():
+                if event is None:
+                    break
+                usage = event.get("usage")
+                if usage:
+                    plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+                    plan.completion_tokens = _int(usage.get("completion_tokens"))
+                if "error" in event:
+                    error = ("backend_error", str(event["error"])[:500])
+                    break
+                for chunk in convert(event):
+                    plan.tool_calls += normalise(chunk)
+                    if not chunk.get("choices") and usage and not plan.include_usage:
+                        continue  # the usage-only chunk medai asked for on its own behalf
+                    if not plan.include_usage:
+                        chunk.pop("usage", None)
+                    chunks += 1
+                    yield _sse(chunk)
+        except backends.BackendFailure as exc:
+            error = ("backend_error", exc.reason)
+        if error is not None:
+            await record(InferenceTask.Status.FAILED, *error)
+            yield _sse(
+                {
+                    "error": {
+                        "message": f"The model server failed mid-stream: {error[1]}",
+                        "type": "api_error",
+                        "param": None,
+                        "code": error[0],
+                    }
+                }
+            )
+        else:
+            await record(InferenceTask.Status.COMPLETED)
+            yield b"data: [DONE]\n\n"
+    finally:
+        await stream.aclose()
+        if not recorded:  # the client went away mid-stream
+            await asyncio.shield(
+                record(
+                    InferenceTask.Status.CANCELLED,
+                    CLIENT_DISCONNECTED,
+                    "The client closed the connection before the stream ended.",
+                )
+            )
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
