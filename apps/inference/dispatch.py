@@ -31,7 +31,6 @@ from django.conf import settings
 from apps.gpu import circuit, policy, shared, slots
 from apps.gpu.metrics import record_attempt
 from apps.inference.backends import BackendFailure, BackendRejected
-from apps.inference.pipeline import steps
 
 logger = logging.getLogger("medai.gpu")
 
@@ -85,7 +84,6 @@ async def admit(
     one frees (or ``deadline``). Returns (endpoint, lease); None when it is time to look again
     (policy, other processes' slots); raises NoBackend 429/503 when the wait ran out or the line
     is full."""
-    steps.enter(steps.ADMIT)
     limit = choice.policy.limit_for(priority)
     for ep in pool:
         lease = slots.try_acquire(ep.id, limit, key=key)
@@ -118,10 +116,12 @@ async def call_with_failover(
     priority: int = 1,
     keep_first: bool = False,
     on_attempt: Callable[[Any, str], None] | None = None,
+    on_admit: Callable[[], None] | None = None,
 ) -> tuple[Any, T, slots.Lease]:
     """Run ``call(endpoint)`` on the best candidate that can serve; returns (endpoint, result, lease).
 
-    The caller releases the lease when the work ends (at once for a completion, at the end of a
+    ``on_admit()`` is called as each admission starts, ``on_attempt(endpoint, error)`` after each
+    call ("" when it succeeded). The caller releases the lease when the work ends (at once for a completion, at the end of a
     stream). ``BackendRejected`` (the request's fault) propagates untouched. Raises NoBackend (503
     none can serve / all failed, 503 GPU policy holds new work, 429 every slot busy and the wait
     ran out or the line is full, with a Retry-After estimated from the line ahead).
@@ -152,12 +152,13 @@ async def call_with_failover(
                 continue
             raise NoBackend(503, "backend_unavailable", "; ".join(failures), 5, all_failed=True)
 
+        if on_admit:
+            on_admit()
         admitted = await admit(choice, pool, priority, key, deadline)
         if admitted is None:
             continue  # time to look again: policy, other processes' slots, the deadline
         endpoint, lease = admitted
 
-        steps.enter(steps.DISPATCH)
         t0 = time.perf_counter()
         try:
             result = await call(endpoint)

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanInfer, CanRead
 from apps.inference import queue
 from apps.inference.api.serializers import (
@@ -130,7 +131,7 @@ class SubmitView(APIView):
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
-        principal = gate.authenticated(request.auth)  # by DRF's BearerAuthentication, once
+        principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once
         submitted = queue.submit_task(principal, request.data, getattr(request, "correlation_id", ""))
         body = _status(submitted.task)
         body["deduplicated"] = not submitted.created
@@ -149,7 +150,7 @@ class SubmitBatchView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
-        principal = gate.authenticated(request.auth)  # by DRF's BearerAuthentication, once for every item
+        principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once for every item
         batch, tasks = queue.submit_batch(principal, data.get("requests"), getattr(request, "correlation_id", ""))
         return Response(
             {"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"}, status=202
@@ -226,7 +227,7 @@ class CancelView(APIView):
         request=None, responses={200: TaskStatusSerializer, **_errors(404, 409)}, operation_id="async_cancel"
     )
     def post(self, request: Request, task_id: Any) -> Response:
-        return Response(_status(queue.cancel_task(request.auth, _task(request, task_id))))
+        return Response(_status(queue.cancel_task(principal_of(request), _task(request, task_id))))
 
 
 class BatchStatusView(APIView):

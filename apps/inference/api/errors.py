@@ -23,13 +23,15 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     elif isinstance(exc, exceptions.ParseError):
         resp = Response(error_body(400, "invalid_json", f"Request body is not valid JSON: {exc.detail}"), status=400)
     elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else "invalid_credentials"
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else "invalid_credentials"
         if isinstance(exc, exceptions.NotAuthenticated):
             code = "missing_credentials"
         resp = Response(error_body(401, code, str(exc.detail)), status=401)
         resp["WWW-Authenticate"] = 'Bearer realm="medai"'
     elif isinstance(exc, exceptions.APIException):
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else str(exc.default_code)
         resp = Response(error_body(exc.status_code, code, str(exc.detail)), status=exc.status_code)
         wait = getattr(exc, "wait", None)
         if wait:

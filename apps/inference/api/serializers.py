@@ -38,7 +38,8 @@ class ModelSerializer(serializers.Serializer):
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField()
-    data = ModelSerializer(many=True)
+    # OpenAI's list shape has a "data" key; this serializer only documents it (never .data is read)
+    data = ModelSerializer(many=True)  # type: ignore[assignment]
 
 
 class ToolCallFunctionSerializer(serializers.Serializer):
@@ -100,7 +101,7 @@ class ErrorSerializer(serializers.Serializer):
 class AsyncSubmitRequestSerializer(ChatCompletionRequestSerializer):
     """One queued chat request: the chat-completions body (without ``stream``) plus a deadline."""
 
-    stream = None  # async tasks are polled, not streamed
+    stream = None  # type: ignore[assignment]  # DRF drops a declared field set to None: async tasks are polled
     deadline_s = serializers.FloatField(
         required=False,
         allow_null=True,

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanRead
 from apps.inference import services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
@@ -45,7 +46,7 @@ def _read_body(request: HttpRequest) -> bytes:
 
 
 @csrf_exempt
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE).
 
     Authenticated once; authorization, validation and routing run on the event loop when this
@@ -117,7 +118,7 @@ class ModelListView(APIView):
 
     @extend_schema(responses=ModelListSerializer, operation_id="list_models")
     def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": services.list_models(request.auth)})
+        return Response({"object": "list", "data": services.list_models(principal_of(request))})
 
 
 class ModelDetailView(APIView):
@@ -125,7 +126,7 @@ class ModelDetailView(APIView):
 
     @extend_schema(responses={200: ModelSerializer, 404: ErrorSerializer}, operation_id="retrieve_model")
     def get(self, request: Request, model_id: str) -> Response:
-        for item in services.list_models(request.auth):
+        for item in services.list_models(principal_of(request)):
             if item["id"] == model_id:
                 return Response(item)
         raise ApiError(404, "model_not_found", f"Model '{model_id}' does not exist.", "model")

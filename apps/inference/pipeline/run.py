@@ -17,6 +17,7 @@ from apps.inference import backends, conformance, forced_tools, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
+from apps.inference.pipeline import steps
 from apps.inference.pipeline.plan import Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_outcome
 
@@ -38,6 +39,10 @@ def _rejected(exc: backends.BackendRejected) -> ApiError:
     return ApiError(exc.status_code, exc.code, f"The model server rejected the request: {exc.message}", exc.param)
 
 
+def _admit_step() -> None:
+    steps.enter(steps.ADMIT)
+
+
 async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], Any]) -> tuple[Any, Any]:
     """The admit and dispatch steps over the route's candidates (``dispatch.call_with_failover``)."""
 
@@ -46,13 +51,18 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
         if error:
             logger.warning("backend %s failed: %s", endpoint.name, error)
 
+    def dispatch(endpoint: router.EndpointInfo) -> Any:
+        steps.enter(steps.DISPATCH)
+        return call(endpoint)
+
     candidates = plan.route.candidates
     try:
         endpoint, result, lease = await call_with_failover(
             candidates,
-            call,
+            dispatch,
             priority=plan.priority,
             on_attempt=note,
+            on_admit=_admit_step,
             keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
         )
     except backends.BackendRejected as exc:

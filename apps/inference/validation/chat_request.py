@@ -185,7 +185,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         return self._check_tokens(value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        tools, choice = attrs.get("tools") or [], attrs.get("tool_choice")
+        tools: list[dict[str, Any]] = attrs.get("tools") or []
+        choice: Any = attrs.get("tool_choice")  # names (tool_choice_names) only when it is an object
         if choice not in (None, "none", "auto") and not tools:
             raise _error(("tool_choice",), "needs tools: declare the functions the model may call in tools.")
         declared = {t["function"]["name"] for t in tools}
