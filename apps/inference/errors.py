@@ -70,8 +70,8 @@ def first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, s
             else:
                 path = f"{prefix}.{key}" if prefix else str(key)
             if key == "non_field_errors":
-                path = prefix or None  # type: ignore[assignment]
-            return first_validation_error(value, path or "")
+                path = prefix  # an error of the object itself: its own path
+            return first_validation_error(value, path)
     if isinstance(detail, list):
         for index, value in enumerate(detail):
             if isinstance(value, (dict, list)):

@@ -334,6 +334,9 @@ class InferenceTask(models.Model):
     )
 
     objects = InferenceTaskQuerySet.as_manager()
+    # Not a column: a queued task's place in line, set by the status views (queue.positions) for
+    # the status serializer.
+    position: int | None
 
     class Meta:
         ordering = ["-created_at"]

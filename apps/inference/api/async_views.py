@@ -110,7 +110,7 @@ def _task(request: Request, task_id: Any, *content: str) -> InferenceTask:
 def _statuses(tasks: list[InferenceTask]) -> list[dict[str, Any]]:
     places = queue.positions(tasks)  # one query for them all
     for task in tasks:
-        task.position = places.get(task.id)  # type: ignore[attr-defined]
+        task.position = places.get(task.id)
     return [dict(TaskStatusSerializer(task).data) for task in tasks]
 
 
