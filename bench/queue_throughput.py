@@ -34,6 +34,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -429,6 +430,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         stub.stop()
         connection.close()
         _drop_databases(kind, args.pg)
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
