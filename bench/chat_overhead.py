@@ -264,8 +264,17 @@ class Target:
 
     def hit(self, keep: bool = True) -> None:
         start = time.perf_counter()
-        self.conn.request(self.method, self.path, self.body, self.headers)
-        response = self.conn.getresponse()
+        try:
+            self.conn.request(self.method, self.path, self.body, self.headers)
+            response = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed the connection while it sat idle (uvicorn's keep-alive is 5 s; a
+            # slow llama.cpp request of another series can take that long): a new one, timed anew
+            self.conn.close()
+            self.conn.connect()
+            start = time.perf_counter()
+            self.conn.request(self.method, self.path, self.body, self.headers)
+            response = self.conn.getresponse()
         headers_at = first_at = time.perf_counter()
         if self.stream and response.status == 200:
             while line := response.readline():
