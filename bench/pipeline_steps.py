@@ -6,7 +6,7 @@ but the steps run in this process, on one event loop, without the HTTP server ar
     .venv/bin/python bench/pipeline_steps.py [--requests 300]
 
 Steps that touch the database run once through a thread hop and once inline, so the cost of the
-hop itself shows; ``begin_chat_cached`` is what the view runs on the loop when the caches answer;
+hop itself shows; ``gate.authenticate`` + ``plan.plan_chat`` is what the view runs on the loop;
 the admission calls, the validation and the backend call (aiohttp; httpx beside it) are timed
 alone. Figures only.
 """
