@@ -1,27 +1,53 @@
+"""DRF permissions: each asks ``services.authorize``, the one scope check (also the pipeline's
+authorize step and the websocket consumers'), once per request."""
+
 from __future__ import annotations
 
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from apps.accounts import services
 from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
+from apps.accounts.services import Forbidden, Principal
+
+
+def _principal(request: Request) -> Principal | None:
+    return request.auth if isinstance(request.auth, Principal) else None
+
+
+class Authenticated(BasePermission):
+    """A caller with a credential, for views whose scope the pipeline's authorize step checks
+    (the async submit views): checking it here too would check it twice."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return _principal(request) is not None
 
 
 class _ScopePermission(BasePermission):
-    scope = ""
-    message = "This credential lacks the required scope."
+    scopes: tuple[str, ...] = ()
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        principal = request.auth
-        if principal is None or not hasattr(principal, "has_scope"):
+        principal = _principal(request)
+        if principal is None:
             return False
-        self.message = f"This credential lacks the '{self.scope}' scope."
-        return principal.has_scope(self.scope)
+        try:
+            services.authorize(principal, *self.scopes)
+        except Forbidden as exc:
+            raise PermissionDenied(exc.message, code=exc.code) from None
+        return True
 
 
 class CanInfer(_ScopePermission):
-    scope = SCOPE_INFERENCE
+    scopes = (SCOPE_INFERENCE,)
 
 
 class CanRead(_ScopePermission):
-    scope = SCOPE_READ
+    scopes = (SCOPE_READ,)
+
+
+class CanListModels(_ScopePermission):
+    """The models list serves readers and callers that may only infer (an inference-only key)."""
+
+    scopes = (SCOPE_READ, SCOPE_INFERENCE)

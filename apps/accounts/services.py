@@ -246,11 +246,14 @@ def authenticate_header(header: bytes | str | None, *, cached_only: bool = False
     return authenticate_bearer(token, cached_only=cached_only)[1]
 
 
-def authorize(principal: Principal, scope: str) -> None:
-    """The pipeline's authorize step: the caller's credential carries ``scope`` (its location is
-    fixed by the credential itself), else Forbidden (403)."""
-    if not principal.has_scope(scope):
-        raise Forbidden(f"This credential lacks the '{scope}' scope (role '{principal.role}').")
+def authorize(principal: Principal, scope: str, *alternatives: str) -> None:
+    """The one scope check, for the pipeline's authorize step, DRF's permission classes and the
+    websocket consumers alike: the caller's credential carries ``scope`` (or one of
+    ``alternatives``; its location is fixed by the credential itself), else Forbidden (403)."""
+    wanted = (scope, *alternatives)
+    if not any(principal.has_scope(s) for s in wanted):
+        names = " or ".join(f"'{s}'" for s in wanted)
+        raise Forbidden(f"This credential lacks the {names} scope (role '{principal.role}').")
 
 
 def authenticate_bearer(token: str, *, cached_only: bool = False) -> tuple[User, Principal]:

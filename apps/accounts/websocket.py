@@ -26,7 +26,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
+from apps.accounts import services
 from apps.accounts.models import SCOPE_READ
+from apps.accounts.services import Forbidden
 
 logger = logging.getLogger("medai.ws")
 
@@ -80,8 +82,11 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
             return TRY_AGAIN_LATER
         if principal is None:
             return UNAUTHENTICATED
-        if cls.required_scope and not principal.has_scope(cls.required_scope):
-            return FORBIDDEN
+        if cls.required_scope:
+            try:
+                services.authorize(principal, cls.required_scope)
+            except Forbidden:
+                return FORBIDDEN
         return None
 
     async def connect(self) -> None:

@@ -11,10 +11,8 @@ from typing import Any, TypeVar
 from django.db import close_old_connections
 from django.utils import timezone
 
-from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
 from apps.accounts.services import Principal
 from apps.inference import router
-from apps.inference.errors import ApiError
 
 T = TypeVar("T")
 
@@ -39,8 +37,6 @@ def db_unit(func: Callable[..., T]) -> Callable[..., T]:
 
 def list_models(principal: Principal) -> list[dict[str, Any]]:
     """Enabled models and agent types, in the OpenAI ``/v1/models`` shape."""
-    if not principal.has_scope(SCOPE_READ) and not principal.has_scope(SCOPE_INFERENCE):
-        raise ApiError(403, "insufficient_scope", "This credential may not list models.")
     snap = router.snapshot()
     created = int((timezone.now() - timedelta(days=0)).timestamp())
     data = [

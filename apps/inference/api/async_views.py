@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.authentication import principal_of
-from apps.accounts.permissions import CanInfer, CanRead
+from apps.accounts.permissions import Authenticated, CanInfer, CanRead
 from apps.inference import queue
 from apps.inference.api.serializers import (
     AsyncBatchSubmittedSerializer,
@@ -121,7 +121,7 @@ def _status(task: InferenceTask) -> dict[str, Any]:
 class SubmitView(APIView):
     """``POST /v1/async/submit``: queue one chat request → 202 ``{task_id, status, position}``."""
 
-    permission_classes = [CanInfer]
+    permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once
 
     @extend_schema(
         request=AsyncSubmitRequestSerializer,
@@ -141,7 +141,7 @@ class SubmitView(APIView):
 class SubmitBatchView(APIView):
     """``POST /v1/async/submit-batch {requests: [...]}`` → 202 ``{batch_id, task_ids}``."""
 
-    permission_classes = [CanInfer]
+    permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once for the batch
 
     @extend_schema(
         request=AsyncSubmitBatchRequestSerializer,

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.authentication import principal_of
-from apps.accounts.permissions import CanRead
+from apps.accounts.permissions import CanListModels
 from apps.inference import services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
@@ -114,7 +114,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttp
 class ModelListView(APIView):
     """``GET /v1/models``: the models and agent types this caller may use."""
 
-    permission_classes = [CanRead]
+    permission_classes = [CanListModels]
 
     @extend_schema(responses=ModelListSerializer, operation_id="list_models")
     def get(self, request: Request) -> Response:
@@ -122,7 +122,7 @@ class ModelListView(APIView):
 
 
 class ModelDetailView(APIView):
-    permission_classes = [CanRead]
+    permission_classes = [CanListModels]
 
     @extend_schema(responses={200: ModelSerializer, 404: ErrorSerializer}, operation_id="retrieve_model")
     def get(self, request: Request, model_id: str) -> Response:
