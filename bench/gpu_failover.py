@@ -150,7 +150,7 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _wait(what: str, check, timeout: float) -> float:  # type: ignore[no-untyped-def]
+def _wait(what: str, check, timeout: float) -> float:
     t0 = time.monotonic()
     while not check():
         if time.monotonic() - t0 > timeout:

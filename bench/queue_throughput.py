@@ -207,7 +207,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         from apps.inference.queue import list_key
     except ImportError:  # the queue package may name it elsewhere
-        from apps.inference.queue.submit import list_key  # type: ignore[no-redef]
+        from apps.inference.queue.submit import list_key
 
     out: dict[str, Any] = {"database": connection.vendor, "tasks": args.tasks, "rounds": args.rounds}
     key = list_key()

@@ -18,7 +18,7 @@ PASSWORD = "correct-horse-battery"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iterator[None]:
     """Background threads (the record writer, a worker's database thread, the live server's) keep
     connections of their own; on PostgreSQL they would stop pytest-django from dropping the test
     database at the end. Torn down before django_db_setup, so the drop finds no other session."""
@@ -62,7 +62,7 @@ def records_written() -> None:
 
 
 @pytest.fixture
-def org(db) -> Organization:  # type: ignore[no-untyped-def]
+def org(db) -> Organization:
     return Organization.objects.create(name="Demo Hospital")
 
 
@@ -178,7 +178,7 @@ def stub_backend() -> Iterator[str]:
 
 
 @pytest.fixture
-def live_medai(transactional_db) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def live_medai(transactional_db) -> Iterator[str]:
     """medai served over real HTTP by uvicorn (ASGI), against the test database."""
     from tests.support.servers import LiveASGIServer
 

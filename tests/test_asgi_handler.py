@@ -17,7 +17,7 @@ from medai.handler import _inline_safe, _request_thread_unused
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_a_request_that_made_no_thread_sensitive_call_has_no_thread_to_clean_up():  # type: ignore[no-untyped-def]
+async def test_a_request_that_made_no_thread_sensitive_call_has_no_thread_to_clean_up():
     # The asgiref internals the handler relies on: a thread exists once a thread-sensitive call ran.
     async with ThreadSensitiveContext():
         assert _request_thread_unused()
@@ -27,11 +27,11 @@ async def test_a_request_that_made_no_thread_sensitive_call_has_no_thread_to_cle
         assert not _request_thread_unused()
 
 
-def test_only_djangos_own_receivers_run_inline():  # type: ignore[no-untyped-def]
+def test_only_djangos_own_receivers_run_inline():
     assert _inline_safe(signals.request_finished, None)
     assert _inline_safe(signals.request_started, None)
 
-    def other(**kwargs):  # type: ignore[no-untyped-def]
+    def other(**kwargs):
         pass
 
     signals.request_finished.connect(other)
@@ -42,17 +42,17 @@ def test_only_djangos_own_receivers_run_inline():  # type: ignore[no-untyped-def
 
 
 @pytest.mark.parametrize(("path", "own_thread"), [("/healthz", False), ("/v1/models", True)])
-def test_request_finished_runs_on_the_loop_unless_the_request_used_a_thread(  # type: ignore[no-untyped-def]
+def test_request_finished_runs_on_the_loop_unless_the_request_used_a_thread(
     live_medai, path, own_thread, alice, token_for, monkeypatch
 ):
     # /healthz is an async view: nothing runs in a thread of its own. /v1/models is a sync (DRF)
     # view: it runs in the request's thread, whose connections request_finished must close there.
     seen: list[tuple[str, str]] = []
 
-    def started(**kwargs):  # type: ignore[no-untyped-def]
+    def started(**kwargs):
         seen.append(("started", threading.current_thread().name))
 
-    def finished(**kwargs):  # type: ignore[no-untyped-def]
+    def finished(**kwargs):
         seen.append(("finished", threading.current_thread().name))
 
     monkeypatch.setattr(handler, "INLINE_SAFE", handler.INLINE_SAFE | {started, finished})

@@ -131,7 +131,7 @@ def encoded(body: Any) -> bytes:
 
 
 @pytest.fixture
-def api(live_medai, alice, token_for, stub_backend):  # type: ignore[no-untyped-def]
+def api(live_medai, alice, token_for, stub_backend):
     """Call medai over real HTTP (uvicorn, in this process, on the test database)."""
     register_model("stub-a", stub_backend)
     client = httpx.Client(base_url=live_medai, timeout=30)
@@ -151,7 +151,7 @@ def api(live_medai, alice, token_for, stub_backend):  # type: ignore[no-untyped-
             assert "error" in response.json(), (path, response.text[:300])
         return response
 
-    call.seen = seen  # type: ignore[attr-defined]
+    call.seen = seen
     yield call
     client.close()
 
@@ -182,7 +182,7 @@ def assert_no_task_left_behind() -> None:
 # --- the fuzz ----------------------------------------------------------------------------------
 
 
-def test_sync_chat_never_answers_500(api):  # type: ignore[no-untyped-def]
+def test_sync_chat_never_answers_500(api):
     @examples(120)
     @given(body=chat_body, stream=st.booleans())
     def run(body: dict[str, Any], stream: bool) -> None:
@@ -196,7 +196,7 @@ def test_sync_chat_never_answers_500(api):  # type: ignore[no-untyped-def]
     assert any(code == 200 for _, code in api.seen)  # the fuzz reached the model, not only validation
 
 
-def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):  # type: ignore[no-untyped-def]
+def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):
     submitted: list[str] = []
 
     @examples(100)
@@ -240,7 +240,7 @@ def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):  # typ
     api("get", "/v1/async/health")
 
 
-def test_auth_endpoints_never_answer_500(api, alice):  # type: ignore[no-untyped-def]
+def test_auth_endpoints_never_answer_500(api, alice):
     credentials = st.fixed_dictionaries(
         {
             "username": sometimes(st.just("alice")),

@@ -50,7 +50,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def launcher(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def launcher(tmp_path: Path, request: pytest.FixtureRequest):
     """The launcher as `make run` starts it; ``@pytest.mark.launcher_env(NAME="value")`` adds to its environment."""
     port, llama_port = free_port(), free_port()
     marker = request.node.get_closest_marker("launcher_env")
@@ -118,7 +118,7 @@ def _wait_for_ready(state: dict) -> None:
     pytest.fail("launcher never printed ready:\n" + "".join(state["output"])[-5000:])
 
 
-def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) -> None:  # type: ignore[no-untyped-def]
+def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) -> None:
     proc: subprocess.Popen = launcher["proc"]
     _wait_for_ready(launcher)
     children = _descendants(proc.pid)
@@ -231,7 +231,7 @@ def _redis_urls(output: list[str]) -> list[str]:
     return [line.split("embedded Redis at ", 1)[1].split()[0] for line in output if "embedded Redis at " in line]
 
 
-def _until(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+def _until(check, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -245,7 +245,7 @@ def _until(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.launcher_env(MEDAI_LLAMA="0")
-def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_works_again(launcher) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_works_again(launcher) -> None:
     import json
 
     from websockets.exceptions import ConnectionClosed
@@ -313,7 +313,7 @@ def test_a_killed_embedded_redis_comes_back_on_the_same_socket_and_the_platform_
 
 
 @pytest.mark.launcher_env(MEDAI_LLAMA="0", MEDAI_ACCESS_LOG="1")
-def test_with_access_logs_on_the_web_log_carries_no_credential(launcher) -> None:  # type: ignore[no-untyped-def]
+def test_with_access_logs_on_the_web_log_carries_no_credential(launcher) -> None:
     """The real `make run` logging (uvicorn's CLI configures it, then Django): a websocket opened with
     ?token=, requests with credentials in their query; the whole launcher output stays clean."""
     import json

@@ -158,7 +158,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         stub.stop()
 
 
-def test_the_workers_backend_attempts_and_outcomes_reach_the_web_process(scraped):  # type: ignore[no-untyped-def]
+def test_the_workers_backend_attempts_and_outcomes_reach_the_web_process(scraped):
     text = scraped["text"]
     # one attempt by the (now exited) worker, one by the web process's sync chat
     assert value(text, "medai_backend_attempts_total", model="stub-a", outcome="ok") == 2
@@ -168,14 +168,14 @@ def test_the_workers_backend_attempts_and_outcomes_reach_the_web_process(scraped
     assert value(text, "medai_queue_wait_seconds_count", priority="high") == 1
 
 
-def test_tokens_in_and_out_are_counted_by_model_and_agent_type(scraped):  # type: ignore[no-untyped-def]
+def test_tokens_in_and_out_are_counted_by_model_and_agent_type(scraped):
     text = scraped["text"]
     # the stub reports 5 prompt and 1 completion tokens per answer: two answers
     assert value(text, "medai_tokens_total", model="stub-a", agent_type="Chat", direction="in") == 10
     assert value(text, "medai_tokens_total", model="stub-a", agent_type="Chat", direction="out") == 2
 
 
-def test_queue_depth_is_exported_by_priority(scraped):  # type: ignore[no-untyped-def]
+def test_queue_depth_is_exported_by_priority(scraped):
     text = scraped["text"]
     assert {p: value(text, "medai_queue_depth", priority=p) for p in ("low", "normal", "high", "critical")} == {
         "low": 1,
@@ -186,12 +186,12 @@ def test_queue_depth_is_exported_by_priority(scraped):  # type: ignore[no-untype
     assert value(text, "medai_queue_processing") == 0
 
 
-def test_websocket_connections_are_a_live_gauge(scraped):  # type: ignore[no-untyped-def]
+def test_websocket_connections_are_a_live_gauge(scraped):
     assert value(scraped["text"], "medai_websocket_connections", path="/ws/status/") == 1
     assert value(scraped["after_close"], "medai_websocket_connections", path="/ws/status/") == 0
 
 
-def test_exited_processes_are_folded_and_still_counted(scraped):  # type: ignore[no-untyped-def]
+def test_exited_processes_are_folded_and_still_counted(scraped):
     assert len(scraped["worker_files"]) > len(scraped["files_now"])  # the worker's files were folded
     assert "counter_archive.db" in scraped["files_now"]
     again = samples(scraped["again"])
@@ -202,7 +202,7 @@ def test_exited_processes_are_folded_and_still_counted(scraped):  # type: ignore
         assert again[(name, frozenset(labels.items()))] == value(scraped["text"], name, **labels)  # never twice
 
 
-def test_the_exposition_parses_and_includes_django_and_gpu_metrics(scraped):  # type: ignore[no-untyped-def]
+def test_the_exposition_parses_and_includes_django_and_gpu_metrics(scraped):
     assert scraped["content_type"].startswith("text/plain")
     names = {name for name, _ in samples(scraped["text"])}  # prometheus_client's parser accepts it
     assert any(n.startswith("django_http_requests_total") for n in names)
@@ -210,7 +210,7 @@ def test_the_exposition_parses_and_includes_django_and_gpu_metrics(scraped):  # 
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) not installed")
-def test_promtool_accepts_the_exposition(scraped):  # type: ignore[no-untyped-def]
+def test_promtool_accepts_the_exposition(scraped):
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=scraped["text"], capture_output=True, text=True, timeout=60
     )

@@ -46,7 +46,7 @@ ENDPOINTS = [
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
-def test_hostile_bodies_never_cause_a_500(path, alice, token_for):  # type: ignore[no-untyped-def]
+def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
     register_model("m", "http://127.0.0.1:9/v1")
     client = Client(raise_request_exception=False)
     for auth in ("", f"Bearer {token_for(alice)}"):
@@ -77,7 +77,7 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):  # type: igno
         "/v1/async/batch-status/00000000-0000-0000-0000-000000000000",
     ],
 )
-def test_odd_paths_never_cause_a_500(path, alice, token_for):  # type: ignore[no-untyped-def]
+def test_odd_paths_never_cause_a_500(path, alice, token_for):
     response = Client(raise_request_exception=False).get(path, HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
     assert response.status_code < 500
 
@@ -93,6 +93,6 @@ def test_odd_paths_never_cause_a_500(path, alice, token_for):  # type: ignore[no
         "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
     ],
 )
-def test_odd_authorization_headers_are_401(header, alice):  # type: ignore[no-untyped-def]
+def test_odd_authorization_headers_are_401(header, alice):
     response = Client(raise_request_exception=False).get("/v1/models", HTTP_AUTHORIZATION=header)
     assert response.status_code == 401

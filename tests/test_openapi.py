@@ -13,7 +13,7 @@ from tests.support.openapi import assert_matches
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_schema_and_docs_are_served():  # type: ignore[no-untyped-def]
+def test_schema_and_docs_are_served():
     schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     assert "/v1/chat/completions" in schema.json()["paths"]
@@ -21,7 +21,7 @@ def test_schema_and_docs_are_served():  # type: ignore[no-untyped-def]
     assert docs.status_code == 200 and b"swagger-ui" in docs.content
 
 
-def test_auth_and_model_responses_match_the_schema(alice):  # type: ignore[no-untyped-def]
+def test_auth_and_model_responses_match_the_schema(alice):
     login = APIClient().post(
         "/v1/auth/login", {"username": "alice", "password": PASSWORD, "location_id": "demo"}, format="json"
     )
@@ -34,7 +34,7 @@ def test_auth_and_model_responses_match_the_schema(alice):  # type: ignore[no-un
     assert_matches("/v1/models/{model_id}", "get", 200, client.get("/v1/models/stub-a").json())
 
 
-def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     ok = httpx.post(
@@ -49,7 +49,7 @@ def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backen
     assert_matches("/v1/chat/completions", "post", 401, anon.json())
 
 
-def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backend):
     from apps.inference import queue
     from tests.inference.queue_helpers import ask
 
@@ -84,7 +84,7 @@ def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backe
     assert_matches("/v1/async/status/{task_id}", "get", 404, missing.json())
 
 
-def test_purged_and_failed_tasks_match_the_schema(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_purged_and_failed_tasks_match_the_schema(client_for, alice, stub_backend):
     from apps.inference import queue
     from apps.inference.broker import PriorityBroker
     from apps.inference.models import InferenceTask, QueueEntry

@@ -54,7 +54,7 @@ def own_redis(settings, tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def web(own_redis: EmbeddedRedis) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def web(own_redis: EmbeddedRedis) -> Iterator[str]:
     from tests.support.servers import LiveASGIServer
 
     server = LiveASGIServer().start()
@@ -62,11 +62,11 @@ def web(own_redis: EmbeddedRedis) -> Iterator[str]:  # type: ignore[no-untyped-d
     server.stop()
 
 
-def _ws(base: str, path: str, token: str):  # type: ignore[no-untyped-def]
+def _ws(base: str, path: str, token: str):
     return connect(base.replace("http://", "ws://") + path, subprotocols=["bearer", token], open_timeout=10)
 
 
-def _close_code(ws) -> int | None:  # type: ignore[no-untyped-def]
+def _close_code(ws) -> int | None:
     try:
         while True:
             ws.recv(timeout=10)
@@ -74,7 +74,7 @@ def _close_code(ws) -> int | None:  # type: ignore[no-untyped-def]
         return exc.rcvd.code if exc.rcvd else None
 
 
-def _eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+def _eventually(check, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -91,7 +91,7 @@ def _eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
 
 def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_socket(
     own_redis, web, alice, token_for, stub_backend
-):  # type: ignore[no-untyped-def]
+):
     from django.core.cache import cache
 
     from apps.accounts.services import authenticate_header

@@ -12,7 +12,7 @@ from apps.accounts.models import ApiKey, hash_secret
 pytestmark = pytest.mark.django_db
 
 
-def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo):  # type: ignore[no-untyped-def]
+def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo):
     response = admin_client.post(
         "/admin/accounts/apikey/add/",
         {
@@ -34,14 +34,14 @@ def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo
     assert match.group(1) not in change_page and key.prefix in change_page
 
 
-def test_admin_rejects_a_location_the_user_does_not_work_at(admin_client, alice, north):  # type: ignore[no-untyped-def]
+def test_admin_rejects_a_location_the_user_does_not_work_at(admin_client, alice, north):
     response = admin_client.post("/admin/accounts/apikey/add/", {"user": alice.pk, "location": north.pk, "name": "x"})
     assert response.status_code == 200
     assert "does not work at north" in response.content.decode()
     assert not ApiKey.objects.exists()
 
 
-def test_admin_revoke_and_rotate_actions(admin_client, alice, demo):  # type: ignore[no-untyped-def]
+def test_admin_revoke_and_rotate_actions(admin_client, alice, demo):
     from apps.accounts.services import create_api_key
 
     first, _ = create_api_key(alice, name="a", location=demo)

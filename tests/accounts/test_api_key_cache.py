@@ -9,7 +9,7 @@ from apps.accounts.services import AuthError, authenticate_bearer, create_api_ke
 pytestmark = pytest.mark.django_db
 
 
-def test_repeated_use_of_a_key_costs_no_query(alice, demo, django_assert_num_queries):  # type: ignore[no-untyped-def]
+def test_repeated_use_of_a_key_costs_no_query(alice, demo, django_assert_num_queries):
     key, secret = create_api_key(alice, name="ehr", location=demo)
     authenticate_bearer(secret)  # loads the key and records its last use
     with django_assert_num_queries(0):
@@ -17,7 +17,7 @@ def test_repeated_use_of_a_key_costs_no_query(alice, demo, django_assert_num_que
     assert (user, principal.api_key_id, principal.location_code) == (alice, key.pk, "demo")
 
 
-def test_revoking_a_cached_key_takes_effect_at_once(alice, demo):  # type: ignore[no-untyped-def]
+def test_revoking_a_cached_key_takes_effect_at_once(alice, demo):
     key, secret = create_api_key(alice, name="ehr", location=demo)
     authenticate_bearer(secret)
     revoke_api_key(key)

@@ -15,13 +15,13 @@ from apps.audit.models import AuditEvent
 pytestmark = pytest.mark.django_db
 
 
-def get_me(secret: str):  # type: ignore[no-untyped-def]
+def get_me(secret: str):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client.get("/v1/auth/me")
 
 
-def test_only_the_prefix_and_a_hash_of_the_secret_are_stored(alice, demo):  # type: ignore[no-untyped-def]
+def test_only_the_prefix_and_a_hash_of_the_secret_are_stored(alice, demo):
     key, secret = create_api_key(alice, name="ehr", location=demo)
     assert secret.startswith(key.prefix + "_")
     row = ApiKey.objects.filter(pk=key.pk).values().get()
@@ -30,7 +30,7 @@ def test_only_the_prefix_and_a_hash_of_the_secret_are_stored(alice, demo):  # ty
     assert AuditEvent.objects.filter(action="apikey.create", object_id=str(key.pk)).exists()
 
 
-def test_key_acts_as_its_user_at_its_location_and_records_last_use(alice, demo):  # type: ignore[no-untyped-def]
+def test_key_acts_as_its_user_at_its_location_and_records_last_use(alice, demo):
     key, secret = create_api_key(alice, name="ehr", location=demo)
     response = get_me(secret)
     assert response.status_code == 200
@@ -46,22 +46,22 @@ def test_key_acts_as_its_user_at_its_location_and_records_last_use(alice, demo):
     assert key.last_used_at is not None
 
 
-def test_default_expiry_is_90_days(alice, demo):  # type: ignore[no-untyped-def]
+def test_default_expiry_is_90_days(alice, demo):
     key, _ = create_api_key(alice, name="ehr", location=demo)
     assert timedelta(days=89) < key.expires_at - timezone.now() <= timedelta(days=90)
 
 
-def test_a_key_cannot_be_bound_to_a_location_the_user_does_not_work_at(alice, north):  # type: ignore[no-untyped-def]
+def test_a_key_cannot_be_bound_to_a_location_the_user_does_not_work_at(alice, north):
     with pytest.raises(ValueError, match="does not work at north"):
         create_api_key(alice, name="x", location=north)
 
 
-def test_a_key_cannot_carry_scopes_beyond_the_role(alice, demo):  # type: ignore[no-untyped-def]
+def test_a_key_cannot_carry_scopes_beyond_the_role(alice, demo):
     with pytest.raises(ValueError, match="audit"):
         create_api_key(alice, name="x", location=demo, scopes=["audit"])
 
 
-def test_rotation_revokes_the_old_secret_and_issues_a_working_new_one(alice, demo, admin_user):  # type: ignore[no-untyped-def]
+def test_rotation_revokes_the_old_secret_and_issues_a_working_new_one(alice, demo, admin_user):
     key, old_secret = create_api_key(alice, name="ehr", location=demo, scopes=["read"])
     new_key, new_secret = rotate_api_key(key, actor=admin_user)
     assert get_me(old_secret).status_code == 401
@@ -71,7 +71,7 @@ def test_rotation_revokes_the_old_secret_and_issues_a_working_new_one(alice, dem
     assert key.replaced_by == new_key and key.revoked_at is not None
 
 
-def test_deactivated_user_key_stops_working(alice, demo):  # type: ignore[no-untyped-def]
+def test_deactivated_user_key_stops_working(alice, demo):
     _, secret = create_api_key(alice, name="ehr", location=demo)
     alice.is_active = False
     alice.save()

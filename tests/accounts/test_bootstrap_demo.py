@@ -16,12 +16,12 @@ SEEDED_AGENTS = {"Chat", "MedicalQA", "Clinical", "Documentation", "Billing", "C
 
 
 @pytest.fixture
-def var_dir(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+def var_dir(tmp_path: Path, settings) -> Path:
     settings.VAR_DIR = tmp_path
     return tmp_path
 
 
-def test_running_twice_creates_one_of_each(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_running_twice_creates_one_of_each(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
     call_command("bootstrap_demo")
     call_command("bootstrap_demo")
@@ -39,7 +39,7 @@ def test_running_twice_creates_one_of_each(db, var_dir: Path, monkeypatch: pytes
 
 def test_bundled_model_is_registered_and_appended_to_every_route_once(
     db,
-    var_dir: Path,  # type: ignore[no-untyped-def]
+    var_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
@@ -62,7 +62,7 @@ def test_bundled_model_is_registered_and_appended_to_every_route_once(
     assert [e.endpoint.name for e in chat.entries.order_by("position")] == ["gpu-big", "smollm2-135m"]
 
 
-def test_a_new_llama_port_moves_the_endpoint(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_llama_port_moves_the_endpoint(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
     bootstrap_demo(llama_port=18155)
     bootstrap_demo(llama_port=18156)
@@ -71,7 +71,7 @@ def test_a_new_llama_port_moves_the_endpoint(db, var_dir: Path, monkeypatch: pyt
 
 def test_generated_password_is_stored_privately_and_reused(
     db,
-    var_dir: Path,  # type: ignore[no-untyped-def]
+    var_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys,
 ) -> None:
@@ -87,7 +87,7 @@ def test_generated_password_is_stored_privately_and_reused(
     assert User.objects.get(username="clinician").check_password(stored)
 
 
-def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDAI_DEMO_PASSWORD", raising=False)
     bootstrap_demo()
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "a-new-password-456")
@@ -98,7 +98,7 @@ def test_env_password_wins_and_resets_the_users(db, var_dir: Path, monkeypatch: 
 
 def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(
     db,
-    var_dir: Path,  # type: ignore[no-untyped-def]
+    var_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from apps.gpu.models import ModelServer

@@ -11,13 +11,13 @@ from tests.conftest import PASSWORD
 pytestmark = pytest.mark.django_db
 
 
-def login(username: str, password: str = PASSWORD, location_id: str = "demo"):  # type: ignore[no-untyped-def]
+def login(username: str, password: str = PASSWORD, location_id: str = "demo"):
     return APIClient().post(
         "/v1/auth/login", {"username": username, "password": password, "location_id": location_id}, format="json"
     )
 
 
-def test_login_returns_bearer_tokens_with_role_location_and_scope_claims(alice):  # type: ignore[no-untyped-def]
+def test_login_returns_bearer_tokens_with_role_location_and_scope_claims(alice):
     response = login("alice")
     assert response.status_code == 200
     body = response.json()
@@ -30,14 +30,14 @@ def test_login_returns_bearer_tokens_with_role_location_and_scope_claims(alice):
     assert set(claims["scope"].split()) == {"inference", "read"}
 
 
-def test_login_to_a_location_the_user_does_not_work_at_is_forbidden(alice, north):  # type: ignore[no-untyped-def]
+def test_login_to_a_location_the_user_does_not_work_at_is_forbidden(alice, north):
     response = login("alice", location_id="north")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "location_denied"
     assert AuditEvent.objects.filter(action="auth.login", outcome="denied").count() == 1
 
 
-def test_wrong_password_is_401_and_audited(alice):  # type: ignore[no-untyped-def]
+def test_wrong_password_is_401_and_audited(alice):
     response = login("alice", password="nope-nope")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_credentials"
@@ -45,13 +45,13 @@ def test_wrong_password_is_401_and_audited(alice):  # type: ignore[no-untyped-de
     assert event.outcome == "failure"
 
 
-def test_login_with_missing_field_names_the_field(alice):  # type: ignore[no-untyped-def]
+def test_login_with_missing_field_names_the_field(alice):
     response = APIClient().post("/v1/auth/login", {"username": "alice", "password": PASSWORD}, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "location_id"
 
 
-def test_refresh_rotates_and_the_old_refresh_token_stops_working(alice):  # type: ignore[no-untyped-def]
+def test_refresh_rotates_and_the_old_refresh_token_stops_working(alice):
     first = login("alice").json()
     client = APIClient()
     second = client.post("/v1/auth/refresh", {"refresh_token": first["refresh_token"]}, format="json")
@@ -61,7 +61,7 @@ def test_refresh_rotates_and_the_old_refresh_token_stops_working(alice):  # type
     assert again.status_code == 401
 
 
-def test_logout_revokes_the_access_and_refresh_tokens(alice):  # type: ignore[no-untyped-def]
+def test_logout_revokes_the_access_and_refresh_tokens(alice):
     tokens = login("alice").json()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access_token']}")
@@ -74,7 +74,7 @@ def test_logout_revokes_the_access_and_refresh_tokens(alice):  # type: ignore[no
     assert refreshed.status_code == 401
 
 
-def test_inactive_user_token_is_rejected(alice, token_for):  # type: ignore[no-untyped-def]
+def test_inactive_user_token_is_rejected(alice, token_for):
     token = token_for(alice)
     alice.is_active = False
     alice.save()
@@ -83,7 +83,7 @@ def test_inactive_user_token_is_rejected(alice, token_for):  # type: ignore[no-u
     assert client.get("/v1/models").status_code == 401
 
 
-def test_tampered_token_is_rejected(alice, token_for):  # type: ignore[no-untyped-def]
+def test_tampered_token_is_rejected(alice, token_for):
     token = token_for(alice)
     header, payload, sig = token.split(".")
     client = APIClient()

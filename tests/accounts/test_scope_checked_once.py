@@ -33,14 +33,14 @@ def scope_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     return calls
 
 
-def test_a_submit_checks_the_inference_scope_once(client_for, alice, scope_checks):  # type: ignore[no-untyped-def]
+def test_a_submit_checks_the_inference_scope_once(client_for, alice, scope_checks):
     register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
     response = client_for(alice).post("/v1/async/submit", {"agent_type": "Chat", "messages": MSG}, format="json")
     assert response.status_code == 202, response.content
     assert scope_checks == [(SCOPE_INFERENCE,)]
 
 
-def test_a_batch_of_many_checks_the_scope_once(client_for, alice, scope_checks):  # type: ignore[no-untyped-def]
+def test_a_batch_of_many_checks_the_scope_once(client_for, alice, scope_checks):
     register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
     requests = [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"q {i}"}]} for i in range(20)]
     response = client_for(alice).post("/v1/async/submit-batch", {"requests": requests}, format="json")
@@ -49,7 +49,7 @@ def test_a_batch_of_many_checks_the_scope_once(client_for, alice, scope_checks):
 
 
 @pytest.mark.parametrize("path", ["/v1/async/submit", "/v1/async/submit-batch"])
-def test_an_auditor_may_not_submit_and_is_told_which_scope_is_missing(client_for, audrey, scope_checks, path):  # type: ignore[no-untyped-def]
+def test_an_auditor_may_not_submit_and_is_told_which_scope_is_missing(client_for, audrey, scope_checks, path):
     register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
     item = {"agent_type": "Chat", "messages": MSG}
     body = item if path.endswith("submit") else {"requests": [item]}
@@ -61,12 +61,12 @@ def test_an_auditor_may_not_submit_and_is_told_which_scope_is_missing(client_for
     assert scope_checks == [(SCOPE_INFERENCE,)]
 
 
-def test_a_read_view_checks_the_read_scope_once_with_the_same_refusal(client_for, alice, audrey, scope_checks):  # type: ignore[no-untyped-def]
+def test_a_read_view_checks_the_read_scope_once_with_the_same_refusal(client_for, alice, audrey, scope_checks):
     assert client_for(audrey).get("/v1/gpu/status").status_code == 200
     assert scope_checks == [(SCOPE_READ,)]
 
 
-def test_an_inference_only_key_may_list_the_models_it_can_use(api_key_for, alice, scope_checks):  # type: ignore[no-untyped-def]
+def test_an_inference_only_key_may_list_the_models_it_can_use(api_key_for, alice, scope_checks):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(alice, scopes=[SCOPE_INFERENCE])}")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _close_code(url: str, **kwargs: object) -> tuple[str | None, int | None]:
-    with connect(url, open_timeout=10, **kwargs) as ws:  # type: ignore[arg-type]
+    with connect(url, open_timeout=10, **kwargs) as ws:
         try:
             ws.recv(timeout=10)
         except ConnectionClosed as exc:
@@ -24,7 +24,7 @@ def _close_code(url: str, **kwargs: object) -> tuple[str | None, int | None]:
 
 
 @pytest.mark.parametrize("path", ["/ws/status/", "/ws/gpu/"])
-def test_the_bearer_subprotocol_authenticates_and_is_answered(live_medai, alice, token_for, path):  # type: ignore[no-untyped-def]
+def test_the_bearer_subprotocol_authenticates_and_is_answered(live_medai, alice, token_for, path):
     base = live_medai.replace("http://", "ws://")
     with connect(base + path, subprotocols=["bearer", token_for(alice)], open_timeout=10) as ws:
         assert ws.subprotocol == "bearer"  # never the token itself
@@ -32,7 +32,7 @@ def test_the_bearer_subprotocol_authenticates_and_is_answered(live_medai, alice,
 
 
 @pytest.mark.parametrize("path", ["/ws/status/", "/ws/gpu/"])
-def test_no_or_a_bad_credential_closes_4401_and_a_missing_scope_4403(live_medai, alice, api_key_for, path):  # type: ignore[no-untyped-def]
+def test_no_or_a_bad_credential_closes_4401_and_a_missing_scope_4403(live_medai, alice, api_key_for, path):
     url = live_medai.replace("http://", "ws://") + path
     assert _close_code(url) == (None, 4401)
     assert _close_code(url, subprotocols=["bearer", "not-a-token"]) == ("bearer", 4401)

@@ -13,7 +13,7 @@ from apps.audit.services import record_event, verify_chain
 pytestmark = pytest.mark.django_db
 
 
-def test_events_chain_and_verify(alice):  # type: ignore[no-untyped-def]
+def test_events_chain_and_verify(alice):
     first = record_event("auth.login", actor=alice, location="demo", ip="10.0.0.1")
     second = record_event("auth.logout", actor=alice, location="demo")
     assert second.prev_hash == first.hash
@@ -22,12 +22,12 @@ def test_events_chain_and_verify(alice):  # type: ignore[no-untyped-def]
     call_command("verify_audit_chain")
 
 
-def test_details_are_redacted(alice):  # type: ignore[no-untyped-def]
+def test_details_are_redacted(alice):
     event = record_event("note", actor=alice, details={"text": "Patient John Smith, SSN 123-45-6789, a@b.org"})
     assert event.details == {"text": "Patient [NAME], SSN [SSN], [EMAIL]"}
 
 
-def test_update_and_delete_are_refused(alice):  # type: ignore[no-untyped-def]
+def test_update_and_delete_are_refused(alice):
     event = record_event("auth.login", actor=alice)
     with pytest.raises(PermissionError):
         event.save()
@@ -39,7 +39,7 @@ def test_update_and_delete_are_refused(alice):  # type: ignore[no-untyped-def]
         AuditEvent.objects.update(action="x")
 
 
-def test_tampering_with_a_row_is_detected(alice):  # type: ignore[no-untyped-def]
+def test_tampering_with_a_row_is_detected(alice):
     record_event("auth.login", actor=alice)
     victim = record_event("auth.login", actor=alice, outcome="failure")
     record_event("auth.logout", actor=alice)
@@ -51,7 +51,7 @@ def test_tampering_with_a_row_is_detected(alice):  # type: ignore[no-untyped-def
         call_command("verify_audit_chain")
 
 
-def test_removing_the_last_row_is_detected(alice):  # type: ignore[no-untyped-def]
+def test_removing_the_last_row_is_detected(alice):
     record_event("a", actor=alice)
     last = record_event("b", actor=alice)
     with connection.cursor() as cursor:
@@ -59,7 +59,7 @@ def test_removing_the_last_row_is_detected(alice):  # type: ignore[no-untyped-de
     assert not verify_chain().ok
 
 
-def test_events_written_in_bulk_extend_one_valid_chain(alice):  # type: ignore[no-untyped-def]
+def test_events_written_in_bulk_extend_one_valid_chain(alice):
     from apps.audit.services import new_event, record_events
 
     before = record_event("auth.login", actor=alice, location="demo")
@@ -78,7 +78,7 @@ def test_events_written_in_bulk_extend_one_valid_chain(alice):  # type: ignore[n
     call_command("verify_audit_chain")
 
 
-def test_tampering_inside_a_bulk_write_is_detected(alice):  # type: ignore[no-untyped-def]
+def test_tampering_inside_a_bulk_write_is_detected(alice):
     from apps.audit.services import new_event, record_events
 
     bulk = record_events([new_event("inference.complete", actor=alice, object_id=str(i)) for i in range(4)])

@@ -40,7 +40,7 @@ def logged() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def web_with_access_log(transactional_db) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def web_with_access_log(transactional_db) -> Iterator[str]:
     from tests.support.servers import LiveASGIServer
 
     server = LiveASGIServer(access_log=True).start()
@@ -50,7 +50,7 @@ def web_with_access_log(transactional_db) -> Iterator[str]:  # type: ignore[no-u
 
 def test_tokens_and_keys_in_urls_and_errors_never_reach_a_log_line(
     web_with_access_log, logged, alice, token_for, api_key_for
-):  # type: ignore[no-untyped-def]
+):
     jwt, key = token_for(alice), api_key_for(alice)
     ws_base = web_with_access_log.replace("http://", "ws://")
     with connect(f"{ws_base}/ws/status/?token={jwt}", open_timeout=10) as ws:  # old clients still work

@@ -22,12 +22,12 @@ class Vital(BaseModel):
 
 
 @pytest.fixture
-def medai(live_medai, llama_server, alice, api_key_for):  # type: ignore[no-untyped-def]
+def medai(live_medai, llama_server, alice, api_key_for):
     register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("Chat",))
     return f"{live_medai}/v1", api_key_for(alice)
 
 
-def chat_openai(medai):  # type: ignore[no-untyped-def]
+def chat_openai(medai):
     from langchain_openai import ChatOpenAI
 
     base_url, key = medai
@@ -36,19 +36,19 @@ def chat_openai(medai):  # type: ignore[no-untyped-def]
     )
 
 
-def test_langchain_bind_tools_gets_the_forced_call(medai):  # type: ignore[no-untyped-def]
+def test_langchain_bind_tools_gets_the_forced_call(medai):
     message = chat_openai(medai).bind_tools([Vital], tool_choice="Vital").invoke(QUESTION)
     assert message.tool_calls, message
     call = message.tool_calls[0]
     assert call["name"] == "Vital" and set(call["args"]) == {"name", "value"} and call["id"]
 
 
-def test_langchain_structured_output_through_function_calling(medai):  # type: ignore[no-untyped-def]
+def test_langchain_structured_output_through_function_calling(medai):
     vital = chat_openai(medai).with_structured_output(Vital, method="function_calling").invoke(QUESTION)
     assert isinstance(vital, Vital)
 
 
-def test_pydantic_ai_tool_output(medai):  # type: ignore[no-untyped-def]
+def test_pydantic_ai_tool_output(medai):
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider

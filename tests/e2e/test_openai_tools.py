@@ -38,12 +38,12 @@ LOOKUP = {
 
 
 @pytest.fixture
-def client(live_medai, llama_server, alice, api_key_for):  # type: ignore[no-untyped-def]
+def client(live_medai, llama_server, alice, api_key_for):
     register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("Chat",))
     return openai.OpenAI(base_url=f"{live_medai}/v1", api_key=api_key_for(alice), max_retries=0, timeout=120)
 
 
-def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[no-untyped-def]
+def test_a_named_function_is_called_by_the_real_model(client):
     completion = client.chat.completions.create(
         model="smollm2-135m",
         messages=QUESTION,
@@ -63,7 +63,7 @@ def test_a_named_function_is_called_by_the_real_model(client):  # type: ignore[n
     assert (task.status, task.tools_offered, task.tool_calls) == ("completed", 2, len(message.tool_calls))
 
 
-def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client):  # type: ignore[no-untyped-def]
+def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client):
     stream = client.chat.completions.create(
         model="smollm2-135m",
         messages=QUESTION,
@@ -117,7 +117,7 @@ def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client)
     assert follow_up.choices[0].message.content is not None or follow_up.choices[0].message.tool_calls
 
 
-def test_the_returned_message_object_can_be_sent_back_as_is(client):  # type: ignore[no-untyped-def]
+def test_the_returned_message_object_can_be_sent_back_as_is(client):
     completion = client.chat.completions.create(
         model="smollm2-135m",
         messages=QUESTION,
@@ -139,7 +139,7 @@ def test_the_returned_message_object_can_be_sent_back_as_is(client):  # type: ig
     assert follow_up.choices[0].message.content is not None and not follow_up.choices[0].message.tool_calls
 
 
-def test_a_malformed_tool_is_a_typed_400_naming_the_field(client):  # type: ignore[no-untyped-def]
+def test_a_malformed_tool_is_a_typed_400_naming_the_field(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
             model="smollm2-135m", messages=QUESTION, tools=[{"type": "function", "function": {"name": "record vital"}}]

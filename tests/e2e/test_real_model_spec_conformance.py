@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 @pytest.fixture
-def ask(live_medai, llama_server, alice, token_for):  # type: ignore[no-untyped-def]
+def ask(live_medai, llama_server, alice, token_for):
     register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("Chat",))
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
@@ -54,7 +54,7 @@ def ask(live_medai, llama_server, alice, token_for):  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_the_real_models_answers_match_the_spec(ask, variant):  # type: ignore[no-untyped-def]
+def test_the_real_models_answers_match_the_spec(ask, variant):
     (answer,) = ask(VARIANTS[variant], stream=False)
     assert_valid("CreateChatCompletionResponse", answer)
     choice = answer["choices"][0]
@@ -67,7 +67,7 @@ def test_the_real_models_answers_match_the_spec(ask, variant):  # type: ignore[n
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_the_real_models_stream_chunks_match_the_spec(ask, variant):  # type: ignore[no-untyped-def]
+def test_the_real_models_stream_chunks_match_the_spec(ask, variant):
     chunks = ask(VARIANTS[variant], stream=True)
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)

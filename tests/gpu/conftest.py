@@ -40,7 +40,7 @@ def publish_decision(
 
 
 @pytest.fixture
-def fresh_view(settings):  # type: ignore[no-untyped-def]
+def fresh_view(settings):
     """Every read goes to Redis (no per-process caching), so a test sees its own writes at once."""
     settings.MEDAI_GPU_STATE_CACHE_SECONDS = 0.0
     yield

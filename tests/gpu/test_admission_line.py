@@ -89,7 +89,7 @@ class Line:
         await asyncio.gather(*self.tasks)
 
 
-async def test_a_critical_request_is_served_before_normal_ones_that_queued_earlier(fresh_view):  # type: ignore[no-untyped-def]
+async def test_a_critical_request_is_served_before_normal_ones_that_queued_earlier(fresh_view):
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
     line = Line()
@@ -106,7 +106,7 @@ async def test_a_critical_request_is_served_before_normal_ones_that_queued_earli
     assert line.order == ["critical", "high", "normal-1", "normal-2", "low"]
 
 
-async def test_requests_of_one_level_are_served_first_come_first_served(fresh_view):  # type: ignore[no-untyped-def]
+async def test_requests_of_one_level_are_served_first_come_first_served(fresh_view):
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
     line = Line()
@@ -117,7 +117,7 @@ async def test_requests_of_one_level_are_served_first_come_first_served(fresh_vi
     assert line.order == [f"normal-{i}" for i in range(6)]
 
 
-async def test_a_released_slot_goes_to_the_head_of_the_line_not_to_a_newcomer(fresh_view):  # type: ignore[no-untyped-def]
+async def test_a_released_slot_goes_to_the_head_of_the_line_not_to_a_newcomer(fresh_view):
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
     line = Line()
@@ -128,7 +128,7 @@ async def test_a_released_slot_goes_to_the_head_of_the_line_not_to_a_newcomer(fr
     assert line.order == ["waiting"]
 
 
-async def test_a_full_line_answers_429_with_an_estimated_retry_after(fresh_view, settings):  # type: ignore[no-untyped-def]
+async def test_a_full_line_answers_429_with_an_estimated_retry_after(fresh_view, settings):
     settings.MEDAI_ADMISSION_QUEUE_MAX = 2
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
@@ -145,7 +145,7 @@ async def test_a_full_line_answers_429_with_an_estimated_retry_after(fresh_view,
     assert line.order == ["first", "second"]
 
 
-async def test_a_critical_request_takes_the_place_of_the_last_normal_one_in_a_full_line(fresh_view, settings):  # type: ignore[no-untyped-def]
+async def test_a_critical_request_takes_the_place_of_the_last_normal_one_in_a_full_line(fresh_view, settings):
     settings.MEDAI_ADMISSION_QUEUE_MAX = 2
     one_at_a_time(wait_seconds=30)
     held = slots.try_acquire(EP, 1)
@@ -159,7 +159,7 @@ async def test_a_critical_request_takes_the_place_of_the_last_normal_one_in_a_fu
     assert line.order == ["critical", "first"]
 
 
-async def test_a_wait_that_runs_out_answers_429_with_retry_after(fresh_view):  # type: ignore[no-untyped-def]
+async def test_a_wait_that_runs_out_answers_429_with_retry_after(fresh_view):
     one_at_a_time(wait_seconds=0.05)
     held = slots.try_acquire(EP, 1)
     with pytest.raises(NoBackend) as caught:
@@ -169,7 +169,7 @@ async def test_a_wait_that_runs_out_answers_429_with_retry_after(fresh_view):  #
     assert caught.value.retry_after >= 1
 
 
-def test_retry_after_is_the_line_ahead_times_how_long_the_models_slots_are_held(fresh_view, monkeypatch):  # type: ignore[no-untyped-def]
+def test_retry_after_is_the_line_ahead_times_how_long_the_models_slots_are_held(fresh_view, monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(
         slots, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time, sleep=time.sleep)
@@ -181,7 +181,7 @@ def test_retry_after_is_the_line_ahead_times_how_long_the_models_slots_are_held(
     assert slots.retry_after([EP], ahead=5, limit=2) == 24  # 6 requests, 2 at a time: 3 rounds of 8 s
 
 
-async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeypatch):  # type: ignore[no-untyped-def]
+async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeypatch):
     monkeypatch.setattr(slots, "RECHECK_SECONDS", 3600.0)  # only the announcement can wake it
     one_at_a_time(wait_seconds=3600)
     other = "elsewhere:1:abc"
@@ -206,7 +206,7 @@ async def test_a_release_in_another_process_wakes_the_waiter(fresh_view, monkeyp
 @pytest.mark.django_db(transaction=True)
 def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(
     live_medai, stub_backend, alice, token_for, fresh_view, monkeypatch
-):  # type: ignore[no-untyped-def]
+):
     model = register_model("busy", stub_backend)
     publish_decision([reading(60)], [ModelInfo(model.pk, "busy", model.rank, 0, None)])  # NORMAL: 2 at a time
     monkeypatch.setattr(slots, "RECHECK_SECONDS", 0.01)  # waiters look at the clock often
@@ -255,7 +255,7 @@ def test_more_requests_than_slots_all_answer_200_even_after_a_long_wait(
 @pytest.mark.django_db(transaction=True)
 def test_a_full_line_answers_429_with_a_retry_after_header(
     live_medai, stub_backend, alice, token_for, fresh_view, settings
-):  # type: ignore[no-untyped-def]
+):
     settings.MEDAI_ADMISSION_QUEUE_MAX = 1
     model = register_model("busy", stub_backend)
     one_at_a_time(model.pk)

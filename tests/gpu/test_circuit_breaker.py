@@ -11,7 +11,7 @@ EP = 4242
 
 
 @pytest.fixture
-def clock(monkeypatch, fresh_view):  # type: ignore[no-untyped-def]
+def clock(monkeypatch, fresh_view):
     """Circuit time under the test's control."""
     now = [1_000_000.0]
     monkeypatch.setattr(circuit.time, "time", lambda: now[0])
@@ -25,19 +25,19 @@ def fail(n: int) -> str:
     return state
 
 
-def test_four_failures_keep_it_closed_and_the_fifth_opens_it(clock):  # type: ignore[no-untyped-def]
+def test_four_failures_keep_it_closed_and_the_fifth_opens_it(clock):
     assert fail(4) == circuit.CLOSED and circuit.allow(EP)
     assert fail(1) == circuit.OPEN
     assert circuit.is_open(EP) and not circuit.allow(EP)
 
 
-def test_a_success_resets_the_consecutive_count(clock):  # type: ignore[no-untyped-def]
+def test_a_success_resets_the_consecutive_count(clock):
     fail(4)
     circuit.record_success(EP)
     assert fail(4) == circuit.CLOSED
 
 
-def test_after_the_reset_period_exactly_one_trial_goes_through(clock):  # type: ignore[no-untyped-def]
+def test_after_the_reset_period_exactly_one_trial_goes_through(clock):
     fail(5)
     clock[0] += 29
     assert not circuit.allow(EP)
@@ -47,7 +47,7 @@ def test_after_the_reset_period_exactly_one_trial_goes_through(clock):  # type: 
     assert not circuit.allow(EP)  # everyone else waits for its outcome
 
 
-def test_a_successful_trial_closes_the_circuit(clock):  # type: ignore[no-untyped-def]
+def test_a_successful_trial_closes_the_circuit(clock):
     fail(5)
     clock[0] += 31
     assert circuit.allow(EP)
@@ -56,7 +56,7 @@ def test_a_successful_trial_closes_the_circuit(clock):  # type: ignore[no-untype
     assert circuit.allow(EP) and circuit.allow(EP)
 
 
-def test_a_failed_trial_opens_it_for_another_period(clock):  # type: ignore[no-untyped-def]
+def test_a_failed_trial_opens_it_for_another_period(clock):
     fail(5)
     clock[0] += 31
     assert circuit.allow(EP)
@@ -66,19 +66,19 @@ def test_a_failed_trial_opens_it_for_another_period(clock):  # type: ignore[no-u
     assert circuit.allow(EP)
 
 
-def test_state_is_shared_through_redis(clock):  # type: ignore[no-untyped-def]
+def test_state_is_shared_through_redis(clock):
     fail(5)
     shared.reset_local()  # what another process sees: only Redis
     assert circuit.state_of(EP)[0] == circuit.OPEN and not circuit.allow(EP)
 
 
-def test_failures_from_several_processes_add_up(clock):  # type: ignore[no-untyped-def]
+def test_failures_from_several_processes_add_up(clock):
     fail(3)
     shared.reset_local()
     assert fail(2) == circuit.OPEN
 
 
-def test_a_passing_health_check_half_opens_an_open_circuit_at_once(clock):  # type: ignore[no-untyped-def]
+def test_a_passing_health_check_half_opens_an_open_circuit_at_once(clock):
     fail(5)
     circuit.half_open(EP)
     assert circuit.state_of(EP)[0] == circuit.HALF_OPEN

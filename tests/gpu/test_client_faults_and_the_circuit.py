@@ -35,10 +35,10 @@ IMAGE_500 = {
 
 
 @pytest.fixture
-def post(live_medai, alice, bob, token_for, fresh_view):  # type: ignore[no-untyped-def]
+def post(live_medai, alice, bob, token_for, fresh_view):
     tokens = {"alice": token_for(alice), "bob": token_for(bob)}
 
-    def send(body, user="alice"):  # type: ignore[no-untyped-def]
+    def send(body, user="alice"):
         response = httpx.post(
             f"{live_medai}/v1/chat/completions",
             json=body,
@@ -52,7 +52,7 @@ def post(live_medai, alice, bob, token_for, fresh_view):  # type: ignore[no-unty
 
 
 @pytest.fixture
-def second():  # type: ignore[no-untyped-def]
+def second():
     proc, url = start_stub()
     yield url
     proc.stop()
@@ -62,7 +62,7 @@ def served(url: str) -> int:
     return httpx.get(url.removesuffix("/v1") + "/_stats").json()["requests"]
 
 
-def test_an_input_the_model_cannot_take_is_the_callers_400_and_never_opens_the_circuit(post, stub_backend, second):  # type: ignore[no-untyped-def]
+def test_an_input_the_model_cannot_take_is_the_callers_400_and_never_opens_the_circuit(post, stub_backend, second):
     primary = register_model("text-only", stub_backend, rank=1, agents=("Clinical",), position=0)
     register_model("fallback", second, rank=2, agents=("Clinical",), position=1)
     set_stub_mode(stub_backend, "error", status=500, body=IMAGE_500)
@@ -86,7 +86,7 @@ def test_an_input_the_model_cannot_take_is_the_callers_400_and_never_opens_the_c
     assert plain.status_code == 200 and plain.json()["model"] == "text-only"
 
 
-def test_a_backend_500_not_about_the_input_counts_and_opens_the_circuit(post, stub_backend, second):  # type: ignore[no-untyped-def]
+def test_a_backend_500_not_about_the_input_counts_and_opens_the_circuit(post, stub_backend, second):
     primary = register_model("crashy", stub_backend, rank=1, agents=("Clinical",), position=0)
     register_model("fallback", second, rank=2, agents=("Clinical",), position=1)
     set_stub_mode(
@@ -102,7 +102,7 @@ def test_a_backend_500_not_about_the_input_counts_and_opens_the_circuit(post, st
     assert circuit.state_of(primary.pk)[0] == circuit.OPEN
 
 
-def test_a_wrong_backend_api_key_is_the_backends_fault_not_the_callers(post, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_wrong_backend_api_key_is_the_backends_fault_not_the_callers(post, stub_backend):
     model = register_model("locked", stub_backend)
     set_stub_mode(
         stub_backend,
@@ -116,7 +116,7 @@ def test_a_wrong_backend_api_key_is_the_backends_fault_not_the_callers(post, stu
     assert circuit.state_of(model.pk)[1] == 1
 
 
-def test_a_served_model_id_the_backend_does_not_know_fails_over(post, stub_backend, second):  # type: ignore[no-untyped-def]
+def test_a_served_model_id_the_backend_does_not_know_fails_over(post, stub_backend, second):
     misconfigured = register_model("misnamed", stub_backend, rank=1, agents=("Clinical",), position=0)
     register_model("fallback", second, rank=2, agents=("Clinical",), position=1)
     set_stub_mode(
@@ -135,7 +135,7 @@ def test_a_served_model_id_the_backend_does_not_know_fails_over(post, stub_backe
     assert circuit.state_of(misconfigured.pk)[1] == 1
 
 
-def test_a_half_open_trial_that_was_the_callers_fault_lets_the_next_request_be_the_trial(post, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_half_open_trial_that_was_the_callers_fault_lets_the_next_request_be_the_trial(post, stub_backend):
     model = register_model("recovering", stub_backend)
     for _ in range(settings.MEDAI_CIRCUIT_FAILURES):
         circuit.record_failure(model.pk)

@@ -21,10 +21,10 @@ MSG = [{"role": "user", "content": "Dose of paracetamol for an adult?"}]
 
 
 @pytest.fixture
-def call(live_medai, alice, token_for, fresh_view):  # type: ignore[no-untyped-def]
+def call(live_medai, alice, token_for, fresh_view):
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
-    def post(body, **kwargs):  # type: ignore[no-untyped-def]
+    def post(body, **kwargs):
         response = httpx.post(
             f"{live_medai}/v1/chat/completions", json={"messages": MSG, **body}, headers=headers, timeout=30, **kwargs
         )
@@ -35,7 +35,7 @@ def call(live_medai, alice, token_for, fresh_view):  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def broken():  # type: ignore[no-untyped-def]
+def broken():
     proc, url = start_stub("error503")
     yield url
     proc.stop()
@@ -45,7 +45,7 @@ def served(url: str) -> int:
     return httpx.get(url.removesuffix("/v1") + "/_stats").json()["requests"]
 
 
-def test_a_503_fails_over_to_the_next_model_without_waiting_for_retries(call, broken, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_503_fails_over_to_the_next_model_without_waiting_for_retries(call, broken, stub_backend):
     register_model("broken", broken, agents=("Clinical",), position=0)
     register_model("healthy", stub_backend, agents=("Clinical",), position=1)
     response = call({"model": "Clinical"})
@@ -53,7 +53,7 @@ def test_a_503_fails_over_to_the_next_model_without_waiting_for_retries(call, br
     assert served(broken) == 1
 
 
-def test_a_503_is_retried_three_times_then_answers_503_with_retry_after(call, broken):  # type: ignore[no-untyped-def]
+def test_a_503_is_retried_three_times_then_answers_503_with_retry_after(call, broken):
     register_model("broken", broken)
     response = call({"model": "broken"})
     assert response.status_code == 503
@@ -63,7 +63,7 @@ def test_a_503_is_retried_three_times_then_answers_503_with_retry_after(call, br
     assert InferenceTask.objects.get().attempts == 4
 
 
-def test_a_retry_succeeds_when_the_backend_recovers(call, broken):  # type: ignore[no-untyped-def]
+def test_a_retry_succeeds_when_the_backend_recovers(call, broken):
     register_model("flaky", broken)
 
     def recover() -> None:
@@ -80,14 +80,14 @@ def test_a_retry_succeeds_when_the_backend_recovers(call, broken):  # type: igno
     assert served(broken) >= 2
 
 
-def test_a_500_is_not_retried(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_500_is_not_retried(call, stub_backend):
     register_model("crashy", stub_backend)
     set_stub_mode(stub_backend, "error500")
     assert call({"model": "crashy"}).status_code == 503
     assert served(stub_backend) == 1
 
 
-def test_a_hanging_backend_times_out_is_marked_down_and_later_requests_skip_it(call, stub_backend, settings):  # type: ignore[no-untyped-def]
+def test_a_hanging_backend_times_out_is_marked_down_and_later_requests_skip_it(call, stub_backend, settings):
     settings.MEDAI_BACKEND_TIMEOUT = 1.0
     proc, hanging = start_stub("hang")
     try:
@@ -103,7 +103,7 @@ def test_a_hanging_backend_times_out_is_marked_down_and_later_requests_skip_it(c
         proc.stop()
 
 
-def test_five_failures_open_the_circuit_and_traffic_stops_reaching_the_backend(call, broken, stub_backend):  # type: ignore[no-untyped-def]
+def test_five_failures_open_the_circuit_and_traffic_stops_reaching_the_backend(call, broken, stub_backend):
     # Different ranks: among equal ranks the healthy one's latency EMA would put it first anyway.
     register_model("broken", broken, rank=1, agents=("Clinical",), position=0)
     register_model("healthy", stub_backend, rank=2, agents=("Clinical",), position=1)
@@ -112,7 +112,7 @@ def test_five_failures_open_the_circuit_and_traffic_stops_reaching_the_backend(c
     assert served(broken) == 5
 
 
-def test_nothing_able_to_serve_is_a_clear_503(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_nothing_able_to_serve_is_a_clear_503(call, stub_backend):
     ep = register_model("huge", stub_backend)
     ep.vram_mb = 50_000
     ep.save()
@@ -125,7 +125,7 @@ def test_nothing_able_to_serve_is_a_clear_503(call, stub_backend):  # type: igno
     assert served(stub_backend) == 0
 
 
-def test_under_critical_pressure_new_work_waits_then_503_but_critical_priority_runs(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_under_critical_pressure_new_work_waits_then_503_but_critical_priority_runs(call, stub_backend):
     ep = register_model("tiny", stub_backend)
     publish_decision([reading(90)], [_info(ep)], wait_seconds=0.3)
     held = call({"model": "tiny", "priority": "normal"})
@@ -136,7 +136,7 @@ def test_under_critical_pressure_new_work_waits_then_503_but_critical_priority_r
     assert served(stub_backend) == 1
 
 
-def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call, stub_backend):
     ep = register_model("busy", stub_backend)
     set_stub_mode(stub_backend, "slow", delay=3)
     publish_decision([reading(75)], [_info(ep)], wait_seconds=0.3)  # HIGH: 1 in flight per model
@@ -155,7 +155,7 @@ def test_a_model_at_its_concurrency_limit_answers_429_after_a_bounded_wait(call,
     assert slots.in_flight(ep.pk) == 0  # released
 
 
-async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_view):  # type: ignore[no-untyped-def]
+async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_view):
     from asgiref.sync import sync_to_async
 
     from apps.inference import router
@@ -183,7 +183,7 @@ async def test_a_stream_holds_its_slot_until_it_is_closed(stub_backend, fresh_vi
     assert slots.in_flight(ep.pk) == 0
 
 
-def _info(ep):  # type: ignore[no-untyped-def]
+def _info(ep):
     from apps.gpu.policy import ModelInfo
 
     return ModelInfo(ep.pk, ep.name, ep.rank, ep.vram_mb, None)

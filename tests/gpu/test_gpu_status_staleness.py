@@ -23,7 +23,7 @@ def _publish_sample(ts: float) -> None:
     shared.invalidate()
 
 
-def test_a_sample_older_than_the_limit_is_stale_with_its_age_and_the_monitor_not_running(settings, fresh_view):  # type: ignore[no-untyped-def]
+def test_a_sample_older_than_the_limit_is_stale_with_its_age_and_the_monitor_not_running(settings, fresh_view):
     settings.MEDAI_GPU_STALE_AFTER = 6.0
     now = time.time()
     _publish_sample(now - 180)
@@ -32,7 +32,7 @@ def test_a_sample_older_than_the_limit_is_stale_with_its_age_and_the_monitor_not
     assert payload["sampled_at"] == pytest.approx(now - 180)
 
 
-def test_a_fresh_sample_is_not_stale(settings, fresh_view):  # type: ignore[no-untyped-def]
+def test_a_fresh_sample_is_not_stale(settings, fresh_view):
     settings.MEDAI_GPU_STALE_AFTER = 6.0
     now = time.time()
     _publish_sample(now - 2)
@@ -40,7 +40,7 @@ def test_a_fresh_sample_is_not_stale(settings, fresh_view):  # type: ignore[no-u
     assert (payload["stale"], payload["monitor_running"], payload["age_seconds"]) == (False, True, 2.0)
 
 
-def test_no_sample_at_all_is_stale_and_has_no_age(fresh_view):  # type: ignore[no-untyped-def]
+def test_no_sample_at_all_is_stale_and_has_no_age(fresh_view):
     payload = services.status_payload()
     assert (payload["stale"], payload["monitor_running"], payload["age_seconds"], payload["sampled_at"]) == (
         True,
@@ -50,7 +50,7 @@ def test_no_sample_at_all_is_stale_and_has_no_age(fresh_view):  # type: ignore[n
     )
 
 
-def test_the_api_and_its_schema_carry_the_staleness(client_for, alice, settings, fresh_view):  # type: ignore[no-untyped-def]
+def test_the_api_and_its_schema_carry_the_staleness(client_for, alice, settings, fresh_view):
     settings.MEDAI_GPU_STALE_AFTER = 6.0
     _publish_sample(time.time() - 120)
     body = client_for(alice).get("/v1/gpu/status").json()

@@ -14,14 +14,14 @@ from medai.asgi import application
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_without_credentials_the_socket_is_closed_4401():  # type: ignore[no-untyped-def]
+async def test_without_credentials_the_socket_is_closed_4401():
     communicator = WebsocketCommunicator(application, "/ws/gpu/")
     connected, _ = await communicator.connect()
     assert connected  # the handshake completes, then the close carries the reason
     assert await communicator.receive_output() == {"type": "websocket.close", "code": 4401}
 
 
-async def test_a_credential_without_the_read_scope_is_closed_4403(alice, api_key_for):  # type: ignore[no-untyped-def]
+async def test_a_credential_without_the_read_scope_is_closed_4403(alice, api_key_for):
     key = await sync_to_async(api_key_for)(alice, scopes=["inference"])
     communicator = WebsocketCommunicator(application, "/ws/gpu/", subprotocols=["bearer", key])
     connected, subprotocol = await communicator.connect()
@@ -29,7 +29,7 @@ async def test_a_credential_without_the_read_scope_is_closed_4403(alice, api_key
     assert await communicator.receive_output() == {"type": "websocket.close", "code": 4403}
 
 
-async def test_status_on_connect_then_live_updates_labelled_simulated(alice, token_for, fresh_view):  # type: ignore[no-untyped-def]
+async def test_status_on_connect_then_live_updates_labelled_simulated(alice, token_for, fresh_view):
     monitor = Monitor(SimulatedProvider(), supervise=False)
     await sync_to_async(monitor.sample)()
     token = await sync_to_async(token_for)(alice)
@@ -51,7 +51,7 @@ async def test_status_on_connect_then_live_updates_labelled_simulated(alice, tok
 
 async def test_when_the_monitor_stops_publishing_the_socket_says_the_sample_is_stale(
     alice, token_for, fresh_view, settings
-):  # type: ignore[no-untyped-def]
+):
     settings.MEDAI_GPU_STALE_AFTER = 0.5
     await sync_to_async(Monitor(SimulatedProvider(), supervise=False).sample)()  # one sample, then silence
     token = await sync_to_async(token_for)(alice)

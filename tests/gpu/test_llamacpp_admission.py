@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 CLIENTS = 50
 
 
-def test_fifty_concurrent_clients_are_all_answered(live_medai, llama_server, alice, token_for, fresh_view):  # type: ignore[no-untyped-def]
+def test_fifty_concurrent_clients_are_all_answered(live_medai, llama_server, alice, token_for, fresh_view):
     model = register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct")
     # LOW pressure: 4 at a time, as the server's 4 slots. The wait is made long enough for a CI
     # runner whose two cores are shared (there a 4-token answer can take seconds): this test is

@@ -36,13 +36,13 @@ TOO_LONG = [{"role": "user", "content": "Summarise these notes: " + "blood press
 PLAIN = [{"role": "user", "content": "Say OK."}]
 
 
-def post(url: str, token: str, body: dict) -> httpx.Response:  # type: ignore[type-arg]
+def post(url: str, token: str, body: dict) -> httpx.Response:
     return httpx.post(
         f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
     )
 
 
-def stream(url: str, token: str, body: dict) -> tuple[int, str]:  # type: ignore[type-arg]
+def stream(url: str, token: str, body: dict) -> tuple[int, str]:
     with httpx.stream(
         "POST",
         f"{url}/v1/chat/completions",
@@ -55,7 +55,7 @@ def stream(url: str, token: str, body: dict) -> tuple[int, str]:  # type: ignore
 
 def test_inputs_the_model_cannot_take_are_the_callers_400_and_never_shut_it_off_for_others(
     live_medai, llama_server, stub_backend, alice, bob, token_for, fresh_view
-):  # type: ignore[no-untyped-def]
+):
     model = register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", rank=1, agents=("Chat",))
     register_model("fallback", stub_backend, rank=2, agents=("Chat",), position=1)
     attacker, other = token_for(alice), token_for(bob)

@@ -14,7 +14,7 @@ from apps.inference.models import ModelEndpoint
 
 
 @pytest.fixture(autouse=True)
-def fake_install(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def fake_install(tmp_path, monkeypatch):
     # The argv only: no llama-server or GGUF needs to exist for it.
     binary = tmp_path / "llama-server"
     binary.write_text("#!/bin/sh\n")
@@ -33,7 +33,7 @@ def value(argv: list[str], option: str) -> str:
 
 
 @pytest.mark.django_db
-def test_the_bundled_servers_command_line_names_each_option_once():  # type: ignore[no-untyped-def]
+def test_the_bundled_servers_command_line_names_each_option_once():
     server = ensure_bundled_server(18450, parallel=2, ctx_size=3000, threads=1)
     argv = server_argv(server)
     repeated = {o: n for o, n in options(argv).items() if n > 1}
@@ -46,7 +46,7 @@ def test_the_bundled_servers_command_line_names_each_option_once():  # type: ign
 
 
 @pytest.mark.django_db
-def test_the_demo_bootstrap_registers_a_server_started_with_jinja(tmp_path):  # type: ignore[no-untyped-def]
+def test_the_demo_bootstrap_registers_a_server_started_with_jinja(tmp_path):
     from apps.inference.demo import bootstrap_demo
 
     result = bootstrap_demo(llama_port=18451, var_dir=tmp_path, autostart=False)
@@ -55,7 +55,7 @@ def test_the_demo_bootstrap_registers_a_server_started_with_jinja(tmp_path):  # 
     assert "--jinja" in argv and max(options(argv).values()) == 1
 
 
-def test_extra_arguments_replace_the_defaults_they_name_in_either_spelling():  # type: ignore[no-untyped-def]
+def test_extra_arguments_replace_the_defaults_they_name_in_either_spelling():
     argv = server_command(9000, extra=["-np", "3", "-c=4096", "--threads", "2", "--no-jinja", "--seed", "-1"])
     counts = options(argv)
     assert (counts["--parallel"], counts["-np"], counts["--ctx-size"], counts["-c"]) == (0, 1, 0, 1)
@@ -64,12 +64,12 @@ def test_extra_arguments_replace_the_defaults_they_name_in_either_spelling():  #
     assert argv[-2:] == ["--seed", "-1"]
 
 
-def test_the_test_suites_llama_server_is_started_with_jinja():  # type: ignore[no-untyped-def]
+def test_the_test_suites_llama_server_is_started_with_jinja():
     argv = server_command(9001, parallel=4, ctx_size=8192, threads=2)
     assert "--jinja" in argv and max(options(argv).values()) == 1
 
 
-def test_another_model_keeps_its_own_chat_template(tmp_path):  # type: ignore[no-untyped-def]
+def test_another_model_keeps_its_own_chat_template(tmp_path):
     other = tmp_path / "qwen.gguf"
     other.write_bytes(b"GGUF")
     argv = server_command(9002, other)

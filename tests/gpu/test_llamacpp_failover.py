@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 def test_killing_the_primary_loses_no_request_and_it_comes_back(
     live_medai, llama_server, alice, token_for, settings, fresh_view
-):  # type: ignore[no-untyped-def]
+):
     settings.MEDAI_HEALTH_INTERVAL = 1.0
     primary_server = ensure_bundled_server(free_port(), endpoint_name="primary", parallel=2, threads=1)
     primary = primary_server.endpoint
@@ -53,7 +53,7 @@ def test_killing_the_primary_loses_no_request_and_it_comes_back(
                 )
                 results.append((r.status_code, r.json().get("model", r.text) if r.status_code == 200 else r.text))
 
-    def wait_for(what: str, check, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(what: str, check, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             assert time.monotonic() < deadline, f"not {what} within {timeout:.0f} s"

@@ -25,14 +25,14 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def gpu(fresh_view):  # type: ignore[no-untyped-def]
+def gpu(fresh_view):
     SimulatedGpu.objects.all().delete()
     return SimulatedGpu.objects.create(
         index=0, name="Simulated GPU 0 (no hardware)", memory_total_mb=10_000, baseline_used_mb=500, mb_per_request=250
     )
 
 
-def test_simulated_memory_is_the_models_loaded_plus_work_in_flight(gpu):  # type: ignore[no-untyped-def]
+def test_simulated_memory_is_the_models_loaded_plus_work_in_flight(gpu):
     ep = register_model("m", "http://127.0.0.1:9/v1")
     ModelServer.objects.create(name="m", endpoint=ep, port=9, vram_mb=3_000, state=ModelServer.State.RUNNING, pid=123)
     ModelServer.objects.create(name="off", port=10, vram_mb=5_000, state=ModelServer.State.STOPPED)
@@ -47,7 +47,7 @@ def test_simulated_memory_is_the_models_loaded_plus_work_in_flight(gpu):  # type
         lease.release()
 
 
-def test_temperature_follows_load_gradually(gpu):  # type: ignore[no-untyped-def]
+def test_temperature_follows_load_gradually(gpu):
     provider = SimulatedProvider()
     cool = provider.sample()[0].temperature_c
     gpu.memory_used_override_percent = 100
@@ -56,7 +56,7 @@ def test_temperature_follows_load_gradually(gpu):  # type: ignore[no-untyped-def
     assert cool < warmer[0] < warmer[-1] <= 85.0
 
 
-def test_admin_overrides_and_the_override_file_steer_it(gpu, tmp_path):  # type: ignore[no-untyped-def]
+def test_admin_overrides_and_the_override_file_steer_it(gpu, tmp_path):
     gpu.memory_used_override_percent, gpu.temperature_override_c = 72, 66
     gpu.save()
     (r,) = SimulatedProvider().sample()
@@ -67,7 +67,7 @@ def test_admin_overrides_and_the_override_file_steer_it(gpu, tmp_path):  # type:
     assert (r.memory_used_mb, r.temperature_c) == (9_100, 83.0)  # the file wins
 
 
-def test_gpu_status_reports_each_gpu_labelled_simulated(gpu, alice, client_for):  # type: ignore[no-untyped-def]
+def test_gpu_status_reports_each_gpu_labelled_simulated(gpu, alice, client_for):
     ep = register_model("tiny", "http://127.0.0.1:9/v1")
     ModelServer.objects.create(name="tiny", endpoint=ep, port=9, vram_mb=1_000, state=ModelServer.State.RUNNING)
     Monitor(SimulatedProvider(), supervise=False).sample()
@@ -83,11 +83,11 @@ def test_gpu_status_reports_each_gpu_labelled_simulated(gpu, alice, client_for):
     assert_matches("/v1/gpu/status", "get", 200, body)
 
 
-def test_gpu_status_requires_credentials():  # type: ignore[no-untyped-def]
+def test_gpu_status_requires_credentials():
     assert Client().get("/v1/gpu/status").status_code == 401
 
 
-def test_pressure_walks_low_critical_low_and_the_policy_follows(gpu, alice, client_for):  # type: ignore[no-untyped-def]
+def test_pressure_walks_low_critical_low_and_the_policy_follows(gpu, alice, client_for):
     big = register_model("big", "http://127.0.0.1:9/v1", rank=1)
     big.vram_mb = 6_000
     big.save()
@@ -102,7 +102,7 @@ def test_pressure_walks_low_critical_low_and_the_policy_follows(gpu, alice, clie
     monitor.table = policy.publish_table()
     client = client_for(alice)
 
-    def at(percent: float | None) -> tuple:  # type: ignore[type-arg]
+    def at(percent: float | None) -> tuple:
         SimulatedGpu.objects.filter(index=0).update(memory_used_override_percent=percent)
         monitor.sample()
         p = client.get("/v1/gpu/status").json()
@@ -119,7 +119,7 @@ def test_pressure_walks_low_critical_low_and_the_policy_follows(gpu, alice, clie
     assert at(20) == ("LOW", "all", 8, 4)
 
 
-def test_prometheus_exports_gpu_and_circuit_state(gpu):  # type: ignore[no-untyped-def]
+def test_prometheus_exports_gpu_and_circuit_state(gpu):
     ep = register_model("m", "http://127.0.0.1:9/v1")
     Monitor(SimulatedProvider(), supervise=False).sample()
     for _ in range(5):
@@ -135,7 +135,7 @@ def test_prometheus_exports_gpu_and_circuit_state(gpu):  # type: ignore[no-untyp
 
 
 @pytest.mark.django_db(transaction=True)
-def test_health_checks_mark_backends_and_half_open_a_recovered_circuit(stub_backend, fresh_view):  # type: ignore[no-untyped-def]
+def test_health_checks_mark_backends_and_half_open_a_recovered_circuit(stub_backend, fresh_view):
     up = register_model("up", stub_backend, agents=())
     down = register_model("down", f"http://127.0.0.1:{free_port()}/v1", agents=())
     for _ in range(5):
@@ -147,7 +147,7 @@ def test_health_checks_mark_backends_and_half_open_a_recovered_circuit(stub_back
     assert circuit.state_of(up.pk)[0] == circuit.HALF_OPEN
 
 
-def test_model_metrics_per_bucket_from_the_records(gpu, alice, demo):  # type: ignore[no-untyped-def]
+def test_model_metrics_per_bucket_from_the_records(gpu, alice, demo):
     ep = register_model("m", "http://127.0.0.1:9/v1")
     now = timezone.now()
     for i, ms in enumerate([100, 200, 300, 400, 1000]):

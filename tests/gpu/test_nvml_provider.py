@@ -14,7 +14,7 @@ MiB = 2**20
 
 
 @pytest.fixture
-def two_gpus(monkeypatch):  # type: ignore[no-untyped-def]
+def two_gpus(monkeypatch):
     """GPU 0 reads fully; GPU 1 has no power sensor and no process list permission."""
     calls = {"init": 0, "shutdown": 0}
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: calls.__setitem__("init", calls["init"] + 1))
@@ -29,12 +29,12 @@ def two_gpus(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: mem[h])
     monkeypatch.setattr(pynvml, "nvmlDeviceGetTemperature", lambda h, sensor: {"h0": 71, "h1": 45}[h])
 
-    def power(h):  # type: ignore[no-untyped-def]
+    def power(h):
         if h == "h1":
             raise pynvml.NVMLError_NotSupported()
         return 312_500  # milliwatts
 
-    def procs(h):  # type: ignore[no-untyped-def]
+    def procs(h):
         if h == "h1":
             raise pynvml.NVMLError_NoPermission()
         return [SimpleNamespace(pid=4242, usedGpuMemory=20480 * MiB), SimpleNamespace(pid=4343, usedGpuMemory=None)]
@@ -46,7 +46,7 @@ def two_gpus(monkeypatch):  # type: ignore[no-untyped-def]
     return calls
 
 
-def test_every_gpu_is_read_with_memory_temperature_power_utilization_and_processes(two_gpus):  # type: ignore[no-untyped-def]
+def test_every_gpu_is_read_with_memory_temperature_power_utilization_and_processes(two_gpus):
     gpu0, gpu1 = NvmlProvider().sample()
     assert (gpu0.index, gpu0.name, gpu0.uuid) == (0, "NVIDIA A100-SXM4-40GB", "GPU-h0")
     assert (gpu0.memory_total_mb, gpu0.memory_used_mb, gpu0.memory_free_mb) == (40960, 30720, 10240)
@@ -57,16 +57,16 @@ def test_every_gpu_is_read_with_memory_temperature_power_utilization_and_process
     assert gpu1.name == "NVIDIA L4"
 
 
-def test_a_reading_the_board_cannot_give_is_none_not_a_failure(two_gpus):  # type: ignore[no-untyped-def]
+def test_a_reading_the_board_cannot_give_is_none_not_a_failure(two_gpus):
     gpu1 = NvmlProvider().sample()[1]
     assert gpu1.power_w is None and gpu1.processes == []
     assert gpu1.temperature_c == 45.0 and gpu1.memory_used_mb == 1024
 
 
-def test_a_lost_gpu_is_reported_without_stopping_the_others(two_gpus, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_lost_gpu_is_reported_without_stopping_the_others(two_gpus, monkeypatch):
     real = pynvml.nvmlDeviceGetMemoryInfo
 
-    def lost(h):  # type: ignore[no-untyped-def]
+    def lost(h):
         if h == "h0":
             raise pynvml.NVMLError_GpuIsLost()
         return real(h)
@@ -77,7 +77,7 @@ def test_a_lost_gpu_is_reported_without_stopping_the_others(two_gpus, monkeypatc
     assert gpu1.memory_total_mb == 23034
 
 
-def test_close_shuts_nvml_down(two_gpus):  # type: ignore[no-untyped-def]
+def test_close_shuts_nvml_down(two_gpus):
     provider = NvmlProvider()
     provider.close()
     assert two_gpus == {"init": 1, "shutdown": 1}
@@ -87,21 +87,21 @@ def _no_library() -> None:
     raise pynvml.NVMLError_LibraryNotFound()
 
 
-def test_auto_falls_back_to_the_simulated_provider_without_nvml(monkeypatch, settings):  # type: ignore[no-untyped-def]
+def test_auto_falls_back_to_the_simulated_provider_without_nvml(monkeypatch, settings):
     monkeypatch.setattr(pynvml, "nvmlInit", _no_library)
     provider = get_provider("auto")
     assert isinstance(provider, providers.SimulatedProvider) and provider.simulated
 
 
-def test_nvml_required_explicitly_fails_loudly_without_the_library(monkeypatch):  # type: ignore[no-untyped-def]
+def test_nvml_required_explicitly_fails_loudly_without_the_library(monkeypatch):
     monkeypatch.setattr(pynvml, "nvmlInit", _no_library)
     with pytest.raises(ProviderUnavailable, match="NVML did not initialize"):
         get_provider("nvml")
 
 
-def test_auto_uses_nvml_when_it_initializes(two_gpus):  # type: ignore[no-untyped-def]
+def test_auto_uses_nvml_when_it_initializes(two_gpus):
     assert isinstance(get_provider("auto"), NvmlProvider)
 
 
-def test_none_provider_reports_no_gpus():  # type: ignore[no-untyped-def]
+def test_none_provider_reports_no_gpus():
     assert get_provider("none").sample() == []

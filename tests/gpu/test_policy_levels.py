@@ -37,12 +37,12 @@ def decide(percent: float, temp: float = 40.0, total: int = 100_000) -> dict:
         (99.5, "CRITICAL", [4], 1, 0),  # 500 MB free: only the tiny model
     ],
 )
-def test_memory_pressure_sets_level_models_batch_and_concurrency(percent, level, allowed, batch, concurrency):  # type: ignore[no-untyped-def]
+def test_memory_pressure_sets_level_models_batch_and_concurrency(percent, level, allowed, batch, concurrency):
     d = decide(percent)
     assert (d["level"], d["allowed"], d["batch_size"], d["concurrency"]) == (level, allowed, batch, concurrency)
 
 
-def test_disabled_models_are_never_allowed():  # type: ignore[no-untyped-def]
+def test_disabled_models_are_never_allowed():
     assert 5 not in decide(75)["allowed"] and 5 not in decide(99)["allowed"]
 
 
@@ -56,7 +56,7 @@ def test_disabled_models_are_never_allowed():  # type: ignore[no-untyped-def]
         (85, "STOP", False, False, 0, 1),  # everything waits
     ],
 )
-def test_temperature_sets_the_thermal_state(temp, thermal, admit_new, admit_critical, concurrency, batch):  # type: ignore[no-untyped-def]
+def test_temperature_sets_the_thermal_state(temp, thermal, admit_new, admit_critical, concurrency, batch):
     d = decide(10, temp)
     assert (d["thermal"], d["admit_new"], d["admit_critical"], d["concurrency"], d["batch_size"]) == (
         thermal,
@@ -67,13 +67,13 @@ def test_temperature_sets_the_thermal_state(temp, thermal, admit_new, admit_crit
     )
 
 
-def test_the_worst_gpu_decides():  # type: ignore[no-untyped-def]
+def test_the_worst_gpu_decides():
     d = evaluate(DEFAULT_TABLE, [reading(10, index=0), reading(90, 70, index=1)], MODELS, GpuTrackers())
     assert (d["level"], d["thermal"]) == ("CRITICAL", "REDUCE")
     assert [g["level"] for g in d["gpus"]] == ["LOW", "CRITICAL"]
 
 
-def test_pressure_rises_at_once_but_recovers_one_step_at_a_time_after_a_hold():  # type: ignore[no-untyped-def]
+def test_pressure_rises_at_once_but_recovers_one_step_at_a_time_after_a_hold():
     rows, t = DEFAULT_TABLE["levels"], Tracker()
     hold, margin = 10.0, 5.0
 
@@ -93,7 +93,7 @@ def test_pressure_rises_at_once_but_recovers_one_step_at_a_time_after_a_hold(): 
     assert at(44, 71.5) == "LOW"
 
 
-def test_a_reading_back_above_the_margin_restarts_the_hold():  # type: ignore[no-untyped-def]
+def test_a_reading_back_above_the_margin_restarts_the_hold():
     rows, t = DEFAULT_TABLE["levels"], Tracker()
     t.update(rows, 90, 5, 10, 0)
     t.update(rows, 70, 5, 10, 1)  # HIGH range, 15 below CRITICAL: hold starts
@@ -102,7 +102,7 @@ def test_a_reading_back_above_the_margin_restarts_the_hold():  # type: ignore[no
     assert rows[t.update(rows, 70, 5, 10, 22.5)]["level"] == "HIGH"
 
 
-def test_priority_limits_under_each_state():  # type: ignore[no-untyped-def]
+def test_priority_limits_under_each_state():
     def state(percent: float, temp: float = 40) -> policy.PolicyState:
         publish_decision([reading(percent, temp)])
         return policy.current_policy()
@@ -117,13 +117,13 @@ def test_priority_limits_under_each_state():  # type: ignore[no-untyped-def]
     assert (stopped.limit_for(2), stopped.limit_for(3)) == (0, 0)
 
 
-def test_without_a_monitor_the_low_row_of_the_table_applies():  # type: ignore[no-untyped-def]
+def test_without_a_monitor_the_low_row_of_the_table_applies():
     p = policy.current_policy()
     assert (p.level, p.concurrency, p.batch_size, p.allowed, p.sampled) == ("LOW", 4, 8, None, False)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_seeded_table_is_the_design_table_and_an_admin_edit_applies_everywhere(fresh_view):  # type: ignore[no-untyped-def]
+def test_the_seeded_table_is_the_design_table_and_an_admin_edit_applies_everywhere(fresh_view):
     import importlib
 
     from django.apps import apps

@@ -43,7 +43,7 @@ def chat(port: int) -> httpx.Response:
 
 
 @pytest.mark.e2e
-def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore[no-untyped-def]
+def test_a_crashed_llama_server_is_restarted_and_serves_again():
     port = free_port()
     server = ensure_bundled_server(port, parallel=1, threads=1)
     supervisor = Supervisor()
@@ -79,7 +79,7 @@ def test_a_crashed_llama_server_is_restarted_and_serves_again():  # type: ignore
     assert AuditEvent.objects.filter(action="gpu.server.started").count() == 2
 
 
-def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[no-untyped-def]
+def test_admin_stop_and_start_are_applied_by_the_supervisor():
     port = free_port()
     server = ModelServer.objects.create(
         name="stub",
@@ -113,7 +113,7 @@ def test_admin_stop_and_start_are_applied_by_the_supervisor():  # type: ignore[n
         supervisor.stop_all()
 
 
-def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_batches(fresh_view):  # type: ignore[no-untyped-def]
+def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_batches(fresh_view):
     big_port = free_port()
     big = ModelServer.objects.create(
         name="big",
@@ -153,7 +153,7 @@ def test_out_of_memory_pauses_drains_stops_the_largest_and_resumes_with_smaller_
         monitor.supervisor.stop_all()
 
 
-def test_the_embedded_defaults_server_entry_is_created_once_and_follows_its_port():  # type: ignore[no-untyped-def]
+def test_the_embedded_defaults_server_entry_is_created_once_and_follows_its_port():
     first = ensure_bundled_server(18401)
     again = ensure_bundled_server(18402)
     assert first.pk == again.pk and ModelServer.objects.count() == 1

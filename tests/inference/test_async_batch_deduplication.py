@@ -25,7 +25,7 @@ def _item(text: str, priority: str = "normal") -> dict:
     }
 
 
-def test_batch_items_reuse_identical_tasks_and_progress_counts_them(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_batch_items_reuse_identical_tasks_and_progress_counts_them(client_for, alice, stub_backend):
     register_model("stub-a", stub_backend)
     client = client_for(alice)
     earlier = submit(client, "asked before")
@@ -45,7 +45,7 @@ def test_batch_items_reuse_identical_tasks_and_progress_counts_them(client_for, 
     assert (progress["completed"], progress["queued"], progress["progress_percent"]) == (1, 2, 33.3)
 
 
-def test_a_batch_never_reuses_a_colleagues_task(client_for, alice, bob):  # type: ignore[no-untyped-def]
+def test_a_batch_never_reuses_a_colleagues_task(client_for, alice, bob):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     theirs = submit(client_for(bob), "same words")
     ids = (
@@ -56,7 +56,7 @@ def test_a_batch_never_reuses_a_colleagues_task(client_for, alice, bob):  # type
     assert ids != [theirs]
 
 
-def test_a_batch_is_queued_in_item_order_within_a_level_and_audited_once(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_batch_is_queued_in_item_order_within_a_level_and_audited_once(client_for, alice):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     client = client_for(alice)
     items = [_item(f"q{i}", "low" if i % 2 else "high") for i in range(10)]
@@ -66,7 +66,7 @@ def test_a_batch_is_queued_in_item_order_within_a_level_and_audited_once(client_
     assert verify_chain().ok
 
 
-def test_a_batch_of_only_known_requests_is_accepted_even_past_the_queue_limit(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_a_batch_of_only_known_requests_is_accepted_even_past_the_queue_limit(client_for, alice, settings):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     client = client_for(alice)
     known = submit(client, "known", "low")

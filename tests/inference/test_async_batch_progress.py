@@ -18,7 +18,7 @@ def _requests(n: int) -> list[dict]:
     ]
 
 
-def test_batch_progress_counts_finished_tasks(client_for, alice, charlie, stub_backend):  # type: ignore[no-untyped-def]
+def test_batch_progress_counts_finished_tasks(client_for, alice, charlie, stub_backend):
     register_model("stub-a", stub_backend)
     client = client_for(alice)
     response = client.post("/v1/async/submit-batch", {"requests": _requests(4)}, format="json")
@@ -36,7 +36,7 @@ def test_batch_progress_counts_finished_tasks(client_for, alice, charlie, stub_b
     assert client_for(charlie).get(f"/v1/async/batch-status/{batch_id}").status_code == 404
 
 
-def test_a_batch_with_one_bad_request_queues_nothing(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_batch_with_one_bad_request_queues_nothing(client_for, alice):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     requests = _requests(3)
     requests[2]["messages"] = []
@@ -46,7 +46,7 @@ def test_a_batch_with_one_bad_request_queues_nothing(client_for, alice):  # type
     assert InferenceTask.objects.count() == TaskBatch.objects.count() == 0
 
 
-def test_a_batch_larger_than_the_limit_is_refused(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_a_batch_larger_than_the_limit_is_refused(client_for, alice, settings):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     settings.MEDAI_BATCH_MAX = 2
     response = client_for(alice).post("/v1/async/submit-batch", {"requests": _requests(3)}, format="json")

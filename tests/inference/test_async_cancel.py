@@ -12,11 +12,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def test_a_queued_task_is_cancelled_and_never_delivered(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_queued_task_is_cancelled_and_never_delivered(client_for, alice):
     client = client_for(alice)
     doomed, kept = submit(client, "cancel me"), submit(client, "keep me")
     response = client.post(f"/v1/async/cancel/{doomed}")
@@ -26,7 +26,7 @@ def test_a_queued_task_is_cancelled_and_never_delivered(client_for, alice):  # t
     assert client.get(f"/v1/async/result/{doomed}").status_code == 409
 
 
-def test_a_running_task_cannot_be_cancelled(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_running_task_cannot_be_cancelled(client_for, alice):
     client = client_for(alice)
     task_id = submit(client, "already running")
     InferenceTask.objects.filter(id=task_id).update(status="processing")
@@ -35,7 +35,7 @@ def test_a_running_task_cannot_be_cancelled(client_for, alice):  # type: ignore[
     assert response.json()["error"]["code"] == "not_cancellable"
 
 
-def test_another_users_or_locations_task_answers_404(client_for, alice, bob, charlie):  # type: ignore[no-untyped-def]
+def test_another_users_or_locations_task_answers_404(client_for, alice, bob, charlie):
     task_id = submit(client_for(alice), "alice's question")
     for other in (bob, charlie):
         client = client_for(other)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def small_batches(monkeypatch, settings):  # type: ignore[no-untyped-def]
+def small_batches(monkeypatch, settings):
     from apps.gpu import policy
 
     monkeypatch.setattr(policy, "batch_size", lambda: 2)
@@ -41,7 +41,7 @@ def _statuses(ids: list[str]) -> list[str]:
     return [found[i] for i in ids]
 
 
-def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, alice, stub_backend, small_batches):
     register_model("stub-a", stub_backend)
     register_model("stub-b", stub_backend, agents=("Billing",))
     client = client_for(alice)
@@ -62,7 +62,7 @@ def test_a_worker_drains_its_model_until_other_work_heads_the_queue(client_for, 
     assert verify_chain().ok
 
 
-def _low_then_urgent(client, stub_backend):  # type: ignore[no-untyped-def]
+def _low_then_urgent(client, stub_backend):
     """Six LOW tasks for stub-a; a worker takes the first; then a CRITICAL one for stub-b arrives."""
     from apps.inference.broker import PriorityBroker
 
@@ -75,7 +75,7 @@ def _low_then_urgent(client, stub_backend):  # type: ignore[no-untyped-def]
     return low, urgent, broker, ack
 
 
-def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_for, alice, stub_backend, small_batches):
     low, urgent, _, ack = _low_then_urgent(client_for(alice), stub_backend)
     group, _ = queue._claim_group(str(QueueEntry.objects.get(pk=ack).task_id), None, 2)
     # low 0 is claimed alone: no companions while more urgent work for another model waits
@@ -83,7 +83,7 @@ def test_a_critical_task_for_another_model_ends_collation_and_the_drain(client_f
     assert _statuses([urgent] + low[1:]) == ["queued"] * 6
 
 
-def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, alice, stub_backend, small_batches):
     low, urgent, broker, ack = _low_then_urgent(client_for(alice), stub_backend)
     assert queue.run_task(str(QueueEntry.objects.get(pk=ack).task_id)) == "completed"
     broker.acknowledge(ack)
@@ -97,7 +97,7 @@ def test_a_worker_starts_more_urgent_work_at_once_beside_its_own(client_for, ali
     assert verify_chain().ok
 
 
-def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alice, stub_backend):
     register_model("stub-a", stub_backend)
     client = client_for(alice)
     ids = [submit(client, f"q{i}") for i in range(2)]
@@ -112,7 +112,7 @@ def test_a_companion_claimed_again_elsewhere_is_not_overwritten(client_for, alic
     assert AuditEvent.objects.filter(action="inference.complete").count() == 1
 
 
-def test_work_the_broker_already_handed_out_ends_the_drain(client_for, alice, stub_backend, small_batches):  # type: ignore[no-untyped-def]
+def test_work_the_broker_already_handed_out_ends_the_drain(client_for, alice, stub_backend, small_batches):
     from apps.inference.broker import PriorityBroker
 
     register_model("stub-a", stub_backend)

@@ -13,11 +13,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def test_identical_request_returns_the_queued_task(client_for, alice):  # type: ignore[no-untyped-def]
+def test_identical_request_returns_the_queued_task(client_for, alice):
     first = ask(client_for(alice), "Dose of amoxicillin for a child of 20 kg?")
     again = ask(client_for(alice), "Dose of amoxicillin for a child of 20 kg?")
     assert first.status_code == again.status_code == 202
@@ -26,28 +26,28 @@ def test_identical_request_returns_the_queued_task(client_for, alice):  # type: 
     assert InferenceTask.objects.count() == 1
 
 
-def test_a_colleague_asking_the_same_gets_a_task_of_their_own(client_for, alice, bob):  # type: ignore[no-untyped-def]
+def test_a_colleague_asking_the_same_gets_a_task_of_their_own(client_for, alice, bob):
     mine = submit(client_for(alice), "Same question at demo")
     theirs = ask(client_for(bob), "Same question at demo")
     assert theirs.json()["task_id"] != mine
     assert client_for(bob).get(f"/v1/async/status/{theirs.json()['task_id']}").status_code == 200
 
 
-def test_other_parameters_make_another_task(client_for, alice):  # type: ignore[no-untyped-def]
+def test_other_parameters_make_another_task(client_for, alice):
     client = client_for(alice)
     one = submit(client, "Same question", max_tokens=4)
     other = submit(client, "Same question", max_tokens=8)
     assert one != other
 
 
-def test_no_deduplication_across_locations(client_for, alice, charlie):  # type: ignore[no-untyped-def]
+def test_no_deduplication_across_locations(client_for, alice, charlie):
     at_demo = submit(client_for(alice), "Same question everywhere")
     at_north = submit(client_for(charlie), "Same question everywhere")
     assert at_demo != at_north
     assert InferenceTask.objects.get(id=at_north).location.code == "north"
 
 
-def test_a_finished_task_is_reused_only_while_its_result_is_retained(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_a_finished_task_is_reused_only_while_its_result_is_retained(client_for, alice, settings):
     from datetime import timedelta
 
     from django.utils import timezone

@@ -17,12 +17,12 @@ MAX = 3
 
 
 @pytest.fixture(autouse=True)
-def small_queue(db, settings):  # type: ignore[no-untyped-def]
+def small_queue(db, settings):
     settings.MEDAI_QUEUE_MAX = MAX
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def fill_to(client, depth: int) -> None:  # type: ignore[no-untyped-def]
+def fill_to(client, depth: int) -> None:
     while InferenceTask.objects.filter(status="queued").count() < depth:
         submit(client, f"filler {InferenceTask.objects.count()}", "critical")
 
@@ -32,7 +32,7 @@ def item(text: str, priority: str) -> dict:
 
 
 @pytest.mark.parametrize("depth", [MAX - 1, MAX, MAX + 1])
-def test_the_flag_is_on_exactly_when_routine_work_is_refused(client_for, alice, depth):  # type: ignore[no-untyped-def]
+def test_the_flag_is_on_exactly_when_routine_work_is_refused(client_for, alice, depth):
     client = client_for(alice)
     fill_to(client, depth)
     health = client.get("/v1/async/health").json()
@@ -47,7 +47,7 @@ def test_the_flag_is_on_exactly_when_routine_work_is_refused(client_for, alice, 
     assert ask(client, "urgent", "high").status_code == 202
 
 
-def test_a_batch_cannot_carry_routine_work_into_emergency_mode(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_batch_cannot_carry_routine_work_into_emergency_mode(client_for, alice):
     client = client_for(alice)
     fill_to(client, MAX)
     mixed = client.post(
@@ -61,7 +61,7 @@ def test_a_batch_cannot_carry_routine_work_into_emergency_mode(client_for, alice
     assert urgent.status_code == 202
 
 
-def test_below_the_limit_a_batch_may_fill_it_exactly(client_for, alice):  # type: ignore[no-untyped-def]
+def test_below_the_limit_a_batch_may_fill_it_exactly(client_for, alice):
     client = client_for(alice)
     fill_to(client, MAX - 2)
     batch = client.post("/v1/async/submit-batch", {"requests": [item("a", "low"), item("b", "normal")]}, format="json")

@@ -19,16 +19,16 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db, stub_backend):  # type: ignore[no-untyped-def]
+def model(db, stub_backend):
     register_model("stub-a", stub_backend)
 
 
 @pytest.fixture
-def broker():  # type: ignore[no-untyped-def]
+def broker():
     return PriorityBroker(list_key=queue.list_key())
 
 
-def test_acknowledging_a_task_that_has_not_ended_keeps_its_entry(client_for, alice, broker):  # type: ignore[no-untyped-def]
+def test_acknowledging_a_task_that_has_not_ended_keeps_its_entry(client_for, alice, broker):
     task_id = submit(client_for(alice), "still running")
     [(ack_id, _)] = broker._claim()
     for status in ("processing", "queued"):  # its run raised before writing an outcome; it was sent back
@@ -40,7 +40,7 @@ def test_acknowledging_a_task_that_has_not_ended_keeps_its_entry(client_for, ali
     assert not QueueEntry.objects.filter(pk=ack_id).exists()
 
 
-def test_an_unreadable_package_of_a_live_task_is_signed_again_and_delivered(client_for, alice, broker):  # type: ignore[no-untyped-def]
+def test_an_unreadable_package_of_a_live_task_is_signed_again_and_delivered(client_for, alice, broker):
     task_id = submit(client_for(alice), "signed with an old key")
     QueueEntry.objects.filter(task_id=task_id).update(payload="not a signed package")
     [(ack_id, payload)] = broker._claim()
@@ -52,7 +52,7 @@ def test_an_unreadable_package_of_a_live_task_is_signed_again_and_delivered(clie
     assert queue.run_task(task_id) == "completed"
 
 
-def test_a_task_whose_workers_kept_dying_fails_as_worker_lost(client_for, alice, broker, settings):  # type: ignore[no-untyped-def]
+def test_a_task_whose_workers_kept_dying_fails_as_worker_lost(client_for, alice, broker, settings):
     client = client_for(alice)
     task_id = submit(client, "kills every worker")
     for _ in range(queue.max_deliveries()):
@@ -70,7 +70,7 @@ def test_a_task_whose_workers_kept_dying_fails_as_worker_lost(client_for, alice,
     assert AuditEvent.objects.filter(action="inference.complete", object_id=task_id, outcome="failure").exists()
 
 
-def test_a_live_task_that_lost_its_entry_is_sent_back_to_the_queue(client_for, alice, broker):  # type: ignore[no-untyped-def]
+def test_a_live_task_that_lost_its_entry_is_sent_back_to_the_queue(client_for, alice, broker):
     client = client_for(alice)
     first, lost = submit(client, "first"), submit(client, "lost")
     InferenceTask.objects.filter(id=lost).update(status="processing")

@@ -17,11 +17,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def test_a_task_queued_past_its_deadline_expires_and_leaves_the_queue(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_task_queued_past_its_deadline_expires_and_leaves_the_queue(client_for, alice):
     client = client_for(alice)
     urgent = submit(client, "answer within a minute", deadline_s=60)
     patient = submit(client, "no deadline")
@@ -33,7 +33,7 @@ def test_a_task_queued_past_its_deadline_expires_and_leaves_the_queue(client_for
     assert client.get(f"/v1/async/result/{urgent}").status_code == 410
 
 
-def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice, settings):
     client = client_for(alice)
     task_id = submit(client, "a question")
     done = timezone.now()
@@ -55,7 +55,7 @@ def test_a_result_past_retention_is_purged_but_its_record_kept(client_for, alice
     assert client.get(f"/v1/async/status/{task_id}").json()["status"] == "completed"
 
 
-def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):
     response = client_for(alice).post(
         "/v1/async/submit",
         {"agent_type": "Chat", "deadline_s": -1, "messages": [{"role": "user", "content": "x"}]},
@@ -65,7 +65,7 @@ def test_a_bad_deadline_is_refused_with_the_field_named(client_for, alice):  # t
     assert response.json()["error"]["param"] == "deadline_s"
 
 
-def test_a_result_past_retention_answers_410_before_the_sweep_runs(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_result_past_retention_answers_410_before_the_sweep_runs(client_for, alice):
     task_id = submit(client_for(alice), "swept later")
     InferenceTask.objects.filter(id=task_id).update(
         status="completed", result={"choices": []}, result_expires_at=timezone.now() - timedelta(seconds=1)
@@ -73,7 +73,7 @@ def test_a_result_past_retention_answers_410_before_the_sweep_runs(client_for, a
     assert client_for(alice).get(f"/v1/async/result/{task_id}").status_code == 410
 
 
-def test_the_sweep_is_scheduled_for_the_worker_cluster():  # type: ignore[no-untyped-def]
+def test_the_sweep_is_scheduled_for_the_worker_cluster():
     from django_q.models import Schedule
 
     schedule = Schedule.objects.get(func="apps.inference.tasks.expire_tasks")

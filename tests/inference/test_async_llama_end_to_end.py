@@ -13,7 +13,7 @@ from tests.inference.queue_helpers import submit
 pytestmark = pytest.mark.django_db
 
 
-def test_a_batch_of_questions_is_answered_by_llama_cpp_through_the_queue(client_for, alice, llama_server):  # type: ignore[no-untyped-def]
+def test_a_batch_of_questions_is_answered_by_llama_cpp_through_the_queue(client_for, alice, llama_server):
     register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("Chat",))
     client = client_for(alice)
     ids = [submit(client, f"Name one vital sign. ({i})", "normal", max_tokens=8) for i in range(3)]

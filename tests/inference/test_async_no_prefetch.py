@@ -18,12 +18,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def one_worker(monkeypatch):  # type: ignore[no-untyped-def]
+def one_worker(monkeypatch):
     monkeypatch.setattr(Conf, "WORKERS", 1)
     monkeypatch.setattr(Conf, "POLL", 0.05)
 
 
-def test_nothing_is_handed_out_while_every_worker_is_busy(client_for, alice, stub_backend, one_worker):  # type: ignore[no-untyped-def]
+def test_nothing_is_handed_out_while_every_worker_is_busy(client_for, alice, stub_backend, one_worker):
     register_model("stub-a", stub_backend)
     task_id = submit(client_for(alice), "Queued while the only worker is busy")
     pusher = broker.PriorityBroker(list_key=queue.list_key())
@@ -36,7 +36,7 @@ def test_nothing_is_handed_out_while_every_worker_is_busy(client_for, alice, stu
     assert delivered and str(QueueEntry.objects.get(pk=delivered[0][0]).task_id) == task_id
 
 
-def test_a_killed_worker_no_longer_counts_as_busy(one_worker):  # type: ignore[no-untyped-def]
+def test_a_killed_worker_no_longer_counts_as_busy(one_worker):
     # a child process marks itself busy and dies without unmarking (as under SIGKILL)
     pid = os.fork()
     if pid == 0:  # the child shares the parent's array, as a forked django-q2 worker does

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def test_a_full_queue_answers_429_and_accepts_only_high_and_critical(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_a_full_queue_answers_429_and_accepts_only_high_and_critical(client_for, alice, settings):
     settings.MEDAI_QUEUE_MAX = 3
     client = client_for(alice)
     for i in range(3):
@@ -36,7 +36,7 @@ def test_a_full_queue_answers_429_and_accepts_only_high_and_critical(client_for,
     assert client.get("/v1/async/health").json()["emergency_mode"] is True
 
 
-def test_a_database_outage_answers_503_and_writes_nothing(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_database_outage_answers_503_and_writes_nothing(client_for, alice):
     client = client_for(alice)
     # the queue entries are the last write of a submit: failing there must roll the task rows back
     with mock.patch("apps.inference.broker.put_many", side_effect=OperationalError("connection refused")):

@@ -11,11 +11,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
-def test_critical_tasks_start_before_every_low_task_still_queued(client_for, alice):  # type: ignore[no-untyped-def]
+def test_critical_tasks_start_before_every_low_task_still_queued(client_for, alice):
     client = client_for(alice)
     lows = [submit(client, f"low question {i}", "low") for i in range(200)]
     # a worker already took some LOW work before the urgent requests arrived
@@ -27,7 +27,7 @@ def test_critical_tasks_start_before_every_low_task_still_queued(client_for, ali
     assert order[5:] == lows[10:]
 
 
-def test_levels_are_served_in_strict_order(client_for, alice):  # type: ignore[no-untyped-def]
+def test_levels_are_served_in_strict_order(client_for, alice):
     client = client_for(alice)
     ids = {level: submit(client, f"question at {level}", level) for level in ("low", "normal", "high", "critical")}
     assert drain() == [ids["critical"], ids["high"], ids["normal"], ids["low"]]

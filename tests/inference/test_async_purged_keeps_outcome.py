@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db, stub_backend):  # type: ignore[no-untyped-def]
+def model(db, stub_backend):
     register_model("stub-a", stub_backend)
 
 
@@ -32,7 +32,7 @@ def past_retention(task_id: str) -> object:
     return swept
 
 
-def test_a_completed_task_stays_completed_after_its_content_is_purged(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_completed_task_stays_completed_after_its_content_is_purged(client_for, alice):
     client = client_for(alice)
     task_id = submit(client, "What is a normal INR?")
     assert queue.run_task(task_id) == "completed"
@@ -55,7 +55,7 @@ def test_a_completed_task_stays_completed_after_its_content_is_purged(client_for
     assert "completed" in error["message"] and swept.isoformat(timespec="seconds") in error["message"]
 
 
-def test_failed_and_cancelled_tasks_keep_their_outcome_too(client_for, alice, settings):  # type: ignore[no-untyped-def]
+def test_failed_and_cancelled_tasks_keep_their_outcome_too(client_for, alice, settings):
     settings.MEDAI_BACKEND_RETRIES = 0
     client = client_for(alice)
     failed, cancelled = submit(client, "will fail"), submit(client, "will be cancelled")
@@ -71,7 +71,7 @@ def test_failed_and_cancelled_tasks_keep_their_outcome_too(client_for, alice, se
     assert client.get(f"/v1/async/result/{failed}").json()["error"]["code"] != "result_purged"  # its error stays
 
 
-def test_a_task_queued_past_its_deadline_is_the_only_expired_one(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_task_queued_past_its_deadline_is_the_only_expired_one(client_for, alice):
     client = client_for(alice)
     late = submit(client, "needed within a minute", deadline_s=60)
     queue.expire_and_purge(timezone.now() + timedelta(seconds=61))
@@ -82,7 +82,7 @@ def test_a_task_queued_past_its_deadline_is_the_only_expired_one(client_for, ali
     assert (result.status_code, result.json()["error"]["code"]) == (410, "task_expired")
 
 
-def test_admin_shows_when_the_content_was_purged(admin_client, client_for, alice):  # type: ignore[no-untyped-def]
+def test_admin_shows_when_the_content_was_purged(admin_client, client_for, alice):
     task_id = submit(client_for(alice), "shown in admin")
     assert queue.run_task(task_id) == "completed"
     past_retention(task_id)
@@ -92,7 +92,7 @@ def test_admin_shows_when_the_content_was_purged(admin_client, client_for, alice
     assert task_id.encode() not in admin_client.get("/admin/inference/inferencetask/?content=kept").content
 
 
-def test_the_migration_restores_the_outcome_of_tasks_purged_before(client_for, alice):  # type: ignore[no-untyped-def]
+def test_the_migration_restores_the_outcome_of_tasks_purged_before(client_for, alice):
     client = client_for(alice)
     done, failed = submit(client, "answered"), submit(client, "failed")
     ended = timezone.now() - timedelta(hours=1)

@@ -14,7 +14,7 @@ from tests.conftest import register_model
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _submit_batch(alice, token_for, n: int) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
+def _submit_batch(alice, token_for, n: int) -> tuple[str, list[str]]:
     from apps.accounts.services import authenticate_header
     from apps.inference import push, queue
 
@@ -29,7 +29,7 @@ def _submit_batch(alice, token_for, n: int) -> tuple[str, list[str]]:  # type: i
     return str(before), [str(t.id) for t in tasks]
 
 
-async def test_a_batch_reaches_the_owner_as_one_message_and_one_frame_per_task(alice, token_for):  # type: ignore[no-untyped-def]
+async def test_a_batch_reaches_the_owner_as_one_message_and_one_frame_per_task(alice, token_for):
     from apps.inference import push
 
     token = await sync_to_async(token_for)(alice)
@@ -54,5 +54,5 @@ def test_updates_are_grouped_per_listened_group() -> None:
         (7, {"task_id": f"t{i}", "status": "queued", "priority": "low", "model": "", "batch_id": "b1"})
         for i in range(3)
     ]
-    groups = _groups(updates)  # type: ignore[arg-type]
+    groups = _groups(updates)
     assert [len(groups[g]) for g in ("user.7", "batch.b1", "task.t0", "task.t1", "task.t2")] == [3, 3, 1, 1, 1]

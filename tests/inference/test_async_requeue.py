@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def busy_model(settings, stub_backend):  # type: ignore[no-untyped-def]
+def busy_model(settings, stub_backend):
     """A model at HIGH pressure (one request in flight at a time) whose one slot this test holds."""
     settings.MEDAI_GPU_STATE_CACHE_SECONDS = 0.0
     settings.MEDAI_BACKEND_RETRIES = 0
@@ -36,7 +36,7 @@ def deliver() -> tuple[int, str]:
     return ack_id, str(QueueEntry.objects.get(pk=ack_id).task_id)
 
 
-def test_a_task_turned_away_as_busy_is_queued_again_in_its_place(client_for, alice, busy_model):  # type: ignore[no-untyped-def]
+def test_a_task_turned_away_as_busy_is_queued_again_in_its_place(client_for, alice, busy_model):
     client = client_for(alice)
     first, second = submit(client, "first"), submit(client, "second")
     ack_id, delivered = deliver()
@@ -52,7 +52,7 @@ def test_a_task_turned_away_as_busy_is_queued_again_in_its_place(client_for, ali
     assert drain() == [first, second]  # back at the head, in their old order
 
 
-def test_a_requeued_task_completes_once_the_model_has_room(client_for, alice, busy_model):  # type: ignore[no-untyped-def]
+def test_a_requeued_task_completes_once_the_model_has_room(client_for, alice, busy_model):
     client = client_for(alice)
     task_id = submit(client, "Patient asks about ibuprofen")
     ack_id, _ = deliver()

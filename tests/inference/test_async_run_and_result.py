@@ -15,7 +15,7 @@ from tests.support.servers import set_stub_mode
 pytestmark = pytest.mark.django_db
 
 
-def test_a_completed_task_answers_with_the_completion_and_timings(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_completed_task_answers_with_the_completion_and_timings(client_for, alice, stub_backend):
     register_model("stub-a", stub_backend)
     client = client_for(alice)
     task_id = submit(client, "What is a normal INR?", "high")
@@ -36,7 +36,7 @@ def test_a_completed_task_answers_with_the_completion_and_timings(client_for, al
     assert [t["task_id"] for t in listed["results"]] == [task_id]
 
 
-def test_the_result_is_written_once_even_if_delivered_again(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_the_result_is_written_once_even_if_delivered_again(client_for, alice, stub_backend):
     register_model("stub-a", stub_backend)
     task_id = submit(client_for(alice), "Delivered twice")
     assert queue.run_task(task_id) == "completed"
@@ -46,7 +46,7 @@ def test_the_result_is_written_once_even_if_delivered_again(client_for, alice, s
     assert (again.attempts, again.finished_at) == (first.attempts, first.finished_at)
 
 
-def test_a_task_whose_backends_all_fail_is_failed_with_a_readable_error(client_for, alice, stub_backend, settings):  # type: ignore[no-untyped-def]
+def test_a_task_whose_backends_all_fail_is_failed_with_a_readable_error(client_for, alice, stub_backend, settings):
     settings.MEDAI_BACKEND_RETRIES = 0
     register_model("stub-a", stub_backend)
     set_stub_mode(stub_backend, "error503")
@@ -59,7 +59,7 @@ def test_a_task_whose_backends_all_fail_is_failed_with_a_readable_error(client_f
     assert client.get(f"/v1/async/result/{task_id}").status_code == 503
 
 
-def test_queued_tasks_for_the_same_model_are_dispatched_together(client_for, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_queued_tasks_for_the_same_model_are_dispatched_together(client_for, alice, stub_backend):
     register_model("stub-a", stub_backend)
     register_model("stub-b", stub_backend, agents=("Billing",))
     client = client_for(alice)

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db, stub_backend):  # type: ignore[no-untyped-def]
+def model(db, stub_backend):
     register_model("stub-a", stub_backend)
 
 
-def test_queued_tasks_in_the_list_show_their_position(client_for, alice, bob):  # type: ignore[no-untyped-def]
+def test_queued_tasks_in_the_list_show_their_position(client_for, alice, bob):
     client = client_for(alice)
     done = submit(client, "answered", "critical")
     low = submit(client, "routine", "low")
@@ -40,7 +40,7 @@ def test_queued_tasks_in_the_list_show_their_position(client_for, alice, bob):  
     assert theirs not in listed
 
 
-def test_the_page_reads_positions_in_one_query(client_for, alice):  # type: ignore[no-untyped-def]
+def test_the_page_reads_positions_in_one_query(client_for, alice):
     client = client_for(alice)
 
     def queries_for_the_page() -> int:

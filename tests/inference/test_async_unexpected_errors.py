@@ -25,7 +25,7 @@ UNENCODABLE = {"messages": [{"role": "user", "content": "lone surrogate \ud800"}
 
 
 @pytest.fixture(autouse=True)
-def model(db, stub_backend):  # type: ignore[no-untyped-def]
+def model(db, stub_backend):
     register_model("stub-a", stub_backend)
 
 
@@ -45,7 +45,7 @@ def delivered_and_run(task_id: str) -> tuple[str, int]:
     return state, ack_id
 
 
-def test_a_payload_that_cannot_be_encoded_fails_the_task_readably(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_payload_that_cannot_be_encoded_fails_the_task_readably(client_for, alice):
     client = client_for(alice)
     task_id = submit(client, "What is a normal INR?")
     poison(task_id)
@@ -82,7 +82,7 @@ def test_a_payload_that_cannot_be_encoded_fails_the_task_readably(client_for, al
     assert InferenceTask.objects.get(id=task_id).request is None
 
 
-def test_one_bad_task_in_a_collated_group_fails_alone(client_for, alice):  # type: ignore[no-untyped-def]
+def test_one_bad_task_in_a_collated_group_fails_alone(client_for, alice):
     client = client_for(alice)
     ids = [submit(client, f"question {i}") for i in range(3)]
     poison(ids[1])
@@ -92,13 +92,13 @@ def test_one_bad_task_in_a_collated_group_fails_alone(client_for, alice):  # typ
     assert not QueueEntry.objects.exists()
 
 
-def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
+def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, monkeypatch):
     client = client_for(alice)
     task_id = submit(client, "Its answer will not save")
     write = InferenceTaskQuerySet.write_outcomes
     calls = []
 
-    def broken_once(self, tasks):  # type: ignore[no-untyped-def]
+    def broken_once(self, tasks):
         calls.append(len(tasks))
         if len(calls) == 1:
             raise ValueError("cannot store this result")
@@ -112,11 +112,11 @@ def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, mon
     assert not QueueEntry.objects.exists()
 
 
-def test_an_unexpected_error_in_the_worker_loop_fails_its_tasks(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
+def test_an_unexpected_error_in_the_worker_loop_fails_its_tasks(client_for, alice, monkeypatch):
     client = client_for(alice)
     task_id = submit(client, "The worker trips over itself")
 
-    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(queue.run, "_timed", broken)  # fails outside any task's own steps
@@ -126,12 +126,12 @@ def test_an_unexpected_error_in_the_worker_loop_fails_its_tasks(client_for, alic
     assert not QueueEntry.objects.exists()
 
 
-def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_for, alice, monkeypatch):
     client = client_for(alice)
     task_id, companion = submit(client, "Its claim breaks"), submit(client, "A companion")
     claim = queue._claim_group
 
-    def broken_with_companions(task_id, model, limit):  # type: ignore[no-untyped-def]
+    def broken_with_companions(task_id, model, limit):
         if limit > 1:
             raise ValueError("a companion's row is broken")
         return claim(task_id, model, limit)
@@ -139,7 +139,7 @@ def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_fo
     monkeypatch.setattr(queue.run, "_claim_group", broken_with_companions)
     assert delivered_and_run(task_id)[0] == "completed"  # run alone when its companions cannot be claimed
 
-    def broken(*args):  # type: ignore[no-untyped-def]
+    def broken(*args):
         raise ValueError("its own row is broken")
 
     monkeypatch.setattr(queue.run, "_claim_group", broken)
@@ -149,7 +149,7 @@ def test_a_task_that_cannot_be_claimed_fails_instead_of_staying_queued(client_fo
     assert not QueueEntry.objects.exists()
 
 
-def test_a_request_that_cannot_be_decrypted_fails_readably(client_for, alice):  # type: ignore[no-untyped-def]
+def test_a_request_that_cannot_be_decrypted_fails_readably(client_for, alice):
     client = client_for(alice)
     task_id = submit(client, "Encrypted with a key that is gone")
     table, pk = InferenceTask._meta.db_table, InferenceTask._meta.pk
@@ -173,7 +173,7 @@ task.save(update_fields=["request"])
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_real_cluster_fails_the_task_that_breaks_it_and_runs_the_next(cluster_env, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_real_cluster_fails_the_task_that_breaks_it_and_runs_the_next(cluster_env, tmp_path):
     from tests.inference.cluster_helpers import Store, qcluster, setup_tasks, stop, wait_for
     from tests.support.servers import start_stub
 

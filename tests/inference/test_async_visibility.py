@@ -22,31 +22,31 @@ QUESTION = {"agent_type": "Chat", "messages": [{"role": "user", "content": "alic
 
 
 @pytest.fixture(autouse=True)
-def model(db):  # type: ignore[no-untyped-def]
+def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")  # nothing runs here: the tasks stay queued
 
 
 @pytest.fixture
-def alice_elsewhere(alice, north):  # type: ignore[no-untyped-def]
+def alice_elsewhere(alice, north):
     """Alice also works at the north clinic; a credential for it does not see her demo tasks."""
     alice.locations.add(north)
     return north
 
 
-def _client_of(request, client_for, alice, who):  # type: ignore[no-untyped-def]
+def _client_of(request, client_for, alice, who):
     """The client of persona ``who`` (created before alice's first request: her memberships are cached)."""
     if who == "alice_elsewhere":
         return client_for(alice, request.getfixturevalue("alice_elsewhere"))
     return client_for(request.getfixturevalue(who))
 
 
-def _batch(client) -> str:  # type: ignore[no-untyped-def]
+def _batch(client) -> str:
     response = client.post("/v1/async/submit-batch", {"requests": [QUESTION]}, format="json")
     assert response.status_code == 202, response.content
     return response.json()["batch_id"]
 
 
-def test_the_owner_sees_her_task_and_batch(client_for, alice):  # type: ignore[no-untyped-def]
+def test_the_owner_sees_her_task_and_batch(client_for, alice):
     client = client_for(alice)
     task_id, batch_id = submit(client, "alice's question"), _batch(client)
     assert client.get(f"/v1/async/status/{task_id}").json()["status"] == "queued"
@@ -58,7 +58,7 @@ def test_the_owner_sees_her_task_and_batch(client_for, alice):  # type: ignore[n
 
 
 @pytest.mark.parametrize("who", ["bob", "charlie", "audrey", "alice_elsewhere"])
-def test_anyone_else_gets_404_from_every_read_view(request, client_for, alice, who):  # type: ignore[no-untyped-def]
+def test_anyone_else_gets_404_from_every_read_view(request, client_for, alice, who):
     client = _client_of(request, client_for, alice, who)
     owner = client_for(alice)
     task_id, batch_id = submit(owner, "alice's question"), _batch(owner)
@@ -73,7 +73,7 @@ def test_anyone_else_gets_404_from_every_read_view(request, client_for, alice, w
 
 
 @pytest.mark.parametrize("who", ["bob", "charlie", "alice_elsewhere"])
-def test_anyone_else_cannot_cancel_the_task(request, client_for, alice, who):  # type: ignore[no-untyped-def]
+def test_anyone_else_cannot_cancel_the_task(request, client_for, alice, who):
     client = _client_of(request, client_for, alice, who)
     task_id = submit(client_for(alice), "alice's question")
     response = client.post(f"/v1/async/cancel/{task_id}")
@@ -81,17 +81,17 @@ def test_anyone_else_cannot_cancel_the_task(request, client_for, alice, who):  #
     assert InferenceTask.objects.get(id=task_id).status == "queued"
 
 
-def test_an_auditor_cannot_cancel_without_the_inference_scope(client_for, alice, audrey):  # type: ignore[no-untyped-def]
+def test_an_auditor_cannot_cancel_without_the_inference_scope(client_for, alice, audrey):
     task_id = submit(client_for(alice), "alice's question")
     assert client_for(audrey).post(f"/v1/async/cancel/{task_id}").status_code == 403  # the scope, before any lookup
     assert InferenceTask.objects.get(id=task_id).status == "queued"
 
 
-def test_the_querysets_state_the_rule(client_for, token_for, alice, bob, charlie, audrey, alice_elsewhere):  # type: ignore[no-untyped-def]
+def test_the_querysets_state_the_rule(client_for, token_for, alice, bob, charlie, audrey, alice_elsewhere):
     owner = client_for(alice)
     task_id, batch_id = submit(owner, "alice's question"), _batch(owner)
 
-    def principal(user, location=None):  # type: ignore[no-untyped-def]
+    def principal(user, location=None):
         return authenticate_bearer(token_for(user, location))[1]
 
     mine = principal(alice)
@@ -103,7 +103,7 @@ def test_the_querysets_state_the_rule(client_for, token_for, alice, bob, charlie
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_only_the_owner_subscribes_to_her_task_and_batch(alice, bob, charlie, audrey, token_for):  # type: ignore[no-untyped-def]
+async def test_only_the_owner_subscribes_to_her_task_and_batch(alice, bob, charlie, audrey, token_for):
     from medai.asgi import application
 
     def setup() -> tuple[str, str]:
@@ -115,7 +115,7 @@ async def test_only_the_owner_subscribes_to_her_task_and_batch(alice, bob, charl
 
     task_id, batch_id = await sync_to_async(setup)()
 
-    async def subscribe(user, kind: str, object_id: str) -> dict:  # type: ignore[no-untyped-def]
+    async def subscribe(user, kind: str, object_id: str) -> dict:
         ws = WebsocketCommunicator(application, f"/ws/status/?token={await sync_to_async(token_for)(user)}")
         assert (await ws.connect())[0]
         await ws.receive_json_from(timeout=5)  # hello

@@ -13,7 +13,7 @@ from tests.conftest import register_model
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _submit_and_cancel_setup(alice, token_for):  # type: ignore[no-untyped-def]
+def _submit_and_cancel_setup(alice, token_for):
     from apps.accounts.services import authenticate_header
     from apps.inference import queue
 
@@ -33,7 +33,7 @@ def _cancel(task_id: str, alice_principal_token: str) -> None:
     queue.cancel_task(principal, InferenceTask.objects.get(id=task_id))
 
 
-async def test_a_subscriber_sees_its_task_change_status(alice, charlie, token_for):  # type: ignore[no-untyped-def]
+async def test_a_subscriber_sees_its_task_change_status(alice, charlie, token_for):
     task_id = await sync_to_async(_submit_and_cancel_setup)(alice, token_for)
     token = await sync_to_async(token_for)(alice)
     ws = WebsocketCommunicator(application, f"/ws/status/?token={token}")

@@ -17,7 +17,7 @@ from tests.inference.cluster_helpers import Store, qcluster, setup_tasks, stop, 
 from tests.support.servers import set_stub_mode, start_stub
 
 
-def test_a_task_whose_worker_was_killed_completes_after_its_lease(cluster_env, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_task_whose_worker_was_killed_completes_after_its_lease(cluster_env, tmp_path):
     stub, url = start_stub("slow")
     clusters: list[subprocess.Popen] = []
     try:
@@ -46,7 +46,7 @@ def test_a_task_whose_worker_was_killed_completes_after_its_lease(cluster_env, t
         stub.stop()
 
 
-def test_two_clusters_never_complete_the_same_task_twice(cluster_env, tmp_path):  # type: ignore[no-untyped-def]
+def test_two_clusters_never_complete_the_same_task_twice(cluster_env, tmp_path):
     stub, url = start_stub("ok")
     clusters: list[subprocess.Popen] = []
     try:

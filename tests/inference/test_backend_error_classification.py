@@ -220,18 +220,18 @@ BACKEND_FAULTS = [
 
 
 @pytest.mark.parametrize(("status", "body", "code", "caller_status"), CLIENT_FAULTS)
-def test_errors_the_request_caused_are_the_callers_fault(status, body, code, caller_status):  # type: ignore[no-untyped-def]
+def test_errors_the_request_caused_are_the_callers_fault(status, body, code, caller_status):
     fault = backends.classify(status, body)
     assert fault.client, body
     assert (fault.code, fault.status) == (code, caller_status), body
 
 
 @pytest.mark.parametrize(("status", "body"), BACKEND_FAULTS)
-def test_failures_of_the_backend_itself_are_its_fault(status, body):  # type: ignore[no-untyped-def]
+def test_failures_of_the_backend_itself_are_its_fault(status, body):
     assert not backends.classify(status, body).client, body
 
 
-def test_client_text_echoed_in_an_error_cannot_pass_for_a_missing_model():  # type: ignore[no-untyped-def]
+def test_client_text_echoed_in_an_error_cannot_pass_for_a_missing_model():
     # llama.cpp echoes the tools it could not parse; a client writing "model ... not found" there
     # must still be the one at fault.
     body = llama('Failed to parse tools: bad; tools = [{"description": "model x not found"}]', "server_error", 500)
@@ -253,7 +253,7 @@ ENDPOINT = EndpointInfo(
 )
 
 
-def test_a_client_fault_raises_backend_rejected_with_the_backends_reason():  # type: ignore[no-untyped-def]
+def test_a_client_fault_raises_backend_rejected_with_the_backends_reason():
     body = llama(
         "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
         "server_error",
@@ -266,7 +266,7 @@ def test_a_client_fault_raises_backend_rejected_with_the_backends_reason():  # t
     assert exc.message.startswith("image input is not supported")
 
 
-def test_a_context_overflow_names_the_messages_param():  # type: ignore[no-untyped-def]
+def test_a_context_overflow_names_the_messages_param():
     body = llama(
         "request (5000 tokens) exceeds the available context size (2048 tokens), try increasing it",
         "exceed_context_size_error",
@@ -277,7 +277,7 @@ def test_a_context_overflow_names_the_messages_param():  # type: ignore[no-untyp
     assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
 
 
-def test_a_backend_fault_raises_backend_failure_with_its_status():  # type: ignore[no-untyped-def]
+def test_a_backend_fault_raises_backend_failure_with_its_status():
     with pytest.raises(backends.BackendFailure) as caught:
         backends._check(ENDPOINT, 401, llama("Invalid API Key", "authentication_error", 401))
     assert caught.value.status_code == 401 and "Invalid API Key" in caught.value.reason

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 KEY = "delivery-test"
 
 
-def put(payload: str, priority: int, when, key: str = KEY):  # type: ignore[no-untyped-def]
+def put(payload: str, priority: int, when, key: str = KEY):
     return QueueEntry.objects.create(
         key=key,
         priority=priority,

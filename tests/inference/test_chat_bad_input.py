@@ -15,20 +15,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def chat(alice, token_for):  # type: ignore[no-untyped-def]
+def chat(alice, token_for):
     # A model whose server is not running: validation must fail before any backend call.
     register_model("offline-model", f"http://127.0.0.1:{free_port()}/v1", agents=("Chat", "MedicalQA"))
     client = Client()
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token_for(alice)}"}
 
-    def post(body, raw: bool = False, **extra):  # type: ignore[no-untyped-def]
+    def post(body, raw: bool = False, **extra):
         data = body if raw else json.dumps(body)
         return client.post("/v1/chat/completions", data=data, content_type="application/json", **{**headers, **extra})
 
     return post
 
 
-def error_of(response):  # type: ignore[no-untyped-def]
+def error_of(response):
     body = response.json()
     assert set(body["error"]) == {"message", "type", "param", "code"}
     return body["error"]
@@ -77,7 +77,7 @@ MSG = [{"role": "user", "content": "hello"}]
         ({"agent_type": "Astrology", "messages": MSG}, "agent_type", "unknown agent type"),
     ],
 )
-def test_invalid_field_is_400_naming_the_field(chat, body, param, fragment):  # type: ignore[no-untyped-def]
+def test_invalid_field_is_400_naming_the_field(chat, body, param, fragment):
     response = chat(body)
     assert response.status_code == 400, response.content
     error = error_of(response)
@@ -86,7 +86,7 @@ def test_invalid_field_is_400_naming_the_field(chat, body, param, fragment):  # 
     assert fragment.lower() in error["message"].lower()
 
 
-def test_unknown_model_is_404_model_not_found(chat):  # type: ignore[no-untyped-def]
+def test_unknown_model_is_404_model_not_found(chat):
     response = chat({"model": "no-such-model", "messages": MSG})
     assert response.status_code == 404, response.content
     error = error_of(response)
@@ -99,7 +99,7 @@ def test_unknown_model_is_404_model_not_found(chat):  # type: ignore[no-untyped-
     assert models.status_code == 404 and error_of(models)["code"] == "model_not_found"
 
 
-def test_an_assistant_turn_with_tool_calls_and_no_content_is_valid(chat):  # type: ignore[no-untyped-def]
+def test_an_assistant_turn_with_tool_calls_and_no_content_is_valid(chat):
     # only the offline model's 503 is left: the request itself passed validation
     call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     response = chat(
@@ -116,26 +116,26 @@ def test_an_assistant_turn_with_tool_calls_and_no_content_is_valid(chat):  # typ
 
 
 @pytest.mark.parametrize("raw", ["{bad json", "", "[1, 2]", "null", "\xff\xfe"])
-def test_malformed_body_is_400_invalid_json(chat, raw):  # type: ignore[no-untyped-def]
+def test_malformed_body_is_400_invalid_json(chat, raw):
     response = chat(raw, raw=True)
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
 
 
-def test_body_over_the_size_limit_is_413(chat, settings):  # type: ignore[no-untyped-def]
+def test_body_over_the_size_limit_is_413(chat, settings):
     big = {"model": "Chat", "messages": [{"role": "user", "content": "x" * (settings.MEDAI_MAX_BODY_BYTES + 10)}]}
     response = chat(big)
     assert response.status_code == 413
     assert error_of(response)["code"] == "request_too_large"
 
 
-def test_get_is_405_in_openai_shape(alice, token_for):  # type: ignore[no-untyped-def]
+def test_get_is_405_in_openai_shape(alice, token_for):
     response = Client().get("/v1/chat/completions", HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
     assert response.status_code == 405
     assert error_of(response)["code"] == "method_not_allowed"
 
 
-def test_backend_unreachable_is_503_with_a_clear_message(chat):  # type: ignore[no-untyped-def]
+def test_backend_unreachable_is_503_with_a_clear_message(chat):
     response = chat({"model": "offline-model", "messages": MSG, "max_tokens": 4})
     assert response.status_code == 503
     error = error_of(response)
@@ -144,14 +144,14 @@ def test_backend_unreachable_is_503_with_a_clear_message(chat):  # type: ignore[
     assert response["Retry-After"]
 
 
-def test_disabled_model_is_503(chat):  # type: ignore[no-untyped-def]
+def test_disabled_model_is_503(chat):
     register_model("sleeping", "http://127.0.0.1:1/v1", agents=(), enabled=False)
     response = chat({"model": "sleeping", "messages": MSG})
     assert response.status_code == 503
     assert error_of(response)["code"] == "model_disabled"
 
 
-def test_random_garbage_never_causes_a_500(chat):  # type: ignore[no-untyped-def]
+def test_random_garbage_never_causes_a_500(chat):
     rng = random.Random(1234)
     values = [
         None,
@@ -227,7 +227,7 @@ UNFORWARDABLE = [
 
 
 @pytest.mark.parametrize(("raw", "param", "fragment"), UNFORWARDABLE)
-def test_input_the_json_parser_accepts_but_medai_cannot_forward_is_400_naming_the_field(chat, raw, param, fragment):  # type: ignore[no-untyped-def]
+def test_input_the_json_parser_accepts_but_medai_cannot_forward_is_400_naming_the_field(chat, raw, param, fragment):
     response = chat(raw, raw=True)
     assert response.status_code == 400, response.content
     error = error_of(response)
@@ -237,7 +237,7 @@ def test_input_the_json_parser_accepts_but_medai_cannot_forward_is_400_naming_th
 
 # (DRF's parser, on the async API, already refuses NaN and Infinity as JSON: 400 invalid_json)
 @pytest.mark.parametrize(("raw", "param", "fragment"), [UNFORWARDABLE[0], UNFORWARDABLE[1], UNFORWARDABLE[-1]])
-def test_the_async_submit_path_refuses_the_same_input_and_queues_nothing(client_for, alice, raw, param, fragment):  # type: ignore[no-untyped-def]
+def test_the_async_submit_path_refuses_the_same_input_and_queues_nothing(client_for, alice, raw, param, fragment):
     from apps.inference.models import InferenceTask
 
     register_model("offline-model", f"http://127.0.0.1:{free_port()}/v1", agents=("Chat",))

@@ -65,7 +65,7 @@ def same(fast: dict[str, Any], slow: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("body", VALID)
-def test_plainly_valid_body_takes_the_fast_path_with_the_serializers_values(body):  # type: ignore[no-untyped-def]
+def test_plainly_valid_body_takes_the_fast_path_with_the_serializers_values(body):
     fast = fast_chat_request(body)
     assert fast is not None
     slow = serializer_result(body)
@@ -93,11 +93,11 @@ def test_plainly_valid_body_takes_the_fast_path_with_the_serializers_values(body
         {"model": "Chat", "messages": MSG, "stream_options": {"include_usage": True, "x": 1}},
     ],
 )
-def test_anything_unusual_or_invalid_is_left_to_the_serializer(body):  # type: ignore[no-untyped-def]
+def test_anything_unusual_or_invalid_is_left_to_the_serializer(body):
     assert fast_chat_request(body) is None
 
 
-def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # type: ignore[no-untyped-def]
+def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():
     rng = random.Random(4321)
     values = [
         None,
@@ -185,7 +185,7 @@ def test_fast_path_never_accepts_what_the_serializer_rejects_or_changes():  # ty
     assert fast_taken > 50  # the comparison did happen
 
 
-def test_the_serializer_refuses_what_the_fast_path_leaves_to_it_for_being_unknown():  # type: ignore[no-untyped-def]
+def test_the_serializer_refuses_what_the_fast_path_leaves_to_it_for_being_unknown():
     serializer = ChatCompletionRequestSerializer(data={"model": "Chat", "messages": MSG, "unknown": 1})
     assert not serializer.is_valid()
     assert serializer.errors["unknown"][0].code == "unknown_parameter"

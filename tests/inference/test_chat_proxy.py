@@ -18,10 +18,10 @@ MSG = [{"role": "user", "content": "What is the normal adult resting heart rate?
 
 
 @pytest.fixture
-def call(live_medai, alice, token_for):  # type: ignore[no-untyped-def]
+def call(live_medai, alice, token_for):
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
-    def post(body):  # type: ignore[no-untyped-def]
+    def post(body):
         response = httpx.post(f"{live_medai}/v1/chat/completions", json=body, headers=headers, timeout=30)
         records_written()  # written after the answer, in the background
         return response
@@ -29,7 +29,7 @@ def call(live_medai, alice, token_for):  # type: ignore[no-untyped-def]
     return post
 
 
-def test_completion_is_relayed_under_medais_model_name_and_recorded(call, stub_backend, alice):  # type: ignore[no-untyped-def]
+def test_completion_is_relayed_under_medais_model_name_and_recorded(call, stub_backend, alice):
     register_model("stub-a", stub_backend, served="served-id", agents=("MedicalQA",))
     response = call({"model": "MedicalQA", "messages": MSG, "max_tokens": 1})
     assert response.status_code == 200, response.text
@@ -45,7 +45,7 @@ def test_completion_is_relayed_under_medais_model_name_and_recorded(call, stub_b
     assert response.headers["X-Request-ID"] == task.correlation_id
 
 
-def test_agent_type_field_routes_and_system_prompt_is_added(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_agent_type_field_routes_and_system_prompt_is_added(call, stub_backend):
     register_model("stub-a", stub_backend, agents=("Billing",))
     response = call({"model": "anything-ignored", "agent_type": "billing", "messages": MSG})
     assert response.status_code == 404  # 'anything-ignored' is neither a model nor the agent type
@@ -54,7 +54,7 @@ def test_agent_type_field_routes_and_system_prompt_is_added(call, stub_backend):
     assert InferenceTask.objects.filter(status="completed").get().agent_type == "Billing"
 
 
-def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend)
     with httpx.stream(
         "POST",
@@ -75,7 +75,7 @@ def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend,
     assert task.stream and task.status == "completed" and task.completion_tokens == 2
 
 
-def test_stream_include_usage_is_passed_through(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_stream_include_usage_is_passed_through(live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend)
     with httpx.stream(
         "POST",
@@ -89,7 +89,7 @@ def test_stream_include_usage_is_passed_through(live_medai, stub_backend, alice,
     assert usage_chunks and usage_chunks[-1]["usage"]["completion_tokens"] == 2
 
 
-def test_failover_to_the_next_model_when_the_first_answers_503(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_failover_to_the_next_model_when_the_first_answers_503(call, stub_backend):
     proc, broken = start_stub("error503")
     try:
         register_model("broken", broken, agents=("Clinical",), position=0)
@@ -103,14 +103,14 @@ def test_failover_to_the_next_model_when_the_first_answers_503(call, stub_backen
         proc.stop()
 
 
-def test_failover_when_the_first_model_server_is_down(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_failover_when_the_first_model_server_is_down(call, stub_backend):
     register_model("gone", f"http://127.0.0.1:{free_port()}/v1", agents=("Clinical",), position=0)
     register_model("healthy", stub_backend, agents=("Clinical",), position=1)
     response = call({"model": "Clinical", "messages": MSG})
     assert response.status_code == 200 and response.json()["model"] == "healthy"
 
 
-def test_backend_rejection_is_400_and_not_retried_elsewhere(call, stub_backend):  # type: ignore[no-untyped-def]
+def test_backend_rejection_is_400_and_not_retried_elsewhere(call, stub_backend):
     proc, rejecting = start_stub("reject400")
     try:
         register_model("picky", rejecting, agents=("Clinical",), position=0)
@@ -125,7 +125,7 @@ def test_backend_rejection_is_400_and_not_retried_elsewhere(call, stub_backend):
         proc.stop()
 
 
-def test_hanging_backend_times_out_into_503(call, stub_backend, settings):  # type: ignore[no-untyped-def]
+def test_hanging_backend_times_out_into_503(call, stub_backend, settings):
     settings.MEDAI_BACKEND_TIMEOUT = 1.0
     register_model("stuck", stub_backend)
     set_stub_mode(stub_backend, "hang")
@@ -135,7 +135,7 @@ def test_hanging_backend_times_out_into_503(call, stub_backend, settings):  # ty
     assert InferenceTask.objects.get().status == "failed"
 
 
-def test_models_list_shows_enabled_models_and_agent_types(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_models_list_shows_enabled_models_and_agent_types(live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend, agents=("Chat",))
     register_model("off", stub_backend, agents=(), enabled=False)
     response = httpx.get(f"{live_medai}/v1/models", headers={"Authorization": f"Bearer {token_for(alice)}"})

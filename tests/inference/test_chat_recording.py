@@ -19,11 +19,11 @@ MSG = [{"role": "user", "content": "Normal adult temperature?"}]
 
 
 @pytest.fixture
-def post(live_medai, alice, token_for, stub_backend):  # type: ignore[no-untyped-def]
+def post(live_medai, alice, token_for, stub_backend):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
-    def post():  # type: ignore[no-untyped-def]
+    def post():
         return httpx.post(
             f"{live_medai}/v1/chat/completions", json={"model": "stub-a", "messages": MSG}, headers=headers, timeout=30
         )
@@ -42,7 +42,7 @@ def served(stub_url: str) -> int:
     return httpx.get(stub_url.removesuffix("/v1") + "/_stats").json()["requests"]
 
 
-def test_the_record_appears_on_its_own_shortly_after_the_answer(post):  # type: ignore[no-untyped-def]
+def test_the_record_appears_on_its_own_shortly_after_the_answer(post):
     assert post().status_code == 200
     deadline = time.monotonic() + 10  # a generous bound: the writer lingers ~20 ms
     while not _exists() and time.monotonic() < deadline:
@@ -51,11 +51,11 @@ def test_the_record_appears_on_its_own_shortly_after_the_answer(post):  # type: 
     assert (task.mode, task.status, task.model_name) == ("sync", "completed", "stub-a")
 
 
-def test_a_database_error_delays_the_record_but_does_not_lose_it(post):  # type: ignore[no-untyped-def]
+def test_a_database_error_delays_the_record_but_does_not_lose_it(post):
     real = InferenceTask.objects.bulk_create
     failures = []
 
-    def flaky(objs, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def flaky(objs, *args, **kwargs):
         if not failures:
             failures.append(1)
             raise OperationalError("database is locked")
@@ -67,7 +67,7 @@ def test_a_database_error_delays_the_record_but_does_not_lose_it(post):  # type:
     assert failures and InferenceTask.objects.get().status == "completed"
 
 
-def test_a_full_backlog_answers_503_before_any_backend_call(post, settings, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_full_backlog_answers_503_before_any_backend_call(post, settings, stub_backend):
     settings.MEDAI_RECORD_BACKLOG = 0  # as if the database had fallen behind by the whole backlog
     response = post()
     assert response.status_code == 503

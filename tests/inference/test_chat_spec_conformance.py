@@ -17,7 +17,7 @@ from tests.support.openai_spec import assert_valid, errors_of, nullable_to_jsons
 MSG = [{"role": "user", "content": "Normal adult heart rate?"}]
 
 
-def test_the_spec_helper_reads_nullable_both_ways():  # type: ignore[no-untyped-def]
+def test_the_spec_helper_reads_nullable_both_ways():
     # OpenAPI 3.0's nullable, beside a type, an enum or a $ref, means "or null"
     assert nullable_to_jsonschema({"type": "string", "nullable": True}) == {"type": ["string", "null"]}
     assert nullable_to_jsonschema({"type": "string", "enum": ["a"], "nullable": True})["enum"] == ["a", None]
@@ -86,7 +86,7 @@ def test_the_spec_helper_reads_nullable_both_ways():  # type: ignore[no-untyped-
         },
     ],
 )
-def test_a_completion_missing_what_the_spec_requires_is_completed(backend_answer):  # type: ignore[no-untyped-def]
+def test_a_completion_missing_what_the_spec_requires_is_completed(backend_answer):
     conformance.completion(backend_answer, "medai-model")
     assert_valid("CreateChatCompletionResponse", backend_answer)
     choice = backend_answer["choices"][0]
@@ -122,7 +122,7 @@ def test_a_completion_missing_what_the_spec_requires_is_completed(backend_answer
         ],
     ],
 )
-def test_chunks_missing_what_the_spec_requires_are_completed(chunks):  # type: ignore[no-untyped-def]
+def test_chunks_missing_what_the_spec_requires_are_completed(chunks):
     normalise = conformance.ChunkNormaliser("medai-model")
     for chunk in chunks:
         normalise(chunk)
@@ -131,7 +131,7 @@ def test_chunks_missing_what_the_spec_requires_are_completed(chunks):  # type: i
 
 
 @pytest.fixture
-def post(live_medai, alice, token_for):  # type: ignore[no-untyped-def]
+def post(live_medai, alice, token_for):
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
 
     def post(body: Any, **kwargs: Any) -> httpx.Response:
@@ -141,7 +141,7 @@ def post(live_medai, alice, token_for):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_relayed_answers_and_chunks_match_the_spec(post, live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_relayed_answers_and_chunks_match_the_spec(post, live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend)  # medai's stub answers without logprobs or refusal
     answer = post({"model": "stub-a", "messages": MSG})
     assert answer.status_code == 200
@@ -160,7 +160,7 @@ def test_relayed_answers_and_chunks_match_the_spec(post, live_medai, stub_backen
 
 
 @pytest.mark.django_db(transaction=True)
-def test_error_bodies_match_the_spec(post, live_medai, alice, client_for, token_for, settings):  # type: ignore[no-untyped-def]
+def test_error_bodies_match_the_spec(post, live_medai, alice, client_for, token_for, settings):
     register_model("offline", "http://127.0.0.1:9/v1")
     answers = {
         400: post({"model": "offline", "messages": []}),

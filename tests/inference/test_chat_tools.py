@@ -156,13 +156,13 @@ def tool(name: Any = "f", **function: Any) -> dict[str, Any]:
         ),
     ],
 )
-def test_a_malformed_tool_request_is_400_naming_the_field(data, param, fragment):  # type: ignore[no-untyped-def]
+def test_a_malformed_tool_request_is_400_naming_the_field(data, param, fragment):
     error = refusal(data)
     assert error.param == param, error.message
     assert fragment in error.message and error.message.startswith(param + ":")
 
 
-def test_a_custom_tool_is_refused_as_unsupported():  # type: ignore[no-untyped-def]
+def test_a_custom_tool_is_refused_as_unsupported():
     error = refusal(body(tools=[{"type": "custom", "custom": {"name": "grammar_tool"}}]))
     assert (error.param, error.code) == ("tools[0].type", "unsupported_parameter")
 
@@ -205,7 +205,7 @@ def test_a_custom_tool_is_refused_as_unsupported():  # type: ignore[no-untyped-d
         ),
     ],
 )
-def test_well_formed_tool_requests_pass_validation(data):  # type: ignore[no-untyped-def]
+def test_well_formed_tool_requests_pass_validation(data):
     validation.validate_chat(data)
 
 
@@ -213,7 +213,7 @@ def test_well_formed_tool_requests_pass_validation(data):  # type: ignore[no-unt
 
 
 @pytest.fixture
-def plan_for(alice, token_for):  # type: ignore[no-untyped-def]
+def plan_for(alice, token_for):
     register_model("offline-model", "http://127.0.0.1:9/v1", agents=("Chat",))
     token = token_for(alice)
 
@@ -227,7 +227,7 @@ def plan_for(alice, token_for):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.django_db
-def test_tools_are_forwarded_to_the_backend(plan_for):  # type: ignore[no-untyped-def]
+def test_tools_are_forwarded_to_the_backend(plan_for):
     plan = plan_for(body(tools=[VITAL, LOOKUP], tool_choice="auto", parallel_tool_calls=True))
     assert plan.payload["tools"] == [
         VITAL,
@@ -242,14 +242,14 @@ def test_tools_are_forwarded_to_the_backend(plan_for):  # type: ignore[no-untype
 
 
 @pytest.mark.django_db
-def test_a_named_function_is_forwarded_as_required_with_only_that_tool(plan_for):  # type: ignore[no-untyped-def]
+def test_a_named_function_is_forwarded_as_required_with_only_that_tool(plan_for):
     # llama.cpp knows only none/auto/required (it would read a named function as auto)
     plan = plan_for(body(tools=[VITAL, LOOKUP], tool_choice={"type": "function", "function": {"name": "record_vital"}}))
     assert (plan.payload["tools"], plan.payload["tool_choice"]) == ([VITAL], "required")
 
 
 @pytest.mark.django_db
-def test_allowed_tools_narrow_the_tools_and_keep_the_mode(plan_for):  # type: ignore[no-untyped-def]
+def test_allowed_tools_narrow_the_tools_and_keep_the_mode(plan_for):
     plan = plan_for(
         body(
             tools=[VITAL, LOOKUP],
@@ -267,14 +267,14 @@ def test_allowed_tools_narrow_the_tools_and_keep_the_mode(plan_for):  # type: ig
 
 
 @pytest.mark.django_db
-def test_none_or_auto_without_tools_forwards_nothing(plan_for):  # type: ignore[no-untyped-def]
+def test_none_or_auto_without_tools_forwards_nothing(plan_for):
     for choice in ("none", "auto"):
         payload = plan_for(body(tool_choice=choice, parallel_tool_calls=False)).payload
         assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(payload)
 
 
 @pytest.mark.django_db
-def test_a_multi_turn_tool_conversation_is_forwarded_as_sent(plan_for):  # type: ignore[no-untyped-def]
+def test_a_multi_turn_tool_conversation_is_forwarded_as_sent(plan_for):
     plan = plan_for(body(messages=[*TURNS, {"role": "assistant", "content": None}], tools=[VITAL]))
     assert plan.payload["messages"] == [
         *MSG,
@@ -287,7 +287,7 @@ def test_a_multi_turn_tool_conversation_is_forwarded_as_sent(plan_for):  # type:
 # --- relayed tool calls ----------------------------------------------------------------------------
 
 
-def test_streamed_tool_calls_keep_their_own_index():  # type: ignore[no-untyped-def]
+def test_streamed_tool_calls_keep_their_own_index():
     normalise = conformance.ChunkNormaliser("m")
     deltas = [
         [{"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}],
@@ -300,7 +300,7 @@ def test_streamed_tool_calls_keep_their_own_index():  # type: ignore[no-untyped-
     assert [d[0]["index"] for d in deltas] == [0, 1, 0, 1]
 
 
-def test_a_backend_that_omits_the_index_gets_one_per_call():  # type: ignore[no-untyped-def]
+def test_a_backend_that_omits_the_index_gets_one_per_call():
     normalise = conformance.ChunkNormaliser("m")
     deltas = [
         [{"id": "a", "function": {"name": "f", "arguments": '{"x":'}}],
@@ -314,7 +314,7 @@ def test_a_backend_that_omits_the_index_gets_one_per_call():  # type: ignore[no-
     assert deltas[2][0]["function"]["arguments"] == '{"y": 2}' and deltas[0][0]["type"] == "function"
 
 
-def test_a_completions_tool_calls_are_counted_and_made_well_formed():  # type: ignore[no-untyped-def]
+def test_a_completions_tool_calls_are_counted_and_made_well_formed():
     data = {
         "choices": [
             {
@@ -337,7 +337,7 @@ def test_a_completions_tool_calls_are_counted_and_made_well_formed():  # type: i
 # --- a forced call on llama.cpp, through a JSON schema (apps/inference/forced_tools.py) -------------
 
 
-def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_tools():  # type: ignore[no-untyped-def]
+def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_tools():
     from apps.inference import forced_tools
 
     payload = {"messages": MSG, "tools": [VITAL, LOOKUP], "tool_choice": "required"}
@@ -355,7 +355,7 @@ def test_a_forced_call_on_llama_cpp_asks_for_the_call_as_json_of_the_allowed_too
     assert parallel["schema"]["properties"]["tool_calls"]["minItems"] == 1
 
 
-def test_the_json_answer_comes_back_as_tool_calls():  # type: ignore[no-untyped-def]
+def test_the_json_answer_comes_back_as_tool_calls():
     from apps.inference import forced_tools
 
     data = {
@@ -382,7 +382,7 @@ def test_the_json_answer_comes_back_as_tool_calls():  # type: ignore[no-untyped-
     assert json.loads(call["function"]["arguments"]) == {"heart_rate": 72} and call["id"].startswith("call_")
 
 
-def test_a_streamed_json_answer_comes_back_as_tool_call_deltas():  # type: ignore[no-untyped-def]
+def test_a_streamed_json_answer_comes_back_as_tool_call_deltas():
     from apps.inference import forced_tools
 
     convert = forced_tools.StreamConverter()
@@ -405,7 +405,7 @@ def test_a_streamed_json_answer_comes_back_as_tool_call_deltas():  # type: ignor
     assert out[-2]["choices"][0]["finish_reason"] == "tool_calls" and out[-1]["usage"]["total_tokens"] == 14
 
 
-def test_a_forced_call_cut_off_by_max_tokens_is_relayed_as_the_text_it_got():  # type: ignore[no-untyped-def]
+def test_a_forced_call_cut_off_by_max_tokens_is_relayed_as_the_text_it_got():
     from apps.inference import forced_tools
 
     convert = forced_tools.StreamConverter()

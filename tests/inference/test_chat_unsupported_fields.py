@@ -46,7 +46,7 @@ def refusal(data: dict[str, Any]) -> ApiError:
     return caught.value
 
 
-def test_every_openai_request_field_is_forwarded_kept_or_refused():  # type: ignore[no-untyped-def]
+def test_every_openai_request_field_is_forwarded_kept_or_refused():
     declared = set(ChatCompletionRequestSerializer().fields)
     undecided = request_properties("CreateChatCompletionRequest") - declared - set(UNSUPPORTED)
     assert not undecided, f"OpenAI request fields medai neither validates nor refuses: {sorted(undecided)}"
@@ -54,25 +54,25 @@ def test_every_openai_request_field_is_forwarded_kept_or_refused():  # type: ign
 
 
 @pytest.mark.parametrize("field", sorted(UNSUPPORTED))
-def test_a_field_medai_cannot_forward_is_400_unsupported_parameter_naming_it(field):  # type: ignore[no-untyped-def]
+def test_a_field_medai_cannot_forward_is_400_unsupported_parameter_naming_it(field):
     error = refusal({"model": "Chat", "messages": MSG, field: ASKING[field]})
     assert (error.param, error.code) == (field, "unsupported_parameter")
     assert error.message.startswith(f"{field}: not supported: ")
 
 
 @pytest.mark.parametrize(("field", "value"), [(f, v) for f, (values, _) in UNSUPPORTED.items() for v in values])
-def test_the_value_that_asks_for_nothing_is_accepted(field, value):  # type: ignore[no-untyped-def]
+def test_the_value_that_asks_for_nothing_is_accepted(field, value):
     validation.validate_chat({"model": "Chat", "messages": MSG, field: value})
 
 
 @pytest.mark.parametrize("field", ["top_k", "min_p", "foo", "Model", "deadline_s", "chat_template_kwargs"])
-def test_a_field_openai_does_not_define_is_400_unknown_parameter(field):  # type: ignore[no-untyped-def]
+def test_a_field_openai_does_not_define_is_400_unknown_parameter(field):
     error = refusal({"model": "Chat", "messages": MSG, field: 1})
     assert (error.param, error.code) == (field, "unknown_parameter")
     assert "unrecognized request argument" in error.message
 
 
-def test_medais_own_extras_are_accepted():  # type: ignore[no-untyped-def]
+def test_medais_own_extras_are_accepted():
     req = validation.validate_chat({"model": "m", "agent_type": "Chat", "priority": "high", "messages": MSG})
     assert (req["agent_type"], req["priority"]) == ("Chat", 2)
 
@@ -99,12 +99,12 @@ def test_medais_own_extras_are_accepted():  # type: ignore[no-untyped-def]
         ({"role": "user", "content": "x", "mood": "curious"}, "messages[1].mood", "unknown_parameter"),
     ],
 )
-def test_a_message_field_medai_cannot_forward_is_refused_by_name(message, param, code):  # type: ignore[no-untyped-def]
+def test_a_message_field_medai_cannot_forward_is_refused_by_name(message, param, code):
     error = refusal({"model": "Chat", "messages": [*MSG, message]})
     assert (error.param, error.code) == (param, code)
 
 
-def test_an_answer_sent_back_as_a_message_is_accepted():  # type: ignore[no-untyped-def]
+def test_an_answer_sent_back_as_a_message_is_accepted():
     # what the official client sends for a returned ChatCompletionMessage put back into messages
     answer = {"role": "assistant", "content": "Hi.", "refusal": None, "audio": None, "function_call": None}
     assert set(MESSAGE_UNSUPPORTED) <= set(answer)
@@ -138,12 +138,12 @@ def test_an_answer_sent_back_as_a_message_is_accepted():  # type: ignore[no-unty
         ({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}, "messages[0].content"),
     ],
 )
-def test_a_bad_value_of_a_forwarded_field_is_400_naming_it(data, param):  # type: ignore[no-untyped-def]
+def test_a_bad_value_of_a_forwarded_field_is_400_naming_it(data, param):
     assert refusal({"model": "Chat", "messages": MSG, **data}).param == param
 
 
 @pytest.mark.django_db
-def test_logit_bias_and_the_json_schema_format_are_forwarded(alice, token_for):  # type: ignore[no-untyped-def]
+def test_logit_bias_and_the_json_schema_format_are_forwarded(alice, token_for):
     import json
 
     register_model("offline-model", "http://127.0.0.1:9/v1", agents=())
@@ -168,7 +168,7 @@ def test_logit_bias_and_the_json_schema_format_are_forwarded(alice, token_for): 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_end_user_is_kept_on_the_requests_record(live_medai, stub_backend, alice, token_for):  # type: ignore[no-untyped-def]
+def test_the_end_user_is_kept_on_the_requests_record(live_medai, stub_backend, alice, token_for):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     for extra in ({"user": "clin-7"}, {"user": "old", "safety_identifier": "clin-8"}):

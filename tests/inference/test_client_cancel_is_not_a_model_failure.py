@@ -56,7 +56,7 @@ def _never_a_failure_of(model: str, endpoint_id: int) -> None:
 def test_stop_mid_stream_is_cancelled_and_never_a_failure_of_the_model(
     live_medai,
     llama_server,
-    alice,  # type: ignore[no-untyped-def]
+    alice,
     token_for,
 ):
     ep = register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct")
@@ -97,7 +97,7 @@ def test_stop_mid_stream_is_cancelled_and_never_a_failure_of_the_model(
 def test_a_client_leaving_before_a_slow_answer_is_cancelled_not_failed(
     live_medai,
     stub_backend,
-    alice,  # type: ignore[no-untyped-def]
+    alice,
     token_for,
 ):
     ep = register_model("stub-a", stub_backend)
@@ -123,7 +123,7 @@ def test_a_client_leaving_before_a_slow_answer_is_cancelled_not_failed(
 def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(
     live_medai,
     stub_backend,
-    alice,  # type: ignore[no-untyped-def]
+    alice,
     token_for,
 ):
     ep = register_model("stub-a", stub_backend)
@@ -146,7 +146,7 @@ def test_a_client_leaving_while_its_stream_opens_is_cancelled_not_failed(
 def test_a_request_refused_for_its_input_is_not_a_failure_of_the_model(
     live_medai,
     stub_backend,
-    alice,  # type: ignore[no-untyped-def]
+    alice,
     token_for,
 ):
     ep = register_model("stub-a", stub_backend)
@@ -168,7 +168,7 @@ def test_a_request_refused_for_its_input_is_not_a_failure_of_the_model(
     assert local("medai_backend_attempts_total", model="stub-a", outcome="failure") == attempts_failed_before
 
 
-def test_model_failures_count_backend_faults_only(alice, demo):  # type: ignore[no-untyped-def]
+def test_model_failures_count_backend_faults_only(alice, demo):
     ep = register_model("m", "http://127.0.0.1:9/v1")
     now = timezone.now()
 

@@ -57,12 +57,12 @@ def one_per_inference() -> None:
 
 
 @pytest.fixture
-def chat(live_medai, alice, api_key_for, stub_backend, settings):  # type: ignore[no-untyped-def]
+def chat(live_medai, alice, api_key_for, stub_backend, settings):
     settings.MEDAI_BACKEND_RETRIES = 0
     register_model("stub-a", stub_backend)
     key = api_key_for(alice)
 
-    def chat(stream: bool = False, request_id: str = "req-audit-1"):  # type: ignore[no-untyped-def]
+    def chat(stream: bool = False, request_id: str = "req-audit-1"):
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "ward-7-tablet/2.1", "X-Request-ID": request_id}
         body = {"model": "stub-a", "messages": MSG, "stream": stream}
         if not stream:
@@ -76,14 +76,14 @@ def chat(live_medai, alice, api_key_for, stub_backend, settings):  # type: ignor
     return chat
 
 
-def _assert_sync_identity(event: AuditEvent, alice) -> None:  # type: ignore[no-untyped-def]
+def _assert_sync_identity(event: AuditEvent, alice) -> None:
     assert (event.actor_id, event.actor, event.location) == (alice.pk, "alice", "demo")
     assert event.api_key_id == ApiKey.objects.get(user=alice).pk
     assert event.ip == "127.0.0.1" and event.user_agent == "ward-7-tablet/2.1"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_sync_completion_is_audited_with_actor_key_location_and_request(chat, alice):  # type: ignore[no-untyped-def]
+def test_a_sync_completion_is_audited_with_actor_key_location_and_request(chat, alice):
     assert chat(request_id="req-sync-ok").status_code == 200
     records_written()
     task = InferenceTask.objects.get()
@@ -96,7 +96,7 @@ def test_a_sync_completion_is_audited_with_actor_key_location_and_request(chat, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_sync_completion_is_audited_as_a_failure(chat, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_failed_sync_completion_is_audited_as_a_failure(chat, alice, stub_backend):
     set_stub_mode(stub_backend, "error503")
     assert chat(request_id="req-sync-fail").status_code == 503
     records_written()
@@ -108,7 +108,7 @@ def test_a_failed_sync_completion_is_audited_as_a_failure(chat, alice, stub_back
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stream_is_audited_once_it_ends(chat, alice):  # type: ignore[no-untyped-def]
+def test_a_stream_is_audited_once_it_ends(chat, alice):
     assert chat(stream=True, request_id="req-stream-ok").status_code == 200
     task = InferenceTask.objects.get()
     event = the_event(task)
@@ -119,7 +119,7 @@ def test_a_stream_is_audited_once_it_ends(chat, alice):  # type: ignore[no-untyp
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stream_that_fails_to_open_is_audited_as_a_failure(chat, alice, stub_backend):  # type: ignore[no-untyped-def]
+def test_a_stream_that_fails_to_open_is_audited_as_a_failure(chat, alice, stub_backend):
     set_stub_mode(stub_backend, "error500")
     assert chat(stream=True, request_id="req-stream-fail").status_code == 503
     event = the_event(InferenceTask.objects.get())
@@ -129,7 +129,7 @@ def test_a_stream_that_fails_to_open_is_audited_as_a_failure(chat, alice, stub_b
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_of_records_and_their_events_are_written_together(chat, alice):  # type: ignore[no-untyped-def]
+def test_a_batch_of_records_and_their_events_are_written_together(chat, alice):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
@@ -143,7 +143,7 @@ def test_a_batch_of_records_and_their_events_are_written_together(chat, alice): 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_record_is_never_written_without_its_event(chat, alice):  # type: ignore[no-untyped-def]
+def test_a_record_is_never_written_without_its_event(chat, alice):
     from unittest import mock
 
     from django.db import OperationalError
@@ -153,7 +153,7 @@ def test_a_record_is_never_written_without_its_event(chat, alice):  # type: igno
     real = audit_services.record_events
     failures: list[int] = []
 
-    def flaky(events):  # type: ignore[no-untyped-def]
+    def flaky(events):
         if not failures:
             failures.append(1)  # the first try fails after its records were inserted: all of it rolls back
             raise OperationalError("database is locked")
@@ -174,7 +174,7 @@ def test_a_record_is_never_written_without_its_event(chat, alice):  # type: igno
 def test_an_async_task_is_audited_with_the_submitters_actor_key_and_location(
     client_for,
     alice,
-    api_key_for,  # type: ignore[no-untyped-def]
+    api_key_for,
     stub_backend,
 ):
     from rest_framework.test import APIClient
@@ -197,7 +197,7 @@ def test_an_async_task_is_audited_with_the_submitters_actor_key_and_location(
 
 
 @pytest.mark.django_db
-def test_a_failed_async_task_is_audited_as_a_failure(client_for, alice, stub_backend, settings):  # type: ignore[no-untyped-def]
+def test_a_failed_async_task_is_audited_as_a_failure(client_for, alice, stub_backend, settings):
     settings.MEDAI_BACKEND_RETRIES = 0
     register_model("stub-a", stub_backend)
     set_stub_mode(stub_backend, "error503")
@@ -214,7 +214,7 @@ def test_a_failed_async_task_is_audited_as_a_failure(client_for, alice, stub_bac
 
 
 @pytest.mark.django_db
-def test_collated_async_tasks_each_get_their_own_event(client_for, alice, bob, stub_backend):  # type: ignore[no-untyped-def]
+def test_collated_async_tasks_each_get_their_own_event(client_for, alice, bob, stub_backend):
     register_model("stub-a", stub_backend)
     ids = [submit(client_for(user), f"question {i} from {user.username}") for i, user in enumerate([alice, bob] * 3)]
     assert queue.run_task(ids[0]) == "completed"

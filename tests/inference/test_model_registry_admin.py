@@ -12,7 +12,7 @@ from tests.support.servers import free_port
 pytestmark = pytest.mark.django_db
 
 
-def _form(**overrides):  # type: ignore[no-untyped-def]
+def _form(**overrides):
     data = {
         "name": "gpu1-llama",
         "kind": "llamacpp",
@@ -28,7 +28,7 @@ def _form(**overrides):  # type: ignore[no-untyped-def]
     return data
 
 
-def test_backend_api_key_is_encrypted_at_rest_and_never_shown(admin_client):  # type: ignore[no-untyped-def]
+def test_backend_api_key_is_encrypted_at_rest_and_never_shown(admin_client):
     response = admin_client.post("/admin/inference/modelendpoint/add/", _form())
     assert response.status_code == 302
     endpoint = ModelEndpoint.objects.get()
@@ -41,7 +41,7 @@ def test_backend_api_key_is_encrypted_at_rest_and_never_shown(admin_client):  # 
     assert "sk-backend-secret" not in page
 
 
-def test_saving_without_a_new_key_keeps_the_stored_one(admin_client):  # type: ignore[no-untyped-def]
+def test_saving_without_a_new_key_keeps_the_stored_one(admin_client):
     admin_client.post("/admin/inference/modelendpoint/add/", _form())
     endpoint = ModelEndpoint.objects.get()
     admin_client.post(f"/admin/inference/modelendpoint/{endpoint.pk}/change/", _form(api_key="", rank=2))
@@ -49,7 +49,7 @@ def test_saving_without_a_new_key_keeps_the_stored_one(admin_client):  # type: i
     assert endpoint.api_key == "sk-backend-secret" and endpoint.rank == 2
 
 
-def test_test_connection_reports_what_the_backend_answered(admin_client, stub_backend):  # type: ignore[no-untyped-def]
+def test_test_connection_reports_what_the_backend_answered(admin_client, stub_backend):
     ok = ModelEndpoint.objects.create(name="stub", base_url=stub_backend, served_model_id="stub-model")
     down = ModelEndpoint.objects.create(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1")
     response = admin_client.post(
@@ -62,7 +62,7 @@ def test_test_connection_reports_what_the_backend_answered(admin_client, stub_ba
     assert msgs["down"][0] == "error" and "unreachable" in msgs["down"][1]
 
 
-def test_seeded_agent_types_exist():  # type: ignore[no-untyped-def]
+def test_seeded_agent_types_exist():
     from apps.inference.models import AgentRoute
 
     assert {"Chat", "MedicalQA", "Clinical", "Documentation", "Billing", "Claims"} <= set(

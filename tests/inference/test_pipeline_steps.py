@@ -60,7 +60,7 @@ def test_the_steps_are_the_designed_ones_in_order() -> None:
     )
 
 
-def test_a_chat_completion_passes_every_step_in_order(live_medai, stub_backend, alice, token_for, trace):  # type: ignore[no-untyped-def]
+def test_a_chat_completion_passes_every_step_in_order(live_medai, stub_backend, alice, token_for, trace):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     response = httpx.post(
@@ -75,7 +75,7 @@ def test_a_chat_completion_passes_every_step_in_order(live_medai, stub_backend, 
     assert InferenceTask.objects.get().status == "completed"
 
 
-def test_a_streamed_chat_completion_passes_every_step_in_order(live_medai, stub_backend, alice, token_for, trace):  # type: ignore[no-untyped-def]
+def test_a_streamed_chat_completion_passes_every_step_in_order(live_medai, stub_backend, alice, token_for, trace):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     body = {"model": "stub-a", "messages": MSG, "stream": True}
@@ -85,7 +85,7 @@ def test_a_streamed_chat_completion_passes_every_step_in_order(live_medai, stub_
     assert tuple(trace) == steps.STEPS  # recorded (reconcile, audit, metrics) before [DONE]
 
 
-def test_a_refused_chat_request_stops_at_its_step(live_medai, stub_backend, alice, token_for, trace):  # type: ignore[no-untyped-def]
+def test_a_refused_chat_request_stops_at_its_step(live_medai, stub_backend, alice, token_for, trace):
     register_model("stub-a", stub_backend)
     headers = {"Authorization": f"Bearer {token_for(alice)}"}
     response = httpx.post(
@@ -95,7 +95,7 @@ def test_a_refused_chat_request_stops_at_its_step(live_medai, stub_backend, alic
     assert tuple(trace) == ("authenticate", "authorize", "validate")
 
 
-def test_an_async_task_passes_every_step_at_submit_and_at_run(client_for, alice, stub_backend, trace):  # type: ignore[no-untyped-def]
+def test_an_async_task_passes_every_step_at_submit_and_at_run(client_for, alice, stub_backend, trace):
     register_model("stub-a", stub_backend, agents=("Chat",))
     response = client_for(alice).post("/v1/async/submit", {"agent_type": "Chat", "messages": MSG}, format="json")
     assert response.status_code == 202, response.content
@@ -105,7 +105,7 @@ def test_an_async_task_passes_every_step_at_submit_and_at_run(client_for, alice,
     assert tuple(trace) == AT_RUN_TIME
 
 
-def test_a_batch_passes_every_step_once_at_submit_and_each_task_at_run(client_for, alice, stub_backend, trace):  # type: ignore[no-untyped-def]
+def test_a_batch_passes_every_step_once_at_submit_and_each_task_at_run(client_for, alice, stub_backend, trace):
     register_model("stub-a", stub_backend, agents=("Chat",))
     requests = [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(3)]
     response = client_for(alice).post("/v1/async/submit-batch", {"requests": requests}, format="json")
@@ -117,7 +117,7 @@ def test_a_batch_passes_every_step_once_at_submit_and_each_task_at_run(client_fo
         assert tuple(trace) == AT_RUN_TIME
 
 
-def test_a_batch_of_100_authenticates_once_and_parses_no_item_again(client_for, alice, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_batch_of_100_authenticates_once_and_parses_no_item_again(client_for, alice, monkeypatch):
     register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
     client = client_for(alice)
     authentications = _counting(monkeypatch, accounts_services, "authenticate_bearer")

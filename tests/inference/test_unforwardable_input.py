@@ -20,7 +20,7 @@ NAN = '{"agent_type": "Chat", "messages": [{"role": "user", "content": "x"}], "r
     ("body", "param"), [(SURROGATE, "messages[0].content"), (KEY, "model.\\udfff"), (NAN, "response_format.x")]
 )
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/async/submit"])
-def test_input_that_cannot_be_forwarded_is_a_400_naming_the_field(client_for, alice, stub_backend, path, body, param):  # type: ignore[no-untyped-def]
+def test_input_that_cannot_be_forwarded_is_a_400_naming_the_field(client_for, alice, stub_backend, path, body, param):
     register_model("stub-a", stub_backend)
     response = client_for(alice).post(path, body, content_type="application/json")
     assert response.status_code == 400, response.content

@@ -43,7 +43,7 @@ async def _frames(ws: WebsocketCommunicator) -> list[dict]:
     return frames
 
 
-async def test_the_owner_subscribed_to_its_task_and_batch_sees_each_status_once(alice, token_for, stub_backend):  # type: ignore[no-untyped-def]
+async def test_the_owner_subscribed_to_its_task_and_batch_sees_each_status_once(alice, token_for, stub_backend):
     token = await sync_to_async(token_for)(alice)
     ws = WebsocketCommunicator(application, "/ws/status/", subprotocols=["bearer", token])
     assert (await ws.connect())[0]
@@ -64,7 +64,7 @@ async def test_the_owner_subscribed_to_its_task_and_batch_sees_each_status_once(
     await ws.disconnect()
 
 
-async def test_a_second_socket_of_the_owner_gets_its_own_copy(alice, token_for, stub_backend):  # type: ignore[no-untyped-def]
+async def test_a_second_socket_of_the_owner_gets_its_own_copy(alice, token_for, stub_backend):
     """De-duplication is per socket: two sockets of one user each get every status once."""
     token = await sync_to_async(token_for)(alice)
     sockets = [WebsocketCommunicator(application, f"/ws/status/?token={token}") for _ in range(2)]

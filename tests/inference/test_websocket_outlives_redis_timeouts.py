@@ -53,7 +53,7 @@ def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def short_timeouts(settings, redis_url: str):  # type: ignore[no-untyped-def]
+def short_timeouts(settings, redis_url: str):
     settings.CHANNEL_LAYERS = channel_layers_config(
         redis_url,
         prefix="medai-test-hold:asgi",
@@ -80,7 +80,7 @@ def _ws_url(base: str, path: str) -> str:
     return base.replace("http://", "ws://") + path
 
 
-def _idle(ws, seconds: float) -> None:  # type: ignore[no-untyped-def]
+def _idle(ws, seconds: float) -> None:
     """Nothing arrives for ``seconds``, and the socket stays open throughout."""
     try:
         frame = ws.recv(timeout=seconds)
@@ -93,7 +93,7 @@ def _idle(ws, seconds: float) -> None:  # type: ignore[no-untyped-def]
 
 def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_updates(
     short_timeouts, live_medai, alice, token_for
-):  # type: ignore[no-untyped-def]
+):
     from apps.accounts.services import authenticate_header
     from apps.inference import push, queue
 
@@ -120,7 +120,7 @@ def test_an_idle_status_socket_outlives_every_redis_timeout_and_still_gets_task_
 
 def test_an_idle_gpu_socket_outlives_every_redis_timeout_and_still_gets_gpu_updates(
     short_timeouts, live_medai, alice, token_for, settings
-):  # type: ignore[no-untyped-def]
+):
     settings.MEDAI_GPU_STALE_AFTER = 60.0  # no staleness frame during the hold: it must stay silent
     monitor = Monitor(SimulatedProvider(), supervise=False)
     monitor.sample()

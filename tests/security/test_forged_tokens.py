@@ -15,7 +15,7 @@ from tests.support.django_process import FORMER_DEV_SECRET_KEY
 
 
 @pytest.fixture
-def admin(org, demo) -> User:  # type: ignore[no-untyped-def]
+def admin(org, demo) -> User:
     user = User.objects.create_user(
         "root", password=PASSWORD, role=User.Role.ADMIN, organization=org, is_staff=True, is_superuser=True
     )
@@ -39,14 +39,14 @@ def _me(token: str) -> int:
 
 
 @pytest.mark.parametrize("key_name", KEYS)
-def test_an_admin_access_token_signed_with_a_known_key_is_refused(admin, demo, key_name) -> None:  # type: ignore[no-untyped-def]
+def test_an_admin_access_token_signed_with_a_known_key_is_refused(admin, demo, key_name) -> None:
     genuine = issue_tokens(admin, demo).access_token
     assert _me(genuine) == 200
     assert _me(_resigned(genuine, KEYS[key_name] or settings.SECRET_KEY)) == 401
 
 
 @pytest.mark.parametrize("key_name", KEYS)
-def test_a_refresh_token_signed_with_a_known_key_gets_no_token_pair(admin, demo, key_name) -> None:  # type: ignore[no-untyped-def]
+def test_a_refresh_token_signed_with_a_known_key_gets_no_token_pair(admin, demo, key_name) -> None:
     genuine = issue_tokens(admin, demo).refresh_token
     forged = _resigned(genuine, KEYS[key_name] or settings.SECRET_KEY)
     response = APIClient().post("/v1/auth/refresh", {"refresh_token": forged}, format="json")

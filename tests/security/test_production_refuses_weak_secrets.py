@@ -133,7 +133,7 @@ print(json.dumps({"SECRET_KEY": settings.SECRET_KEY, "JWT_SIGNING_KEY": settings
 
 
 @pytest.mark.parametrize("medai_env", [None, "production", "staging"])
-def test_settings_load_with_three_strong_separate_keys_and_use_exactly_them(tmp_path: Path, medai_env) -> None:  # type: ignore[no-untyped-def]
+def test_settings_load_with_three_strong_separate_keys_and_use_exactly_them(tmp_path: Path, medai_env) -> None:
     keys = strong()
     keys["MEDAI_ENCRYPTION_KEYS"] += "," + Fernet.generate_key().decode()  # rotation: an older key kept
     result = run_django(settings_env(tmp_path, medai_env, **keys, DEBUG="0"), PRINT_KEYS)

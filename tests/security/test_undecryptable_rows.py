@@ -35,7 +35,7 @@ def _write_raw(table: str, column: str, pk: object, value: str) -> None:
         cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", [value, pk])
 
 
-def _completed_task(alice, demo) -> InferenceTask:  # type: ignore[no-untyped-def]
+def _completed_task(alice, demo) -> InferenceTask:
     now = timezone.now()
     return InferenceTask.objects.create(
         user=alice,
@@ -49,7 +49,7 @@ def _completed_task(alice, demo) -> InferenceTask:  # type: ignore[no-untyped-de
     )
 
 
-def test_a_result_encrypted_under_a_former_key_answers_410_and_is_kept(alice, demo, client_for, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_result_encrypted_under_a_former_key_answers_410_and_is_kept(alice, demo, client_for, settings) -> None:
     task = _completed_task(alice, demo)
     table, pk = InferenceTask._meta.db_table, task.pk.hex
     ciphertext = Fernet(FORMER_DERIVED_FERNET_KEY.encode()).encrypt(json.dumps(ANSWER).encode()).decode()
@@ -75,7 +75,7 @@ def test_a_result_encrypted_under_a_former_key_answers_410_and_is_kept(alice, de
     assert response.json()["choices"][0]["message"]["content"] == "Sepsis is…"
 
 
-def test_a_backend_api_key_encrypted_under_a_former_key_reads_as_unset_and_is_kept(admin_client, db) -> None:  # type: ignore[no-untyped-def]
+def test_a_backend_api_key_encrypted_under_a_former_key_reads_as_unset_and_is_kept(admin_client, db) -> None:
     endpoint = ModelEndpoint.objects.create(
         name="gpu1", base_url="http://127.0.0.1:9/v1", api_key="sk-backend", context_length=2048
     )

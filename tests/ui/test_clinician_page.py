@@ -43,7 +43,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, live_medai, llama_server, alice):  # type: ignore[no-untyped-def]
+def page(browser, live_medai, llama_server, alice):
     register_model("smollm2-135m", llama_server, served="smollm2-135m-instruct", agents=("MedicalQA", "Chat"))
     context = browser.new_context()
     page = context.new_page()
@@ -53,14 +53,14 @@ def page(browser, live_medai, llama_server, alice):  # type: ignore[no-untyped-d
     context.close()
 
 
-def sign_in(page, password: str = PASSWORD) -> None:  # type: ignore[no-untyped-def]
+def sign_in(page, password: str = PASSWORD) -> None:
     page.fill("#username", "alice")
     page.fill("#password", password)
     page.fill("#location", "demo")
     page.click("#login-button")
 
 
-def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):  # type: ignore[no-untyped-def]
+def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):
     sign_in(page)
     page.wait_for_selector("#chat-panel:not([hidden])")
     expect(page.locator("#whoami")).to_have_text("alice · clinician @ demo")
@@ -77,13 +77,13 @@ def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):  # type:
     )
 
 
-def test_wrong_password_shows_the_reason_and_stays_on_sign_in(page):  # type: ignore[no-untyped-def]
+def test_wrong_password_shows_the_reason_and_stays_on_sign_in(page):
     sign_in(page, password="wrong-password")
     expect(page.locator("#login-error")).to_contain_text("Invalid username or password")
     assert page.is_hidden("#chat-panel")
 
 
-def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):  # type: ignore[no-untyped-def]
+def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):
     sign_in(page)
     page.wait_for_selector("#chat-panel:not([hidden])")
     token = page.evaluate("sessionStorage.getItem('medai.access')")
@@ -95,7 +95,7 @@ def test_sign_out_returns_to_the_sign_in_form_and_revokes_the_token(page):  # ty
     assert status == 401
 
 
-def ask_ready(page) -> None:  # type: ignore[no-untyped-def]
+def ask_ready(page) -> None:
     sign_in(page)
     page.wait_for_selector("#chat-panel:not([hidden])")
     page.wait_for_selector("#model option[value='MedicalQA']", state="attached")
@@ -103,7 +103,7 @@ def ask_ready(page) -> None:  # type: ignore[no-untyped-def]
     page.fill("#max-tokens", "8")
 
 
-def test_a_question_of_only_spaces_is_not_sent_and_the_page_says_why(page):  # type: ignore[no-untyped-def]
+def test_a_question_of_only_spaces_is_not_sent_and_the_page_says_why(page):
     from apps.inference.models import InferenceTask
 
     ask_ready(page)
@@ -118,12 +118,12 @@ def test_a_question_of_only_spaces_is_not_sent_and_the_page_says_why(page):  # t
     expect(page.locator("#question-error")).to_have_text("")
 
 
-def test_the_servers_refusal_of_a_blank_question_is_shown_beside_the_question(page):  # type: ignore[no-untyped-def]
+def test_the_servers_refusal_of_a_blank_question_is_shown_beside_the_question(page):
     import json
 
     ask_ready(page)
 
-    def blank_it(route):  # type: ignore[no-untyped-def]
+    def blank_it(route):
         body = json.loads(route.request.post_data)
         body["messages"][0]["content"] = "   "  # as a client without the page's own check would send it
         route.continue_(post_data=json.dumps(body))

@@ -31,7 +31,7 @@ FLAGS = [
 
 
 @pytest.fixture
-def page(live_medai, alice) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def page(live_medai, alice) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # as tests/ui/test_clinician_page.py
@@ -46,7 +46,7 @@ def page(live_medai, alice) -> Iterator[object]:  # type: ignore[no-untyped-def]
         browser.close()
 
 
-def test_the_gpu_line_is_live_over_the_subprotocol_and_turns_stale_when_the_monitor_stops(page, settings):  # type: ignore[no-untyped-def]
+def test_the_gpu_line_is_live_over_the_subprotocol_and_turns_stale_when_the_monitor_stops(page, settings):
     settings.MEDAI_GPU_STALE_AFTER = 2.0
     Monitor(SimulatedProvider(), supervise=False).sample()
     sockets: list[str] = []
