@@ -49,22 +49,6 @@ class ModelEndpointForm(forms.ModelForm):
         return super().save(commit)
 
 
-def _info(ep: ModelEndpoint) -> router.EndpointInfo:
-    return router.EndpointInfo(
-        id=ep.pk,
-        name=ep.name,
-        kind=ep.kind,
-        base_url=ep.base_url.rstrip("/"),
-        backend_model=ep.backend_model,
-        api_key=ep.api_key or "",
-        context_length=ep.context_length,
-        vram_mb=ep.vram_mb,
-        rank=ep.rank,
-        enabled=ep.enabled,
-        supports_embeddings=ep.supports_embeddings,
-    )
-
-
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
     form = ModelEndpointForm
@@ -91,7 +75,7 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     @admin.action(description="Test connection (ask the backend which models it serves)")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[ModelEndpoint]) -> None:
         for ep in queryset:
-            ok, detail = async_to_sync(backends.probe)(_info(ep))
+            ok, detail = async_to_sync(backends.probe)(router.EndpointInfo.of(ep))
             level = messages.SUCCESS if ok else messages.ERROR
             self.message_user(request, f"{ep.name} ({ep.base_url}): {detail}", level)
 

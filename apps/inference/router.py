@@ -30,6 +30,23 @@ class EndpointInfo:
     enabled: bool
     supports_embeddings: bool
 
+    @classmethod
+    def of(cls, ep: ModelEndpoint) -> EndpointInfo:
+        """The registry's view of one endpoint row (what routing and the backend client need)."""
+        return cls(
+            id=ep.pk,
+            name=ep.name,
+            kind=ep.kind,
+            base_url=ep.base_url.rstrip("/"),
+            backend_model=ep.backend_model,
+            api_key=ep.api_key or "",
+            context_length=ep.context_length,
+            vram_mb=ep.vram_mb,
+            rank=ep.rank,
+            enabled=ep.enabled,
+            supports_embeddings=ep.supports_embeddings,
+        )
+
     @property
     def server_root(self) -> str:
         url = self.base_url.rstrip("/")
@@ -74,19 +91,7 @@ _snapshot: RegistrySnapshot | None = None
 def _load() -> RegistrySnapshot:
     models = {}
     for ep in ModelEndpoint.objects.all():
-        models[ep.name] = EndpointInfo(
-            id=ep.pk,
-            name=ep.name,
-            kind=ep.kind,
-            base_url=ep.base_url.rstrip("/"),
-            backend_model=ep.backend_model,
-            api_key=ep.api_key or "",
-            context_length=ep.context_length,
-            vram_mb=ep.vram_mb,
-            rank=ep.rank,
-            enabled=ep.enabled,
-            supports_embeddings=ep.supports_embeddings,
-        )
+        models[ep.name] = EndpointInfo.of(ep)
     by_id = {m.id: m for m in models.values()}
     agents = {}
     for route in AgentRoute.objects.prefetch_related("entries"):
