@@ -16,6 +16,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+# The local llama.cpp server's port: the launcher reads it before the settings exist, the
+# settings (MEDAI_LLAMA_PORT) for everyone else; one default for both.
+DEFAULT_LLAMA_PORT = 8081
+
+
 def env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 

@@ -37,7 +37,7 @@ from django.core.exceptions import ImproperlyConfigured
 from apps.audit.credentials import redact_credentials
 from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
 from medai.embedded import EmbeddedRedis
-from medai.env import envbool
+from medai.env import DEFAULT_LLAMA_PORT, envbool
 from medai.secrets import load, private_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,7 +331,7 @@ def run() -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     port = env_port("MEDAI_PORT", 8000)
-    llama_port = env_port("MEDAI_LLAMA_PORT", 8081)
+    llama_port = env_port("MEDAI_LLAMA_PORT", DEFAULT_LLAMA_PORT)
     with_llama = os.environ.get("MEDAI_LLAMA", "1") != "0"
     for name, p in [("MEDAI_PORT", port)] + ([("MEDAI_LLAMA_PORT", llama_port)] if with_llama else []):
         if not port_is_free(p):

@@ -7,10 +7,10 @@ them is the top layer's job, so it lives here (``manage.py bootstrap_demo``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
@@ -39,7 +39,7 @@ def bootstrap_demo(*, llama_port: int | None = None, var_dir: Path | None = None
     password, source = demo_password(var_dir)
     location = ensure_demo_users(password)
 
-    port = llama_port or int(os.environ.get("MEDAI_LLAMA_PORT", "8081"))
+    port = llama_port or settings.MEDAI_LLAMA_PORT
     endpoint, _ = ModelEndpoint.objects.update_or_create(
         name=BUNDLED_ENDPOINT_NAME,
         defaults=dict(
