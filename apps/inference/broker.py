@@ -43,11 +43,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
@@ -106,8 +109,6 @@ TASK_FUNC = "apps.inference.tasks.run_inference"
 
 def task_package(task_id: Any, now: Any = None) -> str:
     """The signed django-q2 package that runs the inference task ``task_id`` (one per entry)."""
-    import uuid
-
     task_id = task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(str(task_id))
     return SignedPackage.dumps(
         {
@@ -149,8 +150,6 @@ _redis = None
 def redis_client() -> Any:
     global _redis
     if _redis is None:
-        import redis
-
         # The wake-up wait is a BLPOP of up to ``poll`` seconds: its reads may take that much longer.
         options = {**settings.REDIS_OPTIONS}
         options["socket_timeout"] = options["socket_timeout"] + max(settings.MEDAI_QUEUE_POLL, 0.1)
@@ -298,8 +297,6 @@ class PriorityBroker(Broker):
         try:
             redis_client().blpop([wake_key(self.list_key)], timeout=max(float(Conf.POLL), 0.1))
         except Exception:  # noqa: BLE001 - fall back to polling
-            import time
-
             time.sleep(Conf.POLL)
         return None
 

@@ -10,10 +10,14 @@ that task is not sent again (a task that really changes status always differs fr
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from typing import Any
 
+from channels.db import database_sync_to_async
+
 from apps.accounts.websocket import AuthenticatedJsonConsumer
+from apps.inference.models import InferenceTask, TaskBatch
 
 # Last status sent per task, per socket: bounded (the oldest entries go first).
 SENT_MEMORY = 4096
@@ -78,12 +82,6 @@ class StatusConsumer(AuthenticatedJsonConsumer):
 
 
 async def _visible_group(principal: Any, kind: str, object_id: str) -> str | None:
-    import uuid
-
-    from channels.db import database_sync_to_async
-
-    from apps.inference.models import InferenceTask, TaskBatch
-
     try:
         uuid.UUID(object_id)
     except ValueError:

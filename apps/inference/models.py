@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import uuid
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import connections, models, transaction
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Value, When
@@ -14,10 +16,6 @@ from apps.gpu.priority import Priority  # admission orders by it too, so it live
 
 def validate_backend_url(value: str) -> None:
     """http(s) URL with a host; unlike URLValidator, single-label hosts (``gpu1``) are fine."""
-    from urllib.parse import urlsplit
-
-    from django.core.exceptions import ValidationError
-
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Enter an http(s) URL with a host, e.g. http://gpu1:8080/v1")

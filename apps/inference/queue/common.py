@@ -3,8 +3,10 @@ primary key), the claim record and the outcomes of unexpected errors."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -48,7 +50,6 @@ def unit_of_work(func: Any) -> Any:
     """Like services.db_unit (drop a stale connection before and after), but only outside an atomic
     block: the queue services also run inside a request or a caller's transaction, where closing
     the connection would break it."""
-    import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -69,8 +70,6 @@ def _package(task: InferenceTask, now: Any) -> str:
 
 
 def _actor(principal: Principal) -> Any:
-    from types import SimpleNamespace
-
     return SimpleNamespace(pk=principal.user_id or None, username=principal.username)
 
 

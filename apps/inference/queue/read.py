@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Count, IntegerField, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django_q.status import Stat
 
 from apps.inference.models import InferenceTask, Priority, QueueEntry, TaskBatch
 from apps.inference.queue.common import S, list_key, queue_max
@@ -65,8 +66,6 @@ def batch_progress(batch: TaskBatch) -> dict[str, Any]:
 
 def health() -> dict[str, Any]:
     """Depth per priority, the oldest wait, and the django-q2 clusters that reported recently."""
-    from django_q.status import Stat
-
     now = timezone.now()
     queued = InferenceTask.objects.queued()
     depth = {p.name.lower(): 0 for p in Priority}

@@ -13,6 +13,7 @@ from typing import Any
 from django.db import close_old_connections, connection
 from django_q.exceptions import TimeoutException
 
+from apps.gpu import policy
 from apps.inference import router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
@@ -168,8 +169,6 @@ def run_task(task_id: str, collate: bool = True) -> str:
     after the policy's wait, or the GPU policy holding new work) is not failed: it goes back to the
     queue in its old place (``_requeue``) and this worker stops claiming more for that model.
     """
-    from apps.gpu import policy
-
     limit = max(policy.batch_size(), 1) if collate else 1
     try:
         group, state = _claim_group(task_id, None, limit)
