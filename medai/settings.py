@@ -278,6 +278,35 @@ MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
 # Records a process may hold unwritten (the database is slow or down); past it, 503 until it drains.
 MEDAI_RECORD_BACKLOG = envint("MEDAI_RECORD_BACKLOG", 10_000, minimum=1)
 
+# --- governance: rate limits and quotas (apps/accounts/governance/) ---
+# Off only to measure what governance costs (bench/governance_overhead.py): no limit of any kind.
+MEDAI_GOVERNANCE = envbool("MEDAI_GOVERNANCE", True)
+# Token buckets: requests per second refilled and the bucket's size (0 turns a bucket off). A key's
+# own values are editable in admin (API key rate limits); every request takes from all that apply.
+MEDAI_RATE_LIMIT_KEY_RATE = envfloat("MEDAI_RATE_LIMIT_KEY_RATE", 50.0)
+MEDAI_RATE_LIMIT_KEY_BURST = envint("MEDAI_RATE_LIMIT_KEY_BURST", 100, minimum=0)
+MEDAI_RATE_LIMIT_USER_RATE = envfloat("MEDAI_RATE_LIMIT_USER_RATE", 50.0)
+MEDAI_RATE_LIMIT_USER_BURST = envint("MEDAI_RATE_LIMIT_USER_BURST", 100, minimum=0)
+MEDAI_RATE_LIMIT_IP_RATE = envfloat("MEDAI_RATE_LIMIT_IP_RATE", 200.0)
+MEDAI_RATE_LIMIT_IP_BURST = envint("MEDAI_RATE_LIMIT_IP_BURST", 400, minimum=0)
+# Sync requests one API key (or one user's session) may have in flight at once (0: no cap).
+MEDAI_INFLIGHT_PER_KEY = envint("MEDAI_INFLIGHT_PER_KEY", 32, minimum=0)
+# A quota hold (and an in-flight slot) not settled within its lease (its process died) is released.
+MEDAI_QUOTA_LEASE_SECONDS = envfloat("MEDAI_QUOTA_LEASE_SECONDS", 900.0)
+MEDAI_QUOTA_ASYNC_LEASE_SECONDS = envfloat("MEDAI_QUOTA_ASYNC_LEASE_SECONDS", 86_400.0)  # a queued task's
+# Completion tokens held for a request without max_tokens (and then its cap, when a token quota applies).
+MEDAI_QUOTA_DEFAULT_MAX_TOKENS = envint("MEDAI_QUOTA_DEFAULT_MAX_TOKENS", 1024, minimum=1)
+# Tokens held on top of the prompt's size for what routing adds (an agent route's system prompt).
+MEDAI_QUOTA_PROMPT_OVERHEAD = envint("MEDAI_QUOTA_PROMPT_OVERHEAD", 64, minimum=0)
+# Redis down: refuse (503, the default) or serve unmetered; each organization can choose otherwise in admin.
+MEDAI_GOVERNANCE_FAIL_OPEN = envbool("MEDAI_GOVERNANCE_FAIL_OPEN", False)
+for _name in ("MEDAI_RATE_LIMIT_KEY_RATE", "MEDAI_RATE_LIMIT_USER_RATE", "MEDAI_RATE_LIMIT_IP_RATE"):
+    if globals()[_name] < 0:
+        raise ImproperlyConfigured(f"{_name} must be >= 0")
+for _name in ("MEDAI_QUOTA_LEASE_SECONDS", "MEDAI_QUOTA_ASYNC_LEASE_SECONDS"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be positive")
+
 # --- GPU: sampling, policy, resilience, supervision (apps/gpu) ---
 MEDAI_GPU_PROVIDER = env("MEDAI_GPU_PROVIDER", "auto")  # auto | nvml | simulated | none
 if MEDAI_GPU_PROVIDER not in ("auto", "nvml", "simulated", "none"):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from rest_framework.test import APIClient
 
+from apps.accounts import governance
 from apps.accounts.models import Location, Organization, User
 from apps.accounts.services import create_api_key, issue_tokens
 from apps.gpu import shared as gpu_shared
@@ -41,6 +42,7 @@ def _fresh_caches() -> Iterator[None]:
     account_services._user_cache.clear()
     account_services._revoked_cache.clear()
     gpu_shared.flush_shared()  # circuits, health, slots, GPU state: nothing leaks between tests
+    governance.flush()  # rate-limit buckets, quota counters and holds, the limits' mirror
     yield
     router.invalidate()
 

@@ -10,3 +10,6 @@ class AccountsConfig(AppConfig):
         # Imported for its side effect (it registers the OpenAPI auth extension with
         # drf-spectacular): ready() is where an app does that, once its registry is loaded.
         from apps.accounts import schema  # noqa: F401
+        from apps.accounts.governance import quotas
+
+        quotas.connect_signals()  # quota changes reach Redis (the request path's only source)

@@ -17,6 +17,13 @@ ALL_SCOPES = (SCOPE_INFERENCE, SCOPE_READ, SCOPE_AUDIT)
 class Organization(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    quota_fail_open = models.BooleanField(
+        default=False,
+        help_text=(
+            "When the quota and rate-limit store (Redis) is unreachable: serve this organization's "
+            "requests unmetered (checked) or refuse them with 503 (unchecked, the default)."
+        ),
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -133,3 +140,74 @@ class RevokedAccessToken(models.Model):
 
     def __str__(self) -> str:
         return self.jti
+
+
+class Quota(models.Model):
+    """A limit on requests and/or tokens per day or month, for an organization or one location.
+
+    Enforced in Redis (apps/accounts/governance/); this row is the source of truth that
+    ``governance.quotas.publish`` mirrors there after every change. Empty limit: unlimited."""
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        MONTH = "month"
+
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    location = models.ForeignKey(Location, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas")
+    period = models.CharField(max_length=8, choices=Period.choices)
+    max_requests = models.PositiveBigIntegerField(null=True, blank=True, help_text="Empty: no request limit.")
+    max_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt plus completion tokens. Empty: no token limit."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(organization__isnull=False, location__isnull=True)
+                    | models.Q(organization__isnull=True, location__isnull=False)
+                ),
+                name="quota_one_scope",
+                violation_error_message="A quota is for an organization or for a location, not both.",
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "period"], condition=models.Q(location__isnull=True), name="quota_org_period"
+            ),
+            models.UniqueConstraint(
+                fields=["location", "period"], condition=models.Q(organization__isnull=True), name="quota_loc_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.max_requests} requests" if self.max_requests is not None else "",
+            f"{self.max_tokens} tokens" if self.max_tokens is not None else "",
+        ]
+        return f"{self.scope_name} per {self.period}: {', '.join(p for p in parts if p) or 'unlimited'}"
+
+    @property
+    def scope_name(self) -> str:
+        if self.location is not None:
+            return f"location '{self.location.code}'"
+        return f"organization '{self.organization.name}'" if self.organization is not None else "?"
+
+
+class ApiKeyLimit(models.Model):
+    """A key's own rate limits, overriding the settings' defaults (MEDAI_RATE_LIMIT_KEY_*,
+    MEDAI_INFLIGHT_PER_KEY). Empty: the default."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="limit")
+    rate = models.FloatField(null=True, blank=True, help_text="Requests per second refilled. Empty: the default.")
+    burst = models.PositiveIntegerField(null=True, blank=True, help_text="Bucket size. Empty: the default.")
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests of this key at once. Empty: the default."
+    )
+
+    class Meta:
+        verbose_name = "API key rate limit"
+
+    def __str__(self) -> str:
+        return f"limits of {self.api_key}"

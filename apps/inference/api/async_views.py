@@ -29,6 +29,7 @@ from apps.inference.api.serializers import (
     QueueHealthSerializer,
     TaskErrorSerializer,
 )
+from apps.inference.api.views import with_rate_limit
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, TaskBatch
 from apps.inference.pipeline import gate
@@ -118,7 +119,15 @@ def _status(task: InferenceTask) -> dict[str, Any]:
     return _statuses([task])[0]
 
 
-class SubmitView(APIView):
+class RateLimitedView(APIView):
+    """An endpoint behind the pipeline's rate-limit step: every answer (success or error) carries
+    the ``X-RateLimit-*`` headers of its decision."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        return with_rate_limit(super().finalize_response(request, response, *args, **kwargs))
+
+
+class SubmitView(RateLimitedView):
     """``POST /v1/async/submit``: queue one chat request → 202 ``{task_id, status, position}``."""
 
     permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once
@@ -132,13 +141,15 @@ class SubmitView(APIView):
         if not isinstance(request.data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
         principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once
-        submitted = queue.submit_task(principal, request.data, getattr(request, "correlation_id", ""))
+        submitted = queue.submit_task(
+            principal, request.data, getattr(request, "correlation_id", ""), client_ip=request.META.get("REMOTE_ADDR")
+        )
         body = _status(submitted.task)
         body["deduplicated"] = not submitted.created
         return Response(body, status=202)
 
 
-class SubmitBatchView(APIView):
+class SubmitBatchView(RateLimitedView):
     """``POST /v1/async/submit-batch {requests: [...]}`` → 202 ``{batch_id, task_ids}``."""
 
     permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once for the batch
@@ -151,7 +162,12 @@ class SubmitBatchView(APIView):
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
         principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once for every item
-        batch, tasks = queue.submit_batch(principal, data.get("requests"), getattr(request, "correlation_id", ""))
+        batch, tasks = queue.submit_batch(
+            principal,
+            data.get("requests"),
+            getattr(request, "correlation_id", ""),
+            client_ip=request.META.get("REMOTE_ADDR"),
+        )
         return Response(
             {"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"}, status=202
         )

@@ -5,7 +5,7 @@ function as the DRF views, once, then runs the pipeline (apps/inference/pipeline
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts import governance
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanListModels
 from apps.inference import services
@@ -45,8 +46,24 @@ def _read_body(request: HttpRequest) -> bytes:
         ) from None
 
 
+R = TypeVar("R", bound=HttpResponse | StreamingHttpResponse)
+
+
+def with_rate_limit(response: R) -> R:
+    """Add this request's ``X-RateLimit-*`` headers (governance.rate_limit_headers) to an answer of a
+    rate-limited endpoint, success or error, once the rate-limit step ran."""
+    for name, value in governance.rate_limit_headers().items():
+        if name not in response:
+            response[name] = value
+    return response
+
+
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return with_rate_limit(await _chat_completions(request))
+
+
+async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE).
 
     Authenticated once; authorization, validation and routing run on the event loop when this

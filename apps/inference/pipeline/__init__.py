@@ -5,8 +5,8 @@ later endpoint), in this order (``steps.STEPS``; DESIGN.md "Layers and the pipel
     authenticate   accounts      once per HTTP request → Principal     gate.authenticate / authenticated
     authorize      accounts      the action's scope                    gate.authorize
     validate       inference     a plain dict → a validated request    gate.validate_* (apps/inference/validation/)
-    rate limit     accounts      token buckets (no-op until issue 10)  gate.rate_limit (apps/accounts/governance.py)
-    quota reserve  accounts      a reservation (no-op until issue 10)  gate.reserve_quota
+    rate limit     accounts      token buckets, in-flight cap          gate.limit_and_reserve (apps/accounts/governance/)
+    quota reserve  accounts      a hold per request (same script)      gate.limit_and_reserve
     route          inference     model or agent type → candidates      gate.route (apps/inference/router.py)
     admit          gpu           GPU policy, slots, a bounded wait     dispatch.admit
     dispatch       inference     the call, retries, breaker, failover  dispatch.call_with_failover (run.py)

@@ -101,15 +101,38 @@ def validate_batch(items: Any) -> list[tuple[dict[str, Any], float | None]]:
     return validation.validate_batch(items)
 
 
-# --- rate limit, quota reserve (apps/accounts/governance.py) -------------------------------------
+# --- rate limit, quota reserve (apps/accounts/governance/) ---------------------------------------
 
 
 def _limited(exc: governance.LimitExceeded) -> ApiError:
-    return ApiError(429, exc.code, exc.message, headers={**exc.headers, "Retry-After": str(exc.retry_after)})
+    return ApiError(exc.status, exc.code, exc.message, headers={**exc.headers, "Retry-After": str(exc.retry_after)})
+
+
+def limit_and_reserve(
+    principal: Principal,
+    reqs: list[dict[str, Any]],
+    *,
+    ip: str | None = None,
+    refs: list[str] | None = None,
+    in_flight: bool = False,
+) -> tuple[governance.RateLimit, list[governance.Reservation]]:
+    """The rate limit and quota reserve steps in one Redis round trip (governance.admit): one
+    unit per request from the caller's buckets, a hold per validated request (``refs``: the ids
+    the holds are kept under, an async task's id), an in-flight slot for a sync request.
+    ApiError 429 (rate, in-flight or quota, with ``Retry-After``) or 503 (store down, fail closed)."""
+    steps.enter(steps.RATE_LIMIT)
+    steps.enter(steps.QUOTA_RESERVE)
+    refs = refs or [""] * len(reqs)
+    items = [governance.item_of(req, ref) for req, ref in zip(reqs, refs, strict=True)]
+    try:
+        admitted = governance.admit(principal, items=items, ip=ip, units=len(reqs), in_flight=in_flight)
+    except governance.LimitExceeded as exc:
+        raise _limited(exc) from None
+    return admitted.rate_limit, admitted.reservations
 
 
 def rate_limit(principal: Principal, *, units: int = 1, ip: str | None = None) -> governance.RateLimit:
-    """The rate limit step, once per HTTP request (``units``: the items of a batch); ApiError 429."""
+    """The rate limit step alone, once per HTTP request (``units``: the items of a batch); ApiError 429."""
     steps.enter(steps.RATE_LIMIT)
     try:
         return governance.check_rate_limit(principal, action=governance.CHAT, units=units, ip=ip)
@@ -117,27 +140,14 @@ def rate_limit(principal: Principal, *, units: int = 1, ip: str | None = None) -
         raise _limited(exc) from None
 
 
-def reserve_quota(
-    principal: Principal, req: dict[str, Any], *, requests: int = 1, ref: str = ""
-) -> governance.Reservation:
-    """The quota reserve step; ApiError 429. ``req``: the (first) validated request."""
-    steps.enter(steps.QUOTA_RESERVE)
-    try:
-        return governance.reserve(
-            principal,
-            action=governance.CHAT,
-            model=req.get("model") or req.get("agent_type") or "",
-            requests=requests,
-            max_tokens=req.get("max_completion_tokens") or req.get("max_tokens"),
-            ref=ref,
-        )
-    except governance.LimitExceeded as exc:
-        raise _limited(exc) from None
-
-
 def release(reservation: governance.Reservation) -> None:
     """Settle a reservation whose request never reached a model (refused after it was made)."""
     governance.reconcile(reservation, prompt_tokens=0, completion_tokens=0, completed=False)
+
+
+def release_all(reservations: list[governance.Reservation]) -> None:
+    """``release`` for many, in one round trip (an async submission that was refused or reused)."""
+    governance.settle_many([(r, 0, 0, False) for r in reservations])
 
 
 # --- route --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ model is called), built from an authenticated Principal and a validated request.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,7 @@ class ChatPlan:
     # What the quota step reserved, settled by the reconcile step (apps/accounts/governance.py).
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
+    task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
 
 
 def _check_chat(
@@ -88,8 +90,15 @@ def _check_chat(
 ) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
     gate.authorize(principal, SCOPE_INFERENCE)
     req = gate.validate_chat(body)
-    limit = gate.rate_limit(principal, ip=client_ip)
-    return req, limit, gate.reserve_quota(principal, req)
+    limit, [reservation] = gate.limit_and_reserve(principal, [req], ip=client_ip, in_flight=True)
+    return req, limit, reservation
+
+
+def _cap_completion(plan: ChatPlan, reservation: governance.Reservation) -> None:
+    """A request without ``max_tokens`` under a token quota is capped at the tokens held for it,
+    so that what it uses never exceeds what was reserved (the quota stays exact)."""
+    if reservation.completion_cap and "max_tokens" not in plan.payload and "max_completion_tokens" not in plan.payload:
+        plan.payload["max_tokens"] = reservation.completion_cap
 
 
 def _chat_plan(
@@ -104,6 +113,7 @@ def _chat_plan(
     plan = build_plan(principal, req, route, correlation_id)
     plan.client_ip, plan.user_agent = client_ip, user_agent
     plan.rate_limit, plan.reservation = checked[1], checked[2]
+    _cap_completion(plan, checked[2])
     return plan
 
 
@@ -147,7 +157,7 @@ def plan_chat_sync(
 
 
 def plan_tasks(
-    principal: Principal, items: Any, correlation_id: str = "", *, batch: bool = False
+    principal: Principal, items: Any, correlation_id: str = "", *, batch: bool = False, client_ip: str | None = None
 ) -> list[tuple[ChatPlan, float | None]]:
     """Authorize, validate, rate-limit, reserve and route async task requests (one HTTP request: a
     submit of one item, or a ``batch`` of ``items``): [(plan, deadline_s)], each item validated
@@ -155,8 +165,10 @@ def plan_tasks(
     Sync: routing may query."""
     gate.authorize(principal, SCOPE_INFERENCE)
     validated = gate.validate_batch(items) if batch else [gate.validate_task(items[0])]
-    gate.rate_limit(principal, units=len(validated))
-    reservation = gate.reserve_quota(principal, validated[0][0], requests=len(validated))
+    task_ids = [uuid.uuid4() for _ in validated]  # chosen now: each task's hold is kept under its id
+    _, reservations = gate.limit_and_reserve(
+        principal, [req for req, _ in validated], ip=client_ip, refs=[str(i) for i in task_ids]
+    )
     try:
         plans = []
         routes: dict[tuple[str, str], router.Route] = {}
@@ -171,10 +183,11 @@ def plan_tasks(
                         exc.param = f"requests[{i}].{exc.param}" if exc.param else f"requests[{i}]"
                     raise
             plan = build_plan(principal, req, routes[key], correlation_id)
-            plan.reservation = reservation
+            plan.reservation, plan.task_id = reservations[i], task_ids[i]
+            _cap_completion(plan, reservations[i])
             plans.append((plan, deadline_s))
     except BaseException:
-        gate.release(reservation)
+        gate.release_all(reservations)
         raise
     return plans
 

@@ -51,14 +51,25 @@ def reconcile(plan: ChatPlan, status: str) -> None:
 def reconcile_tasks(tasks: list[InferenceTask]) -> None:
     """The reconcile step of finished async tasks: each settles the reservation made at submit."""
     steps.enter(steps.RECONCILE)
-    for task in tasks:
-        reservation = governance.reservation_for(task_principal(task), action=governance.CHAT, ref=str(task.id))
-        governance.reconcile(
-            reservation,
-            prompt_tokens=task.prompt_tokens,
-            completion_tokens=task.completion_tokens,
-            completed=task.status == InferenceTask.Status.COMPLETED,
-        )
+    governance.settle_many(
+        [
+            (
+                governance.reservation_for(task_principal(task), action=governance.CHAT, ref=str(task.id)),
+                task.prompt_tokens,
+                task.completion_tokens,
+                task.status == InferenceTask.Status.COMPLETED,
+            )
+            for task in tasks
+        ]
+    )
+
+
+def release_tasks(task_ids: list[Any]) -> None:
+    """The reconcile step of async tasks that will never run (cancelled, expired): the holds made
+    at their submission are released (one round trip)."""
+    if task_ids:
+        steps.enter(steps.RECONCILE)
+        governance.release_refs([str(i) for i in task_ids])
 
 
 # --- audit and metrics -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from apps.audit.services import record_event
 from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.pipeline import record
 from apps.inference.queue.common import _actor
 from apps.inference.queue.notify import push_update
 
@@ -30,5 +31,6 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
         record_event("inference.cancel", actor=_actor(principal), location=principal.location_code, obj=task)
         transaction.on_commit(lambda: push_update(task.id))
         transaction.on_commit(lambda: inference_metrics.count_finished("async", "cancelled"))
+        transaction.on_commit(lambda: record.release_tasks([task.id]))  # its quota hold
     task.refresh_from_db()
     return task

@@ -10,6 +10,7 @@ from django.utils import timezone
 from apps.inference import broker
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
+from apps.inference.pipeline import record
 from apps.inference.queue.common import _package, list_key, logger
 
 
@@ -23,6 +24,7 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
         overdue, expired = InferenceTask.objects.expire_due(now)
         QueueEntry.objects.of_tasks(overdue).delete()
     inference_metrics.count_finished("async", "expired", expired)
+    record.release_tasks(overdue)  # their quota holds (a task that ran meanwhile settled its own)
     purged = InferenceTask.objects.purge_due(now)
     return {"expired": expired, "purged": purged}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from apps.audit.services import record_event
 from apps.inference import broker, push
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, TaskBatch
+from apps.inference.pipeline import gate
 from apps.inference.pipeline.plan import ChatPlan, plan_tasks
 from apps.inference.queue.common import (
     LIVE,
@@ -115,6 +117,7 @@ def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch |
     p = plan.principal
     deadline = now + timedelta(seconds=spec["deadline_s"]) if spec["deadline_s"] else None
     return InferenceTask(
+        id=plan.task_id or uuid.uuid4(),  # the id its quota hold was made under (plan_tasks)
         mode=InferenceTask.Mode.ASYNC,
         status=S.QUEUED,
         priority=plan.priority,
@@ -151,10 +154,12 @@ def _key(plan: ChatPlan, spec: dict[str, Any]) -> str:
 
 
 @unit_of_work
-def submit_task(principal: Principal, item: dict[str, Any], correlation_id: str = "") -> Submitted:
+def submit_task(
+    principal: Principal, item: dict[str, Any], correlation_id: str = "", *, client_ip: str | None = None
+) -> Submitted:
     """Validate, route and queue one chat request (a parsed JSON object) of an authenticated
     caller; returns the new or the identical existing task."""
-    [(plan, deadline_s)] = plan_tasks(principal, [item], correlation_id)
+    [(plan, deadline_s)] = plan_tasks(principal, [item], correlation_id, client_ip=client_ip)
     spec = _spec(item, plan, deadline_s)
     key = _key(plan, spec)
     try:
@@ -162,6 +167,7 @@ def submit_task(principal: Principal, item: dict[str, Any], correlation_id: str 
             now = timezone.now()
             existing = _existing(plan.principal, [key], now).get(key)
             if existing is not None:
+                gate.release(plan.reservation)  # the existing task holds its own
                 return Submitted(existing, False)
             _admit([plan.priority])
             task = _new_task(plan, spec, key, None, now)
@@ -173,13 +179,18 @@ def submit_task(principal: Principal, item: dict[str, Any], correlation_id: str 
                 obj=task,
                 details={"priority": Priority(plan.priority).name.lower()},
             )
-    except DatabaseError as exc:
-        raise _db_down(exc) from None
+    except BaseException as exc:
+        gate.release(plan.reservation)  # nothing was queued: nothing stays held
+        if isinstance(exc, DatabaseError):
+            raise _db_down(exc) from None
+        raise
     return Submitted(task, True)
 
 
 @unit_of_work
-def submit_batch(principal: Principal, items: Any, correlation_id: str = "") -> tuple[TaskBatch, list[InferenceTask]]:
+def submit_batch(
+    principal: Principal, items: Any, correlation_id: str = "", *, client_ip: str | None = None
+) -> tuple[TaskBatch, list[InferenceTask]]:
     """Queue up to MEDAI_BATCH_MAX requests (parsed JSON objects) of an authenticated caller as one
     batch, all or none: the caller authorized, rate-limited and reserved for once, each item
     validated and routed once.
@@ -191,7 +202,7 @@ def submit_batch(principal: Principal, items: Any, correlation_id: str = "") -> 
     counts such reused tasks in its progress. Within the batch, entries keep the items' order
     (FIFO within a level).
     """
-    planned = plan_tasks(principal, items, correlation_id, batch=True)  # ApiError 400/413 naming the item
+    planned = plan_tasks(principal, items, correlation_id, batch=True, client_ip=client_ip)  # 400/413 naming the item
     prepared = [(plan, _spec(item, plan, deadline_s)) for item, (plan, deadline_s) in zip(items, planned, strict=True)]
     keys = [_key(plan, spec) for plan, spec in prepared]
     try:
@@ -228,6 +239,12 @@ def submit_batch(principal: Principal, items: Any, correlation_id: str = "") -> 
                     "priority": Priority(max(p.priority for p, _ in prepared)).name.lower(),
                 },
             )
-    except DatabaseError as exc:
-        raise _db_down(exc) from None
+    except BaseException as exc:
+        gate.release_all([plan.reservation for plan, _ in prepared])  # nothing was queued
+        if isinstance(exc, DatabaseError):
+            raise _db_down(exc) from None
+        raise
+    # the items that made no task of their own (reused, or repeated within the batch) hold nothing
+    made = {t.id for t in new}
+    gate.release_all([plan.reservation for plan, _ in prepared if plan.task_id not in made])
     return batch, [by_key[k] for k in keys]

@@ -1,0 +1,447 @@
+"""Governance of inference: rate limits and quotas (issue 10), exact across processes.
+
+The pipeline (apps/inference/pipeline/) calls these at fixed points of every request to a model,
+whatever the entry point (chat, stream, the async API, batches):
+
+    authenticate → authorize → validate → **rate limit** → **quota reserve** → route → admit
+    → dispatch → **reconcile** → audit → metrics
+
+Contracts (plain values in, plain values out; accounts imports nothing of gpu or inference):
+
+* ``admit(principal, items=, ip=, units=, in_flight=)``: rate limit and quota reserve in one
+  Redis script, one round trip: takes ``units`` from the caller's token buckets (per API key,
+  user, IP), counts the request against the key's in-flight cap (sync chat), and holds requests
+  and tokens (each ``Item``'s prompt estimate plus its ``max_tokens``, or
+  MEDAI_QUOTA_DEFAULT_MAX_TOKENS) against the organization's and the location's daily and monthly
+  quotas. All or nothing: a refusal takes nothing. Returns the ``RateLimit`` (its ``headers``,
+  ``X-RateLimit-*``) and a ``Reservation`` per item; raises ``LimitExceeded`` (429 with
+  ``Retry-After``: a bucket's refill time, or the quota window's end) or ``Unavailable`` (503:
+  Redis is down and the organization fails closed, the default).
+  ``check_rate_limit`` and ``reserve`` are its two halves, for callers that need only one.
+* ``reconcile(reservation, prompt_tokens=, completion_tokens=, completed=)`` exactly once per
+  reservation: the real usage replaces the hold (a request counts when it completed or used
+  tokens; nothing when it never reached a model), and the in-flight slot is freed. Never raises.
+  A hold that is never settled (the process died) is released when its lease ends
+  (MEDAI_QUOTA_LEASE_SECONDS; MEDAI_QUOTA_ASYNC_LEASE_SECONDS for a queued task), by the next
+  script that runs; a settle after that charges the real usage.
+* ``reservation_for(principal, ref=)``: the hold made at submit for an async task (``ref``: its
+  id, chosen before the task row exists), as the worker that settles it finds it.
+
+Exactness: every check and every change of a request is one Lua script, atomic in Redis, with
+Redis's clock; the quotas themselves are mirrored into Redis on every change (quotas.py), so the
+request path never queries the database. What a window used is counted as it is reserved, so
+``N`` requests of quota ``N`` across any number of processes admit exactly ``N``.
+
+For sync chat this runs on the web process's event loop: one blocking round trip (~0.1 ms on
+loopback) costs less than a hop to a thread. None of it writes an audit event: the inference's
+own event (apps/inference/auditing.py) is the record; a refusal is the 429 the caller sees.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+from django.conf import settings
+
+from apps.accounts.governance import quotas, store
+
+if TYPE_CHECKING:
+    from apps.accounts.services import Principal
+
+logger = logging.getLogger("medai.governance")
+
+CHAT = "chat"  # the action of a chat completion, sync or async
+
+
+class LimitExceeded(Exception):
+    """A rate limit or quota refuses this request: answers 429 with ``Retry-After``."""
+
+    status = 429
+
+    def __init__(self, code: str, message: str, retry_after: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
+        self.headers = headers or {}
+
+
+class Unavailable(LimitExceeded):
+    """The counter store is down and this organization fails closed: 503, nothing was sent."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """What the rate limiter decided for a request it let through."""
+
+    headers: dict[str, str] = field(default_factory=dict)  # X-RateLimit-Limit, -Remaining, -Reset
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Requests and tokens held against a quota until ``reconcile`` settles them."""
+
+    user_id: int
+    location_pk: int
+    organization_id: int | None
+    action: str
+    requests: int = 0
+    tokens: int = 0
+    ref: str = ""  # what it is for (a task id), when another process settles it
+    hold: str = ""  # the hold's id in Redis ("": nothing held, nothing to settle there)
+    keys: tuple[str, ...] = ()  # the counters a settle charges when the hold is gone
+    in_flight: tuple[str, str] | None = None  # (zset, member) of the in-flight cap
+    completion_cap: int = 0  # the completion tokens held, when a token quota applies
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request to hold quota for: its prompt's estimated tokens, its ``max_tokens``, and the
+    id of the hold (an async task's id; empty: a new one)."""
+
+    prompt_tokens: int
+    max_tokens: int | None = None
+    ref: str = ""
+
+
+NO_LIMIT = RateLimit()
+_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "medai_rate_limit_headers", default=None
+)
+_fail_open: dict[int | None, bool] = {}  # organization → fails open, as the last script answer said
+
+
+def enabled() -> bool:
+    return bool(settings.MEDAI_GOVERNANCE)
+
+
+def rate_limit_headers() -> dict[str, str]:
+    """The ``X-RateLimit-*`` headers of this request's last rate-limit decision (a view adds them
+    to its answer, also to an error after the rate-limit step)."""
+    return _headers.get() or {}
+
+
+def estimate_prompt_tokens(req: dict[str, Any]) -> int:
+    """An upper bound of a request's prompt tokens without a tokenizer: the UTF-8 bytes of its
+    messages and tools as JSON (byte-level BPE never makes more tokens than bytes; the JSON's
+    quotes and keys outnumber a chat template's markers) plus MEDAI_QUOTA_PROMPT_OVERHEAD for what
+    is added later (a route's system prompt). Over-reserving is released at reconcile."""
+    size = len(json.dumps(req.get("messages") or [], ensure_ascii=False, separators=(",", ":")).encode())
+    if req.get("tools"):
+        size += len(json.dumps(req["tools"], ensure_ascii=False, separators=(",", ":")).encode())
+    return size + int(settings.MEDAI_QUOTA_PROMPT_OVERHEAD)
+
+
+def item_of(req: dict[str, Any], ref: str = "") -> Item:
+    """The quota item of a validated chat request."""
+    return Item(estimate_prompt_tokens(req), req.get("max_completion_tokens") or req.get("max_tokens"), ref)
+
+
+# --- admission: rate limit + in-flight + quota reserve, one script ---------------------------------
+
+
+@dataclass(frozen=True)
+class Admitted:
+    rate_limit: RateLimit
+    reservations: list[Reservation]
+
+
+def _scopes(principal: Principal) -> list[str]:
+    scopes = [f"l:{principal.location_pk}"]
+    if principal.organization_id is not None:
+        scopes.insert(0, f"o:{principal.organization_id}")
+    return scopes
+
+
+def _credential(principal: Principal) -> str:
+    return f"k:{principal.api_key_id}" if principal.api_key_id is not None else f"u:{principal.user_id}"
+
+
+def _buckets(principal: Principal, ip: str | None) -> list[tuple[str, float, float, str]]:
+    p = store.prefix()
+    out: list[tuple[str, float, float, str]] = []
+    if principal.api_key_id is not None:
+        out.append(
+            (
+                f"{p}b:k:{principal.api_key_id}",
+                settings.MEDAI_RATE_LIMIT_KEY_RATE,
+                settings.MEDAI_RATE_LIMIT_KEY_BURST,
+                f"k:{principal.api_key_id}",
+            )
+        )
+    out.append(
+        (f"{p}b:u:{principal.user_id}", settings.MEDAI_RATE_LIMIT_USER_RATE, settings.MEDAI_RATE_LIMIT_USER_BURST, "")
+    )
+    if ip:
+        out.append((f"{p}b:i:{ip}", settings.MEDAI_RATE_LIMIT_IP_RATE, settings.MEDAI_RATE_LIMIT_IP_BURST, ""))
+    return out
+
+
+_ADJECTIVE = {"day": "daily", "month": "monthly"}
+_BUCKET_NAMES = {"k": "API key", "u": "user", "i": "IP address"}
+
+
+def admit(
+    principal: Principal,
+    *,
+    items: Sequence[Item] = (),
+    ip: str | None = None,
+    units: int = 1,
+    rate: bool = True,
+    in_flight: bool = False,
+    action: str = CHAT,
+) -> Admitted:
+    """Rate limit (``rate``: ``units`` from each bucket), in-flight cap (``in_flight``) and quota
+    reservation of ``items``, atomically in one round trip. See the module's contract."""
+    if not enabled():
+        return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+    w = store.windows()
+    p = store.prefix()
+    refs = [it.ref or uuid.uuid4().hex for it in items]
+    amounts = [it.prompt_tokens + (it.max_tokens or settings.MEDAI_QUOTA_DEFAULT_MAX_TOKENS) for it in items]
+    scopes = _scopes(principal) if items else []
+    async_hold = any(it.ref for it in items)
+    lease = settings.MEDAI_QUOTA_ASYNC_LEASE_SECONDS if async_hold else settings.MEDAI_QUOTA_LEASE_SECONDS
+    args: list[Any] = [p, units, len(items), lease]
+    buckets = _buckets(principal, ip) if rate else []
+    args.append(len(buckets))
+    for bucket in buckets:
+        args.extend(bucket)
+    cred = _credential(principal)
+    flight = (f"{p}f:{cred}", refs[0]) if in_flight and refs else None
+    key_field = f"k:{principal.api_key_id}" if principal.api_key_id is not None else ""
+    if flight:
+        args += [flight[0], settings.MEDAI_INFLIGHT_PER_KEY, flight[1], settings.MEDAI_QUOTA_LEASE_SECONDS, key_field]
+    else:
+        args += ["", 0, "", 0, ""]
+    args.append(len(scopes))
+    for scope in scopes:
+        args += [scope, store.counter_key(scope, w.day), w.day_end, store.counter_key(scope, w.month), w.month_end]
+    args.append(len(items))
+    for ref, amount in zip(refs, amounts, strict=True):
+        args += [ref, amount]
+    args.append(f"fo:{principal.organization_id}" if principal.organization_id is not None else "")
+    keys = [p + "lim", p + "leases"]
+    try:
+        answer = store.run("ADMIT", keys, args)
+        if answer[0] == "reload":
+            quotas.publish_from_anywhere()
+            answer = store.run("ADMIT", keys, args)
+    except redis.RedisError as exc:
+        return _store_down(principal, action, items, exc)
+    kind = answer[0]
+    if kind == "rate":
+        _, limit, remaining, reset_ms, retry_ms, which = answer
+        headers = _rate_headers(limit, remaining, reset_ms)
+        _headers.set(headers)
+        who = _BUCKET_NAMES.get(which.removeprefix(p + "b:").split(":", 1)[0], "caller")
+        if int(retry_ms) < 0:
+            raise LimitExceeded(
+                "rate_limit_exceeded",
+                f"Rate limit of this {who}: {units} requests at once exceed its burst of {limit}.",
+                max(1, math.ceil(int(reset_ms) / 1000)),
+                headers,
+            )
+        raise LimitExceeded(
+            "rate_limit_exceeded",
+            f"Rate limit of this {who} exceeded (burst {limit}); retry in {math.ceil(int(retry_ms) / 1000)} s.",
+            max(1, math.ceil(int(retry_ms) / 1000)),
+            headers,
+        )
+    if kind == "inflight":
+        raise LimitExceeded(
+            "too_many_concurrent_requests",
+            f"This credential already has {answer[1]} requests in flight (its limit); retry when one ends.",
+            1,
+            rate_limit_headers(),
+        )
+    if kind == "quota":
+        _, name, period, what, limit, used, window_end, fail_open = answer
+        _fail_open[principal.organization_id] = fail_open == "1"
+        retry = max(1, math.ceil(float(window_end) - time.time()))
+        resets = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(window_end)))
+        raise LimitExceeded(
+            "quota_exceeded",
+            f"The {_ADJECTIVE.get(period, period)} {what} quota of {name} is used up ({used} of {limit} used "
+            f"or held by requests in flight; this request needs more); it resets at {resets}.",
+            retry,
+            rate_limit_headers(),
+        )
+    _, limit, remaining, reset_ms, fail_open, token_limited = answer
+    _fail_open[principal.organization_id] = fail_open == "1"
+    rl = RateLimit(_rate_headers(limit, remaining, reset_ms)) if int(limit) >= 0 else NO_LIMIT
+    _headers.set(rl.headers)
+    counters = tuple(store.scope_keys(scopes, w))
+    capped = token_limited == "1"
+    reservations = [
+        Reservation(
+            principal.user_id,
+            principal.location_pk,
+            principal.organization_id,
+            action,
+            1,
+            amount,
+            it.ref,
+            ref,
+            counters,
+            flight if i == 0 else None,
+            (it.max_tokens or settings.MEDAI_QUOTA_DEFAULT_MAX_TOKENS) if capped else 0,
+        )
+        for i, (it, ref, amount) in enumerate(zip(items, refs, amounts, strict=True))
+    ]
+    return Admitted(rl, reservations)
+
+
+def _rate_headers(limit: str, remaining: str, reset_ms: str) -> dict[str, str]:
+    if int(limit) < 0:
+        return {}
+    return {
+        "X-RateLimit-Limit": limit,
+        "X-RateLimit-Remaining": remaining,
+        "X-RateLimit-Reset": str(max(0, math.ceil(int(reset_ms) / 1000))),
+    }
+
+
+def _empty(principal: Principal, action: str, item: Item | None = None) -> Reservation:
+    return Reservation(
+        principal.user_id, principal.location_pk, principal.organization_id, action, 1, 0, item.ref if item else ""
+    )
+
+
+def _store_down(principal: Principal, action: str, items: Sequence[Item], exc: Exception) -> Admitted:
+    """Redis is unreachable: fail open (unmetered) or closed (503), as the organization chose."""
+    fail_open = _fail_open.get(principal.organization_id)
+    if fail_open is None:
+        fail_open = settings.MEDAI_GOVERNANCE_FAIL_OPEN
+    if fail_open:
+        logger.warning("quota store unavailable (%s): request admitted unmetered (fail open)", type(exc).__name__)
+        return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+    raise Unavailable(
+        "quota_store_unavailable",
+        "Quotas and rate limits cannot be checked right now (their store is unavailable); nothing was "
+        "sent to a model. Try again shortly.",
+        5,
+    )
+
+
+# --- the two halves, for callers that need only one -------------------------------------------
+
+
+def check_rate_limit(principal: Principal, *, action: str = CHAT, units: int = 1, ip: str | None = None) -> RateLimit:
+    """Take ``units`` from the caller's token buckets (per API key, user and IP); LimitExceeded."""
+    return admit(principal, ip=ip, units=units, action=action).rate_limit
+
+
+def reserve(
+    principal: Principal,
+    *,
+    action: str = CHAT,
+    model: str = "",
+    requests: int = 1,
+    max_tokens: int | None = None,
+    prompt_tokens: int = 0,
+    ref: str = "",
+) -> Reservation:
+    """Hold ``requests`` requests of ``prompt_tokens`` plus up to ``max_tokens`` tokens each
+    (None: MEDAI_QUOTA_DEFAULT_MAX_TOKENS) against the caller's quotas; LimitExceeded when they
+    cannot cover it. Several requests come back as one reservation holding them all."""
+    items = [Item(prompt_tokens, max_tokens, f"{ref}.{i}" if ref and requests > 1 else ref) for i in range(requests)]
+    found = admit(principal, items=items, rate=False, action=action).reservations
+    if len(found) == 1:
+        return found[0]
+    return Reservation(
+        principal.user_id,
+        principal.location_pk,
+        principal.organization_id,
+        action,
+        len(found),
+        sum(r.tokens for r in found),
+        ref,
+        "|".join(r.hold for r in found),
+        found[0].keys if found else (),
+    )
+
+
+# --- settling -----------------------------------------------------------------------------------
+
+
+def reservation_for(principal: Principal, *, action: str = CHAT, ref: str) -> Reservation:
+    """The hold made at submit for ``ref`` (an async task's id), as the worker that settles it
+    finds it: the hold in Redis under that id names its counters. The counters named here (the
+    location's, and the organization's when the principal knows it) are charged only when there is
+    no hold: none was needed at submit (no quota applied then), or Redis lost it. No query."""
+    scopes = _scopes(principal)
+    return Reservation(
+        principal.user_id,
+        principal.location_pk,
+        principal.organization_id,
+        action,
+        1,
+        0,
+        ref,
+        ref,
+        tuple(store.scope_keys(scopes, store.windows())),
+    )
+
+
+def _settle_args(reservation: Reservation, prompt_tokens: int, completion_tokens: int, completed: bool) -> list[Any]:
+    tokens = max(0, prompt_tokens) + max(0, completion_tokens)
+    requests = reservation.requests if (completed or tokens) else 0
+    flight = reservation.in_flight or ("", "")
+    holds = reservation.hold.split("|") if reservation.hold else [""]
+    out: list[Any] = []
+    for i, hold in enumerate(holds):
+        # a reservation of several holds (``reserve(requests=N)``) settles its usage on the first
+        out += [hold, requests if i == 0 else 0, tokens if i == 0 else 0, *(flight if i == 0 else ("", ""))]
+        keys = reservation.keys if i == 0 else ()
+        out += [len(keys), *keys]
+    return out
+
+
+def settle_many(entries: Sequence[tuple[Reservation, int, int, bool]]) -> None:
+    """``reconcile`` for many reservations in one round trip (a worker's finished group, a cancel).
+    Never raises: a failure is logged, and the holds are released when their leases end."""
+    if not enabled():
+        return
+    args: list[Any] = []
+    n = 0
+    for reservation, prompt, completion, completed in entries:
+        if not reservation.hold and reservation.in_flight is None:
+            continue
+        entry = _settle_args(reservation, prompt, completion, completed)
+        n += len(reservation.hold.split("|")) if reservation.hold else 1
+        args += entry
+    if not n:
+        return
+    p = store.prefix()
+    try:
+        store.run("SETTLE", [p + "leases"], [p, n, *args])
+    except Exception:  # a request that was answered stays answered
+        logger.warning("could not settle %d quota reservation(s); their leases will release them", n, exc_info=True)
+
+
+def reconcile(reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, completed: bool) -> None:
+    """Replace the reservation with the real usage (``completed`` False and no tokens: nothing
+    was produced, the reservation is released) and free its in-flight slot. Never raises."""
+    settle_many([(reservation, prompt_tokens, completion_tokens, completed)])
+
+
+def release_refs(refs: Sequence[str], *, action: str = CHAT) -> None:
+    """Release the holds of async tasks that will never run (cancelled, expired): no usage."""
+    entries = [(Reservation(0, 0, None, action, 1, 0, ref, ref), 0, 0, False) for ref in refs if ref]
+    settle_many(entries)
+
+
+def flush() -> None:
+    """Forget every counter, bucket, hold and the limits' mirror (tests, benches)."""
+    store.flush()
+    _fail_open.clear()

@@ -1,0 +1,132 @@
+"""Where governance keeps its counters: Redis, under ``{MEDAI_CACHE_PREFIX}:gov:`` (see lua.py for
+the keys), through one process-wide client and the two scripts registered on it.
+
+Windows are calendar days and months in ``TIME_ZONE`` (UTC by default): a window's counters are
+keyed by its name (``d20261202``, ``m202612``), so a new window starts from zero without anyone
+resetting anything, and the old key expires a day after its window ended.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis
+from django.conf import settings
+from redis.commands.core import Script
+
+from apps.accounts.governance import lua
+
+_client: redis.Redis | None = None
+_scripts: dict[str, Script] = {}
+_lock = threading.Lock()
+
+
+def prefix() -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX') or 'medai'}:gov:"
+
+
+def client() -> redis.Redis:
+    """The process's governance client on ``REDIS_URL`` (thread-safe pool; short timeouts, so a
+    dead Redis fails a request within MEDAI_REDIS_CONNECT_TIMEOUT rather than hanging it)."""
+    global _client
+    if _client is None:
+        with _lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, **settings.REDIS_OPTIONS)
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client and its scripts (tests that point the process at another Redis)."""
+    global _client
+    with _lock:
+        old, _client = _client, None
+        _scripts.clear()
+    if old is not None:
+        old.close()
+
+
+def script(name: str) -> Script:
+    found = _scripts.get(name)
+    if found is None:
+        found = _scripts[name] = client().register_script(getattr(lua, name))
+    return found
+
+
+def flush() -> None:
+    """Delete every governance key of this prefix (tests, benches)."""
+    c = client()
+    keys = list(c.scan_iter(match=prefix() + "*", count=1000))
+    for i in range(0, len(keys), 500):
+        c.delete(*keys[i : i + 500])
+
+
+# --- windows ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The current day's and month's names and when each ends (epoch seconds)."""
+
+    day: str
+    day_end: float
+    month: str
+    month_end: float
+
+
+_windows: Windows | None = None
+
+
+def windows(now: float | None = None) -> Windows:
+    """Today's and this month's windows, computed once a day per process."""
+    global _windows
+    t = time.time() if now is None else now
+    w = _windows
+    if w is not None and now is None and t < w.day_end:
+        return w
+    tz = ZoneInfo(settings.TIME_ZONE)
+    local = datetime.fromtimestamp(t, tz)
+    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_end = (day_start + timedelta(days=1, hours=1)).replace(hour=0)  # DST-safe midnight
+    month_start = day_start.replace(day=1)
+    month_end = (month_start + timedelta(days=32)).replace(day=1)
+    w = Windows(
+        day=f"d{local:%Y%m%d}",
+        day_end=day_end.timestamp(),
+        month=f"m{local:%Y%m}",
+        month_end=month_end.timestamp(),
+    )
+    if now is None:
+        _windows = w
+    return w
+
+
+def counter_key(scope: str, window: str) -> str:
+    """``scope``: ``o:<organization id>`` or ``l:<location pk>``."""
+    return f"{prefix()}c:{scope}:{window}"
+
+
+def scope_keys(scopes: list[str], w: Windows) -> list[str]:
+    return [counter_key(s, win) for s in scopes for win in (w.day, w.month)]
+
+
+def usage(scope: str, w: Windows | None = None) -> dict[str, dict[str, int]]:
+    """What a scope used (and holds) in the current day and month: {"day": {requests, tokens}, ...}."""
+    w = w or windows()
+    pipe = client().pipeline(transaction=False)
+    for win in (w.day, w.month):
+        pipe.hmget(counter_key(scope, win), "r", "t")
+    day, month = pipe.execute()
+    return {
+        "day": {"requests": int(day[0] or 0), "tokens": int(day[1] or 0)},
+        "month": {"requests": int(month[0] or 0), "tokens": int(month[1] or 0)},
+    }
+
+
+def run(name: str, keys: list[str], args: list[Any]) -> Any:
+    return script(name)(keys=keys, args=args)
