@@ -8,9 +8,11 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
+from redis.exceptions import RedisError
 
 from apps.accounts import services
-from apps.accounts.models import ALL_SCOPES, ApiKey, Location, Organization, User
+from apps.accounts.governance import quotas
+from apps.accounts.models import ALL_SCOPES, ApiKey, ApiKeyLimit, Location, Organization, Quota, User
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldGroups  # django-stubs' name for admin field lists
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at"]
+    list_display = ["name", "quota_fail_open", "created_at"]
     search_fields = ["name"]
 
 
@@ -143,3 +145,57 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset.filter(revoked_at__isnull=True).select_related("user", "location"):
             new_key, secret = services.rotate_api_key(key, actor=request.user)
             self._show_secret(request, new_key, secret)
+
+
+# --- quotas and per-key rate limits (apps/accounts/governance/) ----------------------------------
+
+
+def _used(quota: Quota) -> tuple[int, int] | None:
+    try:
+        return quotas.current_usage(quota)
+    except RedisError:
+        return None
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    """Quotas per organization or location; the list shows what the current day or month used
+    (held requests in flight included), read from the counters the request path keeps."""
+
+    list_display = ["scope", "period", "max_requests", "max_tokens", "requests_used", "tokens_used", "updated_at"]
+    list_filter = ["period", "organization", "location"]
+    list_select_related = ["organization", "location"]
+    fields = ["organization", "location", "period", "max_requests", "max_tokens", "usage"]
+    readonly_fields = ["usage"]
+
+    @admin.display(description="scope")
+    def scope(self, obj: Quota) -> str:
+        return obj.scope_name
+
+    @admin.display(description="requests used")
+    def requests_used(self, obj: Quota) -> str:
+        used = _used(obj)
+        return "unavailable" if used is None else str(used[0])
+
+    @admin.display(description="tokens used")
+    def tokens_used(self, obj: Quota) -> str:
+        used = _used(obj)
+        return "unavailable" if used is None else str(used[1])
+
+    @admin.display(description="used in the current window")
+    def usage(self, obj: Quota) -> str:
+        if obj.pk is None:
+            return "-"
+        used = _used(obj)
+        if used is None:
+            return "unavailable (the counter store cannot be reached)"
+        return f"{used[0]} requests, {used[1]} tokens this {obj.period}"
+
+
+@admin.register(ApiKeyLimit)
+class ApiKeyLimitAdmin(admin.ModelAdmin):
+    """A key's own rate limits; empty fields keep the defaults (MEDAI_RATE_LIMIT_KEY_*, MEDAI_INFLIGHT_PER_KEY)."""
+
+    list_display = ["api_key", "rate", "burst", "max_in_flight"]
+    search_fields = ["api_key__name", "api_key__prefix"]
+    autocomplete_fields = ["api_key"]

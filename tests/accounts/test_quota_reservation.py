@@ -9,8 +9,7 @@ import time
 import pytest
 
 from apps.accounts import governance
-from apps.accounts.governance import quotas, store
-from apps.accounts.governance import Item
+from apps.accounts.governance import Item, quotas, store
 
 
 def _used(scope: str, period: str = "day") -> dict[str, int]:
