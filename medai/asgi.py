@@ -22,10 +22,18 @@ if _access_off:
     _access.propagate = False
 
 from apps.audit import credentials  # noqa: E402
+from apps.audit.logging import RedactionFilter  # noqa: E402
 
 # uvicorn's (and daphne's) loggers keep handlers of their own when the server configured logging
 # after Django did (an in-process server, a --log-config): the filter on the logger covers them.
-credentials.install("uvicorn.access", "uvicorn.error", "daphne.server", "daphne.http_protocol", "django.request")
+credentials.install(
+    "uvicorn.access",
+    "uvicorn.error",
+    "daphne.server",
+    "daphne.http_protocol",
+    "django.request",
+    filter_class=RedactionFilter,
+)
 
 from medai.handler import MedaiASGIHandler  # noqa: E402
 

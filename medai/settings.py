@@ -352,12 +352,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "correlation": {"()": "apps.audit.logging.CorrelationFilter"},
-        # no credential in any log line (a websocket's ?token=, a key in an error's text)
-        "credentials": {"()": "apps.audit.credentials.CredentialFilter"},
+        # no credential, request identifier (query values, usernames) or PHI in any log line: on
+        # every handler (tests/audit/test_every_log_handler_redacts.py holds every one to it)
+        "redaction": {"()": "apps.audit.logging.RedactionFilter"},
     },
     "formatters": {"json": {"()": "apps.audit.logging.JsonFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation", "credentials"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation", "redaction"]},
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {

@@ -63,47 +63,55 @@ def redact_credentials(text: str) -> str:
     return _BEARER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
-def _redact_arg(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float)):
-        return value  # kept as they are: formatters may need the type (uvicorn's status code)
-    text = value if isinstance(value, str) else str(value)
-    clean = redact_credentials(text)
-    return value if clean == text else clean
-
-
 _formatter = logging.Formatter()
 
 
 class CredentialFilter(logging.Filter):
-    """Redacts credentials in the record itself, so every handler and formatter sees it clean."""
+    """Redacts credentials in the record itself, so every handler and formatter sees it clean.
+    ``clean`` is what is applied to each piece of text (apps/audit/logging.py's ``RedactionFilter``
+    adds PHI to it)."""
+
+    @staticmethod
+    def clean(text: str) -> str:
+        return redact_credentials(text)
+
+    def _redact_arg(self, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float)):
+            return value  # kept as they are: formatters may need the type (uvicorn's status code)
+        text = value if isinstance(value, str) else str(value)
+        clean = self.clean(text)
+        return value if clean == text else clean
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_medai_redacted", None) is type(self):
+            return True  # a logger's filter and its handler's: the work is done once
         # Arguments one by one, so a formatter that reads them (uvicorn's access formatter) still can.
         if isinstance(record.args, tuple):
-            record.args = tuple(_redact_arg(a) for a in record.args)
+            record.args = tuple(self._redact_arg(a) for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
-        template = record.msg if isinstance(record.msg, str) else _redact_arg(record.msg)
-        clean = redact_credentials(template) if isinstance(template, str) else template
+            record.args = {k: self._redact_arg(v) for k, v in record.args.items()}
+        template = record.msg if isinstance(record.msg, str) else self._redact_arg(record.msg)
+        clean = self.clean(template) if isinstance(template, str) else template
         if clean != record.msg:
             if record.args and isinstance(record.msg, str):
-                # the credential sits in the template itself ("...?token=%s"): redacting it there would
+                # the secret sits in the template itself ("...?token=%s"): redacting it there would
                 # break the placeholders, so the whole message is formatted, then redacted
-                record.msg, record.args = redact_credentials(record.getMessage()), None
+                record.msg, record.args = self.clean(record.getMessage()), None
             else:
                 record.msg = clean
         if record.exc_info and not record.exc_text:
             record.exc_text = _formatter.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_credentials(record.exc_text)
+            record.exc_text = self.clean(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact_credentials(record.stack_info)
+            record.stack_info = self.clean(record.stack_info)
+        setattr(record, "_medai_redacted", type(self))  # noqa: B010 - LogRecord has no such attribute declared
         return True
 
 
-def install(*logger_names: str) -> None:
+def install(*logger_names: str, filter_class: type[CredentialFilter] = CredentialFilter) -> None:
     """Add the filter to these loggers (idempotent): for loggers with handlers of their own."""
     for name in logger_names:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, CredentialFilter) for f in logger.filters):
-            logger.addFilter(CredentialFilter())
+        if not any(type(f) is filter_class for f in logger.filters):
+            logger.addFilter(filter_class())
