@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +24,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.db import models
+from django.db import connections, models, router, transaction
 from django.dispatch import receiver
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _fernet() -> MultiFernet:
     keys = list(settings.MEDAI_ENCRYPTION_KEYS)
     if not keys:
         raise ImproperlyConfigured("MEDAI_ENCRYPTION_KEYS is empty: nothing can be encrypted at rest")
-    return MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+    return MultiFernet([Fernet(_key_bytes(k)) for k in keys])
 
 
 @receiver(setting_changed)
@@ -143,3 +144,85 @@ class EncryptedJSONField(models.TextField):
         if value is None:
             return None
         return encrypt(json.dumps(value, separators=(",", ":")))
+
+
+# --- key rotation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RotationReport:
+    """Per column (``app_label.Model.field``): values re-encrypted under the newest key, values
+    already under it, and values no configured key opens (left as they are)."""
+
+    columns: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def total(self, what: str) -> int:
+        return sum(c[what] for c in self.columns.values())
+
+
+def encrypted_columns() -> list[tuple[type[models.Model], models.Field[Any, Any]]]:
+    """Every encrypted column of every installed model."""
+    from django.apps import apps
+
+    return [
+        (model, f)
+        for model in apps.get_models()
+        for f in model._meta.concrete_fields
+        if isinstance(f, (EncryptedTextField, EncryptedJSONField))
+    ]
+
+
+def rotate_keys(*, batch_size: int = 500, dry_run: bool = False) -> RotationReport:
+    """Re-encrypt every encrypted value under the newest key (the first of MEDAI_ENCRYPTION_KEYS).
+
+    Column by column, in batches of primary keys, each batch in its own transaction, so it runs
+    beside live traffic and can be stopped and run again: a value already under the newest key is
+    left alone, so a second run finds nothing to do and an old key can then be dropped. Each value
+    is written back only if it is still the ciphertext that was read (compare-and-set), so a row
+    written meanwhile by the application (already under the newest key) is never overwritten.
+    Raw SQL on purpose: the fields' own decryption would hide values no key opens behind "".
+    """
+    primary = Fernet(_key_bytes(settings.MEDAI_ENCRYPTION_KEYS[0]))
+    every = _fernet()
+    report = RotationReport()
+    for model, f in encrypted_columns():
+        label = f"{model._meta.label}.{f.name}"
+        counts = report.columns.setdefault(label, {"rotated": 0, "current": 0, "undecryptable": 0})
+        connection = connections[router.db_for_write(model)]
+        qn = connection.ops.quote_name
+        table, column, pk_col = qn(model._meta.db_table), qn(f.column), qn(model._meta.pk.column)
+        last: Any = None
+        while True:
+            where = f"{column} IS NOT NULL AND {column} <> ''" + (f" AND {pk_col} > %s" if last is not None else "")
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT {pk_col}, {column} FROM {table} WHERE {where} ORDER BY {pk_col} LIMIT %s",
+                    ([last] if last is not None else []) + [batch_size],
+                )
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                updates = []
+                for pk, token in rows:
+                    raw = token.encode()
+                    try:
+                        primary.decrypt(raw)
+                        counts["current"] += 1
+                        continue
+                    except InvalidToken:
+                        pass
+                    try:
+                        updates.append((every.rotate(raw).decode(), pk, token))
+                    except InvalidToken:
+                        counts["undecryptable"] += 1
+                if updates and not dry_run:
+                    cursor.executemany(
+                        f"UPDATE {table} SET {column} = %s WHERE {pk_col} = %s AND {column} = %s", updates
+                    )
+                counts["rotated"] += len(updates)
+                last = rows[-1][0]
+    return report
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key

@@ -31,16 +31,18 @@ from apps.audit.redaction import redact
 
 _QUERY_VALUE = re.compile(r"([?&;][\w.\-\[\]%]{1,64}=)([^&;#\s\"'<>]+)")
 _SAFE_VALUE = re.compile(r"\d{1,6}|true|false|asc|desc|json|csv|\[REDACTED\]", re.IGNORECASE)
-_USERNAME = re.compile(
-    r"(?i)\b(user(?:name)?|login|account|actor|email|e-mail)(\s*[:=]\s*['\"]?)(?!\[)([^\s'\",;&)]+)"
+_USERNAME = re.compile(r"(?i)\b(user(?:name)?|login|account|actor|email|e-mail)(\s*[:=]\s*['\"]?)(?!\[)([^\s'\",;&)]+)")
+_PERSON_HEADER = re.compile(
+    r"(?im)^((?:x-)?(?:user|username|patient[\w-]*|from|x-forwarded-user|remote-user):[ \t]*)(.+)$"
 )
-_PERSON_HEADER = re.compile(r"(?im)^((?:x-)?(?:user|username|patient[\w-]*|from|x-forwarded-user|remote-user):[ \t]*)(.+)$")
 
 
 def redact_identifiers(text: str) -> str:
     """Query values, usernames and personal header values of ``text`` replaced by ``[REDACTED]``."""
     if "=" in text:
-        text = _QUERY_VALUE.sub(lambda m: m.group(0) if _SAFE_VALUE.fullmatch(m.group(2)) else m.group(1) + REDACTED, text)
+        text = _QUERY_VALUE.sub(
+            lambda m: m.group(0) if _SAFE_VALUE.fullmatch(m.group(2)) else m.group(1) + REDACTED, text
+        )
     text = _USERNAME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     if ":" in text:
         text = _PERSON_HEADER.sub(lambda m: m.group(1) + REDACTED, text)

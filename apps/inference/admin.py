@@ -8,8 +8,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.inference import backends, router
-from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, ModelEndpoint
+from apps.inference import backends, retention, router
+from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, LegalHold, ModelEndpoint
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -140,3 +140,43 @@ class InferenceTaskAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(LegalHold)
+class LegalHoldAdmin(admin.ModelAdmin):
+    """Place a hold (the add form: one target and a reason) and release it (the action); never
+    changed or deleted, so its history stays. Both go through apps.inference.retention (audited)."""
+
+    list_display = ["id", "target_label", "reason", "placed_at", "placed_by", "released_at", "released_by"]
+    list_filter = [("released_at", admin.EmptyFieldListFilter)]
+    raw_id_fields = ["task", "user", "location"]
+    readonly_fields = ["placed_at", "placed_by", "released_at", "released_by", "release_reason"]
+    actions = ["release"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ["task", "user", "location", "reason", *(self.readonly_fields if obj else [])]
+
+    def save_model(self, request: HttpRequest, obj: LegalHold, form: Any, change: bool) -> None:
+        if change:
+            return
+        hold = retention.place_hold(
+            request.user if request.user.is_authenticated else None,
+            reason=obj.reason,
+            task=obj.task,
+            user=obj.user,
+            location=obj.location,
+        )
+        obj.pk, obj.placed_at, obj.placed_by = hold.pk, hold.placed_at, hold.placed_by
+        obj._state.adding = False
+
+    @admin.action(description="Release the selected legal holds")
+    def release(self, request: HttpRequest, queryset: Any) -> None:
+        actor = request.user if request.user.is_authenticated else None
+        n = sum(retention.release_hold(actor, h, reason="released in the admin") for h in queryset)
+        self.message_user(request, f"Released {n} legal hold(s).")

@@ -229,16 +229,40 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         overdue = list(self.filter(status=InferenceTask.Status.QUEUED, deadline__lte=now).values_list("id", flat=True))
         return overdue, self.filter(id__in=overdue, status=InferenceTask.Status.QUEUED).expire(now)
 
-    def purge_due(self, now: Any) -> int:
-        """Finished async tasks past their retention lose their content (prompt and result); their
-        outcome stays (a purged COMPLETED task is still COMPLETED), ``content_purged_at`` says since when."""
+    def not_on_hold(self) -> InferenceTaskQuerySet:
+        """Tasks no active legal hold covers (on the task itself, its user or its location)."""
+        holds = LegalHold.objects.active().filter(
+            models.Q(task_id=OuterRef("id"))
+            | models.Q(user_id=OuterRef("user_id"))
+            | models.Q(location_id=OuterRef("location_id"))
+        )
+        return self.exclude(Exists(holds))
+
+    def purge_due(self, now: Any, sync_before: Any = None) -> int:
+        """Content past retention is removed, metadata kept: finished async tasks past
+        ``result_expires_at`` lose their prompt, result and error text (their outcome stays: a purged
+        COMPLETED task is still COMPLETED; ``content_purged_at`` says since when); sync records
+        (which never keep a prompt) lose the error text a backend may have echoed once they
+        finished before ``sync_before``. A task under an active legal hold keeps everything."""
         S = InferenceTask.Status
-        return self.filter(
-            result_expires_at__lte=now,
-            content_purged_at__isnull=True,
-            mode=InferenceTask.Mode.ASYNC,
-            status__in=(S.COMPLETED, S.FAILED, S.CANCELLED),
-        ).update(request=None, result=None, content_purged_at=now)
+        purged = (
+            self.filter(
+                result_expires_at__lte=now,
+                content_purged_at__isnull=True,
+                mode=InferenceTask.Mode.ASYNC,
+                status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
+            )
+            .not_on_hold()
+            .update(request=None, result=None, error_message="", content_purged_at=now)
+        )
+        if sync_before is not None:
+            purged += (
+                self.filter(mode=InferenceTask.Mode.SYNC, finished_at__lte=sync_before, content_purged_at__isnull=True)
+                .exclude(error_message="")
+                .not_on_hold()
+                .update(error_message="", content_purged_at=now)
+            )
+        return purged
 
     def write_outcomes(self, tasks: list[InferenceTask]) -> None:
         """PROCESSING → COMPLETED | FAILED: each task's ``OUTCOME_FIELDS`` as set on the instance, by
@@ -301,7 +325,8 @@ class InferenceTask(models.Model):
     request = EncryptedJSONField(null=True, blank=True)
     result = EncryptedJSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
-    error_message = models.TextField(blank=True)
+    # Encrypted: a backend's error text may echo the prompt ("invalid input: <the note>").
+    error_message = EncryptedTextField(blank=True)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
@@ -491,3 +516,64 @@ class QueueEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}#{self.pk} p{self.priority}"
+
+
+class LegalHoldQuerySet(models.QuerySet["LegalHold"]):
+    def active(self) -> LegalHoldQuerySet:
+        return self.filter(released_at__isnull=True)
+
+
+class LegalHold(models.Model):
+    """A legal hold: while it is active, retention purges nothing of what it covers (one task, every
+    task of a user, or every task of a location), so content stays for litigation or an inquiry.
+    Placed and released through ``apps.inference.retention`` (each audited), never deleted."""
+
+    task = models.ForeignKey(InferenceTask, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    location = models.ForeignKey("accounts.Location", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField(help_text="Why (case number, inquiry): required.")
+    placed_at = models.DateTimeField()
+    placed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    released_at = models.DateTimeField(null=True, blank=True, editable=False)
+    released_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    release_reason = models.TextField(blank=True, editable=False)
+
+    objects = LegalHoldQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-placed_at"]
+        constraints = [
+            models.CheckConstraint(
+                name="legal_hold_one_target",
+                condition=(
+                    models.Q(task__isnull=False, user__isnull=True, location__isnull=True)
+                    | models.Q(task__isnull=True, user__isnull=False, location__isnull=True)
+                    | models.Q(task__isnull=True, user__isnull=True, location__isnull=False)
+                ),
+            )
+        ]
+        indexes = [
+            models.Index(fields=["task"], condition=models.Q(released_at__isnull=True), name="hold_active_task"),
+            models.Index(fields=["user"], condition=models.Q(released_at__isnull=True), name="hold_active_user"),
+            models.Index(
+                fields=["location"], condition=models.Q(released_at__isnull=True), name="hold_active_location"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = "released" if self.released_at else "active"
+        return f"hold on {self.target_label} ({state})"
+
+    @property
+    def target_label(self) -> str:
+        if self.task_id:
+            return f"task {self.task_id}"
+        if self.user_id:
+            return f"user #{self.user_id}"
+        return f"location #{self.location_id}"

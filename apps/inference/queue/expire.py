@@ -7,7 +7,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from apps.inference import broker
+from apps.inference import broker, retention
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
@@ -25,7 +25,8 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
         QueueEntry.objects.of_tasks(overdue).delete()
     inference_metrics.count_finished("async", "expired", expired)
     record.release_tasks(overdue)  # their quota holds (a task that ran meanwhile settled its own)
-    purged = InferenceTask.objects.purge_due(now)
+    # content past retention, except what a legal hold covers (apps/inference/retention.py)
+    purged = InferenceTask.objects.purge_due(now, sync_before=retention.sync_retention_cutoff(now))
     return {"expired": expired, "purged": purged}
 
 
