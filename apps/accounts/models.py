@@ -21,7 +21,8 @@ class Organization(models.Model):
         default=False,
         help_text=(
             "When the quota and rate-limit store (Redis) is unreachable: serve this organization's "
-            "requests unmetered (checked) or refuse them with 503 (unchecked, the default)."
+            "requests unmetered (checked) or refuse them with 503 (unchecked: the default, unless "
+            "MEDAI_GOVERNANCE_FAIL_OPEN makes every organization fail open)."
         ),
     )
 

@@ -39,6 +39,7 @@ own event (apps/inference/auditing.py) is the record; a refusal is the 429 the c
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError
 
 from apps.accounts.governance import quotas, store
 
@@ -317,11 +319,23 @@ def _empty(principal: Principal, action: str, item: Item | None = None) -> Reser
     )
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _store_down(principal: Principal, action: str, items: Sequence[Item], exc: Exception) -> Admitted:
     """Redis is unreachable: fail open (unmetered) or closed (503), as the organization chose."""
     fail_open = _fail_open.get(principal.organization_id)
-    if fail_open is None:
-        fail_open = settings.MEDAI_GOVERNANCE_FAIL_OPEN
+    if fail_open is None and not _on_event_loop():  # where a query is allowed: the organization's choice
+        try:
+            fail_open = quotas.fail_open_of(principal.organization_id)
+        except DatabaseError:  # the database is down too: the default decides
+            fail_open = None
+    fail_open = bool(fail_open) or settings.MEDAI_GOVERNANCE_FAIL_OPEN
     if fail_open:
         logger.warning("quota store unavailable (%s): request admitted unmetered (fail open)", type(exc).__name__)
         return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
