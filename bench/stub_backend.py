@@ -5,7 +5,8 @@ Real model servers do not fail on demand; this one does. Modes (``--mode`` or ``
 ``--delay`` seconds first), ``reject400``, ``error`` (answer ``status`` with the JSON ``body``
 given with the mode: any model server's error answer), ``hold`` (keep every request waiting until
 the mode changes: a test decides when the backend answers). ``GET /_stats`` returns how many
-requests it served.
+requests it served; set ``"log": []`` with a mode and it also lists, in the order the requests
+arrived, the content of each one's last message (which request started when, for order tests).
 
     python bench/stub_backend.py --port 18200 --mode ok
 """
@@ -99,6 +100,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path != "/v1/chat/completions" or method != "POST":
         return await _send_json(send, 404, {"error": {"message": "not found"}})
     STATE["requests"] += 1
+    if isinstance(STATE.get("log"), list):
+        messages = json.loads(body or b"{}").get("messages") or [{}]
+        STATE["log"].append(str(messages[-1].get("content", "")))
     STATE["in_flight"] += 1
     STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
     try:

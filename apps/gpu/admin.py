@@ -39,6 +39,7 @@ class PolicySettingsAdmin(admin.ModelAdmin):
         "recovery_margin_celsius",
         "recovery_hold_seconds",
         "admission_wait_seconds",
+        "urgent_reserve_percent",
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -87,6 +87,13 @@ class PolicySettings(models.Model):
         "of its models busy waits in their line (most urgent first) before "
         "429 with Retry-After (503 while the GPU policy holds new work).",
     )
+    urgent_reserve_percent = models.FloatField(
+        default=25.0,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Share of each model's concurrency kept for CRITICAL and HIGH priority: NORMAL and LOW "
+        "work never holds these slots. Rounded down (25 % of 4 slots is 1, of 2 slots none), and "
+        "always at least one slot left for the rest.",
+    )
 
     class Meta:
         verbose_name = verbose_name_plural = "policy settings"

@@ -17,7 +17,16 @@ Levels (defaults, admin-editable in PressureLevel/ThermalRule):
     >= 85 STOP (everything waits).
 
 Concurrency 0 and PAUSE mean "new work waits": only CRITICAL-priority requests still run, one at a
-time per model, on the allowed models. STOP holds CRITICAL priority too. Recovery is gradual: the
+time per model, on the allowed models.
+
+Reserved headroom (``PolicySettings.urgent_reserve_percent``, 25 % by default): that share of each
+level's concurrency (after the thermal factor, rounded down, never all of it) is kept for CRITICAL
+and HIGH. NORMAL and LOW requests are admitted up to ``concurrency - reserved``, so a flood of them
+(one location's batch, say) leaves a slot free and a STAT question starts at once, in any process,
+instead of waiting for the flood's turn. The price: with no urgent work about, a quarter of the
+slots of a 4-slot model idle. Rounding down means a model of 1 or 2 slots reserves none at 25 %:
+there the line's priority order (apps/gpu/slots.py) bounds CRITICAL's wait to one slot's turn
+within a process. STOP holds CRITICAL priority too. Recovery is gradual: the
 level rises at once, but falls one step at a time, only after the reading has stayed
 ``recovery_margin`` below the level's threshold for ``recovery_hold_seconds``.
 """
@@ -55,6 +64,8 @@ DEFAULT_TABLE: dict[str, Any] = {
     # How long a request waits in a model's line for a slot: a minute, about what an LLM answer
     # takes under load (apps/gpu/slots.py); admin-editable (PolicySettings.admission_wait_seconds).
     "wait_seconds": 60.0,
+    # Share of each model's concurrency only CRITICAL and HIGH may hold (PolicySettings.urgent_reserve_percent).
+    "urgent_reserve_percent": 25.0,
 }
 
 
@@ -93,6 +104,7 @@ def load_table() -> dict[str, Any]:
             margin_celsius=s.recovery_margin_celsius,
             hold_seconds=s.recovery_hold_seconds,
             wait_seconds=s.admission_wait_seconds,
+            urgent_reserve_percent=s.urgent_reserve_percent,
         )
     return table
 
@@ -213,18 +225,28 @@ def evaluate(
         return 0 if n <= 0 or factor <= 0 else max(1, math.floor(n * factor))
 
     admit_new = therm["new"] and row["concurrency"] > 0
+    concurrency = scaled(row["concurrency"]) if therm["new"] else 0
     return {
         "level": row["level"],
         "thermal": therm["state"],
         "gpus": per_gpu,
         "batch_size": max(1, scaled(row["batch"])) if therm["critical"] else 1,
-        "concurrency": scaled(row["concurrency"]) if therm["new"] else 0,
+        "concurrency": concurrency,
+        "reserved": reserved_slots(concurrency, table.get("urgent_reserve_percent", 0.0)),
         "allowed": allowed,
         "admit_new": admit_new,
         "admit_critical": bool(therm["critical"]),
         "wait_seconds": table["wait_seconds"],
         "floor": level_floor,
     }
+
+
+def reserved_slots(concurrency: int, percent: float) -> int:
+    """Slots of ``concurrency`` kept for CRITICAL and HIGH: ``percent`` of them rounded down, and
+    at least one left for everything else (a reserve of all would starve NORMAL and LOW)."""
+    if concurrency <= 1 or percent <= 0:
+        return 0
+    return min(math.floor(concurrency * percent / 100 + 1e-9), concurrency - 1)
 
 
 # --- the request path ------------------------------------------------------------------------
@@ -236,6 +258,7 @@ class PolicyState:
     thermal: str
     batch_size: int
     concurrency: int
+    reserved: int  # of ``concurrency``, kept for CRITICAL and HIGH
     allowed: frozenset[int] | None  # None: every enabled model
     admit_new: bool
     admit_critical: bool
@@ -247,10 +270,13 @@ class PolicyState:
         return self.allowed is None or endpoint_id in self.allowed
 
     def limit_for(self, priority: int) -> int:
-        """How many requests of this priority may be in flight per model now."""
+        """How many requests of this priority may be in flight per model now (every priority
+        counted): NORMAL and LOW stop short of the slots reserved for urgent work."""
         if priority >= Priority.CRITICAL:
             return max(self.concurrency, 1) if self.admit_critical else 0
-        return self.concurrency if self.admit_new else 0
+        if not self.admit_new:
+            return 0
+        return self.concurrency if priority >= Priority.HIGH else self.concurrency - self.reserved
 
 
 _policy_cache: tuple[shared.View, PolicyState] | None = None  # keyed by the view object itself
@@ -263,6 +289,7 @@ def _from_decision(d: dict[str, Any], simulated: bool, sampled: bool) -> PolicyS
         thermal=d["thermal"],
         batch_size=int(d["batch_size"]),
         concurrency=int(d["concurrency"]),
+        reserved=int(d.get("reserved", 0)),
         allowed=frozenset(allowed) if allowed is not None else None,
         admit_new=bool(d["admit_new"]),
         admit_critical=bool(d["admit_critical"]),

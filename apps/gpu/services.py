@@ -107,6 +107,7 @@ def status_payload(now: float | None = None) -> dict[str, Any]:
         "policy": {
             "batch_size": policy.batch_size,
             "concurrency": policy.concurrency,
+            "reserved_for_urgent": policy.reserved,
             "allowed_models": sorted(state.get("endpoint_names", {}).get(str(i), str(i)) for i in policy.allowed)
             if policy.allowed is not None
             else "all",

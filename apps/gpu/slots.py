@@ -15,8 +15,12 @@ process the limit is exact, and a level that admits nothing (CRITICAL, thermal p
 nothing anywhere. A process that dies stops heart-beating and its counts are ignored after 10 s.
 
 The line. A request that finds every slot of its models taken joins each model's line in this
-process, ordered by its key ``(-priority, ticket)``: CRITICAL first, first come first served
-within a level; a newcomer never takes a slot while someone with a better key waits for it. A
+process, ordered by its key ``(-priority, turn, ticket)``: CRITICAL first, and within a level
+round-robin between locations (``new_key``), first come first served within a location; a
+newcomer never takes a slot while someone with a better key waits for it. A request's limit
+depends on its priority (``PolicyState.limit_for``: NORMAL and LOW stop short of the slots the
+policy reserves for CRITICAL and HIGH), so an urgent request finds a slot free even while a flood
+of LOW work holds every other one and keeps a line of its own. A
 release hands its slot straight to the best waiter of that model (the count does not change, so
 nobody can slip in between, and the waiter wakes with its lease: no poll). A release in another
 process is announced on a Redis channel (``released``, in the same round trip as the count it
@@ -70,7 +74,7 @@ _publisher: threading.Thread | None = None
 _publisher_pid: int | None = None
 _hold_ema: dict[int, float] = {}  # seconds a slot of each model was held, moving average (this process)
 
-Key = tuple[int, int]  # (-priority, ticket): smaller is served first
+Key = tuple[int, float, int]  # (-priority, turn, ticket): smaller is served first
 
 
 class Lease:
@@ -96,6 +100,7 @@ class Lease:
             if waiter is not None and _local[endpoint_id] - 1 + remote < waiter.limit:
                 handed = Lease(endpoint_id)  # the slot passes on: the count stays
                 _grant(waiter, handed)
+                _started(waiter.key)
             else:
                 waiter = None
                 _local[endpoint_id] -= 1
@@ -138,6 +143,31 @@ class LineFull(Exception):
 def new_ticket() -> int:
     """A place in the waiting line, kept by a request across its waits."""
     return next(_tickets)
+
+
+# Fair shares between locations within a priority level: start-time fair queueing with a unit cost.
+# Each request takes the turn after its location's previous request, but never one before the turn
+# being served now (``_served``): a location that sends 100 requests at once takes turns 1..100, one
+# that sends a request meanwhile takes the next turn to be served, and goes ahead of the other's
+# 99 waiting ones. A location that was idle gets no credit for it. Per process, as the line is.
+_turns: dict[tuple[int, object], float] = {}  # (priority, location) -> the turn its latest request took
+_served: dict[int, float] = {}  # priority -> the latest turn that took a slot
+
+
+def new_key(priority: int, location: object = None) -> Key:
+    """A request's place in every model's line, kept across its waits: ``(-priority, turn, ticket)``."""
+    with _lock:
+        turn = max(_served.get(priority, 0.0), _turns.get((priority, location), 0.0)) + 1
+        _turns[(priority, location)] = turn
+    return (-priority, turn, next(_tickets))
+
+
+def _started(key: Key | None) -> None:
+    """A request with ``key`` took a slot (under ``_lock``): its turn is being served."""
+    if key is not None and len(key) == 3:
+        priority = -key[0]
+        if key[1] > _served.get(priority, 0.0):
+            _served[priority] = key[1]
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -297,6 +327,7 @@ def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None) -> Leas
         if line and (key is None or line[0].key < key):
             return None
         _local[endpoint_id] += 1
+        _started(key)
     _dirty.set()
     _ensure_publisher()
     return Lease(endpoint_id)
@@ -477,6 +508,8 @@ def reset_local() -> None:
     with _lock:
         _local.clear()
         _hold_ema.clear()
+        _turns.clear()
+        _served.clear()
         _last_published.clear()
 
 

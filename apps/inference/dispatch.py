@@ -114,13 +114,15 @@ async def call_with_failover(
     call: Callable[[Any], Awaitable[T]],
     *,
     priority: int = 1,
+    location: int | None = None,
     keep_first: bool = False,
     on_attempt: Callable[[Any, str], None] | None = None,
     on_admit: Callable[[], None] | None = None,
 ) -> tuple[Any, T, slots.Lease]:
     """Run ``call(endpoint)`` on the best candidate that can serve; returns (endpoint, result, lease).
 
-    ``on_admit()`` is called as each admission starts, ``on_attempt(endpoint, error)`` after each
+    ``location`` (the caller's) takes its turn among other locations' requests of its priority in
+    the models' lines (``slots.new_key``). ``on_admit()`` is called as each admission starts, ``on_attempt(endpoint, error)`` after each
     call ("" when it succeeded). The caller releases the lease when the work ends (at once for a completion, at the end of a
     stream). ``BackendRejected`` (the request's fault) propagates untouched. Raises NoBackend (503
     none can serve / all failed, 503 GPU policy holds new work, 429 every slot busy and the wait
@@ -132,7 +134,7 @@ async def call_with_failover(
     tried: set[int] = set()
     retry_ids: set[int] = set()
     failures: list[str] = []
-    key: slots.Key = (-priority, slots.new_ticket())  # this request's place in every model's line
+    key = slots.new_key(priority, location)  # this request's place in every model's line
     while True:
         choice = policy.choose(candidates, priority, keep_first=keep_first)
         if deadline is None:

@@ -43,6 +43,9 @@ class AllowedModelsField(serializers.JSONField):
 class PolicyNowSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField()
     concurrency = serializers.IntegerField(help_text="Requests in flight per model; 0: new work waits.")
+    reserved_for_urgent = serializers.IntegerField(
+        help_text="Of those, slots only CRITICAL and HIGH requests may hold (NORMAL and LOW stop short of them)."
+    )
     allowed_models = AllowedModelsField()
     admits_new_work = serializers.BooleanField()
     admits_critical = serializers.BooleanField()

@@ -61,6 +61,7 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
             candidates,
             dispatch,
             priority=plan.priority,
+            location=getattr(plan.principal, "location_pk", None),
             on_attempt=note,
             on_admit=_admit_step,
             keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
