@@ -255,6 +255,9 @@ Q_CLUSTER = {
 MEDAI_RESULT_TTL = envint("MEDAI_RESULT_TTL", 300, minimum=1)  # seconds a result's content is kept
 MEDAI_QUEUE_MAX = envint("MEDAI_QUEUE_MAX", 1000, minimum=1)  # above it: 429, only HIGH/CRITICAL
 MEDAI_QUEUE_AGING_SECONDS = envfloat("MEDAI_QUEUE_AGING_SECONDS", 60.0)  # anti-starvation: +1 level per period
+# Fair shares between locations: each task a location already has queued at a level puts its next
+# one this many seconds later in line (apps/inference/broker.py, fair_ranks); 0 turns it off.
+MEDAI_QUEUE_FAIR_TURN_SECONDS = envfloat("MEDAI_QUEUE_FAIR_TURN_SECONDS", 1.0)
 # Seconds a claimed task stays leased to its worker; 0 (the default): Q_CLUSTER's retry.
 MEDAI_QUEUE_LEASE_SECONDS = envfloat("MEDAI_QUEUE_LEASE_SECONDS", 0.0) or float(_TASK_RETRY)
 MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)

@@ -10,6 +10,16 @@ within one aging period of each other, FIFO within a level, and the anti-starvat
 that waited 3 periods goes before a CRITICAL one that just arrived. Dequeue reads the head of the
 index: its cost does not depend on the queue's depth.
 
+Fair shares between locations (``fair_ranks``): within a level, a location's task ranks
+``MEDAI_QUEUE_FAIR_TURN_SECONDS`` (1 s) after the last task that location already has queued at
+that level, and never before its own enqueue time. One location's batch of 1,000 LOW tasks thus
+spreads over 1,000 s of rank, and another location's LOW task submitted 5 s later goes behind only
+the first 5 of them, not all 1,000 (start-time fair queueing on the rank, decided at enqueue with
+one indexed read per location and level, so that dequeue stays one read of the head). The price:
+a location's long backlog ages from its turns, not its submit time (its 1,000th task counts as
+enqueued 1,000 s later for anti-starvation too), and a task put back after a lost entry
+(``put_again``) ranks from its queue time again. Tasks without a location rank FIFO as before.
+
 Delivery: the head rows are leased (``locked_until = now + lease``): on PostgreSQL in one
 statement, ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` (several clusters
 never take the same row, nor wait for each other), elsewhere in one transaction under SQLite's
@@ -140,6 +150,27 @@ def rank_for(priority: int, when: Any) -> float:
     return when.timestamp() - int(priority) * aging_seconds()
 
 
+def fair_ranks(list_key: str, items: list[tuple[int, int | None]], now: Any) -> list[float]:
+    """Ranks for new entries ``(priority, location id)`` enqueued together at ``now``: FIFO among
+    them, and each ``MEDAI_QUEUE_FAIR_TURN_SECONDS`` after the last entry its location already has
+    at its level (one ``tail_rank`` read per location and level)."""
+    turn = settings.MEDAI_QUEUE_FAIR_TURN_SECONDS
+    tails: dict[tuple[int, int], float | None] = {}
+    ranks: list[float] = []
+    for i, (priority, location) in enumerate(items):
+        rank = rank_for(priority, now) + i * FIFO_STEP
+        if location is not None and turn > 0:
+            at = (location, int(priority))
+            if at not in tails:
+                tails[at] = QueueEntry.objects.using(Conf.ORM).tail_rank(list_key, location, int(priority))
+            tail = tails[at]
+            if tail is not None:
+                rank = max(rank, tail + turn)
+            tails[at] = rank
+        ranks.append(rank)
+    return ranks
+
+
 def wake_key(list_key: str) -> str:
     return f"medai:queue:wake:{list_key}"
 
@@ -184,24 +215,32 @@ def put(list_key: str, payload: str, *, priority: int = 1, task_id: Any = None, 
     return entry.pk
 
 
-def put_many(list_key: str, items: list[tuple[str, int, Any]], *, now: Any = None) -> None:
+def put_many(
+    list_key: str, items: list[tuple[str, int, Any]], *, now: Any = None, locations: list[int | None] | None = None
+) -> None:
     """Insert entries for ``(payload, priority, task_id)`` items with one multi-row INSERT (inside
     the caller's transaction) and wake a pusher once on commit. Items enqueued together keep their
-    order within a level: each ranks ``FIFO_STEP`` after the previous one."""
+    order within a level: each ranks ``FIFO_STEP`` after the previous one; with ``locations`` (each
+    item's), each takes its location's next fair turn (``fair_ranks``)."""
     if not items:
         return
     now = now or timezone.now()
+    where = locations if locations is not None else [None] * len(items)
+    ranks = fair_ranks(
+        list_key, [(int(priority), loc) for (_, priority, _), loc in zip(items, where, strict=True)], now
+    )
     entries = [
         QueueEntry(
             key=list_key,
             priority=int(priority),
-            rank=rank_for(priority, now) + i * FIFO_STEP,
+            rank=rank,
             enqueued_at=now,
             locked_until=now,
             task_id=task_id,
+            location_id=location,
             payload=payload,
         )
-        for i, (payload, priority, task_id) in enumerate(items)
+        for (payload, priority, task_id), rank, location in zip(items, ranks, where, strict=True)
     ]
     QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
     transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)

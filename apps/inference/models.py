@@ -437,6 +437,16 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
     def of_tasks(self, task_ids: Any) -> QueueEntryQuerySet:
         return self.filter(task_id__in=task_ids)
 
+    def tail_rank(self, key: str, location_id: int, priority: int) -> float | None:
+        """The rank of the last entry of queue ``key`` that this location has at this priority
+        (waiting or running), None without any: one read of the ``queue_entry_turns`` index."""
+        return (
+            self.filter(key=key, location_id=location_id, priority=priority)
+            .order_by("-rank")
+            .values_list("rank", flat=True)
+            .first()
+        )
+
     def without_live_task(self) -> QueueEntryQuerySet:
         """Entries whose task is finished, gone, or that carry none (the ones an ack may delete)."""
         live = InferenceTask.objects.filter(id=OuterRef("task_id"), status__in=LIVE_STATUSES)
@@ -496,7 +506,10 @@ class QueueEntry(models.Model):
 
     ``rank`` is the enqueue time (epoch seconds) minus ``priority × MEDAI_QUEUE_AGING_SECONDS``:
     ordering by rank gives strict priority order within the aging window and FIFO within a level,
-    and a task that waited one aging period counts as one level higher (anti-starvation).
+    and a task that waited one aging period counts as one level higher (anti-starvation). Within a
+    level, locations take turns: a location's task goes ``MEDAI_QUEUE_FAIR_TURN_SECONDS`` after
+    the last one it has queued at that level (``broker.fair_ranks``; ``location_id`` and the
+    ``queue_entry_turns`` index find that one).
     ``locked_until`` is the lease: a delivered entry is invisible until then and is deleted on ack.
     """
 
@@ -507,12 +520,16 @@ class QueueEntry(models.Model):
     locked_until = models.DateTimeField()
     deliveries = models.PositiveIntegerField(default=0)
     task_id = models.UUIDField(null=True, blank=True, db_index=True)
+    location_id = models.IntegerField(null=True, blank=True, help_text="The task's location: its fair turn.")
     payload = models.TextField()
 
     objects = QueueEntryQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["key", "rank"], name="queue_entry_next")]
+        indexes = [
+            models.Index(fields=["key", "rank"], name="queue_entry_next"),
+            models.Index(fields=["key", "location_id", "priority", "rank"], name="queue_entry_turns"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key}#{self.pk} p{self.priority}"

@@ -144,7 +144,12 @@ def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
         tasks[0].save(force_insert=True)
     else:
         InferenceTask.objects.bulk_create(tasks)
-    broker.put_many(list_key(), [(_package(t, now), t.priority, t.id) for t in tasks], now=now)
+    broker.put_many(
+        list_key(),
+        [(_package(t, now), t.priority, t.id) for t in tasks],
+        now=now,
+        locations=[t.location_id for t in tasks],  # fair turns between locations (broker.fair_ranks)
+    )
     updates = [push.update_for(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))
 
