@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inference', '0007_task_content_purged_at'),
+        ('inference', '0008_encrypted_error_text_and_legal_holds'),
     ]
 
     operations = [
