@@ -160,6 +160,13 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         their own at another location, is not found)."""
         return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
 
+    def usage_visible_to(self, principal: Any) -> InferenceTaskQuerySet:
+        """Whose usage a caller may see (``GET /v1/usage``): an admin or auditor their whole
+        organization's, anyone else their own (at every location: it is their own use)."""
+        if principal.role in ("admin", "auditor") and principal.organization_id is not None:
+            return self.filter(location__organization_id=principal.organization_id)
+        return self.filter(user_id=principal.user_id)
+
     def by_pk(self, ids: Any) -> InferenceTaskQuerySet:
         """Tasks by primary key alone, unordered. Filters on status here would let SQLite's planner
         pick the status index and scan every queued task: a cost growing with the queue's depth."""

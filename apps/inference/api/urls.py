@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.inference.api import async_views, views
+from apps.inference.api import async_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
@@ -14,4 +14,5 @@ urlpatterns = [
     path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
+    path("usage", usage_views.UsageView.as_view(), name="usage"),
 ]
