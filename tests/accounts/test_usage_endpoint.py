@@ -106,7 +106,12 @@ def test_the_answer_lists_the_callers_quotas_with_their_use(client_for, alice, r
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("period=week", "period"), ("group_by=ward", "group_by"), ("start=yesterday", "start"), ("start=2026-02-02&end=2026-02-01", "end")],
+    [
+        ("period=week", "period"),
+        ("group_by=ward", "group_by"),
+        ("start=yesterday", "start"),
+        ("start=2026-02-02&end=2026-02-01", "end"),
+    ],
 )
 def test_bad_parameters_are_a_400_naming_them(client_for, alice, query, param):
     response = client_for(alice).get(f"/v1/usage?{query}")

@@ -15,7 +15,7 @@ from apps.inference import usage
 from apps.inference.api.serializers import ErrorSerializer
 
 
-class UsageRowSerializer(serializers.Serializer):
+class UsageReportRowSerializer(serializers.Serializer):
     organization = serializers.CharField(required=False)
     location = serializers.CharField(required=False)
     user = serializers.CharField(required=False, allow_null=True)
@@ -26,7 +26,7 @@ class UsageRowSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
 
 
-class UsageTotalsSerializer(serializers.Serializer):
+class UsageReportTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
@@ -42,14 +42,14 @@ class QuotaUseSerializer(serializers.Serializer):
     used_tokens = serializers.IntegerField(allow_null=True)
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageReportSerializer(serializers.Serializer):
     object = serializers.CharField()
     scope = serializers.ChoiceField(choices=["own", "organization"])
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     group_by = serializers.ListField(child=serializers.CharField())
-    data = UsageRowSerializer(many=True)
-    totals = UsageTotalsSerializer()
+    data = UsageReportRowSerializer(many=True)
+    totals = UsageReportTotalsSerializer()
     quotas = QuotaUseSerializer(many=True)
 
 
@@ -65,7 +65,7 @@ class UsageView(APIView):
             OpenApiParameter("end", str, description="day after the last (YYYY-MM-DD, exclusive)"),
             OpenApiParameter("group_by", str, description="comma-separated: organization, location, user, model"),
         ],
-        responses={200: UsageSerializer, 400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer},
+        responses={200: UsageReportSerializer, 400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer},
         operation_id="usage",
     )
     def get(self, request: Request) -> Response:
