@@ -37,8 +37,10 @@ def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iter
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     from apps.accounts import services as account_services
+    from apps.inference.queue.submit import forget_depth
 
     router.invalidate()
+    forget_depth()  # the queue depth admission caches for 100 ms
     account_services._user_cache.clear()
     account_services._revoked_cache.clear()
     gpu_shared.flush_shared()  # circuits, health, slots, GPU state: nothing leaks between tests

@@ -1,24 +1,39 @@
-"""The async task API (``/v1/async/...``): thin DRF views over apps.inference.queue.
+"""The async task API (``/v1/async/...``): thin views over apps.inference.queue.
 
 Every object lookup goes through ``InferenceTask.objects.visible_to(principal)`` or
 ``TaskBatch.objects.visible_to(principal)``, so another user's or location's task answers 404.
+
+The two submit views are the queue's hot path and run natively async (``AsyncPostView``): a sync
+DRF view costs a thread started for every request under ASGI (Django's per-request
+``ThreadSensitiveContext``), about a tenth of a submit. They authenticate from this process's
+credential cache on the event loop and run the submit's transaction on the loop's shared thread
+pool. The other views are read-mostly and stay plain DRF views.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from asgiref.sync import AsyncToSync, sync_to_async
 from django.core.paginator import EmptyPage, Paginator
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts import services as accounts
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import Authenticated, CanInfer, CanRead
+from apps.accounts.services import AuthError, NeedsDatabase, Principal
 from apps.inference import queue
+from apps.inference.api.parsers import SafeJSONParser
 from apps.inference.api.serializers import (
     AsyncBatchSubmittedSerializer,
     AsyncResultSerializer,
@@ -29,13 +44,14 @@ from apps.inference.api.serializers import (
     QueueHealthSerializer,
     TaskErrorSerializer,
 )
-from apps.inference.api.views import with_rate_limit
+from apps.inference.api.views import read_body, with_rate_limit
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, TaskBatch
 from apps.inference.pipeline import gate
 from apps.inference.validation.fields import PriorityField
 
 S = InferenceTask.Status
+T = TypeVar("T")
 
 
 class TaskStatusSerializer(serializers.Serializer):
@@ -119,6 +135,50 @@ def _status(task: InferenceTask) -> dict[str, Any]:
     return _statuses([task])[0]
 
 
+def _under_sync_caller() -> bool:
+    """Whether this coroutine runs under an outer ``async_to_sync`` (Django's test client, WSGI)."""
+    return getattr(AsyncToSync.executors, "current", None) is not None
+
+
+async def in_db_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run a sync database step off the event loop. Under ASGI: on the loop's shared thread pool
+    (``thread_sensitive=False``: no thread started for the request). Under an outer sync caller:
+    in that caller's thread, on its connection and inside its transaction, as a sync view would."""
+    return await sync_to_async(func, thread_sensitive=_under_sync_caller())(*args)
+
+
+async def _principal(request: HttpRequest) -> Principal:
+    """The authenticate step, once: the same accounts function as DRF's ``BearerAuthentication``.
+    Under ASGI answered from this process's credential cache on the loop when it can (else again
+    where a query is allowed); under a sync caller, whose thread may query, directly there."""
+    header = request.headers.get("Authorization")
+    try:
+        if _under_sync_caller():
+            principal = await in_db_thread(accounts.authenticate_header, header)
+        else:
+            try:
+                principal = accounts.authenticate_header(header, cached_only=True)
+            except NeedsDatabase:
+                principal = await in_db_thread(accounts.authenticate_header, header)
+    except AuthError as exc:
+        raise ApiError(401, exc.code, exc.message) from None
+    return gate.authenticated(principal)
+
+
+def _json_body(request: HttpRequest) -> Any:
+    """The request's JSON (DRF's parser, so the same 400/415 answers as the DRF views); an empty
+    body reads as ``{}``, as DRF's ``request.data`` does."""
+    body = read_body(request)
+    if not body:
+        return {}
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", f'Unsupported media type "{request.content_type}" in request.')
+    try:
+        return SafeJSONParser().parse(io.BytesIO(body), request.content_type, {"request": request})
+    except ParseError as exc:
+        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc.detail}") from None
+
+
 class RateLimitedView(APIView):
     """An endpoint behind the pipeline's rate-limit step: every answer (success or error) carries
     the ``X-RateLimit-*`` headers of its decision."""
@@ -127,7 +187,46 @@ class RateLimitedView(APIView):
         return with_rate_limit(super().finalize_response(request, response, *args, **kwargs))
 
 
-class SubmitView(RateLimitedView):
+class AsyncPostView(RateLimitedView):
+    """A rate-limited APIView whose ``POST`` runs as a native async view (``apost``); the class
+    stays a DRF view for drf-spectacular (``as_view`` keeps ``cls``), and every other method is
+    DRF's. Every answer of ``apost``, error or not, carries the ``X-RateLimit-*`` headers."""
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        drf_view = super().as_view(**initkwargs)
+        drf_async = sync_to_async(drf_view)
+
+        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            if request.method != "POST":
+                return await drf_async(request, *args, **kwargs)
+            try:
+                return with_rate_limit(await cls.apost(request))
+            except ApiError as exc:
+                return with_rate_limit(exc.response())
+
+        view.cls = cls  # type: ignore[attr-defined]  # what DRF's as_view sets: schema generation reads it
+        view.initkwargs = initkwargs  # type: ignore[attr-defined]
+        return csrf_exempt(view)
+
+    @classmethod
+    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+        raise NotImplementedError
+
+
+def _submit_one(principal: Principal, data: Any, correlation_id: str, client_ip: str | None) -> dict[str, Any]:
+    submitted = queue.submit_task(principal, data, correlation_id, client_ip=client_ip)
+    body = _status(submitted.task)
+    body["deduplicated"] = not submitted.created
+    return body
+
+
+def _submit_many(principal: Principal, items: Any, correlation_id: str, client_ip: str | None) -> dict[str, Any]:
+    batch, tasks = queue.submit_batch(principal, items, correlation_id, client_ip=client_ip)
+    return {"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"}
+
+
+class SubmitView(AsyncPostView):
     """``POST /v1/async/submit``: queue one chat request → 202 ``{task_id, status, position}``."""
 
     permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once
@@ -137,19 +236,22 @@ class SubmitView(RateLimitedView):
         responses={202: TaskStatusSerializer, **_errors(413, 429, 503)},
         operation_id="async_submit",
     )
-    def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
+    def post(self, request: Request) -> Response:  # the schema's; requests go to ``apost``
+        raise NotImplementedError
+
+    @classmethod
+    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+        principal = await _principal(request)
+        data = _json_body(request)
+        if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
-        principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once
-        submitted = queue.submit_task(
-            principal, request.data, getattr(request, "correlation_id", ""), client_ip=request.META.get("REMOTE_ADDR")
+        body = await in_db_thread(
+            _submit_one, principal, data, getattr(request, "correlation_id", ""), request.META.get("REMOTE_ADDR")
         )
-        body = _status(submitted.task)
-        body["deduplicated"] = not submitted.created
-        return Response(body, status=202)
+        return JsonResponse(body, status=202)
 
 
-class SubmitBatchView(RateLimitedView):
+class SubmitBatchView(AsyncPostView):
     """``POST /v1/async/submit-batch {requests: [...]}`` → 202 ``{batch_id, task_ids}``."""
 
     permission_classes = [Authenticated]  # the scope: the pipeline's authorize step, once for the batch
@@ -159,18 +261,18 @@ class SubmitBatchView(RateLimitedView):
         responses={202: AsyncBatchSubmittedSerializer, **_errors(413, 429, 503)},
         operation_id="async_submit_batch",
     )
-    def post(self, request: Request) -> Response:
-        data = request.data if isinstance(request.data, dict) else {}
-        principal = gate.authenticated(principal_of(request))  # by DRF's BearerAuthentication, once for every item
-        batch, tasks = queue.submit_batch(
-            principal,
-            data.get("requests"),
-            getattr(request, "correlation_id", ""),
-            client_ip=request.META.get("REMOTE_ADDR"),
+    def post(self, request: Request) -> Response:  # the schema's; requests go to ``apost``
+        raise NotImplementedError
+
+    @classmethod
+    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+        principal = await _principal(request)  # once for every item
+        data = _json_body(request)
+        items = data.get("requests") if isinstance(data, dict) else None
+        body = await in_db_thread(
+            _submit_many, principal, items, getattr(request, "correlation_id", ""), request.META.get("REMOTE_ADDR")
         )
-        return Response(
-            {"batch_id": str(batch.id), "task_ids": [str(t.id) for t in tasks], "status": "queued"}, status=202
-        )
+        return JsonResponse(body, status=202)
 
 
 class StatusView(APIView):

@@ -29,7 +29,8 @@ from apps.inference.pipeline import gate, plan, record, run
 run_sync = sync_to_async(thread_sensitive=False)
 
 
-def _read_body(request: HttpRequest) -> bytes:
+def read_body(request: HttpRequest) -> bytes:
+    """The request body, or ApiError 413 past ``MEDAI_MAX_BODY_BYTES`` (declared or read)."""
     try:
         declared = int(request.headers.get("Content-Length") or 0)
     except ValueError:
@@ -73,7 +74,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
     chat = None
     try:
-        body = _read_body(request)
+        body = read_body(request)
         principal = await gate.authenticate(request.headers.get("Authorization"))
         chat = await plan.plan_chat(
             principal,

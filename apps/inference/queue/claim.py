@@ -36,12 +36,17 @@ def _lease_until(now: Any) -> Any:
     return now + timedelta(seconds=broker.lease_seconds())
 
 
-def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tuple[list[Claimed], str]:
+def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra: int = 0) -> tuple[list[Claimed], str]:
     """Claim, in one transaction, the delivered task (``task_id``) and up to ``limit`` - 1 queued tasks
     for the same model from the head of the queue (collation), or with ``task_id`` None the next
     ``limit`` tasks for ``model`` if the queue's head is for that model (a worker draining a deep
     queue). Each claimed task moves to PROCESSING with attempts + 1; companions' entries are leased
     like a delivery, so a dead worker's group is delivered again.
+
+    ``extra``: up to that many more for the worker's buffer, but only from the run of entries for
+    the same model at the very head of the queue (the first other entry ends it), and none while an
+    entry ahead was handed out and waits for a worker: exactly what the refills that they save
+    would have claimed one after another, so the order is the same as with ``extra`` 0.
 
     Lock order (PostgreSQL): the delivered task, then entries and companion tasks with SKIP LOCKED,
     so a concurrent cancel or claim is skipped, never waited for (no deadlock).
@@ -105,6 +110,18 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
                     expired.append(other)
                 else:
                     chosen.append((other.id, entry.id))
+            if extra and head and len(group) + len(chosen) >= limit and not _delivered_waiting(head[0].rank, now):
+                taken = {t for t, _ in chosen} | {t.id for t in expired} | {delivered}
+                for entry in head:  # the run of this model's entries at the head, in order
+                    if entry.task_id in taken:
+                        continue
+                    other = same.get(entry.task_id) if entry.task_id else None
+                    if other is None or len(group) + len(chosen) >= limit + extra:
+                        break
+                    if other.deadline and other.deadline <= now:
+                        expired.append(other)
+                    else:
+                        chosen.append((other.id, entry.id))
             rows = {
                 t.id: t for t in InferenceTask.objects.by_pk([t for t, _ in chosen])
             }  # whole rows (the request) of those alone
@@ -120,7 +137,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int) -> tup
             waits = {
                 c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
             }
-            InferenceTask.objects.by_pk(list(waits)).claim(now, waits)
+            InferenceTask.objects.claim(now, waits)
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
             push.update_for(c.task, S.PROCESSING) for c in group
         ]
@@ -160,7 +177,7 @@ def _claim_urgent(above: int) -> list[Claimed]:
             return []  # the broker's delivery (or the expiry sweep) deals with it
         QueueEntry.objects.filter(id=entry.id).lease(_lease_until(now))
         wait = int((now - (task.queued_at or task.created_at)).total_seconds() * 1000)
-        InferenceTask.objects.by_pk([task.id]).claim(now, {task.id: wait})
+        InferenceTask.objects.claim(now, {task.id: wait})
         update = push.update_for(task, S.PROCESSING)
         transaction.on_commit(lambda: push.send([update]))
     task.status, task.attempts, task.started_at = S.PROCESSING, task.attempts + 1, now

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,6 +51,13 @@ def _run(coro: Any) -> Any:
 
 
 URGENT_CHECK_SECONDS = 0.005
+# A claim takes up to this many GPU batches of work for the worker's model; no more than one batch
+# is ever in flight (the window), the rest waits in the worker's buffer, claimed and leased. A
+# claim (one transaction, about seven statements) costs the same for 8 tasks as for 32, so a
+# draining worker claims a quarter as often, and finished requests are replaced from the buffer
+# at once instead of after a claim. The price: a buffered task shows PROCESSING for the few
+# milliseconds it waits behind the window, and cannot be cancelled meanwhile.
+CLAIM_BATCHES = 4
 
 
 def _route(task: InferenceTask) -> router.Route | Exception:
@@ -154,9 +162,11 @@ def run_task(task_id: str, collate: bool = True) -> str:
     delivery and deleted when their result is written; if this worker dies they are delivered again.
 
     A deep queue: for up to ``MEDAI_QUEUE_DRAIN_SECONDS`` the worker keeps the batch size in flight
-    for its model, like a sliding window: finished requests are written (in one transaction per
-    wake-up) and, once half the window is free, replaced from the head of the queue in one claim, so
-    the backend never idles on the slowest request of a group. It claims only while the head of the
+    for its model, like a sliding window: each claim takes up to ``CLAIM_BATCHES`` batches into the
+    worker's buffer, finished requests are replaced from the buffer at once and written (in one
+    transaction per wake-up, while their successors run), and once less than a batch is buffered
+    the buffer is refilled from the head of the queue in one claim, so the backend never idles on
+    the slowest request of a group. It claims only while the head of the
     queue is for its model: any other work at the head (a CRITICAL task for another model, an
     entry already handed to a cluster) stops the refills, and the broker delivers it as usual. No
     more than the policy's batch size is ever in flight from one worker.
@@ -167,11 +177,12 @@ def run_task(task_id: str, collate: bool = True) -> str:
 
     A task that admission turns away for now (``WAIT_CODES``: its model at the concurrency limit
     after the policy's wait, or the GPU policy holding new work) is not failed: it goes back to the
-    queue in its old place (``_requeue``) and this worker stops claiming more for that model.
+    queue in its old place (``_requeue``), and so do the tasks still in the buffer; this worker
+    stops claiming more for that model.
     """
     limit = max(policy.batch_size(), 1) if collate else 1
     try:
-        group, state = _claim_group(task_id, None, limit)
+        group, state = _claim_group(task_id, None, limit, limit * (CLAIM_BATCHES - 1) if collate else 0)
     except TRANSIENT:
         raise  # the entry stays leased: delivered again when its lease ends
     except Exception as exc:  # noqa: BLE001 - a companion's row, or the task's own, could not be read
@@ -189,12 +200,18 @@ def run_task(task_id: str, collate: bool = True) -> str:
     loop = _loop
     assert loop is not None
     pending: dict[asyncio.Task[Any], Claimed] = {}
+    buffered: deque[Claimed] = deque(group)  # claimed, not sent yet: the window takes from here
     unwritten: dict[int, Claimed] = {}  # claimed by this run, outcome not written yet (by id())
 
     def start(claimed: list[Claimed]) -> None:
         for c in claimed:
             unwritten[id(c)] = c
             pending[loop.create_task(_timed(c.task, _route(c.task)))] = c
+
+    def fill_window() -> None:
+        # the GPU batch, enforced here: at most ``limit`` of the buffered tasks in flight
+        while buffered and len(pending) < max(policy.batch_size(), 1):
+            start([buffered.popleft()])
 
     def claim_more(claim: Callable[..., list[Claimed]], *args: Any) -> list[Claimed]:
         # more work for this run; if it cannot be claimed, this run just takes no more
@@ -206,6 +223,16 @@ def run_task(task_id: str, collate: bool = True) -> str:
             logger.error("task claim failed (%s): no more work for this run", type(exc).__name__, exc_info=exc)
             return []
 
+    def hand_back() -> list[str]:
+        # the buffered tasks go back to the queue in their place (the model has no room for them now)
+        back = list(buffered)
+        buffered.clear()
+        for c in back:
+            unwritten.pop(id(c), None)
+        return _off_loop(
+            loop, _finish_or_fail, back, [({"status": REQUEUED, "error_code": "model_busy"}, 0)] * len(back)
+        )
+
     result = state
     end = time.monotonic() + drain_seconds()
     refill = collate
@@ -213,7 +240,7 @@ def run_task(task_id: str, collate: bool = True) -> str:
     next_urgent_check = 0.0
     unwritten.update((id(c), c) for c in group)
     try:
-        start(group)
+        fill_window()
         while pending:
             done, _ = loop.run_until_complete(asyncio.wait(list(pending), return_when=asyncio.FIRST_COMPLETED))
             # Let near-simultaneous answers join this write (and the requests that the finished ones
@@ -222,6 +249,7 @@ def run_task(task_id: str, collate: bool = True) -> str:
             done = {t for t in pending if t.done()}
             ready = [t for t in pending if t in done]  # in claim order
             finished = [pending.pop(t) for t in ready]
+            fill_window()  # the freed slots work while the outcomes are written
             states = _off_loop(loop, _finish_or_fail, finished, [t.result() for t in ready])
             for c, st in zip(finished, states, strict=True):
                 unwritten.pop(id(c), None)
@@ -229,29 +257,38 @@ def run_task(task_id: str, collate: bool = True) -> str:
                     result = st
                 if st == S.QUEUED:
                     refill = False  # the model has no room: hand back to the broker, do not claim more
+            if not refill and buffered and S.QUEUED in states:
+                for c, st in zip(list(buffered), hand_back(), strict=True):
+                    if c is delivered:
+                        result = st
             if collate and level < Priority.CRITICAL and time.monotonic() >= next_urgent_check:
                 next_urgent_check = time.monotonic() + URGENT_CHECK_SECONDS
                 if _off_loop(loop, _urgent_head, level):
                     start(claim_more(_claim_urgent, level))
-            if not refill:
-                continue
-            limit = max(policy.batch_size(), 1)
-            free = limit - len(pending)
-            if time.monotonic() >= end:
-                refill = False
-            elif free >= (limit + 1) // 2:
-                more = claim_more(_claim_refill, model, free)
-                refill = bool(more)
-                start(more)
+            if refill:
+                limit = max(policy.batch_size(), 1)
+                if time.monotonic() >= end:
+                    refill = False
+                elif len(buffered) < limit and len(pending) + len(buffered) <= limit * (CLAIM_BATCHES - 1):
+                    more = claim_more(_claim_refill, model, limit * CLAIM_BATCHES - len(pending) - len(buffered), limit)
+                    refill = bool(more)
+                    buffered.extend(more)
+                    unwritten.update((id(c), c) for c in more)
+            fill_window()
     except (Exception, TimeoutException) as exc:
         # Unexpected, outside any one task's own steps (those end their task above): the tasks of
-        # this run without an outcome end FAILED, unless the database connection is what failed
-        # (then their entries, still leased, deliver them again). A timeout is re-raised after, so
-        # that django-q2 replaces this worker as it intends.
+        # this run without an outcome end FAILED (those still buffered go back to the queue),
+        # unless the database connection is what failed (then their entries, still leased,
+        # deliver them again). A timeout is re-raised after, so that django-q2 replaces this
+        # worker as it intends.
         _cancel(loop, pending)
         if unwritten and not isinstance(exc, TRANSIENT):
-            left = list(unwritten.values())
-            states = _off_loop(loop, _finish_group, left, [(_internal(exc, c.task.id, "running it"), 0) for c in left])
+            waiting = {id(c) for c in buffered}
+            left = [c for c in unwritten.values() if id(c) not in waiting]
+            outcomes = [(_internal(exc, c.task.id, "running it"), 0) for c in left]
+            left += list(buffered)
+            outcomes += [({"status": REQUEUED, "error_code": "worker_error"}, 0)] * len(buffered)
+            states = _off_loop(loop, _finish_group, left, outcomes)
             result = next((st for c, st in zip(left, states, strict=True) if c is delivered), result)
         if isinstance(exc, (*TRANSIENT, TimeoutException)):
             raise
@@ -260,8 +297,9 @@ def run_task(task_id: str, collate: bool = True) -> str:
     return result
 
 
-def _claim_refill(model: tuple[str, str], n: int) -> list[Claimed]:
-    return _claim_group(None, model, n)[0]
+def _claim_refill(model: tuple[str, str], n: int, batch: int) -> list[Claimed]:
+    """Up to ``n`` more tasks for ``model``: a batch collated as usual, the rest from the head's run."""
+    return _claim_group(None, model, min(n, batch), max(n - batch, 0))[0]
 
 
 def _cancel(loop: asyncio.AbstractEventLoop, pending: dict[asyncio.Task[Any], Claimed]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -73,10 +75,41 @@ def emergency_mode(depth: int) -> bool:
     return room(Priority.NORMAL, depth) == 0
 
 
+# The depth admission counts, kept for DEPTH_CACHE_SECONDS: a COUNT over the queued tasks is a
+# statement per submit whose cost grows with the queue. Reused only while the queue is well below
+# the limit (``_depth``), and raised by every task this process admits meanwhile, so the answer
+# near the limit is always an exact count; far from it the cache can only miss what other
+# processes queued in the last 100 ms (and it overstates, never understates, once tasks leave).
+DEPTH_CACHE_SECONDS = 0.1
+_depth_lock = threading.Lock()
+_depth_seen: list[float] = [0.0, float("-inf")]  # [depth, monotonic time of the count]
+
+
+def _depth(adding: int) -> int:
+    """The queued depth for admitting ``adding`` more tasks: cached while that stays under 90% of
+    MEDAI_QUEUE_MAX, else counted."""
+    now = time.monotonic()
+    with _depth_lock:
+        depth, at = _depth_seen
+        if now - at < DEPTH_CACHE_SECONDS and depth + adding < 0.9 * queue_max():
+            _depth_seen[0] = depth + adding
+            return int(depth)
+    counted = InferenceTask.objects.queued().count()
+    with _depth_lock:
+        _depth_seen[:] = [counted + adding, now]
+    return counted
+
+
+def forget_depth() -> None:
+    """Drop the cached depth (tests that change the queue behind the submit path's back)."""
+    with _depth_lock:
+        _depth_seen[:] = [0.0, float("-inf")]
+
+
 def _admit(priorities: list[int]) -> None:
     """Admit new tasks of these priorities or answer 429 (``room``). Each task counts at its own
     priority, so a batch mixing HIGH and LOW items cannot carry LOW work into emergency mode."""
-    depth = InferenceTask.objects.queued().count()
+    depth = _depth(len(priorities))
     retry = {"Retry-After": "30"}
     routine = sum(1 for p in priorities if p < Priority.HIGH)
     if len(priorities) > room(Priority.HIGH, depth):
