@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.core.paginator import EmptyPage, Paginator
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
@@ -197,7 +197,7 @@ class AsyncPostView(RateLimitedView):
         drf_view = super().as_view(**initkwargs)
         drf_async = sync_to_async(drf_view)
 
-        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method != "POST":
                 return await drf_async(request, *args, **kwargs)
             try:
@@ -210,7 +210,7 @@ class AsyncPostView(RateLimitedView):
         return csrf_exempt(view)
 
     @classmethod
-    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+    async def apost(cls, request: HttpRequest) -> HttpResponse:
         raise NotImplementedError
 
 
@@ -240,7 +240,7 @@ class SubmitView(AsyncPostView):
         raise NotImplementedError
 
     @classmethod
-    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+    async def apost(cls, request: HttpRequest) -> HttpResponse:
         principal = await _principal(request)
         data = _json_body(request)
         if not isinstance(data, dict):
@@ -265,7 +265,7 @@ class SubmitBatchView(AsyncPostView):
         raise NotImplementedError
 
     @classmethod
-    async def apost(cls, request: HttpRequest) -> HttpResponseBase:
+    async def apost(cls, request: HttpRequest) -> HttpResponse:
         principal = await _principal(request)  # once for every item
         data = _json_body(request)
         items = data.get("requests") if isinstance(data, dict) else None
