@@ -48,7 +48,7 @@ class UsageReportSerializer(serializers.Serializer):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     group_by = serializers.ListField(child=serializers.CharField())
-    data = UsageReportRowSerializer(many=True)
+    data = UsageReportRowSerializer(many=True)  # type: ignore[assignment]  # the answer field "data", not Serializer.data
     totals = UsageReportTotalsSerializer()
     quotas = QuotaUseSerializer(many=True)
 
