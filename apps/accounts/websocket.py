@@ -3,8 +3,9 @@
 Authentication happened once, in the ASGI middleware (``medai/ws_auth.py``), which put the
 ``principal`` (None without a valid credential) and the subprotocol to answer in the scope. Here:
 
-- Refusals are sent after the handshake: accept, then close with **4401** (no valid credential)
-  or **4403** (a credential without the consumer's scope). A close sent before the accept is an
+- Refusals are sent after the handshake: accept, then close with **4401** (no valid credential),
+  **4403** (a credential without the consumer's scope) or **4429** (over a rate limit: a
+  connection and every message take a unit from the same buckets as an HTTP request). A close sent before the accept is an
   HTTP 403 to the client, its code lost: a browser sees only "failed".
 - A client that authenticated with ``Sec-WebSocket-Protocol: bearer, <token>`` gets ``bearer``
   back (a browser fails a handshake whose answer names none of the offered protocols).
@@ -26,7 +27,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from apps.accounts import services
+from apps.accounts import governance, services
 from apps.accounts.models import SCOPE_READ
 from apps.accounts.services import Forbidden
 
@@ -34,6 +35,7 @@ logger = logging.getLogger("medai.ws")
 
 UNAUTHENTICATED = 4401
 FORBIDDEN = 4403
+RATE_LIMITED = 4429
 TRY_AGAIN_LATER = 1013
 
 UNAVAILABLE = (RedisError, DatabaseError)
@@ -52,6 +54,8 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         code = self.refusal(scope)
+        if code is None:
+            code = _rate_refusal(scope)
         if code is not None:
             # Before the channel layer is involved: a refused socket costs no Redis round trip, and
             # no receive is left to cancel (redis-py may swallow a cancel during a connect).
@@ -63,6 +67,18 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
             await self.close_unavailable(exc)
         finally:
             self._stop_watchdog()
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Every message a client sends takes a unit from its rate-limit buckets, as an HTTP request
+        does (governance.check_rate_limit); over the limit, an error frame answers it instead."""
+        try:
+            governance.check_rate_limit(self.scope["principal"], ip=_client_ip(self.scope))
+        except governance.LimitExceeded as exc:
+            await self.send_json(
+                {"type": "error", "data": {"code": exc.code, "message": exc.message, "retry_after": exc.retry_after}}
+            )
+            return
+        await super().websocket_receive(message)
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -161,6 +177,24 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         task, self._watchdog = self._watchdog, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+
+def _client_ip(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _rate_refusal(scope: dict[str, Any]) -> int | None:
+    """A connection takes a unit from the caller's buckets, as an HTTP request does: over the
+    limit it is refused with 4429 (the 4000 + HTTP status convention of 4401/4403), and with
+    1013 when the counter store is down and the organization fails closed."""
+    try:
+        governance.check_rate_limit(scope["principal"], ip=_client_ip(scope))
+    except governance.Unavailable:
+        return TRY_AGAIN_LATER
+    except governance.LimitExceeded:
+        return RATE_LIMITED
+    return None
 
 
 async def _refuse(scope: dict[str, Any], receive: Any, send: Any, code: int) -> None:
