@@ -5,7 +5,9 @@ Where each is written:
 
 * non-streamed sync chat: by the background record writer (apps/inference/recorder.py), in the
   batch transaction that inserts the records;
-* streamed sync chat: by ``pipeline.record.record_outcome``, before ``[DONE]`` (or after the client left);
+* streamed sync chat: by the same background writer (``pipeline.record.record_committed``), committed
+  before ``[DONE]`` (``record_later`` after a client left mid-stream; ``record_outcome`` when the
+  stream failed to open);
 * async tasks: by the worker, in the transaction that writes the results (``queue.finish._finish_group``).
 
 The event names who (user and API key), where (location), from where (IP, user agent: sync

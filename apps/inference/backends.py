@@ -1,8 +1,9 @@
 """HTTP clients for OpenAI-compatible model servers, one pooled client per event loop.
 
-Non-streamed calls (``post_json``: chat completions) go through aiohttp: on the hot
-path it costs a quarter of httpx's CPU per request alone, and a twentieth with 32 in flight, where
-httpcore's pool bookkeeping dominated (``bench/README.md``). Streams and probes stay on httpx.
+Chat completions, non-streamed (``post_json``) and streamed (``open_stream``), go through aiohttp:
+on the hot path it costs a quarter of httpx's CPU per request alone, and a twentieth with 32 in
+flight, where httpcore's pool bookkeeping dominated (``bench/README.md``); one pool serves both.
+The admin's probe stays on httpx (a one-off client, off the hot path).
 
 Every error answer of a backend is classified in one place (``classify``): either the request
 caused it (``BackendRejected``: a 400 for that caller, never counted against the backend) or the
@@ -17,7 +18,6 @@ import functools
 import json
 import re
 import urllib.request
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -167,29 +167,7 @@ def classify(status_code: int, body: bytes) -> Fault:
     return BACKEND
 
 
-# --- httpx, for streams -------------------------------------------------------------------------
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-
-
-def _timeout() -> httpx.Timeout:
-    return httpx.Timeout(settings.MEDAI_BACKEND_TIMEOUT, connect=settings.MEDAI_BACKEND_CONNECT_TIMEOUT)
-
-
-def async_client() -> httpx.AsyncClient:
-    """The pooled client of the running event loop (an AsyncClient cannot cross loops)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            timeout=_timeout(),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=30),
-        )
-        _clients[loop] = client
-    return client
-
-
-# --- aiohttp, for non-streamed calls ----------------------------------------------------------
+# --- aiohttp, for chat completions ------------------------------------------------------------
 
 _sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator[None]]] = {}
 
@@ -302,25 +280,35 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def post_json(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """POST to ``{base_url}{path}`` and return the JSON body; BackendFailure/BackendRejected on error."""
+async def _post(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    """Send the POST and read the status line and headers (the body is the caller's to read)."""
     session = await _session()
     url = endpoint.base_url + path
+    return await session.post(
+        url,
+        data=_encode(payload),
+        headers=_headers(endpoint),
+        proxy=_proxy_for(url),
+        timeout=_client_timeout(settings.MEDAI_BACKEND_TIMEOUT, settings.MEDAI_BACKEND_CONNECT_TIMEOUT),
+    )
+
+
+def _request_failure(endpoint: EndpointInfo, exc: BaseException) -> BackendFailure:
+    """What an exception of aiohttp before the answer was read means."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True)
+    if isinstance(exc, TimeoutError):
+        return BackendFailure(endpoint, f"timed out ({type(exc).__name__})")
+    return BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})")
+
+
+async def post_json(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """POST to ``{base_url}{path}`` and return the JSON body; BackendFailure/BackendRejected on error."""
     try:
-        async with session.post(
-            url,
-            data=_encode(payload),
-            headers=_headers(endpoint),
-            proxy=_proxy_for(url),
-            timeout=_client_timeout(settings.MEDAI_BACKEND_TIMEOUT, settings.MEDAI_BACKEND_CONNECT_TIMEOUT),
-        ) as response:
+        async with await _post(endpoint, path, payload) as response:
             status, body = response.status, await response.read()
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True) from None
-    except TimeoutError as exc:
-        raise BackendFailure(endpoint, f"timed out ({type(exc).__name__})") from None
-    except aiohttp.ClientError as exc:
-        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _request_failure(endpoint, exc) from None
     _check(endpoint, status, body)
     try:
         data = json.loads(body)
@@ -334,20 +322,20 @@ async def post_json(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) 
 class SSEStream:
     """An opened streaming response: status already checked, events not yet read."""
 
-    def __init__(self, endpoint: EndpointInfo, response: httpx.Response) -> None:
+    def __init__(self, endpoint: EndpointInfo, response: aiohttp.ClientResponse) -> None:
         self.endpoint = endpoint
         self.response = response
         self.on_close: list[Callable[[], None]] = []  # e.g. release the model's concurrency slot
 
     async def events(self) -> AsyncIterator[dict[str, Any] | None]:
         """Yield each ``data:`` JSON payload; ``None`` for ``[DONE]``."""
-        lines = self.response.aiter_lines()
+        lines = _lines(self.response.content)
         try:
             async for line in lines:
-                if not line.startswith("data:"):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     await _read_to_end(lines)
                     yield None
                     return
@@ -357,47 +345,60 @@ class SSEStream:
                     continue
                 if isinstance(event, dict):
                     yield event
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise BackendFailure(self.endpoint, "timed out while streaming") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise BackendFailure(self.endpoint, f"stream broke ({type(exc).__name__})") from None
 
     async def aclose(self) -> None:
         try:
-            await self.response.aclose()
+            # A body read to its end has already handed its connection back to the pool; one
+            # that was not is closed (a backend mid-answer cannot take the next request).
+            self.response.close()
         finally:
             while self.on_close:
                 self.on_close.pop()()
 
 
-async def _read_to_end(lines: AsyncIterator[str]) -> None:
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's lines (split at LF, CRLF or CR, as SSE and httpx's ``aiter_lines``), without a
+    bound on a line's length (aiohttp's own ``readline`` refuses lines over its buffer)."""
+    rest = b""
+    async for chunk in content.iter_any():
+        lines = (rest + chunk).splitlines(keepends=True)
+        rest = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    if rest:
+        yield rest
+
+
+async def _read_to_end(lines: AsyncIterator[bytes]) -> None:
     """Read what follows ``[DONE]`` (the end of the chunked body, as a rule in the same packet), so
-    that closing the response hands its connection back to the pool: closed unread, it was dropped,
-    and every stream paid a new TCP connection to the model server. A backend that sends more or
-    holds the body open gets half a second, then the connection is dropped as before."""
+    that the connection goes back to the pool: closed unread, it is dropped, and every stream
+    paid a new TCP connection to the model server. A backend that sends more or holds the body
+    open gets half a second, then the connection is dropped."""
     try:
         async with asyncio.timeout(0.5):
             async for _ in lines:
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, aiohttp.ClientError):
         pass
 
 
 async def open_stream(endpoint: EndpointInfo, path: str, payload: dict[str, Any]) -> SSEStream:
-    client = async_client()
-    request = client.build_request("POST", endpoint.base_url + path, json=payload, headers=_headers(endpoint))
     try:
-        response = await client.send(request, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})", connect_failed=True) from None
-    except httpx.TimeoutException as exc:
-        raise BackendFailure(endpoint, f"timed out ({type(exc).__name__})") from None
-    except httpx.HTTPError as exc:
-        raise BackendFailure(endpoint, f"unreachable ({type(exc).__name__}: {exc})") from None
-    if response.status_code >= 400:
-        body = await response.aread()
-        await response.aclose()
-        _check(endpoint, response.status_code, body)
+        response = await _post(endpoint, path, payload)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _request_failure(endpoint, exc) from None
+    if response.status >= 400:
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _request_failure(endpoint, exc) from None
+        finally:
+            response.release()
+        _check(endpoint, response.status, body)
     return SSEStream(endpoint, response)
 
 

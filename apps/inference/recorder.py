@@ -10,8 +10,11 @@ The trade, and its bounds:
 
 * A record appears in the database within about ``MEDAI_RECORD_LINGER_MS`` (20 ms by default)
   after the answer, not before it: a client that reads its task list the instant it has its
-  answer may not see that request yet. Streamed completions are still recorded before
-  ``[DONE]`` (their rows are rarer, and their clients wait on the stream anyway).
+  answer may not see that request yet. A streamed completion is recorded before its ``[DONE]``:
+  its row goes through the same writer (``committed``), which skips the linger for it and
+  resolves its future at the commit, so a stream waits for one shared batch transaction instead
+  of a thread hop and a transaction of its own (which, on SQLite, also queued behind the
+  writer's lock).
 * Every record is written: on a clean shutdown (SIGTERM, Ctrl-C) the process writes what it holds
   before exiting (``atexit``); a database error is retried with backoff, keeping the rows.
   Only a process killed outright (SIGKILL, power loss) loses what it held: at most the last
@@ -25,6 +28,7 @@ The trade, and its bounds:
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import logging
 import os
 import threading
@@ -45,7 +49,8 @@ RETRY_MAX_SECONDS = 5.0
 SHUTDOWN_SECONDS = 10.0
 
 
-Pending = tuple[dict[str, Any], dict[str, Any] | None]  # (InferenceTask fields, inference_event arguments)
+# (InferenceTask fields, inference_event arguments, the future of a caller waiting for the commit)
+Pending = tuple[dict[str, Any], dict[str, Any] | None, "concurrent.futures.Future[bool] | None"]
 
 
 class RecordWriter:
@@ -59,6 +64,7 @@ class RecordWriter:
         self._submitted = 0  # rows ever submitted
         self._settled = 0  # rows written, or given up on (logged)
         self._urgent = 0  # flushes waiting: skip the linger
+        self._eager = 0  # pending rows whose caller waits for their commit: skip the linger
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
@@ -71,10 +77,24 @@ class RecordWriter:
         arguments of ``auditing.inference_event``), its audit event; never blocks, never does I/O."""
         self._ensure_thread()
         with self._lock:
-            self._pending.append((row, audit))
+            self._pending.append((row, audit, None))
             self._submitted += 1
             if len(self._pending) == 1 or len(self._pending) >= BATCH_MAX:
                 self._has_work.notify()  # wake the writer only when idle, or the batch is full
+
+    def committed(self, row: dict[str, Any], audit: dict[str, Any] | None = None) -> concurrent.futures.Future[bool]:
+        """As ``submit``, for a caller that must know when the record is in the database (a stream,
+        before its ``[DONE]``): the writer takes it without lingering, with whatever else is
+        pending, and the future resolves True at the commit, False when the record was given up
+        on (logged). Never blocks; the caller bounds its own wait."""
+        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._ensure_thread()
+        with self._lock:
+            self._pending.append((row, audit, future))
+            self._submitted += 1
+            self._eager += 1
+            self._has_work.notify()
+        return future
 
     def flush(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
         """Wait until every record submitted so far is written (or given up on); False on timeout."""
@@ -106,7 +126,7 @@ class RecordWriter:
         with self._lock:
             if self._pid != os.getpid():  # a forked child does not write its parent's rows
                 self._pending.clear()
-                self._submitted = self._settled = 0
+                self._submitted = self._settled = self._eager = 0
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, daemon=True, name="medai-record-writer")
@@ -118,12 +138,13 @@ class RecordWriter:
                 self._has_work.wait()
             # Linger so that one INSERT and one COMMIT serve many requests under load.
             deadline = time.monotonic() + settings.MEDAI_RECORD_LINGER_MS / 1000
-            while not self._urgent and len(self._pending) < BATCH_MAX:
+            while not self._urgent and not self._eager and len(self._pending) < BATCH_MAX:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._has_work.wait(left)
             batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+            self._eager -= sum(1 for *_, future in batch if future is not None)
             return batch
 
     def _settle(self, n: int) -> None:
@@ -138,14 +159,19 @@ class RecordWriter:
                 self._write(batch)
             except Exception:  # the writer must outlive anything
                 logger.exception("lost %d request records", len(batch))
+            _resolve(batch, False)  # whatever _write did not write is lost
             self._settle(len(batch))
 
     def _drain_here(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
+            self._eager = 0
         if batch:
-            self._write(batch, retry_seconds=0.0)
-            self._settle(len(batch))
+            try:
+                self._write(batch, retry_seconds=0.0)
+            finally:
+                _resolve(batch, False)
+                self._settle(len(batch))
 
     def _write(self, batch: list[Pending], retry_seconds: float | None = None) -> None:
         """Insert the batch and append its audit events, in one transaction; keep retrying while the
@@ -156,6 +182,7 @@ class RecordWriter:
             close_old_connections()
             try:
                 _insert(batch)
+                _resolve(batch, True)
                 return
             except (OperationalError, InterfaceError) as exc:
                 limit = retry_seconds if retry_seconds is not None else (SHUTDOWN_SECONDS if self._urgent else None)
@@ -171,6 +198,7 @@ class RecordWriter:
                     close_old_connections()
                     try:
                         _insert([pending])
+                        _resolve([pending], True)
                     except Exception:
                         logger.exception("lost the record of request %s", pending[0].get("correlation_id"))
                 return
@@ -182,13 +210,21 @@ def _insert(batch: list[Pending]) -> None:
     """The records (one multi-row INSERT) and then their audit events (one append under the chain
     head's lock, held until the commit right after it). Built afresh on every try: a failed try
     leaves nothing behind in them."""
-    tasks = [InferenceTask(**row) for row, _ in batch]
+    tasks = [InferenceTask(**row) for row, _, _ in batch]
     events = [
-        inference_event(task, **audit) for task, (_, audit) in zip(tasks, batch, strict=True) if audit is not None
+        inference_event(task, **audit) for task, (_, audit, _) in zip(tasks, batch, strict=True) if audit is not None
     ]
     with transaction.atomic():
         InferenceTask.objects.bulk_create(tasks)
         audit_services.record_events(events)
+
+
+def _resolve(batch: list[Pending], written: bool) -> None:
+    """Tell the callers waiting on these records (``committed``) whether they were written; a
+    future already resolved keeps its answer."""
+    for *_, future in batch:
+        if future is not None and not future.done():
+            future.set_result(written)
 
 
 writer = RecordWriter()

@@ -3,13 +3,14 @@ streamed or not, whatever its outcome, settles its quota reservation, gets its r
 one audit event (apps/inference/auditing.py) and is counted (apps/inference/metrics.py).
 
 * a non-streamed sync request: ``record_later`` (the background writer, apps/inference/recorder.py);
-* a stream: ``record_outcome`` before ``[DONE]`` (in a worker thread);
+* a stream: ``record_committed`` before ``[DONE]`` (the same writer; the stream awaits the commit);
 * async tasks: the worker's ``reconcile_tasks`` / ``audit_events`` / ``observe_tasks``, in the
   transaction that writes their results (apps/inference/queue).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Any
 
@@ -172,6 +173,21 @@ def record_later(plan: ChatPlan, status: str, http_status: int, error_code: str 
     recorder.writer.submit(fields, _audit_identity(plan))
     steps.enter(steps.METRICS)
     inference_metrics.observe(fields)
+
+
+def record_committed(
+    plan: ChatPlan, status: str, http_status: int, error_code: str = "", error_message: str = ""
+) -> concurrent.futures.Future[bool]:
+    """As ``record_later``, for a stream that must not send ``[DONE]`` before its record is in the
+    database: the future resolves True at the commit of the writer's batch that holds it (False
+    when the record was given up on). Never blocks; the caller bounds its wait."""
+    reconcile(plan, status)
+    fields = _record_fields(plan, status, http_status, error_code, error_message)
+    steps.enter(steps.AUDIT)
+    committed = recorder.writer.committed(fields, _audit_identity(plan))
+    steps.enter(steps.METRICS)
+    inference_metrics.observe(fields)
+    return committed
 
 
 def ensure_recording_capacity() -> None:

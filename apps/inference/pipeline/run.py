@@ -11,17 +11,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from apps.inference import backends, conformance, forced_tools, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
 from apps.inference.pipeline.plan import Attempt, ChatPlan
-from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_outcome
+from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
+
+# How long a finished stream waits for its record's commit before it ends with an error event
+# instead of ``[DONE]`` (the database is down or far behind; the writer keeps the row and retries).
+RECORD_WAIT_SECONDS = 10.0
 
 
 def _all_failed(plan: ChatPlan) -> ApiError:
@@ -122,8 +124,10 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
 
     The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
-    its record. After the first token no retry is possible: a broken stream ends with an error
-    event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
+    its record: the record writer's batch that holds it has committed (``record_committed``);
+    when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends with a
+    ``recording_unavailable`` error event instead. After the first token no retry is possible: a
+    broken stream ends with an error event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     assert plan.endpoint is not None
@@ -137,12 +141,22 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     error: tuple[str, str] | None = None
     recorded = False
 
-    async def record(status: str, code: str = "", message: str = "") -> None:
+    def count_tokens() -> None:
         nonlocal recorded
         recorded = True
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
-        await sync_to_async(record_outcome, thread_sensitive=False)(plan, status, 200, code, message)
+
+    async def record(status: str, code: str = "", message: str = "") -> bool:
+        """Record the outcome; True once its record has committed."""
+        count_tokens()
+        committed = asyncio.wrap_future(record_committed(plan, status, 200, code, message))
+        try:
+            async with asyncio.timeout(RECORD_WAIT_SECONDS):
+                return await asyncio.shield(committed)
+        except TimeoutError:
+            logger.error("the record of stream %s is not written yet", plan.correlation_id)
+            return False
 
     try:
         try:
@@ -168,29 +182,30 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
             error = ("backend_error", exc.reason)
         if error is not None:
             await record(InferenceTask.Status.FAILED, *error)
-            yield _sse(
-                {
-                    "error": {
-                        "message": f"The model server failed mid-stream: {error[1]}",
-                        "type": "api_error",
-                        "param": None,
-                        "code": error[0],
-                    }
-                }
-            )
-        else:
-            await record(InferenceTask.Status.COMPLETED)
+            yield _error_event(error[0], f"The model server failed mid-stream: {error[1]}")
+        elif await record(InferenceTask.Status.COMPLETED):
             yield b"data: [DONE]\n\n"
+        else:
+            yield _error_event(
+                "recording_unavailable",
+                "The answer is complete but its record is not in the database (the database is "
+                "unavailable or behind); this request is not confirmed as recorded.",
+            )
     finally:
         await stream.aclose()
-        if not recorded:  # the client went away mid-stream
-            await asyncio.shield(
-                record(
-                    InferenceTask.Status.CANCELLED,
-                    CLIENT_DISCONNECTED,
-                    "The client closed the connection before the stream ended.",
-                )
+        if not recorded:  # the client went away mid-stream: no one waits for this record
+            count_tokens()
+            record_later(
+                plan,
+                InferenceTask.Status.CANCELLED,
+                200,
+                CLIENT_DISCONNECTED,
+                "The client closed the connection before the stream ended.",
             )
+
+
+def _error_event(code: str, message: str) -> bytes:
+    return _sse({"error": {"message": message, "type": "api_error", "param": None, "code": code}})
 
 
 def _int(value: Any) -> int:
