@@ -111,7 +111,26 @@ class CsrfViewMiddleware(InlineHooksMixin, _CsrfView):
         return not settings.CSRF_USE_SESSIONS
 
 
-class SessionMiddleware(InlineHooksMixin, _Session):
+# The OpenAI-compatible API: bearer-authenticated (DRF's authentication classes are bearer only,
+# and chat_completions authenticates its own header), answered in JSON, never rendered from a template.
+API_PREFIX = "/v1/"
+
+
+class PagesOnlyMixin(MiddlewareMixin):
+    """For middleware whose work only pages use (the admin, the web UI): the session, the user
+    attached from it, flash messages. Requests under ``API_PREFIX`` go straight past them, in
+    sync and async mode alike: no view there reads ``request.session``, ``request.user`` (DRF sets
+    its own from the bearer token) or messages, and those middleware cost about as much as the
+    rest of the stack's hooks together on every API call (bench/README.md, "chat_overhead.py").
+    CSRF, security headers, the correlation id and the metrics still run on every path."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.path_info.startswith(API_PREFIX):
+            return self.get_response(request)  # a coroutine in async mode, as MiddlewareMixin's
+        return super().__call__(request)
+
+
+class SessionMiddleware(PagesOnlyMixin, InlineHooksMixin, _Session):
     """Creating the lazy session store is free; saving it is a database write."""
 
     def needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
@@ -119,11 +138,11 @@ class SessionMiddleware(InlineHooksMixin, _Session):
         return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
 
 
-class AuthenticationMiddleware(InlineHooksMixin, _Authentication):
+class AuthenticationMiddleware(PagesOnlyMixin, InlineHooksMixin, _Authentication):
     """Only attaches the lazy ``request.user``/``request.auser``; loading the user is the view's."""
 
 
-class MessageMiddleware(InlineHooksMixin, _Message):
+class MessageMiddleware(PagesOnlyMixin, InlineHooksMixin, _Message):
     """Storing messages may write the session (the fallback storage): only then a thread."""
 
     def needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
