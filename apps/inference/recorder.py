@@ -36,7 +36,16 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    router,
+    transaction,
+)
+from django.db.models.sql import InsertQuery
 
 from apps.audit import services as audit_services
 from apps.inference.auditing import inference_event
@@ -215,8 +224,43 @@ def _insert(batch: list[Pending]) -> None:
         inference_event(task, **audit) for task, (_, audit, _) in zip(tasks, batch, strict=True) if audit is not None
     ]
     with transaction.atomic():
-        InferenceTask.objects.bulk_create(tasks)
+        _insert_tasks(tasks)
         audit_services.record_events(events)
+
+
+def _insert_tasks(tasks: list[InferenceTask]) -> None:
+    """``InferenceTask.objects.bulk_create(tasks)``, with the statement compiled once.
+
+    Django's bulk INSERT renders a placeholder for every value of every row (about 40 columns a
+    row) and SQLite's backend then rewrites the whole statement; that was the largest part of the
+    writer's time, which competes with the event loop for the GIL (bench/README.md). Here Django
+    compiles the INSERT of the first row and the driver runs it for each (``executemany``). The
+    values are the same: every concrete field, each through its own ``pre_save`` and
+    ``get_db_prep_save`` (the encrypted fields included). A field or value that would render SQL
+    of its own (a custom placeholder, an expression) takes ``bulk_create`` itself."""
+    if not tasks:
+        return
+    using = router.db_for_write(InferenceTask)
+    fields = [f for f in InferenceTask._meta.concrete_fields if not f.generated]
+    if any(hasattr(f, "get_placeholder") for f in fields):
+        InferenceTask.objects.using(using).bulk_create(tasks)
+        return
+    for task in tasks:
+        task._prepare_related_fields_for_save(operation_name="bulk_create")
+    query = InsertQuery(InferenceTask)
+    query.insert_values(fields, tasks[:1])
+    compiler = query.get_compiler(using=using)
+    ((statement, first),) = compiler.as_sql()
+    rows = [list(first)]
+    rows += [[compiler.prepare_value(f, compiler.pre_save_val(f, task)) for f in fields] for task in tasks[1:]]
+    if len(rows[0]) != len(fields) or any(hasattr(v, "as_sql") for row in rows for v in row):
+        InferenceTask.objects.using(using).bulk_create(tasks)
+        return
+    with connections[using].cursor() as cursor:
+        cursor.executemany(statement, rows)
+    for task in tasks:
+        task._state.adding = False
+        task._state.db = using
 
 
 def _resolve(batch: list[Pending], written: bool) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.db import OperationalError
 
+from apps.inference import recorder
 from apps.inference.models import InferenceTask
 from tests.conftest import records_written, register_model
 
@@ -52,16 +53,16 @@ def test_the_record_appears_on_its_own_shortly_after_the_answer(post):
 
 
 def test_a_database_error_delays_the_record_but_does_not_lose_it(post):
-    real = InferenceTask.objects.bulk_create
+    real = recorder._insert_tasks  # the batch's INSERT
     failures = []
 
-    def flaky(objs, *args, **kwargs):
+    def flaky(tasks):
         if not failures:
             failures.append(1)
             raise OperationalError("database is locked")
-        return real(objs, *args, **kwargs)
+        return real(tasks)
 
-    with mock.patch.object(InferenceTask.objects, "bulk_create", side_effect=flaky):
+    with mock.patch.object(recorder, "_insert_tasks", side_effect=flaky):
         assert post().status_code == 200
         records_written()
     assert failures and InferenceTask.objects.get().status == "completed"

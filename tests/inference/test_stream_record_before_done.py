@@ -12,6 +12,7 @@ import httpx
 import pytest
 from django.db import OperationalError
 
+from apps.inference import recorder
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import run
 from tests.conftest import records_written, register_model
@@ -51,17 +52,17 @@ def test_a_client_that_saw_done_finds_its_record_and_audit_event(stream):
 
 
 def test_a_stream_whose_record_cannot_be_written_ends_with_an_error_not_done(stream):
-    real = InferenceTask.objects.bulk_create
+    real = recorder._insert_tasks  # the batch's INSERT
     down = [True]
 
-    def database(objs, *args, **kwargs):
+    def database(tasks):
         if down[0]:
             raise OperationalError("database is locked")
-        return real(objs, *args, **kwargs)
+        return real(tasks)
 
     with (
         mock.patch.object(run, "RECORD_WAIT_SECONDS", 0.3),
-        mock.patch.object(InferenceTask.objects, "bulk_create", side_effect=database),
+        mock.patch.object(recorder, "_insert_tasks", side_effect=database),
     ):
         lines = stream()
         assert "data: [DONE]" not in lines
