@@ -112,6 +112,13 @@ class Env:
             "DEBUG": "0",
             "JWT_ACCESS_TTL": "86400",
             "MEDAI_ENV": "test",  # a throwaway var dir: its keys are generated there
+            # Governance stays on (its Redis script runs on every request, as in production), but
+            # with no limit to hit: one key sends thousands of requests a second here, and the
+            # series measure serving them, not refusing them with 429s.
+            "MEDAI_RATE_LIMIT_KEY_RATE": "0",
+            "MEDAI_RATE_LIMIT_USER_RATE": "0",
+            "MEDAI_RATE_LIMIT_IP_RATE": "0",
+            "MEDAI_INFLIGHT_PER_KEY": "0",
         }
         self.env.pop("DATABASE_URL", None)
         self.stub_url = f"http://127.0.0.1:{args.port_base}/v1"
@@ -221,6 +228,12 @@ def request_once(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, every thread (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -389,7 +402,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _load(base_url: str, model: str, token: str | None, total: int, concurrency: int) -> dict[str, Any]:
+async def _load(
+    base_url: str, model: str, token: str | None, total: int, concurrency: int, get: str | None = None
+) -> dict[str, Any]:
     hostport, _, prefix = base_url.removeprefix("http://").partition("/")
     host, _, port = hostport.partition(":")
     body = json.dumps({"model": model, "messages": PROMPT, "max_tokens": 1}).encode()
@@ -398,6 +413,8 @@ async def _load(base_url: str, model: str, token: str | None, total: int, concur
         f"POST /{prefix}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
         f"{auth}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    if get:
+        raw = f"GET {get} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode()
     remaining = total
     statuses: dict[int, int] = {}
     latencies: list[float] = []
@@ -431,13 +448,28 @@ async def _load(base_url: str, model: str, token: str | None, total: int, concur
     }
 
 
-def load(base_url: str, model: str, token: str | None, total: int, concurrency: int) -> dict[str, Any]:
+def load(
+    base_url: str,
+    model: str,
+    token: str | None,
+    total: int,
+    concurrency: int,
+    get: str | None = None,
+    cpu_of: int | None = None,
+) -> dict[str, Any]:
+    """``total`` requests, ``concurrency`` at a time; ``get``: GET that path instead of a chat;
+    ``cpu_of``: also the CPU time that process spent per request meanwhile."""
+    cpu_before = cpu_seconds(cpu_of) if cpu_of else 0.0
     try:
         import uvloop
 
-        return uvloop.run(_load(base_url, model, token, total, concurrency))
+        result = uvloop.run(_load(base_url, model, token, total, concurrency, get))
     except ImportError:
-        return asyncio.run(_load(base_url, model, token, total, concurrency))
+        result = asyncio.run(_load(base_url, model, token, total, concurrency, get))
+    if cpu_of:
+        time.sleep(0.1)  # the record writer's linger: its batch belongs to these requests
+        result["cpu_ms_per_request"] = (cpu_seconds(cpu_of) - cpu_before) * 1000 / total
+    return result
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -541,16 +573,20 @@ def main() -> None:
                 load(medai_url, STUB_MODEL, creds["api_key"], 500, c)
                 sent_through_medai += 500
             series: dict[str, dict[str, list[dict[str, Any]]]] = {
-                str(c): {"stub_direct": [], "medai": []} for c in levels
+                str(c): {"stub_direct": [], "medai": [], "medai_healthz": []} for c in levels
             }
             for r in range(args.rounds):  # interleaved: the stub's own rate and medai's, level by level
                 for c in levels:
-                    pair = [
-                        ("stub_direct", env.stub_url, "stub-model", None),
-                        ("medai", medai_url, STUB_MODEL, creds["api_key"]),
+                    # medai's CPU per chat and per /healthz request (every thread of the process):
+                    # what one request costs the process whatever else the machine runs
+                    trio: list[tuple[str, str, str, str | None, str | None]] = [
+                        ("stub_direct", env.stub_url, "stub-model", None, None),
+                        ("medai", medai_url, STUB_MODEL, creds["api_key"], None),
+                        ("medai_healthz", medai_url, "", None, "/healthz"),
                     ]
-                    for name, url, model, token in pair if r % 2 == 0 else pair[::-1]:
-                        series[str(c)][name].append(load(url, model, token, n, c))
+                    for name, url, model, token, get in trio if r % 2 == 0 else trio[::-1]:
+                        cpu_of = medai_pid if name.startswith("medai") else None
+                        series[str(c)][name].append(load(url, model, token, n, c, get=get, cpu_of=cpu_of))
                     sent_through_medai += n
             results["throughput"] = {
                 c: {
@@ -560,6 +596,12 @@ def main() -> None:
                     "medai_pct_of_stub": 100
                     * statistics.median(
                         m["rps"] / d["rps"] for m, d in zip(runs["medai"], runs["stub_direct"], strict=True)
+                    ),
+                    "cpu_ms_per_chat": statistics.median(x["cpu_ms_per_request"] for x in runs["medai"]),
+                    "cpu_ms_per_healthz": statistics.median(x["cpu_ms_per_request"] for x in runs["medai_healthz"]),
+                    "cpu_chat_over_healthz": statistics.median(
+                        m["cpu_ms_per_request"] / h["cpu_ms_per_request"]
+                        for m, h in zip(runs["medai"], runs["medai_healthz"], strict=True)
                     ),
                 }
                 for c, runs in series.items()
@@ -655,9 +697,11 @@ def report(results: dict[str, Any]) -> None:
         for c, t in results["throughput"].items():
             print(
                 f"  {c:>3} in flight: medai {t['medai_rps_median']:>7.0f} req/s, stub {t['stub_rps_median']:>7.0f} req/s"
-                f" -> {t['medai_pct_of_stub']:.1f}% (target >= 5%)"
+                f" -> {t['medai_pct_of_stub']:.1f}% (target >= 5%);"
+                f" medai's CPU per chat {t['cpu_ms_per_chat']:.2f} ms, per /healthz {t['cpu_ms_per_healthz']:.2f} ms"
+                f" = {t['cpu_chat_over_healthz']:.2f}x"
             )
-            for name in ("stub_direct", "medai"):
+            for name in ("stub_direct", "medai", "medai_healthz"):
                 for x in t[name]:
                     print(
                         f"      {name:<12}{x['rps']:>8.0f} req/s  median {x['median_ms']:.1f} ms, p95 {x['p95_ms']:.1f} ms,"
