@@ -45,6 +45,7 @@ from django.db import (
     router,
     transaction,
 )
+from django.db.models import Model
 from django.db.models.sql import InsertQuery
 
 from apps.audit import services as audit_services
@@ -245,13 +246,12 @@ def _insert_tasks(tasks: list[InferenceTask]) -> None:
     if any(hasattr(f, "get_placeholder") for f in fields):
         InferenceTask.objects.using(using).bulk_create(tasks)
         return
-    for task in tasks:
-        task._prepare_related_fields_for_save(operation_name="bulk_create")
+    first: list[Model] = [tasks[0]]  # rows name related rows by id (``user_id``): nothing unsaved to check
     query = InsertQuery(InferenceTask)
-    query.insert_values(fields, tasks[:1])
+    query.insert_values(fields, first)
     compiler = query.get_compiler(using=using)
-    ((statement, first),) = compiler.as_sql()
-    rows = [list(first)]
+    ((statement, params),) = compiler.as_sql()
+    rows = [list(params)]
     rows += [[compiler.prepare_value(f, compiler.pre_save_val(f, task)) for f in fields] for task in tasks[1:]]
     if len(rows[0]) != len(fields) or any(hasattr(v, "as_sql") for row in rows for v in row):
         InferenceTask.objects.using(using).bulk_create(tasks)
