@@ -36,9 +36,11 @@ credentials.install(
 )
 
 from medai.handler import MedaiASGIHandler  # noqa: E402
+from medai.limits import RequestLimits  # noqa: E402
 
-# Django's ASGIHandler, minus the per-request thread where nothing needs it (medai/handler.py).
-django_asgi_app = MedaiASGIHandler()
+# Django's ASGIHandler, minus the per-request thread where nothing needs it (medai/handler.py),
+# behind the body size and content-type limits that must act before it reads a body (medai/limits.py).
+django_asgi_app = RequestLimits(MedaiASGIHandler())
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

@@ -199,3 +199,46 @@ class RedisUnavailableMiddleware(MiddlewareMixin):
             response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
         response["Retry-After"] = str(REDIS_RETRY_AFTER)
         return response
+
+
+class SecurityHeadersMiddleware:
+    """What Django's SecurityMiddleware and XFrameOptionsMiddleware do not set, on every answer that
+    passes through Django (static files are answered by WhiteNoise above it and keep their caching):
+
+    - ``Cache-Control: no-store`` unless the answer already says ``no-store`` (the admin's
+      ``never_cache`` does): every API answer, page and error may carry PHI, and a shared or
+      browser cache must keep none of it (an SSE stream's ``no-cache`` becomes ``no-store`` too);
+    - on HTML pages, ``Content-Security-Policy`` (``MEDAI_CSP``: scripts, styles and connections
+      from this origin only, no frames, no plugins) and a ``Permissions-Policy`` that turns off
+      the camera, microphone and geolocation.
+
+    Two dict lookups and at most three header writes per answer, no I/O: native sync and async, so
+    the chat's hot path pays no thread hop for it."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return self._secure(self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        return self._secure(await self.get_response(request))
+
+    @staticmethod
+    def _secure(response: HttpResponseBase) -> HttpResponseBase:
+        if "no-store" not in response.get("Cache-Control", ""):
+            response["Cache-Control"] = "no-store"
+        if response.get("Content-Type", "").startswith("text/html"):
+            if "Content-Security-Policy" not in response:
+                response["Content-Security-Policy"] = settings.MEDAI_CSP
+            if "Permissions-Policy" not in response:
+                response["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+        return response

@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
 from medai.embedded import start_embedded_redis
-from medai.env import DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist
+from medai.env import DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
 from medai.redisconf import cache_config, channel_layers_config, client_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "django_q",
+    "corsheaders",
     "apps.accounts",
     "apps.audit",
     "apps.gpu",
@@ -63,6 +64,10 @@ MIDDLEWARE = [
     "medai.middleware.PrometheusBeforeMiddleware",
     "medai.middleware.SecurityMiddleware",
     "medai.middleware.WhiteNoiseMiddleware",
+    # closed unless CORS_ALLOWED_ORIGINS names an origin; answers preflights before the views
+    "corsheaders.middleware.CorsMiddleware",
+    # no-store on every answer that passes Django, a CSP on every HTML page
+    "medai.middleware.SecurityHeadersMiddleware",
     "apps.audit.middleware.CorrelationIdMiddleware",
     "medai.middleware.RedisUnavailableMiddleware",
     "medai.middleware.SessionMiddleware",
@@ -183,15 +188,48 @@ WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", True)
 MEDAI_MAX_BODY_BYTES = envint("MEDAI_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MEDAI_MAX_BODY_BYTES
 
-# --- security headers; CORS stays closed (no CORS headers are ever sent) ---
+# --- security headers (Django's SecurityMiddleware, XFrameOptions, medai's SecurityHeadersMiddleware) ---
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("MEDAI_BEHIND_TLS_PROXY", False) else None
+# HSTS is sent on answers over TLS only (directly, or behind a proxy trusted by MEDAI_BEHIND_TLS_PROXY).
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# Every HTML page (the web UI, the admin, the API docs) loads scripts, styles, images and
+# websockets from this origin only; no inline script, no frames, no plugins.
+MEDAI_CSP = env(
+    "MEDAI_CSP",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+)
+# CORS (django-cors-headers): closed by default; list the origins a browser app may call the API
+# from, e.g. CORS_ALLOWED_ORIGINS=https://portal.example.org (no credentials by cookie: the API
+# takes a bearer token).
+CORS_ALLOWED_ORIGINS = envlist("CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/v1/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
+CORS_PREFLIGHT_MAX_AGE = envint("CORS_PREFLIGHT_MAX_AGE", 600, minimum=0)
+
+# --- operational endpoints: /metrics, /readyz, /api/schema/, /api/docs/ (medai/ops.py) ---
+# Open in development and test; elsewhere /metrics and /readyz need MEDAI_METRICS_TOKEN as a
+# bearer token (Prometheus' authorization, a probe's header) and the API schema and docs a staff
+# login. MEDAI_OPS_OPEN=1 opens them where they sit behind a separate, private listener.
+MEDAI_OPS_OPEN = envbool("MEDAI_OPS_OPEN", MEDAI_ENV in medai_secrets.DEVELOPMENT_ENVS)
+MEDAI_METRICS_TOKEN = envsecret("MEDAI_METRICS_TOKEN")
 
 # --- DRF and JWT ---
 REST_FRAMEWORK = {

@@ -2,11 +2,12 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.defaults import page_not_found, server_error
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from apps.inference import ui
 from apps.inference.errors import handler_json
 from medai import health, metrics
+from medai.ops import docs_csp, staff_protected, token_protected
 
 v1 = [
     path("", include("apps.accounts.api.urls")),
@@ -19,11 +20,15 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include(v1)),
     path("healthz", health.healthz, name="healthz"),
-    path("readyz", health.readyz, name="readyz"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # behind a token (readyz, metrics) or a staff login (schema, docs) in production: medai/ops.py
+    path("readyz", token_protected(health.readyz), name="readyz"),
+    path("api/schema/", staff_protected(SpectacularAPIView.as_view()), name="schema"),
+    # the split view serves its start-up script as a file: the docs page needs no inline script (CSP)
+    path(
+        "api/docs/", staff_protected(docs_csp(SpectacularSwaggerSplitView.as_view(url_name="schema"))), name="api-docs"
+    ),
     # Every process's metrics, django-prometheus's and medai's (medai/metrics.py).
-    path("metrics", metrics.metrics_view, name="prometheus-django-metrics"),
+    path("metrics", token_protected(metrics.metrics_view), name="prometheus-django-metrics"),
 ]
 
 

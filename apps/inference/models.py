@@ -156,8 +156,11 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
     callers' (apps.inference.queue), as each knows what it holds."""
 
     def visible_to(self, principal: Any) -> InferenceTaskQuerySet:
-        """What a caller may see: their own tasks at their current location (another user's task, or
-        their own at another location, is not found)."""
+        """What a caller may see, the one rule of every view and websocket: a location admin every
+        task of their current location; anyone else their own tasks there (another user's task, a
+        task of another location or organization, is not found: 404)."""
+        if principal.role == "admin":
+            return self.filter(location_id=principal.location_pk)
         return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
 
     def usage_visible_to(self, principal: Any) -> InferenceTaskQuerySet:
@@ -409,7 +412,10 @@ LIVE_STATUSES = (InferenceTask.Status.QUEUED, InferenceTask.Status.PROCESSING)
 
 class TaskBatchQuerySet(models.QuerySet["TaskBatch"]):
     def visible_to(self, principal: Any) -> TaskBatchQuerySet:
-        """What a caller may see: their own batches at their current location (the same rule as tasks)."""
+        """What a caller may see: the same rule as tasks (a location admin the location's batches,
+        anyone else their own there)."""
+        if principal.role == "admin":
+            return self.filter(location_id=principal.location_pk)
         return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
 
 

@@ -9,10 +9,6 @@ from django.shortcuts import render
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    response = render(request, "ui/index.html", {"default_location": settings.MEDAI_DEFAULT_LOCATION})
-    # Scripts and styles come only from this origin: injected markup cannot run.
-    response["Content-Security-Policy"] = (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
-    return response
+    # Its Content-Security-Policy (scripts and styles from this origin only: injected markup cannot
+    # run) is every page's, settings.MEDAI_CSP, set by medai's SecurityHeadersMiddleware.
+    return render(request, "ui/index.html", {"default_location": settings.MEDAI_DEFAULT_LOCATION})

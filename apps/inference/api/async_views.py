@@ -402,4 +402,4 @@ class QueueHealthView(APIView):
         responses={200: QueueHealthSerializer, 401: ErrorSerializer, 403: ErrorSerializer}, operation_id="async_health"
     )
     def get(self, request: Request) -> Response:
-        return Response(queue.health())
+        return Response(queue.health(request.auth))

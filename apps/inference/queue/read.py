@@ -9,6 +9,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_q.status import Stat
 
+from apps.accounts.models import Location
 from apps.inference.models import InferenceTask, Priority, QueueEntry, TaskBatch
 from apps.inference.queue.common import S, list_key, queue_max
 from apps.inference.queue.submit import emergency_mode
@@ -22,26 +23,38 @@ def position(task: InferenceTask) -> int | None:
 
 
 def positions(tasks: list[InferenceTask]) -> dict[Any, int]:
-    """``position`` of each queued task in ``tasks``, by task id, in one query whatever their number:
-    each entry's place is counted from the ``(key, rank)`` index by a correlated subquery."""
-    queued = [t.id for t in tasks if t.status == S.QUEUED]
-    if not queued:
-        return {}
-    ahead = (
-        QueueEntry.objects.in_queue(list_key())
-        .ahead_of(OuterRef("rank"))
-        .order_by()
-        .values("key")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    rows = (
-        QueueEntry.objects.of_tasks(queued)
-        .order_by()
-        .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
-        .values_list("task_id", "ahead")
-    )
-    return {task_id: n + 1 for task_id, n in rows}
+    """``position`` of each queued task in ``tasks``, by task id, in one query per location whatever
+    their number: each entry's place is counted from the ``(key, rank)`` index by a correlated
+    subquery. Only the queued work of the task's own organization counts as ahead of it: the
+    queue is shared, and a place counted over every organization would tell each one how busy
+    the others are. (The broker still serves them in one global order.)"""
+    by_location: dict[int, list[Any]] = {}
+    for t in tasks:
+        if t.status == S.QUEUED:
+            by_location.setdefault(t.location_id, []).append(t.id)
+    places: dict[Any, int] = {}
+    for location_id, queued in by_location.items():
+        same_org = InferenceTask.objects.filter(
+            status=S.QUEUED,
+            location__organization_id=Subquery(Location.objects.filter(pk=location_id).values("organization_id")[:1]),
+        ).values("id")
+        ahead = (
+            QueueEntry.objects.in_queue(list_key())
+            .ahead_of(OuterRef("rank"))
+            .filter(task_id__in=same_org)
+            .order_by()
+            .values("key")
+            .annotate(n=Count("id"))
+            .values("n")
+        )
+        rows = (
+            QueueEntry.objects.of_tasks(queued)
+            .order_by()
+            .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
+            .values_list("task_id", "ahead")
+        )
+        places.update({task_id: n + 1 for task_id, n in rows})
+    return places
 
 
 def batch_progress(batch: TaskBatch) -> dict[str, Any]:
@@ -64,10 +77,16 @@ def batch_progress(batch: TaskBatch) -> dict[str, Any]:
     }
 
 
-def health() -> dict[str, Any]:
-    """Depth per priority, the oldest wait, and the django-q2 clusters that reported recently."""
+def health(principal: Any) -> dict[str, Any]:
+    """Depth per priority, the oldest wait, and the django-q2 clusters that reported recently.
+
+    The counts are of what ``principal`` may see (``visible_to``: their own tasks, a location
+    admin's location): the queue is shared by every organization, and its global depth would tell
+    each how busy the others are. ``emergency_mode`` is the one global fact, as it decides whether
+    the caller's routine work is accepted."""
     now = timezone.now()
-    queued = InferenceTask.objects.queued()
+    mine = InferenceTask.objects.visible_to(principal)
+    queued = mine.queued()
     depth = {p.name.lower(): 0 for p in Priority}
     for prio, n in queued.values_list("priority").annotate(n=Count("id")):
         depth[Priority(prio).name.lower()] = n
@@ -80,10 +99,10 @@ def health() -> dict[str, Any]:
     return {
         "depth": depth,
         "queued": sum(depth.values()),
-        "processing": InferenceTask.objects.processing().count(),
+        "processing": mine.processing().count(),
         "oldest_wait_s": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
         "clusters_alive": len(stats),
         "workers_alive": workers,
         "queue_max": queue_max(),
-        "emergency_mode": emergency_mode(sum(depth.values())),
+        "emergency_mode": emergency_mode(InferenceTask.objects.queued().count()),
     }
