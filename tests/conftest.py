@@ -63,6 +63,7 @@ def records_written() -> None:
     from apps.inference.recorder import writer
 
     assert writer.flush(10), "chat records were not written within 10 s"
+    assert governance.wait_settled(10), "quota reservations were not settled within 10 s"
 
 
 @pytest.fixture

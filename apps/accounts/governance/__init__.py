@@ -421,32 +421,71 @@ def _settle_args(reservation: Reservation, prompt_tokens: int, completion_tokens
     return out
 
 
-def settle_many(entries: Sequence[tuple[Reservation, int, int, bool]]) -> None:
-    """``reconcile`` for many reservations in one round trip (a worker's finished group, a cancel).
-    Never raises: a failure is logged, and the holds are released when their leases end."""
-    if not enabled():
-        return
+def _settle_call(entries: Sequence[tuple[Reservation, int, int, bool]]) -> tuple[list[str], list[Any]] | None:
+    """The SETTLE script's keys and arguments for these entries (None: nothing to settle)."""
     args: list[Any] = []
     n = 0
     for reservation, prompt, completion, completed in entries:
         if not reservation.hold and reservation.in_flight is None:
             continue
-        entry = _settle_args(reservation, prompt, completion, completed)
+        args += _settle_args(reservation, prompt, completion, completed)
         n += len(reservation.hold.split("|")) if reservation.hold else 1
-        args += entry
     if not n:
-        return
+        return None
     p = store.prefix()
+    return [p + "leases"], [p, n, *args]
+
+
+def settle_many(entries: Sequence[tuple[Reservation, int, int, bool]]) -> None:
+    """``reconcile`` for many reservations in one round trip (a worker's finished group, a cancel).
+    Never raises: a failure is logged, and the holds are released when their leases end."""
+    if not enabled():
+        return
+    call = _settle_call(entries)
+    if call is None:
+        return
     try:
-        store.run("SETTLE", [p + "leases"], [p, n, *args])
+        store.run("SETTLE", *call)
     except Exception:  # a request that was answered stays answered
-        logger.warning("could not settle %d quota reservation(s); their leases will release them", n, exc_info=True)
+        logger.warning("could not settle quota reservation(s); their leases will release them", exc_info=True)
+
+
+_pending: set[asyncio.Task[None]] = set()  # settles sent from an event loop, not yet answered
+
+
+async def _settle_on_loop(keys: list[str], args: list[Any]) -> None:
+    try:
+        await store.async_script("SETTLE")(keys=keys, args=args)
+    except Exception:  # a request that was answered stays answered
+        logger.warning("could not settle a quota reservation; its lease will release it", exc_info=True)
+
+
+def wait_settled(timeout: float = 5.0) -> bool:
+    """Whether every settle sent from an event loop was answered within ``timeout`` (tests)."""
+    deadline = time.monotonic() + timeout
+    while _pending and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return not _pending
 
 
 def reconcile(reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, completed: bool) -> None:
     """Replace the reservation with the real usage (``completed`` False and no tokens: nothing
-    was produced, the reservation is released) and free its in-flight slot. Never raises."""
-    settle_many([(reservation, prompt_tokens, completion_tokens, completed)])
+    was produced, the reservation is released) and free its in-flight slot. Never raises.
+
+    On an event loop (sync chat's answer) the settle is sent by a task of that loop and not
+    waited for: the answer leaves without a second round trip. It stays in order: the task runs
+    before the loop reads this client's next request, so its command reaches Redis first."""
+    entries = [(reservation, prompt_tokens, completion_tokens, completed)]
+    if not enabled():
+        return
+    if not _on_event_loop():
+        settle_many(entries)
+        return
+    call = _settle_call(entries)
+    if call is not None:
+        task = asyncio.get_running_loop().create_task(_settle_on_loop(*call))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
 
 
 def release_refs(refs: Sequence[str], *, action: str = CHAT) -> None:

@@ -8,6 +8,7 @@ resetting anything, and the old key expires a day after its window ended.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
+import redis.asyncio
 from django.conf import settings
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 
 from apps.accounts.governance import lua
 
@@ -47,6 +49,7 @@ def reset_client() -> None:
     with _lock:
         old, _client = _client, None
         _scripts.clear()
+        _async.clear()
     if old is not None:
         old.close()
 
@@ -56,6 +59,20 @@ def script(name: str) -> Script:
     if found is None:
         found = _scripts[name] = client().register_script(getattr(lua, name))
     return found
+
+
+_async: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, AsyncScript]] = {}
+
+
+def async_script(name: str) -> AsyncScript:
+    """``script(name)`` on an asyncio client of the running loop (a client per loop: an asyncio
+    connection belongs to the loop it was opened on)."""
+    loop = asyncio.get_running_loop()
+    found = _async.get((id(loop), name))
+    if found is None or found[0] is not loop:
+        c = redis.asyncio.Redis.from_url(settings.REDIS_URL, decode_responses=True, **settings.REDIS_OPTIONS)
+        found = _async[(id(loop), name)] = (loop, c.register_script(getattr(lua, name)))
+    return found[1]
 
 
 def flush() -> None:
