@@ -26,7 +26,18 @@ nobody can slip in between, and the waiter wakes with its lease: no poll). A rel
 process is announced on a Redis channel (``released``, in the same round trip as the count it
 publishes) and wakes the heads of this process's lines for that model to re-check; a waiter also
 re-checks on its own every ``RECHECK_SECONDS``, which only matters for GPU policy changes and an
-announcement lost while Redis was away. The line is per process (each process's waiters compete
+announcement lost while Redis was away.
+
+Urgent work across processes. Hand-offs keep a process's slots for its own line, so a process
+flooding a model with LOW work would keep a HIGH or CRITICAL request of another process waiting
+for as long as its flood lasts (beyond the slots the policy reserves for urgent work, which cover
+the common case). So each process also publishes, with its counts, the most urgent HIGH or
+CRITICAL priority waiting for each model in it (``urgent``), and a release that would hand its
+slot to a less urgent waiter first reads the others' entries (from Redis, at most every 20 ms per
+process, and only then): if a more urgent request waits elsewhere, the slot is freed instead and
+announced, and that request takes it. CRITICAL thus starts within one slot's turn (plus one
+publication, about 50 ms) of any process's flood; within a priority each process serves its own
+line first. The line is per process (each process's waiters compete
 for the slots the others leave through the published counts), holds at most
 ``MEDAI_ADMISSION_QUEUE_MAX`` waiters per model (a newcomer of higher priority than the last one
 takes its place; the one put out answers 429), and a waiter gives up after the policy's
@@ -54,6 +65,7 @@ from collections.abc import Iterable, Sequence
 from django.conf import settings
 
 from apps.gpu import shared
+from apps.gpu.priority import Priority
 
 logger = logging.getLogger("medai.gpu")
 
@@ -62,6 +74,7 @@ PUBLISH_MIN_INTERVAL = 0.05
 HEARTBEAT = 2.0
 STALE_AFTER = 10.0
 RECHECK_SECONDS = 1.0  # a waiter's own re-check: policy changes, a lost cross-process announcement
+URGENT = int(Priority.HIGH)  # waiters this urgent are announced to the other processes
 HOLD_ALPHA = 0.2  # weight of the newest slot hold time in its moving average
 DEFAULT_HOLD_SECONDS = 1.0  # a model whose slots were never released here yet (and no latency known)
 
@@ -92,11 +105,18 @@ class Lease:
         endpoint_id = self.endpoint_id
         held = time.monotonic() - self.acquired_at
         remote = remote_in_flight().get(endpoint_id, 0)  # outside the lock: it may refresh the view
+        with _lock:  # a peek: only decides whether to look for urgent waiters elsewhere
+            head = _head(endpoint_id)
+        urgent_elsewhere = -1
+        if head is not None and -head.key[0] < URGENT:
+            urgent_elsewhere = fresh_remote_urgent().get(endpoint_id, -1)
         with _lock:
             previous = _hold_ema.get(endpoint_id)
             _hold_ema[endpoint_id] = held if previous is None else previous + HOLD_ALPHA * (held - previous)
             waiter = _head(endpoint_id)
             handed: Lease | None = None
+            if waiter is not None and -waiter.key[0] < urgent_elsewhere:
+                waiter = None  # a more urgent request waits in another process: free the slot for it
             if waiter is not None and _local[endpoint_id] - 1 + remote < waiter.limit:
                 handed = Lease(endpoint_id)  # the slot passes on: the count stays
                 _grant(waiter, handed)
@@ -190,6 +210,8 @@ def _head(endpoint_id: int) -> _Waiter | None:
 def _remove(waiter: _Waiter) -> None:
     """Take it out of every line (under ``_lock``)."""
     waiter.gone = True
+    if -waiter.key[0] >= URGENT:
+        _dirty.set()  # the urgent waiters this process publishes change
     for endpoint_id in waiter.endpoint_ids:
         line = _lines.get(endpoint_id)
         if line is None:
@@ -236,6 +258,9 @@ async def wait_for_slot(endpoint_ids: Iterable[int], *, limit: int, key: Key, ti
             bisect.insort(_lines.setdefault(endpoint_id, []), waiter, key=lambda w: w.key)
     if bumped is not None:
         bumped.notify()
+    if -key[0] >= URGENT and limit > 0:
+        _dirty.set()  # other processes hear of it and free their next slot for it (``Lease.release``)
+        _ensure_publisher()
     if any(remote_in_flight().get(i, 0) for i in joined):
         _ensure_listener()  # other processes hold these slots: hear of their releases
     timer = loop.call_later(timeout, _wake, waiter.future)  # cheaper than asyncio.timeout on this path
@@ -356,24 +381,67 @@ def remote_in_flight() -> dict[int, int]:
     return cached
 
 
-_fresh_remote: tuple[float, dict[int, int]] | None = None
+_fresh_remote: tuple[float, dict[int, int], dict[int, int]] | None = None  # (read at, counts, urgent)
 FRESH_REMOTE_SECONDS = 0.02
+
+
+def _fresh() -> tuple[float, dict[int, int], dict[int, int]]:
+    """Other processes' published entries read from Redis, at most every 20 ms per process."""
+    global _fresh_remote
+    now = time.monotonic()
+    cached = _fresh_remote
+    if cached is not None and now - cached[0] < FRESH_REMOTE_SECONDS:
+        return cached
+    try:
+        raw = shared.client().hgetall(shared.key("inflight"))
+        fresh = (now, _parse(raw, exclude_self=True), _parse_urgent(raw))
+    except Exception:  # noqa: BLE001 - Redis unreachable: the view's counts stand
+        fresh = (now, remote_in_flight(), {})
+    _fresh_remote = fresh
+    return fresh
 
 
 def fresh_remote_in_flight() -> dict[int, int]:
     """Other processes' published counts read from Redis, at most every 20 ms per process (only
     waiting requests ask: admission itself never waits on a round trip)."""
-    global _fresh_remote
-    now = time.monotonic()
-    cached = _fresh_remote
-    if cached is not None and now - cached[0] < FRESH_REMOTE_SECONDS:
-        return cached[1]
-    try:
-        counts = _parse(shared.client().hgetall(shared.key("inflight")), exclude_self=True)
-    except Exception:  # noqa: BLE001 - Redis unreachable: the view's counts stand
-        counts = remote_in_flight()
-    _fresh_remote = (now, counts)
-    return counts
+    return _fresh()[1]
+
+
+def _parse_urgent(raw: dict[bytes | str, bytes | str]) -> dict[int, int]:
+    """The most urgent priority (HIGH or CRITICAL) waiting for each model in other processes."""
+    now = time.time()
+    best: dict[int, int] = {}
+    for field, value in raw.items():
+        if shared.text(field) == PROCESS_ID:
+            continue
+        entry = json.loads(value)
+        if now - entry["ts"] > STALE_AFTER:
+            continue
+        for endpoint_id, priority in (entry.get("urgent") or {}).items():
+            best[int(endpoint_id)] = max(best.get(int(endpoint_id), -1), int(priority))
+    return best
+
+
+def fresh_remote_urgent() -> dict[int, int]:
+    """Urgent requests waiting in other processes, per model (from Redis, at most 20 ms old).
+    Asked only by a release that would hand its slot to a waiter less urgent than HIGH: at most one
+    round trip per 20 ms per process, and none while the line is empty or urgent itself."""
+    return _fresh()[2]
+
+
+def local_urgent() -> dict[int, int]:
+    """The most urgent priority (HIGH or CRITICAL) waiting in this process per model, counting only
+    waiters the policy lets in at all (a limit of 0: freeing a slot elsewhere would not help)."""
+    with _lock:
+        best: dict[int, int] = {}
+        for endpoint_id, line in _lines.items():
+            for waiter in line:  # by key: the first admissible one is the most urgent
+                if -waiter.key[0] < URGENT:
+                    break
+                if waiter.limit > 0:
+                    best[endpoint_id] = -waiter.key[0]
+                    break
+        return best
 
 
 def local_in_flight() -> dict[int, int]:
@@ -402,14 +470,14 @@ _last_published: dict[int, int] = {}
 def _publish_once() -> None:
     global _publish_round
     counts = local_in_flight()
+    urgent = local_urgent()
     freed = {k: n - counts.get(k, 0) for k, n in _last_published.items() if counts.get(k, 0) < n}
     try:
         pipe = shared.client().pipeline(transaction=False)
-        pipe.hset(
-            shared.key("inflight"),
-            PROCESS_ID,
-            json.dumps({"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}),
-        )
+        entry: dict[str, object] = {"ts": time.time(), "counts": {str(k): n for k, n in counts.items()}}
+        if urgent:
+            entry["urgent"] = {str(k): p for k, p in urgent.items()}
+        pipe.hset(shared.key("inflight"), PROCESS_ID, json.dumps(entry))
         if freed:  # after the count, in the same round trip: a woken waiter reads the new count
             pipe.publish(release_channel(), json.dumps({"pid": PROCESS_ID, "freed": freed}))
         pipe.execute()

@@ -8,6 +8,7 @@ CRITICAL request's arrival and its own start (the backend's arrival log)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.gpu import policy, slots
+from apps.gpu import policy, shared, slots
 from apps.gpu.models import PolicySettings
 from apps.gpu.policy import ModelInfo
 from apps.inference import dispatch
@@ -277,3 +278,49 @@ def test_a_critical_async_task_starts_within_one_turn_while_another_process_floo
     assert low_started_before(log, arrived, "STAT: troponin 2.3?") <= 4
     assert InferenceTask.objects.get(id=task_id).status == "completed"
     flood.wait(60)
+
+
+async def test_a_release_frees_the_slot_for_an_urgent_request_waiting_in_another_process(fresh_view):
+    publish_decision([reading(60)], [ModelInfo(EP, f"model-{EP}", 1, 0, None)], wait_seconds=30)  # 2 slots, none kept
+    backend = Backend()
+    flood = [asyncio.create_task(request(backend, f"low-{i}", LOW, FLOODING)) for i in range(4)]
+    await until(lambda: len(backend.running()) == 2 and slots.waiting(EP) == 2)
+    other = "elsewhere:1:abc"  # what another process publishes while a CRITICAL request waits there
+    shared.client().hset(
+        shared.key("inflight"),
+        other,
+        json.dumps({"ts": time.time(), "counts": {}, "urgent": {str(EP): CRITICAL}}),
+    )
+    backend.finish("low-0")
+    await until(lambda: "end low-0" in backend.log and slots.local_in_flight().get(EP) == 1)
+    assert backend.running() == ["low-1"] and slots.waiting(EP) == 2  # freed, not handed to low-2
+    shared.client().hdel(shared.key("inflight"), other)  # it was served elsewhere
+    slots._fresh_remote = None
+    backend.finish("low-1")  # with nobody urgent elsewhere, releases hand over again
+    await until(lambda: len(backend.running()) == 1 and "start low-2" in backend.log)
+    for i in range(4):
+        backend.finish(f"low-{i}")
+    await asyncio.gather(*flood)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_no_slot_kept_a_critical_request_still_starts_within_one_turn_of_another_processs_flood(
+    live_medai, slow_stub, flood_elsewhere, arrivals, charlie, token_for, fresh_view
+):
+    model = register_model("flooded", slow_stub)
+    publish_decision([reading(60)], [ModelInfo(model.pk, "flooded", 1, 0, None)], wait_seconds=30)  # 2 slots
+    assert policy.current_policy().reserved == 0
+    flood = flood_elsewhere(model.pk, 30)  # ~15 turns of 2 slots
+    answer = httpx.post(
+        f"{live_medai}/v1/chat/completions",
+        json={"model": "flooded", "priority": "critical", "messages": [{"role": "user", "content": "STAT: INR 9?"}]},
+        headers={"Authorization": f"Bearer {token_for(charlie)}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    log = stub_log(slow_stub)
+    assert flood.poll() is None
+    [arrived] = arrivals
+    assert low_started_before(log, arrived, "STAT: INR 9?") <= 2  # within one slot's turn (2 slots)
+    flood.wait(60)
+    assert flood.returncode == 0
