@@ -19,6 +19,13 @@ def model(db):
     register_model("stub", "http://127.0.0.1:9/v1")
 
 
+@pytest.fixture(autouse=True)
+def long_turns(settings):
+    """A turn far longer than this test's submits take (on a slow machine too), so the order does
+    not depend on the clock; one aging period, so strict priority still holds within it."""
+    settings.MEDAI_QUEUE_FAIR_TURN_SECONDS = 60.0
+
+
 def test_a_task_from_another_location_goes_ahead_of_a_backlog(client_for, alice, charlie):
     demo, north = client_for(alice), client_for(charlie)
     backlog = [submit(demo, f"demo question {i}", "low") for i in range(6)]
