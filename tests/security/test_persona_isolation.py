@@ -1,0 +1,298 @@
+"""Who sees what, endpoint by endpoint and over every websocket, across two organizations.
+
+Personas: alice and bob are clinicians at ``demo`` (Demo Hospital); dana is demo's location admin;
+audrey is demo's auditor; carol is a clinician at ``east`` of another organization (Eastside
+Clinic). alice owns a queued task, a completed one and a batch; carol owns a queued task.
+
+The rule (``visible_to``, the one queryset of every view and consumer): a clinician sees their own
+tasks, a location admin every task of the location, an auditor none (the audit is theirs); another
+user's or location's object answers 404, never 403 (that would confirm it exists). Aggregates
+(``/v1/async/health``, a task's ``position``, ``/v1/usage``) count only what the caller may see.
+``test_every_v1_endpoint_is_in_this_table`` fails when an endpoint is added without a row here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+
+from apps.accounts.models import Location, Organization, User
+from apps.accounts.services import authenticate_header
+from apps.inference import queue
+from apps.inference.models import InferenceTask
+from tests.conftest import _user, register_model
+
+PERSONAS = ("alice", "bob", "dana", "audrey", "carol")
+SEES_ALICES = {"alice", "dana"}  # the owner and the location admin
+CHAT = {"agent_type": "Chat", "messages": [{"role": "user", "content": "Mrs. Garcia, chest pain"}], "max_tokens": 4}
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # five personas a test
+
+
+@pytest.fixture
+def east(db) -> Location:
+    other = Organization.objects.create(name="Eastside Clinic")
+    return Location.objects.create(organization=other, code="east", name="Eastside ward")
+
+
+@pytest.fixture
+def carol(east) -> User:
+    return _user("carol", User.Role.CLINICIAN, east.organization, east)
+
+
+@pytest.fixture
+def dana(org, demo) -> User:
+    return _user("dana", User.Role.ADMIN, org, demo)
+
+
+@pytest.fixture
+def world(alice, bob, dana, audrey, carol, token_for) -> dict[str, Any]:
+    """The objects, and each persona's token."""
+    register_model("stub", "http://127.0.0.1:9/v1")  # nothing runs: queued tasks stay queued
+    tokens = {u.username: token_for(u) for u in (alice, bob, dana, audrey, carol)}
+    as_alice = authenticate_header(f"Bearer {tokens['alice']}")
+    as_carol = authenticate_header(f"Bearer {tokens['carol']}")
+    carols = queue.submit_task(as_carol, {**CHAT, "messages": [{"role": "user", "content": "carol's"}]}).task
+    queued = queue.submit_task(as_alice, CHAT).task
+    batch, batch_tasks = queue.submit_batch(
+        as_alice, [{**CHAT, "messages": [{"role": "user", "content": f"item {i}"}]} for i in range(2)]
+    )
+    now = timezone.now()
+    completed = InferenceTask.objects.create(
+        user=alice,
+        location=queued.location,
+        status=InferenceTask.Status.COMPLETED,
+        request=CHAT,
+        result={"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "stub", "choices": []},
+        created_at=now,
+        finished_at=now,
+        result_expires_at=now + timedelta(hours=1),
+    )
+    return {
+        "tokens": tokens,
+        "queued": queued,
+        "completed": completed,
+        "batch": batch,
+        "alices": {str(t.id) for t in (queued, completed, *batch_tasks)},
+        "carols": carols,
+    }
+
+
+def _client(world: dict[str, Any], persona: str) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {world['tokens'][persona]}")
+    return client
+
+
+# --- objects of alice's: 404 for everyone who may not see them ----------------------------------
+
+OBJECT_ENDPOINTS = [
+    ("async-status", "get", "/v1/async/status/{queued}"),
+    ("async-result", "get", "/v1/async/result/{completed}"),
+    ("async-batch-status", "get", "/v1/async/batch-status/{batch}"),
+]
+
+
+def _same_for_any_id(body: str, real_id: Any, fake_id: str) -> str:
+    return body.replace(str(real_id), fake_id)
+
+
+@pytest.mark.parametrize("name, method, path", OBJECT_ENDPOINTS, ids=[e[0] for e in OBJECT_ENDPOINTS])
+def test_alices_objects_are_found_only_by_those_who_may_see_them(world, name, method, path):
+    real = {"queued": world["queued"].id, "completed": world["completed"].id, "batch": world["batch"].id}
+    fake = "00000000-0000-4000-8000-000000000000"
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        response = getattr(client, method)(path.format(**real))
+        if persona in SEES_ALICES:
+            assert response.status_code == 200, (persona, response.content)
+            continue
+        assert response.status_code == 404, (persona, response.content)
+        assert response.json()["error"]["type"] == "not_found_error"
+        # indistinguishable from an id that exists nowhere: nothing confirms alice's object exists
+        missing = getattr(client, method)(path.format(**dict.fromkeys(real, fake)))
+        assert missing.status_code == 404
+        assert (
+            _same_for_any_id(
+                response.content.decode(), next(v for v in real.values() if str(v) in path.format(**real)), fake
+            )
+            == missing.content.decode()
+        )
+
+
+def test_others_cannot_cancel_alices_task(world):
+    fake = "00000000-0000-4000-8000-000000000000"
+    for persona in ("bob", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post(f"/v1/async/cancel/{world['queued'].id}")
+        missing = client.post(f"/v1/async/cancel/{fake}")
+        # 404 (an auditor: 403, no inference scope), exactly as for a task that exists nowhere
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(str(world["queued"].id), fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+        world["queued"].refresh_from_db()
+        assert world["queued"].status == InferenceTask.Status.QUEUED
+    assert _client(world, "alice").post(f"/v1/async/cancel/{world['queued'].id}").status_code == 200
+
+
+# --- lists and aggregates: only what the caller may see -----------------------------------------
+
+
+def test_the_task_list_holds_only_visible_tasks(world):
+    for persona in PERSONAS:
+        body = _client(world, persona).get("/v1/async/tasks?page_size=100").json()
+        ids = {t["task_id"] for t in body["results"]}
+        expected = world["alices"] if persona in SEES_ALICES else set()
+        if persona == "carol":
+            expected = {str(world["carols"].id)}
+        assert ids == expected, persona
+
+
+def test_queue_health_counts_only_visible_tasks(world):
+    for persona in PERSONAS:
+        body = _client(world, persona).get("/v1/async/health").json()
+        expected = {"alice": 3, "dana": 3, "bob": 0, "audrey": 0, "carol": 1}[persona]  # queued ones
+        assert body["queued"] == expected, (persona, body)
+        assert body["processing"] == 0
+
+
+def test_a_position_counts_only_the_callers_organization(world):
+    # carol submitted first, then alice three tasks: carol is first in line in the shared queue,
+    # alice's first task second in the broker's order, yet first among Demo Hospital's.
+    carol = _client(world, "carol").get(f"/v1/async/status/{world['carols'].id}").json()
+    alice = _client(world, "alice").get(f"/v1/async/status/{world['queued'].id}").json()
+    assert carol["position"] == 1
+    assert alice["position"] == 1
+
+
+def test_usage_names_nothing_of_the_other_organization(world):
+    for persona in PERSONAS:
+        response = _client(world, persona).get("/v1/usage?group_by=organization,location,user")
+        assert response.status_code in (200, 403), response.content
+        text = response.content.decode()
+        if persona == "carol":
+            assert "Demo Hospital" not in text and '"demo"' not in text and "alice" not in text
+        else:
+            assert "Eastside" not in text and '"east"' not in text and "carol" not in text, persona
+
+
+def test_me_is_oneself(world):
+    for persona in PERSONAS:
+        body = json.dumps(_client(world, persona).get("/v1/auth/me").json())
+        assert persona in body and all(other not in body for other in PERSONAS if other != persona)
+
+
+def test_submissions_land_at_the_callers_own_location(world):
+    for persona in PERSONAS:
+        response = _client(world, persona).post("/v1/async/submit", {**CHAT, "max_tokens": 5}, format="json")
+        if persona == "audrey":  # an auditor has no inference scope
+            assert response.status_code == 403
+            continue
+        assert response.status_code in (200, 202), (persona, response.content)
+        task = InferenceTask.objects.get(id=response.json()["task_id"])
+        assert task.location.code == ("east" if persona == "carol" else "demo")
+        assert task.user.username == persona
+
+
+# --- websockets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("persona", PERSONAS)
+async def test_only_those_who_may_see_a_task_can_subscribe_to_it(persona, alice, bob, dana, audrey, carol, token_for):
+    from medai.asgi import application
+
+    world = await sync_to_async(_world_for_ws)(alice, carol, token_for)
+    token = await sync_to_async(token_for)(
+        {"alice": alice, "bob": bob, "dana": dana, "audrey": audrey, "carol": carol}[persona]
+    )
+    ws = WebsocketCommunicator(application, "/ws/status/", subprotocols=["bearer", token])
+    assert (await ws.connect())[0]
+    hello = await ws.receive_json_from(timeout=5)
+    assert hello["data"]["user"] == persona
+    for kind in ("task", "batch"):
+        await ws.send_json_to({"subscribe": {kind: world[kind]}})
+        answer = await ws.receive_json_from(timeout=5)
+        if persona in SEES_ALICES:
+            assert answer == {"type": "subscribed", "data": {kind: world[kind]}}
+        else:
+            assert answer["type"] == "error" and answer["data"]["code"] == f"{kind}_not_found"
+    await ws.disconnect()
+
+
+def _world_for_ws(alice, carol, token_for) -> dict[str, str]:
+    register_model("stub", "http://127.0.0.1:9/v1")
+    as_alice = authenticate_header(f"Bearer {token_for(alice)}")
+    task = queue.submit_task(as_alice, CHAT).task
+    batch, _ = queue.submit_batch(as_alice, [{**CHAT, "messages": [{"role": "user", "content": "b"}]}])
+    return {"task": str(task.id), "batch": str(batch.id)}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_gpu_socket_is_the_same_for_every_organization(alice, carol, token_for):
+    """GPU state is the machine's (no organization's data): everyone with ``read`` gets it."""
+    from medai.asgi import application
+
+    for user in (alice, carol):
+        ws = WebsocketCommunicator(
+            application, "/ws/gpu/", subprotocols=["bearer", await sync_to_async(token_for)(user)]
+        )
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from(timeout=5))["type"] == "gpu.status"
+        await ws.disconnect()
+
+
+# --- the table covers every endpoint --------------------------------------------------------------
+
+# Each /v1/ route name, and where this file (or another) holds it to the rule.
+COVERED = {
+    "async-status": "OBJECT_ENDPOINTS",
+    "async-result": "OBJECT_ENDPOINTS",
+    "async-batch-status": "OBJECT_ENDPOINTS",
+    "async-cancel": "test_others_cannot_cancel_alices_task",
+    "async-tasks": "test_the_task_list_holds_only_visible_tasks",
+    "async-health": "test_queue_health_counts_only_visible_tasks",
+    "async-submit": "test_submissions_land_at_the_callers_own_location",
+    "async-submit-batch": "queue.submit_batch under each caller's principal (location from the token)",
+    "usage": "test_usage_names_nothing_of_the_other_organization",
+    "auth-me": "test_me_is_oneself",
+    "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
+    "models": "the model registry is global, the same for every organization",
+    "model-detail": "the model registry is global, the same for every organization",
+    "gpu-status": "the machine's GPUs, no organization's data (and test_the_gpu_socket_is_the_same_...)",
+    "auth-login": "no object; a login names its location (tests/accounts/test_login.py)",
+    "auth-refresh": "no object: the caller's own token",
+    "auth-logout": "no object: the caller's own token",
+}
+
+
+def _v1_route_names() -> set[str]:
+    names: set[str] = set()
+
+    def walk(patterns: list[Any], prefix: str) -> None:
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, prefix + str(p.pattern))
+            elif isinstance(p, URLPattern) and (prefix + str(p.pattern)).startswith("v1/"):
+                names.add(p.name or str(p.pattern))
+
+    walk(get_resolver().url_patterns, "")
+    return names
+
+
+def test_every_v1_endpoint_is_in_this_table():
+    assert _v1_route_names() - set(COVERED) == set(), "a /v1/ endpoint has no isolation row in this file"
