@@ -183,6 +183,11 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         MEDAI_QUEUE_MAX=str(queue_max),
         MEDAI_BACKEND_RETRIES="0",
         MEDAI_RESULT_TTL="3600",
+        # governance stays on (its script runs for every submit and result), its buckets off: the
+        # bench sends far more than an integrator's default 50 requests/s
+        MEDAI_RATE_LIMIT_KEY_BURST="0",
+        MEDAI_RATE_LIMIT_USER_BURST="0",
+        MEDAI_RATE_LIMIT_IP_BURST="0",
     )
     env = dict(os.environ)
     djq_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.djq_settings", "DJQ_DATABASE_URL": djq_db}

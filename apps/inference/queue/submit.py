@@ -10,11 +10,13 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from apps.accounts.services import Principal
@@ -98,6 +100,24 @@ def _depth(adding: int) -> int:
     with _depth_lock:
         _depth_seen[:] = [counted + adding, now]
     return counted
+
+
+_writer = threading.Lock()
+
+
+@contextmanager
+def _one_writer() -> Iterator[None]:
+    """On SQLite, this process's submits write one at a time. SQLite has one writer; a transaction
+    that finds the write lock taken sleeps in SQLite's busy handler (1, 2, 5, 10, 15 ... ms) rather
+    than being woken when it is free, so the web process's own threads queueing on a lock of
+    theirs instead of on SQLite's is what keeps concurrent submits from sleeping behind each other.
+    PostgreSQL writers wait on row locks, which wake them: nothing to do there. Inside a caller's
+    transaction (tests, a caller's atomic block) the caller already holds the write lock."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        yield
+        return
+    with _writer:
+        yield
 
 
 def forget_depth() -> None:
@@ -201,7 +221,7 @@ def submit_task(
     spec = _spec(item, plan, deadline_s)
     key = _key(plan, spec)
     try:
-        with transaction.atomic():
+        with _one_writer(), transaction.atomic():
             now = timezone.now()
             existing = _existing(plan.principal, [key], now).get(key)
             if existing is not None:
@@ -244,7 +264,7 @@ def submit_batch(
     prepared = [(plan, _spec(item, plan, deadline_s)) for item, (plan, deadline_s) in zip(items, planned, strict=True)]
     keys = [_key(plan, spec) for plan, spec in prepared]
     try:
-        with transaction.atomic():
+        with _one_writer(), transaction.atomic():
             now = timezone.now()
             reused = _existing(principal, list(set(keys)), now)
             fresh = [(plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if k not in reused]
