@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "channels",
     "django_q",
     "corsheaders",
+    "axes",
     "apps.accounts",
     "apps.audit",
     "apps.gpu",
@@ -76,6 +77,7 @@ MIDDLEWARE = [
     "medai.middleware.AuthenticationMiddleware",
     "medai.middleware.MessageMiddleware",
     "medai.middleware.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # a locked-out login's answer (apps/accounts/lockout.py); async-capable
     "medai.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -310,6 +312,18 @@ MEDAI_BACKEND_CONNECT_TIMEOUT = envfloat("MEDAI_BACKEND_CONNECT_TIMEOUT", 3.0)
 MEDAI_MAX_TOKENS_LIMIT = envint("MEDAI_MAX_TOKENS_LIMIT", 8192, minimum=1)
 MEDAI_MAX_MESSAGES = envint("MEDAI_MAX_MESSAGES", 256, minimum=1)
 MEDAI_API_KEY_TTL_DAYS = envint("MEDAI_API_KEY_TTL_DAYS", 90, minimum=1)
+MEDAI_API_KEY_ROTATION_GRACE_HOURS = envint("MEDAI_API_KEY_ROTATION_GRACE_HOURS", 24, minimum=0)
+
+# Login throttling and lockout (django-axes, apps/accounts/lockout.py): per username and client IP,
+# for the API login and the admin's; counted in the database, so exact across processes.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = envint("MEDAI_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("MEDAI_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successes are in the audit already: no second write per login
+AXES_LOCKOUT_CALLABLE = "apps.accounts.lockout.lockout_response"
+AXES_VERBOSE = False  # failures are audited; axes' own log lines would repeat them
 MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
 MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
 MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on the sign-in page

@@ -72,5 +72,14 @@ class JWTAuthMiddleware:
                 unavailable = True
         if subprotocol is None and BEARER_SUBPROTOCOL in (scope.get("subprotocols") or []):
             subprotocol = BEARER_SUBPROTOCOL  # offered without a token: answer it, then refuse with 4401
-        scope = dict(scope, user=user, principal=principal, auth_subprotocol=subprotocol, auth_unavailable=unavailable)
+        # The token stays in the scope (memory only) so that the consumer can check it again when
+        # a revocation event arrives (apps/accounts/websocket.py).
+        scope = dict(
+            scope,
+            user=user,
+            principal=principal,
+            auth_token=token if principal is not None else "",
+            auth_subprotocol=subprotocol,
+            auth_unavailable=unavailable,
+        )
         return await self.inner(scope, receive, send)

@@ -10,9 +10,19 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from redis.exceptions import RedisError
 
-from apps.accounts import services
+from apps.accounts import breakglass, services
+from apps.accounts.apikeys import ApiKeyError, check_scopes
 from apps.accounts.governance import quotas
-from apps.accounts.models import ALL_SCOPES, ApiKey, ApiKeyLimit, Location, Organization, Quota, User
+from apps.accounts.models import (
+    ALL_SCOPES,
+    ApiKey,
+    ApiKeyLimit,
+    BreakGlassGrant,
+    Location,
+    Organization,
+    Quota,
+    User,
+)
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldGroups  # django-stubs' name for admin field lists
@@ -51,6 +61,7 @@ class ApiKeyCreateForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ["user", "location", "name", "scopes", "expires_at"]
+        help_texts = {"expires_at": "Empty: 90 days from now (MEDAI_API_KEY_TTL_DAYS)."}
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -59,9 +70,10 @@ class ApiKeyCreateForm(forms.ModelForm):
         if user and location and not user.locations.filter(pk=location.pk).exists():
             self.add_error("location", f"{user.username} does not work at {location.code}.")
         if user and data.get("scopes"):
-            extra = set(data["scopes"]) - set(user.default_scopes)
-            if extra:
-                self.add_error("scopes", f"Not allowed for role {user.role}: {', '.join(sorted(extra))}.")
+            try:
+                check_scopes(user, list(data["scopes"]))
+            except ApiKeyError as exc:
+                self.add_error("scopes", str(exc))
         return data
 
 
@@ -81,7 +93,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "replaced_by",
     ]
-    actions = ["revoke_keys", "rotate_keys"]
+    actions = ["revoke_keys", "rotate_keys", "rotate_keys_now"]
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:
@@ -89,9 +101,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="state")
     def state(self, obj: ApiKey) -> str:
-        if obj.revoked_at:
-            return "revoked"
-        return "expired" if obj.is_expired else "active"
+        return obj.state
 
     def get_form(
         self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any
@@ -140,11 +150,108 @@ class ApiKeyAdmin(admin.ModelAdmin):
             services.revoke_api_key(key, actor=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
 
-    @admin.action(description="Rotate selected keys (new secret, old one revoked)")
-    def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        for key in queryset.filter(revoked_at__isnull=True).select_related("user", "location"):
-            new_key, secret = services.rotate_api_key(key, actor=request.user)
+    def _rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey], grace_hours: float | None) -> None:
+        for key in queryset.select_related("user", "location"):
+            try:
+                new_key, secret = services.rotate_api_key(key, actor=request.user, grace_hours=grace_hours)
+            except ApiKeyError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
             self._show_secret(request, new_key, secret)
+            key.refresh_from_db()
+            until = "now" if key.revoked_at else f"until {key.expires_at:%Y-%m-%d %H:%M} UTC"
+            self.message_user(request, f"The old secret of {key.prefix} works {until}.")
+
+    @admin.action(description="Rotate selected keys (old secret works for the grace period)")
+    def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        self._rotate(request, queryset, None)
+
+    @admin.action(description="Rotate selected keys now (old secret revoked at once)")
+    def rotate_keys_now(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        self._rotate(request, queryset, 0)
+
+
+class BreakGlassGrantForm(forms.ModelForm):
+    hours = forms.FloatField(
+        min_value=0.25,
+        max_value=BreakGlassGrant.MAX_HOURS,
+        initial=4,
+        help_text=f"How long the access lasts, from now (at most {BreakGlassGrant.MAX_HOURS} h).",
+    )
+
+    class Meta:
+        model = BreakGlassGrant
+        fields = ["user", "location", "reason"]
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if data.get("user") and data.get("location") and data.get("hours") is not None:
+            try:
+                data["reason"] = breakglass.check_grant(
+                    data["user"], data["location"], data.get("reason", ""), data["hours"]
+                )
+            except breakglass.BreakGlassError as exc:
+                self.add_error(None, str(exc))
+        return data
+
+
+@admin.register(BreakGlassGrant)
+class BreakGlassGrantAdmin(admin.ModelAdmin):
+    """Grants are made and ended here, never edited: the audit keeps what was granted and why."""
+
+    list_display = ["id", "user", "location", "granted_by", "starts_at", "ends_at", "status"]
+    list_filter = ["location"]
+    search_fields = ["user__username", "reason"]
+    actions = ["revoke_grants"]
+
+    @admin.display(description="status")
+    def status(self, obj: BreakGlassGrant) -> str:
+        if obj.revoked_at:
+            return "revoked"
+        return "in force" if obj.in_force() else "ended"
+
+    def get_form(
+        self, request: HttpRequest, obj: BreakGlassGrant | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[BreakGlassGrant]]:
+        if obj is None:
+            kwargs["form"] = BreakGlassGrantForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: BreakGlassGrant | None = None) -> _FieldGroups:
+        if obj is None:
+            return ["user", "location", "reason", "hours"]
+        return ["user", "location", "reason", "granted_by", "created_at", "starts_at", "ends_at", "revoked_at"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: BreakGlassGrant | None = None
+    ) -> list[str] | tuple[str, ...]:
+        if obj is None:
+            return []
+        return ["user", "location", "reason", "granted_by", "created_at", "starts_at", "ends_at", "revoked_at"]
+
+    def save_model(self, request: HttpRequest, obj: BreakGlassGrant, form: Any, change: bool) -> None:
+        if change:
+            return  # nothing is editable
+        grant = breakglass.grant_break_glass(  # the form ran the same checks (check_grant)
+            form.cleaned_data["user"],
+            form.cleaned_data["location"],
+            reason=form.cleaned_data["reason"],
+            hours=form.cleaned_data["hours"],
+            granted_by=request.user,
+        )
+        obj.pk = grant.pk
+        obj._state.adding = False
+        messages.warning(request, f"Break-glass access granted until {grant.ends_at:%Y-%m-%d %H:%M} UTC; alert raised.")
+
+    def has_delete_permission(self, request: HttpRequest, obj: BreakGlassGrant | None = None) -> bool:
+        return False
+
+    @admin.action(description="End selected grants now")
+    def revoke_grants(self, request: HttpRequest, queryset: QuerySet[BreakGlassGrant]) -> None:
+        for grant in queryset.filter(revoked_at__isnull=True).select_related("user", "location"):
+            breakglass.revoke_break_glass(grant, actor=request.user)
+        self.message_user(request, "Grant(s) ended.")
 
 
 # --- quotas and per-key rate limits (apps/accounts/governance/) ----------------------------------

@@ -9,7 +9,7 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         # Imported for its side effect (it registers the OpenAPI auth extension with
         # drf-spectacular): ready() is where an app does that, once its registry is loaded.
-        from apps.accounts import schema  # noqa: F401
+        from apps.accounts import lockout, schema, signals  # noqa: F401  (signals: credentials follow model changes)
         from apps.accounts.governance import quotas
 
         quotas.connect_signals()  # quota changes reach Redis (the request path's only source)

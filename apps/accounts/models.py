@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-# Scopes an API key or token may carry. A role grants a default set (Role.default_scopes).
-SCOPE_INFERENCE = "inference"  # chat completions, embeddings, async submit
-SCOPE_READ = "read"  # models, own tasks and results, GPU status
-SCOPE_AUDIT = "audit"  # audit trail and metrics
-ALL_SCOPES = (SCOPE_INFERENCE, SCOPE_READ, SCOPE_AUDIT)
+# Scopes an API key or token may carry. A role grants a default set (User.default_scopes); a key
+# may narrow it, never widen it. The one check is apps/accounts/services.authorize.
+SCOPE_CHAT = "chat"  # sync inference: chat completions (streamed or not), embeddings, completions
+SCOPE_SUBMIT = "submit"  # async inference: submit, submit-batch, cancel
+SCOPE_READ = "read"  # models, own tasks' status and results, the live status socket
+SCOPE_GPU_READ = "gpu:read"  # GPU state: /v1/gpu/status and its socket
+SCOPE_AUDIT_READ = "audit:read"  # the audit trail
+ALL_SCOPES = (SCOPE_CHAT, SCOPE_SUBMIT, SCOPE_READ, SCOPE_GPU_READ, SCOPE_AUDIT_READ)
 
 
 class Organization(models.Model):
@@ -60,18 +64,27 @@ class User(AbstractUser):
         Location, blank=True, related_name="users", help_text="Locations this user may log in to and work at."
     )
 
-    # The user's active locations by code, set on the copy the authentication cache keeps
-    # (apps/accounts/services.py): a token's location is checked without a query.
+    # Bumped by a password change or a deactivation (apps/accounts/signals.py): every JWT carries
+    # the generation it was issued under (claim ``gen``) and stops working when it moves on.
+    token_generation = models.PositiveIntegerField(default=0, editable=False)
+
+    # The user's active locations by code, and their break-glass grants in force by location code,
+    # set on the copy the authentication cache keeps (apps/accounts/services.py): a token's
+    # location is checked without a query.
     _location_map: dict[str, Location]
+    _break_glass_map: dict[str, BreakGlassGrant]
 
     @property
     def default_scopes(self) -> list[str]:
-        return {
-            self.Role.CLINICIAN: [SCOPE_INFERENCE, SCOPE_READ],
-            self.Role.INTEGRATOR: [SCOPE_INFERENCE, SCOPE_READ],
-            self.Role.AUDITOR: [SCOPE_READ, SCOPE_AUDIT],
-            self.Role.ADMIN: list(ALL_SCOPES),
-        }[self.Role(self.role)]
+        return list(ROLE_SCOPES[self.Role(self.role)])
+
+
+ROLE_SCOPES: dict[str, tuple[str, ...]] = {
+    User.Role.CLINICIAN: (SCOPE_CHAT, SCOPE_SUBMIT, SCOPE_READ, SCOPE_GPU_READ),
+    User.Role.INTEGRATOR: (SCOPE_CHAT, SCOPE_SUBMIT, SCOPE_READ, SCOPE_GPU_READ),
+    User.Role.AUDITOR: (SCOPE_READ, SCOPE_GPU_READ, SCOPE_AUDIT_READ),
+    User.Role.ADMIN: ALL_SCOPES,
+}
 
 
 def hash_secret(secret: str) -> str:
@@ -81,7 +94,8 @@ def hash_secret(secret: str) -> str:
 
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
     def for_secret(self, secret: str) -> ApiKey | None:
-        """The usable key for a presented secret, or None (unknown, revoked or expired)."""
+        """The usable key for a presented secret, or None: unknown, revoked or expired, its user
+        inactive, its location inactive, or its user no longer a member of its location."""
         key = (
             self.select_related("user", "location", "location__organization")
             .filter(hashed_secret=hash_secret(secret))
@@ -89,7 +103,13 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         )
         if key is None or not key.is_usable:
             return None
+        if not key.user.locations.filter(pk=key.location_id).exists():
+            return None
         return key
+
+    def by_prefix(self, prefix: str) -> ApiKey:
+        """The key a prefix names (what admins and scripts see), ApiKey.DoesNotExist otherwise."""
+        return self.select_related("user", "location").get(prefix=prefix.strip().rstrip("_").rstrip("…"))
 
 
 class ApiKey(models.Model):
@@ -130,11 +150,24 @@ class ApiKey(models.Model):
 
     @property
     def is_usable(self) -> bool:
-        return self.revoked_at is None and not self.is_expired and self.user.is_active
+        """Checked on every use, cached copy included (membership: ``for_secret``, at load)."""
+        return self.revoked_at is None and not self.is_expired and self.user.is_active and self.location.is_active
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.is_expired:
+            return "expired"
+        if self.replaced_by_id is not None:
+            return "rotated (old secret in its grace period)"
+        return "active"
 
 
 class RevokedAccessToken(models.Model):
-    """Access JWTs revoked by logout before they expire (simplejwt only blacklists refresh tokens)."""
+    """Access JWTs and sessions revoked by logout before they expire (simplejwt only blacklists
+    refresh tokens). ``jti`` holds an access token's jti or a session id (claim ``sid``, the same
+    on every token of one login, refreshes included): one row ends the whole session."""
 
     jti = models.CharField(max_length=64, unique=True)
     expires_at = models.DateTimeField(db_index=True)
@@ -212,3 +245,45 @@ class ApiKeyLimit(models.Model):
 
     def __str__(self) -> str:
         return f"limits of {self.api_key}"
+
+
+class BreakGlassGrantQuerySet(models.QuerySet["BreakGlassGrant"]):
+    def in_force(self, at: datetime | None = None) -> BreakGlassGrantQuerySet:
+        """Grants whose window is open now (or ``at``), not revoked, at an active location."""
+        at = at or timezone.now()
+        return self.filter(revoked_at__isnull=True, starts_at__lte=at, ends_at__gt=at, location__is_active=True)
+
+
+class BreakGlassGrant(models.Model):
+    """Emergency access (HIPAA §164.312(a)(2)(ii)): a user may log in at a location they are not a
+    member of, for a limited window, for a stated reason. Every action under it is marked in the
+    audit; its start raises an alert (apps/accounts/breakglass.py)."""
+
+    MAX_HOURS = 72
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="break_glass_grants")
+    location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="break_glass_grants")
+    reason = models.TextField(help_text="Why emergency access is needed (mandatory; it goes to the audit).")
+    granted_by = models.ForeignKey(
+        User, null=True, on_delete=models.SET_NULL, related_name="break_glass_granted", editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = BreakGlassGrantQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "break-glass grant"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")), name="break_glass_window"),
+            models.CheckConstraint(condition=~models.Q(reason=""), name="break_glass_reason_required"),
+        ]
+
+    def __str__(self) -> str:
+        return f"break-glass #{self.pk}: {self.user} at {self.location.code}"
+
+    def in_force(self, at: datetime | None = None) -> bool:
+        at = at or timezone.now()
+        return self.revoked_at is None and self.starts_at <= at < self.ends_at and self.location.is_active

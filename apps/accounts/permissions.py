@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.accounts import services
-from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
+from apps.accounts.models import SCOPE_CHAT, SCOPE_GPU_READ, SCOPE_READ, SCOPE_SUBMIT
 from apps.accounts.services import Forbidden, Principal
 
 
@@ -39,15 +39,21 @@ class _ScopePermission(BasePermission):
         return True
 
 
-class CanInfer(_ScopePermission):
-    scopes = (SCOPE_INFERENCE,)
+class CanSubmit(_ScopePermission):
+    """Async work: cancel (submit's own check is the pipeline's authorize step)."""
+
+    scopes = (SCOPE_SUBMIT,)
 
 
 class CanRead(_ScopePermission):
     scopes = (SCOPE_READ,)
 
 
-class CanListModels(_ScopePermission):
-    """The models list serves readers and callers that may only infer (an inference-only key)."""
+class CanReadGpu(_ScopePermission):
+    scopes = (SCOPE_GPU_READ,)
 
-    scopes = (SCOPE_READ, SCOPE_INFERENCE)
+
+class CanListModels(_ScopePermission):
+    """The models list serves readers and callers that may only infer (a chat- or submit-only key)."""
+
+    scopes = (SCOPE_READ, SCOPE_CHAT, SCOPE_SUBMIT)

@@ -15,21 +15,27 @@ Authentication happened once, in the ASGI middleware (``medai/ws_auth.py``), whi
   group memberships are gone (medai/channel_layer.py); clients reconnect and rejoin.
 - Group memberships are renewed at half the layer's ``group_expiry``, so a socket open for days
   keeps receiving (channels_redis drops members older than that).
+- A socket lives no longer than its credential: it is closed with **4401** when the credential
+  expires (a timer, set at connect) or is revoked. Every socket joins its user's
+  ``auth.user.<id>`` group; a revocation anywhere sends ``auth.changed`` there on commit
+  (apps/accounts/revocation.py) and the socket checks its credential again, from the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from apps.accounts import governance, services
+from apps.accounts import governance, revocation, services
 from apps.accounts.models import SCOPE_READ
-from apps.accounts.services import Forbidden
+from apps.accounts.services import AuthError, Forbidden, Principal
 
 logger = logging.getLogger("medai.ws")
 
@@ -51,6 +57,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     _accepted = False
     _closing = False
     _watchdog: asyncio.Task[None] | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         code = self.refusal(scope)
@@ -67,6 +74,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
             await self.close_unavailable(exc)
         finally:
             self._stop_watchdog()
+            self._stop_expiry()
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Every message a client sends takes a unit from its rate-limit buckets, as an HTTP request
@@ -108,10 +116,11 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         principal = self.scope["principal"]
         self.joined = []
-        for group in self.groups_for(principal):
+        for group in [revocation.group(principal.user_id), *self.groups_for(principal)]:
             await self.join(group)
         await self.accept(self.scope.get("auth_subprotocol"))
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        self._arm_expiry(principal)
         await self.opened(principal)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
@@ -128,6 +137,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self._stop_watchdog()
+        self._stop_expiry()
         for group in getattr(self, "joined", []):
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -151,6 +161,41 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
             await super().close(code=TRY_AGAIN_LATER)
         except Exception:  # noqa: BLE001 - the client disconnected meanwhile
             pass
+
+    # --- the credential's life: expiry and revocation -------------------------------------------
+
+    def _arm_expiry(self, principal: Principal) -> None:
+        self._stop_expiry()
+        if principal.expires_at is None:
+            return
+        delay = max(principal.expires_at - time.time(), 0.0)
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, lambda: loop.create_task(self.close_unauthenticated("expired")))
+
+    def _stop_expiry(self) -> None:
+        handle, self._expiry = self._expiry, None
+        if handle is not None:
+            handle.cancel()
+
+    async def close_unauthenticated(self, why: str) -> None:
+        """Close with 4401: the credential expired or was revoked."""
+        if self._closing:
+            return
+        logger.info("websocket %s closed 4401: credential %s", self.scope.get("path", "?"), why)
+        await self.close(code=UNAUTHENTICATED)
+
+    async def auth_changed(self, event: dict[str, Any]) -> None:
+        """A credential of this user may have been revoked: check this socket's own again."""
+        try:
+            principal = await _recheck(self.scope.get("auth_token") or "")
+        except AuthError:
+            await self.close_unauthenticated("revoked")
+            return
+        except UNAVAILABLE as exc:
+            await self.close_unavailable(exc)
+            return
+        self.scope["principal"] = principal
+        self._arm_expiry(principal)  # a rotation, say, may have brought the expiry forward
 
     # --- the watchdog: outages and group renewal ------------------------------------------------
 
@@ -195,6 +240,11 @@ def _rate_refusal(scope: dict[str, Any]) -> int | None:
     except governance.LimitExceeded:
         return RATE_LIMITED
     return None
+
+
+@database_sync_to_async
+def _recheck(token: str) -> Principal:
+    return services.authenticate_bearer(token, fresh=True)[1]
 
 
 async def _refuse(scope: dict[str, Any], receive: Any, send: Any, code: int) -> None:

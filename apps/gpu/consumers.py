@@ -14,7 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from apps.accounts.models import SCOPE_READ
+from apps.accounts.models import SCOPE_GPU_READ
 from apps.accounts.websocket import AuthenticatedJsonConsumer
 from apps.gpu import services
 
@@ -22,9 +22,9 @@ GPU_GROUP = "gpu"
 
 
 class GpuConsumer(AuthenticatedJsonConsumer):
-    """Needs the ``read`` scope (4403 without it; 4401 without credentials)."""
+    """Needs the ``gpu:read`` scope (4403 without it; 4401 without credentials)."""
 
-    required_scope = SCOPE_READ
+    required_scope = SCOPE_GPU_READ
     _staleness: asyncio.Task[None] | None = None
 
     def groups_for(self, principal: Any) -> list[str]:

@@ -1,10 +1,14 @@
-"""Fixtures of the governance tests: a Principal per persona, and a quota set through the service."""
+"""Fixtures of the accounts tests: a Principal per persona, a quota set through the service (the
+governance tests); what a credential may do right now, and moving the clock (the identity tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 from apps.accounts.governance import quotas
 from apps.accounts.models import Location, User
@@ -32,3 +36,34 @@ def quota() -> Callable[..., None]:
         quotas.publish()
 
     return make
+
+
+def me(credential: str) -> int:
+    """The status of ``GET /v1/auth/me`` with this bearer credential (200: it works; 401: it does not)."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {credential}")
+    return client.get("/v1/auth/me").status_code
+
+
+def login(username: str, password: str, location_id: str = "demo", ip: str = "10.0.0.1") -> object:
+    return APIClient(REMOTE_ADDR=ip).post(
+        "/v1/auth/login", {"username": username, "password": password, "location_id": location_id}, format="json"
+    )
+
+
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[timedelta], datetime]]:
+    """``later(delta)`` moves Django's clock (``timezone.now``, what expiry checks read) forward."""
+    real = timezone.now
+    offset = [timedelta(0)]
+
+    def now() -> datetime:
+        return real() + offset[0]
+
+    monkeypatch.setattr(timezone, "now", now)
+
+    def move(delta: timedelta) -> datetime:
+        offset[0] += delta
+        return now()
+
+    yield move

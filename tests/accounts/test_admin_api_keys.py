@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.messages import get_messages
+from django.utils import timezone
 
 from apps.accounts.models import ApiKey, hash_secret
 
@@ -19,7 +22,7 @@ def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo
             "user": alice.pk,
             "location": demo.pk,
             "name": "lab system",
-            "scopes": ["inference"],
+            "scopes": ["chat"],
         },
         follow=True,
     )
@@ -29,7 +32,7 @@ def test_creating_a_key_in_admin_shows_its_secret_once(admin_client, alice, demo
     assert match, text
     key = ApiKey.objects.get()
     assert key.hashed_secret == hash_secret(match.group(1))
-    assert key.scopes == ["inference"]
+    assert key.scopes == ["chat"]
     change_page = admin_client.get(f"/admin/accounts/apikey/{key.pk}/change/").content.decode()
     assert match.group(1) not in change_page and key.prefix in change_page
 
@@ -54,4 +57,5 @@ def test_admin_revoke_and_rotate_actions(admin_client, alice, demo):
     )
     assert "will not be shown again" in " ".join(str(m) for m in get_messages(response.wsgi_request))
     second.refresh_from_db()
-    assert second.revoked_at is not None and second.replaced_by is not None
+    assert second.replaced_by is not None and second.revoked_at is None  # the grace period
+    assert second.expires_at <= timezone.now() + timedelta(hours=settings.MEDAI_API_KEY_ROTATION_GRACE_HOURS)

@@ -27,7 +27,7 @@ def test_login_returns_bearer_tokens_with_role_location_and_scope_claims(alice):
     assert claims["sub"] == str(alice.pk)
     assert claims["role"] == "clinician"
     assert claims["location_id"] == "demo"
-    assert set(claims["scope"].split()) == {"inference", "read"}
+    assert set(claims["scope"].split()) == {"chat", "submit", "read", "gpu:read"}
 
 
 def test_login_to_a_location_the_user_does_not_work_at_is_forbidden(alice, north):

@@ -12,7 +12,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.accounts import services as accounts_services
-from apps.accounts.models import SCOPE_INFERENCE, SCOPE_READ
+from apps.accounts.models import SCOPE_CHAT, SCOPE_GPU_READ, SCOPE_SUBMIT
 from tests.conftest import register_model
 
 pytestmark = pytest.mark.django_db
@@ -33,11 +33,11 @@ def scope_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     return calls
 
 
-def test_a_submit_checks_the_inference_scope_once(client_for, alice, scope_checks):
+def test_a_submit_checks_the_submit_scope_once(client_for, alice, scope_checks):
     register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
     response = client_for(alice).post("/v1/async/submit", {"agent_type": "Chat", "messages": MSG}, format="json")
     assert response.status_code == 202, response.content
-    assert scope_checks == [(SCOPE_INFERENCE,)]
+    assert scope_checks == [(SCOPE_SUBMIT,)]
 
 
 def test_a_batch_of_many_checks_the_scope_once(client_for, alice, scope_checks):
@@ -45,7 +45,7 @@ def test_a_batch_of_many_checks_the_scope_once(client_for, alice, scope_checks):
     requests = [{"agent_type": "Chat", "messages": [{"role": "user", "content": f"q {i}"}]} for i in range(20)]
     response = client_for(alice).post("/v1/async/submit-batch", {"requests": requests}, format="json")
     assert response.status_code == 202, response.content
-    assert scope_checks == [(SCOPE_INFERENCE,)]
+    assert scope_checks == [(SCOPE_SUBMIT,)]
 
 
 @pytest.mark.parametrize("path", ["/v1/async/submit", "/v1/async/submit-batch"])
@@ -57,24 +57,24 @@ def test_an_auditor_may_not_submit_and_is_told_which_scope_is_missing(client_for
     assert response.status_code == 403
     error = response.json()["error"]
     assert error["code"] == "insufficient_scope"
-    assert "'inference'" in error["message"]
-    assert scope_checks == [(SCOPE_INFERENCE,)]
+    assert "'submit'" in error["message"]
+    assert scope_checks == [(SCOPE_SUBMIT,)]
 
 
-def test_a_read_view_checks_the_read_scope_once_with_the_same_refusal(client_for, alice, audrey, scope_checks):
+def test_the_gpu_view_checks_the_gpu_read_scope_once(client_for, alice, audrey, scope_checks):
     assert client_for(audrey).get("/v1/gpu/status").status_code == 200
-    assert scope_checks == [(SCOPE_READ,)]
+    assert scope_checks == [(SCOPE_GPU_READ,)]
 
 
-def test_an_inference_only_key_may_list_the_models_it_can_use(api_key_for, alice, scope_checks):
+def test_a_chat_only_key_may_list_the_models_it_can_use(api_key_for, alice, scope_checks):
     register_model("stub-a", "http://127.0.0.1:9/v1")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(alice, scopes=[SCOPE_INFERENCE])}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(alice, scopes=[SCOPE_CHAT])}")
     response = client.get("/v1/models")
     assert response.status_code == 200, response.content
     assert "stub-a" in [m["id"] for m in response.json()["data"]]
     assert len(scope_checks) == 1
-    # ... and may not read what needs the read scope
+    # ... and may not read what needs the gpu:read scope
     refused = client.get("/v1/gpu/status")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "insufficient_scope"

@@ -121,5 +121,5 @@ def test_bad_parameters_are_a_400_naming_them(client_for, alice, query, param):
 
 def test_usage_needs_a_credential_with_the_read_scope(client, alice, api_key_for):
     assert client.get("/v1/usage").status_code == 401
-    secret = api_key_for(alice, scopes=["inference"])
+    secret = api_key_for(alice, scopes=["chat"])
     assert client.get("/v1/usage", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 403

@@ -37,5 +37,5 @@ def test_no_or_a_bad_credential_closes_4401_and_a_missing_scope_4403(live_medai,
     assert _close_code(url) == (None, 4401)
     assert _close_code(url, subprotocols=["bearer", "not-a-token"]) == ("bearer", 4401)
     assert _close_code(url + "?token=not-a-token") == (None, 4401)
-    inference_only = api_key_for(alice, scopes=["inference"])
-    assert _close_code(url, subprotocols=["bearer", inference_only]) == ("bearer", 4403)
+    chat_only = api_key_for(alice, scopes=["chat"])
+    assert _close_code(url, subprotocols=["bearer", chat_only]) == ("bearer", 4403)

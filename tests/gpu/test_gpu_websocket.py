@@ -21,8 +21,8 @@ async def test_without_credentials_the_socket_is_closed_4401():
     assert await communicator.receive_output() == {"type": "websocket.close", "code": 4401}
 
 
-async def test_a_credential_without_the_read_scope_is_closed_4403(alice, api_key_for):
-    key = await sync_to_async(api_key_for)(alice, scopes=["inference"])
+async def test_a_credential_without_the_gpu_read_scope_is_closed_4403(alice, api_key_for):
+    key = await sync_to_async(api_key_for)(alice, scopes=["chat"])
     communicator = WebsocketCommunicator(application, "/ws/gpu/", subprotocols=["bearer", key])
     connected, subprotocol = await communicator.connect()
     assert connected and subprotocol == "bearer"

@@ -28,7 +28,7 @@ class LoginView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=LoginSerializer, responses=TokenPairSerializer)
+    @extend_schema(request=LoginSerializer, responses={200: TokenPairSerializer, 401: None, 403: None, 429: None})
     def post(self, request: Request) -> Response:
         data = LoginSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -38,7 +38,10 @@ class LoginView(APIView):
                 data.validated_data["password"],
                 data.validated_data["location_id"],
                 ip=client_ip(request),
+                request=request._request,  # for django-axes only (lockout)
             )
+        except services.LockedOut as exc:
+            raise exceptions.Throttled(exc.retry_after, exc.message, exc.code) from None
         except services.LoginDenied as exc:
             raise exceptions.PermissionDenied(exc.message, exc.code) from None
         except services.AuthError as exc:

@@ -5,7 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.permissions import CanRead
+from apps.accounts.permissions import CanReadGpu
 from apps.gpu import services
 from apps.gpu.api.serializers import GpuStatusSerializer
 
@@ -15,7 +15,7 @@ class GpuStatusView(APIView):
     thermal state, the models on it, and whether the data is simulated; plus the policy in force
     and each backend's health, circuit and latency."""
 
-    permission_classes = [CanRead]
+    permission_classes = [CanReadGpu]
 
     @extend_schema(responses=GpuStatusSerializer, operation_id="gpu_status")
     def get(self, request: Request) -> Response:

@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 
 from apps.accounts import services as accounts
 from apps.accounts.authentication import principal_of
-from apps.accounts.permissions import Authenticated, CanInfer, CanRead
+from apps.accounts.permissions import Authenticated, CanRead, CanSubmit
 from apps.accounts.services import AuthError, NeedsDatabase, Principal
 from apps.inference import queue
 from apps.inference.api.parsers import SafeJSONParser
@@ -339,7 +339,7 @@ class ResultView(APIView):
 class CancelView(APIView):
     """``POST /v1/async/cancel/{id}``: cancel a queued task."""
 
-    permission_classes = [CanInfer]
+    permission_classes = [CanSubmit]
 
     @extend_schema(
         request=None, responses={200: TaskStatusSerializer, **_errors(404, 409)}, operation_id="async_cancel"

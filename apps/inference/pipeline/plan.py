@@ -18,7 +18,7 @@ from typing import Any
 from django.utils import timezone
 
 from apps.accounts import governance
-from apps.accounts.models import SCOPE_INFERENCE
+from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id
 from apps.inference import router
@@ -88,7 +88,7 @@ class ChatPlan:
 def _check_chat(
     principal: Principal, body: bytes, client_ip: str | None
 ) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
-    gate.authorize(principal, SCOPE_INFERENCE)
+    gate.authorize(principal, SCOPE_CHAT)
     req = gate.validate_chat(body)
     limit, [reservation] = gate.limit_and_reserve(principal, [req], ip=client_ip, in_flight=True)
     return req, limit, reservation
@@ -163,7 +163,7 @@ def plan_tasks(
     submit of one item, or a ``batch`` of ``items``): [(plan, deadline_s)], each item validated
     and routed once, parsed JSON as it came (never encoded again). A batch's 400 names the item.
     Sync: routing may query."""
-    gate.authorize(principal, SCOPE_INFERENCE)
+    gate.authorize(principal, SCOPE_SUBMIT)
     validated = gate.validate_batch(items) if batch else [gate.validate_task(items[0])]
     task_ids = [uuid.uuid4() for _ in validated]  # chosen now: each task's hold is kept under its id
     _, reservations = gate.limit_and_reserve(
@@ -267,7 +267,7 @@ def task_principal(task: InferenceTask) -> Principal:
         location_pk=task.location_id,
         location_code="",
         organization_id=None,
-        scopes=frozenset({SCOPE_INFERENCE}),
+        scopes=frozenset({SCOPE_SUBMIT}),
         method="queue",
         api_key_id=task.api_key_id,
     )
