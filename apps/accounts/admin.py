@@ -48,6 +48,13 @@ class UserAdmin(DjangoUserAdmin):
     fieldsets = (*(DjangoUserAdmin.fieldsets or ()), ("medai", {"fields": ("role", "organization", "locations")}))
     add_fieldsets = DjangoUserAdmin.add_fieldsets + (("medai", {"fields": ("role", "organization", "locations")}),)
     filter_horizontal = ["locations", "groups", "user_permissions"]
+    actions = ["end_sessions"]
+
+    @admin.action(description="End all sessions of the selected users (their JWTs answer 401)")
+    def end_sessions(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user in queryset:
+            services.revoke_sessions(user, reason="ended by an admin", actor=request.user)
+        self.message_user(request, f"Ended the sessions of {queryset.count()} user(s).")
 
 
 class ApiKeyCreateForm(forms.ModelForm):

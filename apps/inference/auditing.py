@@ -39,9 +39,16 @@ def audit_outcome(status: str) -> str:
 
 
 def inference_event(
-    task: InferenceTask, *, username: str, location_code: str, ip: str | None = None, user_agent: str = ""
+    task: InferenceTask,
+    *,
+    username: str,
+    location_code: str,
+    ip: str | None = None,
+    user_agent: str = "",
+    break_glass: int | None = None,
 ) -> AuditEvent:
-    """The (unsaved) audit event of a finished inference, for ``record_events``."""
+    """The (unsaved) audit event of a finished inference, for ``record_events``; ``break_glass``:
+    the grant the caller acted under (Principal.break_glass_id), marked in the details."""
     try:
         priority = Priority(task.priority).name.lower()
     except ValueError:
@@ -60,6 +67,8 @@ def inference_event(
         "completion_tokens": task.completion_tokens,
         "latency_ms": task.latency_ms,
     }
+    if break_glass:
+        details["break_glass"] = break_glass
     return new_event(
         ACTION,
         actor=SimpleNamespace(pk=task.user_id, username=username),

@@ -107,3 +107,20 @@ def test_the_admin_grants_it_with_a_reason_and_refuses_one_without(admin_client,
     grant = BreakGlassGrant.objects.get()
     assert grant.granted_by is not None and grant.reason == REASON
     assert login("alice", PASSWORD, "north").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)  # the chat record is written by the background writer's own connection
+def test_inference_under_it_is_marked_in_its_audit_events(grant):
+    from tests.conftest import records_written, register_model
+
+    register_model("stub-a", "http://127.0.0.1:9/v1", agents=("Chat",))
+    token = login("alice", PASSWORD, "north").json()["access_token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    messages = [{"role": "user", "content": "Dose of adrenaline in arrest?"}]
+    submitted = client.post("/v1/async/submit", {"agent_type": "Chat", "messages": messages}, format="json")
+    assert submitted.status_code == 202, submitted.content
+    client.post("/v1/chat/completions", {"model": "Chat", "messages": messages}, format="json")  # no backend: fails
+    records_written()
+    assert AuditEvent.objects.get(action="inference.submit").details["break_glass"] == grant.pk
+    assert AuditEvent.objects.get(action="inference.complete").details["break_glass"] == grant.pk

@@ -77,3 +77,10 @@ def test_an_admin_password_change_ends_the_sessions(alice, admin_client):
     )
     assert response.status_code == 302, response.content
     assert me(session["access_token"]) == 401
+
+
+def test_an_admin_can_end_all_sessions_of_a_user(alice, admin_client):
+    session = login("alice", PASSWORD).json()
+    admin_client.post("/admin/accounts/user/", {"action": "end_sessions", "_selected_action": [alice.pk]})
+    assert me(session["access_token"]) == 401
+    assert AuditEvent.objects.filter(action="auth.sessions_revoked", details__reason="ended by an admin").exists()

@@ -144,6 +144,7 @@ def _audit_identity(plan: ChatPlan) -> dict[str, Any]:
         "location_code": p.location_code,
         "ip": plan.client_ip,
         "user_agent": plan.user_agent,
+        "break_glass": p.break_glass_id,
     }
 
 

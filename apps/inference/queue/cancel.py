@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.services import Principal
+from apps.accounts.services import Principal, audit_marks
 from apps.audit.services import record_event
 from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
@@ -28,7 +28,13 @@ def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
                 409, "not_cancellable", f"Task {task.id} is {task.status}; only queued tasks can be cancelled."
             )
         QueueEntry.objects.of_tasks([task.id]).delete()
-        record_event("inference.cancel", actor=_actor(principal), location=principal.location_code, obj=task)
+        record_event(
+            "inference.cancel",
+            actor=_actor(principal),
+            location=principal.location_code,
+            obj=task,
+            details=audit_marks(principal),
+        )
         transaction.on_commit(lambda: push_update(task.id))
         transaction.on_commit(lambda: inference_metrics.count_finished("async", "cancelled"))
         transaction.on_commit(lambda: record.release_tasks([task.id]))  # its quota hold

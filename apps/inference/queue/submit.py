@@ -19,7 +19,7 @@ from typing import Any
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from apps.accounts.services import Principal
+from apps.accounts.services import Principal, audit_marks
 from apps.audit.services import record_event
 from apps.inference import broker, push
 from apps.inference.errors import ApiError
@@ -235,7 +235,7 @@ def submit_task(
                 actor=_actor(plan.principal),
                 location=plan.principal.location_code,
                 obj=task,
-                details={"priority": Priority(plan.priority).name.lower()},
+                details={"priority": Priority(plan.priority).name.lower(), **(audit_marks(plan.principal) or {})},
             )
     except BaseException as exc:
         gate.release(plan.reservation)  # nothing was queued: nothing stays held
@@ -295,6 +295,7 @@ def submit_batch(
                     "created": len(new),
                     "reused": len(reused),
                     "priority": Priority(max(p.priority for p, _ in prepared)).name.lower(),
+                    **(audit_marks(principal) or {}),
                 },
             )
     except BaseException as exc:
