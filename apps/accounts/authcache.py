@@ -117,17 +117,22 @@ class _Listener:
         return self._pid == os.getpid() and self._subscribed.is_set()
 
     def ensure(self, wait: float = 0.0) -> None:
-        """Start the thread in this process if it is not running; ``wait`` up to that long for the
-        subscription (a caller on a worker thread; never on the event loop)."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._subscribed = threading.Event()
-                    self._client = None
-                    self._pid = os.getpid()
-                    threading.Thread(target=self._run, name="auth-invalidation", daemon=True).start()
+        """Start the thread in this process if it is not running; when this call starts it, wait up
+        to ``wait`` seconds for the subscription (a caller on a worker thread, never the event
+        loop). Only then: while Redis is down every lookup goes to the database at once, never
+        waiting for a subscription that is not coming."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._subscribed = threading.Event()
+            self._client = None
+            self._pid = os.getpid()
+            subscribed = self._subscribed
+            threading.Thread(target=self._run, name="auth-invalidation", daemon=True).start()
         if wait:
-            self._subscribed.wait(wait)
+            subscribed.wait(wait)
 
     def _run(self) -> None:
         pid = os.getpid()
