@@ -66,7 +66,7 @@ MIDDLEWARE = [
     "medai.middleware.SecurityMiddleware",
     "medai.middleware.WhiteNoiseMiddleware",
     # closed unless CORS_ALLOWED_ORIGINS names an origin; answers preflights before the views
-    "corsheaders.middleware.CorsMiddleware",
+    "medai.middleware.CorsMiddleware",
     # no-store on every answer that passes Django, a CSP on every HTML page
     "medai.middleware.SecurityHeadersMiddleware",
     "apps.audit.middleware.CorrelationIdMiddleware",
