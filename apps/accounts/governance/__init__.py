@@ -103,6 +103,7 @@ class Reservation:
     keys: tuple[str, ...] = ()  # the counters a settle charges when the hold is gone
     in_flight: tuple[str, str] | None = None  # (zset, member) of the in-flight cap
     completion_cap: int = 0  # the completion tokens held, when a token quota applies
+    day: str = ""  # the day window the request was counted in (its counters' day field)
 
 
 @dataclass(frozen=True)
@@ -177,14 +178,14 @@ def _buckets(principal: Principal, ip: str | None) -> list[tuple[str, float, flo
                 f"{p}b:k:{principal.api_key_id}",
                 settings.MEDAI_RATE_LIMIT_KEY_RATE,
                 settings.MEDAI_RATE_LIMIT_KEY_BURST,
-                f"k:{principal.api_key_id}",
+                "1",  # the key's own limits (admin) replace these
             )
         )
     out.append(
-        (f"{p}b:u:{principal.user_id}", settings.MEDAI_RATE_LIMIT_USER_RATE, settings.MEDAI_RATE_LIMIT_USER_BURST, "")
+        (f"{p}b:u:{principal.user_id}", settings.MEDAI_RATE_LIMIT_USER_RATE, settings.MEDAI_RATE_LIMIT_USER_BURST, "0")
     )
     if ip:
-        out.append((f"{p}b:i:{ip}", settings.MEDAI_RATE_LIMIT_IP_RATE, settings.MEDAI_RATE_LIMIT_IP_BURST, ""))
+        out.append((f"{p}b:i:{ip}", settings.MEDAI_RATE_LIMIT_IP_RATE, settings.MEDAI_RATE_LIMIT_IP_BURST, "0"))
     return out
 
 
@@ -213,25 +214,24 @@ def admit(
     scopes = _scopes(principal) if items else []
     async_hold = any(it.ref for it in items)
     lease = settings.MEDAI_QUOTA_ASYNC_LEASE_SECONDS if async_hold else settings.MEDAI_QUOTA_LEASE_SECONDS
-    args: list[Any] = [p, units, len(items), lease]
+    key_field = f"k:{principal.api_key_id}" if principal.api_key_id is not None else ""
+    fo_field = f"fo:{principal.organization_id}" if principal.organization_id is not None else ""
+    args: list[Any] = [p, units, len(items), lease, w.day, w.day_end, w.month_end, key_field, fo_field]
     buckets = _buckets(principal, ip) if rate else []
     args.append(len(buckets))
     for bucket in buckets:
         args.extend(bucket)
-    cred = _credential(principal)
-    flight = (f"{p}f:{cred}", refs[0]) if in_flight and refs else None
-    key_field = f"k:{principal.api_key_id}" if principal.api_key_id is not None else ""
+    flight = (f"{p}f:{_credential(principal)}", refs[0]) if in_flight and refs else None
     if flight:
-        args += [flight[0], settings.MEDAI_INFLIGHT_PER_KEY, flight[1], settings.MEDAI_QUOTA_LEASE_SECONDS, key_field]
+        args += [flight[0], settings.MEDAI_INFLIGHT_PER_KEY, flight[1], settings.MEDAI_QUOTA_LEASE_SECONDS]
     else:
-        args += ["", 0, "", 0, ""]
+        args += ["", 0, "", 0]
     args.append(len(scopes))
     for scope in scopes:
-        args += [scope, store.counter_key(scope, w.day), w.day_end, store.counter_key(scope, w.month), w.month_end]
+        args += [scope, store.counter_key(scope, w.month)]
     args.append(len(items))
     for ref, amount in zip(refs, amounts, strict=True):
         args += [ref, amount]
-    args.append(f"fo:{principal.organization_id}" if principal.organization_id is not None else "")
     keys = [p + "lim", p + "leases"]
     try:
         answer = store.run("ADMIT", keys, args)
@@ -282,7 +282,7 @@ def admit(
     _fail_open[principal.organization_id] = fail_open == "1"
     rl = RateLimit(_rate_headers(limit, remaining, reset_ms)) if int(limit) >= 0 else NO_LIMIT
     _headers.set(rl.headers)
-    counters = tuple(store.scope_keys(scopes, w))
+    counters = tuple(store.scope_keys(scopes, w))  # one per scope: this month's (and today's) counters
     capped = token_limited == "1"
     reservations = [
         Reservation(
@@ -297,6 +297,7 @@ def admit(
             counters,
             flight if i == 0 else None,
             (it.max_tokens or settings.MEDAI_QUOTA_DEFAULT_MAX_TOKENS) if capped else 0,
+            w.day,
         )
         for i, (it, ref, amount) in enumerate(zip(items, refs, amounts, strict=True))
     ]
@@ -416,6 +417,7 @@ def _settle_args(reservation: Reservation, prompt_tokens: int, completion_tokens
     for i, hold in enumerate(holds):
         # a reservation of several holds (``reserve(requests=N)``) settles its usage on the first
         out += [hold, requests if i == 0 else 0, tokens if i == 0 else 0, *(flight if i == 0 else ("", ""))]
+        out.append(reservation.day or store.windows().day)
         keys = reservation.keys if i == 0 else ()
         out += [len(keys), *keys]
     return out

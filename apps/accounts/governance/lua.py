@@ -8,19 +8,26 @@ Keys (all under ``{MEDAI_CACHE_PREFIX}:gov:``, see store.py):
                   (-1: no limit), ``fo:<org>`` → "1" when that organization fails open,
                   ``k:<api key>`` → "rate,burst,inflight" (a key's overrides, -1: the default)
   leases          zset: hold id → the time its lease ends
-  h:<id>          a hold: "H|requests|tokens|counter key|..." while held; "E|counter key|..." once
-                  its lease ended and it was released; "S" once settled (kept a day: settling twice
-                  is a no-op)
-  c:<scope>:<win> hash {r, t}: requests and tokens used plus held in a window (d20261202, m202612)
-  b:<kind>:<id>   hash {v, t}: a token bucket's level and when it was computed
+  h:<id>          a hold: "H|requests|tokens|day|counter key|..." while held; "E|day|counter key|..."
+                  once its lease ended and it was released; "S" once settled (kept a day: settling
+                  twice is a no-op)
+  c:<scope>:<month> hash: requests and tokens used plus held, this month (``m:r``, ``m:t``) and
+                  each day of it (``d20261202:r``, ``d20261202:t``): one key per scope, read with
+                  one HMGET and written with one HSET
+  b:<kind>:<id>   string "level,time": a token bucket
   f:<credential>  zset: in-flight request id → when its lease ends
+
+Cost: the admission script makes about 20 calls for a request under a quota with three buckets
+(TIME, the lease sweep, one HMGET of the limits, 2 per bucket, 4 for the in-flight cap, 3 per
+quota scope, 2 for the hold); Redis runs it in tens of microseconds.
 
 Time is Redis's own (``TIME``): every process agrees on it, whatever their clocks say.
 """
 
 from __future__ import annotations
 
-# Shared by both scripts: release a hold (lease ended) or apply a delta to counters that still exist.
+# Shared by both scripts: split a string, apply a delta to the counters that still exist, release
+# the holds whose lease ended.
 _COMMON = r"""
 local function split(s, sep)
   local out, start = {}, 1
@@ -34,12 +41,18 @@ local function split(s, sep)
     start = j + 1
   end
 end
-local function bump(keys, from, req, tok)
+local function bump(keys, from, day, req, tok)
   for i = from, #keys do
     local k = keys[i]
     if k ~= '' and redis.call('EXISTS', k) == 1 then
-      if req ~= 0 then redis.call('HINCRBY', k, 'r', req) end
-      if tok ~= 0 then redis.call('HINCRBY', k, 't', tok) end
+      if req ~= 0 then
+        redis.call('HINCRBY', k, day .. ':r', req)
+        redis.call('HINCRBY', k, 'm:r', req)
+      end
+      if tok ~= 0 then
+        redis.call('HINCRBY', k, day .. ':t', tok)
+        redis.call('HINCRBY', k, 'm:t', tok)
+      end
     end
   end
 end
@@ -50,7 +63,7 @@ local function expire_holds(prefix, leases, now, max)
     local h = redis.call('GET', hk)
     if h and string.sub(h, 1, 2) == 'H|' then
       local parts = split(h, '|')
-      bump(parts, 4, -tonumber(parts[2]), -tonumber(parts[3]))
+      bump(parts, 5, parts[4], -tonumber(parts[2]), -tonumber(parts[3]))
       local rest = {}
       for i = 4, #parts do rest[#rest + 1] = parts[i] end
       redis.call('SET', hk, 'E|' .. table.concat(rest, '|'), 'EX', 172800)
@@ -62,12 +75,12 @@ end
 """
 
 # KEYS: 1 lim, 2 leases. ARGV (strings):
-#  1 prefix  2 units  3 request count  4 lease seconds
-#  5 nb (buckets) then nb × (key, rate, burst, override field or '')
-#  then in-flight: key or '', cap, member, lease, override field or ''
-#  then ns (quota scopes) then ns × (field, day counter key, day end, month counter key, month end)
+#  1 prefix  2 units  3 request count  4 lease seconds  5 day field  6 day end  7 month end
+#  8 the key's override field or ''  9 fail-open field or ''
+#  10 nb (buckets) then nb × (key, rate, burst, 1 if the key's override applies else 0)
+#  then in-flight: key or '', cap, member, lease
+#  then ns (quota scopes) then ns × (limits field, counter key)
 #  then nh (holds) then nh × (hold id, tokens)
-#  then fail-open field or ''
 # Returns {'ok', limit, remaining, reset_ms, fail_open, token_limited}
 #      or {'rate', limit, remaining, reset_ms, retry_ms, which}
 #      or {'inflight', cap, which}
@@ -79,32 +92,36 @@ ADMIT = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local lim, leases = KEYS[1], KEYS[2]
-local prefix = ARGV[1]
+local prefix, units, nreq, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local day, day_end, month_end = ARGV[5], ARGV[6], ARGV[7]
 expire_holds(prefix, leases, now, 16)
-if redis.call('HEXISTS', lim, '_v') == 0 then return {'reload'} end
-local units = tonumber(ARGV[2])
-local nreq = tonumber(ARGV[3])
-local lease = tonumber(ARGV[4])
-local i = 5
-local nb = tonumber(ARGV[i]); i = i + 1
+local i = 10
+local nb = tonumber(ARGV[i])
+local fi = i + 1 + nb * 4
+local ns = tonumber(ARGV[fi + 4])
+-- every limit this request needs, in one read: loaded?, the key's overrides, fail open, each scope
+local fields = {'_v', ARGV[8] ~= '' and ARGV[8] or '_', ARGV[9] ~= '' and ARGV[9] or '_'}
+for s = 1, ns do fields[#fields + 1] = ARGV[fi + 4 + 2 * s - 1] end
+local got = redis.call('HMGET', lim, unpack(fields))
+if not got[1] then return {'reload'} end
+local ov = got[2] and split(got[2], ',') or nil
+local fail_open = got[3] == '1' and '1' or '0'
+i = i + 1
 local buckets = {}
 local best_limit, best_remaining, best_reset = -1, -1, 0
 for b = 1, nb do
-  local key, rate, burst, ov = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
-  i = i + 4
-  if ov ~= '' then
-    local o = redis.call('HGET', lim, ov)
-    if o then
-      local p = split(o, ',')
-      if tonumber(p[1]) >= 0 then rate = tonumber(p[1]) end
-      if tonumber(p[2]) >= 0 then burst = tonumber(p[2]) end
-    end
+  local key, rate, burst = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if ARGV[i + 3] == '1' and ov then
+    if tonumber(ov[1]) >= 0 then rate = tonumber(ov[1]) end
+    if tonumber(ov[2]) >= 0 then burst = tonumber(ov[2]) end
   end
+  i = i + 4
   if rate > 0 and burst > 0 then
-    local state = redis.call('HMGET', key, 'v', 't')
+    local state = redis.call('GET', key)
     local level = burst
-    if state[1] then
-      level = math.min(burst, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate)
+    if state then
+      local p = split(state, ',')
+      level = math.min(burst, tonumber(p[1]) + math.max(0, now - tonumber(p[2])) * rate)
     end
     if level < units then
       local retry = (units - level) / rate
@@ -119,79 +136,70 @@ for b = 1, nb do
     end
   end
 end
-local fkey, fcap, fmember, flease, fov = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
-i = i + 5
-if fkey ~= '' then
-  if fov ~= '' then
-    local o = redis.call('HGET', lim, fov)
-    if o then
-      local p = split(o, ',')
-      if tonumber(p[3]) >= 0 then fcap = tonumber(p[3]) end
-    end
-  end
-  if fcap > 0 then
-    redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
-    if redis.call('ZCARD', fkey) >= fcap then return {'inflight', tostring(fcap), fkey} end
-  else
-    fkey = ''
-  end
+local fkey, fcap, fmember, flease = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+i = i + 5  -- past the in-flight arguments and ns
+if ov and tonumber(ov[3]) >= 0 then fcap = tonumber(ov[3]) end
+if fkey ~= '' and fcap > 0 then
+  redis.call('ZREMRANGEBYSCORE', fkey, '-inf', now)
+  if redis.call('ZCARD', fkey) >= fcap then return {'inflight', tostring(fcap), fkey} end
+else
+  fkey = ''
 end
-local ns = tonumber(ARGV[i]); i = i + 1
-local nh = tonumber(ARGV[i + ns * 5])
+local nh = tonumber(ARGV[i + ns * 2])
 local total = 0
-for h = 1, nh do total = total + tonumber(ARGV[i + ns * 5 + 2 * h]) end
-local fo_field = ARGV[i + ns * 5 + 1 + 2 * nh]
-local fail_open = '0'
-if fo_field ~= '' and redis.call('HGET', lim, fo_field) == '1' then fail_open = '1' end
-local counters, ends = {}, {}
+for h = 1, nh do total = total + tonumber(ARGV[i + ns * 2 + 2 * h]) end
+local counters, values = {}, {}
 local token_limited = '0'
+local dr, dt = day .. ':r', day .. ':t'
 for s = 1, ns do
-  local field = ARGV[i]
-  local raw = redis.call('HGET', lim, field)
+  local raw = got[3 + s]
+  local ckey = ARGV[i + 1]
   if raw then
     local halves = split(raw, '|')
     local l = split(halves[1], ',')
-    local name = halves[2] or field
+    local name = halves[2] or ARGV[i]
+    local used = redis.call('HMGET', ckey, dr, dt, 'm:r', 'm:t')
+    local u = {tonumber(used[1] or '0'), tonumber(used[2] or '0'), tonumber(used[3] or '0'), tonumber(used[4] or '0')}
+    local counted = false
     for p = 0, 1 do
-      local ckey, wend = ARGV[i + 1 + 2 * p], ARGV[i + 2 + 2 * p]
       local lr, lt = tonumber(l[1 + 2 * p]), tonumber(l[2 + 2 * p])
-      if lr >= 0 or lt >= 0 then
-        local used = redis.call('HMGET', ckey, 'r', 't')
-        local ur, ut = tonumber(used[1] or '0'), tonumber(used[2] or '0')
-        local period = (p == 0) and 'day' or 'month'
-        if lr >= 0 and ur + nreq > lr then
-          return {'quota', name, period, 'requests', tostring(lr), tostring(ur), wend, fail_open}
-        end
-        if lt >= 0 then
-          token_limited = '1'
-          if ut + total > lt then
-            return {'quota', name, period, 'tokens', tostring(lt), tostring(ut), wend, fail_open}
-          end
-        end
-        counters[#counters + 1] = ckey
-        ends[#ends + 1] = wend
+      local ur, ut = u[1 + 2 * p], u[2 + 2 * p]
+      local period = (p == 0) and 'day' or 'month'
+      local wend = (p == 0) and day_end or month_end
+      if lr >= 0 and ur + nreq > lr then
+        return {'quota', name, period, 'requests', tostring(lr), tostring(ur), wend, fail_open}
       end
+      if lt >= 0 then
+        token_limited = '1'
+        if ut + total > lt then
+          return {'quota', name, period, 'tokens', tostring(lt), tostring(ut), wend, fail_open}
+        end
+      end
+      if lr >= 0 or lt >= 0 then counted = true end
+    end
+    if counted then
+      counters[#counters + 1] = ckey
+      values[#values + 1] = {u[1] + nreq, u[2] + total, u[3] + nreq, u[4] + total}
     end
   end
-  i = i + 5
+  i = i + 2
 end
 i = i + 1
 -- everything fits: take from every bucket, count the request in flight, hold the quota
 for _, b in ipairs(buckets) do
-  redis.call('HSET', b[1], 'v', b[2], 't', now)
-  redis.call('PEXPIRE', b[1], b[3])
+  redis.call('SET', b[1], b[2] .. ',' .. now, 'PX', b[3])
 end
 if fkey ~= '' then
   redis.call('ZADD', fkey, now + flease, fmember)
   redis.call('EXPIRE', fkey, math.ceil(flease) + 60)
 end
 for c = 1, #counters do
-  redis.call('HINCRBY', counters[c], 'r', nreq)
-  redis.call('HINCRBY', counters[c], 't', total)
-  redis.call('EXPIREAT', counters[c], math.floor(tonumber(ends[c])) + 86400)
+  local v = values[c]
+  redis.call('HSET', counters[c], dr, v[1], dt, v[2], 'm:r', v[3], 'm:t', v[4])
+  redis.call('EXPIREAT', counters[c], math.floor(tonumber(month_end)) + 86400)
 end
 if #counters > 0 then
-  local keys = table.concat(counters, '|')
+  local keys = day .. '|' .. table.concat(counters, '|')
   local per = nreq / nh
   for h = 1, nh do
     local id, tok = ARGV[i], ARGV[i + 1]
@@ -206,7 +214,7 @@ return {'ok', tostring(best_limit), tostring(math.floor(math.max(best_remaining,
 )
 
 # KEYS: 1 leases. ARGV: 1 prefix, 2 n, then n × (hold id, requests, tokens, in-flight key or '',
-# in-flight member, nkeys, fallback counter key × nkeys). Returns how many holds it settled.
+# in-flight member, day field, nkeys, fallback counter key × nkeys). Returns how many it settled.
 SETTLE = (
     _COMMON
     + r"""
@@ -218,10 +226,10 @@ local n = tonumber(ARGV[2])
 local i = 3
 local settled = 0
 for e = 1, n do
-  local id, req, tok, fkey, fmember, nk = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  local id, req, tok, fkey, fmember, day, nk = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
   local fallback = {}
-  for k = 1, nk do fallback[k] = ARGV[i + 5 + k] end
-  i = i + 6 + nk
+  for k = 1, nk do fallback[k] = ARGV[i + 6 + k] end
+  i = i + 7 + nk
   if fkey ~= '' then redis.call('ZREM', fkey, fmember) end
   if id ~= '' then
     local hk = prefix .. 'h:' .. id
@@ -229,14 +237,15 @@ for e = 1, n do
     if h ~= 'S' then
       if h and string.sub(h, 1, 2) == 'H|' then
         local parts = split(h, '|')
-        bump(parts, 4, req - tonumber(parts[2]), tok - tonumber(parts[3]))
+        bump(parts, 5, parts[4], req - tonumber(parts[2]), tok - tonumber(parts[3]))
         redis.call('ZREM', leases, id)
         redis.call('SET', hk, 'S', 'EX', 86400)
       elseif h then
-        bump(split(h, '|'), 2, req, tok)
+        local parts = split(h, '|')
+        bump(parts, 3, parts[2], req, tok)
         redis.call('SET', hk, 'S', 'EX', 86400)
       else
-        bump(fallback, 1, req, tok)  -- never held (no quota applied) or lost with Redis
+        bump(fallback, 1, day, req, tok)  -- never held (no quota applied) or lost with Redis
       end
       settled = settled + 1
     end

@@ -123,25 +123,23 @@ def windows(now: float | None = None) -> Windows:
     return w
 
 
-def counter_key(scope: str, window: str) -> str:
-    """``scope``: ``o:<organization id>`` or ``l:<location pk>``."""
-    return f"{prefix()}c:{scope}:{window}"
+def counter_key(scope: str, month: str) -> str:
+    """The counters of ``scope`` (``o:<organization id>``, ``l:<location pk>``) for a month and
+    each of its days."""
+    return f"{prefix()}c:{scope}:{month}"
 
 
 def scope_keys(scopes: list[str], w: Windows) -> list[str]:
-    return [counter_key(s, win) for s in scopes for win in (w.day, w.month)]
+    return [counter_key(s, w.month) for s in scopes]
 
 
 def usage(scope: str, w: Windows | None = None) -> dict[str, dict[str, int]]:
     """What a scope used (and holds) in the current day and month: {"day": {requests, tokens}, ...}."""
     w = w or windows()
-    pipe = client().pipeline(transaction=False)
-    for win in (w.day, w.month):
-        pipe.hmget(counter_key(scope, win), "r", "t")
-    day, month = pipe.execute()
+    dr, dt, mr, mt = client().hmget(counter_key(scope, w.month), f"{w.day}:r", f"{w.day}:t", "m:r", "m:t")
     return {
-        "day": {"requests": int(day[0] or 0), "tokens": int(day[1] or 0)},
-        "month": {"requests": int(month[0] or 0), "tokens": int(month[1] or 0)},
+        "day": {"requests": int(dr or 0), "tokens": int(dt or 0)},
+        "month": {"requests": int(mr or 0), "tokens": int(mt or 0)},
     }
 
 
