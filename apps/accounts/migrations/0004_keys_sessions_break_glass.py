@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
 # exactly the rights it had: inference was chat + submit, read covered GPU status too, audit the trail.
 _FORWARD = {"inference": ["chat", "submit"], "read": ["read", "gpu:read"], "audit": ["audit:read"]}
 _BACKWARD = {"chat": "inference", "submit": "inference", "read": "read", "gpu:read": "read", "audit:read": "audit"}
-_ORDER = ["chat", "submit", "read", "gpu:read", "audit:read", "inference", "audit"]
+_ORDER = ["inference", "chat", "submit", "read", "gpu:read", "audit:read", "audit"]
 
 
 def _rename(apps, mapping):
