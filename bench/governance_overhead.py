@@ -67,7 +67,7 @@ def _steps_main(n: int) -> None:
         location_pk=key.location_id,
         location_code=key.location.code,
         organization_id=key.location.organization_id,
-        scopes=frozenset({"inference"}),
+        scopes=frozenset({"chat"}),
         method="api_key",
         api_key_id=key.pk,
     )
