@@ -1,7 +1,7 @@
 """Reserved headroom: how long a CRITICAL request waits for a slot while another process floods
 the model with LOW work from another location, in slot turns (issue 10 item 3).
 
-One model of 4 slots (the GPU policy's LOW row: no monitor runs) on the stub backend answering
+One model of 4 slots (``--slots``; the GPU policy's LOW row: no monitor runs) on the stub backend answering
 each request after ``--turn`` seconds (``bench/stub_backend.py`` in ``slow`` mode). A *flood*
 process (what a worker draining one location's batch is) sends ``--flood`` LOW requests at once
 through ``dispatch.call_with_failover`` and measures each one's service time (one slot's turn, as
@@ -10,8 +10,10 @@ CRITICAL requests from another location, one after the other, a random fraction 
 and measures each one's start delay: from the call to the moment its backend call starts. It
 also counts, from the stub's arrival log, how many LOW requests reached the backend between the
 CRITICAL one's arrival and its start. The figure is the delay divided by the median LOW turn of
-the same run, for the default reserve (25 %: 1 slot of 4) and for no reserve (0 %) as the
-baseline, alternated over ``--rounds`` rounds. Its own embedded Redis, no database; figures only::
+the same run, for the default reserve (25 %: 1 slot of 4: the CRITICAL request finds a slot free)
+and for no reserve (0 %: it takes the next slot the flood frees, apps/gpu/slots.py
+``Lease.release``), alternated over ``--rounds`` rounds; only requests that arrived while the
+flood still had requests waiting count. Its own embedded Redis, no database; figures only::
 
     .venv/bin/python bench/urgent_headroom.py                  # 3 rounds, ~1 minute
     .venv/bin/python bench/urgent_headroom.py --rounds 5 --turn 0.5 --flood 80
@@ -38,7 +40,6 @@ if str(ROOT) not in sys.path:
 from bench.chat_overhead import Env, pct  # noqa: E402
 
 ENDPOINT_ID, FLOODING, ASKING = 1, 1, 2  # the model, the two locations
-SLOTS = 4
 
 
 def _endpoint(base_url: str) -> Any:
@@ -109,7 +110,7 @@ def ask_child(base_url: str, n: int, turn: float, seed: int) -> None:
 
     ep = _endpoint(base_url)
     rng = random.Random(seed)
-    while _stats(base_url)["in_flight"] < SLOTS - 1:  # the flood holds every slot it may
+    while _stats(base_url)["in_flight"] < 1:  # the flood has started
         time.sleep(0.005)
     results: list[dict[str, Any]] = []
 
@@ -147,7 +148,7 @@ def ask_child(base_url: str, n: int, turn: float, seed: int) -> None:
 
 
 def one_series(env: Env, reserve: float, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    env_vars = {**env.env, "BENCH_RESERVE": str(reserve)}
+    env_vars = {**env.env, "BENCH_RESERVE": str(reserve), "BENCH_SLOTS": str(args.slots)}
     subprocess.run(
         [sys.executable, __file__, "--child", "table", env.stub_url], env=env_vars, cwd=ROOT, check=True, timeout=60
     )
@@ -197,7 +198,10 @@ def table_child() -> None:
     from apps.gpu import policy, shared
 
     shared.flush_shared()
-    shared.publish("table", {**policy.DEFAULT_TABLE, "urgent_reserve_percent": float(os.environ["BENCH_RESERVE"])})
+    levels = [dict(row) for row in policy.DEFAULT_TABLE["levels"]]
+    levels[0]["concurrency"] = int(os.environ["BENCH_SLOTS"])  # the LOW row applies: no monitor runs
+    table = {**policy.DEFAULT_TABLE, "levels": levels, "urgent_reserve_percent": float(os.environ["BENCH_RESERVE"])}
+    shared.publish("table", table)
 
 
 def main() -> None:
@@ -206,6 +210,7 @@ def main() -> None:
     parser.add_argument("--turn", type=float, default=0.2, help="the stub's service time per request (s)")
     parser.add_argument("--flood", type=int, default=80, help="LOW requests sent at once per series")
     parser.add_argument("--critical", type=int, default=8, help="CRITICAL requests per series")
+    parser.add_argument("--slots", type=int, default=4, help="the model's concurrency")
     parser.add_argument("--port-base", type=int, default=18260)
     parser.add_argument("--settings", default="medai.settings")
     parser.add_argument("--child", choices=["flood", "ask", "table"])
@@ -238,7 +243,7 @@ def main() -> None:
 
 def report(series: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
     print(
-        f"\nurgent headroom: {SLOTS} slots, stub turn {args.turn:g} s, {args.flood} LOW at once per series, "
+        f"\nurgent headroom: {args.slots} slots, stub turn {args.turn:g} s, {args.flood} LOW at once per series, "
         f"{args.critical} CRITICAL per series, {args.rounds} rounds"
     )
     print(

@@ -345,6 +345,8 @@ def try_acquire(endpoint_id: int, limit: int, *, key: Key | None = None) -> Leas
         # A waiter held back by other processes' counts reads them fresh (the view may be up to
         # MEDAI_GPU_STATE_CACHE_SECONDS old): a slot freed elsewhere is taken at once.
         remote = fresh_remote_in_flight().get(endpoint_id, 0)
+    if key is not None and -key[0] < URGENT and _urgent_lately(endpoint_id) > -key[0]:
+        return None  # a slot this process just freed for an urgent request elsewhere: not for this one
     with _lock:
         if _local[endpoint_id] + remote >= limit:
             return None
@@ -420,6 +422,19 @@ def _parse_urgent(raw: dict[bytes | str, bytes | str]) -> dict[int, int]:
         for endpoint_id, priority in (entry.get("urgent") or {}).items():
             best[int(endpoint_id)] = max(best.get(int(endpoint_id), -1), int(priority))
     return best
+
+
+URGENT_LATELY_SECONDS = 0.1
+
+
+def _urgent_lately(endpoint_id: int) -> int:
+    """The most urgent priority waiting elsewhere for this model as this process last read it, if
+    it read it lately (no I/O; -1 otherwise): a waiter of this process that re-checks on its own
+    must not take the slot a release just freed for that request."""
+    cached = _fresh_remote
+    if cached is None or time.monotonic() - cached[0] > URGENT_LATELY_SECONDS:
+        return -1
+    return cached[2].get(endpoint_id, -1)
 
 
 def fresh_remote_urgent() -> dict[int, int]:
