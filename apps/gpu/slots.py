@@ -587,7 +587,9 @@ def flush_releases(timeout: float = 5.0) -> None:
 
 
 def reset_local() -> None:
-    """Forget this process's counts (tests)."""
+    """Forget this process's counts and its last read of the others' (tests)."""
+    global _fresh_remote
+    _fresh_remote = None
     with _lock:
         _local.clear()
         _hold_ema.clear()

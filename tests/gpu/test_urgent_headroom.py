@@ -280,7 +280,8 @@ def test_a_critical_async_task_starts_within_one_turn_while_another_process_floo
     flood.wait(60)
 
 
-async def test_a_release_frees_the_slot_for_an_urgent_request_waiting_in_another_process(fresh_view):
+async def test_a_release_frees_the_slot_for_an_urgent_request_waiting_in_another_process(fresh_view, monkeypatch):
+    monkeypatch.setattr(slots, "RECHECK_SECONDS", 3600.0)  # only releases move this process's waiters
     publish_decision([reading(60)], [ModelInfo(EP, f"model-{EP}", 1, 0, None)], wait_seconds=30)  # 2 slots, none kept
     backend = Backend()
     flood = [asyncio.create_task(request(backend, f"low-{i}", LOW, FLOODING)) for i in range(4)]
@@ -291,6 +292,7 @@ async def test_a_release_frees_the_slot_for_an_urgent_request_waiting_in_another
         other,
         json.dumps({"ts": time.time(), "counts": {}, "urgent": {str(EP): CRITICAL}}),
     )
+    slots._fresh_remote = None  # read it at the next release, not from an earlier read
     backend.finish("low-0")
     await until(lambda: "end low-0" in backend.log and slots.local_in_flight().get(EP) == 1)
     assert backend.running() == ["low-1"] and slots.waiting(EP) == 2  # freed, not handed to low-2
