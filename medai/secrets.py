@@ -1,16 +1,19 @@
 """The secrets of a medai installation, and the rules they must pass before anything starts.
 
-Three secrets, separate and none derived from another: Django's ``SECRET_KEY`` (sessions, CSRF,
-django-q2's signed task packages), ``JWT_SIGNING_KEY`` (HS256 access and refresh tokens) and
+Four secrets, separate and none derived from another: Django's ``SECRET_KEY`` (sessions, CSRF,
+django-q2's signed task packages), ``JWT_SIGNING_KEY`` (HS256 access and refresh tokens),
 ``MEDAI_ENCRYPTION_KEYS`` (the Fernet keys of PHI and backend API keys at rest: comma-separated,
-newest first; older ones still decrypt, so a key is rotated by putting a new one in front). Each is
-read from ``NAME`` or from the file named by ``NAME_FILE``. None has a default in code.
+newest first; older ones still decrypt, so a key is rotated by putting a new one in front) and
+``MEDAI_AUDIT_KEYS`` (the HMAC-SHA256 keys of the audit trail's chain and of its exported
+checkpoints, apps/audit/keys.py: newest first, older ones still verify; kept out of the database so
+that someone who can write the database cannot recompute the chain). Each is read from ``NAME`` or
+from the file named by ``NAME_FILE``. None has a default in code.
 
 ``MEDAI_ENV`` decides what happens when one is missing:
 
 - ``development`` or ``test`` (case-insensitive; ``make run``, ``make lint`` and the test suite set
   them): a missing secret is generated on first use into the var dir (``secret-key``,
-  ``jwt-signing-key``, ``encryption-keys``; mode 0600) and reused on every later start. Each file is
+  ``jwt-signing-key``, ``encryption-keys``, ``audit-keys``; mode 0600) and reused on every later start. Each file is
   written to a temporary file created with O_EXCL and mode 0600, then published with link(2), which
   fails if the name exists: processes that start together (the launcher's web, worker and
   monitor, a test's subprocesses) all end up with the first writer's key, never half a file.
@@ -57,7 +60,13 @@ MIN_ENTROPY_BITS = 80.0
 SECRET_KEY = "SECRET_KEY"
 JWT_SIGNING_KEY = "JWT_SIGNING_KEY"
 ENCRYPTION_KEYS = "MEDAI_ENCRYPTION_KEYS"
-FILES = {SECRET_KEY: "secret-key", JWT_SIGNING_KEY: "jwt-signing-key", ENCRYPTION_KEYS: "encryption-keys"}
+AUDIT_KEYS = "MEDAI_AUDIT_KEYS"
+FILES = {
+    SECRET_KEY: "secret-key",
+    JWT_SIGNING_KEY: "jwt-signing-key",
+    ENCRYPTION_KEYS: "encryption-keys",
+    AUDIT_KEYS: "audit-keys",
+}
 
 # SHA-256 of keys that were published (medai's former development SECRET_KEY, and the Fernet key
 # the encryption key used to be derived from it): digests, so the keys themselves appear nowhere.
@@ -75,6 +84,8 @@ Set each secret, or NAME_FILE naming a file (mode 0600) that holds it:
     python -c "import secrets; print(secrets.token_urlsafe(50))"
   MEDAI_ENCRYPTION_KEYS: Fernet keys, comma-separated, newest first, e.g.
     python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+  MEDAI_AUDIT_KEYS: random values of at least 32 characters, comma-separated, newest first (the
+    audit chain's HMAC keys; keep the old ones to verify old events), e.g. as for SECRET_KEY
 On a developer machine set MEDAI_ENV=development instead (make run does): missing keys are then
 generated into {var_dir} and reused."""
 
@@ -105,6 +116,7 @@ class Secrets:
     secret_key: str = field(repr=False)
     jwt_signing_key: str = field(repr=False)
     encryption_keys: tuple[str, ...] = field(repr=False)
+    audit_keys: tuple[str, ...] = field(repr=False, default=())
     # where each came from: "environment", "file <path>" (NAME_FILE or the var dir), "generated <path>"
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -199,9 +211,16 @@ def fernet_key_problems(name: str, keys: tuple[str, ...]) -> list[str]:
     return problems
 
 
-def cross_problems(secret_key: str, jwt_key: str, fernet_keys: tuple[str, ...]) -> list[str]:
+def cross_problems(
+    secret_key: str, jwt_key: str, fernet_keys: tuple[str, ...], audit_keys: tuple[str, ...] = ()
+) -> list[str]:
     """Keys equal to, or derived from, one another."""
     problems = []
+    for other_name, other in ((SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)):
+        if other and other in audit_keys:
+            problems.append(f"{AUDIT_KEYS} contains {other_name}: the audit key must be its own random value.")
+    if set(audit_keys) & set(fernet_keys):
+        problems.append(f"{AUDIT_KEYS} shares a key with {ENCRYPTION_KEYS}: each must be its own random value.")
     if secret_key and secret_key == jwt_key:
         problems.append(f"{JWT_SIGNING_KEY} equals {SECRET_KEY}: each must be its own random value.")
     for other_name, other in ((SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)):
@@ -313,7 +332,7 @@ def _create_exclusive(path: Path, content: str) -> bool:
     return True
 
 
-# --- the three secrets ---------------------------------------------------------------------------
+# --- the four secrets ----------------------------------------------------------------------------
 
 
 def _from_environ(name: str, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -337,7 +356,7 @@ def _new_fernet_key() -> str:
 
 
 def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
-    """The three secrets for this process, generated into ``var_dir`` where that is allowed; raises
+    """The four secrets for this process, generated into ``var_dir`` where that is allowed; raises
     ImproperlyConfigured listing every problem otherwise."""
     env = Environment.parse(environ.get("MEDAI_ENV"))
     values: dict[str, str] = {}
@@ -347,6 +366,7 @@ def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
         (SECRET_KEY, _new_text_key),
         (JWT_SIGNING_KEY, _new_text_key),
         (ENCRYPTION_KEYS, _new_fernet_key),
+        (AUDIT_KEYS, _new_text_key),
     ):
         value, source = _from_environ(name, environ)
         if not value and env.development:
@@ -359,14 +379,20 @@ def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
 
     secret_key, jwt_key = values[SECRET_KEY], values[JWT_SIGNING_KEY]
     fernet_keys = split_keys(values[ENCRYPTION_KEYS])
-    for name, value in ((SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)):
+    audit_keys = split_keys(values[AUDIT_KEYS])
+    labelled = [(SECRET_KEY, secret_key), (JWT_SIGNING_KEY, jwt_key)]
+    labelled += [
+        (f"{AUDIT_KEYS} key {i} of {len(audit_keys)}" if len(audit_keys) > 1 else AUDIT_KEYS, key)
+        for i, key in enumerate(audit_keys, 1)
+    ]
+    for name, value in labelled:
         if value:
+            source = sources.get(name, sources[AUDIT_KEYS])
             problems += [
-                f"{p} (from {sources[name]})" if sources[name] != "environment" else p
-                for p in text_key_problems(name, value)
+                f"{p} (from {source})" if source != "environment" else p for p in text_key_problems(name, value)
             ]
     problems += fernet_key_problems(ENCRYPTION_KEYS, fernet_keys)
-    problems += cross_problems(secret_key, jwt_key, fernet_keys)
+    problems += cross_problems(secret_key, jwt_key, fernet_keys, audit_keys)
     if debug and not env.development:
         problems.append(
             "DEBUG is on: its error pages show settings, source and request data to anyone who "
@@ -378,4 +404,4 @@ def load(*, environ: Mapping[str, str], var_dir: Path, debug: bool) -> Secrets:
             + "".join(f"  - {p}\n" for p in problems)
             + GENERATE_HINT.format(var_dir=var_dir)
         )
-    return Secrets(secret_key, jwt_key, fernet_keys, sources)
+    return Secrets(secret_key, jwt_key, fernet_keys, audit_keys, sources)

@@ -33,6 +33,8 @@ _secrets = medai_secrets.load(environ=os.environ, var_dir=VAR_DIR, debug=DEBUG)
 SECRET_KEY = _secrets.secret_key
 # Fernet keys of PHI and backend API keys at rest (apps/audit/fields.py), newest first.
 MEDAI_ENCRYPTION_KEYS = list(_secrets.encryption_keys)
+# HMAC-SHA256 keys of the audit chain and its checkpoints (apps/audit/keys.py), newest first.
+MEDAI_AUDIT_KEYS = list(_secrets.audit_keys)
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -361,6 +363,17 @@ for _name in ("MEDAI_RATE_LIMIT_KEY_RATE", "MEDAI_RATE_LIMIT_USER_RATE", "MEDAI_
 for _name in ("MEDAI_QUOTA_LEASE_SECONDS", "MEDAI_QUOTA_ASYNC_LEASE_SECONDS"):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be positive")
+
+# --- audit (apps/audit) ---
+# Signed checkpoints of the audit chain's head, exported outside the database (apps/audit/checkpoints.py):
+# appended to this JSONL file, logged on the "medai.audit.checkpoint" logger, and POSTed to the
+# webhook when one is set: every 5 minutes by the worker (the "audit: checkpoint" schedule, editable in
+# admin under Django Q) and on every audit_verify.
+MEDAI_AUDIT_CHECKPOINT_PATH = env("MEDAI_AUDIT_CHECKPOINT_PATH", str(VAR_DIR / "audit-checkpoints.jsonl"))
+MEDAI_AUDIT_CHECKPOINT_WEBHOOK = env("MEDAI_AUDIT_CHECKPOINT_WEBHOOK", "")
+# Audit events written off the request path (denials, key use, status reads): at most this many
+# held per process; past it new ones are dropped and logged (apps/audit/buffer.py).
+MEDAI_AUDIT_BUFFER_MAX = envint("MEDAI_AUDIT_BUFFER_MAX", 10_000, minimum=1)
 
 # --- GPU: sampling, policy, resilience, supervision (apps/gpu) ---
 MEDAI_GPU_PROVIDER = env("MEDAI_GPU_PROVIDER", "auto")  # auto | nvml | simulated | none

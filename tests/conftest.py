@@ -34,6 +34,32 @@ def _close_other_threads_connections(django_db_setup, django_db_blocker) -> Iter
             )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_the_audit_trigger() -> Iterator[None]:
+    """On PostgreSQL the audit table refuses TRUNCATE (apps/audit/migrations/0004_*), and
+    pytest-django empties the database after a transactional test with TRUNCATE: that flush runs
+    with ``session_replication_role = replica`` (the test role is a superuser), as pg_restore
+    would, under which triggers do not fire."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    original = DatabaseOperations.sql_flush
+
+    def sql_flush(self: DatabaseOperations, *args: object, **kwargs: object) -> list[str]:
+        statements = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        return ["SET LOCAL session_replication_role = replica", *statements] if statements else statements
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.sql_flush = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _audit_checkpoints_of_this_test(tmp_path_factory: pytest.TempPathFactory, settings: object) -> None:
+    """Each test's database starts empty, so each gets a checkpoint file of its own: checkpoints
+    of an earlier test's chain would (rightly) read as a wiped table."""
+    settings.MEDAI_AUDIT_CHECKPOINT_PATH = str(tmp_path_factory.mktemp("audit") / "checkpoints.jsonl")  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     from apps.accounts import services as account_services
@@ -59,11 +85,13 @@ def _records_written() -> Iterator[None]:
 
 
 def records_written() -> None:
-    """Wait until every chat record submitted so far is in the database."""
+    """Wait until every chat record and every buffered audit event submitted so far is in the database."""
+    from apps.audit.buffer import buffer
     from apps.inference.recorder import writer
 
     assert writer.flush(10), "chat records were not written within 10 s"
     assert governance.wait_settled(10), "quota reservations were not settled within 10 s"
+    assert buffer.flush(10), "audit events were not written within 10 s"
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from medai.launcher import READY_LINE, port_is_free
 from tests.support.servers import ROOT, free_port
 
-SECRETS = ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS")
+SECRETS = ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS", "MEDAI_AUDIT_KEYS")
 START_TIMEOUT = 300.0  # migrations on a fresh SQLite, model load: bounded, not timed
 
 

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.accounts import services
-from apps.accounts.models import SCOPE_CHAT, SCOPE_GPU_READ, SCOPE_READ, SCOPE_SUBMIT
+from apps.accounts.models import SCOPE_AUDIT_READ, SCOPE_CHAT, SCOPE_GPU_READ, SCOPE_READ, SCOPE_SUBMIT
 from apps.accounts.services import Forbidden, Principal
 
 
@@ -57,3 +57,9 @@ class CanListModels(_ScopePermission):
     """The models list serves readers and callers that may only infer (a chat- or submit-only key)."""
 
     scopes = (SCOPE_READ, SCOPE_CHAT, SCOPE_SUBMIT)
+
+
+class CanReadAudit(_ScopePermission):
+    """The audit trail: the auditor's (and the admin's) scope."""
+
+    scopes = (SCOPE_AUDIT_READ,)

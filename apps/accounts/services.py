@@ -33,8 +33,9 @@ from apps.accounts import authcache, breakglass, lockout, revocation
 # The verbs of API keys (apikeys.py), under the names their callers import from here.
 from apps.accounts.apikeys import create_api_key, generate_secret, revoke_api_key, rotate_api_key
 from apps.accounts.models import ApiKey, BreakGlassGrant, Location, RevokedAccessToken, User, hash_secret
+from apps.audit import actions
 from apps.audit.models import AuditEvent
-from apps.audit.services import record_event
+from apps.audit.services import record_event, record_event_later
 
 
 class AuthError(Exception):
@@ -216,15 +217,35 @@ def refresh_tokens(refresh_token: str, *, ip: str | None = None) -> TokenPair:
     try:
         old = RefreshToken(refresh_token)  # type: ignore[arg-type]  # simplejwt annotates the encoded token as a Token
     except TokenError as exc:
+        reused = "blacklisted" in str(exc).lower()  # presented again after it was rotated: stolen?
+        record_event(
+            actions.REFRESH_REUSED if reused else actions.REFRESH,
+            actor=_token_subject(refresh_token),
+            outcome=AuditEvent.Outcome.DENIED if reused else AuditEvent.Outcome.FAILURE,
+            ip=ip,
+            details={"reason": "reused" if reused else "invalid"},
+        )
         raise AuthError(f"Refresh token is invalid: {exc}", "token_not_valid") from None
     user = User.objects.filter(pk=old.get("user_id", old.get("sub")), is_active=True).first()
+
+    def refused(message: str, code: str) -> AuthError:
+        record_event(
+            actions.REFRESH,
+            actor=user,
+            outcome=AuditEvent.Outcome.DENIED,
+            ip=ip,
+            location=str(old.get("location_id") or ""),
+            details={"reason": code},
+        )
+        return AuthError(message, code)
+
     if user is None or old.get("gen", 0) != user.token_generation:
-        raise AuthError("Refresh token was revoked (password change or deactivation).", "token_revoked")
+        raise refused("Refresh token was revoked (password change or deactivation).", "token_revoked")
     if _session_revoked(old.get("sid")):
-        raise AuthError("Refresh token was revoked (logged out).", "token_revoked")
+        raise refused("Refresh token was revoked (logged out).", "token_revoked")
     where = _where(user, old.get("location_id", ""))
     if where is None or (old.get("bg") and (where[1] is None or where[1].pk != old["bg"])):
-        raise AuthError("Refresh token no longer matches an active user and location.", "token_not_valid")
+        raise refused("Refresh token no longer matches an active user and location.", "token_not_valid")
     with transaction.atomic():
         old.blacklist()
         pair = issue_tokens(user, where[0], where[1], session_id=old.get("sid"))
@@ -236,6 +257,15 @@ def refresh_tokens(refresh_token: str, *, ip: str | None = None) -> TokenPair:
             details={"break_glass": where[1].pk} if where[1] else None,
         )
     return pair
+
+
+def _token_subject(refresh_token: str) -> User | None:
+    """The user a refresh token names, read without verifying it (for the audit of a refused one)."""
+    try:
+        sub = RefreshToken(refresh_token, verify=False).get("sub")  # type: ignore[arg-type]
+    except TokenError:
+        return None
+    return User.objects.filter(pk=sub).first() if str(sub or "").isdigit() else None
 
 
 def logout(principal: Principal, refresh_token: str | None, *, ip: str | None = None) -> None:
@@ -466,6 +496,9 @@ def _authenticate_api_key(secret: str, cached_only: bool = False, fresh: bool = 
             raise NeedsDatabase
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now  # the cached copy too, or every request would write
+        used = True
+    else:
+        used = False
     user = key.user
     allowed = set(user.default_scopes)
     scopes = frozenset(s for s in (key.scopes or user.default_scopes) if s in allowed)
@@ -481,6 +514,8 @@ def _authenticate_api_key(secret: str, cached_only: bool = False, fresh: bool = 
         api_key_id=key.pk,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
     )
+    if used:  # the key's use, at most once a minute (each request's own event names the key too)
+        record_event_later(actions.APIKEY_USE, actor=principal, obj=key, details={"prefix": key.prefix})
     return user, principal
 
 

@@ -1,10 +1,12 @@
-"""The correlation id of the work in progress (a request, a task), carried in a contextvar."""
+"""The correlation id and origin (IP, user agent, purpose of use) of the work in progress (a
+request, a task), carried in contextvars."""
 
 from __future__ import annotations
 
 import contextvars
 import re
 import uuid
+from dataclasses import dataclass, field
 
 _correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -27,3 +29,38 @@ def set_correlation_id(value: str) -> contextvars.Token[str]:
 
 def reset_correlation_id(token: contextvars.Token[str]) -> None:
     _correlation_id.reset(token)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the work in progress came from (the HTTP request): what every audit event of it names
+    unless told otherwise. Set once per request by the middleware, read from a contextvar (so it
+    follows the request into ``sync_to_async`` threads) at no cost per event."""
+
+    ip: str | None = None
+    user_agent: str = ""
+    purpose_of_use: str = ""
+    # What this request's events already said ("refusal": a failure or denial was recorded):
+    # mutable, so a view running in a thread can tell the middleware on the event loop.
+    flags: set[str] = field(default_factory=set, compare=False)
+
+
+_origin: contextvars.ContextVar[Origin] = contextvars.ContextVar("audit_origin")
+# HL7 v3 PurposeOfUse codes (TREAT, ETREAT, HPAYMT, HOPERAT, ...) and local codes alike: a short token.
+PURPOSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ -]{0,63}$")
+
+
+def get_origin() -> Origin:
+    """The current request's origin; outside a request (a worker, a command), an empty one."""
+    try:
+        return _origin.get()
+    except LookupError:
+        return Origin()
+
+
+def set_origin(value: Origin) -> contextvars.Token[Origin]:
+    return _origin.set(value)
+
+
+def reset_origin(token: contextvars.Token[Origin]) -> None:
+    _origin.reset(token)

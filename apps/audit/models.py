@@ -6,6 +6,15 @@ from django.db import models
 
 
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def visible_to(self, principal: Any) -> AuditEventQuerySet:
+        """The events a caller allowed to read the audit (the permission checks the scope) may see:
+        those of its own organization. Events that name no organization (a failed login with an
+        unknown username, a change by a superuser of none) are for the admin's audit view only."""
+        org = getattr(principal, "organization_id", None)
+        if org is None:
+            return self.none()
+        return self.filter(organization_id=org)
+
     def update(self, **kwargs: Any) -> NoReturn:
         raise PermissionError("audit events are append-only")
 
@@ -14,7 +23,9 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
 
 
 class AuditEvent(models.Model):
-    """One append-only, hash-chained record: ``hash = sha256(prev_hash || canonical fields)``."""
+    """One append-only, chained record: ``hash = HMAC-SHA256(key, prev_hash || canonical fields)``
+    under the audit key ``key_id`` names (apps/audit/chain.py); events written before the chain was
+    keyed have an empty ``key_id`` and ``hash = sha256(prev_hash || fields)`` (the legacy segment)."""
 
     class Outcome(models.TextChoices):
         SUCCESS = "success"
@@ -31,19 +42,25 @@ class AuditEvent(models.Model):
     actor = models.CharField(max_length=150, blank=True)
     api_key_id = models.BigIntegerField(null=True, blank=True, db_index=True, help_text="The API key used, if any.")
     location = models.CharField(max_length=32, blank=True, db_index=True)
+    organization_id = models.BigIntegerField(null=True, blank=True, help_text="The actor's organization, if any.")
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=256, blank=True)
+    purpose_of_use = models.CharField(
+        max_length=64, blank=True, db_index=True, help_text="The caller's X-Purpose-Of-Use (e.g. TREAT, ETREAT)."
+    )
     object_type = models.CharField(max_length=64, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(max_length=16, blank=True, help_text="The audit key that chained it; empty: legacy.")
 
     objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["seq"]
+        indexes = [models.Index(fields=["organization_id", "seq"], name="audit_event_org_seq")]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} {self.outcome} by {self.actor or '-'}"
@@ -58,10 +75,16 @@ class AuditEvent(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """A single row locked while appending, so concurrent writers extend the chain in order."""
+    """A single row locked while appending, so concurrent writers extend the chain in order. It names
+    the last event (seq and hash) and how many there are, under a MAC (``mac``) with the audit key:
+    cutting the tail off the table and rewinding this row to match is detected unless the attacker
+    kept an older copy of it; the exported checkpoints (apps/audit/checkpoints.py) catch even that."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_hash = models.CharField(max_length=64)
+    last_seq = models.BigIntegerField(null=True, blank=True)
+    count = models.BigIntegerField(null=True, blank=True)
+    mac = models.CharField(max_length=96, blank=True)  # "<key id>:<HMAC-SHA256 hex>"
 
     def __str__(self) -> str:
         return self.last_hash

@@ -11,8 +11,9 @@ Where each is written:
 * async tasks: by the worker, in the transaction that writes the results (``queue.finish._finish_group``).
 
 The event names who (user and API key), where (location), from where (IP, user agent: sync
-requests only; the worker has no request), which model, the outcome, the HTTP status and the
-correlation id. Its details carry codes and counts only: never the prompt, the answer or the
+requests only; the worker has no request), why (the ``X-Purpose-Of-Use`` of a sync request; an
+async task's purpose is on its ``inference.submit`` event, which shares its correlation id), which
+model, the outcome, the HTTP status and the correlation id. Its details carry codes and counts only: never the prompt, the answer or the
 backend's error text (PHI can sit in any of them).
 """
 
@@ -22,11 +23,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from apps.accounts.models import Location, User
+from apps.audit import actions
 from apps.audit.models import AuditEvent
-from apps.audit.services import new_event
+from apps.audit.services import new_event, record_event, record_event_later
 from apps.inference.models import InferenceTask, Priority
 
-ACTION = "inference.complete"
+ACTION = actions.INFERENCE
 S = InferenceTask.Status
 
 
@@ -46,6 +48,8 @@ def inference_event(
     ip: str | None = None,
     user_agent: str = "",
     break_glass: int | None = None,
+    purpose_of_use: str = "",
+    organization_id: int | None = None,
 ) -> AuditEvent:
     """The (unsaved) audit event of a finished inference, for ``record_events``; ``break_glass``:
     the grant the caller acted under (Principal.break_glass_id), marked in the details."""
@@ -74,8 +78,10 @@ def inference_event(
         actor=SimpleNamespace(pk=task.user_id, username=username),
         api_key_id=task.api_key_id,
         location=location_code,
-        ip=ip,
+        ip=ip or "",  # "": none (the worker, the record writer's thread), never the context's
         user_agent=user_agent,
+        purpose_of_use=purpose_of_use,
+        organization_id=organization_id,
         obj=task,
         outcome=audit_outcome(task.status),
         correlation_id=task.correlation_id,
@@ -84,11 +90,39 @@ def inference_event(
     )
 
 
-def identities(tasks: list[InferenceTask]) -> tuple[dict[int, str], dict[int, str]]:
-    """Usernames by user id and location codes by location id for these tasks (two small queries):
-    what the worker's events name, since a task row keeps only the ids."""
+def identities(tasks: list[InferenceTask]) -> tuple[dict[int, str], dict[int, tuple[str, int | None]]]:
+    """Usernames by user id, and (code, organization id) by location id, for these tasks (two small
+    queries): what the worker's events name, since a task row keeps only the ids."""
     user_ids = {t.user_id for t in tasks if t.user_id}
     location_ids = {t.location_id for t in tasks if t.location_id}
     users = dict(User.objects.filter(pk__in=user_ids).values_list("pk", "username")) if user_ids else {}
-    locations = dict(Location.objects.filter(pk__in=location_ids).values_list("pk", "code")) if location_ids else {}
+    locations: dict[int, tuple[str, int | None]] = {}
+    if location_ids:
+        rows = Location.objects.filter(pk__in=location_ids).values_list("pk", "code", "organization_id")
+        locations = {pk: (code, org) for pk, code, org in rows}
     return users, locations
+
+
+# --- reads: who saw what ------------------------------------------------------------------------
+
+
+def record_result_read(principal: Any, task: InferenceTask, *, outcome: str, code: str = "") -> None:
+    """A request for a task's result (the read of PHI): written now, before the answer leaves, so
+    that no result is ever shown without its record. ``code``: why none was shown (409, 410...)."""
+    record_event(
+        actions.TASK_RESULT,
+        actor=principal,
+        obj=task,
+        outcome=outcome,
+        details={"status": task.status, "code": code} if code else {"status": task.status},
+    )
+
+
+def record_status_read(principal: Any, obj: Any, *, count: int | None = None) -> None:
+    """A status read (a task's, a batch's, a page of the task list): metadata only, polled often, so
+    written by the background writer (apps/audit/buffer.py), off the request."""
+    details: dict[str, Any] = {"count": count} if count is not None else {}
+    if obj is None:
+        record_event_later(actions.TASK_STATUS, actor=principal, object_type="inference.inferencetask", details=details)
+    else:
+        record_event_later(actions.TASK_STATUS, actor=principal, obj=obj, details=details)

@@ -1,11 +1,10 @@
-"""The audit trail is append-only and hash-chained; verification finds tampering."""
+"""The audit trail is append-only through the ORM and keyed-hash-chained: events (one by one or in
+bulk) extend one chain that verifies; details are redacted. (Tampering: test_audit_verify_catches_tampering.py.)"""
 
 from __future__ import annotations
 
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
-from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.audit.services import record_event, verify_chain
@@ -17,9 +16,10 @@ def test_events_chain_and_verify(alice):
     first = record_event("auth.login", actor=alice, location="demo", ip="10.0.0.1")
     second = record_event("auth.logout", actor=alice, location="demo")
     assert second.prev_hash == first.hash
+    assert first.key_id and second.key_id == first.key_id  # keyed under MEDAI_AUDIT_KEYS' first key
     report = verify_chain()
     assert report.ok and report.checked == 2
-    call_command("verify_audit_chain")
+    call_command("audit_verify")
 
 
 def test_details_are_redacted(alice):
@@ -39,26 +39,6 @@ def test_update_and_delete_are_refused(alice):
         AuditEvent.objects.update(action="x")
 
 
-def test_tampering_with_a_row_is_detected(alice):
-    record_event("auth.login", actor=alice)
-    victim = record_event("auth.login", actor=alice, outcome="failure")
-    record_event("auth.logout", actor=alice)
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET outcome = 'success' WHERE seq = %s", [victim.seq])
-    report = verify_chain()
-    assert not report.ok and report.first_bad_seq == victim.seq
-    with pytest.raises(CommandError, match="BROKEN"):
-        call_command("verify_audit_chain")
-
-
-def test_removing_the_last_row_is_detected(alice):
-    record_event("a", actor=alice)
-    last = record_event("b", actor=alice)
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM audit_auditevent WHERE seq = %s", [last.seq])
-    assert not verify_chain().ok
-
-
 def test_events_written_in_bulk_extend_one_valid_chain(alice):
     from apps.audit.services import new_event, record_events
 
@@ -75,14 +55,4 @@ def test_events_written_in_bulk_extend_one_valid_chain(alice):
     assert [e.prev_hash for e in chain[1:]] == [e.hash for e in chain[:-1]]
     assert "Smith" not in str(bulk[0].details)  # redacted like record_event
     assert verify_chain().ok and verify_chain().checked == 7
-    call_command("verify_audit_chain")
-
-
-def test_tampering_inside_a_bulk_write_is_detected(alice):
-    from apps.audit.services import new_event, record_events
-
-    bulk = record_events([new_event("inference.complete", actor=alice, object_id=str(i)) for i in range(4)])
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET object_id = 'x' WHERE seq = %s", [bulk[2].seq])
-    report = verify_chain()
-    assert not report.ok and report.first_bad_seq == bulk[2].seq
+    call_command("audit_verify")

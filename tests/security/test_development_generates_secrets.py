@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.django_process import ROOT, run_django, settings_env
 
-FILES = ("secret-key", "jwt-signing-key", "encryption-keys")
+FILES = ("secret-key", "jwt-signing-key", "encryption-keys", "audit-keys")
 
 FINGERPRINTS = """
 import hashlib, json

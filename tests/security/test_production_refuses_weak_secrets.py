@@ -1,6 +1,6 @@
 """Anything but an explicit development or test environment (MEDAI_ENV unset included) refuses to
 start on a missing, short, guessable, published or shared key, an invalid Fernet key, or DEBUG;
-with three strong, separate keys it starts and uses exactly those."""
+with four strong, separate keys it starts and uses exactly those."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def strong() -> dict[str, str]:
         "SECRET_KEY": secrets.token_urlsafe(50),
         "JWT_SIGNING_KEY": secrets.token_urlsafe(50),
         "MEDAI_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "MEDAI_AUDIT_KEYS": secrets.token_urlsafe(50),
     }
 
 
@@ -45,6 +46,9 @@ DEFECTS = {
     "SECRET_KEY missing": (lambda s: {"SECRET_KEY": None}, "SECRET_KEY"),
     "JWT_SIGNING_KEY missing": (lambda s: {"JWT_SIGNING_KEY": None}, "JWT_SIGNING_KEY"),
     "MEDAI_ENCRYPTION_KEYS missing": (lambda s: {"MEDAI_ENCRYPTION_KEYS": None}, "MEDAI_ENCRYPTION_KEYS"),
+    "MEDAI_AUDIT_KEYS missing": (lambda s: {"MEDAI_AUDIT_KEYS": None}, "MEDAI_AUDIT_KEYS"),
+    "MEDAI_AUDIT_KEYS short": (lambda s: {"MEDAI_AUDIT_KEYS": "short-audit-key"}, "MEDAI_AUDIT_KEYS"),
+    "MEDAI_AUDIT_KEYS equal to SECRET_KEY": (lambda s: {"MEDAI_AUDIT_KEYS": s["SECRET_KEY"]}, "MEDAI_AUDIT_KEYS"),
     "JWT_SIGNING_KEY=x": (lambda s: {"JWT_SIGNING_KEY": "x"}, "JWT_SIGNING_KEY"),
     "JWT_SIGNING_KEY of 31 random characters": (
         lambda s: {"JWT_SIGNING_KEY": secrets.token_hex(16)[:31]},
@@ -119,7 +123,13 @@ def test_every_non_development_environment_refuses_missing_keys_and_says_what_to
     tmp_path: Path, medai_env: str | None
 ) -> None:
     message = _refusal(settings_env(tmp_path, medai_env))
-    for variable in ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS", "MEDAI_ENV=development"):
+    for variable in (
+        "SECRET_KEY",
+        "JWT_SIGNING_KEY",
+        "MEDAI_ENCRYPTION_KEYS",
+        "MEDAI_AUDIT_KEYS",
+        "MEDAI_ENV=development",
+    ):
         assert variable in message
     assert not (tmp_path / "secret-key").exists()  # nothing was generated
 
@@ -128,12 +138,13 @@ PRINT_KEYS = """
 import json
 from django.conf import settings
 print(json.dumps({"SECRET_KEY": settings.SECRET_KEY, "JWT_SIGNING_KEY": settings.SIMPLE_JWT["SIGNING_KEY"],
-                  "MEDAI_ENCRYPTION_KEYS": ",".join(settings.MEDAI_ENCRYPTION_KEYS), "DEBUG": settings.DEBUG}))
+                  "MEDAI_ENCRYPTION_KEYS": ",".join(settings.MEDAI_ENCRYPTION_KEYS),
+                  "MEDAI_AUDIT_KEYS": ",".join(settings.MEDAI_AUDIT_KEYS), "DEBUG": settings.DEBUG}))
 """
 
 
 @pytest.mark.parametrize("medai_env", [None, "production", "staging"])
-def test_settings_load_with_three_strong_separate_keys_and_use_exactly_them(tmp_path: Path, medai_env) -> None:
+def test_settings_load_with_four_strong_separate_keys_and_use_exactly_them(tmp_path: Path, medai_env) -> None:
     keys = strong()
     keys["MEDAI_ENCRYPTION_KEYS"] += "," + Fernet.generate_key().decode()  # rotation: an older key kept
     result = run_django(settings_env(tmp_path, medai_env, **keys, DEBUG="0"), PRINT_KEYS)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SECRET_VARIABLES = ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS")
+SECRET_VARIABLES = ("SECRET_KEY", "JWT_SIGNING_KEY", "MEDAI_ENCRYPTION_KEYS", "MEDAI_AUDIT_KEYS")
 # The former embedded default's key: public (it was in the source), so anyone could sign with it.
 FORMER_DEV_SECRET_KEY = "medai-dev-insecure-secret-key-change-me-0123456789abcdef"
 

@@ -32,7 +32,8 @@ from apps.accounts import services as accounts
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import Authenticated, CanRead, CanSubmit
 from apps.accounts.services import AuthError, NeedsDatabase, Principal
-from apps.inference import queue
+from apps.audit.models import AuditEvent
+from apps.inference import auditing, queue
 from apps.inference.api.parsers import SafeJSONParser
 from apps.inference.api.serializers import (
     AsyncBatchSubmittedSerializer,
@@ -162,6 +163,7 @@ async def _principal(request: HttpRequest) -> Principal:
                 principal = await in_db_thread(accounts.authenticate_header, header)
     except AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
+    request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names (apps/audit/middleware.py)
     return gate.authenticated(principal)
 
 
@@ -282,7 +284,9 @@ class StatusView(APIView):
 
     @extend_schema(responses={200: TaskStatusSerializer, **_errors(404)}, operation_id="async_status")
     def get(self, request: Request, task_id: Any) -> Response:
-        return Response(_status(_task(request, task_id)))
+        task = _task(request, task_id)
+        auditing.record_status_read(principal_of(request), task)
+        return Response(_status(task))
 
 
 class ResultView(APIView):
@@ -295,6 +299,16 @@ class ResultView(APIView):
     @extend_schema(responses={200: AsyncResultSerializer, **_errors(404, 409, 410, 502)}, operation_id="async_result")
     def get(self, request: Request, task_id: Any) -> Response:
         task = _task(request, task_id, "result")
+        try:
+            body = self._result(task)
+        except ApiError as exc:
+            auditing.record_result_read(principal_of(request), task, outcome=AuditEvent.Outcome.FAILURE, code=exc.code)
+            raise
+        auditing.record_result_read(principal_of(request), task, outcome=AuditEvent.Outcome.SUCCESS)
+        return Response(body)
+
+    @staticmethod
+    def _result(task: InferenceTask) -> dict[str, Any]:
         if task.status in (S.QUEUED, S.PROCESSING):
             raise ApiError(
                 409, "task_not_finished", f"Task {task.id} is {task.status}; retry later.", headers={"Retry-After": "1"}
@@ -333,7 +347,7 @@ class ResultView(APIView):
             "inference_ms": task.inference_ms,
             "attempts": task.attempts,
         }
-        return Response(body)
+        return body
 
 
 class CancelView(APIView):
@@ -358,6 +372,7 @@ class BatchStatusView(APIView):
         batch = TaskBatch.objects.visible_to(request.auth).filter(id=batch_id).first()
         if batch is None:
             raise ApiError(404, "batch_not_found", f"Batch '{batch_id}' does not exist.")
+        auditing.record_status_read(principal_of(request), batch)
         return Response(queue.batch_progress(batch))
 
 
@@ -388,9 +403,9 @@ class TaskListView(APIView):
             page = paginator.page(page_no)
         except EmptyPage:
             raise ApiError(404, "page_not_found", f"Page {page_no} does not exist.", "page") from None
-        return Response(
-            {"count": paginator.count, "page": page_no, "page_size": size, "results": _statuses(list(page.object_list))}
-        )
+        tasks = list(page.object_list)
+        auditing.record_status_read(principal_of(request), None, count=len(tasks))
+        return Response({"count": paginator.count, "page": page_no, "page_size": size, "results": _statuses(tasks)})
 
 
 class QueueHealthView(APIView):

@@ -76,6 +76,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     try:
         body = read_body(request)
         principal = await gate.authenticate(request.headers.get("Authorization"))
+        request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names (apps/audit/middleware.py)
         chat = await plan.plan_chat(
             principal,
             body,

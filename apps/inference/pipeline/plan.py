@@ -20,7 +20,7 @@ from django.utils import timezone
 from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
-from apps.audit.context import get_correlation_id
+from apps.audit.context import get_correlation_id, get_origin
 from apps.inference import router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
@@ -76,6 +76,7 @@ class ChatPlan:
     # Where the request came from, for its audit event (set by the HTTP view; none for async tasks).
     client_ip: str | None = None
     user_agent: str = ""
+    purpose_of_use: str = ""  # the request's X-Purpose-Of-Use (apps/audit/middleware.py)
     tools_offered: int = 0  # tools the model was offered
     tool_calls: int = 0  # tool calls it answered with
     end_user: str = ""  # the caller's end user (OpenAI's ``user`` / ``safety_identifier``)
@@ -112,6 +113,7 @@ def _chat_plan(
 ) -> ChatPlan:
     plan = build_plan(principal, req, route, correlation_id)
     plan.client_ip, plan.user_agent = client_ip, user_agent
+    plan.purpose_of_use = get_origin().purpose_of_use
     plan.rate_limit, plan.reservation = checked[1], checked[2]
     _cap_completion(plan, checked[2])
     return plan

@@ -84,7 +84,8 @@ def audit_events(tasks: list[InferenceTask]) -> list[AuditEvent]:
         auditing.inference_event(
             t,
             username=users.get(t.user_id, "") if t.user_id is not None else "",
-            location_code=locations.get(t.location_id, ""),
+            location_code=locations.get(t.location_id, ("", None))[0],
+            organization_id=locations.get(t.location_id, ("", None))[1],
         )
         for t in tasks
     ]
@@ -145,6 +146,8 @@ def _audit_identity(plan: ChatPlan) -> dict[str, Any]:
         "ip": plan.client_ip,
         "user_agent": plan.user_agent,
         "break_glass": p.break_glass_id,
+        "purpose_of_use": plan.purpose_of_use,
+        "organization_id": p.organization_id,
     }
 
 

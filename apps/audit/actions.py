@@ -1,0 +1,45 @@
+"""The audit trail's action names: one catalogue, so that every app writes (and the auditor filters
+on) the same words. Outcomes are ``AuditEvent.Outcome``: success, failure, denied, cancelled."""
+
+from __future__ import annotations
+
+# identity (apps/accounts)
+LOGIN = "auth.login"  # success; failure (bad credentials); denied (not a member of the location)
+LOGIN_LOCKOUT = "auth.lockout"  # too many failures: the account or address is locked out
+REFRESH = "auth.refresh"  # success; failure (invalid, expired, no longer matching a user)
+REFRESH_REUSED = "auth.refresh_reused"  # a refresh token presented again after it was rotated
+LOGOUT = "auth.logout"
+UNAUTHENTICATED = "auth.unauthenticated"  # any 401
+FORBIDDEN = "auth.forbidden"  # any 403
+APIKEY_CREATE = "apikey.create"
+APIKEY_USE = "apikey.use"  # at most once a minute per key (with its last-used time)
+APIKEY_ROTATE = "apikey.rotate"
+APIKEY_REVOKE = "apikey.revoke"
+
+# governance (apps/accounts/governance*)
+LIMIT_REJECTED = "limit.rejected"  # a 429 from a rate limit or a quota
+
+# inference (apps/inference)
+INFERENCE = "inference.complete"  # one per inference, sync or async, streamed or not
+TASK_SUBMIT = "inference.submit"
+TASK_BATCH_SUBMIT = "inference.submit_batch"
+TASK_CANCEL = "inference.cancel"
+TASK_STATUS = "inference.read_status"  # a task's or batch's status
+TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
+
+# admin (Django admin)
+ADMIN_LOGIN = "admin.login"
+ADMIN_LOGOUT = "admin.logout"
+ADMIN_ADD = "admin.add"
+ADMIN_CHANGE = "admin.change"
+ADMIN_DELETE = "admin.delete"
+ADMIN_ACTION = "admin.action"
+
+# break-glass (apps/accounts): break_glass.grant, .use, .revoke, .expire
+BREAK_GLASS = "break_glass"
+BREAK_GLASS_STEPS = ("grant", "use", "revoke", "expire")
+
+# the audit trail itself
+AUDIT_READ = "audit.read"  # GET /v1/audit/events
+AUDIT_EXPORT = "audit.export"  # a CSV export from admin
+AUDIT_VERIFY = "audit.verify"  # a run of audit_verify (its outcome)
