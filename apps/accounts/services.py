@@ -13,6 +13,7 @@ force.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.signals import user_logged_in
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
@@ -35,7 +36,9 @@ from apps.accounts.apikeys import create_api_key, generate_secret, revoke_api_ke
 from apps.accounts.models import ApiKey, BreakGlassGrant, Location, RevokedAccessToken, User, hash_secret
 from apps.audit import actions
 from apps.audit.models import AuditEvent
-from apps.audit.services import record_event, record_event_later
+from apps.audit.services import record_event
+
+logger = logging.getLogger("medai.accounts")
 
 
 class AuthError(Exception):
@@ -494,8 +497,6 @@ def _authenticate_api_key(secret: str, cached_only: bool = False, fresh: bool = 
     if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
         if cached_only:
             raise NeedsDatabase
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now  # the cached copy too, or every request would write
         used = True
     else:
         used = False
@@ -514,8 +515,15 @@ def _authenticate_api_key(secret: str, cached_only: bool = False, fresh: bool = 
         api_key_id=key.pk,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
     )
-    if used:  # the key's use, at most once a minute (each request's own event names the key too)
-        record_event_later(actions.APIKEY_USE, actor=principal, obj=key, details={"prefix": key.prefix})
+    if used:  # the key's last use and its audit event (each request's own event names the key too), together
+        try:
+            with transaction.atomic():
+                ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+                record_event(actions.APIKEY_USE, actor=principal, obj=key, details={"prefix": key.prefix})
+        except DatabaseError:  # neither written: the key's next request tries again; this one goes on
+            logger.warning("the use of API key %s was not recorded yet", key.prefix, exc_info=True)
+        else:
+            key.last_used_at = now  # the cached copy too, or every request would write
     return user, principal
 
 
