@@ -26,9 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _reset_clients() -> None:
+    from apps.accounts.governance import store
     from apps.gpu import shared
     from apps.inference import broker
 
+    store.reset_client()
     shared.reset_client()
     broker._redis = None
 
@@ -90,9 +92,13 @@ def _eventually(check, timeout: float = 15.0):
 
 
 def test_killed_redis_means_503_and_1013_then_everything_reconnects_on_the_same_socket(
-    own_redis, web, alice, token_for, stub_backend
+    own_redis, web, alice, token_for, stub_backend, settings
 ):
     from django.core.cache import cache
+
+    # Governance's counters live in this Redis too: failing open, a chat is still served while it
+    # is down (fail closed, the default, answers 503: tests/accounts/test_quota_store_down.py).
+    settings.MEDAI_GOVERNANCE_FAIL_OPEN = True
 
     from apps.accounts.services import authenticate_header
     from apps.gpu import shared, slots

@@ -62,7 +62,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         code = self.refusal(scope)
         if code is None:
-            code = _rate_refusal(scope)
+            code = await _rate_refusal(scope)
         if code is not None:
             # Before the channel layer is involved: a refused socket costs no Redis round trip, and
             # no receive is left to cancel (redis-py may swallow a cancel during a connect).
@@ -78,9 +78,9 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Every message a client sends takes a unit from its rate-limit buckets, as an HTTP request
-        does (governance.check_rate_limit); over the limit, an error frame answers it instead."""
+        does (governance.check_rate_limit, awaited); over the limit, an error frame answers it instead."""
         try:
-            governance.check_rate_limit(self.scope["principal"], ip=_client_ip(self.scope))
+            await governance.check_rate_limit_async(self.scope["principal"], ip=_client_ip(self.scope))
         except governance.LimitExceeded as exc:
             await self.send_json(
                 {"type": "error", "data": {"code": exc.code, "message": exc.message, "retry_after": exc.retry_after}}
@@ -229,12 +229,12 @@ def _client_ip(scope: dict[str, Any]) -> str | None:
     return client[0] if client else None
 
 
-def _rate_refusal(scope: dict[str, Any]) -> int | None:
+async def _rate_refusal(scope: dict[str, Any]) -> int | None:
     """A connection takes a unit from the caller's buckets, as an HTTP request does: over the
     limit it is refused with 4429 (the 4000 + HTTP status convention of 4401/4403), and with
     1013 when the counter store is down and the organization fails closed."""
     try:
-        governance.check_rate_limit(scope["principal"], ip=_client_ip(scope))
+        await governance.check_rate_limit_async(scope["principal"], ip=_client_ip(scope))
     except governance.Unavailable:
         return TRY_AGAIN_LATER
     except governance.LimitExceeded:

@@ -32,8 +32,11 @@ Redis's clock; the quotas themselves are mirrored into Redis on every change (qu
 request path never queries the database. What a window used is counted as it is reserved, so
 ``N`` requests of quota ``N`` across any number of processes admit exactly ``N``.
 
-For sync chat this runs on the web process's event loop: one blocking round trip (~0.1 ms on
-loopback) costs less than a hop to a thread. None of it writes an audit event: the inference's
+On the web process's event loop (sync chat, websockets) ``admit_async`` and
+``check_rate_limit_async`` await the same script on the loop's asyncio client: a blocking round
+trip there would leave the loop idle while Redis is scheduled, which at 64 requests in flight cost
+a third of the throughput (bench/README.md). The blocking ``admit`` stays for threads (the async
+API's submit in its database thread, the worker, management code). None of it writes an audit event: the inference's
 own event (apps/inference/auditing.py) is the record; a refusal is the 429 the caller sees.
 """
 
@@ -46,7 +49,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -193,20 +196,26 @@ _ADJECTIVE = {"day": "daily", "month": "monthly"}
 _BUCKET_NAMES = {"k": "API key", "u": "user", "i": "IP address"}
 
 
-def admit(
-    principal: Principal,
-    *,
-    items: Sequence[Item] = (),
-    ip: str | None = None,
-    units: int = 1,
-    rate: bool = True,
-    in_flight: bool = False,
-    action: str = CHAT,
-) -> Admitted:
-    """Rate limit (``rate``: ``units`` from each bucket), in-flight cap (``in_flight``) and quota
-    reservation of ``items``, atomically in one round trip. See the module's contract."""
-    if not enabled():
-        return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+@dataclass(frozen=True)
+class _Call:
+    """One admission as the script takes it, and what its answer is read against."""
+
+    principal: Principal
+    items: Sequence[Item]
+    units: int
+    action: str
+    keys: list[str]
+    args: list[Any]
+    refs: list[str]
+    amounts: list[int]
+    scopes: list[str]
+    windows: store.Windows
+    flight: tuple[str, str] | None
+
+
+def _call(
+    principal: Principal, items: Sequence[Item], ip: str | None, units: int, rate: bool, in_flight: bool, action: str
+) -> _Call:
     w = store.windows()
     p = store.prefix()
     refs = [it.ref or uuid.uuid4().hex for it in items]
@@ -233,13 +242,117 @@ def admit(
     for ref, amount in zip(refs, amounts, strict=True):
         args += [ref, amount]
     keys = [p + "lim", p + "leases"]
+    return _Call(principal, items, units, action, keys, args, refs, amounts, scopes, w, flight)
+
+
+def admit(
+    principal: Principal,
+    *,
+    items: Sequence[Item] = (),
+    ip: str | None = None,
+    units: int = 1,
+    rate: bool = True,
+    in_flight: bool = False,
+    action: str = CHAT,
+) -> Admitted:
+    """Rate limit (``rate``: ``units`` from each bucket), in-flight cap (``in_flight``) and quota
+    reservation of ``items``, atomically in one round trip. See the module's contract. Blocking:
+    for a thread (the worker, management code); on an event loop, ``admit_async``."""
+    if not enabled():
+        return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+    call = _call(principal, items, ip, units, rate, in_flight, action)
     try:
-        answer = store.run("ADMIT", keys, args)
+        answer = store.run("ADMIT", call.keys, call.args)
         if answer[0] == "reload":
             quotas.publish_from_anywhere()
-            answer = store.run("ADMIT", keys, args)
+            answer = store.run("ADMIT", call.keys, call.args)
+            _published(answer)
     except redis.RedisError as exc:
         return _store_down(principal, action, items, exc)
+    return _decide(call, answer)
+
+
+async def admit_async(
+    principal: Principal,
+    *,
+    items: Sequence[Item] = (),
+    ip: str | None = None,
+    units: int = 1,
+    rate: bool = True,
+    in_flight: bool = False,
+    action: str = CHAT,
+) -> Admitted:
+    """``admit`` on an event loop (sync chat): the same script, awaited on the loop's asyncio
+    client, so that the loop serves other requests while Redis answers. The trade-off: an asyncio
+    round trip costs the loop more CPU than a blocking one (a task, the protocol's callbacks), which
+    a lone request pays in latency; under concurrency the loop no longer idles while Redis is
+    scheduled, which is where the throughput went.
+
+    A caller cancelled meanwhile (the client went away) cannot leave a slot or a hold behind: the
+    script runs to its answer in a task of its own, and an admission nobody received is released
+    (a settle of nothing) as soon as it arrives."""
+    if not enabled():
+        return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+    call = _call(principal, items, ip, units, rate, in_flight, action)
+    try:
+        answer = await _run_shielded(call)
+        if answer[0] == "reload":
+            await quotas.publish_async()
+            answer = await _run_shielded(call)
+            _published(answer)
+    except redis.RedisError as exc:
+        if _fail_open.get(principal.organization_id) is None and principal.organization_id is not None:
+            await _learn_fail_open(principal.organization_id)
+        return _store_down(principal, action, items, exc)
+    return _decide(call, answer)
+
+
+def _published(answer: Any) -> None:
+    """The script still misses the limits it was just given: the publish went elsewhere (another
+    Redis behind the same name) or was lost again; the store counts as down for this request."""
+    if answer[0] == "reload":
+        raise redis.RedisError("the limits' mirror is missing right after it was published")
+
+
+async def _run_shielded(call: _Call) -> Any:
+    task = asyncio.get_running_loop().create_task(store.async_script("ADMIT")(keys=call.keys, args=call.args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _release_unreceived(call, done))
+        raise
+
+
+def _release_unreceived(call: _Call, done: asyncio.Task[Any]) -> None:
+    """The admission of a cancelled caller arrived: give back what it took (its holds, its slot;
+    a bucket's unit stays spent, as a refused request's would)."""
+    if done.cancelled() or done.exception() is not None or done.result()[0] != "ok":
+        return
+    entries = [
+        (Reservation(0, 0, None, call.action, 1, 0, "", ref, (), call.flight if i == 0 else None), 0, 0, False)
+        for i, ref in enumerate(call.refs)
+    ]
+    settle = _settle_call(entries)
+    if settle is not None:
+        _spawn(_settle_on_loop(*settle))
+
+
+async def _learn_fail_open(organization_id: int) -> None:
+    """Redis is down and this process never heard the organization's choice: ask the database, in
+    a thread (the loop never queries), and keep the answer until the next script answer replaces it."""
+    from asgiref.sync import sync_to_async
+
+    try:
+        found = await sync_to_async(quotas.fail_open_of, thread_sensitive=True)(organization_id)
+    except DatabaseError:  # the database is down too: the default decides
+        return
+    if found is not None:
+        _fail_open[organization_id] = found
+
+
+def _decide(call: _Call, answer: Any) -> Admitted:
+    """The script's answer → the admission, or LimitExceeded."""
+    principal, units, p = call.principal, call.units, store.prefix()
     kind = answer[0]
     if kind == "rate":
         _, limit, remaining, reset_ms, retry_ms, which = answer
@@ -282,24 +395,24 @@ def admit(
     _fail_open[principal.organization_id] = fail_open == "1"
     rl = RateLimit(_rate_headers(limit, remaining, reset_ms)) if int(limit) >= 0 else NO_LIMIT
     _headers.set(rl.headers)
-    counters = tuple(store.scope_keys(scopes, w))  # one per scope: this month's (and today's) counters
+    counters = tuple(store.scope_keys(call.scopes, call.windows))  # per scope: this month's (and today's) counters
     capped = token_limited == "1"
     reservations = [
         Reservation(
             principal.user_id,
             principal.location_pk,
             principal.organization_id,
-            action,
+            call.action,
             1,
             amount,
             it.ref,
             ref,
             counters,
-            flight if i == 0 else None,
+            call.flight if i == 0 else None,
             (it.max_tokens or settings.MEDAI_QUOTA_DEFAULT_MAX_TOKENS) if capped else 0,
-            w.day,
+            call.windows.day,
         )
-        for i, (it, ref, amount) in enumerate(zip(items, refs, amounts, strict=True))
+        for i, (it, ref, amount) in enumerate(zip(call.items, call.refs, call.amounts, strict=True))
     ]
     return Admitted(rl, reservations)
 
@@ -354,6 +467,13 @@ def _store_down(principal: Principal, action: str, items: Sequence[Item], exc: E
 def check_rate_limit(principal: Principal, *, action: str = CHAT, units: int = 1, ip: str | None = None) -> RateLimit:
     """Take ``units`` from the caller's token buckets (per API key, user and IP); LimitExceeded."""
     return admit(principal, ip=ip, units=units, action=action).rate_limit
+
+
+async def check_rate_limit_async(
+    principal: Principal, *, action: str = CHAT, units: int = 1, ip: str | None = None
+) -> RateLimit:
+    """``check_rate_limit`` on an event loop (a websocket's connect and messages): awaited."""
+    return (await admit_async(principal, ip=ip, units=units, action=action)).rate_limit
 
 
 def reserve(
@@ -485,9 +605,14 @@ def reconcile(reservation: Reservation, *, prompt_tokens: int, completion_tokens
         return
     call = _settle_call(entries)
     if call is not None:
-        task = asyncio.get_running_loop().create_task(_settle_on_loop(*call))
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        _spawn(_settle_on_loop(*call))
+
+
+def _spawn(settle: Coroutine[Any, Any, None]) -> None:
+    """Send a settle from the running loop without waiting for it (kept until answered)."""
+    task = asyncio.get_running_loop().create_task(settle)
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 def release_refs(refs: Sequence[str], *, action: str = CHAT) -> None:

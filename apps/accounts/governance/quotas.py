@@ -77,14 +77,15 @@ def publish_from_anywhere() -> None:
     _off_loop(publish)
 
 
-def _off_loop(func: Callable[[], T]) -> T:
-    import asyncio
+async def publish_async() -> None:
+    """``publish`` awaited from an event loop: in a worker thread (queries and the blocking client
+    belong there), the loop free meanwhile. Only after Redis lost the mirror."""
+    from asgiref.sync import sync_to_async
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return func()
+    await sync_to_async(_in_thread(publish), thread_sensitive=False)()
 
+
+def _in_thread(func: Callable[[], T]) -> Callable[[], T]:
     def unit() -> T:
         close_old_connections()
         try:
@@ -92,8 +93,18 @@ def _off_loop(func: Callable[[], T]) -> T:
         finally:
             close_old_connections()
 
+    return unit
+
+
+def _off_loop(func: Callable[[], T]) -> T:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return func()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(unit).result(timeout=30)
+        return pool.submit(_in_thread(func)).result(timeout=30)
 
 
 def _changed(**kwargs: Any) -> None:

@@ -61,18 +61,25 @@ def script(name: str) -> Script:
     return found
 
 
-_async: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, AsyncScript]] = {}
+_async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, dict[str, AsyncScript]]] = {}
 
 
 def async_script(name: str) -> AsyncScript:
-    """``script(name)`` on an asyncio client of the running loop (a client per loop: an asyncio
-    connection belongs to the loop it was opened on)."""
+    """``script(name)`` on the asyncio client of the running loop. One client per loop (an asyncio
+    connection belongs to the loop it was opened on), one pool for both scripts. A closed loop's client is dropped
+    when the next loop asks (a test client runs a loop per request)."""
     loop = asyncio.get_running_loop()
-    found = _async.get((id(loop), name))
+    found = _async.get(id(loop))
     if found is None or found[0] is not loop:
+        for key in [k for k, (lp, _, _) in _async.items() if lp.is_closed()]:
+            del _async[key]
         c = redis.asyncio.Redis.from_url(settings.REDIS_URL, decode_responses=True, **settings.REDIS_OPTIONS)
-        found = _async[(id(loop), name)] = (loop, c.register_script(getattr(lua, name)))
-    return found[1]
+        found = _async[id(loop)] = (loop, c, {})
+    scripts = found[2]
+    s = scripts.get(name)
+    if s is None:
+        s = scripts[name] = found[1].register_script(getattr(lua, name))
+    return s
 
 
 def flush() -> None:

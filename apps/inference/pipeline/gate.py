@@ -108,6 +108,13 @@ def _limited(exc: governance.LimitExceeded) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message, headers={**exc.headers, "Retry-After": str(exc.retry_after)})
 
 
+def _items(reqs: list[dict[str, Any]], refs: list[str] | None) -> list[governance.Item]:
+    steps.enter(steps.RATE_LIMIT)
+    steps.enter(steps.QUOTA_RESERVE)
+    refs = refs or [""] * len(reqs)
+    return [governance.item_of(req, ref) for req, ref in zip(reqs, refs, strict=True)]
+
+
 def limit_and_reserve(
     principal: Principal,
     reqs: list[dict[str, Any]],
@@ -119,13 +126,27 @@ def limit_and_reserve(
     """The rate limit and quota reserve steps in one Redis round trip (governance.admit): one
     unit per request from the caller's buckets, a hold per validated request (``refs``: the ids
     the holds are kept under, an async task's id), an in-flight slot for a sync request.
-    ApiError 429 (rate, in-flight or quota, with ``Retry-After``) or 503 (store down, fail closed)."""
-    steps.enter(steps.RATE_LIMIT)
-    steps.enter(steps.QUOTA_RESERVE)
-    refs = refs or [""] * len(reqs)
-    items = [governance.item_of(req, ref) for req, ref in zip(reqs, refs, strict=True)]
+    ApiError 429 (rate, in-flight or quota, with ``Retry-After``) or 503 (store down, fail closed).
+    Blocking: where a thread may wait (the async API's submit, in its database thread)."""
+    items = _items(reqs, refs)
     try:
         admitted = governance.admit(principal, items=items, ip=ip, units=len(reqs), in_flight=in_flight)
+    except governance.LimitExceeded as exc:
+        raise _limited(exc) from None
+    return admitted.rate_limit, admitted.reservations
+
+
+async def limit_and_reserve_async(
+    principal: Principal,
+    reqs: list[dict[str, Any]],
+    *,
+    ip: str | None = None,
+    in_flight: bool = False,
+) -> tuple[governance.RateLimit, list[governance.Reservation]]:
+    """``limit_and_reserve`` on the event loop (sync chat): the round trip awaited, not blocking."""
+    items = _items(reqs, None)
+    try:
+        admitted = await governance.admit_async(principal, items=items, ip=ip, units=len(reqs), in_flight=in_flight)
     except governance.LimitExceeded as exc:
         raise _limited(exc) from None
     return admitted.rate_limit, admitted.reservations

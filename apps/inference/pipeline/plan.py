@@ -95,6 +95,15 @@ def _check_chat(
     return req, limit, reservation
 
 
+async def _check_chat_async(
+    principal: Principal, body: bytes, client_ip: str | None
+) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
+    gate.authorize(principal, SCOPE_CHAT)
+    req = gate.validate_chat(body)
+    limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
+    return req, limit, reservation
+
+
 def _cap_completion(plan: ChatPlan, reservation: governance.Reservation) -> None:
     """A request without ``max_tokens`` under a token quota is capped at the tokens held for it,
     so that what it uses never exceeds what was reserved (the quota stays exact)."""
@@ -128,8 +137,9 @@ async def plan_chat(
     user_agent: str = "",
 ) -> ChatPlan:
     """Authorize, validate, rate-limit, reserve and route one sync chat request (ApiError on a
-    refusal). On the event loop; only a route whose registry snapshot is stale takes a thread."""
-    checked = _check_chat(principal, body, client_ip)
+    refusal). On the event loop, the admission's Redis round trip awaited (the loop serves others
+    meanwhile); only a route whose registry snapshot is stale takes a thread."""
+    checked = await _check_chat_async(principal, body, client_ip)
     req = checked[0]
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
