@@ -44,6 +44,7 @@ from prometheus_client import Gauge
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from apps.accounts.governance.metrics import QuotaCollector
 from apps.gpu.metrics import GpuCollector
 from apps.inference.metrics import QueueCollector
 
@@ -65,7 +66,7 @@ def multiprocess_dir() -> str | None:
 
 def scrape_collectors() -> list[Any]:
     """Collectors that read shared state at scrape time (not kept in any process's files)."""
-    return [GpuCollector(), QueueCollector()]
+    return [GpuCollector(), QueueCollector(), QuotaCollector()]
 
 
 def exposition() -> bytes:

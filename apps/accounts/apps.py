@@ -10,6 +10,7 @@ class AccountsConfig(AppConfig):
         # Imported for its side effect (it registers the OpenAPI auth extension with
         # drf-spectacular): ready() is where an app does that, once its registry is loaded.
         from apps.accounts import lockout, schema, signals  # noqa: F401  (signals: credentials follow model changes)
-        from apps.accounts.governance import quotas
+        from apps.accounts.governance import metrics, quotas
 
+        metrics.register()
         quotas.connect_signals()  # quota changes reach Redis (the request path's only source)

@@ -18,8 +18,7 @@ same whichever process answers ``/metrics`` and costs nothing between scrapes.
 apps/gpu/metrics.counts_against_model); ``client_error`` a request refused for its input;
 ``cancelled`` a client that went away (Stop) or cancelled its task.
 
-Quota use is not exported yet: quotas (DESIGN.md, accounts) do not exist; when they do, their
-counters belong in apps/accounts, exported the same way.
+Quota use and governance's refusals: apps/accounts/governance/metrics.py.
 """
 
 from __future__ import annotations

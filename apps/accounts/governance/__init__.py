@@ -57,7 +57,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError
 
-from apps.accounts.governance import quotas, store
+from apps.accounts.governance import metrics, quotas, store
 
 if TYPE_CHECKING:
     from apps.accounts.services import Principal
@@ -350,10 +350,15 @@ async def _learn_fail_open(organization_id: int) -> None:
         _fail_open[organization_id] = found
 
 
+_REJECTED = {"rate": "rate_limit", "inflight": "in_flight", "quota": "quota"}  # answer → metric kind
+
+
 def _decide(call: _Call, answer: Any) -> Admitted:
     """The script's answer → the admission, or LimitExceeded."""
     principal, units, p = call.principal, call.units, store.prefix()
     kind = answer[0]
+    if kind in _REJECTED:
+        metrics.rejected(_REJECTED[kind])
     if kind == "rate":
         _, limit, remaining, reset_ms, retry_ms, which = answer
         headers = _rate_headers(limit, remaining, reset_ms)
@@ -453,6 +458,7 @@ def _store_down(principal: Principal, action: str, items: Sequence[Item], exc: E
     if fail_open:
         logger.warning("quota store unavailable (%s): request admitted unmetered (fail open)", type(exc).__name__)
         return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
+    metrics.rejected("unavailable")
     raise Unavailable(
         "quota_store_unavailable",
         "Quotas and rate limits cannot be checked right now (their store is unavailable); nothing was "
