@@ -34,10 +34,12 @@ request path never queries the database. What a window used is counted as it is 
 
 On the web process's event loop (sync chat, websockets) ``admit_async`` and
 ``check_rate_limit_async`` await the same script on the loop's asyncio client: a blocking round
-trip there would leave the loop idle while Redis is scheduled, which at 64 requests in flight cost
-a third of the throughput (bench/README.md). The blocking ``admit`` stays for threads (the async
-API's submit in its database thread, the worker, management code). None of it writes an audit event: the inference's
-own event (apps/inference/auditing.py) is the record; a refusal is the 429 the caller sees.
+trip there stops every request of the process while Redis answers (a stalled Redis: up to
+MEDAI_REDIS_SOCKET_TIMEOUT). On two busy cores the throughput gain was within noise (the asyncio
+round trip costs the loop more CPU; bench/README.md). The blocking ``admit`` stays for threads
+(the async API's submit in its database thread, the worker, management code).
+
+None of it writes an audit event: the inference's own event (apps/inference/auditing.py) is the record; a refusal is the 429 the caller sees.
 """
 
 from __future__ import annotations
@@ -284,9 +286,8 @@ async def admit_async(
 ) -> Admitted:
     """``admit`` on an event loop (sync chat): the same script, awaited on the loop's asyncio
     client, so that the loop serves other requests while Redis answers. The trade-off: an asyncio
-    round trip costs the loop more CPU than a blocking one (a task, the protocol's callbacks), which
-    a lone request pays in latency; under concurrency the loop no longer idles while Redis is
-    scheduled, which is where the throughput went.
+    round trip costs the loop more CPU than a blocking one (a task, the protocol's callbacks); in
+    exchange the loop never stops for Redis (under concurrency, or a slow Redis).
 
     A caller cancelled meanwhile (the client went away) cannot leave a slot or a hold behind: the
     script runs to its answer in a task of its own, and an admission nobody received is released
