@@ -256,6 +256,22 @@ async def test_the_gpu_socket_is_the_same_for_every_organization(alice, carol, t
         await ws.disconnect()
 
 
+def test_the_audit_trail_shows_only_the_callers_organization(world):
+    """carol's submit at Eastside wrote an audit event; Demo's auditor and admin never read it."""
+    from apps.audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(actor="carol", location="east").exists()  # there is one to hide
+    for persona in PERSONAS:
+        response = _client(world, persona).get("/v1/audit/events?limit=200")
+        if persona not in ("audrey", "dana"):  # no audit:read
+            assert response.status_code == 403, (persona, response.content)
+            continue
+        assert response.status_code == 200, (persona, response.content)
+        text = response.content.decode()
+        assert "alice" in text  # the organization's own trail is there
+        assert "carol" not in text and '"east"' not in text, persona
+
+
 # --- the table covers every endpoint --------------------------------------------------------------
 
 # Each /v1/ route name, and where this file (or another) holds it to the rule.
@@ -269,6 +285,7 @@ COVERED = {
     "async-submit": "test_submissions_land_at_the_callers_own_location",
     "async-submit-batch": "queue.submit_batch under each caller's principal (location from the token)",
     "usage": "test_usage_names_nothing_of_the_other_organization",
+    "audit-events": "test_the_audit_trail_shows_only_the_callers_organization",
     "auth-me": "test_me_is_oneself",
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
     "models": "the model registry is global, the same for every organization",
