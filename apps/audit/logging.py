@@ -32,6 +32,10 @@ from apps.audit.redaction import redact
 _QUERY_VALUE = re.compile(r"([?&;][\w.\-\[\]%]{1,64}=)([^&;#\s\"'<>]+)")
 _SAFE_VALUE = re.compile(r"\d{1,6}|true|false|asc|desc|json|csv|\[REDACTED\]", re.IGNORECASE)
 _USERNAME = re.compile(r"(?i)\b(user(?:name)?|login|account|actor|email|e-mail)(\s*[:=]\s*['\"]?)(?!\[)([^\s'\",;&)]+)")
+# a request path echoed by a log line (django.request's "Not Found: /v1/…", the access log): a
+# segment that is not a route word, a short number or a UUID is client input (an MRN, a name)
+_URL_PATH = re.compile(r"(?<![\w/.])/(?:v1|admin|api|ws)/[^\s?#\"']*")
+_SAFE_SEGMENT = re.compile(r"[a-z][a-z0-9_-]{0,39}|\d{1,6}|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{32}|")
 _PERSON_HEADER = re.compile(
     r"(?im)^((?:x-)?(?:user|username|patient[\w-]*|from|x-forwarded-user|remote-user):[ \t]*)(.+)$"
 )
@@ -42,6 +46,10 @@ def redact_identifiers(text: str) -> str:
     if "=" in text:
         text = _QUERY_VALUE.sub(
             lambda m: m.group(0) if _SAFE_VALUE.fullmatch(m.group(2)) else m.group(1) + REDACTED, text
+        )
+    if "/" in text:
+        text = _URL_PATH.sub(
+            lambda m: "/".join(s if _SAFE_SEGMENT.fullmatch(s) else REDACTED for s in m.group(0).split("/")), text
         )
     text = _USERNAME.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     if ":" in text:

@@ -51,7 +51,8 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
     def note(endpoint: router.EndpointInfo, error: str) -> None:
         plan.attempts.append(Attempt(endpoint.name, error))
         if error:
-            logger.warning("backend %s failed: %s", endpoint.name, error)
+            # the kind only ("HTTP 500"): a backend's error text can echo the prompt (tests/security/test_no_phi_in_logs.py)
+            logger.warning("backend %s failed: %s", endpoint.name, error.split(":", 1)[0])
 
     def dispatch(endpoint: router.EndpointInfo) -> Any:
         steps.enter(steps.DISPATCH)
