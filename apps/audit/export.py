@@ -14,24 +14,7 @@ from django.db.models import QuerySet
 
 from apps.audit.models import AuditEvent
 
-COLUMNS = [
-    "seq",
-    "created_at",
-    "action",
-    "outcome",
-    "actor_id",
-    "actor",
-    "api_key_id",
-    "location",
-    "object_type",
-    "object_id",
-    "ip",
-    "user_agent",
-    "purpose_of_use",
-    "correlation_id",
-    "details",
-    "hash",
-]
+COLUMNS = list(AuditEvent.RECORD_FIELDS)
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 

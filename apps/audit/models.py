@@ -58,6 +58,27 @@ class AuditEvent(models.Model):
 
     objects = AuditEventQuerySet.as_manager()
 
+    # What an event says, in this order: the auditor's search reads these columns, the CSV export
+    # writes them.
+    RECORD_FIELDS = (
+        "seq",
+        "created_at",
+        "action",
+        "outcome",
+        "actor_id",
+        "actor",
+        "api_key_id",
+        "location",
+        "object_type",
+        "object_id",
+        "ip",
+        "user_agent",
+        "purpose_of_use",
+        "correlation_id",
+        "details",
+        "hash",
+    )
+
     class Meta:
         ordering = ["seq"]
         indexes = [models.Index(fields=["organization_id", "seq"], name="audit_event_org_seq")]

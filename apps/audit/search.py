@@ -18,24 +18,7 @@ from apps.audit.models import AuditEvent
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-FIELDS = (
-    "seq",
-    "created_at",
-    "action",
-    "outcome",
-    "actor_id",
-    "actor",
-    "api_key_id",
-    "location",
-    "object_type",
-    "object_id",
-    "ip",
-    "user_agent",
-    "purpose_of_use",
-    "correlation_id",
-    "details",
-    "hash",
-)
+FIELDS = AuditEvent.RECORD_FIELDS
 
 
 class FilterError(ValueError):
