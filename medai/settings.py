@@ -329,6 +329,10 @@ AXES_VERBOSE = False  # failures are audited; axes' own log lines would repeat t
 MEDAI_ROUTE_CACHE_SECONDS = envfloat("MEDAI_ROUTE_CACHE_SECONDS", 5.0)
 MEDAI_AUTH_CACHE_SECONDS = envfloat("MEDAI_AUTH_CACHE_SECONDS", 5.0)
 MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on the sign-in page
+# Automatic logoff of the web pages on a shared workstation: after this many seconds without a key,
+# click or touch the page signs out (a warning shows in the last minute). Closing the tab ends the
+# session too (the tokens live in sessionStorage).
+MEDAI_UI_IDLE_SECONDS = envint("MEDAI_UI_IDLE_SECONDS", 900, minimum=30)
 # Records of non-streamed chat completions are written after the answer, in batches: each one is
 # in the database within about this many ms (apps/inference/recorder.py says what that trades).
 MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)

@@ -17,6 +17,9 @@ v1 = [
 
 urlpatterns = [
     path("", ui.index, name="ui-index"),
+    path("history/", ui.history, name="ui-history"),
+    path("tasks/", ui.tasks, name="ui-tasks"),
+    path("system/", ui.system, name="ui-system"),
     path("admin/", admin.site.urls),
     path("v1/", include(v1)),
     path("healthz", health.healthz, name="healthz"),

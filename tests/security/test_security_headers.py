@@ -70,6 +70,6 @@ def test_hsts_behind_a_trusted_tls_proxy(client, settings):
 
 
 def test_static_files_keep_their_caching(client):
-    response = client.get("/static/medai/ui.js")
+    response = client.get("/static/medai/ask.js")
     assert response.status_code == 200
     assert response.get("Cache-Control", "") != "no-store"

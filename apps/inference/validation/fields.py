@@ -30,7 +30,7 @@ NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOOLS = 128
 
 # Python's whitespace (what ``str.strip`` removes) and the invisible zero-width characters: text
-# made only of these is blank. The web page's check (static/medai/ui.js) uses the same set.
+# made only of these is blank. The web page's check (static/medai/ask.js) uses the same set.
 BLANK_CHARS = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
     "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"

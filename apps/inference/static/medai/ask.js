@@ -1,75 +1,9 @@
-// medai clinician page: a client of the public API (/v1), like any integrator.
-// Tokens live in sessionStorage (gone when the tab closes: shared hospital workstations).
+// medai Ask page: a question to an agent type or model, the answer streamed from
+// /v1/chat/completions. Sign-in and the API client are common.js's (window.medai).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const store = window.sessionStorage;
+const { $, api, errorText } = window.medai;
 let controller = null;
-
-function tokens() {
-  return { access: store.getItem("medai.access"), refresh: store.getItem("medai.refresh") };
-}
-
-function saveTokens(body) {
-  store.setItem("medai.access", body.access_token);
-  store.setItem("medai.refresh", body.refresh_token);
-}
-
-function clearTokens() {
-  store.removeItem("medai.access");
-  store.removeItem("medai.refresh");
-}
-
-function errorText(body, fallback) {
-  return (body && body.error && body.error.message) || fallback;
-}
-
-async function refreshTokens() {
-  const refresh = tokens().refresh;
-  if (!refresh) return false;
-  const resp = await fetch("/v1/auth/refresh", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ refresh_token: refresh }),
-  });
-  if (!resp.ok) return false;
-  saveTokens(await resp.json());
-  return true;
-}
-
-// fetch with the bearer token; on 401 try one refresh, then fall back to the login form.
-async function api(path, options = {}, retry = true) {
-  const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
-  headers.Authorization = "Bearer " + tokens().access;
-  const resp = await fetch(path, Object.assign({}, options, { headers }));
-  if (resp.status === 401 && retry && (await refreshTokens())) return api(path, options, false);
-  if (resp.status === 401) { clearTokens(); show(); }
-  return resp;
-}
-
-async function login(event) {
-  event.preventDefault();
-  $("login-error").textContent = "";
-  $("login-button").disabled = true;
-  try {
-    const resp = await fetch("/v1/auth/login", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ username: $("username").value, password: $("password").value, location_id: $("location").value }),
-    });
-    const body = await resp.json().catch(() => null);
-    if (!resp.ok) { $("login-error").textContent = errorText(body, "Sign-in failed (" + resp.status + ")."); return; }
-    saveTokens(body);
-    $("password").value = "";
-    await show();
-  } finally {
-    $("login-button").disabled = false;
-  }
-}
-
-async function logout() {
-  await api("/v1/auth/logout", { method: "POST", body: JSON.stringify({ refresh_token: tokens().refresh }) }, false)
-    .catch(() => null);
-  clearTokens();
-  show();
-}
 
 async function loadModels() {
   const resp = await api("/v1/models");
@@ -87,14 +21,6 @@ async function loadModels() {
       group.appendChild(opt);
     }
     if (group.children.length) select.appendChild(group);
-  }
-}
-
-async function whoami() {
-  const resp = await api("/v1/auth/me");
-  if (resp.ok) {
-    const me = await resp.json();
-    $("whoami").textContent = me.username + " · " + me.role + " @ " + me.location_id;
   }
 }
 
@@ -183,20 +109,10 @@ async function ask(event) {
   }
 }
 
-async function show() {
-  const signedIn = Boolean(tokens().access);
-  $("login-panel").hidden = signedIn;
-  $("chat-panel").hidden = !signedIn;
-  $("logout").hidden = !signedIn;
-  if (!signedIn) { $("whoami").textContent = ""; return; }
-  await Promise.all([whoami(), loadModels()]);
-}
+medai.onSignedIn(loadModels);
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("login-form").addEventListener("submit", login);
   $("ask-form").addEventListener("submit", ask);
-  $("logout").addEventListener("click", logout);
   $("stop-button").addEventListener("click", () => controller && controller.abort());
   $("question").addEventListener("input", () => { if (!BLANK.test($("question").value)) questionError(""); });
-  show();
 });
