@@ -3,43 +3,13 @@ in a real browser (Debian's Chromium driven by Playwright)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import PASSWORD, register_model
+from tests.conftest import register_model
+from tests.ui.conftest import shoot, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = os.environ.get("MEDAI_CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread, which makes Django refuse
-    # the fixtures' ORM calls; they are plain sync calls, so allow them (Playwright's documented fix).
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -51,13 +21,6 @@ def page(browser, live_medai, llama_server, alice):
     page.goto(live_medai + "/")
     yield page
     context.close()
-
-
-def sign_in(page, password: str = PASSWORD) -> None:
-    page.fill("#username", "alice")
-    page.fill("#password", password)
-    page.fill("#location", "demo")
-    page.click("#login-button")
 
 
 def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):
@@ -72,13 +35,14 @@ def test_clinician_signs_in_and_gets_a_streamed_answer(page, tmp_path):
     expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
     assert page.inner_text("#answer").strip()
     assert "Answered by smollm2-135m" in page.inner_text("#answer-meta")
-    page.screenshot(
-        path=str(Path(os.environ.get("MEDAI_SCREENSHOT_DIR", tmp_path)) / "clinician-answer.png"), full_page=True
-    )
+    shoot(page, "ask-answer")
 
 
 def test_wrong_password_shows_the_reason_and_stays_on_sign_in(page):
-    sign_in(page, password="wrong-password")
+    page.fill("#username", "alice")
+    page.fill("#password", "wrong-password")
+    page.fill("#location", "demo")
+    page.click("#login-button")
     expect(page.locator("#login-error")).to_contain_text("Invalid username or password")
     assert page.is_hidden("#chat-panel")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.ui.test_clinician_page import browser  # noqa: F401 - the shared Chromium fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -20,7 +19,7 @@ document.addEventListener('securitypolicyviolation', e =>
 
 
 @pytest.fixture
-def context(browser, live_medai):  # noqa: F811
+def context(browser, live_medai):
     context = browser.new_context()
     context.add_init_script(WATCH)
     messages: list[str] = []

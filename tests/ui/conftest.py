@@ -1,0 +1,71 @@
+"""Shared by the web UI tests: Debian's Chromium driven by Playwright (never a downloaded browser),
+signing in, and screenshots at desktop and phone widths.
+
+Screenshots go to ``$MEDAI_SCREENSHOT_DIR`` (default ``test-artifacts/screenshots/`` at the top
+of the repository, gitignored, kept by CI): ``<name>-desktop.png`` and ``<name>-phone.png``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+CHROMIUM = os.environ.get("MEDAI_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+SCREENSHOTS = Path(
+    os.environ.get("MEDAI_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots")
+)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread, which makes Django refuse
+    # the fixtures' ORM calls; they are plain sync calls, so allow them (Playwright's documented fix).
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def sign_in(page, username: str = "alice", password: str = PASSWORD, location: str = "demo") -> None:
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.fill("#location", location)
+    page.click("#login-button")
+    page.wait_for_selector("#page-content:not([hidden])")
+
+
+def shoot(page, name: str) -> list[Path]:
+    """Full-page PNGs of ``page`` as it is now, at desktop then phone width (the viewport is put
+    back afterwards). Returns the files written."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    before = page.viewport_size or DESKTOP
+    written = []
+    for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(size)
+        path = SCREENSHOTS / f"{name}-{label}.png"
+        page.screenshot(path=str(path), full_page=True)
+        written.append(path)
+    page.set_viewport_size(before)
+    return written
