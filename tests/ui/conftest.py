@@ -69,3 +69,41 @@ def shoot(page, name: str) -> list[Path]:
         written.append(path)
     page.set_viewport_size(before)
     return written
+
+
+# Impacts that fail assert_accessible (axe-core's scale: minor, moderate, serious, critical).
+FAILING_IMPACTS = ("serious", "critical")
+
+
+def axe_violations(page, context: str | None = None) -> list[dict]:
+    """axe-core's violations on ``page`` as it is now (all of axe's default rules: WCAG 2.x A and
+    AA, and best practices), inside ``context`` (a CSS selector) if given. axe-core's script comes
+    from the ``axe-playwright-python`` wheel (requirements-dev.txt); Playwright's evaluate runs it
+    outside the page's Content-Security-Policy."""
+    from axe_playwright_python.base import AXE_SCRIPT
+
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE_SCRIPT)
+    results = page.evaluate(
+        "(context) => axe.run(context || document, {resultTypes: ['violations']})",
+        context,
+    )
+    return results["violations"]
+
+
+def describe_violations(violations: list[dict]) -> str:
+    lines = []
+    for v in violations:
+        lines.append(f"{v['id']} ({v['impact']}): {v['help']} [{v['helpUrl']}]")
+        for node in v["nodes"][:5]:
+            lines.append(f"    {', '.join(map(str, node['target']))}: {node.get('failureSummary', '').strip()}")
+    return "\n".join(lines)
+
+
+def assert_accessible(page, context: str | None = None, *, label: str = "") -> None:
+    """Fail with axe-core's descriptions when ``page`` (or the part under the CSS selector
+    ``context``) has an accessibility violation of serious or critical impact. Call it once the
+    page shows what you want checked: axe sees only what is rendered (hidden parts are skipped)."""
+    found = [v for v in axe_violations(page, context) if v.get("impact") in FAILING_IMPACTS]
+    where = label or page.url
+    assert not found, f"accessibility violations on {where}:\n{describe_violations(found)}"
