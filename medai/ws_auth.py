@@ -11,6 +11,12 @@ Where the credential comes from, preferred first:
 - ``?token=<token>`` in the query string, for older clients. It still works, and every medai log
   line redacts it (apps/audit/credentials.py), but a proxy in front of medai may log it: prefer
   the header.
+- Without either, the Django session cookie of a staff member signed in to the admin, for the
+  admin's own pages (the dashboard), and only from a page of this site: the handshake's ``Origin``
+  is checked against cross-site websocket hijacking (apps/accounts/sessionauth.py). A session
+  offered from another origin sets ``auth_cross_site`` (the consumer closes 4403). The cookie is
+  read here rather than by channels' SessionMiddleware, which wraps every frame a socket sends to
+  save a session that this read-only check never modifies.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
+from apps.accounts import sessionauth
 from apps.accounts.models import User
 from apps.accounts.services import AuthError, Principal, authenticate_bearer
 
@@ -44,6 +51,14 @@ def _authenticate(token: str) -> tuple[User, Principal] | tuple[None, None]:
         raise _Unavailable from exc
 
 
+@database_sync_to_async
+def _authenticate_session(key: str) -> tuple[User, Principal] | tuple[None, None]:
+    try:
+        return sessionauth.authenticate_session(key)
+    except DatabaseError as exc:
+        raise _Unavailable from exc
+
+
 def credential_from(scope: dict[str, Any]) -> tuple[str, str | None]:
     """(token, the subprotocol to accept) from the handshake; ("", None) without a credential."""
     offered = [p.strip() for p in scope.get("subprotocols") or []]
@@ -63,13 +78,19 @@ class JWTAuthMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         token, subprotocol = credential_from(scope)
-        user, principal, unavailable = None, None, False
-        if token:
-            try:
+        user, principal, unavailable, cross_site = None, None, False, False
+        session_key = "" if token else sessionauth.session_key(scope)
+        if session_key and not sessionauth.same_origin(scope):
+            logger.warning("websocket %s refused: a session cookie from another origin", scope.get("path", "?"))
+            session_key, cross_site = "", True
+        try:
+            if token:
                 user, principal = await _authenticate(token)
-            except _Unavailable:
-                logger.warning("websocket authentication unavailable: the database did not answer")
-                unavailable = True
+            elif session_key:
+                user, principal = await _authenticate_session(session_key)
+        except _Unavailable:
+            logger.warning("websocket authentication unavailable: the database did not answer")
+            unavailable = True
         if subprotocol is None and BEARER_SUBPROTOCOL in (scope.get("subprotocols") or []):
             subprotocol = BEARER_SUBPROTOCOL  # offered without a token: answer it, then refuse with 4401
         # The token stays in the scope (memory only) so that the consumer can check it again when
@@ -79,6 +100,8 @@ class JWTAuthMiddleware:
             user=user,
             principal=principal,
             auth_token=token if principal is not None else "",
+            auth_session_key=session_key if principal is not None else "",
+            auth_cross_site=cross_site,
             auth_subprotocol=subprotocol,
             auth_unavailable=unavailable,
         )

@@ -3,8 +3,9 @@
 Authentication happened once, in the ASGI middleware (``medai/ws_auth.py``), which put the
 ``principal`` (None without a valid credential) and the subprotocol to answer in the scope. Here:
 
-- Refusals are sent after the handshake: accept, then close with **4401** (no valid credential),
-  **4403** (a credential without the consumer's scope) or **4429** (over a rate limit: a
+- Refusals are sent after the handshake: accept, then close with **4401** (no valid credential;
+  a staff session counts only where the consumer ``accepts_session``), **4403** (a credential
+  without the consumer's scope, or a session cookie sent from another site's page) or **4429** (over a rate limit: a
   connection and every message take a unit from the same buckets as an HTTP request). A close sent before the accept is an
   HTTP 403 to the client, its code lost: a browser sees only "failed".
 - A client that authenticated with ``Sec-WebSocket-Protocol: bearer, <token>`` gets ``bearer``
@@ -33,7 +34,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from apps.accounts import governance, revocation, services
+from apps.accounts import governance, revocation, services, sessionauth
 from apps.accounts.models import SCOPE_READ
 from apps.accounts.services import AuthError, Forbidden, Principal
 
@@ -52,6 +53,9 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     once the socket is accepted and its groups joined."""
 
     required_scope = SCOPE_READ
+    # A staff member's admin session (apps/accounts/sessionauth.py) may open this socket: for the
+    # admin's own pages. Everywhere else only a JWT or an API key does.
+    accepts_session = False
 
     joined: list[str]
     _accepted = False
@@ -104,7 +108,9 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         principal = scope.get("principal")
         if scope.get("auth_unavailable"):
             return TRY_AGAIN_LATER
-        if principal is None:
+        if scope.get("auth_cross_site") and principal is None:
+            return FORBIDDEN
+        if principal is None or (principal.method == sessionauth.METHOD and not cls.accepts_session):
             return UNAUTHENTICATED
         if cls.required_scope:
             try:
@@ -187,7 +193,10 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     async def auth_changed(self, event: dict[str, Any]) -> None:
         """A credential of this user may have been revoked: check this socket's own again."""
         try:
-            principal = await _recheck(self.scope.get("auth_token") or "")
+            if self.scope["principal"].method == sessionauth.METHOD:
+                principal = await _recheck_session(self.scope.get("auth_session_key") or "")
+            else:
+                principal = await _recheck(self.scope.get("auth_token") or "")
         except AuthError:
             await self.close_unauthenticated("revoked")
             return
@@ -245,6 +254,14 @@ async def _rate_refusal(scope: dict[str, Any]) -> int | None:
 @database_sync_to_async
 def _recheck(token: str) -> Principal:
     return services.authenticate_bearer(token, fresh=True)[1]
+
+
+@database_sync_to_async
+def _recheck_session(key: str) -> Principal:
+    principal = sessionauth.authenticate_session(key)[1]
+    if principal is None:
+        raise AuthError("The session ended.")
+    return principal
 
 
 async def _refuse(scope: dict[str, Any], receive: Any, send: Any, code: int) -> None:
