@@ -11,7 +11,8 @@ metrics, as before.
 What the mode changes, and how this module deals with it:
 
 * Metrics read at scrape time (GPU state and circuits from Redis, queue depth from the
-  database: ``SCRAPE_COLLECTORS``) are not in the files: they are added to the scrape's registry.
+  database, quota use, the audit chain's last verification: ``scrape_collectors``) are not in
+  the files: they are added to the scrape's registry.
 * Counters and histograms of a process that exited (a recycled or killed django-q2 worker, a
   restarted web process) must keep counting: its files stay, and the next scrape folds them into
   one ``<kind>_archive.db`` per kind, so the directory does not grow with every worker that ever
@@ -45,6 +46,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from apps.accounts.governance.metrics import QuotaCollector
+from apps.audit.metrics import AuditCollector
 from apps.gpu.metrics import GpuCollector
 from apps.inference.metrics import QueueCollector
 
@@ -66,7 +68,7 @@ def multiprocess_dir() -> str | None:
 
 def scrape_collectors() -> list[Any]:
     """Collectors that read shared state at scrape time (not kept in any process's files)."""
-    return [GpuCollector(), QueueCollector(), QuotaCollector()]
+    return [GpuCollector(), QueueCollector(), QuotaCollector(), AuditCollector()]
 
 
 def exposition() -> bytes:

@@ -7,4 +7,6 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit"
 
     def ready(self) -> None:
-        from apps.audit import admin_trail  # noqa: F401  (connects the admin's signal receivers)
+        from apps.audit import admin_trail, metrics  # noqa: F401  (admin_trail connects the admin's signal receivers)
+
+        metrics.register()

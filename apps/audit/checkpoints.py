@@ -32,6 +32,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.audit import chain, keys
+from apps.audit import metrics as audit_metrics
 from apps.audit.chain import Mark, Report
 
 logger = logging.getLogger("medai.audit.checkpoint")
@@ -175,7 +176,10 @@ def verify_and_checkpoint(*, full: bool) -> Outcome:
     if outcome.ok and report.last_seq is not None:
         outcome.checkpoint = sign(report.last_seq, report.last_hash, total)
         outcome.reached = export(outcome.checkpoint)
-    elif not outcome.ok:
+    audit_metrics.record_verification(
+        ok=outcome.ok, checkpoint_at=outcome.checkpoint.at if outcome.checkpoint else None
+    )
+    if not outcome.ok:
         logger.error(
             "audit chain BROKEN (%s): no checkpoint written",
             "; ".join([f.describe() for f in report.collapsed()[:5]] + problems[:5]),

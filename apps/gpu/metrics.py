@@ -2,9 +2,10 @@
 
 GPU readings, pressure level, thermal state and circuit states live in the shared (Redis) state,
 so they are exported by a collector that reads it at scrape time (``GpuCollector``): any web
-process's ``/metrics`` shows the monitor's data. Backend attempts are counters of the process that
-made them (web or worker), gathered from every process by prometheus_client's multiprocess mode
-(medai/metrics.py). Backend faults are also counted in Redis per minute, for the ModelMetric rows
+process's ``/metrics`` shows the monitor's data, and how old it is (``medai_gpu_sample_age_seconds``:
+a stalled monitor shows). Backend attempts are counters of the process that made them (web or
+worker), health checks (``medai_health_checks_total{model, outcome}``) the monitor's, gathered
+from every process by prometheus_client's multiprocess mode (medai/metrics.py). Backend faults are also counted in Redis per minute, for the ModelMetric rows
 the monitor writes (``services.aggregate_metrics``).
 
 What counts against a model is decided here, once (``counts_against_model``): a backend fault.
@@ -31,11 +32,21 @@ BACKEND_ATTEMPTS = Counter(
     ["model", "outcome"],
 )
 ATTEMPT_OUTCOMES = ("ok", "failure", "client_error", "cancelled")
+HEALTH_CHECKS = Counter(
+    "medai_health_checks",
+    "Health checks of the model backends by the monitor, by model and outcome (ok, failure)",
+    ["model", "outcome"],
+)
 # A client's own withdrawal, recorded as a request's error_code (older rows: FAILED client_disconnected).
 CLIENT_CANCEL_CODES = frozenset({"client_disconnected", "cancelled"})
 LEVELS = ("LOW", "NORMAL", "HIGH", "CRITICAL")
 THERMAL = ("NORMAL", "REDUCE", "PAUSE", "STOP")
 CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def record_health_check(model: str, ok: bool) -> None:
+    """Count one health check (the monitor's process: gathered by the multiprocess mode)."""
+    HEALTH_CHECKS.labels(model, "ok" if ok else "failure").inc()
 
 
 def failure_bucket(ts: float | None = None) -> int:
@@ -98,6 +109,12 @@ class GpuCollector(Collector):
             if g.get("utilization_percent") is not None:
                 fams["utilization"].add_metric(lv, g["utilization_percent"] / 100)
         yield from fams.values()
+        sampled = GaugeMetricFamily(
+            "medai_gpu_sample_age_seconds", "Seconds since the monitor last published the GPU state"
+        )
+        if state.get("ts"):
+            sampled.add_metric([], max(time.time() - float(state["ts"]), 0.0))
+        yield sampled
         decision = state.get("policy") or {}
         level = GaugeMetricFamily("medai_gpu_pressure_level", "Pressure level (0 LOW .. 3 CRITICAL)")
         level.add_metric([], LEVELS.index(decision["level"]) if decision.get("level") in LEVELS else 0)

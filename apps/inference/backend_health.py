@@ -13,6 +13,7 @@ import asyncio
 import httpx
 
 from apps.gpu import circuit, shared
+from apps.gpu.metrics import record_health_check
 from apps.inference import router
 from apps.inference.router import EndpointInfo
 
@@ -49,7 +50,9 @@ def check_health() -> dict[int, tuple[bool, str]]:
     if not endpoints:
         return {}
     results = asyncio.run(_check_all(endpoints))
+    names = {ep.id: ep.name for ep in endpoints}
     for endpoint_id, (ok, detail) in results.items():
+        record_health_check(names[endpoint_id], ok)
         shared.mark_health(endpoint_id, ok, detail)
         if ok and circuit.state_of(endpoint_id)[0] == circuit.OPEN:
             circuit.half_open(endpoint_id)

@@ -18,6 +18,7 @@ from apps.inference.backend_health import check_health
 from apps.inference.model_metrics import aggregate_metrics
 from apps.inference.models import InferenceTask
 from tests.conftest import register_model
+from tests.support.metrics import local, value
 from tests.support.openapi import assert_matches
 from tests.support.servers import free_port
 
@@ -132,6 +133,9 @@ def test_prometheus_exports_gpu_and_circuit_state(gpu):
     assert "medai_gpu_temperature_celsius{" in text and "medai_gpu_power_watts{" in text
     assert "medai_gpu_pressure_level 0.0" in text
     assert 'medai_circuit_state{model="m"} 2.0' in text
+    # the monitor just published: its sample is seconds old, not absent
+    assert 0 <= value(text, "medai_gpu_sample_age_seconds") < 30
+    assert "medai_gpu_sample_age_seconds " in text
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,8 +144,12 @@ def test_health_checks_mark_backends_and_half_open_a_recovered_circuit(stub_back
     down = register_model("down", f"http://127.0.0.1:{free_port()}/v1", agents=())
     for _ in range(5):
         circuit.record_failure(up.pk)
+    before = {m: local("medai_health_checks_total", model=m, outcome=o) for m, o in (("up", "ok"), ("down", "failure"))}
     results = check_health()
     assert results[up.pk][0] is True and results[down.pk][0] is False
+    # counted by the process that checked (the monitor's, in production)
+    assert local("medai_health_checks_total", model="up", outcome="ok") == before["up"] + 1
+    assert local("medai_health_checks_total", model="down", outcome="failure") == before["down"] + 1
     v = shared.view()
     assert v.health[up.pk]["ok"] and not v.health[down.pk]["ok"]
     assert circuit.state_of(up.pk)[0] == circuit.HALF_OPEN
