@@ -170,6 +170,16 @@ def test_queue_health_counts_only_visible_tasks(world):
         assert body["processing"] == 0
 
 
+def test_the_system_status_counts_only_the_callers_organization(world):
+    """The System page's queue: their organization's queued tasks (what a position counts, never
+    another organization's) and the ones they may see (as /v1/async/health)."""
+    for persona in PERSONAS:
+        queue = _client(world, persona).get("/v1/system/status").json()["queue"]
+        organization = 1 if persona == "carol" else 3  # carol's at Eastside, alice's three at Demo
+        yours = {"alice": 3, "dana": 3, "bob": 0, "audrey": 0, "carol": 1}[persona]
+        assert (queue["organization"]["queued"], queue["yours"]["queued"]) == (organization, yours), persona
+
+
 def test_a_position_counts_only_the_callers_organization(world):
     # carol submitted first, then alice three tasks: carol is first in line in the shared queue,
     # alice's first task second in the broker's order, yet first among Demo Hospital's.
@@ -290,6 +300,7 @@ COVERED = {
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
+    "system-status": "test_the_system_status_counts_only_the_callers_organization",
     "gpu-status": "the machine's GPUs, no organization's data (and test_the_gpu_socket_is_the_same_...)",
     "auth-login": "no object; a login names its location (tests/accounts/test_login.py)",
     "auth-refresh": "no object: the caller's own token",

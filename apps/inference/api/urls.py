@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.inference.api import async_views, usage_views, views
+from apps.inference.api import async_views, system_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
@@ -15,4 +15,5 @@ urlpatterns = [
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
+    path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]
