@@ -4,8 +4,10 @@ from django.urls import path
 
 from apps.gpu.consumers import GpuConsumer
 from apps.inference.consumers import StatusConsumer
+from apps.inference.dashboard.consumer import DashboardConsumer
 
 websocket_urlpatterns = [
     path("ws/status/", StatusConsumer.as_asgi()),
     path("ws/gpu/", GpuConsumer.as_asgi()),
+    path("ws/admin/dashboard/", DashboardConsumer.as_asgi()),  # staff admin pages, by the session
 ]

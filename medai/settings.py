@@ -40,7 +40,7 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "te
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "medai.admin_site.MedaiAdminConfig",  # django.contrib.admin, with the dashboard on its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -333,6 +333,9 @@ MEDAI_DEFAULT_LOCATION = env("MEDAI_DEFAULT_LOCATION", "demo")  # pre-filled on 
 # click or touch the page signs out (a warning shows in the last minute). Closing the tab ends the
 # session too (the tokens live in sessionStorage).
 MEDAI_UI_IDLE_SECONDS = envint("MEDAI_UI_IDLE_SECONDS", 900, minimum=30)
+# The admin dashboard's socket sends the queue figures again this often (GPU figures come with
+# each sample the monitor publishes): one aggregate query per open dashboard per period.
+MEDAI_DASHBOARD_REFRESH_SECONDS = envfloat("MEDAI_DASHBOARD_REFRESH_SECONDS", 5.0)
 # Records of non-streamed chat completions are written after the answer, in batches: each one is
 # in the database within about this many ms (apps/inference/recorder.py says what that trades).
 MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
