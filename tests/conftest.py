@@ -91,7 +91,18 @@ def records_written() -> None:
 
     assert writer.flush(10), "chat records were not written within 10 s"
     assert governance.wait_settled(10), "quota reservations were not settled within 10 s"
-    assert buffer.flush(10), "audit events were not written within 10 s"
+    assert buffer.flush(10), "audit events were not written within 10 s" + _held_by_this_test()
+
+
+def _held_by_this_test() -> str:
+    from django.db import connection
+
+    if connection.vendor == "sqlite" and connection.in_atomic_block:
+        return (
+            " (on SQLite this test's transaction holds the write lock until it ends, so no other thread"
+            " can write: a test whose requests write from another thread needs django_db(transaction=True))"
+        )
+    return ""
 
 
 @pytest.fixture

@@ -54,7 +54,11 @@ def test_every_pages_only_middleware_is_in_the_stack():
     assert names <= set(settings.MIDDLEWARE)
 
 
-@pytest.mark.django_db
+# Transactional: the 401's audit event is written by the audit buffer's thread, on a connection of
+# its own (apps/audit/buffer.py), which must not wait for this test's transaction: on SQLite that
+# transaction holds the write lock until the test ends; on PostgreSQL the event would be committed
+# outside it and outlive the test.
+@pytest.mark.django_db(transaction=True)
 async def test_an_api_answer_keeps_security_headers_and_its_request_id_and_sets_no_cookie():
     response = await AsyncClient().get("/v1/models", headers={"X-Request-ID": "trace-api"})
     assert response.status_code == 401  # no bearer token: DRF's answer, not a redirect to a login page
