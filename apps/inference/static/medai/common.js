@@ -77,14 +77,28 @@
     }
   }
 
+  // End the session on the server (its access and refresh tokens revoked), then here. An idle
+  // tab's access token has often expired by the time it is signed out: refresh it once first,
+  // or the refresh token would outlive the sign-out on the server.
+  async function revoke() {
+    const send = () => fetch("/v1/auth/logout", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: "Bearer " + tokens().access },
+      body: JSON.stringify({ refresh_token: tokens().refresh }),
+    });
+    let resp = await send();
+    if (resp.status === 401 && (await refreshTokens())) resp = await send();
+    return resp.ok;
+  }
+
   async function logout(reason) {
-    const refresh = tokens().refresh;
-    if (refresh) {
-      await api("/v1/auth/logout", { method: "POST", body: JSON.stringify({ refresh_token: refresh }) }, false)
-        .catch(() => null);
-    }
+    if (tokens().refresh) await revoke().catch(() => false);
     clearTokens();
     show(typeof reason === "string" ? reason : "");
+  }
+
+  function duration(seconds) {
+    return seconds < 120 ? Math.round(seconds) + " seconds" : Math.round(seconds / 60) + " minutes";
   }
 
   async function whoami() {
@@ -118,18 +132,40 @@
   const idleSeconds = Number(document.body.dataset.idleSeconds) || 900;
   let lastActive = Date.now();
   function activity() { lastActive = Date.now(); }
+  let idleSigningOut = false;
+  let idleSaid = ""; // what the warning's live region last said
   function idleTick() {
     const warning = $("idle-warning");
-    if (!tokens().access) { warning.hidden = true; return; }
+    if (!tokens().access || idleSigningOut) { warning.hidden = true; idleSaid = ""; return; }
     const left = idleSeconds - (Date.now() - lastActive) / 1000;
     if (left <= 0) {
       warning.hidden = true;
-      logout("You were signed out after " + Math.round(idleSeconds / 60) + " minutes without activity.");
+      idleSaid = "";
+      idleSigningOut = true;
+      logout("You were signed out after " + duration(idleSeconds) + " without activity.")
+        .finally(() => { idleSigningOut = false; lastActive = Date.now(); });
     } else if (left <= Math.min(60, idleSeconds / 2)) {
+      // The warning is a live region: it speaks when it appears and at 30 and 10 s left, while
+      // the seconds shown count down every second out of the screen reader's way (aria-hidden).
+      const step = left > 30 ? "" : left > 10 ? "30" : "10";
+      const said = "No activity: you will be signed out in " + (step ? "less than " + step : Math.ceil(left)) +
+        " seconds. Move the mouse or press a key to stay.";
+      if (warning.hidden || !idleSaid || (step && !idleSaid.includes("than " + step))) {
+        const text = document.createElement("span");
+        text.className = "visually-hidden";
+        text.textContent = said;
+        const shown = document.createElement("span");
+        shown.setAttribute("aria-hidden", "true");
+        shown.id = "idle-countdown";
+        warning.replaceChildren(text, shown);
+        idleSaid = said;
+      }
+      $("idle-countdown").textContent = "No activity: you will be signed out in " + Math.ceil(left) +
+        " s. Move the mouse or press a key to stay.";
       warning.hidden = false;
-      warning.textContent = "No activity: you will be signed out in " + Math.ceil(left) + " s. Move the mouse or press a key to stay.";
     } else {
       warning.hidden = true;
+      idleSaid = "";
     }
   }
 
@@ -144,7 +180,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", () => logout("You signed out."));
-    for (const name of ["keydown", "pointerdown", "touchstart", "wheel", "scroll"]) {
+    for (const name of ["keydown", "pointerdown", "pointermove", "touchstart", "wheel", "scroll"]) {
       document.addEventListener(name, activity, { passive: true, capture: true });
     }
     setInterval(idleTick, 1000);
