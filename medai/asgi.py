@@ -44,15 +44,20 @@ django_asgi_app = RequestLimits(MedaiASGIHandler())
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from apps.audit.context import CorrelationScope  # noqa: E402
 from medai.metrics import WebsocketGauge  # noqa: E402
 from medai.routing import websocket_urlpatterns  # noqa: E402
 from medai.ws_auth import JWTAuthMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": WebsocketGauge(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))),
-    }
+# Each request and websocket connection has its correlation id from its first byte to its last:
+# the access log line, a streamed body and a consumer's work log it too (apps/audit/context.py).
+application = CorrelationScope(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": WebsocketGauge(JWTAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )
 
 # Everything loaded so far (Django, the apps, every view: imported now rather than by the first

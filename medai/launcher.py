@@ -3,7 +3,12 @@
 Starts an embedded Redis (unless ``REDIS_URL`` is set), migrates, collects static files, creates
 the demo tenant and registers the bundled llama.cpp server as a supervised ModelServer, then runs
 the monitor (GPU sampling, health checks; it starts and supervises that llama.cpp server), the web
-server (uvicorn) and the worker (qcluster) as children, each child's output prefixed with its name.
+server (uvicorn) and the worker (qcluster) as children.
+
+Its output is JSON lines, one record per line, like every medai process's log (apps/audit/logging.py):
+its own (``"process": "launcher"``), and each child's record with ``"process"`` naming the child
+(a line a child printed that is not JSON is wrapped in a record, cleaned of credentials and PHI).
+On a terminal it also prints a banner with the demo password and examples to paste.
 
 It supervises what it owns: the embedded Redis, if it dies, is started again at once on the same
 unix socket (every child keeps its ``REDIS_URL`` and reconnects by itself); a child that dies is
@@ -21,6 +26,7 @@ applies production rules to the secrets (medai/secrets.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,15 +35,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.credentials import redact_credentials
+from apps.audit.logging import redact_log_text
 from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
 from medai.embedded import EmbeddedRedis
-from medai.env import DEFAULT_LLAMA_PORT, envbool
+from medai.env import DEFAULT_LLAMA_PORT, envbool, envsecret
 from medai.secrets import load, private_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +60,52 @@ class LaunchError(RuntimeError):
     pass
 
 
-def log(message: str) -> None:
-    print(f"[launcher] {message}", flush=True)
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def emit(record: dict[str, object]) -> None:
+    """One JSON log line on stdout (the launcher's, or a child's relabelled)."""
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str, level: str = "INFO", **fields: object) -> None:
+    """A line of the launcher's own, JSON like every medai process's (apps/audit/logging.py)."""
+    emit(
+        {
+            "ts": _now(),
+            "level": level,
+            "logger": "medai.launcher",
+            "process": "launcher",
+            "msg": redact_credentials(message),
+            **fields,
+        }
+    )
+
+
+def relabel(process: str, line: str) -> dict[str, object]:
+    """A child's output line as a JSON record naming the child: its own JSON log record with
+    ``process`` added, or (a line some library printed, a traceback before logging was set up)
+    a record wrapping the text, cleaned as every log line is (credentials, identifiers, PHI)."""
+    text = line.rstrip("\r\n")
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, dict) and "msg" in record:
+        return {**record, "process": process} if "process" not in record else record
+    return {
+        "ts": _now(),
+        "level": "INFO",
+        "logger": f"{process}.output",
+        "process": process,
+        "msg": redact_log_text(text),
+    }
 
 
 class Child:
-    """A child process in its own process group, its output copied to ours with a name prefix."""
+    """A child process in its own process group, its output copied to ours as JSON lines naming it."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
@@ -97,8 +145,8 @@ class Child:
     def _copy_output(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            sys.stdout.write(f"[{self.name}] {raw.decode(errors='replace').rstrip()}\n")
-            sys.stdout.flush()
+            if raw.strip():
+                emit(relabel(self.name, raw.decode(errors="replace")))
 
     @property
     def pid(self) -> int:
@@ -183,7 +231,8 @@ def manage(*args: str, env: dict[str, str]) -> None:
         text=True,
     )
     for line in result.stdout.splitlines():
-        print(f"[{args[0]}] {line}", flush=True)
+        if line.strip():
+            emit(relabel(args[0], line))
     if result.returncode != 0:
         raise LaunchError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
 
@@ -196,7 +245,10 @@ def wait_ready(
     accept: Callable[[httpx.Response], object] | None = None,
 ) -> bool:
     """Wait for ``url`` to answer 200 (and ``accept`` the response) while every child stays alive;
-    False if ``stop`` was set first."""
+    False if ``stop`` was set first. It sends the metrics token when there is one: ``/readyz`` is
+    closed without it outside development (medai/ops.py)."""
+    token = envsecret("MEDAI_METRICS_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stop.is_set():
@@ -205,7 +257,7 @@ def wait_ready(
             if not child.alive():
                 raise LaunchError(f"{child.name} exited with {child.proc.returncode} during start-up")
         try:
-            response = httpx.get(url, timeout=2)
+            response = httpx.get(url, timeout=2, headers=headers)
             if response.status_code == 200 and (accept is None or accept(response)):
                 return True
         except (httpx.HTTPError, ValueError):
@@ -265,6 +317,21 @@ def banner(port: int, password: str, llama_url: str | None) -> str:
  Ctrl-C stops everything.
 ======================================================================
 """
+
+
+def announce_ready(port: int, var: Path, llama_url: str | None) -> None:
+    """The ready line (JSON, as every line of the output: no password in it), and on a terminal
+    the banner a developer reads, with the demo password and examples to paste."""
+    base = f"http://127.0.0.1:{port}"
+    log(
+        f"{READY_LINE}: web UI {base}/, admin {base}/admin/, API {base}/v1, metrics {base}/metrics, "
+        f"model {llama_url or 'none (MEDAI_LLAMA=0)'}; demo users admin and clinician (location demo), "
+        "their password: MEDAI_DEMO_PASSWORD or var/demo-password",
+        url=base,
+        model_url=llama_url,
+    )
+    if sys.stdout.isatty():
+        print(banner(port, demo_password(var), llama_url), flush=True)
 
 
 def supervise(
@@ -399,7 +466,7 @@ def run() -> int:
         ready = (lambda r: r.json().get("models", {}).get("ok")) if with_llama else None
         if not wait_ready(f"http://127.0.0.1:{port}/readyz", children, 120, stop, accept=ready):
             return 130
-        print(banner(port, demo_password(var), llama_url), flush=True)
+        announce_ready(port, var, llama_url)
 
         died = supervise(children, stop, redis)
         if died is not None:

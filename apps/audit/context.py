@@ -7,6 +7,7 @@ import contextvars
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 _correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -64,3 +65,28 @@ def set_origin(value: Origin) -> contextvars.Token[Origin]:
 
 def reset_origin(token: contextvars.Token[Origin]) -> None:
     _origin.reset(token)
+
+
+class CorrelationScope:
+    """ASGI middleware: the correlation id of an HTTP request (the caller's ``X-Request-ID``, or a
+    new one) or of a websocket connection, set for everything that runs inside it. Django's
+    middleware (apps/audit/middleware.py) adopts it, and so do the lines logged outside Django's
+    middleware: the server's access log, a streamed response's body, a consumer's messages."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = ""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+                break
+        token = set_correlation_id(new_correlation_id(given))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_correlation_id(token)

@@ -21,6 +21,7 @@ from apps.audit.admin_trail import admin_root
 from apps.audit.context import (
     PURPOSE_RE,
     Origin,
+    get_correlation_id,
     new_correlation_id,
     reset_correlation_id,
     reset_origin,
@@ -152,7 +153,7 @@ class CorrelationIdMiddleware:
     def __call__(self, request: Any) -> Any:
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        cid = new_correlation_id(request.headers.get(HEADER))
+        cid = get_correlation_id() or new_correlation_id(request.headers.get(HEADER))  # CorrelationScope's
         request.correlation_id = cid
         token = set_correlation_id(cid)
         try:
@@ -172,7 +173,7 @@ class CorrelationIdMiddleware:
         return response
 
     async def __acall__(self, request: Any) -> HttpResponseBase:
-        cid = new_correlation_id(request.headers.get(HEADER))
+        cid = get_correlation_id() or new_correlation_id(request.headers.get(HEADER))  # CorrelationScope's
         request.correlation_id = cid
         token = set_correlation_id(cid)
         try:

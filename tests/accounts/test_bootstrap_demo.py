@@ -80,7 +80,8 @@ def test_generated_password_is_stored_privately_and_reused(
     stored = (var_dir / "demo-password").read_text().strip()
     assert len(stored) >= 12
     assert stat.S_IMODE((var_dir / "demo-password").stat().st_mode) == 0o600
-    assert stored in capsys.readouterr().out  # printed the first time
+    out = capsys.readouterr().out
+    assert stored not in out and "generated demo password: not shown here" in out  # captured: a log
 
     first = bootstrap_demo()
     assert (first.password, first.password_source) == (stored, "file")
@@ -113,3 +114,16 @@ def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(
 
     call_command("bootstrap_demo", "--llama-port", "18158", "--no-llama")
     assert ModelServer.objects.get().autostart is False
+
+
+def test_a_generated_password_is_shown_on_a_terminal(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from io import StringIO
+
+    class Terminal(StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("MEDAI_DEMO_PASSWORD", raising=False)
+    out = Terminal()
+    call_command("bootstrap_demo", stdout=out)
+    assert f"generated demo password: {(var_dir / 'demo-password').read_text().strip()}" in out.getvalue()

@@ -14,6 +14,7 @@ from typing import Any
 from django.db import close_old_connections, connection
 from django_q.exceptions import TimeoutException
 
+from apps.audit.context import set_correlation_id
 from apps.gpu import policy
 from apps.inference import router
 from apps.inference.errors import ApiError
@@ -119,21 +120,28 @@ def _execute_group(group: list[Claimed]) -> list[tuple[dict[str, Any], int]]:
     """Send the group's requests concurrently (the backend's continuous batching is fed)."""
     routes = [_route(c.task) for c in group]
 
-    async def one(task: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
-        started = time.perf_counter()
-        outcome = await _execute(task, route)
-        return outcome, int((time.perf_counter() - started) * 1000)
-
     async def run_all() -> list[tuple[dict[str, Any], int]]:
-        return await asyncio.gather(*(one(c.task, r) for c, r in zip(group, routes, strict=True)))
+        return await asyncio.gather(*(_timed(c.task, r) for c, r in zip(group, routes, strict=True)))
 
     return _run(run_all())
 
 
 async def _timed(task: InferenceTask, route: Any) -> tuple[dict[str, Any], int]:
+    """One task's request, under the task's correlation id (the submitting request's: every line
+    logged while it runs names it), and one log line of how it ended. Each runs as its own asyncio
+    task (``gather``, ``create_task``), so the id is this request's alone."""
+    set_correlation_id(task.correlation_id or "")
     started = time.perf_counter()
     outcome = await _execute(task, route)
-    return outcome, int((time.perf_counter() - started) * 1000)
+    ms = int((time.perf_counter() - started) * 1000)
+    status = outcome.get("status")
+    if status == S.COMPLETED:
+        logger.info("task %s completed in %d ms by %s", task.id, ms, outcome.get("model_name") or "?")
+    elif status == REQUEUED:
+        logger.info("task %s back to the queue (%s)", task.id, outcome.get("error_code") or "busy")
+    else:
+        logger.info("task %s %s (%s) after %d ms", task.id, status, outcome.get("error_code") or "error", ms)
+    return outcome, ms
 
 
 _db_pool: ThreadPoolExecutor | None = None

@@ -29,4 +29,6 @@ class Command(BaseCommand):
             f"demo location: {result.location.code}; users: admin, clinician; model: {result.endpoint_name}"
         )
         if result.password_source == "generated":
-            self.stdout.write(f"generated demo password: {result.password} (stored in var/demo-password)")
+            # A terminal shows it; a log (the launcher's output, a CI job's) never holds a credential.
+            shown = result.password if self.stdout.isatty() else "not shown here"
+            self.stdout.write(f"generated demo password: {shown} (stored in var/demo-password, mode 0600)")
