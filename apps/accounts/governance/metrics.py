@@ -30,6 +30,11 @@ REJECTIONS = Counter(
     ["kind"],
 )
 KINDS = ("rate_limit", "in_flight", "quota", "unavailable")
+for _kind in KINDS:
+    # Exported as 0 before the first refusal: Prometheus's increase() and rate() count a
+    # series' first value as its start, so a counter born at 1 would hide the first refusal
+    # from an alert (deploy/prometheus/alerts.yml).
+    REJECTIONS.labels(kind=_kind)
 
 
 def rejected(kind: str) -> None:
