@@ -41,13 +41,11 @@ from django.db import (
     InterfaceError,
     OperationalError,
     close_old_connections,
-    connections,
     router,
     transaction,
 )
-from django.db.models import Model
-from django.db.models.sql import InsertQuery
 
+from apps.audit import rows
 from apps.audit import services as audit_services
 from apps.inference.auditing import inference_event
 from apps.inference.models import InferenceTask
@@ -230,37 +228,12 @@ def _insert(batch: list[Pending]) -> None:
 
 
 def _insert_tasks(tasks: list[InferenceTask]) -> None:
-    """``InferenceTask.objects.bulk_create(tasks)``, with the statement compiled once.
-
-    Django's bulk INSERT renders a placeholder for every value of every row (about 40 columns a
-    row) and SQLite's backend then rewrites the whole statement; that was the largest part of the
-    writer's time, which competes with the event loop for the GIL (bench/README.md). Here Django
-    compiles the INSERT of the first row and the driver runs it for each (``executemany``). The
-    values are the same: every concrete field, each through its own ``pre_save`` and
-    ``get_db_prep_save`` (the encrypted fields included). A field or value that would render SQL
-    of its own (a custom placeholder, an expression) takes ``bulk_create`` itself."""
-    if not tasks:
-        return
+    """``InferenceTask.objects.bulk_create(tasks)`` as one ``executemany`` of a statement compiled
+    once (apps/audit/rows.py: Django's bulk INSERT rendered a placeholder for every value of every
+    row, the largest part of the writer's time, which competes with the event loop for the GIL)."""
     using = router.db_for_write(InferenceTask)
-    fields = [f for f in InferenceTask._meta.concrete_fields if not f.generated]
-    if any(hasattr(f, "get_placeholder") for f in fields):
+    if not rows.insert(InferenceTask, tasks, using):
         InferenceTask.objects.using(using).bulk_create(tasks)
-        return
-    first: list[Model] = [tasks[0]]  # rows name related rows by id (``user_id``): nothing unsaved to check
-    query = InsertQuery(InferenceTask)
-    query.insert_values(fields, first)
-    compiler = query.get_compiler(using=using)
-    ((statement, params),) = compiler.as_sql()
-    rows = [list(params)]
-    rows += [[compiler.prepare_value(f, compiler.pre_save_val(f, task)) for f in fields] for task in tasks[1:]]
-    if len(rows[0]) != len(fields) or any(hasattr(v, "as_sql") for row in rows for v in row):
-        InferenceTask.objects.using(using).bulk_create(tasks)
-        return
-    with connections[using].cursor() as cursor:
-        cursor.executemany(statement, rows)
-    for task in tasks:
-        task._state.adding = False
-        task._state.db = using
 
 
 def _resolve(batch: list[Pending], written: bool) -> None:
