@@ -1,6 +1,7 @@
-"""No log line of a running medai holds PHI or a credential: a uvicorn web process (access log on)
-and a ``manage.py qcluster`` worker run as the launcher runs them, at LOG_LEVEL=DEBUG, their
-stdout and stderr captured to files and their var dir in tmp; they are driven with planted
+"""No log line of a running medai holds PHI or a credential, and each is one JSON record: a uvicorn
+web process (access log on), a ``manage.py qcluster`` worker and a ``manage.py monitor`` (health-
+checking the backend) run as the launcher runs them, at LOG_LEVEL=DEBUG, their stdout and stderr
+captured to files and their var dir in tmp; they are driven with planted
 identifiers (a titled name, an MRN, a date of birth, a phone, an email, an SSN, a card number, a
 canary word) through every path that could log a request: a failed login whose username is a
 planted name, valid and invalid API keys, a JWT, a query string and a path carrying an MRN,
@@ -28,6 +29,7 @@ from tests.support.own_database import ROOT, manage_shell, own_database
 from tests.support.servers import free_port, set_stub_mode, start_stub, wait_http
 
 CANARY = "Xylocanary7Q"
+PROCESSES = ("web", "worker", "monitor")
 PATIENT = "Mrs. Hermione Quillfeather"
 USERNAME = "hermione.quillfeather"  # a user whose name is itself an identifier
 WRONG_PASSWORD = "Wr0ng-Passw0rd-Zebra"
@@ -178,8 +180,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             port = free_port()
             argv = [sys.executable, "-m", "uvicorn", "medai.asgi:application", "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--access-log", "--log-level", "debug"]
-            streams = {name: (tmp / f"{name}.out").open("wb") for name in ("web", "worker")}
-            errs = {name: (tmp / f"{name}.err").open("wb") for name in ("web", "worker")}
+            streams = {name: (tmp / f"{name}.out").open("wb") for name in PROCESSES}
+            errs = {name: (tmp / f"{name}.err").open("wb") for name in PROCESSES}
             web = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdout=streams["web"], stderr=errs["web"], start_new_session=True
             )
@@ -191,6 +193,15 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 stderr=errs["worker"],
                 start_new_session=True,
             )
+            # the monitor health-checks the stub backend every second and samples the (simulated) GPU
+            monitor = subprocess.Popen(
+                [sys.executable, "manage.py", "monitor"],
+                cwd=ROOT,
+                env={**env, "MEDAI_HEALTH_INTERVAL": "1"},
+                stdout=streams["monitor"],
+                stderr=errs["monitor"],
+                start_new_session=True,
+            )
             try:
                 base = f"http://127.0.0.1:{port}"
                 wait_http(base + "/healthz", 120, web)
@@ -198,6 +209,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             finally:
                 stop(web)
                 stop(worker)
+                stop(monitor)
                 for f in [*streams.values(), *errs.values()]:
                     f.close()
             yield {"tmp": tmp, "seen": seen, **creds}
@@ -225,8 +237,23 @@ def test_no_log_file_holds_a_planted_identifier_or_a_credential(logged: dict[str
     hits = find_markers(files, MARKERS + credentials)
     searched = f"{len(files)} files, {sum(p.stat().st_size for p in files)} bytes: {[p.name for p in files]}"
     print(f"searched {searched}")
-    assert {"web.out", "web.err", "worker.out", "worker.err"} <= {p.name for p in files}
+    assert {f"{name}.{kind}" for name in PROCESSES for kind in ("out", "err")} <= {p.name for p in files}
     assert not hits, f"PHI or a credential in a log ({searched}):\n" + "\n".join(hits)
+
+
+def test_every_line_of_every_process_is_a_json_record(logged: dict[str, Any]) -> None:
+    """At LOG_LEVEL=DEBUG, with uvicorn's access log on: each line one JSON record, the monitor's too."""
+    for name in PROCESSES:
+        lines = [
+            line
+            for kind in ("out", "err")
+            for line in (logged["tmp"] / f"{name}.{kind}").read_text(errors="replace").splitlines()
+            if line.strip()
+        ]
+        assert lines, f"{name} wrote nothing"
+        for line in lines:
+            record = json.loads(line)  # raises on a line that is not JSON
+            assert {"ts", "level", "logger", "msg"} <= set(record), line
 
 
 def test_the_search_finds_a_line_written_raw(tmp_path: Path, logged: dict[str, Any]) -> None:
