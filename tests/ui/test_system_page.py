@@ -23,6 +23,10 @@ from tests.ui.conftest import assert_accessible, shoot, sign_in
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+WATCH_CSP = """window.__csp = []; document.addEventListener('securitypolicyviolation',
+  (e) => window.__csp.push(e.violatedDirective + ' ' + (e.blockedURI || 'inline')));"""
+
+
 def off_the_loop(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn`` in a thread of its own: Playwright's sync API keeps an event loop in this one,
     where the monitor's websocket push (async_to_sync) and a submit's on-commit events fail."""
@@ -34,6 +38,7 @@ def off_the_loop(fn: Callable[..., Any], *args: Any) -> Any:
 def page(browser, live_medai, alice, settings) -> Iterator[object]:
     settings.MEDAI_GPU_STATE_CACHE_SECONDS = 0.0
     context = browser.new_context()
+    context.add_init_script(WATCH_CSP)
     page = context.new_page()
     page.set_default_timeout(20_000)
     page.goto(live_medai + "/system/")
@@ -101,6 +106,7 @@ def test_the_system_page_shows_gpu_policy_queue_and_backends_and_follows_the_mon
     expect(page.locator("#allowed-models")).to_have_text("broken-model")
     expect(page.locator("#backend-rows tr[data-model='big-model']")).to_contain_text("No (GPU pressure)")
     assert sockets == []  # the same socket carried it: no reconnect, no reload
+    assert page.evaluate("window.__csp") == []  # everything ran under the page's CSP
     shoot(page, "system-critical")
 
 
