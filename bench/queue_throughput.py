@@ -22,7 +22,8 @@ Then it measures:
    they are written) and both workers drain them, for the LOW tasks' model and another one.
 
 Redis is ``--redis`` (127.0.0.1:6379 db 5, flushed at the start); PostgreSQL ``--pg``, databases
-``medai_bench_q`` and ``medai_bench_q_djq`` (created and dropped). Figures only, no pass/fail::
+``--pg-db`` (``medai_bench_q``) and ``<it>_djq`` (created and dropped). Each medai series also
+reports the CPU time (user + system) of the web process and of the whole cluster per task. Figures only, no pass/fail::
 
     .venv/bin/python bench/queue_throughput.py                        # SQLite then PostgreSQL, ~5 min
     .venv/bin/python bench/queue_throughput.py --databases sqlite --tasks 300 --rounds 1
@@ -84,6 +85,29 @@ def djq_run(n: int, group: str) -> None:
     print(json.dumps({"tasks": n, "submit_per_s": n / (submitted - t0), "tasks_per_s": n / (last - t0)}))
 
 
+def profile_start(where: str | None, label: str, groups: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """``--profile DIR``: py-spy (samples holding the GIL, collapsed stacks) of medai's web process and of its
+    cluster with every child, for one series; stopped by ``profile_stop``."""
+    if not where:
+        return []
+    Path(where).mkdir(parents=True, exist_ok=True)
+    spies = []
+    for g in ("web", "medai-qcluster"):
+        out = Path(where) / f"{label}-{g}.txt"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        argv = [spy, "record", "--gil", "--format", "raw", "-r", "250", "--subprocesses", "-p", str(groups[g])]
+        spies.append(subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def profile_stop(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for spy in spies:
+        spy.wait(30)
+
+
 # --- one database: everything above, in this process with medai's settings --------------------
 
 
@@ -140,26 +164,48 @@ def ask(text: str, priority: str = "normal", agent: str = "Chat") -> dict[str, A
     return {"agent_type": agent, "priority": priority, "messages": [{"role": "user", "content": text}]}
 
 
-def _databases(kind: str, tmp: Path, pg: str) -> tuple[str, str]:
+def _databases(kind: str, tmp: Path, pg: str, db: str) -> tuple[str, str]:
     if kind == "sqlite":
         return f"sqlite:///{tmp / 'medai.sqlite3'}", f"sqlite:///{tmp / 'djq.sqlite3'}"
     import psycopg
 
     with psycopg.connect(pg + "/postgres", autocommit=True) as conn:
-        for name in ("medai_bench_q", "medai_bench_q_djq"):
+        for name in (db, f"{db}_djq"):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
-    return pg + "/medai_bench_q", pg + "/medai_bench_q_djq"
+    return f"{pg}/{db}", f"{pg}/{db}_djq"
 
 
-def _drop_databases(kind: str, pg: str) -> None:
+def _drop_databases(kind: str, pg: str, db: str) -> None:
     if kind != "postgres":
         return
     import psycopg
 
     with psycopg.connect(pg + "/postgres", autocommit=True) as conn:
-        for name in ("medai_bench_q", "medai_bench_q_djq"):
+        for name in (db, f"{db}_djq"):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in the process group ``pgid`` (a child started
+    in its own session: uvicorn, or qcluster with its sentinel, workers, pusher and monitor), from
+    ``/proc/<pid>/stat``. What other work on the machine moves least: CPU per task says what a
+    change bought where wall-clock rates are noise."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # field 5, pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
 
 
 def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,7 +213,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix=f"medai-qbench-{kind}-"))
     redis.from_url(args.redis).flushdb()
-    medai_db, djq_db = _databases(kind, tmp, args.pg)
+    medai_db, djq_db = _databases(kind, tmp, args.pg, args.pg_db)
     queue_max = 40_000
     os.environ.update(
         DJANGO_SETTINGS_MODULE="medai.settings",
@@ -385,7 +431,16 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             order = names[r % len(names) :] + names[: r % len(names)]
             print(f"[{kind}] round {r + 1}/{args.rounds}: {', '.join(order)}, {args.tasks} tasks each ...", flush=True)
             for name in order:
-                runs[name].append(series[name](args.tasks, r))
+                groups = {g: procs.procs[g].pid for g in ("web", "medai-qcluster", "djq-redis", "djq-orm")}
+                before = {g: cpu_seconds(pid) for g, pid in groups.items()}
+                spies = profile_start(args.profile, f"{kind}-{name}-r{r}", groups) if name.startswith("medai") else []
+                result = series[name](args.tasks, r)
+                profile_stop(spies)
+                # CPU per task of each process group over the series (the others idle meanwhile)
+                result["cpu_ms_per_task"] = {
+                    g: (cpu_seconds(pid) - before[g]) * 1000 / args.tasks for g, pid in groups.items()
+                }
+                runs[name].append(result)
         out["series"] = runs
         rate = {name: statistics.median(x["tasks_per_s"] for x in v) for name, v in runs.items()}
         out["tasks_per_s_median"] = rate
@@ -398,6 +453,10 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         out["single_over_djq_redis"] = per_round("medai_single")
         out["batch_over_djq_redis"] = per_round("medai_batch")
         out["djq_orm_over_djq_redis"] = per_round("djq_orm")
+        out["cpu_ms_per_task_median"] = {
+            name: {g: statistics.median(x["cpu_ms_per_task"][g] for x in v) for g in v[0]["cpu_ms_per_task"]}
+            for name, v in runs.items()
+        }
 
         if args.critical_samples:
             print(f"[{kind}] CRITICAL behind 10,000 LOW, {args.critical_samples} samples ...", flush=True)
@@ -434,7 +493,7 @@ def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         procs.close()
         stub.stop()
         connection.close()
-        _drop_databases(kind, args.pg)
+        _drop_databases(kind, args.pg, args.pg_db)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -455,6 +514,15 @@ def report(results: dict[str, Any]) -> None:
             f"  medai submit-batch (HTTP)       {rate['medai_batch']:>7.1f} tasks/s   "
             f"{r['batch_over_djq_redis']:.2f}x  (target >= 2x)"
         )
+        cpu = r.get("cpu_ms_per_task_median")
+        if cpu:
+            print("  CPU ms per task (user+system)   web     medai-cluster  djq-redis-cluster  djq-orm-cluster")
+            for name in ("djq_redis", "djq_orm", "medai_single", "medai_batch"):
+                c = cpu[name]
+                print(
+                    f"    {name:<28}{c['web']:>6.2f}  {c['medai-qcluster']:>10.2f}  {c['djq-redis']:>14.2f}"
+                    f"  {c['djq-orm']:>14.2f}"
+                )
         print(
             f"  dequeue at 10,000 / at 100: {r['dequeue_ms_median_at_10000']:.2f} / {r['dequeue_ms_median_at_100']:.2f} ms"
             f" = {r['dequeue_ratio_10000_vs_100']:.2f}x (target <= 1.2x); CRITICAL put behind 10,000 -> dequeued"
@@ -492,6 +560,8 @@ def main() -> None:
     parser.add_argument("--critical-samples", type=int, default=30)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/5")
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL, no database")
+    parser.add_argument("--pg-db", default="medai_bench_q", help="the run's PostgreSQL database (and <name>_djq)")
+    parser.add_argument("--profile", help="py-spy each medai series (web and cluster) into this directory")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--djq-run", nargs=2, help=argparse.SUPPRESS)

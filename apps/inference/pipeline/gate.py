@@ -141,10 +141,12 @@ async def limit_and_reserve_async(
     reqs: list[dict[str, Any]],
     *,
     ip: str | None = None,
+    refs: list[str] | None = None,
     in_flight: bool = False,
 ) -> tuple[governance.RateLimit, list[governance.Reservation]]:
-    """``limit_and_reserve`` on the event loop (sync chat): the round trip awaited, not blocking."""
-    items = _items(reqs, None)
+    """``limit_and_reserve`` on the event loop (sync chat, a single async submit): the round trip
+    awaited, not blocking."""
+    items = _items(reqs, refs)
     try:
         admitted = await governance.admit_async(principal, items=items, ip=ip, units=len(reqs), in_flight=in_flight)
     except governance.LimitExceeded as exc:

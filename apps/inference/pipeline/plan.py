@@ -5,6 +5,7 @@ model is called), built from an authenticated Principal and a validated request.
                                        reserve → route (on the event loop; a cache miss: a thread)
     plan_tasks(principal, items)       the async API (submit, submit-batch): the same steps, once
                                        per HTTP request; each item validated and routed once
+    plan_task(principal, item)         a single submit on the event loop (the same steps)
     task_plan(task, route)             the worker: a queued task's plan, to dispatch
 """
 
@@ -202,6 +203,27 @@ def plan_tasks(
         gate.release_all(reservations)
         raise
     return plans
+
+
+async def plan_task(
+    principal: Principal, item: dict[str, Any], correlation_id: str = "", *, client_ip: str | None = None
+) -> tuple[ChatPlan, float | None]:
+    """``plan_tasks`` of one single submit on the event loop (the submit view under ASGI): the
+    same steps, the admission's round trip awaited, the route from the registry snapshot (a stale
+    one: in a thread)."""
+    gate.authorize(principal, SCOPE_SUBMIT)
+    req, deadline_s = gate.validate_task(item)
+    task_id = uuid.uuid4()  # chosen now: the task's hold is kept under its id
+    _, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, refs=[str(task_id)])
+    try:
+        route = await gate.route(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(reservation)
+        raise
+    plan = build_plan(principal, req, route, correlation_id)
+    plan.reservation, plan.task_id = reservation, task_id
+    _cap_completion(plan, reservation)
+    return plan, deadline_s
 
 
 def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:

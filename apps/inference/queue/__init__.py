@@ -9,6 +9,7 @@ the priority order, leases and re-delivery.
 The modules, by step of a task's life:
 
 - ``submit``: one task or a batch, de-duplication, the overload rule (``room``);
+- ``commit``: the group commit of single submits that arrive together (the submit view's path);
 - ``read``: a queued task's position, a batch's progress, the queue's health;
 - ``cancel`` and ``expire``: a caller's cancel; the minute sweep (expiry, content purge, orphans);
 - ``claim``: the delivered task and its companions (collation), refills, urgent work;
@@ -21,6 +22,7 @@ The names below are the queue's interface (``from apps.inference import queue; q
 
 from apps.inference.queue.cancel import cancel_task
 from apps.inference.queue.claim import _claim_group, _claim_urgent, _delivered_waiting, _urgent_head
+from apps.inference.queue.commit import submit_task_async
 from apps.inference.queue.common import (
     FINISHED,
     INTERNAL_ERROR,
@@ -93,6 +95,7 @@ __all__ = [
     "run_task",
     "submit_batch",
     "submit_task",
+    "submit_task_async",
     "task_group",
     "unit_of_work",
 ]

@@ -20,7 +20,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from apps.accounts.services import Principal, audit_marks
-from apps.audit.services import record_event
+from apps.audit.models import AuditEvent
+from apps.audit.services import new_event, record_event, record_events
 from apps.inference import broker, push
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority, TaskBatch
@@ -44,6 +45,7 @@ from apps.inference.queue.common import (
 class Submitted:
     task: InferenceTask
     created: bool  # False: an identical live or retained task was returned (de-duplication)
+    position: int | None = None  # its place in the queue when answered (``queue.commit``)
 
 
 def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[str, Any]) -> str:
@@ -129,41 +131,57 @@ def forget_depth() -> None:
 def _admit(priorities: list[int]) -> None:
     """Admit new tasks of these priorities or answer 429 (``room``). Each task counts at its own
     priority, so a batch mixing HIGH and LOW items cannot carry LOW work into emergency mode."""
-    depth = _depth(len(priorities))
+    refused = _refusal(priorities, _depth(len(priorities)))
+    if refused is not None:
+        raise refused
+
+
+def _refusal(priorities: list[int], depth: int) -> ApiError | None:
+    """The 429 for new tasks of these priorities while ``depth`` tasks are queued (``room``), or None."""
     retry = {"Retry-After": "30"}
     routine = sum(1 for p in priorities if p < Priority.HIGH)
     if len(priorities) > room(Priority.HIGH, depth):
-        raise ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers=retry)
+        return ApiError(429, "queue_full", f"The queue is full ({depth} tasks waiting).", headers=retry)
     if routine > room(Priority.NORMAL, depth):
-        raise ApiError(
+        return ApiError(
             429,
             "queue_full",
             f"The queue holds {depth} tasks (limit {queue_max()}): emergency mode "
             "accepts only high and critical priority. Retry later.",
             headers=retry,
         )
+    return None
 
 
 def _existing(p: Principal, keys: list[str], now: Any) -> dict[str, InferenceTask]:
     """The caller's live or retained task for each de-duplication key (the newest one)."""
+    found = _existing_owned([(p, k) for k in keys], now)
+    return {key: task for (key, _, _), task in found.items()}
+
+
+def _existing_owned(wanted: list[tuple[Principal, str]], now: Any) -> dict[tuple[str, int, int], InferenceTask]:
+    """For ``(caller, key)`` pairs (callers may differ: a group of submits), each caller's live or
+    retained task for the key (the newest one), by ``(key, user id, location id)``; one read."""
     # Reused only for the same caller: a task is visible to its owner alone, and answering another
     # clinician with an existing task would tell them what a colleague asked (PHI). The lookup is by
     # key alone (its index; the key already includes the location), the rest is checked here: with
     # the owner in the WHERE clause SQLite picks the owner index and reads all the caller's tasks.
+    owners = {(k, p.user_id, p.location_pk) for p, k in wanted}
     rows = (
-        InferenceTask.objects.filter(dedup_key__in=keys)
+        InferenceTask.objects.filter(dedup_key__in={k for k, _, _ in owners})
         .order_by()
         .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at", "created_at", "id")
     )
-    best: dict[str, tuple[Any, Any]] = {}
+    best: dict[tuple[str, int, int], tuple[Any, Any]] = {}
     for key, user_id, location_id, mode, status, expires, created, pk in rows:
-        if (user_id, location_id, mode) != (p.user_id, p.location_pk, InferenceTask.Mode.ASYNC):
+        owner = (key, user_id, location_id)
+        if owner not in owners or mode != InferenceTask.Mode.ASYNC:
             continue
         if status in LIVE or (status == S.COMPLETED and expires and expires > now):
-            if key not in best or created > best[key][0]:
-                best[key] = (created, pk)
+            if owner not in best or created > best[owner][0]:
+                best[owner] = (created, pk)
     found = {t.id: t for t in InferenceTask.objects.by_pk([pk for _, pk in best.values()])} if best else {}
-    return {key: found[pk] for key, (_, pk) in best.items() if pk in found}
+    return {owner: found[pk] for owner, (_, pk) in best.items() if pk in found}
 
 
 def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch | None, now: Any) -> InferenceTask:
@@ -211,6 +229,31 @@ def _key(plan: ChatPlan, spec: dict[str, Any]) -> str:
     return dedup_key(plan.principal.location_pk, spec["model"], spec["agent_type"], spec["payload"])
 
 
+@dataclass
+class Job:
+    """One planned single submit, waiting for its write (``write_submits``)."""
+
+    plan: ChatPlan
+    spec: dict[str, Any]
+    key: str
+    event: AuditEvent  # its ``inference.submit`` event, resolved in the request's context
+
+
+def job_for(plan: ChatPlan, deadline_s: float | None, item: dict[str, Any]) -> Job:
+    """The write of one planned submit; its audit event is made now, where the request's context
+    (IP, user agent, purpose of use, correlation id) is current, and appended if a task is made."""
+    spec = _spec(item, plan, deadline_s)
+    event = new_event(
+        "inference.submit",
+        actor=_actor(plan.principal),
+        location=plan.principal.location_code,
+        object_type=InferenceTask._meta.label_lower,
+        object_id=str(plan.task_id),  # the new task's id (``_new_task``)
+        details={"priority": Priority(plan.priority).name.lower(), **(audit_marks(plan.principal) or {})},
+    )
+    return Job(plan, spec, _key(plan, spec), event)
+
+
 @unit_of_work
 def submit_task(
     principal: Principal, item: dict[str, Any], correlation_id: str = "", *, client_ip: str | None = None
@@ -218,31 +261,73 @@ def submit_task(
     """Validate, route and queue one chat request (a parsed JSON object) of an authenticated
     caller; returns the new or the identical existing task."""
     [(plan, deadline_s)] = plan_tasks(principal, [item], correlation_id, client_ip=client_ip)
-    spec = _spec(item, plan, deadline_s)
-    key = _key(plan, spec)
+    [outcome] = write_submits([job_for(plan, deadline_s, item)])
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
+
+
+@unit_of_work
+def write_submits(jobs: list[Job]) -> list[Submitted | ApiError]:
+    """Write planned single submits, of one caller or several, in one transaction (a group commit:
+    ``queue.committer`` hands it the submits of one web process that arrived together): one
+    de-duplication read, one INSERT of the tasks and one of their entries, one audit append (one
+    event per task), one push and one wake-up on commit.
+
+    Each submit keeps its own answer: a new task, an identical task of the same caller (already
+    queued or retained, or made by an earlier submit of the group), or an ``ApiError`` (429 for the
+    overload rule, counted submit by submit in order; 503 if the database failed). A group whose
+    write fails is written again submit by submit, so that one submit's trouble is its own. The
+    holds of submits that queued nothing are released."""
     try:
         with _one_writer(), transaction.atomic():
-            now = timezone.now()
-            existing = _existing(plan.principal, [key], now).get(key)
-            if existing is not None:
-                gate.release(plan.reservation)  # the existing task holds its own
-                return Submitted(existing, False)
-            _admit([plan.priority])
-            task = _new_task(plan, spec, key, None, now)
-            _enqueue([task], now)
-            record_event(
-                "inference.submit",
-                actor=_actor(plan.principal),
-                location=plan.principal.location_code,
-                obj=task,
-                details={"priority": Priority(plan.priority).name.lower(), **(audit_marks(plan.principal) or {})},
-            )
-    except BaseException as exc:
-        gate.release(plan.reservation)  # nothing was queued: nothing stays held
-        if isinstance(exc, DatabaseError):
-            raise _db_down(exc) from None
+            outcomes = _write_jobs(jobs)
+    except DatabaseError as exc:
+        for job in jobs:  # rolled back: its event was never written (its insert gave it a seq)
+            job.event.pk, job.event._state.adding = None, True
+        if len(jobs) > 1:
+            return [outcome for job in jobs for outcome in write_submits([job])]
+        gate.release(jobs[0].plan.reservation)  # nothing was queued: nothing stays held
+        return [_db_down(exc)]
+    except BaseException:
+        gate.release_all([job.plan.reservation for job in jobs])
         raise
-    return Submitted(task, True)
+    made = {o.task.id for o in outcomes if isinstance(o, Submitted) and o.created}
+    unused = [job.plan.reservation for job in jobs if job.plan.task_id not in made]
+    if unused:  # reused (the existing task holds its own) or refused
+        gate.release_all(unused)
+    return outcomes
+
+
+def _write_jobs(jobs: list[Job]) -> list[Submitted | ApiError]:
+    now = timezone.now()
+    existing = _existing_owned([(job.plan.principal, job.key) for job in jobs], now)
+    outcomes: list[Submitted | ApiError] = []
+    new: list[InferenceTask] = []
+    events: list[AuditEvent] = []
+    owners = [(job.key, job.plan.principal.user_id, job.plan.principal.location_pk) for job in jobs]
+    # the overload rule, submit by submit in order, as if each were written alone: the depth once
+    # for the group (its new tasks counted in, as ``_admit`` does), plus those admitted before it
+    depth = _depth(len({o for o in owners if o not in existing}))
+    for job, owner in zip(jobs, owners, strict=True):
+        found = existing.get(owner)
+        if found is not None:
+            outcomes.append(Submitted(found, False))
+            continue
+        refused = _refusal([job.plan.priority], depth + len(new))
+        if refused is not None:
+            outcomes.append(refused)
+            continue
+        task = _new_task(job.plan, job.spec, job.key, None, now)
+        existing[owner] = task  # an identical submit later in the group gets this task
+        new.append(task)
+        job.event.object_id = str(task.id)
+        events.append(job.event)
+        outcomes.append(Submitted(task, True))
+    if new:
+        _enqueue(new, now)
+        record_events(events)  # appended last: the chain head stays locked until the commit
+    return outcomes
 
 
 @unit_of_work
