@@ -190,6 +190,7 @@ def _buckets(principal: Principal, ip: str | None) -> list[tuple[str, float, flo
         (f"{p}b:u:{principal.user_id}", settings.MEDAI_RATE_LIMIT_USER_RATE, settings.MEDAI_RATE_LIMIT_USER_BURST, "0")
     )
     if ip:
+        ip = ip.replace(store.SEPARATOR, "?")  # the scripts' field separator (store.pack): never from a client
         out.append((f"{p}b:i:{ip}", settings.MEDAI_RATE_LIMIT_IP_RATE, settings.MEDAI_RATE_LIMIT_IP_BURST, "0"))
     return out
 
@@ -244,7 +245,7 @@ def _call(
     for ref, amount in zip(refs, amounts, strict=True):
         args += [ref, amount]
     keys = [p + "lim", p + "leases"]
-    return _Call(principal, items, units, action, keys, args, refs, amounts, scopes, w, flight)
+    return _Call(principal, items, units, action, keys, store.pack(args), refs, amounts, scopes, w, flight)
 
 
 def admit(
@@ -264,10 +265,10 @@ def admit(
         return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
     call = _call(principal, items, ip, units, rate, in_flight, action)
     try:
-        answer = store.run("ADMIT", call.keys, call.args)
+        answer = store.unpack(store.run("ADMIT", call.keys, call.args))
         if answer[0] == "reload":
             quotas.publish_from_anywhere()
-            answer = store.run("ADMIT", call.keys, call.args)
+            answer = store.unpack(store.run("ADMIT", call.keys, call.args))
             _published(answer)
     except redis.RedisError as exc:
         return _store_down(principal, action, items, exc)
@@ -295,13 +296,16 @@ async def admit_async(
     if not enabled():
         return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
     call = _call(principal, items, ip, units, rate, in_flight, action)
+    settles = _take_queued()
     try:
-        answer = await _run_shielded(call)
-        if answer[0] == "reload":
+        answer = await _run_shielded(call, settles)
+        if answer[0] == "reload":  # (the settles went: SETTLE ran before ADMIT asked for the limits)
             await quotas.publish_async()
             answer = await _run_shielded(call)
             _published(answer)
     except redis.RedisError as exc:
+        if settles is not None:
+            logger.warning("could not settle %d quota reservation(s); their leases will release them", settles.n)
         if _fail_open.get(principal.organization_id) is None and principal.organization_id is not None:
             await _learn_fail_open(principal.organization_id)
         return _store_down(principal, action, items, exc)
@@ -315,10 +319,18 @@ def _published(answer: Any) -> None:
         raise redis.RedisError("the limits' mirror is missing right after it was published")
 
 
-async def _run_shielded(call: _Call) -> Any:
-    task = asyncio.get_running_loop().create_task(store.async_script("ADMIT")(keys=call.keys, args=call.args))
+async def _run_shielded(call: _Call, settles: _Settles | None = None) -> Any:
+    """The admission script in a task of its own (``settles``: the loop's queued settles, sent
+    first in the same script)."""
+    if settles is None:
+        script = store.async_script("ADMIT")(keys=call.keys, args=call.args)
+    else:
+        p = store.prefix()
+        settle_args = store.pack([p, settles.n, *settles.fields])
+        script = store.async_script("SETTLE_ADMIT")(keys=call.keys, args=[*settle_args, *call.args])
+    task = asyncio.get_running_loop().create_task(script)
     try:
-        return await asyncio.shield(task)
+        return store.unpack(await asyncio.shield(task))
     except asyncio.CancelledError:
         task.add_done_callback(lambda done: _release_unreceived(call, done))
         raise
@@ -327,15 +339,15 @@ async def _run_shielded(call: _Call) -> Any:
 def _release_unreceived(call: _Call, done: asyncio.Task[Any]) -> None:
     """The admission of a cancelled caller arrived: give back what it took (its holds, its slot;
     a bucket's unit stays spent, as a refused request's would)."""
-    if done.cancelled() or done.exception() is not None or done.result()[0] != "ok":
+    if done.cancelled() or done.exception() is not None or store.unpack(done.result())[0] != "ok":
         return
     entries = [
         (Reservation(0, 0, None, call.action, 1, 0, "", ref, (), call.flight if i == 0 else None), 0, 0, False)
         for i, ref in enumerate(call.refs)
     ]
-    settle = _settle_call(entries)
-    if settle is not None:
-        _spawn(_settle_on_loop(*settle))
+    n, fields = _settle_fields(entries)
+    if n:
+        _queue_settle(n, fields)
 
 
 async def _learn_fail_open(organization_id: int) -> None:
@@ -550,8 +562,8 @@ def _settle_args(reservation: Reservation, prompt_tokens: int, completion_tokens
     return out
 
 
-def _settle_call(entries: Sequence[tuple[Reservation, int, int, bool]]) -> tuple[list[str], list[Any]] | None:
-    """The SETTLE script's keys and arguments for these entries (None: nothing to settle)."""
+def _settle_fields(entries: Sequence[tuple[Reservation, int, int, bool]]) -> tuple[int, list[Any]]:
+    """SETTLE's per-hold fields for these entries, and how many holds they name (0: nothing to settle)."""
     args: list[Any] = []
     n = 0
     for reservation, prompt, completion, completed in entries:
@@ -559,10 +571,16 @@ def _settle_call(entries: Sequence[tuple[Reservation, int, int, bool]]) -> tuple
             continue
         args += _settle_args(reservation, prompt, completion, completed)
         n += len(reservation.hold.split("|")) if reservation.hold else 1
+    return n, args
+
+
+def _settle_call(entries: Sequence[tuple[Reservation, int, int, bool]]) -> tuple[list[str], list[Any]] | None:
+    """The SETTLE script's keys and arguments for these entries (None: nothing to settle)."""
+    n, args = _settle_fields(entries)
     if not n:
         return None
     p = store.prefix()
-    return [p + "leases"], [p, n, *args]
+    return [p + "leases"], store.pack([p, n, *args])
 
 
 def settle_many(entries: Sequence[tuple[Reservation, int, int, bool]]) -> None:
@@ -580,6 +598,56 @@ def settle_many(entries: Sequence[tuple[Reservation, int, int, bool]]) -> None:
 
 
 _pending: set[asyncio.Task[None]] = set()  # settles sent from an event loop, not yet answered
+
+
+class _Settles:
+    """Settles queued on one event loop: sent by the next admission of that loop (in its round
+    trip, ``SETTLE_ADMIT``) or, if none comes first, by the task queued with the first of them."""
+
+    __slots__ = ("n", "fields")
+
+    def __init__(self) -> None:
+        self.n = 0  # holds named
+        self.fields: list[Any] = []  # SETTLE's per-hold fields
+
+
+_queued: dict[asyncio.AbstractEventLoop, _Settles] = {}
+
+
+def _queue_settle(n: int, fields: list[Any]) -> None:
+    """Queue a settle on the running loop. The task that sends it is created now, as a settle's
+    own task was: it runs before the loop reads any client's next request, so the settle reaches
+    Redis before any later admission of this process, with the others queued meanwhile (one
+    round trip for them all), or inside the first such admission's own script."""
+    loop = asyncio.get_running_loop()
+    queued = _queued.get(loop)
+    if queued is None:
+        for closed in [lp for lp in _queued if lp.is_closed()]:  # a test client's loop per request
+            del _queued[closed]
+        queued = _queued[loop] = _Settles()
+        _spawn(_send_queued(loop, queued))
+    queued.n += n
+    queued.fields += fields
+
+
+def _take_queued() -> _Settles | None:
+    """The settles queued on the running loop, for an admission to send (None: none)."""
+    queued = _queued.pop(asyncio.get_running_loop(), None)
+    if queued is None or not queued.n:
+        return None
+    taken = _Settles()
+    taken.n, taken.fields = queued.n, queued.fields
+    queued.n, queued.fields = 0, []  # its task finds nothing left to send
+    return taken
+
+
+async def _send_queued(loop: asyncio.AbstractEventLoop, queued: _Settles) -> None:
+    if _queued.get(loop) is queued:
+        del _queued[loop]
+    if not queued.n:  # an admission took them
+        return
+    p = store.prefix()
+    await _settle_on_loop([p + "leases"], store.pack([p, queued.n, *queued.fields]))
 
 
 async def _settle_on_loop(keys: list[str], args: list[Any]) -> None:
@@ -601,18 +669,19 @@ def reconcile(reservation: Reservation, *, prompt_tokens: int, completion_tokens
     """Replace the reservation with the real usage (``completed`` False and no tokens: nothing
     was produced, the reservation is released) and free its in-flight slot. Never raises.
 
-    On an event loop (sync chat's answer) the settle is sent by a task of that loop and not
-    waited for: the answer leaves without a second round trip. It stays in order: the task runs
-    before the loop reads this client's next request, so its command reaches Redis first."""
+    On an event loop (sync chat's answer) the settle is queued and not waited for: the answer
+    leaves without a second round trip, and the settle goes with the next admission's script
+    or, if none comes first, with the others queued meanwhile (``_queue_settle``). It stays in
+    order: it reaches Redis before any later admission of this process."""
     entries = [(reservation, prompt_tokens, completion_tokens, completed)]
     if not enabled():
         return
     if not _on_event_loop():
         settle_many(entries)
         return
-    call = _settle_call(entries)
-    if call is not None:
-        _spawn(_settle_on_loop(*call))
+    n, fields = _settle_fields(entries)
+    if n:
+        _queue_settle(n, fields)
 
 
 def _spawn(settle: Coroutine[Any, Any, None]) -> None:

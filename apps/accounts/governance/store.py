@@ -150,5 +150,25 @@ def usage(scope: str, w: Windows | None = None) -> dict[str, dict[str, int]]:
     }
 
 
+SEPARATOR = "\x1f"  # between the fields of a script's one packed argument (lua.py)
+
+
+class Unpackable(ValueError):
+    """A field holds the separator: it cannot be sent packed (a hostile IP string, a prefix)."""
+
+
+def pack(args: list[Any]) -> list[str]:
+    """A script's arguments as its one packed argument (see lua.py)."""
+    packed = SEPARATOR.join([a if type(a) is str else str(a) for a in args])
+    if packed.count(SEPARATOR) != len(args) - 1:
+        raise Unpackable("a script argument holds the field separator")
+    return [packed]
+
+
+def unpack(answer: str) -> list[str]:
+    """A script's answer sent as one packed string (ADMIT's) → its fields."""
+    return answer.split(SEPARATOR)
+
+
 def run(name: str, keys: list[str], args: list[Any]) -> Any:
     return script(name)(keys=keys, args=args)
