@@ -33,7 +33,9 @@ SCREENSHOTS = Path(
 )
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-wide: Playwright's sync API runs an event loop in this thread while
+# the browser is open, and asyncio.run() in a later test module would refuse to start under it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
