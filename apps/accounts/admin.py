@@ -23,6 +23,7 @@ from apps.accounts.models import (
     Quota,
     User,
 )
+from apps.audit import display
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldGroups  # django-stubs' name for admin field lists
@@ -271,6 +272,11 @@ def _used(quota: Quota) -> tuple[int, int] | None:
         return None
 
 
+def _of(used: int, limit: int | None) -> str:
+    """ "1,430 (72 %)": what was used, and its share of the limit when there is one."""
+    return f"{display.count(used)} ({display.percent(used / limit)})" if limit else display.count(used)
+
+
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
     """Quotas per organization or location; the list shows what the current day or month used
@@ -289,12 +295,12 @@ class QuotaAdmin(admin.ModelAdmin):
     @admin.display(description="requests used")
     def requests_used(self, obj: Quota) -> str:
         used = _used(obj)
-        return "unavailable" if used is None else str(used[0])
+        return "unavailable" if used is None else _of(used[0], obj.max_requests)
 
     @admin.display(description="tokens used")
     def tokens_used(self, obj: Quota) -> str:
         used = _used(obj)
-        return "unavailable" if used is None else str(used[1])
+        return "unavailable" if used is None else _of(used[1], obj.max_tokens)
 
     @admin.display(description="used in the current window")
     def usage(self, obj: Quota) -> str:

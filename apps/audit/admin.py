@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
 
-from apps.audit import actions
+from apps.audit import actions, display
 from apps.audit.export import csv_rows
 from apps.audit.models import AuditEvent
 from apps.audit.services import record_event
@@ -55,7 +55,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         "location",
         "ip",
         "purpose_of_use",
-        "correlation_id",
+        "correlation",
     ]
     list_filter = [
         "action",
@@ -69,6 +69,10 @@ class AuditEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ["export_csv"]
     change_list_template = "admin/audit/auditevent/change_list.html"
+
+    @admin.display(description="correlation id", ordering="correlation_id")
+    def correlation(self, obj: AuditEvent) -> str:
+        return display.short_id(obj.correlation_id)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.audit import display
 from apps.gpu import circuit, services
 from apps.gpu.models import (
     GpuSample,
@@ -66,7 +67,7 @@ class ModelServerAdmin(admin.ModelAdmin):
         "endpoint",
         "port",
         "gpu_index",
-        "vram_mb",
+        "vram",
         "autostart",
         "desired_state",
         "state",
@@ -86,6 +87,10 @@ class ModelServerAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     actions = ["start", "stop", "restart"]
+
+    @admin.display(description="VRAM", ordering="vram_mb")
+    def vram(self, obj: ModelServer) -> str:
+        return display.mib(obj.vram_mb) if obj.vram_mb else "—"
 
     @admin.action(description="Start (the monitor starts it within a second)")
     def start(self, request: HttpRequest, queryset: QuerySet[ModelServer]) -> None:
@@ -114,10 +119,10 @@ class ModelMetricAdmin(admin.ModelAdmin):
         "requests",
         "failures",
         "failure_rate_percent",
-        "latency_ema_ms",
-        "latency_p50_ms",
-        "latency_p95_ms",
-        "tokens_per_second",
+        "latency_ema",
+        "latency_p50",
+        "latency_p95",
+        "throughput",
         "circuit",
     ]
     list_filter = ["model_name"]
@@ -129,9 +134,25 @@ class ModelMetricAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="failure %")
+    @admin.display(description="failure rate")
     def failure_rate_percent(self, obj: ModelMetric) -> str:
-        return f"{100 * obj.failure_rate:.1f}"
+        return display.percent(obj.failure_rate) if obj.requests else "—"
+
+    @admin.display(description="latency EMA", ordering="latency_ema_ms")
+    def latency_ema(self, obj: ModelMetric) -> str:
+        return display.ms(obj.latency_ema_ms)
+
+    @admin.display(description="p50", ordering="latency_p50_ms")
+    def latency_p50(self, obj: ModelMetric) -> str:
+        return display.ms(obj.latency_p50_ms)
+
+    @admin.display(description="p95", ordering="latency_p95_ms")
+    def latency_p95(self, obj: ModelMetric) -> str:
+        return display.ms(obj.latency_p95_ms)
+
+    @admin.display(description="throughput", ordering="tokens_per_second")
+    def throughput(self, obj: ModelMetric) -> str:
+        return display.tokens_per_second(obj.tokens_per_second)
 
     @admin.display(description="circuit now")
     def circuit(self, obj: ModelMetric) -> str:
@@ -150,11 +171,10 @@ class GpuSampleAdmin(admin.ModelAdmin):
         "gpu_index",
         "name",
         "simulated",
-        "memory_used_mb",
-        "memory_total_mb",
-        "temperature_c",
-        "power_w",
-        "utilization_percent",
+        "memory",
+        "temperature",
+        "power",
+        "utilization",
         "level",
         "thermal",
     ]
@@ -166,3 +186,20 @@ class GpuSampleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="memory used", ordering="memory_used_mb")
+    def memory(self, obj: GpuSample) -> str:
+        share = obj.memory_used_mb / obj.memory_total_mb if obj.memory_total_mb else None
+        return f"{display.mib(obj.memory_used_mb)} of {display.mib(obj.memory_total_mb)} ({display.percent(share)})"
+
+    @admin.display(description="temperature", ordering="temperature_c")
+    def temperature(self, obj: GpuSample) -> str:
+        return display.celsius(obj.temperature_c)
+
+    @admin.display(description="power", ordering="power_w")
+    def power(self, obj: GpuSample) -> str:
+        return display.watts(obj.power_w)
+
+    @admin.display(description="utilization", ordering="utilization_percent")
+    def utilization(self, obj: GpuSample) -> str:
+        return display.percent_of(obj.utilization_percent)

@@ -7,7 +7,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
+from apps.audit import display
 from apps.inference import backends, retention, router
 from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, LegalHold, ModelEndpoint
 
@@ -115,7 +117,7 @@ class ContentPurgedFilter(admin.SimpleListFilter):
 @admin.register(InferenceTask)
 class InferenceTaskAdmin(admin.ModelAdmin):
     list_display = [
-        "id",
+        "task",
         "created_at",
         "mode",
         "status",
@@ -123,13 +125,15 @@ class InferenceTaskAdmin(admin.ModelAdmin):
         "user",
         "location",
         "model_name",
-        "prompt_tokens",
-        "completion_tokens",
+        "tokens",
         "tool_calls",
-        "latency_ms",
+        "wait",
+        "run",
+        "latency",
         "error_code",
         "content_purged_at",
     ]
+    list_display_links = ["task"]
     list_filter = ["mode", "status", ContentPurgedFilter, "priority", "location", "model_name"]
     search_fields = ["id", "correlation_id", "user__username", "end_user"]
     date_hierarchy = "created_at"
@@ -141,13 +145,33 @@ class InferenceTaskAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    @admin.display(description="task", ordering="id")
+    def task(self, obj: InferenceTask) -> str:
+        return display.short_id(obj.id)
+
+    @admin.display(description="tokens in → out", ordering="prompt_tokens")
+    def tokens(self, obj: InferenceTask) -> str:
+        return f"{display.count(obj.prompt_tokens)} → {display.count(obj.completion_tokens)}"
+
+    @admin.display(description="queue wait", ordering="queue_wait_ms")
+    def wait(self, obj: InferenceTask) -> str:
+        return display.ms(obj.queue_wait_ms)
+
+    @admin.display(description="run", ordering="inference_ms")
+    def run(self, obj: InferenceTask) -> str:
+        return display.ms(obj.inference_ms)
+
+    @admin.display(description="end to end", ordering="latency_ms")
+    def latency(self, obj: InferenceTask) -> str:
+        return display.ms(obj.latency_ms)
+
 
 @admin.register(LegalHold)
 class LegalHoldAdmin(admin.ModelAdmin):
     """Place a hold (the add form: one target and a reason) and release it (the action); never
     changed or deleted, so its history stays. Both go through apps.inference.retention (audited)."""
 
-    list_display = ["id", "target_label", "reason", "placed_at", "placed_by", "released_at", "released_by"]
+    list_display = ["id", "target", "reason", "placed_at", "placed_by", "released_at", "released_by"]
     list_filter = [("released_at", admin.EmptyFieldListFilter)]
     raw_id_fields = ["task", "user", "location"]
     readonly_fields = ["placed_at", "placed_by", "released_at", "released_by", "release_reason"]
@@ -155,6 +179,12 @@ class LegalHoldAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
+
+    @admin.display(description="on")
+    def target(self, obj: LegalHold) -> str:
+        if obj.task_id:
+            return format_html("task {}", display.short_id(obj.task_id))
+        return obj.target_label
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -29,8 +29,9 @@ def test_the_quota_list_shows_the_current_windows_usage(admin_client, alice, dem
     governance.reconcile(r, prompt_tokens=11, completion_tokens=22, completed=True)
     page = admin_client.get("/admin/accounts/quota/").content.decode()
     assert "location &#x27;demo&#x27;" in page
-    assert '<td class="field-requests_used">1</td>' in page
-    assert '<td class="field-tokens_used">33</td>' in page
+    # what was used, and its share of the limit (apps/audit/display.py)
+    assert '<td class="field-requests_used">1 (1.0\u00a0%)</td>' in page
+    assert '<td class="field-tokens_used">33 (0.7\u00a0%)</td>' in page
 
 
 def test_a_quota_for_both_an_organization_and_a_location_is_refused(admin_client, demo, org):

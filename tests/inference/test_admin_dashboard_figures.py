@@ -187,8 +187,9 @@ def test_quota_use_of_the_organization_and_its_locations(demo, north, east, org,
 def test_the_page_lays_out_its_charts(traffic_records, demo_staff):
     figures = page(demo_staff, NOW)
     chart = figures["traffic"]["requests_chart"]
-    assert len(chart["bars"]) == 24 and chart["max"] == 10  # 6 requests this hour: the axis tops at 10
-    assert chart["bars"][-1]["h"] == pytest.approx(120 * 6 / 10)
+    assert len(chart["bars"]) == 24 and chart["max"] == 6  # 6 requests this hour: the axis tops at 6
+    assert chart["bars"][-1]["h"] == 120 and chart["bars"][-6]["h"] == 20.0  # 1 of 6
+    assert chart["bars"][0]["h"] == 0
     bars = {r["location__code"]: r["bar"] for r in figures["traffic"]["by_location"]}
     assert bars == {"demo": 100.0, "north": round(100 * 14 / 240, 1)}
     assert isinstance(figures["now"], datetime) and figures["scope"].label == "Demo Hospital"

@@ -6,6 +6,7 @@ are attributes (the CSP allows no inline style). Numbers are rounded to 0.1 of a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,15 +16,12 @@ def _r(x: float) -> float:
 
 
 def nice_max(value: float) -> float:
-    """The smallest 1, 2 or 5 × 10ⁿ at least ``value`` (1 for nothing): a readable axis top."""
+    """The smallest 1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10ⁿ at least ``value`` (1 for nothing): a
+    readable axis top with little headroom."""
     if value <= 0:
         return 1
-    step = 1.0
-    while step * 10 <= value:
-        step *= 10
-    while step > value * 10:
-        step /= 10
-    for m in (1, 2, 5, 10):
+    step = 10.0 ** math.floor(math.log10(value))
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if m * step >= value:
             return m * step
     return 10 * step

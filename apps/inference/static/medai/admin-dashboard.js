@@ -67,6 +67,7 @@
     if (level) level.dataset.level = g.pressure_level;
     text(root, "gpu.pressure_level", g.pressure_level);
     text(root, "gpu.thermal_state", g.thermal_state);
+    text(root, "gpu.age", fmt.seconds(g.age_seconds));
     root.querySelectorAll('[data-live-show="gpu.stale"]').forEach((el) => { el.hidden = !g.stale; });
     for (const gpu of g.gpus) {
       const card = root.querySelector('[data-gpu="' + gpu.index + '"]');
