@@ -24,6 +24,7 @@ INFERENCE = "inference.complete"  # one per inference, sync or async, streamed o
 TASK_SUBMIT = "inference.submit"
 TASK_BATCH_SUBMIT = "inference.submit_batch"
 TASK_CANCEL = "inference.cancel"
+TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued again as a new one
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
 TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
 

@@ -1,5 +1,16 @@
 """Websocket consumers: live status pushed to per-user groups (``user.<id>``), and on request to
-per-task and per-batch groups (``task.<uuid>``, ``batch.<uuid>``).
+per-task and per-batch groups (``task.<uuid>``, ``batch.<uuid>``). ``/ws/tasks/`` and the older
+``/ws/status/`` are the same consumer.
+
+Frames: ``hello`` on connect; ``task.update`` per status change (``apps.inference.push.TaskUpdate``:
+status, ``changed_at``, a queued task's ``position``, its batch's counts); ``task.positions``
+(``{positions: {task_id: n}, changed_at}``) when the places of the user's queued tasks changed
+because the queue moved (others' tasks started, left, or overtook them); ``subscribed``/``error``
+answering a client's message.
+
+Places: while its user has queued tasks a socket is in the ``queue`` group, which hears (at most
+twice a second per process) which organizations' queues moved; it then reads its user's places
+(one query, after a short pause that coalesces bursts) and sends them if they changed.
 
 One frame per status change, whatever the groups: apps.inference.push sends an update to every
 group it concerns, so a socket in several of them (its owner's ``user.<id>`` and the task's
@@ -10,6 +21,7 @@ that task is not sent again (a task that really changes status always differs fr
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -17,10 +29,16 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from apps.accounts.websocket import AuthenticatedJsonConsumer
+from apps.inference import push
 from apps.inference.models import InferenceTask, TaskBatch
+from apps.inference.queue import positions
 
 # Last status sent per task, per socket: bounded (the oldest entries go first).
 SENT_MEMORY = 4096
+# How long a socket waits after a ``queue.moved`` before reading its places (bursts coalesce).
+POSITIONS_PAUSE = 0.2
+# The most queued tasks a socket reports places for (the oldest first: they move first).
+POSITIONS_MAX = 500
 
 
 def user_group(user_id: int) -> str:
@@ -28,7 +46,11 @@ def user_group(user_id: int) -> str:
 
 
 class StatusConsumer(AuthenticatedJsonConsumer):
-    """``/ws/status/``: task updates for the connected user (``read`` scope; 4401/4403 otherwise)."""
+    """``/ws/tasks/`` (and ``/ws/status/``): task updates for the connected user (``read`` scope;
+    4401/4403 otherwise)."""
+
+    _positions_due = False
+    _places: dict[str, int] = {}  # the places last sent (replaced, never mutated)
 
     def groups_for(self, principal: Any) -> list[str]:
         return [user_group(principal.user_id)]
@@ -37,6 +59,43 @@ class StatusConsumer(AuthenticatedJsonConsumer):
         await self.send_json(
             {"type": "hello", "data": {"user": principal.username, "location": principal.location_code}}
         )
+        if await database_sync_to_async(_own_queued(principal).exists)():
+            await self._watch_queue(True)
+
+    # --- the places of the user's queued tasks ---------------------------------------------------
+
+    async def _watch_queue(self, on: bool) -> None:
+        if on and push.QUEUE_GROUP not in self.joined:
+            await self.join(push.QUEUE_GROUP)
+        elif not on and push.QUEUE_GROUP in self.joined:
+            self.joined.remove(push.QUEUE_GROUP)
+            await self.channel_layer.group_discard(push.QUEUE_GROUP, self.channel_name)
+
+    async def queue_moved(self, event: dict[str, Any]) -> None:
+        if self.scope["principal"].organization_id not in event["data"].get("organizations", ()):
+            return
+        if self._positions_due:
+            return
+        self._positions_due = True
+        loop = asyncio.get_running_loop()
+        loop.call_later(POSITIONS_PAUSE, lambda: loop.create_task(self._send_positions()))
+
+    async def _send_positions(self) -> None:
+        self._positions_due = False
+        if self._closing:
+            return
+        try:
+            places = await database_sync_to_async(_places_of)(self.scope["principal"])
+            if not places:
+                await self._watch_queue(False)
+            if places != self._places:
+                self._places = places
+                await self.send_json(
+                    {"type": "task.positions", "data": {"positions": places, "changed_at": push.now_iso()}}
+                )
+        except Exception as exc:  # noqa: BLE001 - the socket closed meanwhile, or the database is gone
+            if not self._closing:
+                await self.close_unavailable(exc)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         """``{"subscribe": {"task": "<uuid>"}}`` or ``{"subscribe": {"batch": "<uuid>"}}``: only the
@@ -79,6 +138,17 @@ class StatusConsumer(AuthenticatedJsonConsumer):
         if len(sent) > SENT_MEMORY:
             sent.popitem(last=False)
         await self.send_json({"type": "task.update", "data": data})
+        if data.get("status") == "queued" and push.QUEUE_GROUP not in self.joined:
+            await self._watch_queue(True)
+
+
+def _own_queued(principal: Any) -> Any:
+    return InferenceTask.objects.queued().filter(user_id=principal.user_id, location_id=principal.location_pk)
+
+
+def _places_of(principal: Any) -> dict[str, int]:
+    tasks = list(_own_queued(principal).order_by("queued_at").only("id", "status", "location_id")[:POSITIONS_MAX])
+    return {str(task_id): n for task_id, n in positions(tasks).items()}
 
 
 async def _visible_group(principal: Any, kind: str, object_id: str) -> str | None:

@@ -230,28 +230,29 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
             result_expires_at=expires,
         )
 
-    def cancel(self, now: Any) -> int:
-        """QUEUED → CANCELLED (only tasks still queued; a running or finished one is left as it is),
-        the prompt dropped. The number of tasks cancelled."""
+    def cancel(self, now: Any, expires: Any) -> int:
+        """QUEUED → CANCELLED (only tasks still queued; a running or finished one is left as it is).
+        The prompt is kept until ``expires``, as a failed task's is, so that its owner may retry it
+        (apps.inference.queue.retry); the retention sweep purges it then. The number cancelled."""
         return self.filter(status=InferenceTask.Status.QUEUED).update(
-            status=InferenceTask.Status.CANCELLED, finished_at=now, request=None, content_purged_at=now
+            status=InferenceTask.Status.CANCELLED, finished_at=now, result_expires_at=expires
         )
 
-    def expire(self, now: Any) -> int:
-        """→ EXPIRED (still queued at its deadline), the prompt dropped. The caller checked QUEUED."""
+    def expire(self, now: Any, expires: Any) -> int:
+        """→ EXPIRED (still queued at its deadline), the prompt kept until ``expires`` (a retry may
+        resubmit it). The caller checked QUEUED."""
         return self.update(
             status=InferenceTask.Status.EXPIRED,
             finished_at=now,
             error_code=DEADLINE_EXCEEDED,
             error_message=DEADLINE_MESSAGE,
-            request=None,
-            content_purged_at=now,
+            result_expires_at=expires,
         )
 
-    def expire_due(self, now: Any) -> tuple[list[Any], int]:
+    def expire_due(self, now: Any, expires: Any) -> tuple[list[Any], int]:
         """Every task still QUEUED past its deadline → EXPIRED: the ids found and how many expired."""
         overdue = list(self.filter(status=InferenceTask.Status.QUEUED, deadline__lte=now).values_list("id", flat=True))
-        return overdue, self.filter(id__in=overdue, status=InferenceTask.Status.QUEUED).expire(now)
+        return overdue, self.filter(id__in=overdue, status=InferenceTask.Status.QUEUED).expire(now, expires)
 
     def not_on_hold(self) -> InferenceTaskQuerySet:
         """Tasks no active legal hold covers (on the task itself, its user or its location)."""

@@ -1,7 +1,9 @@
 """Task status pushed over websockets (Channels), batched, from one long-lived loop per process.
 
 Groups: ``user.<id>`` (the owner's sockets), ``task.<uuid>`` and ``batch.<uuid>`` (sockets that
-subscribed to that object; see ``apps.inference.consumers``). A payload is ``{"type": "task.update",
+subscribed to that object; see ``apps.inference.consumers``), and ``queue``: every socket, told
+which organizations' queues moved (``queue.moved``), so that a socket whose user has queued tasks
+can send their new places (``task.positions``). A payload is ``{"type": "task.update",
 "data": TaskUpdate}``, or ``{"type": "task.updates", "data": {"updates": [TaskUpdate, ...]}}`` when
 several updates for one group are sent together; the consumer turns the latter back into one
 ``task.update`` frame per task, so clients see the same frames either way.
@@ -12,6 +14,13 @@ append to a list (``send``); a daemon thread with one event loop and one channel
 pool drains it, coalescing whatever piled up meanwhile into one message per group, and skips the
 groups nobody listens to with one pipelined ``ZCARD`` round trip. Best effort, like any push: a
 failed send is logged, never raised, and the task's state in the database stays the truth.
+
+What an update carries is what a live list needs, so that a page never reads the API again per
+event: the status, ``changed_at`` (the server's time of the commit that made the change: ``send``
+runs on commit), a queued task's ``position`` and its batch's progress counts (``batch``). The
+last two are read after the commit, by the loop's database thread, and only when a group of the
+update has listeners (the ``enrich`` hook: apps.inference.queue.notify), so a push nobody watches
+costs no query.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from channels.layers import get_channel_layer
@@ -32,12 +43,49 @@ from apps.inference.models import Priority
 logger = logging.getLogger("medai.queue")
 
 
+class BatchCounts(TypedDict):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    expired: int
+    processing: int
+    queued: int
+    progress_percent: float
+
+
 class TaskUpdate(TypedDict):
     task_id: str
     status: str
     priority: str
     model: str
+    agent_type: str
     batch_id: str | None
+    changed_at: str | None  # ISO 8601 (UTC, ms) of the commit: set by ``send``
+    position: int | None  # 1-based place in the queue while queued (read when sent)
+    batch: BatchCounts | None  # the batch's progress when sent, for a task of a batch
+
+
+QUEUE_GROUP = "queue"  # the sockets whose user has queued tasks (apps.inference.consumers)
+MOVED_EVERY = 0.5  # seconds between two ``queue.moved`` from one process
+# Statuses that enter or leave the queue: every other queued task's place may change.
+MOVES_QUEUE = frozenset({"queued", "processing", "cancelled", "expired"})
+# (updates to fill in, updates that moved a queue) -> the organization ids of the latter; fills in
+# the former's ``position`` and ``batch``. Registered by apps.inference.queue.notify; runs in the
+# pusher's database thread.
+Enricher = Callable[[list[TaskUpdate], list[TaskUpdate]], set[int]]
+_enrich: Enricher | None = None
+# Whether the enricher must run in the caller's thread (on commit) instead of the loop's database
+# thread: an in-memory SQLite database (shared cache) locks whole tables, so a read from another
+# thread makes the caller's next write fail ("table is locked") instead of waiting.
+_inline: Callable[[], bool] = lambda: False  # noqa: E731
+
+
+def set_enricher(func: Enricher, inline: Callable[[], bool] | None = None) -> None:
+    global _enrich, _inline
+    _enrich = func
+    if inline is not None:
+        _inline = inline
 
 
 def task_group(task_id: Any) -> str:
@@ -55,8 +103,16 @@ def update_for(task: Any, status: str | None = None) -> tuple[int | None, TaskUp
         "status": status or task.status,
         "priority": Priority(task.priority).name.lower(),
         "model": task.model_name or "",
+        "agent_type": task.agent_type or "",
         "batch_id": str(task.batch_id) if task.batch_id else None,
+        "changed_at": None,
+        "position": None,
+        "batch": None,
     }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _groups(updates: Iterable[tuple[int | None, TaskUpdate]]) -> dict[str, list[TaskUpdate]]:
@@ -101,13 +157,30 @@ class Pusher:
         self.idle = threading.Event()
         self.idle.set()
         self.sent_messages = 0  # group messages sent (for tests and benchmarks)
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medai-push-db")
+        self.moved: set[int] = set()  # organizations whose queue moved, not told yet
+        self.premoved: set[int] = set()  # the same, found on commit (``_inline``), not flushed yet
+        self.moved_at = float("-inf")
+        self.moved_timer: asyncio.TimerHandle | None = None
         self.thread = threading.Thread(target=self.loop.run_forever, name="medai-push", daemon=True)
         self.thread.start()
 
     def send(self, updates: list[tuple[int | None, TaskUpdate]]) -> None:
         if not updates:
             return
+        at = now_iso()
+        for _, data in updates:
+            if not data.get("changed_at"):
+                data["changed_at"] = at
+        moved: set[int] = set()
+        if _enrich is not None and _inline():
+            datas = [data for _, data in updates]
+            try:
+                moved = _enrich(datas, [d for d in datas if d["status"] in MOVES_QUEUE])
+            except Exception as exc:  # noqa: BLE001 - the update goes out without them
+                logger.warning("task push: positions and batch counts not read: %s", type(exc).__name__)
         with self.lock:
+            self.premoved |= moved
             self.pending.extend(updates)
             if self.busy:
                 return  # the running flush picks them up
@@ -128,7 +201,11 @@ class Pusher:
                 if layer is None:
                     continue
                 groups = _groups(batch)
-                for name in await _listened(layer, list(groups)):
+                live = await _listened(layer, [*groups, QUEUE_GROUP])
+                moved = await self._enrich(groups, live)
+                for name in live:
+                    if name == QUEUE_GROUP:
+                        continue
                     items = groups[name]
                     message = (
                         {"type": "task.update", "data": items[0]}
@@ -137,8 +214,53 @@ class Pusher:
                     )
                     await layer.group_send(name, message)
                     self.sent_messages += 1
+                if moved:  # after the updates: a socket reads the new places once it has them
+                    self._queue_moved(layer, moved)
             except Exception as exc:  # noqa: BLE001 - a missed push must not fail anything
                 logger.warning("task push failed: %s", exc)
+
+    def _queue_moved(self, layer: Any, orgs: set[int]) -> None:
+        """Tell the ``queue`` group that these organizations' queues moved: at most once per
+        MOVED_EVERY seconds from this process (the last change always goes out), as each listener
+        answers it with a query of its user's places."""
+        self.moved |= orgs
+        if self.moved_timer is not None:
+            return
+        delay = max(self.moved_at + MOVED_EVERY - self.loop.time(), 0.0)
+        self.moved_timer = self.loop.call_later(delay, lambda: self.loop.create_task(self._send_moved(layer)))
+
+    async def _send_moved(self, layer: Any) -> None:
+        orgs, self.moved, self.moved_timer = self.moved, set(), None
+        self.moved_at = self.loop.time()
+        try:
+            await layer.group_send(QUEUE_GROUP, {"type": "queue.moved", "data": {"organizations": sorted(orgs)}})
+            self.sent_messages += 1
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("queue push failed: %s", exc)
+
+    async def _enrich(self, groups: dict[str, list[TaskUpdate]], live: list[str]) -> set[int]:
+        """Positions and batch counts for the updates some socket will receive (in the database
+        thread, after the commit), and, if a socket listens to ``queue``, the organizations whose
+        queues these updates moved."""
+        if _enrich is None:
+            return set()
+        if _inline():  # read on commit already (``send``)
+            with self.lock:
+                moved, self.premoved = self.premoved, set()
+            return moved if QUEUE_GROUP in live else set()
+        fill = {id(data): data for name in live for data in groups.get(name, ())}
+        moving = (
+            {id(data): data for items in groups.values() for data in items if data["status"] in MOVES_QUEUE}
+            if QUEUE_GROUP in live
+            else {}
+        )
+        if not fill and not moving:
+            return set()
+        try:
+            return await self.loop.run_in_executor(self.db, _enrich, list(fill.values()), list(moving.values()))
+        except Exception as exc:  # noqa: BLE001 - the update goes out without them
+            logger.warning("task push: positions and batch counts not read: %s", type(exc).__name__)
+            return set()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything sent so far has gone out (tests, process exit)."""

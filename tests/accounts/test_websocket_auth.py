@@ -23,7 +23,7 @@ def _close_code(url: str, **kwargs: object) -> tuple[str | None, int | None]:
     pytest.fail("the socket stayed open")
 
 
-@pytest.mark.parametrize("path", ["/ws/status/", "/ws/gpu/"])
+@pytest.mark.parametrize("path", ["/ws/tasks/", "/ws/status/", "/ws/gpu/"])
 def test_the_bearer_subprotocol_authenticates_and_is_answered(live_medai, alice, token_for, path):
     base = live_medai.replace("http://", "ws://")
     with connect(base + path, subprotocols=["bearer", token_for(alice)], open_timeout=10) as ws:
@@ -31,7 +31,7 @@ def test_the_bearer_subprotocol_authenticates_and_is_answered(live_medai, alice,
         assert json.loads(ws.recv(timeout=10))["type"] in ("hello", "gpu.status")
 
 
-@pytest.mark.parametrize("path", ["/ws/status/", "/ws/gpu/"])
+@pytest.mark.parametrize("path", ["/ws/tasks/", "/ws/status/", "/ws/gpu/"])
 def test_no_or_a_bad_credential_closes_4401_and_a_missing_scope_4403(live_medai, alice, api_key_for, path):
     url = live_medai.replace("http://", "ws://") + path
     assert _close_code(url) == (None, 4401)

@@ -63,6 +63,7 @@ def test_failed_and_cancelled_tasks_keep_their_outcome_too(client_for, alice, se
     InferenceTask.objects.filter(id=failed).update(request={"model": "", "agent_type": "NoSuchAgent", "payload": {}})
     assert queue.run_task(failed) == "failed"
     past_retention(failed)
+    past_retention(cancelled)  # a cancelled task's prompt is kept for a retry until its retention ends
     statuses = {
         t["task_id"]: (t["status"], t["content_purged_at"] is not None)
         for t in client.get("/v1/async/tasks").json()["results"]
@@ -77,7 +78,9 @@ def test_a_task_queued_past_its_deadline_is_the_only_expired_one(client_for, ali
     queue.expire_and_purge(timezone.now() + timedelta(seconds=61))
     status = client.get(f"/v1/async/status/{late}").json()
     assert (status["status"], status["error"]["code"]) == ("expired", "deadline_exceeded")
-    assert status["content_purged_at"] is not None
+    assert status["content_purged_at"] is None and status["result_expires_at"]  # kept for a retry, then purged
+    past_retention(late)
+    assert client.get(f"/v1/async/status/{late}").json()["content_purged_at"] is not None
     result = client.get(f"/v1/async/result/{late}")
     assert (result.status_code, result.json()["error"]["code"]) == (410, "task_expired")
 

@@ -13,6 +13,7 @@ pool. The other views are read-mostly and stay plain DRF views.
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ from apps.inference.api.serializers import (
 )
 from apps.inference.api.views import read_body, with_rate_limit
 from apps.inference.errors import ApiError
-from apps.inference.models import InferenceTask, TaskBatch
+from apps.inference.models import InferenceTask, Priority, TaskBatch
 from apps.inference.pipeline import gate
 from apps.inference.validation.fields import PriorityField
 
@@ -91,7 +92,7 @@ class TaskStatusSerializer(serializers.Serializer):
     content_purged_at = serializers.DateTimeField(
         allow_null=True,
         help_text=(
-            "When the prompt and result were purged (end of retention, cancel or expiry); null while they are kept. "
+            "When the prompt and result were purged (the end of retention); null while they are kept. "
             "The status keeps the outcome."
         ),
     )
@@ -377,6 +378,43 @@ class CancelView(APIView):
         return Response(_status(queue.cancel_task(principal_of(request), _task(request, task_id))))
 
 
+class RetryRequestSerializer(serializers.Serializer):
+    priority = PriorityField(required=False, help_text="The new task's priority; the original's by default.")
+
+
+class RetriedSerializer(TaskStatusSerializer):
+    retry_of = serializers.UUIDField(help_text="The failed, cancelled or expired task this one asks again.")
+
+
+class RetryView(APIView):
+    """``POST /v1/async/retry/{id}``: queue a failed, cancelled or expired task of the caller's again,
+    as a new task (202, its status); 404 for anyone else's task, 409 for a task that has not
+    ended so, 410 once its request was purged at the end of its retention."""
+
+    permission_classes = [CanSubmit]
+
+    @extend_schema(
+        request=RetryRequestSerializer,
+        responses={202: RetriedSerializer, **_errors(404, 409, 410, 429, 503)},
+        operation_id="async_retry",
+    )
+    def post(self, request: Request, task_id: Any) -> Response:
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None:
+            raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+        submitted = queue.retry_task(
+            principal_of(request),
+            task_id,
+            data.get("priority"),  # validated with the rest of the request, as for a submit
+            getattr(request, "correlation_id", ""),
+            client_ip=request.META.get("REMOTE_ADDR"),
+        )
+        body = _status(submitted.task)
+        body["deduplicated"] = not submitted.created
+        body["retry_of"] = str(task_id)
+        return Response(body, status=202)
+
+
 class BatchStatusView(APIView):
     """``GET /v1/async/batch-status/{id}``: totals and progress of a batch."""
 
@@ -392,12 +430,19 @@ class BatchStatusView(APIView):
 
 
 class TaskListView(APIView):
-    """``GET /v1/async/tasks?status=&page=&page_size=``: the caller's async tasks, newest first."""
+    """``GET /v1/async/tasks?status=&priority=&batch=&page=&page_size=``: the caller's async tasks,
+    newest first, optionally of one status, priority or batch."""
 
     permission_classes = [CanRead]
 
     @extend_schema(
-        parameters=[OpenApiParameter("status", str), OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        parameters=[
+            OpenApiParameter("status", str),
+            OpenApiParameter("priority", str, description="low, normal, high or critical"),
+            OpenApiParameter("batch", str, description="a batch id: its tasks only"),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int),
+        ],
         responses={200: TaskPageSerializer, **_errors(404)},
         operation_id="async_tasks",
     )
@@ -408,6 +453,18 @@ class TaskListView(APIView):
             if status not in S.values:
                 raise ApiError(400, "invalid_value", f"status must be one of {', '.join(S.values)}.", "status")
             qs = qs.filter(status=status)
+        priority = request.query_params.get("priority")
+        if priority:
+            if priority.upper() not in Priority.names:
+                names = ", ".join(n.lower() for n in Priority.names)
+                raise ApiError(400, "invalid_value", f"priority must be one of {names}.", "priority")
+            qs = qs.filter(priority=Priority[priority.upper()])
+        batch = request.query_params.get("batch")
+        if batch:
+            try:
+                qs = qs.filter(batch_id=uuid.UUID(batch))
+            except ValueError:
+                raise ApiError(400, "invalid_value", "batch must be a batch id (a UUID).", "batch") from None
         try:
             page_no = int(request.query_params.get("page", 1))
             size = min(max(int(request.query_params.get("page_size", 50)), 1), 200)

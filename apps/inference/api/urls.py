@@ -11,6 +11,7 @@ urlpatterns = [
     path("async/status/<uuid:task_id>", async_views.StatusView.as_view(), name="async-status"),
     path("async/result/<uuid:task_id>", async_views.ResultView.as_view(), name="async-result"),
     path("async/cancel/<uuid:task_id>", async_views.CancelView.as_view(), name="async-cancel"),
+    path("async/retry/<uuid:task_id>", async_views.RetryView.as_view(), name="async-retry"),
     path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),

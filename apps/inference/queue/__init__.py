@@ -12,6 +12,7 @@ The modules, by step of a task's life:
 - ``commit``: the group commit of single submits that arrive together (the submit view's path);
 - ``read``: a queued task's position, a batch's progress, the queue's health;
 - ``cancel`` and ``expire``: a caller's cancel; the minute sweep (expiry, content purge, orphans);
+- ``retry``: a failed, cancelled or expired task queued again as a new task;
 - ``claim``: the delivered task and its companions (collation), refills, urgent work;
 - ``run``: the worker's event loop (``run_task``) and the call to the backend;
 - ``finish``: result writes fenced by the attempt, failures, requeue of tasks turned away;
@@ -47,6 +48,7 @@ from apps.inference.queue.expire import expire_and_purge, recover_orphans
 from apps.inference.queue.finish import _finish_group, _finish_or_fail, _write_failures
 from apps.inference.queue.notify import batch_group, push_update, task_group
 from apps.inference.queue.read import batch_progress, health, position, positions
+from apps.inference.queue.retry import retry_task
 from apps.inference.queue.run import URGENT_CHECK_SECONDS, _execute, _execute_group, _timed, run_task
 from apps.inference.queue.submit import Submitted, dedup_key, emergency_mode, room, submit_batch, submit_task
 
@@ -91,6 +93,7 @@ __all__ = [
     "queue_max",
     "recover_orphans",
     "result_ttl",
+    "retry_task",
     "room",
     "run_task",
     "submit_batch",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -11,17 +13,19 @@ from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
-from apps.inference.queue.common import _actor
+from apps.inference.queue.common import _actor, result_ttl
 from apps.inference.queue.notify import push_update
 
 # --- cancel, expiry, retention ----------------------------------------------------------------
 
 
 def cancel_task(principal: Principal, task: InferenceTask) -> InferenceTask:
-    """Cancel a queued task (its queue entry goes too); a running or finished one answers 409."""
+    """Cancel a queued task (its queue entry goes too); a running or finished one answers 409. Its
+    prompt stays until the end of its retention, so that its owner may retry it."""
     with transaction.atomic():
         now = timezone.now()
-        changed = InferenceTask.objects.filter(id=task.id).cancel(now)  # only if still queued
+        expires = now + timedelta(seconds=result_ttl())  # its prompt is kept until then (a retry)
+        changed = InferenceTask.objects.filter(id=task.id).cancel(now, expires)  # only if still queued
         if not changed:
             task.refresh_from_db()
             raise ApiError(

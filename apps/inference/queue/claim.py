@@ -20,6 +20,7 @@ from apps.inference.queue.common import (
     _failed,
     list_key,
     max_deliveries,
+    result_ttl,
 )
 from apps.inference.queue.finish import _write_failures
 
@@ -90,7 +91,17 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
             window = {
                 t.id: t
                 for t in InferenceTask.objects.by_pk(ids)
-                .only("id", "status", "priority", "requested_model", "agent_type", "deadline")
+                .only(  # and what an expired one's update names (push.update_for)
+                    "id",
+                    "status",
+                    "priority",
+                    "requested_model",
+                    "agent_type",
+                    "deadline",
+                    "user_id",
+                    "batch_id",
+                    "model_name",
+                )
                 .locked(skip=True)
             }
             same = {
@@ -130,7 +141,9 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
             if leased:
                 QueueEntry.objects.filter(id__in=leased).lease(_lease_until(now))
         if expired:
-            InferenceTask.objects.by_pk([t.id for t in expired]).expire(now)  # checked QUEUED under the lock
+            InferenceTask.objects.by_pk([t.id for t in expired]).expire(
+                now, now + timedelta(seconds=result_ttl())
+            )  # checked QUEUED under the lock
             QueueEntry.objects.of_tasks([t.id for t in expired if t.id != delivered]).delete()
         if group:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read

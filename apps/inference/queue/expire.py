@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -11,18 +12,21 @@ from apps.inference import broker, retention
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
-from apps.inference.queue.common import _package, list_key, logger
+from apps.inference.queue.common import _package, list_key, logger, result_ttl
+from apps.inference.queue.notify import push_updates
 
 
 def expire_and_purge(now: Any = None) -> dict[str, int]:
-    """QUEUED past its deadline → EXPIRED (its prompt dropped); a finished task past its retention
+    """QUEUED past its deadline → EXPIRED (its prompt kept for the retention, for a retry); a finished task past its retention
     (``result_expires_at``) keeps its outcome — a purged COMPLETED task is still COMPLETED — and
     loses its content (prompt and result), the time of the purge recorded in ``content_purged_at``.
     Run every minute by the worker cluster's schedule (``apps.inference.tasks.expire_tasks``)."""
     now = now or timezone.now()
     with transaction.atomic():
-        overdue, expired = InferenceTask.objects.expire_due(now)
+        overdue, expired = InferenceTask.objects.expire_due(now, now + timedelta(seconds=result_ttl()))
         QueueEntry.objects.of_tasks(overdue).delete()
+        if overdue:
+            transaction.on_commit(lambda: push_updates(overdue))
     inference_metrics.count_finished("async", "expired", expired)
     record.release_tasks(overdue)  # their quota holds (a task that ran meanwhile settled its own)
     # content past retention, except what a legal hold covers (apps/inference/retention.py)
@@ -48,5 +52,6 @@ def recover_orphans(now: Any = None) -> int:
         broker.put_again(
             list_key(), [(_package(t, now), t.priority, t.id, t.queued_at or t.created_at) for t in lost], now=now
         )
+        transaction.on_commit(lambda: push_updates([t.id for t in lost]))
     logger.warning("sent %d task(s) without a queue entry back to the queue", len(lost))
     return len(lost)
