@@ -98,7 +98,7 @@ def _enrich(fill: list[push.TaskUpdate], moving: list[push.TaskUpdate]) -> set[i
 
 
 def _in_memory_sqlite() -> bool:
-    return connection.vendor == "sqlite" and bool(connection.is_in_memory_db())
+    return connection.vendor == "sqlite" and bool(connection.is_in_memory_db())  # type: ignore[attr-defined]
 
 
 push.set_enricher(enrich, inline=_in_memory_sqlite)
