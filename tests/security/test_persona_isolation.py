@@ -149,6 +149,29 @@ def test_others_cannot_cancel_alices_task(world):
     assert _client(world, "alice").post(f"/v1/async/cancel/{world['queued'].id}").status_code == 200
 
 
+def test_only_the_owner_can_retry_her_task(world):
+    """A retry resubmits the task's stored prompt as the caller: even the location admin, who may
+    read alice's tasks, may not send her prompt again under their own name (404, as for a task
+    that exists nowhere; an auditor: 403, no inference scope)."""
+    assert _client(world, "alice").post(f"/v1/async/cancel/{world['queued'].id}").status_code == 200
+    cancelled = world["queued"]  # retryable now, by its owner
+    fake = "00000000-0000-4000-8000-000000000000"
+    before = InferenceTask.objects.count()
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post(f"/v1/async/retry/{cancelled.id}")
+        missing = client.post(f"/v1/async/retry/{fake}")
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(str(cancelled.id), fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+    assert InferenceTask.objects.count() == before
+    answer = _client(world, "alice").post(f"/v1/async/retry/{cancelled.id}")
+    assert answer.status_code == 202, answer.content
+    assert InferenceTask.objects.get(id=answer.json()["task_id"]).user == cancelled.user
+
+
 # --- lists and aggregates: only what the caller may see -----------------------------------------
 
 
@@ -290,6 +313,7 @@ COVERED = {
     "async-result": "OBJECT_ENDPOINTS",
     "async-batch-status": "OBJECT_ENDPOINTS",
     "async-cancel": "test_others_cannot_cancel_alices_task",
+    "async-retry": "test_only_the_owner_can_retry_her_task",
     "async-tasks": "test_the_task_list_holds_only_visible_tasks",
     "async-health": "test_queue_health_counts_only_visible_tasks",
     "async-submit": "test_submissions_land_at_the_callers_own_location",
