@@ -147,6 +147,10 @@ if not REDIS_URL:
 MEDAI_REDIS_SOCKET_TIMEOUT = envfloat("MEDAI_REDIS_SOCKET_TIMEOUT", 5.0)
 MEDAI_REDIS_CONNECT_TIMEOUT = envfloat("MEDAI_REDIS_CONNECT_TIMEOUT", 2.0)
 MEDAI_REDIS_HEALTH_CHECK_INTERVAL = envfloat("MEDAI_REDIS_HEALTH_CHECK_INTERVAL", 30.0)
+# Connections of each governance client (one per event loop, one for threads) to Redis: past it a
+# command waits for a free one (up to MEDAI_REDIS_SOCKET_TIMEOUT) rather than fail. redis-py's own
+# pool refuses the 101st command in flight ("Too many connections"), which read as a Redis outage.
+MEDAI_REDIS_MAX_CONNECTIONS = envint("MEDAI_REDIS_MAX_CONNECTIONS", 64, minimum=1)
 MEDAI_CHANNEL_RECEIVE_BLOCK = envfloat("MEDAI_CHANNEL_RECEIVE_BLOCK", 5.0)  # channels_redis' BZPOPMIN
 # A websocket re-joins its groups at half this (channels_redis drops members older than it).
 MEDAI_CHANNEL_GROUP_EXPIRY = envint("MEDAI_CHANNEL_GROUP_EXPIRY", 86_400, minimum=10)

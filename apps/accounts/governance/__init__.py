@@ -472,6 +472,7 @@ def _store_down(principal: Principal, action: str, items: Sequence[Item], exc: E
         logger.warning("quota store unavailable (%s): request admitted unmetered (fail open)", type(exc).__name__)
         return Admitted(NO_LIMIT, [_empty(principal, action, it) for it in items])
     metrics.rejected("unavailable")
+    logger.warning("quota store unavailable (%s: %s): request refused (fail closed)", type(exc).__name__, exc)
     raise Unavailable(
         "quota_store_unavailable",
         "Quotas and rate limits cannot be checked right now (their store is unavailable); nothing was "

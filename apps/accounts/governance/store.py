@@ -32,14 +32,30 @@ def prefix() -> str:
     return f"{settings.CACHES['default'].get('KEY_PREFIX') or 'medai'}:gov:"
 
 
+def _pool_options() -> dict[str, Any]:
+    """A bounded pool that makes a command wait for a free connection. redis-py's default pool
+    raises ``MaxConnectionsError`` (a ``ConnectionError``) for the command past its size, 100: more
+    admissions than that in flight on one web process (a burst of clients) were answered 503
+    ``quota_store_unavailable`` although Redis was fine. The wait is bounded by the socket timeout:
+    a pool still full after it means Redis is not answering, which is the outage case."""
+    return {
+        "max_connections": settings.MEDAI_REDIS_MAX_CONNECTIONS,
+        "timeout": settings.MEDAI_REDIS_SOCKET_TIMEOUT,
+        "decode_responses": True,
+        **settings.REDIS_OPTIONS,
+    }
+
+
 def client() -> redis.Redis:
-    """The process's governance client on ``REDIS_URL`` (thread-safe pool; short timeouts, so a
-    dead Redis fails a request within MEDAI_REDIS_CONNECT_TIMEOUT rather than hanging it)."""
+    """The process's governance client on ``REDIS_URL`` (thread-safe bounded pool, see
+    ``_pool_options``; short timeouts, so a dead Redis fails a request within
+    MEDAI_REDIS_CONNECT_TIMEOUT rather than hanging it)."""
     global _client
     if _client is None:
         with _lock:
             if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, **settings.REDIS_OPTIONS)
+                pool = redis.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
+                _client = redis.Redis.from_pool(pool)
     return _client
 
 
@@ -66,20 +82,28 @@ _async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, dict[str
 
 def async_script(name: str) -> AsyncScript:
     """``script(name)`` on the asyncio client of the running loop. One client per loop (an asyncio
-    connection belongs to the loop it was opened on), one pool for both scripts. A closed loop's client is dropped
+    connection belongs to the loop it was opened on), one bounded pool for every script
+    (``_pool_options``). A closed loop's client is dropped
     when the next loop asks (a test client runs a loop per request)."""
     loop = asyncio.get_running_loop()
     found = _async.get(id(loop))
     if found is None or found[0] is not loop:
         for key in [k for k, (lp, _, _) in _async.items() if lp.is_closed()]:
             del _async[key]
-        c = redis.asyncio.Redis.from_url(settings.REDIS_URL, decode_responses=True, **settings.REDIS_OPTIONS)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
+        c = redis.asyncio.Redis.from_pool(pool)
         found = _async[id(loop)] = (loop, c, {})
     scripts = found[2]
     s = scripts.get(name)
     if s is None:
         s = scripts[name] = found[1].register_script(getattr(lua, name))
     return s
+
+
+def async_pool() -> redis.asyncio.ConnectionPool:
+    """The connection pool of the running loop's governance client (tests)."""
+    async_script("ADMIT")
+    return _async[id(asyncio.get_running_loop())][1].connection_pool
 
 
 def flush() -> None:
