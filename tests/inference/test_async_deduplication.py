@@ -60,3 +60,17 @@ def test_a_finished_task_is_reused_only_while_its_result_is_retained(client_for,
     assert submit(client, "Retained question") == first
     InferenceTask.objects.filter(id=first).update(result_expires_at=timezone.now() - timedelta(seconds=1))
     assert submit(client, "Retained question") != first
+
+
+def test_a_deduplicated_submit_is_audited_as_an_access_to_the_existing_task(client_for, alice):
+    from apps.audit.models import AuditEvent
+
+    client = client_for(alice)
+    body = {"agent_type": "Chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Audited twice"}]}
+    first = client.post("/v1/async/submit", body, format="json", HTTP_X_PURPOSE_OF_USE="TREAT").json()
+    again = client.post("/v1/async/submit", body, format="json", HTTP_X_PURPOSE_OF_USE="ETREAT").json()
+    assert again["task_id"] == first["task_id"] and again["deduplicated"] is True
+    events = list(AuditEvent.objects.filter(action="inference.submit").order_by("seq"))
+    assert [e.object_id for e in events] == [first["task_id"]] * 2
+    assert [bool(e.details.get("deduplicated")) for e in events] == [False, True]
+    assert [(e.actor, e.purpose_of_use) for e in events] == [("alice", "TREAT"), ("alice", "ETREAT")]

@@ -272,7 +272,8 @@ def write_submits(jobs: list[Job]) -> list[Submitted | ApiError]:
     """Write planned single submits, of one caller or several, in one transaction (a group commit:
     ``queue.committer`` hands it the submits of one web process that arrived together): one
     de-duplication read, one INSERT of the tasks and one of their entries, one audit append (one
-    event per task), one push and one wake-up on commit.
+    event per submit, a de-duplicated one included: it accessed that task), one push and one
+    wake-up on commit.
 
     Each submit keeps its own answer: a new task, an identical task of the same caller (already
     queued or retained, or made by an earlier submit of the group), or an ``ApiError`` (429 for the
@@ -311,7 +312,10 @@ def _write_jobs(jobs: list[Job]) -> list[Submitted | ApiError]:
     depth = _depth(len({o for o in owners if o not in existing}))
     for job, owner in zip(jobs, owners, strict=True):
         found = existing.get(owner)
-        if found is not None:
+        if found is not None:  # a de-duplication hit is an access to that task: audited as one
+            job.event.object_id = str(found.id)
+            job.event.details = {**job.event.details, "deduplicated": True}
+            events.append(job.event)
             outcomes.append(Submitted(found, False))
             continue
         refused = _refusal([job.plan.priority], depth + len(new))
@@ -326,6 +330,7 @@ def _write_jobs(jobs: list[Job]) -> list[Submitted | ApiError]:
         outcomes.append(Submitted(task, True))
     if new:
         _enqueue(new, now)
+    if events:
         record_events(events)  # appended last: the chain head stays locked until the commit
     return outcomes
 
