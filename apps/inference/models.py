@@ -364,6 +364,10 @@ class InferenceTask(models.Model):
         help_text="The caller's end user, as it named them (OpenAI's user / safety_identifier).",
     )
     correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # What the request's audit events carry, kept for the worker's: the break-glass grant it was made
+    # under (its id; accounts.BreakGlassGrant) and its X-Purpose-Of-Use.
+    break_glass = models.PositiveIntegerField(null=True, blank=True, help_text="The break-glass grant it ran under.")
+    purpose_of_use = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -124,3 +124,22 @@ def test_inference_under_it_is_marked_in_its_audit_events(grant):
     records_written()
     assert AuditEvent.objects.get(action="inference.submit").details["break_glass"] == grant.pk
     assert AuditEvent.objects.get(action="inference.complete").details["break_glass"] == grant.pk
+
+
+@pytest.mark.django_db
+def test_an_async_task_submitted_under_it_is_marked_when_the_worker_completes_it(grant, stub_backend):
+    from apps.inference import queue
+    from tests.conftest import register_model
+
+    register_model("stub-a", stub_backend, agents=("Chat",))
+    token = login("alice", PASSWORD, "north").json()["access_token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_PURPOSE_OF_USE="ETREAT")
+    body = {"model": "stub-a", "max_tokens": 4, "messages": [{"role": "user", "content": "Dose in arrest?"}]}
+    submitted = client.post("/v1/async/submit", body, format="json")
+    assert submitted.status_code == 202, submitted.content
+    task_id = submitted.json()["task_id"]
+    assert queue.run_task(task_id) == "completed"  # the worker: no request, no Principal of the caller's
+    done = AuditEvent.objects.get(action="inference.complete", object_id=task_id)
+    assert done.details["break_glass"] == grant.pk and done.purpose_of_use == "ETREAT"
+    assert (done.actor, done.location) == ("alice", "north")

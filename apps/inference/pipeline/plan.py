@@ -197,6 +197,7 @@ def plan_tasks(
                     raise
             plan = build_plan(principal, req, routes[key], correlation_id)
             plan.reservation, plan.task_id = reservations[i], task_ids[i]
+            plan.purpose_of_use = get_origin().purpose_of_use  # kept on the task for its worker's event
             _cap_completion(plan, reservations[i])
             plans.append((plan, deadline_s))
     except BaseException:
@@ -222,6 +223,7 @@ async def plan_task(
         raise
     plan = build_plan(principal, req, route, correlation_id)
     plan.reservation, plan.task_id = reservation, task_id
+    plan.purpose_of_use = get_origin().purpose_of_use  # kept on the task for its worker's event
     _cap_completion(plan, reservation)
     return plan, deadline_s
 

@@ -86,6 +86,8 @@ def audit_events(tasks: list[InferenceTask]) -> list[AuditEvent]:
             username=users.get(t.user_id, "") if t.user_id is not None else "",
             location_code=locations.get(t.location_id, ("", None))[0],
             organization_id=locations.get(t.location_id, ("", None))[1],
+            break_glass=t.break_glass,  # as the sync event: the grant the caller submitted under
+            purpose_of_use=t.purpose_of_use,
         )
         for t in tasks
     ]
@@ -128,6 +130,8 @@ def _record_fields(
         tool_calls=plan.tool_calls,
         end_user=plan.end_user,
         correlation_id=plan.correlation_id,
+        break_glass=p.break_glass_id,
+        purpose_of_use=plan.purpose_of_use[:64],
         created_at=plan.created_at,
         started_at=plan.created_at,
         finished_at=now,

@@ -199,6 +199,8 @@ def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch |
         requested_model=plan.requested_model,
         request=spec,
         correlation_id=plan.correlation_id,
+        break_glass=p.break_glass_id,
+        purpose_of_use=plan.purpose_of_use[:64],
         tools_offered=plan.tools_offered,
         end_user=plan.end_user,
         created_at=now,
