@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -36,7 +37,9 @@ from redis.exceptions import RedisError
 
 from apps.accounts import governance, revocation, services, sessionauth
 from apps.accounts.models import SCOPE_READ
-from apps.accounts.services import AuthError, Forbidden, Principal
+from apps.accounts.services import AuthError, Forbidden, Principal, audit_marks
+from apps.audit import actions
+from apps.audit.services import record_event_later
 
 logger = logging.getLogger("medai.ws")
 
@@ -62,6 +65,8 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     _closing = False
     _watchdog: asyncio.Task[None] | None = None
     _expiry: asyncio.TimerHandle | None = None
+    _opened_at: float | None = None  # monotonic time of the accept (an audited open)
+    socket_id = ""  # this socket's id in its ws.open and ws.close events
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         code = self.refusal(scope)
@@ -77,6 +82,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         except UNAVAILABLE as exc:
             await self.close_unavailable(exc)
         finally:
+            self._audit_close(None)  # (a socket that ended without a disconnect message: code unknown)
             self._stop_watchdog()
             self._stop_expiry()
 
@@ -125,6 +131,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         for group in [revocation.group(principal.user_id), *self.groups_for(principal)]:
             await self.join(group)
         await self.accept(self.scope.get("auth_subprotocol"))
+        self._audit_open(principal)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         self._arm_expiry(principal)
         await self.opened(principal)
@@ -141,7 +148,47 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.joined.append(group)
 
+    # --- the audit: who opened which socket, and how and when it closed ---------------------------
+
+    def _audit_open(self, principal: Principal) -> None:
+        """``ws.open`` for an accepted socket (the background writer: no query on the loop), with the
+        connection's IP and user agent."""
+        self.socket_id = uuid.uuid4().hex
+        self._opened_at = time.monotonic()
+        record_event_later(
+            actions.WS_OPEN,
+            actor=principal,
+            ip=_client_ip(self.scope) or "",
+            user_agent=_user_agent(self.scope),
+            object_type="websocket",
+            object_id=self.socket_id,
+            details={"path": str(self.scope.get("path", ""))[:100], **(audit_marks(principal) or {})},
+        )
+
+    def _audit_close(self, code: Any) -> None:
+        """``ws.close`` beside its open: the close code (the client's, or the server's 4401, 1013...)
+        and how long the socket was open. Once per socket."""
+        opened, self._opened_at = self._opened_at, None
+        if opened is None:
+            return
+        principal = self.scope.get("principal")
+        record_event_later(
+            actions.WS_CLOSE,
+            actor=principal,
+            ip=_client_ip(self.scope) or "",
+            user_agent=_user_agent(self.scope),
+            object_type="websocket",
+            object_id=self.socket_id,
+            details={
+                "path": str(self.scope.get("path", ""))[:100],
+                "code": code if isinstance(code, int) else None,
+                "duration_s": round(time.monotonic() - opened, 3),
+                **((audit_marks(principal) or {}) if principal is not None else {}),
+            },
+        )
+
     async def disconnect(self, code: int) -> None:
+        self._audit_close(code)
         self._stop_watchdog()
         self._stop_expiry()
         for group in getattr(self, "joined", []):
@@ -167,6 +214,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
             await super().close(code=TRY_AGAIN_LATER)
         except Exception:  # noqa: BLE001 - the client disconnected meanwhile
             pass
+        self._audit_close(TRY_AGAIN_LATER)
 
     # --- the credential's life: expiry and revocation -------------------------------------------
 
@@ -236,6 +284,13 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
 def _client_ip(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
     return client[0] if client else None
+
+
+def _user_agent(scope: dict[str, Any]) -> str:
+    for name, value in scope.get("headers") or ():
+        if name == b"user-agent":
+            return str(value.decode("latin-1"))
+    return ""
 
 
 async def _rate_refusal(scope: dict[str, Any]) -> int | None:

@@ -28,6 +28,10 @@ TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued aga
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
 TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
 
+# websockets (apps/accounts/websocket.py): an accepted socket's open, and its close (code, duration)
+WS_OPEN = "ws.open"
+WS_CLOSE = "ws.close"
+
 # admin (Django admin)
 ADMIN_LOGIN = "admin.login"
 ADMIN_LOGOUT = "admin.logout"
