@@ -79,7 +79,14 @@ def test_an_identical_submit_in_the_same_group_gets_the_same_task_but_a_colleagu
     assert again.task.id == first.task.id and (first.created, again.created) == (True, False)
     assert colleague.task.id != first.task.id and colleague.created
     assert InferenceTask.objects.count() == 2
-    assert AuditEvent.objects.filter(action="inference.submit").count() == 2
+    # every submit is an access: the dedup hit is audited too, naming the task it was given
+    events = list(AuditEvent.objects.filter(action="inference.submit").order_by("seq"))
+    assert [(e.object_id, e.actor_id) for e in events] == [
+        (str(first.task.id), alice.pk),
+        (str(first.task.id), alice.pk),
+        (str(colleague.task.id), bob.pk),
+    ]
+    assert [bool(e.details.get("deduplicated")) for e in events] == [False, True, False]
 
 
 def test_the_overload_rule_counts_each_submit_of_a_group(token_for, alice, settings):
