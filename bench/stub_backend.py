@@ -97,12 +97,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, 200 if STATE["mode"] in ("ok", "hold") else 503, {"status": STATE["mode"]})
     if path == "/v1/models":
         return await _send_json(send, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
-    if path != "/v1/chat/completions" or method != "POST":
+    if path not in ("/v1/chat/completions", "/v1/completions") or method != "POST":
         return await _send_json(send, 404, {"error": {"message": "not found"}})
+    legacy = path == "/v1/completions"  # (legacy) completions: a prompt, answered as text
     STATE["requests"] += 1
     if isinstance(STATE.get("log"), list):
-        messages = json.loads(body or b"{}").get("messages") or [{}]
-        STATE["log"].append(str(messages[-1].get("content", "")))
+        if legacy:
+            STATE["log"].append(str(json.loads(body or b"{}").get("prompt", "")))
+        else:
+            messages = json.loads(body or b"{}").get("messages") or [{}]
+            STATE["log"].append(str(messages[-1].get("content", "")))
     STATE["in_flight"] += 1
     STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
     try:
@@ -123,6 +127,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return await _send_json(send, 400, {"error": {"message": "prompt is too long for the context"}})
         request = json.loads(body or b"{}")
         model = request.get("model", "stub-model")
+        if legacy:
+            return await _text_completion(send, model, bool(request.get("stream")))
         if not request.get("stream"):
             return await _send_json(send, 200, _completion(model))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
@@ -148,6 +154,33 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode()})
     finally:
         STATE["in_flight"] -= 1
+
+
+async def _text_completion(send: Any, model: str, stream: bool) -> None:
+    usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    if not stream:
+        answer = {
+            "id": "cmpl-stub",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "text": "OK", "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        return await _send_json(send, 200, answer)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for piece, finish in (("O", None), ("K", None), ("", "stop")):
+        chunk: dict[str, Any] = {
+            "id": "cmpl-stub",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}],
+        }
+        if finish:
+            chunk["usage"] = usage
+        await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Fuzz (Hypothesis) the sync chat, async task and auth endpoints with bodies shaped like real
+"""Fuzz (Hypothesis) the sync chat and completions, async task and auth endpoints with bodies shaped like real
 requests but full of what a JSON parser accepts and a model server may not (lone surrogates,
 NaN and infinities, huge numbers, wrong types, unknown fields), and odd ids and query strings:
 no answer is a 500, every error is JSON, and once the worker (run in-process, as django-q2 runs
@@ -119,6 +119,35 @@ def chat_bodies(draw: Any) -> dict[str, Any]:
 
 
 chat_body = chat_bodies()
+
+COMPLETION_FIELDS = {
+    **{k: v for k, v in FIELDS.items() if k not in ("logprobs", "top_logprobs", "response_format", "deadline_s")},
+    "echo": st.just(False),
+    "best_of": st.just(1),
+    "stream_options": st.just({"include_usage": True}),
+}
+valid_completion = st.fixed_dictionaries(
+    {"agent_type": st.just("Chat"), "prompt": plain | st.lists(plain, min_size=1, max_size=3)},
+    optional=COMPLETION_FIELDS,
+)
+
+
+@st.composite
+def completion_bodies(draw: Any) -> dict[str, Any]:
+    """A valid (legacy) completions request with 0-2 hostile changes: a field's value (an OpenAI
+    field medai refuses among them), the prompt, one prompt of a list."""
+    body = draw(valid_completion)
+    for where in draw(st.lists(st.sampled_from(["field", "field", "prompt", "item"]), max_size=2)):
+        if where == "field":
+            names = [*COMPLETION_FIELDS, "n", "echo", "logprobs", "suffix", "messages", "unknown_field"]
+            body[draw(st.sampled_from(names))] = draw(anything)
+        elif where == "prompt":
+            body["prompt"] = draw(anything)
+        elif isinstance(body["prompt"], list) and body["prompt"]:
+            body["prompt"][draw(st.integers(0, len(body["prompt"]) - 1))] = draw(anything)
+    return body
+
+
 ids = st.uuids().map(str) | st.sampled_from(["not-a-uuid", "0" * 40, "%00", "..%2f"]) | text
 
 
@@ -194,6 +223,18 @@ def test_sync_chat_never_answers_500(api):
 
     run()
     assert any(code == 200 for _, code in api.seen)  # the fuzz reached the model, not only validation
+
+
+def test_sync_completions_never_answer_500(api):
+    @examples(80)
+    @given(body=completion_bodies(), stream=st.booleans())
+    def run(body: dict[str, Any], stream: bool) -> None:
+        api("post", "/v1/completions", {**body, "stream": stream} if stream else body)
+        records_written()
+
+    run()
+    assert any(code == 200 for _, code in api.seen)
+    assert any(code == 400 for _, code in api.seen)
 
 
 def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):

@@ -39,6 +39,7 @@ ENDPOINTS = [
     "/v1/auth/refresh",
     "/v1/auth/logout",
     "/v1/chat/completions",
+    "/v1/completions",
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",

@@ -49,6 +49,22 @@ def test_chat_completion_and_its_errors_match_the_schema(live_medai, stub_backen
     assert_matches("/v1/chat/completions", "post", 401, anon.json())
 
 
+def test_completion_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):
+    register_model("stub-a", stub_backend)
+    headers = {"Authorization": f"Bearer {token_for(alice)}"}
+    ok = httpx.post(f"{live_medai}/v1/completions", headers=headers, json={"model": "stub-a", "prompt": ["a", "b"]})
+    assert_matches("/v1/completions", "post", 200, ok.json())
+    bad = httpx.post(f"{live_medai}/v1/completions", headers=headers, json={"model": "stub-a", "prompt": "a", "n": 3})
+    assert_matches("/v1/completions", "post", 400, bad.json())
+    missing = httpx.post(f"{live_medai}/v1/completions", headers=headers, json={"model": "nope", "prompt": "a"})
+    assert_matches("/v1/completions", "post", 404, missing.json())
+    assert_matches("/v1/completions", "post", 401, httpx.post(f"{live_medai}/v1/completions", json={}).json())
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    request = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    fields = schema["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert {"prompt", "max_tokens", "stream", "stream_options", "agent_type", "priority"} <= set(fields)
+
+
 def test_async_task_api_responses_match_the_schema(client_for, alice, stub_backend):
     from apps.inference import queue
     from tests.inference.queue_helpers import ask

@@ -59,6 +59,7 @@ def inference_event(
         priority = str(task.priority)
     details: dict[str, Any] = {
         "mode": task.mode,
+        "kind": task.kind,
         "stream": task.stream,
         "status": task.status,
         "model": task.model_name,

@@ -167,3 +167,88 @@ class _CallIndex:
         if isinstance(function, dict):
             _arguments(function)
         return int(new)
+
+
+# --- (legacy) completions: CreateCompletionResponse, streamed or not ---------------------------
+
+
+def _completion_id() -> str:
+    return "cmpl-" + uuid.uuid4().hex
+
+
+def _text_choice(choice: Any, index: int) -> dict[str, Any]:
+    if not isinstance(choice, dict):
+        choice = {}
+    text = choice.get("text")
+    choice["text"] = text if isinstance(text, str) else ""
+    choice["index"] = index
+    choice["logprobs"] = None  # refused at validation: the servers' chat-shaped ones are not the legacy shape
+    if choice.get("finish_reason") not in ("stop", "length", "content_filter"):
+        choice["finish_reason"] = "stop"
+    return choice
+
+
+def text_completion(answers: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """One ``text_completion`` from the backend's answers to each prompt, in order (the choice's
+    ``index`` is its prompt's place), under medai's model name, with the usage of them all."""
+    choices: list[dict[str, Any]] = []
+    prompt_tokens = completion_tokens = 0
+    for answer in answers:
+        got = answer.get("choices") if isinstance(answer, dict) else None
+        for choice in got if isinstance(got, list) else [{}]:
+            choices.append(_text_choice(choice, len(choices)))
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if isinstance(usage, dict):
+            prompt_tokens += _count(usage.get("prompt_tokens"))
+            completion_tokens += _count(usage.get("completion_tokens"))
+    first = answers[0] if answers and isinstance(answers[0], dict) else {}
+    data: dict[str, Any] = {
+        "id": _completion_id(),
+        "object": "text_completion",
+        "created": first["created"] if isinstance(first.get("created"), int) else int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+    if isinstance(first.get("system_fingerprint"), str):
+        data["system_fingerprint"] = first["system_fingerprint"]
+    return data
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class TextChunkNormaliser:
+    """Normalises one (legacy) completions stream's chunks: medai's model name and one id and
+    creation time for them all; ``finish_reason`` null until the last (as OpenAI streams it).
+    Returns 0 (no tool calls on this endpoint), as ``ChunkNormaliser`` returns its count."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = _completion_id()
+        self.created = int(time.time())
+
+    def __call__(self, event: dict[str, Any]) -> int:
+        event["id"] = self.id
+        event["object"] = "text_completion"
+        event["model"] = self.model
+        event["created"] = self.created
+        choices = event.get("choices")
+        if not isinstance(choices, list):
+            choices = event["choices"] = []
+        for position, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                choices[position] = choice = {}
+            if not isinstance(choice.get("text"), str):
+                choice["text"] = ""
+            choice.setdefault("index", position)
+            choice["logprobs"] = None
+            choice.setdefault("finish_reason", None)
+        if "usage" in event:
+            _usage(event["usage"])
+        return 0

@@ -22,6 +22,7 @@ PROMPT = "Patient John Smith, MRN 12345678, asks about his INR of 4.2"
 MSG = [{"role": "user", "content": PROMPT}]
 DETAIL_KEYS = {
     "mode",
+    "kind",
     "stream",
     "status",
     "model",

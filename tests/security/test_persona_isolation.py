@@ -27,7 +27,7 @@ from apps.accounts.models import Location, Organization, User
 from apps.accounts.services import authenticate_header
 from apps.inference import queue
 from apps.inference.models import InferenceTask
-from tests.conftest import _user, register_model
+from tests.conftest import _user, records_written, register_model
 
 PERSONAS = ("alice", "bob", "dana", "audrey", "carol")
 SEES_ALICES = {"alice", "dana"}  # the owner and the location admin
@@ -241,6 +241,27 @@ def test_submissions_land_at_the_callers_own_location(world):
         assert task.user.username == persona
 
 
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+def test_completions_are_recorded_under_the_callers_own_location(world):
+    """(Legacy) completions keep no object a caller could read back: each request's record (here a
+    503, no model server) lands at the caller's own location under the caller's name."""
+    for persona in PERSONAS:
+        body = {"agent_type": "Chat", "prompt": f"{persona}'s note", "max_tokens": 2}
+        response = _client(world, persona).post("/v1/completions", body, format="json")
+        if persona == "audrey":  # an auditor has no inference scope
+            assert response.status_code == 403, response.content
+            continue
+        assert response.status_code == 503, (persona, response.content)
+    records_written()
+    records = InferenceTask.objects.filter(kind="completions")
+    assert sorted(records.values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
+
 # --- websockets ---------------------------------------------------------------------------------
 
 
@@ -322,6 +343,7 @@ COVERED = {
     "audit-events": "test_the_audit_trail_shows_only_the_callers_organization",
     "auth-me": "test_me_is_oneself",
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
+    "completions": "test_completions_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",

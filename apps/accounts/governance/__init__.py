@@ -144,14 +144,21 @@ def estimate_prompt_tokens(req: dict[str, Any]) -> int:
     quotes and keys outnumber a chat template's markers) plus MEDAI_QUOTA_PROMPT_OVERHEAD for what
     is added later (a route's system prompt). Over-reserving is released at reconcile."""
     size = len(json.dumps(req.get("messages") or [], ensure_ascii=False, separators=(",", ":")).encode())
+    if req.get("prompt"):  # a (legacy) completions request: its prompt (or prompts)
+        size += len(json.dumps(req["prompt"], ensure_ascii=False, separators=(",", ":")).encode())
     if req.get("tools"):
         size += len(json.dumps(req["tools"], ensure_ascii=False, separators=(",", ":")).encode())
     return size + int(settings.MEDAI_QUOTA_PROMPT_OVERHEAD)
 
 
 def item_of(req: dict[str, Any], ref: str = "") -> Item:
-    """The quota item of a validated chat request."""
-    return Item(estimate_prompt_tokens(req), req.get("max_completion_tokens") or req.get("max_tokens"), ref)
+    """The quota item of a validated chat or completions request (a list of prompts: each
+    prompt's completion held)."""
+    completion = req.get("max_completion_tokens") or req.get("max_tokens")
+    prompts = req.get("prompt")
+    if completion and isinstance(prompts, list) and len(prompts) > 1:
+        completion *= len(prompts)
+    return Item(estimate_prompt_tokens(req), completion, ref)
 
 
 # --- admission: rate limit + in-flight + quota reserve, one script ---------------------------------

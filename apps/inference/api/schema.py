@@ -1,5 +1,6 @@
-"""Adds the async chat-completions view (not a DRF view, so invisible to drf-spectacular's
-URL walk) to the OpenAPI document, with schemas generated from the same serializers."""
+"""Adds the async inference views, chat completions and (legacy) completions (not DRF views, so
+invisible to drf-spectacular's URL walk), to the OpenAPI document, with schemas generated from the
+same serializers that validate them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any, Literal
 from drf_spectacular.openapi import AutoSchema
 from rest_framework.views import APIView
 
-from apps.inference.api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ErrorSerializer
+from apps.inference.api.serializers import (
+    ChatCompletionRequestSerializer,
+    ChatCompletionSerializer,
+    CompletionSerializer,
+    ErrorSerializer,
+)
+from apps.inference.validation.completion_request import CompletionRequestSerializer
 
 
 def _component(generator: Any, serializer: type, direction: Literal["request", "response"]) -> dict[str, Any]:
@@ -44,12 +51,42 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
             (503, "No model server could answer."),
         ]
     }
-    result.setdefault("paths", {})["/v1/chat/completions"] = {
+    paths = result.setdefault("paths", {})
+    paths["/v1/chat/completions"] = _operation(
+        "create_chat_completion",
+        "OpenAI-compatible chat completion",
+        "`model` names a model or an agent type; `agent_type` and `priority` are medai extras. "
+        "`stream: true` answers Server-Sent Events ending in `data: [DONE]`.",
+        request_ref,
+        response_ref,
+        errors,
+    )
+    paths["/v1/completions"] = _operation(
+        "create_completion",
+        "OpenAI-compatible (legacy) completion: a prompt → text",
+        "`prompt` is a string or a list of strings (one choice each, `index` its place); `model` names a "
+        "model or an agent type; `agent_type` and `priority` are medai extras. `n`, `best_of`, `echo`, "
+        "`logprobs` and `suffix` are refused (400 `unsupported_parameter`) at any value but the one that "
+        "asks for nothing. `stream: true` (one prompt) answers Server-Sent Events of `text_completion` "
+        "chunks ending in `data: [DONE]`.",
+        _component(generator, CompletionRequestSerializer, "request"),
+        _component(generator, CompletionSerializer, "response"),
+        errors,
+    )
+    for name, component in generator.registry._components.items():
+        if name[1] == "schemas" and name[0] not in schemas:
+            schemas[name[0]] = component.schema
+    return result
+
+
+def _operation(
+    operation_id: str, summary: str, description: str, request_ref: Any, response_ref: Any, errors: dict[str, Any]
+) -> dict[str, Any]:
+    return {
         "post": {
-            "operationId": "create_chat_completion",
-            "summary": "OpenAI-compatible chat completion",
-            "description": "`model` names a model or an agent type; `agent_type` and `priority` are medai extras. "
-            "`stream: true` answers Server-Sent Events ending in `data: [DONE]`.",
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
             "tags": ["v1"],
             "security": [{"bearer": []}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
@@ -65,4 +102,3 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
             },
         }
     }
-    return result

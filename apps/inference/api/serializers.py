@@ -84,6 +84,26 @@ class ChatCompletionSerializer(serializers.Serializer):
     usage = UsageSerializer(required=False)
 
 
+class CompletionChoiceSerializer(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True)
+    index = serializers.IntegerField(help_text="The place of its prompt in the request's list (0 for one prompt).")
+    logprobs = serializers.DictField(allow_null=True, help_text="Always null: logprobs are refused at validation.")
+    finish_reason = serializers.ChoiceField(choices=["stop", "length", "content_filter"])
+
+
+class CompletionSerializer(serializers.Serializer):
+    """OpenAI's CreateCompletionResponse (a streamed chunk has the same shape, with
+    ``finish_reason`` null until the last)."""
+
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always text_completion.")
+    created = serializers.IntegerField()
+    model = serializers.CharField(help_text="The medai model that answered.")
+    system_fingerprint = serializers.CharField(required=False)
+    choices = CompletionChoiceSerializer(many=True)
+    usage = UsageSerializer(required=False)
+
+
 class ErrorDetailSerializer(serializers.Serializer):
     message = serializers.CharField()
     type = serializers.CharField()

@@ -5,6 +5,7 @@ function as the DRF views, once, then runs the pipeline (apps/inference/pipeline
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -59,13 +60,29 @@ def with_rate_limit(response: R) -> R:
     return response
 
 
+Planner = Callable[..., Awaitable[plan.ChatPlan]]
+Completer = Callable[[plan.ChatPlan], Awaitable[dict[str, Any]]]
+
+
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
-    return with_rate_limit(await _chat_completions(request))
+    """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE)."""
+    return with_rate_limit(await _sync_inference(request, plan.plan_chat, run.complete_chat))
 
 
-async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
-    """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE).
+@csrf_exempt
+async def completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    """``POST /v1/completions``, OpenAI's legacy completions (a prompt → text; ``stream: true``
+    answers SSE of ``text_completion`` chunks): the same pipeline as chat, its own validation,
+    payload and answer shape."""
+    return with_rate_limit(await _sync_inference(request, plan.plan_completion, run.complete_text))
+
+
+async def _sync_inference(
+    request: HttpRequest, planner: Planner, complete: Completer
+) -> HttpResponse | StreamingHttpResponse:
+    """One sync inference through the pipeline: ``planner`` (authorize → validate → limits →
+    route), then the backend call (``complete``, or a relayed stream), then the record.
 
     Authenticated once; authorization, validation and routing run on the event loop when this
     process's caches can answer them (most requests), else in a thread. A non-streamed request's record is
@@ -77,7 +94,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
         body = read_body(request)
         principal = await gate.authenticate(request.headers.get("Authorization"))
         request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names (apps/audit/middleware.py)
-        chat = await plan.plan_chat(
+        chat = await planner(
             principal,
             body,
             getattr(request, "correlation_id", ""),
@@ -113,7 +130,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
             )
         raise
     try:
-        data = await run.complete_chat(chat)
+        data = await complete(chat)
     except ApiError as exc:
         record.record_later(chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
         return exc.response()

@@ -87,6 +87,13 @@ def validate_chat(body: bytes) -> dict[str, Any]:
     return validation.validate_chat(validation.parse_json_object(body))
 
 
+def validate_completion(body: bytes) -> dict[str, Any]:
+    """The validate step of a (legacy) completions body: the validated request (``prompt`` a
+    list), or ApiError 400 naming the field."""
+    steps.enter(steps.VALIDATE)
+    return validation.validate_completion(validation.parse_json_object(body))
+
+
 def validate_task(item: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     """The validate step of one async task request (a parsed JSON object, validated once):
     (validated chat request, deadline_s), or ApiError 400."""

@@ -3,6 +3,8 @@ model is called), built from an authenticated Principal and a validated request.
 
     plan_chat(principal, body)         sync chat: authorize → validate → rate limit → quota
                                        reserve → route (on the event loop; a cache miss: a thread)
+    plan_completion(principal, body)   sync (legacy) completions: the same steps, its own
+                                       validation and payload (``kind`` "completions")
     plan_tasks(principal, items)       the async API (submit, submit-batch): the same steps, once
                                        per HTTP request; each item validated and routed once
     plan_task(principal, item)         a single submit on the event loop (the same steps)
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +49,23 @@ PASSTHROUGH = (
     "top_logprobs",
     "logit_bias",
 )
+# The (legacy) completions fields passed through (``prompt`` is set by ``build_completion_plan``).
+COMPLETION_PASSTHROUGH = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logit_bias",
+)
 NO_RESERVATION = governance.Reservation(0, 0, None, governance.CHAT)
+
+CHAT = "chat"
+COMPLETIONS = "completions"
+# The backend path of each kind of request (under the endpoint's OpenAI base URL).
+BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
 
 
 @dataclass
@@ -85,22 +104,31 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
+    kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+
+    @property
+    def backend_path(self) -> str:
+        return BACKEND_PATHS[self.kind]
+
+
+Validator = Callable[[bytes], dict[str, Any]]
+Builder = Callable[[Principal, dict[str, Any], router.Route, str], "ChatPlan"]
 
 
 def _check_chat(
-    principal: Principal, body: bytes, client_ip: str | None
+    principal: Principal, body: bytes, client_ip: str | None, validate: Validator = gate.validate_chat
 ) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
     gate.authorize(principal, SCOPE_CHAT)
-    req = gate.validate_chat(body)
+    req = validate(body)
     limit, [reservation] = gate.limit_and_reserve(principal, [req], ip=client_ip, in_flight=True)
     return req, limit, reservation
 
 
 async def _check_chat_async(
-    principal: Principal, body: bytes, client_ip: str | None
+    principal: Principal, body: bytes, client_ip: str | None, validate: Validator = gate.validate_chat
 ) -> tuple[dict[str, Any], governance.RateLimit, governance.Reservation]:
     gate.authorize(principal, SCOPE_CHAT)
-    req = gate.validate_chat(body)
+    req = validate(body)
     limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
     return req, limit, reservation
 
@@ -120,8 +148,9 @@ def _chat_plan(
     correlation_id: str,
     client_ip: str | None,
     user_agent: str,
+    build: Builder | None = None,
 ) -> ChatPlan:
-    plan = build_plan(principal, req, route, correlation_id)
+    plan = (build or build_plan)(principal, req, route, correlation_id)
     plan.client_ip, plan.user_agent = client_ip, user_agent
     plan.purpose_of_use = get_origin().purpose_of_use
     plan.rate_limit, plan.reservation = checked[1], checked[2]
@@ -140,14 +169,41 @@ async def plan_chat(
     """Authorize, validate, rate-limit, reserve and route one sync chat request (ApiError on a
     refusal). On the event loop, the admission's Redis round trip awaited (the loop serves others
     meanwhile); only a route whose registry snapshot is stale takes a thread."""
-    checked = await _check_chat_async(principal, body, client_ip)
+    return await _plan_sync(principal, body, correlation_id, client_ip, user_agent, gate.validate_chat, build_plan)
+
+
+async def plan_completion(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> ChatPlan:
+    """``plan_chat`` of a (legacy) completions request: the same steps, its own validation
+    (``gate.validate_completion``) and payload (``build_completion_plan``)."""
+    return await _plan_sync(
+        principal, body, correlation_id, client_ip, user_agent, gate.validate_completion, build_completion_plan
+    )
+
+
+async def _plan_sync(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str,
+    client_ip: str | None,
+    user_agent: str,
+    validate: Validator,
+    build: Builder,
+) -> ChatPlan:
+    checked = await _check_chat_async(principal, body, client_ip, validate)
     req = checked[0]
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
     except BaseException:
         gate.release(checked[2])
         raise
-    return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent)
+    return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent, build)
 
 
 def plan_chat_sync(
@@ -255,6 +311,34 @@ def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, c
         correlation_id=correlation_id or get_correlation_id(),
         tools_offered=len(req.get("tools") or ()),  # as the client offered them (before any narrowing)
         end_user=req.get("safety_identifier") or req.get("user") or "",
+    )
+
+
+def build_completion_plan(
+    principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = ""
+) -> ChatPlan:
+    """The backend payload and the record's fields of a validated (legacy) completions request.
+    A route's system prompt does not apply: a raw prompt has no system turn to put it in."""
+    prompts: list[str] = req["prompt"]
+    payload: dict[str, Any] = {"prompt": prompts[0] if len(prompts) == 1 else prompts}
+    for name in COMPLETION_PASSTHROUGH:
+        if req.get(name) is not None:
+            payload[name] = req[name]
+    stream = bool(req.get("stream"))
+    if stream:
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}  # recorded with real token counts
+    return ChatPlan(
+        principal=principal,
+        route=route,
+        payload=payload,
+        stream=stream,
+        include_usage=bool((req.get("stream_options") or {}).get("include_usage")),
+        priority=req.get("priority", Priority.NORMAL),
+        requested_model=req.get("model") or req.get("agent_type") or "",
+        correlation_id=correlation_id or get_correlation_id(),
+        end_user=req.get("user") or "",
+        kind=COMPLETIONS,
     )
 
 

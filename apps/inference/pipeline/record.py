@@ -110,6 +110,7 @@ def _record_fields(
     p = plan.principal
     return dict(
         mode=InferenceTask.Mode.SYNC,
+        kind=plan.kind,
         status=status,
         priority=plan.priority,
         user_id=p.user_id,

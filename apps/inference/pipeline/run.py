@@ -16,7 +16,7 @@ from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
-from apps.inference.pipeline.plan import Attempt, ChatPlan
+from apps.inference.pipeline.plan import CHAT, Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
@@ -106,12 +106,47 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     return data
 
 
+async def complete_text(plan: ChatPlan) -> dict[str, Any]:
+    """A non-streamed (legacy) completion. Several prompts are sent as one backend request
+    each, concurrently (each admitted and failed over on its own), and answered as one
+    completion whose choice ``index`` is the prompt's place: every server counts each one's
+    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended."""
+    plan.backend_started = time.perf_counter()
+    prompt = plan.payload["prompt"]
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+
+    async def one(text: str) -> dict[str, Any]:
+        payload = {**plan.payload, "prompt": text}
+        data, lease = await _call_backend(
+            plan,
+            lambda endpoint: backends.post_json(endpoint, "/completions", {**payload, "model": endpoint.backend_model}),
+        )
+        lease.release()
+        return data
+
+    if len(prompts) == 1:
+        answers = [await one(prompts[0])]
+    else:
+        results = await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        answers = [r for r in results if isinstance(r, dict)]
+    assert plan.endpoint is not None
+    data = conformance.text_completion(answers, plan.endpoint.name)
+    usage = data["usage"]
+    plan.prompt_tokens = _int(usage.get("prompt_tokens"))
+    plan.completion_tokens = _int(usage.get("completion_tokens"))
+    return data
+
+
 async def open_chat_stream(plan: ChatPlan) -> backends.SSEStream:
     """Open the backend stream (failing over until one opens): errors here still get a status code.
-    The model's concurrency slot is held until the stream is closed."""
+    The model's concurrency slot is held until the stream is closed. Chat or (legacy)
+    completions, as the plan's ``kind`` says."""
     plan.backend_started = time.perf_counter()
     stream, lease = await _call_backend(
-        plan, lambda endpoint: backends.open_stream(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
+        plan, lambda endpoint: backends.open_stream(endpoint, plan.backend_path, _backend_payload(plan, endpoint))
     )
     stream.on_close.append(lease.release)
     return stream
@@ -132,7 +167,11 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     assert plan.endpoint is not None
-    normalise = conformance.ChunkNormaliser(plan.endpoint.name)
+    normalise: Callable[[dict[str, Any]], int] = (
+        conformance.ChunkNormaliser(plan.endpoint.name)
+        if plan.kind == CHAT
+        else conformance.TextChunkNormaliser(plan.endpoint.name)
+    )
     convert = (
         forced_tools.StreamConverter()
         if forced_tools.applies(plan.payload, plan.endpoint.kind)

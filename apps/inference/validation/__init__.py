@@ -5,6 +5,7 @@ the services and the queue validate without importing ``api/``.
     chat_request.py  OpenAI's CreateChatCompletionRequest as a DRF serializer (the reference rules)
     fields.py        its fields DRF has none for (tools, tool choice, ...) and what medai refuses
     fast.py          the common plain request validated without a serializer (the hot path)
+    completion_request.py  OpenAI's (legacy) CreateCompletionRequest: a prompt, not messages
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from django.conf import settings
 
 from apps.inference.errors import ApiError, validation_api_error
 from apps.inference.validation.chat_request import ChatCompletionRequestSerializer, find_unforwardable
+from apps.inference.validation.completion_request import validate_completion
 from apps.inference.validation.fast import fast_chat_request
 
 MAX_DEADLINE_S = 7 * 86400
+__all__ = ["parse_json_object", "validate_batch", "validate_chat", "validate_completion", "validate_task"]
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -94,7 +94,11 @@ def _same(value: Any, accepted: tuple[Any, ...]) -> bool:
 
 
 def _refuse_undeclared(
-    data: Any, declared: Any, unsupported: Mapping[str, tuple[tuple[Any, ...], str]], what: str
+    data: Any,
+    declared: Any,
+    unsupported: Mapping[str, tuple[tuple[Any, ...], str]],
+    what: str,
+    api: str = "chat completions",
 ) -> None:
     if not isinstance(data, Mapping):
         return
@@ -105,8 +109,8 @@ def _refuse_undeclared(
         if rule is None:
             raise _error(
                 (key,),
-                f"unrecognized {what} argument: medai accepts the fields of OpenAI's chat "
-                "completions API, plus agent_type and priority.",
+                f"unrecognized {what} argument: medai accepts the fields of OpenAI's {api} "
+                "API, plus agent_type and priority.",
                 "unknown_parameter",
             )
         if not _same(value, rule[0]):
