@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from apps.audit import chain, keys, rows
 from apps.audit.chain import GENESIS
@@ -32,6 +33,27 @@ def record_events(events: list[AuditEvent]) -> list[AuditEvent]:
     """
     if not events:
         return []
+    connection = transaction.get_connection()
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return _append(events)
+    # SQLite: BEGIN IMMEDIATE may meet another writer. A file database waits for it (busy_timeout),
+    # but a shared-cache database (the tests' in-memory one) answers SQLITE_LOCKED ("database table
+    # is locked") at once, which no busy timeout covers: wait for the writer here, bounded.
+    deadline = time.monotonic() + 10.0
+    pause = 0.005
+    while True:
+        try:
+            return _append(events)
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            for event in events:
+                event.pk, event._state.adding = None, True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
+def _append(events: list[AuditEvent]) -> list[AuditEvent]:
     kid, key = keys.current()
     with transaction.atomic():
         connection = transaction.get_connection()
