@@ -5,14 +5,18 @@ Changes come from Django's own ``LogEntry`` (written by every ModelAdmin after i
 ModelAdmin has to opt in. The event names the fields that changed and their new values, except
 what must never reach a log: a field whose name says it holds a secret (password, secret, token,
 key, hash...) and every encrypted field (PHI and backend credentials, apps/audit/fields.py) are
-named without a value; every value passes through PHI redaction. Old values are not kept: the
-LogEntry is written after the save (the previous change's event holds what they were).
+named without a value; every value passes through PHI redaction. A change carries the fields'
+old values too (``old``): while an admin POST runs (``admin_request``, set by the audit
+middleware), a ``pre_save`` of an existing row reads that row as it was, once, before it is written.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import models
-from django.db.models.signals import post_save
+from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
@@ -71,6 +75,37 @@ def _by_label(model: type[models.Model]) -> dict[str, Any]:
                 out[str(capfirst(f.verbose_name))] = f
                 out[f.name] = f
     return out
+
+
+# (model label, pk) → the row's values before this admin request changed it; None: not in one
+_before: contextvars.ContextVar[dict[tuple[str, str], dict[str, Any]] | None] = contextvars.ContextVar(
+    "medai_admin_before", default=None
+)
+
+
+@contextmanager
+def admin_request() -> Iterator[None]:
+    """Keep the old values of the rows saved meanwhile (an admin POST), for their change events."""
+    token = _before.set({})
+    try:
+        yield
+    finally:
+        _before.reset(token)
+
+
+@receiver(pre_save, dispatch_uid="audit-admin-before")
+def _remember_before(sender: type[models.Model], instance: models.Model, raw: bool = False, **kwargs: Any) -> None:
+    before = _before.get()
+    if before is None or raw or instance._state.adding or instance.pk is None or sender is LogEntry:
+        return
+    key = (sender._meta.label_lower, str(instance.pk))
+    if key in before:
+        return
+    old = sender._default_manager.filter(pk=instance.pk).first()
+    if old is None:
+        return
+    fields = [*old._meta.concrete_fields, *old._meta.many_to_many]
+    before[key] = {f.name: _value(old, f) for f in fields if not is_secret(f)}
 
 
 def changes(entry: LogEntry) -> dict[str, Any]:
@@ -127,6 +162,9 @@ def changes(entry: LogEntry) -> dict[str, Any]:
         details["fields"] = fields
     if values:
         details["values"] = values
+        remembered = (_before.get() or {}).get((model._meta.label_lower, str(entry.object_id))) if model else None
+        if entry.action_flag == CHANGE and remembered is not None:
+            details["old"] = {name: remembered.get(name) for name in values}
     if secret:
         details["secret_fields"] = secret  # changed, value withheld
     if related:

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.utils.functional import empty
 
 from apps.audit import actions
-from apps.audit.admin_trail import admin_root
+from apps.audit.admin_trail import admin_request, admin_root
 from apps.audit.context import (
     PURPOSE_RE,
     Origin,
@@ -163,7 +163,11 @@ class CorrelationIdMiddleware:
             else:
                 origin_token = set_origin(origin)
                 try:
-                    response = self.get_response(request)
+                    if request.method == "POST" and request.path.startswith(admin_root()):
+                        with admin_request():  # old values for the change events (admin_trail)
+                            response = self.get_response(request)
+                    else:
+                        response = self.get_response(request)
                     after(request, response, origin)
                 finally:
                     reset_origin(origin_token)
@@ -183,7 +187,11 @@ class CorrelationIdMiddleware:
             else:
                 origin_token = set_origin(origin)
                 try:
-                    response = await self.get_response(request)
+                    if request.method == "POST" and request.path.startswith(admin_root()):
+                        with admin_request():  # old values for the change events (admin_trail)
+                            response = await self.get_response(request)
+                    else:
+                        response = await self.get_response(request)
                     after(request, response, origin)
                 finally:
                     reset_origin(origin_token)

@@ -78,6 +78,7 @@ def test_add_change_and_delete_name_the_fields_and_withhold_the_secret(admin_cli
     [changed] = events("admin.change")
     assert set(changed.details["fields"]) == {"rank", "api_key"}
     assert changed.details["values"] == {"rank": 3}
+    assert changed.details["old"] == {"rank": 10}  # what it was: the secret's old value neither
     assert changed.details["secret_fields"] == ["api_key"]
     assert (changed.user_agent, changed.purpose_of_use) == ("firefox-admin", "HOPERAT")
     [deleted] = events("admin.delete")
@@ -118,3 +119,16 @@ def test_patient_details_in_a_changed_value_are_redacted(admin_client, events):
     )
     [changed] = events("admin.change")
     assert "Smith" not in json.dumps(changed.details) and "555-123-4567" not in json.dumps(changed.details)
+
+
+def test_an_old_value_with_patient_details_is_redacted_too(admin_client, events):
+    endpoint = ModelEndpoint.objects.create(
+        name="gpu-d", base_url="http://127.0.0.1:9/v1", served_model_id="for Mrs. Jane Doe 555-987-6543"
+    )
+    admin_client.post(
+        f"/admin/inference/modelendpoint/{endpoint.pk}/change/", endpoint_form(name="gpu-d", served_model_id="plain")
+    )
+    [changed] = events("admin.change")
+    assert changed.details["values"]["served_model_id"] == "plain" and "served_model_id" in changed.details["old"]
+    assert set(changed.details["old"]) == set(changed.details["values"])
+    assert "Doe" not in json.dumps(changed.details) and "555-987-6543" not in json.dumps(changed.details)
