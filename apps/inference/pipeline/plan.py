@@ -104,7 +104,7 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+    kind: str = CHAT  # what is asked: chat, completions, embeddings or rerank; InferenceTask.kind
 
     @property
     def backend_path(self) -> str:
