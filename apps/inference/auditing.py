@@ -72,8 +72,6 @@ def inference_event(
         "completion_tokens": task.completion_tokens,
         "latency_ms": task.latency_ms,
     }
-    if task.kind != "chat":
-        details["kind"] = task.kind  # embeddings, rerank
     if break_glass:
         details["break_glass"] = break_glass
     return new_event(
