@@ -216,11 +216,12 @@ def llama_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def llama_embed_server() -> Iterator[str]:
     """A real llama.cpp server on the bundled SmolLM2 as the embedded default runs it for
-    embeddings (``EMBEDDINGS_ARGS``: ``--embeddings --pooling mean``). Shared by the session."""
-    from apps.gpu.llamacpp import EMBEDDINGS_ARGS
+    embeddings (``EMBEDDINGS_SERVER_ARGS``: ``--embeddings --pooling mean``, a batch of 512
+    tokens: the longest text it embeds). Shared by the session."""
+    from apps.gpu.llamacpp import EMBEDDINGS_PARALLEL, EMBEDDINGS_SERVER_ARGS
     from tests.support.servers import start_llama_server
 
-    proc, url = start_llama_server(parallel=2, extra=list(EMBEDDINGS_ARGS))
+    proc, url = start_llama_server(parallel=EMBEDDINGS_PARALLEL, extra=list(EMBEDDINGS_SERVER_ARGS))
     yield url
     proc.stop()
 

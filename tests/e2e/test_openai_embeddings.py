@@ -91,6 +91,22 @@ def test_a_chat_only_model_or_dimensions_on_llamacpp_is_a_400_naming_the_field(c
         client.embeddings.create(model="no-such-model", input="x")
 
 
+def test_a_text_longer_than_the_server_embeds_at_once_is_the_callers_400(client, embedder):
+    """llama.cpp answers a 500 ("input (601 tokens) is too large to process"): medai tells the caller
+    it is their input, names the field, and never counts it against the model server."""
+    from apps.gpu import circuit
+
+    for _ in range(6):  # past the circuit's threshold, were it counted
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.embeddings.create(model="smollm2-135m-embed", input=["short", "word " * 700])
+        assert too_long.value.code == "context_length_exceeded" and too_long.value.body["param"] == "input"
+        assert "smollm2-135m-embed" in too_long.value.message
+    assert circuit.state_of(embedder.pk)[:2] == (circuit.CLOSED, 0)
+    assert len(client.embeddings.create(model="smollm2-135m-embed", input="still serving").data) == 1
+    records_written()
+    assert InferenceTask.objects.filter(http_status=400, error_code="context_length_exceeded").count() == 6
+
+
 def test_rerank_by_embeddings_on_the_embedded_default(live_medai, embedder, alice, api_key_for):
     docs = ["The patient has a broken wrist.", "Fever and a persistent cough.", "Invoice number 42."]
     answer = httpx.post(

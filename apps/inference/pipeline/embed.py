@@ -160,7 +160,7 @@ async def _embed(plan: EmbedPlan, inputs: list[Any], dimensions: int | None = No
         return backends.post_json(endpoint, "/embeddings", payload)
 
     plan.backend_started = time.perf_counter()
-    data, lease = await _call_backend(plan, call)
+    data, lease = await _dispatch(plan, call, "input")
     lease.release()
     assert plan.endpoint is not None
     items = data.get("data")
@@ -175,6 +175,24 @@ async def _embed(plan: EmbedPlan, inputs: list[Any], dimensions: int | None = No
         raise _malformed(plan.endpoint, "embeddings")
     plan.prompt_tokens = _int((data.get("usage") or {}).get("prompt_tokens"))
     return vectors
+
+
+async def _dispatch(plan: EmbedPlan, call: Any, param: str) -> tuple[Any, Any]:
+    """``_call_backend`` (admit → dispatch, failover), with a text too long for the model named as
+    the caller's field: the backend's fault classification says ``messages`` (chat's word), and
+    llama.cpp's own advice ("increase the physical batch size") is for its operator."""
+    try:
+        return await _call_backend(plan, call)
+    except ApiError as exc:
+        if exc.code == "context_length_exceeded":
+            endpoint = plan.endpoint
+            limit = f" ({endpoint.context_length} tokens per text)" if endpoint and endpoint.context_length else ""
+            name = endpoint.name if endpoint else plan.requested_model
+            exc.param = param
+            exc.message = (
+                f"{param}: a text is longer than '{name}' embeds at once{limit}; shorten or split it. {exc.message}"
+            )
+        raise
 
 
 def _malformed(endpoint: router.EndpointInfo, what: str) -> ApiError:
@@ -192,11 +210,13 @@ async def run_embeddings(plan: EmbedPlan) -> dict[str, Any]:
     """The backend call of a planned embeddings request → OpenAI's CreateEmbeddingResponse."""
     req = plan.request
     vectors = await _embed(plan, req["inputs"], req.get("dimensions"))
-    encode = _base64 if req["encoding_format"] == "base64" else (lambda v: v)
+    encoded: list[str] | list[list[float]] = (
+        [_base64(v) for v in vectors] if req["encoding_format"] == "base64" else vectors
+    )
     assert plan.endpoint is not None
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(encoded)],
         "model": plan.endpoint.name,
         "usage": {"prompt_tokens": plan.prompt_tokens, "total_tokens": plan.prompt_tokens},
     }
@@ -223,7 +243,7 @@ async def _native_rerank(plan: EmbedPlan) -> list[tuple[int, float]]:
         return backends.post_json(endpoint, "/rerank", payload)
 
     plan.backend_started = time.perf_counter()
-    data, lease = await _call_backend(plan, call)
+    data, lease = await _dispatch(plan, call, "documents")
     lease.release()
     assert plan.endpoint is not None
     if "vectors" in data:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.inference.errors import ApiError
+from apps.inference.validation.chat_request import find_unforwardable
 
 MAX_INPUTS = 2048  # OpenAI's limit of items in ``input``
 MAX_DOCUMENTS = 1000
@@ -23,6 +24,14 @@ def _unknown(data: dict[str, Any], known: frozenset[str]) -> None:
     for name in data:
         if name not in known:
             raise _bad(name, "unknown parameter.", "unknown_parameter")
+
+
+def _forwardable(data: dict[str, Any]) -> None:
+    """What the JSON parser took but cannot be sent on (a lone surrogate, NaN): a 400 naming it."""
+    unforwardable = find_unforwardable(data)
+    if unforwardable is not None:
+        param, why = unforwardable
+        raise ApiError(400, "invalid_value", f"{param}: {why}." if param else f"The request {why}.", param)
 
 
 def _model(data: dict[str, Any]) -> str:
@@ -75,6 +84,7 @@ def validate_embeddings(data: dict[str, Any]) -> dict[str, Any]:
     """The validated embeddings request: ``{model, inputs, single, encoding_format, dimensions,
     user}``; ApiError 400 naming the first bad field."""
     _unknown(data, EMBEDDING_FIELDS)
+    _forwardable(data)
     model = _model(data)
     if "input" not in data:
         raise _bad("input", "this field is required.")
@@ -103,6 +113,7 @@ def validate_embeddings(data: dict[str, Any]) -> dict[str, Any]:
 def validate_rerank(data: dict[str, Any]) -> dict[str, Any]:
     """The validated rerank request: ``{model, query, documents, top_n, return_documents}``."""
     _unknown(data, RERANK_FIELDS)
+    _forwardable(data)
     model = _model(data)
     query = data.get("query")
     if not isinstance(query, str) or not query.strip():
