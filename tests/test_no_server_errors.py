@@ -33,6 +33,11 @@ BODIES = [
     '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}',
+    '{"model": "m", "input": "\\ud800"}',
+    '{"model": "m", "input": [[1, 2], "x"]}',
+    '{"model": "m", "input": ' + "[[" * 3000 + "]]" * 3000 + "}",
+    '{"model": "m", "input": "x", "dimensions": 1e400}',
+    '{"model": "m", "query": "q", "documents": [{"text": "x"}], "top_n": -1}',
 ]
 ENDPOINTS = [
     "/v1/auth/login",
@@ -40,6 +45,8 @@ ENDPOINTS = [
     "/v1/auth/logout",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",

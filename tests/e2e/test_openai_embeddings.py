@@ -15,6 +15,7 @@ from apps.audit import actions
 from apps.audit.models import AuditEvent
 from apps.inference.models import InferenceTask
 from tests.conftest import records_written, register_model
+from tests.support.openai_spec import assert_valid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -127,7 +128,9 @@ def test_rerank_by_embeddings_on_the_embedded_default(live_medai, embedder, alic
         headers={"Authorization": f"Bearer {api_key_for(alice)}"},
         json={"model": "smollm2-135m-embed", "input": ["fever and cough", *docs]},
         timeout=60,
-    ).json()["data"]
+    ).json()
+    assert_valid("CreateEmbeddingResponse", vectors)  # the real server's answer, as medai relays it
+    vectors = vectors["data"]
     by_cosine = sorted(
         range(3), key=lambda i: _cosine(vectors[0]["embedding"], vectors[i + 1]["embedding"]), reverse=True
     )

@@ -262,6 +262,36 @@ def test_completions_are_recorded_under_the_callers_own_location(world):
     ]
 
 
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/embeddings", {"model": "stub-embed", "input": ["Mrs. Garcia, chest pain"]}),
+        ("/v1/rerank", {"model": "stub-embed", "query": "chest pain", "documents": ["Mrs. Garcia"]}),
+    ],
+    ids=["embeddings", "rerank"],
+)
+def test_embeddings_and_rerank_are_recorded_under_the_callers_own_location(world, path, body):
+    """Embeddings and rerank keep no object a caller could read back: each request's record (here
+    a 503, no model server) lands at the caller's own location under the caller's name, and the
+    auditor, who has no inference scope, is refused."""
+    register_model("stub-embed", "http://127.0.0.1:9/v1", agents=(), supports_embeddings=True, rerank="embeddings")
+    for persona in PERSONAS:
+        response = _client(world, persona).post(path, body, format="json")
+        if persona == "audrey":
+            assert response.status_code == 403, response.content
+            continue
+        assert response.status_code == 503, (persona, response.content)
+    records_written()
+    kind = path.rsplit("/", 1)[1]
+    assert sorted(InferenceTask.objects.filter(kind=kind).values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
+
 # --- websockets ---------------------------------------------------------------------------------
 
 
@@ -344,6 +374,8 @@ COVERED = {
     "auth-me": "test_me_is_oneself",
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
+    "embeddings": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
+    "rerank": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",
