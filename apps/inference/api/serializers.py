@@ -64,7 +64,8 @@ class EmbeddingListSerializer(serializers.Serializer):
     """OpenAI's CreateEmbeddingResponse."""
 
     object = serializers.CharField(help_text="Always list.")
-    data = EmbeddingSerializer(many=True)
+    # a "data" key, as ModelListSerializer's: this serializer only documents it (never .data is read)
+    data = EmbeddingSerializer(many=True)  # type: ignore[assignment]
     model = serializers.CharField(help_text="The medai model that answered.")
     usage = EmbeddingUsageSerializer()
 
