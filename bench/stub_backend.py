@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
+import struct
 import time
 from typing import Any
 
@@ -178,17 +180,25 @@ def _vector(item: Any) -> list[float]:
 
 
 def _embeddings(request: dict[str, Any], model: str) -> dict[str, Any]:
-    """llama.cpp's answer to ``/v1/embeddings``: one vector per input, in order; a token per word."""
+    """llama.cpp's answer to ``/v1/embeddings``: one vector per input, in order, as floats or (asked
+    for ``encoding_format: base64``) the base64 of its little-endian float32s; a token per word."""
     inputs = request.get("input")
     single = isinstance(inputs, str) or (isinstance(inputs, list) and all(isinstance(i, int) for i in inputs))
     items = [inputs] if single else list(inputs or [])
     tokens = sum(len(i) if isinstance(i, list) else max(len(str(i).split()), 1) for i in items)
+    encode: Any = _packed if request.get("encoding_format") == "base64" else (lambda v: v)
     return {
         "object": "list",
         "model": model,
-        "data": [{"object": "embedding", "index": i, "embedding": _vector(item)} for i, item in enumerate(items)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(_vector(item))} for i, item in enumerate(items)
+        ],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def _packed(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _rerank(request: dict[str, Any], model: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from apps.accounts.governance import quotas
 from apps.audit.models import AuditEvent
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
+from bench.stub_backend import _vector
 from tests.conftest import records_written, register_model
 from tests.support.openai_spec import assert_valid
 from tests.support.servers import set_stub_mode
@@ -82,6 +83,70 @@ def test_base64_is_the_little_endian_float32_bytes_of_the_same_vector(post):
     assert decoded == pytest.approx(vector, rel=1e-6)
     # OpenAI's spec documents only floats; a base64 answer is that document with the string in place
     assert_valid("CreateEmbeddingResponse", {**packed, "data": [{**packed["data"][0], "embedding": vector}]})
+
+
+@pytest.mark.parametrize("kind, asked", [("llamacpp", "base64"), ("vllm", "base64"), ("tgi", "float")])
+def test_either_encoding_is_answered_from_what_each_kind_of_server_is_asked_for(
+    post, stub_backend, monkeypatch, kind, asked
+):
+    """llama.cpp, vLLM and OpenAI servers are asked for base64 (no digits to parse or print), the
+    others for floats; the caller gets the encoding it asked for, the same vector either way."""
+    from apps.inference import backends
+
+    register_model("stub-k", stub_backend, agents=(), kind=kind, supports_embeddings=True)
+    sent: list[str] = []
+    real = backends.post_json
+
+    async def spy(endpoint, path, payload):
+        sent.append(payload["encoding_format"])
+        return await real(endpoint, path, payload)
+
+    monkeypatch.setattr(backends, "post_json", spy)
+    expected = _vector("fever")  # the stub's deterministic vector of the text
+    floats = post("embeddings", {"model": "stub-k", "input": ["fever"], "encoding_format": "float"}).json()
+    packed = post("embeddings", {"model": "stub-k", "input": ["fever"], "encoding_format": "base64"}).json()
+    assert sent == [asked, asked]
+    assert floats["data"][0]["embedding"] == pytest.approx(expected, rel=1e-6)
+    raw = base64.b64decode(packed["data"][0]["embedding"])
+    assert struct.unpack(f"<{len(expected)}f", raw) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [
+        [["x", 1]],
+        ["not base64!"],
+        ["AAA="],  # two bytes: no whole float32
+        [[]],
+        [[1e308, 10**400]],
+        None,  # no vector at all
+    ],
+)
+def test_a_malformed_embeddings_answer_is_a_502_never_a_500(post, stub_backend, vectors):
+    data = [{"index": 0, "embedding": v} for v in vectors] if vectors else [{"index": 0}]
+    set_stub_mode(stub_backend, "error", status=200, body={"data": data})
+    response = post("embeddings", {"model": "stub-e", "input": ["a"]})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "backend_error"
+
+
+@pytest.mark.parametrize(
+    "model, answer",
+    [
+        ("stub-e", {"data": [{"index": None, "embedding": [1.0]}, {"index": 1, "embedding": [1.0]}]}),
+        ("stub-e", {"data": [{"index": 0, "embedding": [1.0]}]}),  # one vector for a query and a document
+        ("stub-e", {"data": "x"}),
+        ("stub-r", {"results": [{"index": 5, "relevance_score": 1.0}]}),  # no such document
+        ("stub-r", {"results": [{"index": "first", "relevance_score": 1.0}]}),
+        ("stub-r", {"results": {"index": 0}}),
+    ],
+)
+def test_a_malformed_rerank_answer_is_a_502_never_a_500(post, stub_backend, model, answer):
+    register_model("stub-r", stub_backend, agents=(), rerank="native")
+    set_stub_mode(stub_backend, "error", status=200, body=answer)
+    response = post("rerank", {"model": model, "query": "q", "documents": ["a"]})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "backend_error"
 
 
 def test_an_embeddings_call_is_counted_in_usage(post, client_for, alice):
