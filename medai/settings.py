@@ -229,6 +229,8 @@ CORS_EXPOSE_HEADERS = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    "X-Medai-Exchange-Id",
+    "X-Medai-Conversation-Id",
 ]
 CORS_PREFLIGHT_MAX_AGE = envint("CORS_PREFLIGHT_MAX_AGE", 600, minimum=0)
 

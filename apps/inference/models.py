@@ -80,7 +80,12 @@ class AgentRoute(models.Model):
     """An agent type (MedicalQA, Billing, ...) and the models that serve it, best first."""
 
     agent_type = models.CharField(max_length=64, unique=True, validators=[RegexValidator(r"^[A-Za-z][A-Za-z0-9_-]*$")])
-    description = models.CharField(max_length=300, blank=True)
+    description = models.CharField(
+        max_length=300, blank=True, help_text="What this agent is for, shown to clinicians on the Ask page."
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="The agent type the Ask page selects first (one route at most; else MedicalQA)."
+    )
     system_prompt = models.TextField(blank=True, help_text="Prepended as a system message when the request has none.")
     enabled = models.BooleanField(default=True)
     endpoints: models.ManyToManyField[ModelEndpoint, AgentRouteEntry] = models.ManyToManyField(
@@ -154,6 +159,11 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
     the content dropped at the end of retention (``purge_due``). The transitions update the rows of
     this queryset; the guards (status still QUEUED, the attempt read under the rows' locks) are the
     callers' (apps.inference.queue), as each knows what it holds."""
+
+    def owned_by(self, principal: Any) -> InferenceTaskQuerySet:
+        """The caller's own tasks at their current location, and no one else's: a clinician's
+        history (not even the location admin sees it: ``apps.inference.conversations``)."""
+        return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
 
     def visible_to(self, principal: Any) -> InferenceTaskQuerySet:
         """What a caller may see, the one rule of every view and websocket: a location admin every
@@ -264,17 +274,17 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         return self.exclude(Exists(holds))
 
     def purge_due(self, now: Any, sync_before: Any = None) -> int:
-        """Content past retention is removed, metadata kept: finished async tasks past
-        ``result_expires_at`` lose their prompt, result and error text (their outcome stays: a purged
-        COMPLETED task is still COMPLETED; ``content_purged_at`` says since when); sync records
-        (which never keep a prompt) lose the error text a backend may have echoed once they
-        finished before ``sync_before``. A task under an active legal hold keeps everything."""
+        """Content past retention is removed, metadata kept: finished async tasks and stored sync
+        exchanges (``store: true``) past ``result_expires_at`` lose their prompt, result and error
+        text (their outcome stays: a purged COMPLETED task is still COMPLETED; ``content_purged_at``
+        says since when); other sync records (which never keep a prompt) lose the error text a
+        backend may have echoed once they finished before ``sync_before``. A task under an active
+        legal hold keeps everything."""
         S = InferenceTask.Status
         purged = (
             self.filter(
                 result_expires_at__lte=now,
                 content_purged_at__isnull=True,
-                mode=InferenceTask.Mode.ASYNC,
                 status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
             )
             .not_on_hold()
@@ -282,7 +292,12 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         )
         if sync_before is not None:
             purged += (
-                self.filter(mode=InferenceTask.Mode.SYNC, finished_at__lte=sync_before, content_purged_at__isnull=True)
+                self.filter(
+                    mode=InferenceTask.Mode.SYNC,
+                    finished_at__lte=sync_before,
+                    content_purged_at__isnull=True,
+                    result_expires_at__isnull=True,
+                )
                 .exclude(error_message="")
                 .not_on_hold()
                 .update(error_message="", content_purged_at=now)
@@ -319,7 +334,8 @@ class InferenceTask(models.Model):
     """One inference, sync or async: who asked, where, which model answered, tokens, timings.
 
     Prompts and results are PHI: they live only in the encrypted ``request``/``result`` columns,
-    and sync requests do not keep them at all.
+    and sync requests keep them only when the caller asked (``store: true``: a stored exchange,
+    ``apps.inference.conversations``), until the end of retention as an async task's.
     """
 
     class Mode(models.TextChoices):
@@ -368,6 +384,8 @@ class InferenceTask(models.Model):
     # under (its id; accounts.BreakGlassGrant) and its X-Purpose-Of-Use.
     break_glass = models.PositiveIntegerField(null=True, blank=True, help_text="The break-glass grant it ran under.")
     purpose_of_use = models.CharField(max_length=64, blank=True)
+    # A stored exchange's conversation (``store: true``): the exchanges of one conversation share it.
+    conversation_id = models.UUIDField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

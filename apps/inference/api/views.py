@@ -106,7 +106,7 @@ async def _sync_inference(
             response = StreamingHttpResponse(run.relay_stream(chat, stream), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
-            return response
+            return stored_headers(chat, response)
         record.ensure_recording_capacity()
     except ApiError as exc:
         if chat is not None:
@@ -144,7 +144,16 @@ async def _sync_inference(
         )
         raise
     record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
-    return JsonResponse(data)
+    return stored_headers(chat, JsonResponse(data))
+
+
+def stored_headers(chat: plan.ChatPlan, response: R) -> R:
+    """A stored exchange's ids (``store: true``), known before the first token: the exchange (for
+    feedback and history) and its conversation (a follow-up sends it as ``conversation_id``)."""
+    if chat.storage is not None:
+        response["X-Medai-Exchange-Id"] = str(chat.storage.exchange_id)
+        response["X-Medai-Conversation-Id"] = str(chat.storage.conversation_id)
+    return response
 
 
 class ModelListView(APIView):

@@ -25,10 +25,11 @@ from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import router
+from apps.inference import conversations, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
+from apps.inference.services import db_unit
 from apps.inference.validation.fields import tool_choice_names
 
 # Request fields passed through to the backend unchanged (when the client set them). The tool
@@ -104,7 +105,10 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+    kind: str = CHAT  # what is asked: chat or completions; InferenceTask.kind
+    # ``store: true``: the exchange is kept (apps/inference/conversations.py), with the answer.
+    storage: conversations.Storage | None = None
+    answer: dict[str, Any] | None = None
 
     @property
     def backend_path(self) -> str:
@@ -155,7 +159,26 @@ def _chat_plan(
     plan.purpose_of_use = get_origin().purpose_of_use
     plan.rate_limit, plan.reservation = checked[1], checked[2]
     _cap_completion(plan, checked[2])
+    if req.get("store"):
+        plan.storage = conversations.begin(
+            principal,
+            payload=plan.payload,
+            model=req.get("model") or "",
+            agent_type=req.get("agent_type") or "",
+            route_system=_route_system(route, req),
+            conversation_id=req.get("conversation_id"),
+        )
     return plan
+
+
+def _route_system(route: router.Route, req: dict[str, Any]) -> bool:
+    """Whether ``build_plan`` put the route's system prompt first (the caller sent none)."""
+    return bool(route.system_prompt) and not any(m["role"] in ("system", "developer") for m in req["messages"])
+
+
+def _continues(req: dict[str, Any]) -> uuid.UUID | None:
+    """The stored conversation a request continues (checked to be the caller's before any call)."""
+    return req.get("conversation_id") if req.get("store") else None
 
 
 async def plan_chat(
@@ -200,6 +223,8 @@ async def _plan_sync(
     req = checked[0]
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            await gate.run_sync(db_unit(conversations.check_conversation))(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise
@@ -219,6 +244,8 @@ def plan_chat_sync(
     req = checked[0]
     try:
         route = gate.route_sync(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            conversations.check_conversation(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise

@@ -20,7 +20,7 @@ from django.utils import timezone
 from apps.accounts import governance
 from apps.audit.models import AuditEvent
 from apps.audit.services import record_events
-from apps.inference import auditing, recorder
+from apps.inference import auditing, conversations, recorder
 from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -108,7 +108,7 @@ def _record_fields(
     total_ms = int((time.perf_counter() - plan.started) * 1000)
     inference_ms = int((time.perf_counter() - plan.backend_started) * 1000) if plan.backend_started else None
     p = plan.principal
-    return dict(
+    fields = dict(
         mode=InferenceTask.Mode.SYNC,
         kind=plan.kind,
         status=status,
@@ -140,6 +140,9 @@ def _record_fields(
         inference_ms=inference_ms,
         latency_ms=total_ms,
     )
+    if plan.storage is not None:  # store: true (apps/inference/conversations.py)
+        fields.update(conversations.record_fields(plan.storage, plan.answer, now))
+    return fields
 
 
 def _audit_identity(plan: ChatPlan) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from apps.inference import backends, conformance, forced_tools, router
+from apps.inference import backends, conformance, conversations, forced_tools, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -103,6 +103,8 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    if plan.storage is not None:
+        plan.answer = data
     return data
 
 
@@ -180,12 +182,16 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
+    answer = conversations.StreamAnswer() if plan.storage is not None else None
 
     def count_tokens() -> None:
         nonlocal recorded
         recorded = True
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        if answer is not None:  # store: true: what was streamed (until Stop, if the client stopped)
+            assert plan.endpoint is not None
+            plan.answer = answer.completion(plan.endpoint.name, plan.prompt_tokens, plan.completion_tokens)
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
         """Record the outcome; True once its record has committed."""
@@ -217,6 +223,8 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                     if not plan.include_usage:
                         chunk.pop("usage", None)
                     chunks += 1
+                    if answer is not None:
+                        answer.add(chunk)
                     yield _sse(chunk)
         except backends.BackendFailure as exc:
             error = ("backend_error", exc.reason)
