@@ -127,3 +127,16 @@ def record_status_read(principal: Any, obj: Any, *, count: int | None = None) ->
         record_event_later(actions.TASK_STATUS, actor=principal, object_type="inference.inferencetask", details=details)
     else:
         record_event_later(actions.TASK_STATUS, actor=principal, obj=obj, details=details)
+
+
+def record_history_read(principal: Any, what: str, *, count: int, conversation_id: Any = None) -> None:
+    """A read of the caller's own stored exchanges (``what``: page, search or conversation; the
+    read of PHI, decrypted for its owner): written now, before the answer leaves. Its details hold
+    counts only, never a search's words (they may name a patient)."""
+    record_event(
+        actions.HISTORY_READ,
+        actor=principal,
+        object_type="inference.conversation" if conversation_id else "inference.inferencetask",
+        object_id=str(conversation_id or ""),
+        details={"read": what, "count": count},
+    )
