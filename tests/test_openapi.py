@@ -150,3 +150,19 @@ def test_history_responses_match_the_schema(client_for, alice):
     assert_matches(path, "get", 200, client.get(f"/v1/conversations/{first.conversation_id}").json())
     missing = client.get("/v1/conversations/00000000-0000-4000-8000-000000000000")
     assert_matches(path, "get", 404, missing.json())
+
+
+def test_feedback_responses_match_the_schema(client_for, alice):
+    from tests.inference.history_helpers import stored_exchange
+
+    exchange = str(stored_exchange(alice, "Schema check").id)
+    client = client_for(alice)
+    body = {"exchange_id": exchange, "rating": "down", "comment": "too short", "reasons": ["incomplete"]}
+    assert_matches("/v1/feedback", "post", 201, client.post("/v1/feedback", body, format="json").json())
+    assert_matches("/v1/feedback", "post", 200, client.post("/v1/feedback", body, format="json").json())
+    bad = client.post("/v1/feedback", {**body, "rating": "sideways"}, format="json")
+    assert_matches("/v1/feedback", "post", 400, bad.json())
+    missing = client.post(
+        "/v1/feedback", {**body, "exchange_id": "00000000-0000-4000-8000-000000000000"}, format="json"
+    )
+    assert_matches("/v1/feedback", "post", 404, missing.json())

@@ -11,7 +11,7 @@ from django.utils.html import format_html
 
 from apps.audit import display
 from apps.inference import backends, retention, router
-from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, LegalHold, ModelEndpoint
+from apps.inference.models import AgentRoute, AgentRouteEntry, Feedback, InferenceTask, LegalHold, ModelEndpoint
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -90,7 +90,7 @@ class AgentRouteEntryInline(admin.TabularInline):
 
 @admin.register(AgentRoute)
 class AgentRouteAdmin(admin.ModelAdmin):
-    list_display = ["agent_type", "model_order", "enabled", "description"]
+    list_display = ["agent_type", "model_order", "enabled", "is_default", "description"]
     list_filter = ["enabled"]
     inlines = [AgentRouteEntryInline]
 
@@ -210,3 +210,47 @@ class LegalHoldAdmin(admin.ModelAdmin):
         actor = request.user if request.user.is_authenticated else None
         n = sum(retention.release_hold(actor, h, reason="released in the admin") for h in queryset)
         self.message_user(request, f"Released {n} legal hold(s).")
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    """Clinicians' ratings of answers, by model and route: read-only (a rating is its author's,
+    through POST /v1/feedback). The comment is not shown: it is free text that may name a patient,
+    as the prompts and answers the task admin does not show either."""
+
+    list_display = [
+        "created_at",
+        "rating",
+        "reason_list",
+        "has_comment",
+        "model_name",
+        "agent_type",
+        "exchange",
+        "user",
+        "location",
+    ]
+    list_filter = ["rating", "model_name", "agent_type", "location"]
+    search_fields = ["task__id", "user__username", "model_name", "agent_type"]
+    date_hierarchy = "created_at"
+    exclude = ["comment"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="exchange", ordering="task_id")
+    def exchange(self, obj: Feedback) -> str:
+        return display.short_id(obj.task_id) if obj.task_id else "—"
+
+    @admin.display(description="reasons")
+    def reason_list(self, obj: Feedback) -> str:
+        return ", ".join(obj.reasons or []) or "—"
+
+    @admin.display(boolean=True, description="comment")
+    def has_comment(self, obj: Feedback) -> bool:
+        return bool(obj.comment)

@@ -185,7 +185,7 @@ def _retained(qs: Any) -> Any:
     return qs.filter(content_purged_at__isnull=True).exclude(result_expires_at__lte=timezone.now())
 
 
-def _history(principal: Any) -> Any:
+def history_of(principal: Any) -> Any:
     """The caller's own stored exchanges and async chat tasks, retained, newest first."""
     qs = InferenceTask.objects.owned_by(principal).filter(kind="chat")
     qs = qs.filter(Q(mode=InferenceTask.Mode.ASYNC) | Q(conversation_id__isnull=False))
@@ -222,7 +222,7 @@ def _exchange(task: InferenceTask) -> Exchange:
 def history(principal: Any, *, page: int = 1, page_size: int = 20) -> tuple[int, list[Exchange]]:
     """(how many, one page of them): the caller's recent exchanges, newest first."""
     page_size = max(1, min(page_size, PAGE_SIZE_MAX))
-    qs = _history(principal)
+    qs = history_of(principal)
     start = (max(page, 1) - 1) * page_size
     return qs.count(), [_exchange(t) for t in qs[start : start + page_size]]
 
@@ -232,7 +232,7 @@ def search(principal: Any, query: str, *, limit: int = 20) -> list[Exchange]:
     first: the content is decrypted here, never matched in SQL (it is encrypted at rest)."""
     needle = query.casefold().strip()
     found = []
-    for task in _history(principal)[:SEARCH_SCAN_MAX].iterator(chunk_size=200):
+    for task in history_of(principal)[:SEARCH_SCAN_MAX].iterator(chunk_size=200):
         exchange = _exchange(task)
         if needle in exchange.searchable():
             found.append(exchange)
@@ -245,7 +245,7 @@ def conversation(principal: Any, conversation_id: uuid.UUID) -> list[Exchange]:
     """The exchanges of one of the caller's conversations, oldest first; ApiError 404 for none
     (another user's, purged, or never)."""
     tasks = list(
-        _history(principal).filter(Q(conversation_id=conversation_id) | Q(id=conversation_id)).order_by("created_at")
+        history_of(principal).filter(Q(conversation_id=conversation_id) | Q(id=conversation_id)).order_by("created_at")
     )
     if not tasks:
         raise ApiError(404, "conversation_not_found", f"Conversation '{conversation_id}' does not exist.")
@@ -254,7 +254,7 @@ def conversation(principal: Any, conversation_id: uuid.UUID) -> list[Exchange]:
 
 def exchange(principal: Any, exchange_id: uuid.UUID) -> Exchange:
     """One of the caller's retained exchanges; ApiError 404 otherwise."""
-    task = _history(principal).filter(id=exchange_id).first()
+    task = history_of(principal).filter(id=exchange_id).first()
     if task is None:
         raise ApiError(404, "exchange_not_found", f"Exchange '{exchange_id}' does not exist.")
     return _exchange(task)

@@ -94,6 +94,14 @@ class AgentRoute(models.Model):
 
     class Meta:
         ordering = ["agent_type"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="agent_route_one_default",
+                violation_error_message="Another agent type is the default already: untick it there first.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.agent_type
@@ -302,6 +310,10 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
                 .not_on_hold()
                 .update(error_message="", content_purged_at=now)
             )
+        # A comment on an answer goes with the answer (held exchanges are not purged, so theirs stay).
+        Feedback.objects.filter(task__content_purged_at__isnull=False, comment_purged_at__isnull=True).exclude(
+            comment=""
+        ).update(comment="", comment_purged_at=now)
         return purged
 
     def write_outcomes(self, tasks: list[InferenceTask]) -> None:
@@ -644,3 +656,56 @@ class LegalHold(models.Model):
         if self.user_id:
             return f"user #{self.user_id}"
         return f"location #{self.location_id}"
+
+
+# --- feedback on answers ----------------------------------------------------------------------
+
+
+class Feedback(models.Model):
+    """A clinician's rating of one answer (an exchange of their history: a stored exchange or an
+    async chat task), kept against the model and the route (agent type) that answered, for quality
+    monitoring. One per user per exchange: rating again changes it (``apps.inference.feedback``).
+
+    The comment is free text a clinician typed and may name a patient: encrypted, never in the
+    audit, and purged with the exchange's own content at the end of its retention (the rating, the
+    reasons and the model stay)."""
+
+    class Rating(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
+    class Reason(models.TextChoices):
+        WRONG = "wrong"
+        UNSAFE = "unsafe"
+        INCOMPLETE = "incomplete"
+        OUTDATED = "outdated"
+        OTHER = "other"
+
+    task = models.ForeignKey(
+        InferenceTask, null=True, on_delete=models.SET_NULL, related_name="feedback", help_text="The exchange rated."
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    location = models.ForeignKey("accounts.Location", on_delete=models.PROTECT, related_name="+")
+    endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
+    agent_type = models.CharField(max_length=64, blank=True, help_text="The route asked (empty: a model was named).")
+    rating = models.CharField(max_length=4, choices=Rating.choices)
+    reasons = models.JSONField(default=list, blank=True, help_text="Reason codes: " + ", ".join(Reason.values))
+    comment = EncryptedTextField(blank=True, help_text="The clinician's words (stored encrypted).")
+    comment_purged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the comment was purged with the exchange's content."
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["task", "user"], name="feedback_one_per_user_per_exchange")]
+        indexes = [
+            models.Index(fields=["model_name", "-created_at"], name="feedback_model_recent"),
+            models.Index(fields=["agent_type", "-created_at"], name="feedback_route_recent"),
+        ]
+        verbose_name_plural = "feedback"
+
+    def __str__(self) -> str:
+        return f"{self.rating} on {self.task_id}"

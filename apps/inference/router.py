@@ -75,6 +75,8 @@ class _AgentEntry:
     endpoints: tuple[EndpointInfo, ...]
     system_prompt: str
     enabled: bool
+    description: str = ""
+    is_default: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ def _load() -> RegistrySnapshot:
     agents = {}
     for route in AgentRoute.objects.prefetch_related("entries"):
         eps = tuple(by_id[e.endpoint_id] for e in sorted(route.entries.all(), key=lambda e: (e.position, e.pk)))
-        agents[route.agent_type.lower()] = _AgentEntry(route.agent_type, eps, route.system_prompt, route.enabled)
+        agents[route.agent_type.lower()] = _AgentEntry(
+            route.agent_type, eps, route.system_prompt, route.enabled, route.description, route.is_default
+        )
     return RegistrySnapshot(models, agents, time.monotonic())
 
 

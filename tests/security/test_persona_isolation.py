@@ -303,6 +303,27 @@ def test_a_conversation_is_found_by_its_owner_only(world, exchanges):
         assert response.content.decode().replace(str(conversation), fake) == missing.content.decode()
 
 
+def test_only_the_owner_rates_her_answer(world, exchanges):
+    """Feedback is on one's own answers: anyone else (dana, the location admin, too) finds no
+    such exchange (404, as for one that exists nowhere; an auditor: 403, no inference scope)."""
+    from apps.inference.models import Feedback
+
+    fake = "00000000-0000-4000-8000-000000000000"
+    exchange = str(exchanges["alice"].id)
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post("/v1/feedback", {"exchange_id": exchange, "rating": "down"}, format="json")
+        missing = client.post("/v1/feedback", {"exchange_id": fake, "rating": "down"}, format="json")
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(exchange, fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+    assert not Feedback.objects.exists()
+    mine = _client(world, "alice").post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
+    assert mine.status_code == 201, mine.content
+
+
 # --- websockets ---------------------------------------------------------------------------------
 
 
@@ -388,6 +409,7 @@ COVERED = {
     "history": "test_the_history_is_the_owners_alone",
     "history-search": "test_the_history_is_the_owners_alone",
     "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
+    "feedback": "test_only_the_owner_rates_her_answer",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",

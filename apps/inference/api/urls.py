@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.inference.api import async_views, history_views, system_views, usage_views, views
+from apps.inference.api import async_views, feedback_views, history_views, system_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
@@ -19,6 +19,7 @@ urlpatterns = [
     path("history", history_views.HistoryView.as_view(), name="history"),
     path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
     path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
+    path("feedback", feedback_views.FeedbackView.as_view(), name="feedback"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
     path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]
