@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.inference.errors import ApiError
-from apps.inference.models import InferenceTask
+from apps.inference.models import Feedback, InferenceTask
 
 S = InferenceTask.Status
 # Search decrypts in Python (the columns are encrypted): at most this many of the caller's most
@@ -158,6 +158,7 @@ class Exchange:
     prompt_tokens: int
     completion_tokens: int
     result_expires_at: datetime | None
+    feedback: dict[str, Any] | None = None  # the owner's own rating of it (apps/inference/feedback.py)
 
     @property
     def question(self) -> str:
@@ -219,12 +220,23 @@ def _exchange(task: InferenceTask) -> Exchange:
     )
 
 
+def _with_feedback(principal: Any, exchanges: list[Exchange]) -> list[Exchange]:
+    """The caller's own ratings of these exchanges, on them (one query)."""
+    if exchanges:
+        rows = Feedback.objects.filter(task_id__in=[e.id for e in exchanges], user_id=principal.user_id)
+        mine = {f.task_id: f for f in rows.only("task_id", "rating", "reasons", "comment")}
+        for e in exchanges:
+            if (f := mine.get(e.id)) is not None:
+                e.feedback = {"rating": f.rating, "reasons": list(f.reasons or []), "comment": f.comment}
+    return exchanges
+
+
 def history(principal: Any, *, page: int = 1, page_size: int = 20) -> tuple[int, list[Exchange]]:
     """(how many, one page of them): the caller's recent exchanges, newest first."""
     page_size = max(1, min(page_size, PAGE_SIZE_MAX))
     qs = history_of(principal)
     start = (max(page, 1) - 1) * page_size
-    return qs.count(), [_exchange(t) for t in qs[start : start + page_size]]
+    return qs.count(), _with_feedback(principal, [_exchange(t) for t in qs[start : start + page_size]])
 
 
 def search(principal: Any, query: str, *, limit: int = 20) -> list[Exchange]:
@@ -238,7 +250,7 @@ def search(principal: Any, query: str, *, limit: int = 20) -> list[Exchange]:
             found.append(exchange)
             if len(found) >= limit:
                 break
-    return found
+    return _with_feedback(principal, found)
 
 
 def conversation(principal: Any, conversation_id: uuid.UUID) -> list[Exchange]:
@@ -249,7 +261,7 @@ def conversation(principal: Any, conversation_id: uuid.UUID) -> list[Exchange]:
     )
     if not tasks:
         raise ApiError(404, "conversation_not_found", f"Conversation '{conversation_id}' does not exist.")
-    return [_exchange(t) for t in tasks]
+    return _with_feedback(principal, [_exchange(t) for t in tasks])
 
 
 def exchange(principal: Any, exchange_id: uuid.UUID) -> Exchange:

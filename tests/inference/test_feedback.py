@@ -172,3 +172,14 @@ def test_a_legal_hold_keeps_the_comment(client_for, alice, exchange):
     retention.place_hold(None, reason="case 7", task=exchange)
     retention.purge(timezone.now() + timedelta(days=1))
     assert Feedback.objects.get().comment == COMMENT
+
+
+def test_the_owners_rating_shows_in_her_history(client_for, alice, exchange):
+    client = client_for(alice)
+    body = {"exchange_id": str(exchange.id), "rating": "down", "comment": COMMENT, "reasons": ["wrong"]}
+    client.post("/v1/feedback", body, format="json")
+    expected = {"rating": "down", "reasons": ["wrong"], "comment": COMMENT}
+    [listed] = client.get("/v1/history").json()["results"]
+    assert listed["feedback"] == expected
+    [shown] = client.get(f"/v1/conversations/{exchange.conversation_id}").json()["exchanges"]
+    assert shown["feedback"] == expected

@@ -36,6 +36,12 @@ class MessageSerializer(serializers.Serializer):
     content = serializers.JSONField(help_text="The message's content as it was sent (text, or a list of parts).")
 
 
+class OwnFeedbackSerializer(serializers.Serializer):
+    rating = serializers.ChoiceField(choices=["up", "down"])
+    reasons = serializers.ListField(child=serializers.CharField())
+    comment = serializers.CharField(allow_blank=True)
+
+
 class ExchangeSerializer(serializers.Serializer):
     """One question and its answer (a stored exchange, or an async chat task)."""
 
@@ -58,6 +64,7 @@ class ExchangeSerializer(serializers.Serializer):
     result_expires_at = serializers.DateTimeField(
         allow_null=True, help_text="When it is purged (the end of retention); a legal hold may keep it longer."
     )
+    feedback = OwnFeedbackSerializer(allow_null=True, help_text="Your own rating of it (POST /v1/feedback), if any.")
 
 
 class ConversationExchangeSerializer(ExchangeSerializer):
