@@ -57,7 +57,8 @@ class Storage:
 def check_conversation(principal: Any, conversation_id: uuid.UUID) -> None:
     """The conversation a follow-up continues must be the caller's own and still retained, else
     ApiError 404 (another user's conversation is not found, as one that never was). Queries."""
-    if not _retained(InferenceTask.objects.owned_by(principal)).filter(conversation_id=conversation_id).exists():
+    # An async task is a conversation of its own (its id): a follow-up on it continues it.
+    if not history_of(principal).filter(Q(conversation_id=conversation_id) | Q(id=conversation_id)).exists():
         raise ApiError(
             404,
             "conversation_not_found",
