@@ -184,3 +184,28 @@ def test_a_new_conversation_starts_afresh_and_signing_out_clears_the_page(page):
     page.wait_for_selector("#login-panel:not([hidden])")
     assert page.locator(".turn").count() == 0  # nothing of it stays on a shared workstation
     assert "conversation" not in page.url
+
+
+def test_stop_keeps_what_was_streamed_and_it_can_be_rated_and_followed_up(page):
+    sign_in(page)
+    page.wait_for_selector("#model option[value='MedicalQA']", state="attached")
+    page.fill("#max-tokens", "400")
+    page.fill("#question", "Describe the full workup of a first seizure in an adult, step by step.")
+    page.click("#ask-button")
+    expect(page.locator("#answer")).not_to_be_empty(timeout=90_000)
+    page.click("#stop-button")
+    expect(page.locator("#status")).to_have_text("Stopped.")
+    expect(page.locator("#answer-meta")).to_have_text("Stopped: the answer is what came until then.")
+    shown = page.inner_text("#answer")
+    turn = page.locator(".turn").nth(0)
+    turn.get_by_role("button", name="Helpful", exact=True).click()
+    expect(turn.locator(".tool-status")).to_have_text("Rated helpful. Thank you.")
+    records_written()
+    [stopped] = InferenceTask.objects.filter(conversation_id__isnull=False)
+    assert stopped.status == InferenceTask.Status.CANCELLED
+    kept = stopped.result["choices"][0]["message"]["content"]
+    assert kept.strip() and kept.startswith(shown.strip()[:20])  # what was streamed until Stop
+    assert Feedback.objects.get().task_id == stopped.id
+    ask(page, "Shorter, please.", tokens=8)  # the stopped answer is part of the conversation
+    records_written()
+    assert InferenceTask.objects.filter(conversation_id=stopped.conversation_id).count() == 2
