@@ -25,6 +25,7 @@ The ratios reported are each series' median (and p95) over the baseline's of the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -33,12 +34,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 PASSWORD = "bench-password-123"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -95,6 +98,8 @@ class Bench:
                 "MEDAI_RATE_LIMIT_IP_RATE": "0",
                 "MEDAI_INFLIGHT_PER_KEY": "0",
                 "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                # Playwright's sync API runs an event loop in this thread: Django would refuse the ORM calls.
+                "DJANGO_ALLOW_ASYNC_UNSAFE": "true",
             }
         )
         os.environ.pop("DATABASE_URL", None)
@@ -165,7 +170,6 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         import httpx
-        from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
         from playwright.sync_api import sync_playwright
 
@@ -176,7 +180,13 @@ class Bench:
         base = f"http://127.0.0.1:{self.port}"
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
         layer = get_channel_layer()
-        group_send = async_to_sync(layer.group_send)
+        # Playwright's sync API holds this thread's event loop: the group_send runs on a loop of its own.
+        side = asyncio.new_event_loop()
+        threading.Thread(target=side.run_forever, daemon=True).start()
+
+        def group_send(name: str, message: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(layer.group_send(name, message), side).result(10)
+
         group = f"user.{self.user.pk}"
         series: dict[str, list[float]] = {"cancel": [], "submit": [], "baseline": []}
         with sync_playwright() as p:
@@ -218,6 +228,7 @@ class Bench:
                         answer = http.post(
                             "/v1/async/submit",
                             json={
+                                "agent_type": "Chat",
                                 "messages": [{"role": "user", "content": f"ws delay {i} {uuid.uuid4().hex}"}],
                                 "priority": "low",
                             },
@@ -229,7 +240,10 @@ class Bench:
                         if queued is None:  # cancel goes first this round: queue one, untimed
                             queued = http.post(
                                 "/v1/async/submit",
-                                json={"messages": [{"role": "user", "content": f"ws {i} {uuid.uuid4().hex}"}]},
+                                json={
+                                    "agent_type": "Chat",
+                                    "messages": [{"role": "user", "content": f"ws {i} {uuid.uuid4().hex}"}],
+                                },
                             ).json()["task_id"]
                             arrival(queued, "queued")
                         task = InferenceTask.objects.get(id=queued)
