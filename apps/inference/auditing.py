@@ -72,6 +72,8 @@ def inference_event(
         "completion_tokens": task.completion_tokens,
         "latency_ms": task.latency_ms,
     }
+    if task.cached:
+        details["cached"] = True  # answered by the response cache: no model ran
     if break_glass:
         details["break_glass"] = break_glass
     return new_event(

@@ -347,6 +347,7 @@ class InferenceTask(models.Model):
     endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
     model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
     stream = models.BooleanField(default=False)
+    cached = models.BooleanField(default=False, help_text="Answered by the response cache: no model ran.")
     request = EncryptedJSONField(null=True, blank=True)
     result = EncryptedJSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

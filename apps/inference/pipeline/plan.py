@@ -105,6 +105,10 @@ class ChatPlan:
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
     kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+    # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
+    # ("", "no-cache", "no-store"), and the entry that answered when it did.
+    cache_bypass: str = ""
+    cache_hit: dict[str, Any] | None = None
 
     @property
     def backend_path(self) -> str:
