@@ -25,7 +25,7 @@ from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import router
+from apps.inference import experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
@@ -289,7 +289,9 @@ async def plan_task(
 
 
 def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:
-    """The backend payload and the record's fields of a validated request on its route."""
+    """The backend payload and the record's fields of a validated request on its route (its A/B
+    arm assigned: apps/inference/experiments.py)."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id, req.get("conversation_id")))
     messages = [_clean_message(m) for m in req["messages"]]
     if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": route.system_prompt})
@@ -323,6 +325,7 @@ def build_completion_plan(
 ) -> ChatPlan:
     """The backend payload and the record's fields of a validated (legacy) completions request.
     A route's system prompt does not apply: a raw prompt has no system turn to put it in."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id))
     prompts: list[str] = req["prompt"]
     payload: dict[str, Any] = {"prompt": prompts[0] if len(prompts) == 1 else prompts}
     for name in COMPLETION_PASSTHROUGH:
@@ -401,6 +404,10 @@ def task_plan(task: InferenceTask, route: router.Route) -> ChatPlan:
     """The plan of a queued task on its route (resolved again at run time): the payload it was
     submitted with, the reservation made at submit (``governance.reservation_for``)."""
     principal = task_principal(task)
+    # The arm its submit was assigned (the same caller, the same arm while the weights stay).
+    route = experiments.assign(
+        route, experiments.sticky_key(route, task.user_id, (task.request or {}).get("conversation_id"))
+    )
     return ChatPlan(
         principal=principal,
         route=route,
