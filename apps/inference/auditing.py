@@ -72,6 +72,10 @@ def inference_event(
         "completion_tokens": task.completion_tokens,
         "latency_ms": task.latency_ms,
     }
+    if task.arm:
+        details["arm"] = task.arm  # the A/B arm it was assigned (apps/inference/experiments.py)
+    if task.cached:
+        details["cached"] = True  # answered by the response cache: no model ran
     if break_glass:
         details["break_glass"] = break_glass
     return new_event(

@@ -88,6 +88,17 @@ class AgentRoute(models.Model):
     )
     system_prompt = models.TextField(blank=True, help_text="Prepended as a system message when the request has none.")
     enabled = models.BooleanField(default=True)
+
+    class Sticky(models.TextChoices):
+        USER = "user", "per user"
+        CONVERSATION = "conversation", "per conversation (per user without one)"
+
+    split_sticky = models.CharField(
+        max_length=16,
+        choices=Sticky.choices,
+        default=Sticky.USER,
+        help_text="A/B split: what keeps a caller on one arm (apps/inference/experiments.py).",
+    )
     endpoints: models.ManyToManyField[ModelEndpoint, AgentRouteEntry] = models.ManyToManyField(
         ModelEndpoint, through="AgentRouteEntry", related_name="routes"
     )
@@ -111,6 +122,11 @@ class AgentRouteEntry(models.Model):
     route = models.ForeignKey(AgentRoute, on_delete=models.CASCADE, related_name="entries")
     endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.CASCADE, related_name="route_entries")
     position = models.PositiveSmallIntegerField(default=0, help_text="0 is tried first.")
+    weight = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="A/B split: the models of a route with a weight share its traffic in proportion "
+        "(sticky); 0: not an arm (tried in position order, as a fallback).",
+    )
 
     class Meta:
         ordering = ["route", "position"]
@@ -375,6 +391,8 @@ class InferenceTask(models.Model):
     endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
     model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
     stream = models.BooleanField(default=False)
+    cached = models.BooleanField(default=False, help_text="Answered by the response cache: no model ran.")
+    arm = models.CharField(max_length=100, blank=True, help_text="The A/B arm (model) the split assigned, if any.")
     request = EncryptedJSONField(null=True, blank=True)
     result = EncryptedJSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from apps.accounts import governance
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanListModels
-from apps.inference import services
+from apps.inference import response_cache, services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -101,6 +101,7 @@ async def _sync_inference(
             client_ip=request.META.get("REMOTE_ADDR") or None,
             user_agent=request.headers.get("User-Agent", ""),
         )
+        chat.cache_bypass = response_cache.bypass_of(request.headers.get("Cache-Control", ""))
         if chat.stream:
             stream = await run.open_chat_stream(chat)
             response = StreamingHttpResponse(run.relay_stream(chat, stream), content_type="text/event-stream")
@@ -144,7 +145,10 @@ async def _sync_inference(
         )
         raise
     record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
-    return stored_headers(chat, JsonResponse(data))
+    answer = JsonResponse(data)
+    if chat.cache_hit is not None:
+        answer[response_cache.HEADER] = "hit"
+    return stored_headers(chat, answer)
 
 
 def stored_headers(chat: plan.ChatPlan, response: R) -> R:

@@ -25,7 +25,7 @@ from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import conversations, router
+from apps.inference import conversations, experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
@@ -109,6 +109,10 @@ class ChatPlan:
     # ``store: true``: the exchange is kept (apps/inference/conversations.py), with the answer.
     storage: conversations.Storage | None = None
     answer: dict[str, Any] | None = None
+    # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
+    # ("", "no-cache", "no-store"), and the entry that answered when it did.
+    cache_bypass: str = ""
+    cache_hit: dict[str, Any] | None = None
 
     @property
     def backend_path(self) -> str:
@@ -312,7 +316,9 @@ async def plan_task(
 
 
 def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:
-    """The backend payload and the record's fields of a validated request on its route."""
+    """The backend payload and the record's fields of a validated request on its route (its A/B
+    arm assigned: apps/inference/experiments.py)."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id, req.get("conversation_id")))
     messages = [_clean_message(m) for m in req["messages"]]
     if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": route.system_prompt})
@@ -346,6 +352,7 @@ def build_completion_plan(
 ) -> ChatPlan:
     """The backend payload and the record's fields of a validated (legacy) completions request.
     A route's system prompt does not apply: a raw prompt has no system turn to put it in."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id))
     prompts: list[str] = req["prompt"]
     payload: dict[str, Any] = {"prompt": prompts[0] if len(prompts) == 1 else prompts}
     for name in COMPLETION_PASSTHROUGH:
@@ -424,6 +431,10 @@ def task_plan(task: InferenceTask, route: router.Route) -> ChatPlan:
     """The plan of a queued task on its route (resolved again at run time): the payload it was
     submitted with, the reservation made at submit (``governance.reservation_for``)."""
     principal = task_principal(task)
+    # The arm its submit was assigned (the same caller, the same arm while the weights stay).
+    route = experiments.assign(
+        route, experiments.sticky_key(route, task.user_id, (task.request or {}).get("conversation_id"))
+    )
     return ChatPlan(
         principal=principal,
         route=route,

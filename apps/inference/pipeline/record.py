@@ -118,8 +118,10 @@ def _record_fields(
         api_key_id=p.api_key_id,
         agent_type=plan.route.agent_type,
         requested_model=plan.requested_model,
-        endpoint_id=plan.endpoint.id if plan.endpoint else None,
-        model_name=plan.endpoint.name if plan.endpoint else "",
+        endpoint_id=plan.endpoint.id if plan.endpoint else None,  # (a cache hit names its model only)
+        model_name=plan.endpoint.name if plan.endpoint else str((plan.cache_hit or {}).get("model", "")),
+        cached=plan.cache_hit is not None,
+        arm=plan.route.arm,
         stream=plan.stream,
         error_code=error_code,
         error_message=error_message[:2000],

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from apps.inference import backends, conformance, conversations, forced_tools, router
+from apps.inference import backends, conformance, conversations, forced_tools, response_cache, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -89,8 +89,39 @@ def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str,
     return {**payload, "model": endpoint.backend_model}
 
 
+async def _from_cache(plan: ChatPlan) -> tuple[str, dict[str, Any] | None]:
+    """The response cache's key for this request ("" when it is not cacheable) and, on a hit, the
+    answer (apps/inference/response_cache.py): sync, not streamed, deterministic, cache on."""
+    if not response_cache.enabled() or plan.task_id is not None or plan.stream:
+        return "", None
+    if not response_cache.deterministic(plan.payload):
+        return "", None
+    key = response_cache.key_for(
+        plan.principal.location_pk, plan.kind, plan.requested_model, plan.route.agent_type, plan.payload
+    )
+    if plan.cache_bypass:
+        return key, None
+    entry = await response_cache.get(key)
+    if entry is None:
+        return key, None
+    plan.cache_hit = entry
+    plan.backend_started = time.perf_counter()
+    return key, response_cache.fresh_copy(entry["answer"], plan.kind)
+
+
+async def _keep(plan: ChatPlan, key: str, data: dict[str, Any]) -> None:
+    if key and plan.cache_bypass != "no-store" and plan.endpoint is not None:
+        await response_cache.put(key, data, plan.endpoint.name, plan.endpoint.id)
+
+
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
-    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
+    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``),
+    or from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        if plan.storage is not None:
+            plan.answer = hit  # a stored exchange keeps the answer it was given
+        return hit
     plan.backend_started = time.perf_counter()
     data, lease = await _call_backend(
         plan, lambda endpoint: backends.post_json(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
@@ -105,6 +136,7 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     plan.completion_tokens = _int(usage.get("completion_tokens"))
     if plan.storage is not None:
         plan.answer = data
+    await _keep(plan, key, data)
     return data
 
 
@@ -112,7 +144,11 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     """A non-streamed (legacy) completion. Several prompts are sent as one backend request
     each, concurrently (each admitted and failed over on its own), and answered as one
     completion whose choice ``index`` is the prompt's place: every server counts each one's
-    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended."""
+    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended.
+    A deterministic one may come from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        return hit
     plan.backend_started = time.perf_counter()
     prompt = plan.payload["prompt"]
     prompts = prompt if isinstance(prompt, list) else [prompt]
@@ -139,6 +175,7 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     usage = data["usage"]
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    await _keep(plan, key, data)
     return data
 
 

@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_schedule_token_purge'),
-        ('inference', '0011_stored_exchanges'),
+        ('inference', '0013_stored_exchanges'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
