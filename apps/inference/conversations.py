@@ -237,7 +237,10 @@ def history(principal: Any, *, page: int = 1, page_size: int = 20) -> tuple[int,
     page_size = max(1, min(page_size, PAGE_SIZE_MAX))
     qs = history_of(principal)
     start = (max(page, 1) - 1) * page_size
-    return qs.count(), _with_feedback(principal, [_exchange(t) for t in qs[start : start + page_size]])
+    count = qs.count()
+    if start >= count:  # past the end (an offset beyond what the database takes, too)
+        return count, []
+    return count, _with_feedback(principal, [_exchange(t) for t in qs[start : start + page_size]])
 
 
 def search(principal: Any, query: str, *, limit: int = 20) -> list[Exchange]:

@@ -183,3 +183,27 @@ def test_the_owners_rating_shows_in_her_history(client_for, alice, exchange):
     assert listed["feedback"] == expected
     [shown] = client.get(f"/v1/conversations/{exchange.conversation_id}").json()["exchanges"]
     assert shown["feedback"] == expected
+
+
+def test_the_admin_lists_ratings_read_only_and_never_shows_the_comment(client_for, alice, exchange, django_user_model):
+    from django.test import Client
+
+    client_for(alice).post(
+        "/v1/feedback",
+        {"exchange_id": str(exchange.id), "rating": "down", "comment": COMMENT, "reasons": ["unsafe", "wrong"]},
+        format="json",
+    )
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_superuser("root", password="x-" * 10))
+    listing = admin.get("/admin/inference/feedback/")
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    assert "unsafe, wrong" in html and "smollm2" in html and "MedicalQA" in html
+    assert f'title="{exchange.id}">{str(exchange.id)[:8]}' in html
+    feedback = Feedback.objects.get()
+    detail = admin.get(f"/admin/inference/feedback/{feedback.pk}/change/")
+    assert detail.status_code == 200
+    assert "Okafor" not in html and "Okafor" not in detail.content.decode()
+    assert admin.get("/admin/inference/feedback/add/").status_code == 403
+    assert admin.post(f"/admin/inference/feedback/{feedback.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Feedback.objects.filter(pk=feedback.pk).exists()
