@@ -90,14 +90,16 @@
   }
 
   // A new turn (question, answer, tools), appended to the conversation; the newest answer and its
-  // line under it are #answer and #answer-meta.
-  function newTurn(question) {
+  // line under it are #answer and #answer-meta, and only that answer is a live region (a screen
+  // reader reads it once it is complete: aria-busy while it streams).
+  function newTurn(question, live = true) {
     for (const old of document.querySelectorAll("#answer, #answer-meta")) old.removeAttribute("id");
+    for (const old of document.querySelectorAll("#turns .answer[aria-live]")) old.removeAttribute("aria-live");
     const li = $("turn-template").content.firstElementChild.cloneNode(true);
     li.querySelector(".question-text").textContent = question;
     const answer = li.querySelector(".answer");
     answer.id = "answer";
-    answer.setAttribute("aria-live", "polite");
+    if (live) answer.setAttribute("aria-live", "polite");
     li.querySelector(".answer-meta").id = "answer-meta";
     const turn = { li, answer, exchangeId: null, rating: null };
     wireTools(turn);
@@ -340,7 +342,7 @@
     $("turns").replaceChildren();
     let last = null;
     for (const exchange of body.exchanges) {
-      const turn = newTurn(exchange.question);
+      const turn = newTurn(exchange.question, false); // read back, not news: no announcement
       turn.exchangeId = exchange.exchange_id;
       turn.answer.textContent = exchange.answer || "";
       turn.li.querySelector(".answer-meta").textContent = describeExchange(exchange);
