@@ -198,10 +198,13 @@ def _sse(data: Any) -> bytes:
 async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
     """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
 
-    The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
-    its record: the record writer's batch that holds it has committed (``record_committed``);
-    when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends with a
-    ``recording_unavailable`` error event instead. After the first token no retry is possible: a
+    A stored exchange (``store: true``) is recorded before ``[DONE]`` is sent, so that a follow-up
+    may name it at once: the record writer's batch that holds it has committed
+    (``record_committed``); when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends
+    with a ``recording_unavailable`` error event instead. Any other stream is recorded as a
+    non-streamed answer is, by the background writer within ``MEDAI_RECORD_LINGER_MS`` of its end
+    (``record_later``; ``ensure_recording_capacity`` refused it before the backend call if the
+    writer could not take it). After the first token no retry is possible: a
     broken stream ends with an error event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
@@ -231,15 +234,9 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
             plan.answer = answer.completion(plan.endpoint.name, plan.prompt_tokens, plan.completion_tokens)
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
-        """Record the outcome; True once its record has committed."""
+        """Record the outcome; True once recorded as the stream's kind requires (``record_outcome``)."""
         count_tokens()
-        committed = asyncio.wrap_future(record_committed(plan, status, 200, code, message))
-        try:
-            async with asyncio.timeout(RECORD_WAIT_SECONDS):
-                return await asyncio.shield(committed)
-        except TimeoutError:
-            logger.error("the record of stream %s is not written yet", plan.correlation_id)
-            return False
+        return await record_outcome(plan, status, 200, code, message)
 
     try:
         try:
@@ -287,6 +284,23 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                 CLIENT_DISCONNECTED,
                 "The client closed the connection before the stream ended.",
             )
+
+
+async def record_outcome(plan: ChatPlan, status: str, http_status: int, code: str = "", message: str = "") -> bool:
+    """Record a sync request's outcome. A stored exchange (``store: true``): awaited until its
+    record has committed (at most ``RECORD_WAIT_SECONDS``; False past it), for its id is handed to
+    the client, who may name it in a follow-up at once. Any other: queued for the background
+    writer (True at once)."""
+    if plan.storage is None:
+        record_later(plan, status, http_status, code, message)
+        return True
+    committed = asyncio.wrap_future(record_committed(plan, status, http_status, code, message))
+    try:
+        async with asyncio.timeout(RECORD_WAIT_SECONDS):
+            return await asyncio.shield(committed)
+    except TimeoutError:
+        logger.error("the record of request %s is not written yet", plan.correlation_id)
+        return False
 
 
 def _error_event(code: str, message: str) -> bytes:
