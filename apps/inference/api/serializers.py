@@ -4,6 +4,8 @@ OpenAI's CreateChatCompletionRequest, the fast path) lives below the API layer, 
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -35,6 +37,15 @@ class EmbeddingInputField(serializers.JSONField):
 @extend_schema_field({"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]})
 class EmbeddingVectorField(serializers.JSONField):
     """The vector: floats, or (``encoding_format: base64``) its little-endian float32 bytes in base64."""
+
+
+class StrictCharField(serializers.CharField):
+    """A string and only a string: DRF's CharField would take 3 or true as "3" and "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class EmbeddingRequestSerializer(serializers.Serializer):

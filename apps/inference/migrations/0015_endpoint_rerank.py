@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inference', '0010_task_break_glass_and_purpose'),
+        ('inference', '0014_feedback_and_default_route'),
     ]
 
     operations = [
