@@ -30,7 +30,6 @@ event are all on: the run ends by counting the records. Prints a table and write
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.chat_overhead import Env, Target, _interrupt, _read_response, cpu_seconds, pct  # noqa: E402
+from bench.chat_overhead import Env, Target, _interrupt, pct  # noqa: E402
 from bench.chat_overhead import load as chat_load  # noqa: E402
 
 LLAMA_MODEL = "bench-embed"
@@ -196,60 +195,10 @@ def latency_run(label: str, targets: list[Target], n: int, warmup: int) -> dict[
     return result
 
 
-async def _load(base_url: str, body: bytes, token: str | None, total: int, concurrency: int) -> dict[str, Any]:
-    """``total`` POSTs of ``body`` to ``<base_url>/embeddings``, ``concurrency`` keep-alive
-    connections at a time (a raw-socket HTTP/1.1 generator: nothing of its own in the way)."""
-    hostport, _, prefix = base_url.removeprefix("http://").partition("/")
-    host, _, port = hostport.partition(":")
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    raw = (
-        f"POST /{prefix}/embeddings HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
-        f"{auth}Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    remaining = total
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        nonlocal remaining
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while remaining > 0:
-                remaining -= 1
-                start = time.perf_counter()
-                writer.write(raw)
-                status = await _read_response(reader)
-                latencies.append((time.perf_counter() - start) * 1000)
-                statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return {
-        "requests": total,
-        "concurrency": concurrency,
-        "seconds": elapsed,
-        "rps": total / elapsed,
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "median_ms": pct(latencies, 0.5),
-        "p95_ms": pct(latencies, 0.95),
-    }
-
-
 def load(base_url: str, body: bytes, token: str | None, total: int, concurrency: int, cpu_of: int | None = None):
-    cpu_before = cpu_seconds(cpu_of) if cpu_of else 0.0
-    try:
-        import uvloop
-
-        result = uvloop.run(_load(base_url, body, token, total, concurrency))
-    except ImportError:
-        result = asyncio.run(_load(base_url, body, token, total, concurrency))
-    if cpu_of:
-        time.sleep(0.1)  # the record writer's linger: its batch belongs to these requests
-        result["cpu_ms_per_request"] = (cpu_seconds(cpu_of) - cpu_before) * 1000 / total
-    return result
+    """``total`` POSTs of ``body`` to ``<base_url>/embeddings``, ``concurrency`` keep-alive
+    connections at a time (chat_overhead's raw-socket HTTP/1.1 generator)."""
+    return chat_load(base_url, "", token, total, concurrency, cpu_of=cpu_of, post=("embeddings", body))
 
 
 # --- the run ----------------------------------------------------------------------------------
