@@ -28,6 +28,16 @@ TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued aga
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
 TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
 
+# the Files and Batch API (apps/inference/filebatch)
+FILE_UPLOAD = "file.upload"
+FILE_READ = "file.read"  # a file's content downloaded: the read of PHI
+FILE_INFO = "file.info"  # a file's metadata, or a page of the file list
+FILE_DELETE = "file.delete"
+FILE_PURGE = "file.purge"  # files past their retention lost their content (a count)
+BATCH_CREATE = "batch.create"
+BATCH_CANCEL = "batch.cancel"
+BATCH_FINISH = "batch.finish"  # a batch's outcome, its output and error files written
+
 # websockets (apps/accounts/websocket.py): an accepted socket's open, and its close (code, duration)
 WS_OPEN = "ws.open"
 WS_CLOSE = "ws.close"

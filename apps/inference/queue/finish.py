@@ -14,6 +14,7 @@ from apps.inference import broker, push
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
+from apps.inference.queue import hooks
 from apps.inference.queue.common import (
     LIVE,
     REQUEUED,
@@ -78,6 +79,7 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         if mine:  # the pipeline's reconcile and audit steps: one event per finished task, appended last
             record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
             record_events(record.audit_events(mine))
+            hooks.batch_tasks_ended(t.batch_id for t in mine)
         transaction.on_commit(lambda: push.send(updates))
     for task in mine:
         if task.started_at is not None:
@@ -113,6 +115,7 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
     )
     record.reconcile_tasks(tasks)
     record_events(record.audit_events(tasks))
+    hooks.batch_tasks_ended(t.batch_id for t in tasks)
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))
