@@ -79,8 +79,8 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
         if mine:  # the pipeline's reconcile and audit steps: one event per finished task, appended last
             record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
             record_events(record.audit_events(mine))
-            hooks.batch_tasks_ended(t.batch_id for t in mine)
         transaction.on_commit(lambda: push.send(updates))
+        hooks.batch_tasks_ended(t.batch_id for t in mine)  # after the push: a batch's end follows its tasks
     for task in mine:
         if task.started_at is not None:
             task.queue_wait_ms = int((task.started_at - (task.queued_at or task.created_at)).total_seconds() * 1000)
@@ -115,10 +115,10 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
     )
     record.reconcile_tasks(tasks)
     record_events(record.audit_events(tasks))
-    hooks.batch_tasks_ended(t.batch_id for t in tasks)
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))
+    hooks.batch_tasks_ended(t.batch_id for t in tasks)
 
     def observe() -> None:
         for f in fields:
