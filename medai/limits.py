@@ -44,7 +44,7 @@ NON_JSON_PATHS: tuple[str, ...] = ("/v1/files",)
 # Paths whose bodies may be larger than MEDAI_MAX_BODY_BYTES: an upload, up to its own limit plus
 # room for the multipart envelope (boundaries, headers, the other fields).
 UPLOAD_PATHS = ("/v1/files",)
-MULTIPART_ENVELOPE = 64 * 1024
+MULTIPART_ENVELOPE = 64 * 1024  # FILE_UPLOAD_MAX_MEMORY_SIZE has the same room: nothing is spooled
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

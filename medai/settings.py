@@ -320,6 +320,10 @@ MEDAI_FILE_MAX_LINES = envint("MEDAI_FILE_MAX_LINES", 10_000, minimum=1)
 # Seconds a file (an upload, a batch's output or error file: PHI) is kept before it is purged; a
 # client's expires_after may shorten it, never lengthen it.
 MEDAI_FILE_TTL = envint("MEDAI_FILE_TTL", 30 * 86_400, minimum=60)
+# An upload is PHI: Django keeps a body (its ASGI handler) and an uploaded file (its upload handler)
+# in memory up to this size and spools anything larger to an unencrypted temporary file, so it is
+# the largest upload /v1/files takes (medai.limits refuses more before Django reads it).
+FILE_UPLOAD_MAX_MEMORY_SIZE = MEDAI_FILE_MAX_BYTES + 64 * 1024
 
 # --- medai ---
 MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)

@@ -25,7 +25,7 @@ from django.db import connections, models
 from apps.audit.fields import EncryptedJSONField, EncryptedTextField
 from apps.gpu.priority import Priority
 
-PART_BYTES = 256 * 1024  # a part holds whole lines up to this size (one longer line: a part of its own)
+PART_BYTES = 64 * 1024  # a part holds whole lines up to this size (one longer line: a part of its own)
 FILE_PREFIX = "file-"
 BATCH_PREFIX = "batch_"
 
