@@ -43,6 +43,9 @@ ENDPOINTS = [
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",
+    "/v1/files",
+    "/v1/batches",
+    "/v1/batches/batch_00000000000000000000000000000000/cancel",
 ]
 
 
@@ -76,6 +79,12 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/async/tasks?page=-1&page_size=x",
         "/v1/async/tasks?status=%00",
         "/v1/async/batch-status/00000000-0000-0000-0000-000000000000",
+        "/v1/files/%00",
+        "/v1/files/file-" + "f" * 5000,
+        "/v1/files/file-%ff/content",
+        "/v1/files?limit=%00&after=file-x&order=%ff",
+        "/v1/batches/batch_%00",
+        "/v1/batches?after=" + "x" * 5000 + "&limit=-1",
     ],
 )
 def test_odd_paths_never_cause_a_500(path, alice, token_for):

@@ -241,3 +241,24 @@ def test_an_odd_file_id_is_a_404(client_for, alice, file_id):
 
 def test_an_auditor_cannot_upload(client_for, audrey):
     assert upload(client_for(audrey), jsonl(line("a"))).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "content_type, data",
+    [
+        ("multipart/form-data", b"--x\r\n"),
+        ("multipart/form-data; boundary=x", b"garbage"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'),
+        ("application/x-www-form-urlencoded", b"purpose=batch&file=x"),
+    ],
+)
+def test_a_broken_multipart_body_is_a_4xx_never_a_500(client_for, alice, content_type, data):
+    from django.test import Client
+
+    token = client_for(alice)._credentials["HTTP_AUTHORIZATION"]
+    response = Client(raise_request_exception=False).post(
+        "/v1/files", data=data, content_type=content_type, HTTP_AUTHORIZATION=token
+    )
+    assert 400 <= response.status_code < 500, response.content
+    assert "error" in response.json()
