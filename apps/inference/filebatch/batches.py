@@ -216,7 +216,7 @@ def create_batch(
         )
     _check_lines(stored, endpoint)
     snapshot = _snapshot(principal)
-    with transaction.atomic():
+    with feed.holds_released_on_rollback() as made, transaction.atomic():
         now = timezone.now()
         task_batch = TaskBatch.objects.create(
             user_id=principal.user_id, location_id=principal.location_pk, total=stored.lines, holds_results=True
@@ -249,7 +249,8 @@ def create_batch(
                 **(audit_marks(principal) or {}),
             },
         )
-        feed.feed(batch, min(feed.window(), feed.headroom(), batch.total), principal, client_ip, strict=True)
+        want = min(feed.window(), feed.headroom(), batch.total)
+        feed.feed(batch, want, principal, client_ip, strict=True, made_ids=made)
         batch.status, batch.in_progress_at = S.IN_PROGRESS, timezone.now()
         batch.save()
         push_on_commit(batch)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +40,7 @@ from apps.inference.filebatch import files, jsonl
 from apps.inference.filebatch.shapes import push_on_commit
 from apps.inference.filebatch_models import FileBatch, StoredFile
 from apps.inference.models import LIVE_STATUSES, InferenceTask, Priority, TaskBatch
+from apps.inference.pipeline import record
 from apps.inference.queue import hooks
 
 logger = logging.getLogger("medai.queue")
@@ -61,25 +64,48 @@ def _live(batch: FileBatch) -> int:
     return InferenceTask.objects.filter(batch_id=batch.pk, status__in=LIVE_STATUSES).count()
 
 
-def feed(batch: FileBatch, want: int, principal: Principal, client_ip: str | None, *, strict: bool) -> int:
+@contextmanager
+def holds_released_on_rollback() -> Iterator[list[Any]]:
+    """Around a transaction that feeds lines (yields the list ``feed`` puts its tasks' ids in): if
+    it does not commit, the quota holds made for those tasks are released (the tasks are gone with
+    the rollback; their holds would otherwise stay until their lease ends, a day for async work)."""
+    made: list[Any] = []
+    try:
+        yield made
+    except BaseException:
+        if made:
+            record.release_tasks(made)
+        raise
+
+
+def feed(
+    batch: FileBatch,
+    want: int,
+    principal: Principal,
+    client_ip: str | None,
+    *,
+    strict: bool,
+    made_ids: list[Any] | None = None,
+) -> int:
     """Queue up to ``want`` more lines of the batch (inside the caller's transaction, the batch row
     locked); the tasks made. A part refused for now (429, 503; 403: the principal's scope) is tried
-    in halves down to one line; then, ``strict`` (the create), the refusal is raised, else noted in
-    the batch's ``errors`` (or, for a 403, the feed stopped) for a later try. A line refused for
-    itself (400, 404, 413) is answered in the error file (``rejected``), the rest still queued."""
+    in halves down to one line; then, ``strict`` (the create) and nothing queued yet, the refusal is
+    raised, else noted in the batch's ``errors`` (or, for a 403, the feed stopped) for a later try. A line refused for
+    itself (400, 404, 413) is answered in the error file (``rejected``), the rest still queued.
+    The new tasks' ids are appended to ``made_ids`` (``holds_released_on_rollback``)."""
     lines = list(files.lines_from(batch.input_file, batch.fed, want)) if want > 0 else []
     made = 0
     size = len(lines)
     while lines:
         chunk = lines[:size]
         try:
-            _submit(batch, principal, chunk, client_ip)
+            ids = _submit(batch, principal, chunk, client_ip)
         except ApiError as exc:
             if exc.status_code in (401, 403, 429, 503):
                 if exc.status_code == 429 and size > 1:
                     size = max(size // 2, 1)
                     continue
-                if strict:
+                if strict and not made:  # the create: refused if not even one line can be queued now
                     raise
                 if exc.status_code in (401, 403):
                     stop(batch, exc.code, exc.message)
@@ -92,6 +118,8 @@ def feed(batch: FileBatch, want: int, principal: Principal, client_ip: str | Non
             _reject(batch, chunk[0], exc)
         else:
             made += len(chunk)
+            if made_ids is not None:
+                made_ids.extend(ids)
             if batch.errors:
                 batch.errors = None  # what held it up has passed
         batch.fed += len(chunk)
@@ -99,12 +127,12 @@ def feed(batch: FileBatch, want: int, principal: Principal, client_ip: str | Non
     return made
 
 
-def _submit(batch: FileBatch, principal: Principal, chunk: list[jsonl.Line], client_ip: str | None) -> None:
+def _submit(batch: FileBatch, principal: Principal, chunk: list[jsonl.Line], client_ip: str | None) -> list[Any]:
     remaining = (batch.expires_at - timezone.now()).total_seconds()
     priority = Priority(batch.priority).name.lower()
     items = [{**line.body, "priority": priority, "deadline_s": max(remaining, 1.0)} for line in chunk]
     extras = [{"batch_line": line.index, "custom_id": line.custom_id} for line in chunk]
-    queue.submit_batch(
+    _, tasks = queue.submit_batch(
         principal,
         items,
         batch.correlation_id,
@@ -113,6 +141,7 @@ def _submit(batch: FileBatch, principal: Principal, chunk: list[jsonl.Line], cli
         dedup=False,
         extras=extras,
     )
+    return [t.id for t in tasks]
 
 
 def _note(batch: FileBatch, exc: ApiError) -> None:
@@ -228,7 +257,7 @@ def advance_on_commit(batch: FileBatch) -> None:
 def step(pk: Any) -> str | None:
     """Move one file batch along: stop it at its expiry, top up its lines in the queue, and once
     its last line ended, write it out. Its status after (None: no such batch)."""
-    with transaction.atomic():
+    with holds_released_on_rollback() as made, transaction.atomic():
         batch = FileBatch.objects.select_related("input_file", "task_batch").locked().filter(pk=pk).first()
         if batch is None or batch.is_final:
             return batch.status if batch else None
@@ -244,7 +273,7 @@ def step(pk: Any) -> str | None:
                     stop(batch, *refused)
                 else:
                     want = min(window() - live, headroom(), batch.total - batch.fed)
-                    live += feed(batch, want, principal_of(batch), None, strict=False)
+                    live += feed(batch, want, principal_of(batch), None, strict=False, made_ids=made)
         if (
             batch.status in (S.IN_PROGRESS, S.CANCELLING)
             and not live
