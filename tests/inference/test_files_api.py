@@ -249,7 +249,10 @@ def test_an_auditor_cannot_upload(client_for, audrey):
         ("multipart/form-data", b"--x\r\n"),
         ("multipart/form-data; boundary=x", b"garbage"),
         ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n"),
-        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n',
+        ),
         ("application/x-www-form-urlencoded", b"purpose=batch&file=x"),
     ],
 )
