@@ -217,6 +217,10 @@ def create_batch(
     _check_lines(stored, endpoint)
     snapshot = _snapshot(principal)
     with feed.holds_released_on_rollback() as made, transaction.atomic():
+        if not files.lock_live(stored):  # deleted since it was read: it exists no more
+            gone = files.not_found(data["input_file_id"])
+            gone.param = "input_file_id"
+            raise gone
         now = timezone.now()
         task_batch = TaskBatch.objects.create(
             user_id=principal.user_id, location_id=principal.location_pk, total=stored.lines, holds_results=True

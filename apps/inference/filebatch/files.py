@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -274,6 +274,8 @@ def delete(principal: Principal, file_id: Any) -> StoredFile:
     it). 409 ``file_in_use`` while a batch of theirs still reads it. Audited (``file.delete``)."""
     with transaction.atomic():
         stored = get_file(principal, file_id)
+        if not lock_live(stored):  # deleted meanwhile
+            raise not_found(file_id)
         if FileBatch.objects.open().filter(input_file=stored).exists():
             raise ApiError(
                 409,
@@ -285,6 +287,15 @@ def delete(principal: Principal, file_id: Any) -> StoredFile:
         stored.deleted_at = timezone.now()
         record_event(actions.FILE_DELETE, actor=principal, obj=stored, details={"purpose": stored.purpose})
     return stored
+
+
+def lock_live(stored: StoredFile) -> bool:
+    """Lock the file's row until the transaction ends (where the database locks rows): whether it
+    is still there, not deleted. A delete and a batch created of the file take it in turn."""
+    qs = StoredFile.objects.filter(pk=stored.pk, deleted_at__isnull=True)
+    if connection.features.has_select_for_update:
+        qs = qs.select_for_update()
+    return bool(list(qs.values_list("pk", flat=True)))
 
 
 def _remove(ids: list[Any], now: Any) -> int:
