@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
 from medai.embedded import start_embedded_redis
-from medai.env import DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
+from medai.env import DEFAULT_EMBED_PORT, DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
 from medai.redisconf import cache_config, channel_layers_config, client_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -229,6 +229,8 @@ CORS_EXPOSE_HEADERS = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    "X-Medai-Exchange-Id",
+    "X-Medai-Conversation-Id",
 ]
 CORS_PREFLIGHT_MAX_AGE = envint("CORS_PREFLIGHT_MAX_AGE", 600, minimum=0)
 
@@ -358,6 +360,10 @@ MEDAI_DASHBOARD_REFRESH_SECONDS = envfloat("MEDAI_DASHBOARD_REFRESH_SECONDS", 5.
 MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
 # Records a process may hold unwritten (the database is slow or down); past it, 503 until it drains.
 MEDAI_RECORD_BACKLOG = envint("MEDAI_RECORD_BACKLOG", 10_000, minimum=1)
+# The response cache (apps/inference/response_cache.py): deterministic sync answers kept per location
+# for this many seconds (0: off); answers larger than MEDAI_RESPONSE_CACHE_MAX_BYTES are not kept.
+MEDAI_RESPONSE_CACHE_SECONDS = envint("MEDAI_RESPONSE_CACHE_SECONDS", 0, minimum=0)
+MEDAI_RESPONSE_CACHE_MAX_BYTES = envint("MEDAI_RESPONSE_CACHE_MAX_BYTES", 256 * 1024, minimum=1024)
 
 # --- governance: rate limits and quotas (apps/accounts/governance/) ---
 # Off only to measure what governance costs (bench/governance_overhead.py): no limit of any kind.
@@ -412,6 +418,8 @@ MEDAI_GPU_STALE_AFTER = envfloat("MEDAI_GPU_STALE_AFTER", 3 * MEDAI_GPU_SAMPLE_I
 MEDAI_GPU_HISTORY_DAYS = envint("MEDAI_GPU_HISTORY_DAYS", 7, minimum=1)
 # The port of the local llama.cpp server that the demo registers (the launcher starts it there).
 MEDAI_LLAMA_PORT = envint("MEDAI_LLAMA_PORT", DEFAULT_LLAMA_PORT, minimum=1)
+# ... and of its embeddings server (the same GGUF, started with --embeddings).
+MEDAI_EMBED_PORT = envint("MEDAI_EMBED_PORT", DEFAULT_EMBED_PORT, minimum=1)
 MEDAI_CIRCUIT_FAILURES = envint("MEDAI_CIRCUIT_FAILURES", 5, minimum=1)
 MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
 MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)

@@ -1,4 +1,4 @@
-"""Fuzz (Hypothesis) the sync chat and completions, async task and auth endpoints with bodies shaped like real
+"""Fuzz (Hypothesis) the sync chat, completions, embeddings and rerank, async task and auth endpoints with bodies shaped like real
 requests but full of what a JSON parser accepts and a model server may not (lone surrogates,
 NaN and infinities, huge numbers, wrong types, unknown fields), and odd ids and query strings:
 no answer is a 500, every error is JSON, and once the worker (run in-process, as django-q2 runs
@@ -148,6 +148,42 @@ def completion_bodies(draw: Any) -> dict[str, Any]:
     return body
 
 
+tokens = st.lists(st.integers(0, 49_151), min_size=1, max_size=4)
+valid_embedding = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["stub-e", "Retrieval"]),
+        "input": plain | st.lists(plain, min_size=1, max_size=3) | tokens | st.lists(tokens, min_size=1, max_size=2),
+    },
+    optional={"encoding_format": st.sampled_from(["float", "base64"]), "user": plain},
+)
+valid_rerank = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["stub-e", "stub-r", "Retrieval"]),
+        "query": plain,
+        "documents": st.lists(plain, min_size=1, max_size=4),
+    },
+    optional={"top_n": st.integers(1, 6), "return_documents": st.booleans(), "user": plain},
+)
+
+
+@st.composite
+def embedding_bodies(draw: Any) -> tuple[str, dict[str, Any]]:
+    """(path, body): a valid embeddings or rerank request with 0-2 hostile changes: a field's value
+    (``dimensions`` and an unknown field among them), the input, one item of a list."""
+    path = draw(st.sampled_from(["/v1/embeddings", "/v1/rerank"]))
+    body = draw(valid_embedding if path == "/v1/embeddings" else valid_rerank)
+    listed = "input" if path == "/v1/embeddings" else "documents"
+    names = [*body, "dimensions", "encoding_format", "top_n", "unknown_field"]
+    for where in draw(st.lists(st.sampled_from(["field", "field", "list", "item"]), max_size=2)):
+        if where == "field":
+            body[draw(st.sampled_from(names))] = draw(anything)
+        elif where == "list":
+            body[listed] = draw(anything)
+        elif isinstance(body.get(listed), list) and body[listed]:
+            body[listed][draw(st.integers(0, len(body[listed]) - 1))] = draw(anything)
+    return path, body
+
+
 ids = st.uuids().map(str) | st.sampled_from(["not-a-uuid", "0" * 40, "%00", "..%2f"]) | text
 
 
@@ -259,6 +295,26 @@ def test_sync_completions_never_answer_500(api):
     run()
     assert any(code == 200 for _, code in api.seen)
     assert any(code == 400 for _, code in api.seen)
+
+
+def test_embeddings_and_rerank_never_answer_500(api, stub_backend):
+    register_model("stub-e", stub_backend, agents=("Retrieval",), supports_embeddings=True, rerank="embeddings")
+    register_model("stub-r", stub_backend, agents=("Retrieval",), rerank="native")
+
+    @examples(80)
+    @given(request=embedding_bodies())
+    def run(request: tuple[str, dict[str, Any]]) -> None:
+        path, body = request
+        response = api("post", path, body)
+        if response.status_code == 200 and path == "/v1/embeddings":  # a vector per input, a token array one
+            single = isinstance(body["input"], str) or all(isinstance(t, int) for t in body["input"])
+            assert len(response.json()["data"]) == (1 if single else len(body["input"]))
+        records_written()
+
+    run()
+    seen = {(path, code) for path, code in api.seen}
+    assert {("/v1/embeddings", 200), ("/v1/rerank", 200)} <= seen  # the fuzz reached the models
+    assert any(code == 400 for _, code in seen)
 
 
 def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):
@@ -436,3 +492,50 @@ def test_files_and_batches_never_answer_500_and_leave_no_task_behind(api):
     for batch_id in made[:10]:
         status = api("get", f"/v1/batches/{batch_id}").json()["status"]
         assert status in ("completed", "cancelled", "failed", "expired"), status
+
+
+def test_history_and_feedback_never_answer_500(api):
+    """Stored exchanges (``store: true``, some following up), then the history, its search, a
+    conversation and feedback with fuzzed fields: never a 500."""
+    exchanges: list[str] = []
+    conversations: list[str] = []
+    feedback = st.fixed_dictionaries(
+        {"rating": sometimes(st.sampled_from(["up", "down"]))},
+        optional={
+            "comment": sometimes(text),
+            "reasons": sometimes(st.lists(st.sampled_from(["wrong", "unsafe", "incomplete", "outdated", "other"]))),
+            "extra": anything,
+        },
+    )
+
+    @examples(60)
+    @given(
+        body=chat_body,
+        follow=st.booleans(),
+        other=ids,
+        q=sometimes(text) | anything,
+        limit=st.none() | anything,
+        rating=feedback,
+        query=st.dictionaries(st.sampled_from(["page", "page_size"]), text, max_size=2),
+        pick=st.integers(0, 10**6),
+    )
+    def run(body, follow, other, q, limit, rating, query, pick) -> None:  # type: ignore[no-untyped-def]
+        body = {**body, "store": True}
+        body.pop("deadline_s", None)
+        if follow and conversations:
+            body["conversation_id"] = conversations[pick % len(conversations)]
+        response = api("post", "/v1/chat/completions", body)
+        if response.status_code == 200:
+            exchanges.append(response.headers["X-Medai-Exchange-Id"])
+            conversations.append(response.headers["X-Medai-Conversation-Id"])
+        records_written()
+        target = exchanges[pick % len(exchanges)] if exchanges and pick % 3 else other
+        api("post", "/v1/feedback", {**rating, "exchange_id": target})
+        conversation = conversations[pick % len(conversations)] if conversations and pick % 2 else other
+        api("get", "/v1/conversations/" + quote(conversation.encode("utf-8", "surrogatepass"), safe=""))
+        api("post", "/v1/history/search", {"q": q} if limit is None else {"q": q, "limit": limit})
+        api("get", "/v1/history?" + urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in query.items()}))
+
+    run()
+    assert exchanges  # the fuzz stored exchanges, not only 400s
+    assert any(path == "/v1/feedback" and code in (200, 201) for path, code in api.seen)

@@ -33,6 +33,17 @@ BODIES = [
     '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}',
+    '{"model": "m", "input": "\\ud800"}',
+    '{"model": "m", "input": [[1, 2], "x"]}',
+    '{"model": "m", "input": ' + "[[" * 3000 + "]]" * 3000 + "}",
+    '{"model": "m", "input": "x", "dimensions": 1e400}',
+    '{"model": "m", "query": "q", "documents": [{"text": "x"}], "top_n": -1}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "store": true, "conversation_id": "x"}',
+    '{"q": "\\u0000\\ud800", "limit": 1e308}',
+    '{"q": {"$regex": ".*"}}',
+    '{"exchange_id": "00000000-0000-4000-8000-000000000000", "rating": "down", "comment": "\\u0000", '
+    '"reasons": [[], {}, null]}',
+    '{"exchange_id": ["x"], "rating": {"up": 1}, "reasons": "' + "x" * 10_000 + '"}',
 ]
 ENDPOINTS = [
     "/v1/auth/login",
@@ -40,12 +51,16 @@ ENDPOINTS = [
     "/v1/auth/logout",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",
     "/v1/files",
     "/v1/batches",
     "/v1/batches/batch_00000000000000000000000000000000/cancel",
+    "/v1/history/search",
+    "/v1/feedback",
 ]
 
 
@@ -85,6 +100,10 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/files?limit=%00&after=file-x&order=%ff",
         "/v1/batches/batch_%00",
         "/v1/batches?after=" + "x" * 5000 + "&limit=-1",
+        "/v1/history?page=%00&page_size=1e9",
+        "/v1/history?page=99999999999999999999999",
+        "/v1/conversations/not-a-uuid",
+        "/v1/conversations/00000000-0000-0000-0000-000000000000",
     ],
 )
 def test_odd_paths_never_cause_a_500(path, alice, token_for):

@@ -27,6 +27,8 @@ TASK_CANCEL = "inference.cancel"
 TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued again as a new one
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
 TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
+HISTORY_READ = "inference.read_history"  # the caller's stored exchanges (a page, a search, a conversation)
+FEEDBACK_CREATE = "feedback.create"  # a rating of an exchange (made or changed); never the comment's text
 
 # the Files and Batch API (apps/inference/filebatch)
 FILE_UPLOAD = "file.upload"

@@ -1,10 +1,12 @@
 from django.urls import path
 
-from apps.inference.api import async_views, batch_views, system_views, usage_views, views
+from apps.inference.api import async_views, batch_views, feedback_views, history_views, system_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
+    path("embeddings", views.embeddings, name="embeddings"),
+    path("rerank", views.rerank, name="rerank"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("async/submit", async_views.SubmitView.as_view(), name="async-submit"),
@@ -22,6 +24,10 @@ urlpatterns = [
     path("batches", batch_views.BatchesView.as_view(), name="batches"),
     path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
+    path("history", history_views.HistoryView.as_view(), name="history"),
+    path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
+    path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
+    path("feedback", feedback_views.FeedbackView.as_view(), name="feedback"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
     path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]

@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_schedule_token_purge'),
-        ('inference', '0010_task_break_glass_and_purpose'),
+        ('inference', '0015_endpoint_rerank'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
