@@ -314,6 +314,19 @@ MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
 # throughout: it refills only while the head of the queue is for its model).
 MEDAI_QUEUE_DRAIN_SECONDS = envfloat("MEDAI_QUEUE_DRAIN_SECONDS", 10.0)
 
+# --- the Files and Batch API (apps/inference/filebatch/) ---
+# An uploaded JSONL file's size and number of requests; /v1/files takes bodies up to the size (plus
+# the multipart envelope) whatever MEDAI_MAX_BODY_BYTES says.
+MEDAI_FILE_MAX_BYTES = envint("MEDAI_FILE_MAX_BYTES", 16_777_216, minimum=1024)
+MEDAI_FILE_MAX_LINES = envint("MEDAI_FILE_MAX_LINES", 10_000, minimum=1)
+# Seconds a file (an upload, a batch's output or error file: PHI) is kept before it is purged; a
+# client's expires_after may shorten it, never lengthen it.
+MEDAI_FILE_TTL = envint("MEDAI_FILE_TTL", 30 * 86_400, minimum=60)
+# An upload is PHI: Django keeps a body (its ASGI handler) and an uploaded file (its upload handler)
+# in memory up to this size and spools anything larger to an unencrypted temporary file, so it is
+# the largest upload /v1/files takes (medai.limits refuses more before Django reads it).
+FILE_UPLOAD_MAX_MEMORY_SIZE = MEDAI_FILE_MAX_BYTES + 64 * 1024
+
 # --- medai ---
 MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)
 MEDAI_BACKEND_CONNECT_TIMEOUT = envfloat("MEDAI_BACKEND_CONNECT_TIMEOUT", 3.0)

@@ -216,7 +216,31 @@ def api(live_medai, alice, token_for, stub_backend):
             assert "error" in response.json(), (path, response.text[:300])
         return response
 
+    def upload(data: bytes, purpose: Any, extra: dict[str, Any]) -> httpx.Response:
+        form = {"purpose": purpose if isinstance(purpose, str) else json.dumps(purpose), **extra}
+        form = {k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"): v for k, v in form.items()}
+        form = {k: str(v).encode("utf-8", "surrogatepass").decode("utf-8", "replace") for k, v in form.items()}
+        response = client.post(
+            "/v1/files", files={"file": ("f.jsonl", data)}, data=form, headers={"Authorization": bearer}
+        )
+        seen.append(("/v1/files", response.status_code))
+        assert response.status_code != 500, (data[:200], form, response.text[:300])
+        assert response.status_code < 500 or response.status_code in (502, 503, 504), response.status_code
+        if response.status_code >= 400:
+            assert "error" in response.json(), response.text[:300]
+        return response
+
+    def raw(method: str, path: str) -> httpx.Response:
+        response = client.request(method.upper(), path, headers={"Authorization": bearer})
+        seen.append((path, response.status_code))
+        assert response.status_code != 500, (method, path, response.text[:300])
+        if response.status_code >= 400:
+            assert "error" in response.json(), (path, response.text[:300])
+        return response
+
     call.seen = seen
+    call.upload = upload
+    call.raw = raw
     yield call
     client.close()
 
@@ -358,6 +382,116 @@ def test_auth_endpoints_never_answer_500(api, alice):
         api("post", "/v1/auth/logout", {"refresh_token": token}, auth=header)
 
     run()
+
+
+# --- the Files and Batch API ---------------------------------------------------------------------
+
+batch_line = st.fixed_dictionaries(
+    {
+        "custom_id": st.uuids().map(str),
+        "method": st.just("POST"),
+        "url": st.just("/v1/chat/completions"),
+        "body": valid_chat.map(lambda b: {k: v for k, v in b.items() if k not in ("priority", "deadline_s")}),
+    }
+)
+LINE_WHERE = ["line", "field", "body", "raw", "custom_id"]
+
+
+@st.composite
+def batch_files(draw: Any) -> bytes:
+    """A valid JSONL of 1-4 requests with 0-2 hostile changes: a line's key or value, a body
+    field, a raw line that is no JSON (or bytes that are no UTF-8), a repeated custom_id."""
+    lines: list[Any] = draw(st.lists(batch_line, min_size=1, max_size=4))
+    for where in draw(st.lists(st.sampled_from(LINE_WHERE), max_size=2)):
+        i = draw(st.integers(0, len(lines) - 1))
+        if where == "line":
+            lines[i] = draw(anything)
+        elif where == "field" and isinstance(lines[i], dict):
+            lines[i][draw(st.sampled_from(["custom_id", "method", "url", "body", "extra"]))] = draw(anything)
+        elif where == "body" and isinstance(lines[i], dict) and isinstance(lines[i].get("body"), dict):
+            lines[i]["body"][draw(st.sampled_from([*FIELDS, "stream", "messages", "unknown_field"]))] = draw(anything)
+        elif where == "custom_id" and len(lines) > 1 and isinstance(lines[0], dict) and isinstance(lines[i], dict):
+            lines[i]["custom_id"] = lines[0].get("custom_id")
+        else:
+            lines[i] = draw(st.sampled_from(["{", "", "null", "\ud800", "[]", '{"a": NaN}', "\xff\xfe"]))
+    text = "\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=True, allow_nan=True) for x in lines)
+    data = text.encode("utf-8", "surrogatepass")
+    return data.replace(b"\\xff\\xfe", b"\xff\xfe") + draw(st.sampled_from([b"", b"\n", b"\r\n"]))
+
+
+batch_bodies = st.fixed_dictionaries(
+    {"endpoint": sometimes(st.just("/v1/chat/completions")), "completion_window": sometimes(st.just("24h"))},
+    optional={
+        "metadata": sometimes(st.dictionaries(plain, plain, max_size=3) | st.just({"priority": "high"})),
+        "output_expires_after": sometimes(st.just({"anchor": "created_at", "seconds": 3600})),
+        "extra": anything,
+    },
+)
+
+
+def test_files_and_batches_never_answer_500_and_leave_no_task_behind(api):
+    """Uploads of hostile JSONL, batches of them (or of odd ids), and reads, downloads, deletes and
+    cancels of odd ids: no 500, every error JSON; once the worker drained the queue every batch
+    ended and none of its lines failed on an internal error."""
+    made: list[str] = []
+    uploaded: list[str] = []
+
+    @examples(60)
+    @given(
+        data=batch_files(),
+        purpose=sometimes(st.just("batch")),
+        expires=st.none() | st.tuples(sometimes(st.just("created_at")), sometimes(st.just("3600"))),
+        body=batch_bodies,
+        use_file=st.booleans(),
+        other=ids,
+        query=st.dictionaries(st.sampled_from(["after", "limit", "order", "purpose"]), text, max_size=3),
+        pick=st.integers(0, 10**6),
+    )
+    def run(
+        data: bytes,
+        purpose: Any,
+        expires: Any,
+        body: dict[str, Any],
+        use_file: bool,
+        other: str,
+        query: dict,
+        pick: int,
+    ) -> None:
+        extra = {"expires_after[anchor]": expires[0], "expires_after[seconds]": expires[1]} if expires else {}
+        response = api.upload(data, purpose, extra)
+        if response.status_code == 200:
+            uploaded.append(response.json()["id"])
+        target_file = uploaded[pick % len(uploaded)] if uploaded and use_file else other
+        batch = api("post", "/v1/batches", {"input_file_id": target_file, **body})
+        if batch.status_code == 200:
+            made.append(batch.json()["id"])
+        target_batch = made[pick % len(made)] if made and pick % 3 else other
+        quoted_file = quote(target_file.encode("utf-8", "surrogatepass"), safe="")
+        quoted_batch = quote(target_batch.encode("utf-8", "surrogatepass"), safe="")
+        api("get", f"/v1/files/{quoted_file}")
+        api("get", f"/v1/files/{quoted_file}/content")
+        api("get", f"/v1/batches/{quoted_batch}")
+        if pick % 5 == 0:
+            api("post", f"/v1/batches/{quoted_batch}/cancel")
+        if pick % 7 == 0:
+            api.raw("delete", f"/v1/files/{quoted_file}")
+        encoded_query = urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in query.items()})
+        api("get", "/v1/files?" + encoded_query)
+        api("get", "/v1/batches?" + encoded_query)
+
+    run()
+    assert uploaded and made  # the fuzz got batches onto the queue, not only 400s
+    assert_no_task_left_behind()
+    from apps.inference.filebatch import feed
+    from apps.inference.filebatch_models import FileBatch
+
+    for _ in range(5):  # the schedule's turns: each feeds what the last run freed
+        feed.sweep()
+        assert_no_task_left_behind()
+    assert not FileBatch.objects.open().exists(), list(FileBatch.objects.open().values_list("status", "fed", "total"))
+    for batch_id in made[:10]:
+        status = api("get", f"/v1/batches/{batch_id}").json()["status"]
+        assert status in ("completed", "cancelled", "failed", "expired"), status
 
 
 def test_history_and_feedback_never_answer_500(api):

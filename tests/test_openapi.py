@@ -174,6 +174,38 @@ def test_purged_and_failed_tasks_match_the_schema(client_for, alice, stub_backen
     assert_matches("/v1/async/health", "get", 200, client.get("/v1/async/health").json())
 
 
+def test_files_and_batch_responses_match_the_schema(client_for, alice, stub_backend):
+    from tests.inference.batch_helpers import CHAT, jsonl, line, run_worker, upload
+
+    register_model("stub-a", stub_backend)
+    client = client_for(alice)
+    uploaded = upload(client, jsonl(line("a"), line("b")))
+    assert_matches("/v1/files", "post", 200, uploaded.json())
+    file_id = uploaded.json()["id"]
+    assert_matches("/v1/files", "post", 400, upload(client, b"{nope\n").json())
+    assert_matches("/v1/files", "get", 200, client.get("/v1/files").json())
+    assert_matches("/v1/files/{file_id}", "get", 200, client.get(f"/v1/files/{file_id}").json())
+    assert_matches("/v1/files/{file_id}", "get", 404, client.get("/v1/files/file-nope").json())
+    body = {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", "metadata": {"ward": "3B"}}
+    created = client.post("/v1/batches", body, format="json")
+    assert_matches("/v1/batches", "post", 200, created.json())
+    batch_id = created.json()["id"]
+    assert_matches("/v1/batches", "post", 400, client.post("/v1/batches", {}, format="json").json())
+    assert_matches("/v1/batches/{batch_id}", "get", 200, client.get(f"/v1/batches/{batch_id}").json())
+    run_worker()
+    done = client.get(f"/v1/batches/{batch_id}").json()
+    assert done["status"] == "completed"
+    assert_matches("/v1/batches/{batch_id}", "get", 200, done)
+    assert_matches("/v1/batches", "get", 200, client.get("/v1/batches").json())
+    assert_matches("/v1/batches/{batch_id}/cancel", "post", 409, client.post(f"/v1/batches/{batch_id}/cancel").json())
+    assert client.get(f"/v1/files/{done['output_file_id']}/content").status_code == 200
+    assert_matches("/v1/files/{file_id}", "delete", 200, client.delete(f"/v1/files/{file_id}").json())
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    upload_body = schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload_body
+    assert "application/jsonl" in schema["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"]["content"]
+
+
 def test_history_responses_match_the_schema(client_for, alice):
     from tests.inference.history_helpers import follow_up, stored_exchange
 

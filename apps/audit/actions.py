@@ -30,6 +30,16 @@ TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
 HISTORY_READ = "inference.read_history"  # the caller's stored exchanges (a page, a search, a conversation)
 FEEDBACK_CREATE = "feedback.create"  # a rating of an exchange (made or changed); never the comment's text
 
+# the Files and Batch API (apps/inference/filebatch)
+FILE_UPLOAD = "file.upload"
+FILE_READ = "file.read"  # a file's content downloaded: the read of PHI
+FILE_INFO = "file.info"  # a file's metadata, or a page of the file list
+FILE_DELETE = "file.delete"
+FILE_PURGE = "file.purge"  # files past their retention lost their content (a count)
+BATCH_CREATE = "batch.create"
+BATCH_CANCEL = "batch.cancel"
+BATCH_FINISH = "batch.finish"  # a batch's outcome, its output and error files written
+
 # websockets (apps/accounts/websocket.py): an accepted socket's open, and its close (code, duration)
 WS_OPEN = "ws.open"
 WS_CLOSE = "ws.close"

@@ -316,7 +316,8 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         text (their outcome stays: a purged COMPLETED task is still COMPLETED; ``content_purged_at``
         says since when); other sync records (which never keep a prompt) lose the error text a
         backend may have echoed once they finished before ``sync_before``. A task under an active
-        legal hold keeps everything."""
+        legal hold keeps everything, and so
+        does a task of a batch that holds its results (``TaskBatch.holds_results``)."""
         S = InferenceTask.Status
         purged = (
             self.filter(
@@ -324,6 +325,7 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
                 content_purged_at__isnull=True,
                 status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
             )
+            .exclude(batch__holds_results=True)
             .not_on_hold()
             .update(request=None, result=None, error_message="", content_purged_at=now)
         )
@@ -495,6 +497,9 @@ class TaskBatch(models.Model):
     # De-duplication per item: tasks of earlier requests that items of this batch were answered
     # with (their ``batch`` is another one, or none); progress counts them with the batch's own.
     reused_task_ids = models.JSONField(default=list, blank=True)
+    # While set, retention purges nothing of the batch's tasks: a file batch's line results are
+    # kept until its output file is written (apps.inference.filebatch), then cleared.
+    holds_results = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TaskBatchQuerySet.as_manager()
@@ -740,3 +745,7 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rating} on {self.task_id}"
+
+
+# The Files and Batch API's models live in a module of their own; imported here so the app registry loads them.
+from apps.inference.filebatch_models import FileBatch, FilePart, StoredFile  # noqa: E402, F401

@@ -262,6 +262,109 @@ def test_completions_are_recorded_under_the_callers_own_location(world):
     ]
 
 
+# --- the Files and Batch API: a file and a batch are their owner's alone ---------------------------
+
+FAKE_FILE, FAKE_BATCH = "file-" + "0" * 32, "batch_" + "0" * 32
+
+
+def _jsonl(*contents: str) -> bytes:
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "Chat", "messages": [{"role": "user", "content": c}], "max_tokens": 4},
+        }
+        for i, c in enumerate(contents)
+    ]
+    return "".join(json.dumps(x) + "\n" for x in lines).encode()
+
+
+def _upload(client: Any, *contents: str) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form = {"file": SimpleUploadedFile("b.jsonl", _jsonl(*contents)), "purpose": "batch"}
+    return client.post("/v1/files", form, format="multipart")
+
+
+@pytest.fixture
+def alices_batch(world) -> dict[str, str]:
+    """alice's input file and a batch of it (its lines queued; nothing runs them)."""
+    client = _client(world, "alice")
+    file_id = _upload(client, "Mrs. Garcia, chest pain", "second").json()["id"]
+    batch = client.post(
+        "/v1/batches",
+        {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        format="json",
+    )
+    assert batch.status_code == 200, batch.content
+    return {"file": file_id, "batch": batch.json()["id"]}
+
+
+FILE_ENDPOINTS = [
+    ("file-detail", "/v1/files/{file}", FAKE_FILE),
+    ("file-content", "/v1/files/{file}/content", FAKE_FILE),
+    ("batch-detail", "/v1/batches/{batch}", FAKE_BATCH),
+]
+
+
+@pytest.mark.parametrize("name, path, fake", FILE_ENDPOINTS, ids=[e[0] for e in FILE_ENDPOINTS])
+def test_alices_files_and_batches_are_found_by_her_alone(world, alices_batch, name, path, fake):
+    """Not even the location admin, who sees her tasks: a file or a batch is its owner's (an
+    auditor has the read scope and gets the same 404)."""
+    real_id = alices_batch["batch" if "batch" in path else "file"]
+    for persona in PERSONAS:
+        response = _client(world, persona).get(path.format(**alices_batch))
+        if persona == "alice":
+            assert response.status_code == 200, response.content
+            continue
+        assert response.status_code == 404, (persona, response.content)
+        missing = _client(world, persona).get(path.format(file=fake, batch=fake))
+        assert (404, response.content.decode().replace(real_id, fake)) == (404, missing.content.decode())
+
+
+def test_the_file_and_batch_lists_hold_only_the_callers_own(world, alices_batch):
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        files = {f["id"] for f in client.get("/v1/files").json()["data"]}
+        batches = {b["id"] for b in client.get("/v1/batches").json()["data"]}
+        if persona == "alice":
+            assert (files, batches) == ({alices_batch["file"]}, {alices_batch["batch"]})
+        else:
+            assert (files, batches) == (set(), set()), persona
+
+
+def test_others_cannot_delete_alices_file_or_cancel_her_batch(world, alices_batch):
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        for method, path, fake in (
+            ("delete", f"/v1/files/{alices_batch['file']}", f"/v1/files/{FAKE_FILE}"),
+            ("post", f"/v1/batches/{alices_batch['batch']}/cancel", f"/v1/batches/{FAKE_BATCH}/cancel"),
+        ):
+            response, missing = getattr(client, method)(path), getattr(client, method)(fake)
+            # 404 as for an id that exists nowhere (an auditor: 403, no submit scope)
+            assert response.status_code == (403 if persona == "audrey" else 404), (persona, path, response.content)
+            assert response.status_code == missing.status_code
+    alice = _client(world, "alice")
+    assert alice.get(f"/v1/batches/{alices_batch['batch']}").json()["status"] == "in_progress"
+    assert alice.get(f"/v1/files/{alices_batch['file']}").status_code == 200
+
+
+def test_a_batch_is_made_only_of_the_callers_own_files_at_their_location(world, alices_batch):
+    body = {"input_file_id": alices_batch["file"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for persona in ("bob", "dana", "carol"):
+        client = _client(world, persona)
+        assert client.post("/v1/batches", body, format="json").status_code == 404, persona  # not theirs
+        own = _upload(client, f"{persona}'s question").json()["id"]
+        made = client.post("/v1/batches", {**body, "input_file_id": own}, format="json")
+        assert made.status_code == 200, (persona, made.content)
+        tasks = InferenceTask.objects.filter(batch_id=made.json()["id"].removeprefix("batch_"))
+        assert {(t.user.username, t.location.code) for t in tasks} == {
+            (persona, "east" if persona == "carol" else "demo")
+        }
+    assert _upload(_client(world, "audrey"), "x").status_code == 403  # no submit scope
+
+
 @pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
 @pytest.mark.parametrize(
     "path, body",
@@ -450,6 +553,12 @@ COVERED = {
     "auth-login": "no object; a login names its location (tests/accounts/test_login.py)",
     "auth-refresh": "no object: the caller's own token",
     "auth-logout": "no object: the caller's own token",
+    "files": "test_the_file_and_batch_lists_hold_only_the_callers_own (list); uploads: test_a_batch_is_made_...",
+    "file-detail": "FILE_ENDPOINTS and test_others_cannot_delete_alices_file_or_cancel_her_batch",
+    "file-content": "FILE_ENDPOINTS",
+    "batches": "test_the_file_and_batch_lists_hold_only_the_callers_own and test_a_batch_is_made_only_of_...",
+    "batch-detail": "FILE_ENDPOINTS",
+    "batch-cancel": "test_others_cannot_delete_alices_file_or_cancel_her_batch",
 }
 
 

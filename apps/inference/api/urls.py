@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.inference.api import async_views, feedback_views, history_views, system_views, usage_views, views
+from apps.inference.api import async_views, batch_views, feedback_views, history_views, system_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
@@ -18,6 +18,12 @@ urlpatterns = [
     path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
+    path("files", batch_views.FilesView.as_view(), name="files"),
+    path("files/<str:file_id>", batch_views.FileDetailView.as_view(), name="file-detail"),
+    path("files/<str:file_id>/content", batch_views.FileContentView.as_view(), name="file-content"),
+    path("batches", batch_views.BatchesView.as_view(), name="batches"),
+    path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
     path("history", history_views.HistoryView.as_view(), name="history"),
     path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
     path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
