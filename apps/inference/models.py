@@ -264,17 +264,16 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         return self.exclude(Exists(holds))
 
     def purge_due(self, now: Any, sync_before: Any = None) -> int:
-        """Content past retention is removed, metadata kept: finished async tasks past
-        ``result_expires_at`` lose their prompt, result and error text (their outcome stays: a purged
+        """Content past retention is removed, metadata kept: finished async tasks (and stored
+        responses, apps/inference/responses/store.py) past ``result_expires_at`` lose their prompt, result and error text (their outcome stays: a purged
         COMPLETED task is still COMPLETED; ``content_purged_at`` says since when); sync records
         (which never keep a prompt) lose the error text a backend may have echoed once they
         finished before ``sync_before``. A task under an active legal hold keeps everything."""
         S = InferenceTask.Status
         purged = (
-            self.filter(
+            self.filter(  # async tasks, and stored responses (sync records that keep content)
                 result_expires_at__lte=now,
                 content_purged_at__isnull=True,
-                mode=InferenceTask.Mode.ASYNC,
                 status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
             )
             .not_on_hold()

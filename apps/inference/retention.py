@@ -39,8 +39,7 @@ class PurgeReport:
 def _due(now: datetime) -> tuple[Any, datetime]:
     sync_before = sync_retention_cutoff(now)
     S = InferenceTask.Status
-    due = InferenceTask.objects.filter(
-        mode=InferenceTask.Mode.ASYNC,
+    due = InferenceTask.objects.filter(  # async tasks, and stored responses
         result_expires_at__lte=now,
         content_purged_at__isnull=True,
         status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),

@@ -1,10 +1,12 @@
 from django.urls import path
 
-from apps.inference.api import async_views, system_views, usage_views, views
+from apps.inference.api import async_views, responses_views, system_views, usage_views, views
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
+    path("responses", responses_views.ResponsesView.as_view(), name="responses"),
+    path("responses/<str:response_id>", responses_views.ResponseDetailView.as_view(), name="response-detail"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("async/submit", async_views.SubmitView.as_view(), name="async-submit"),

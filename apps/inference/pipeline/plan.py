@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from apps.accounts import governance
@@ -29,6 +30,10 @@ from apps.inference import router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
+from apps.inference.responses import request as responses_request
+from apps.inference.responses import store as responses_store
+from apps.inference.responses.request import ResponseRequest
+from apps.inference.services import db_unit
 from apps.inference.validation.fields import tool_choice_names
 
 # Request fields passed through to the backend unchanged (when the client set them). The tool
@@ -60,12 +65,14 @@ COMPLETION_PASSTHROUGH = (
     "seed",
     "logit_bias",
 )
+run_sync = sync_to_async(thread_sensitive=False)
 NO_RESERVATION = governance.Reservation(0, 0, None, governance.CHAT)
 
 CHAT = "chat"
 COMPLETIONS = "completions"
+RESPONSE = responses_store.KIND  # the Responses API, translated onto chat completions (apps/inference/responses/)
 # The backend path of each kind of request (under the endpoint's OpenAI base URL).
-BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
+BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", RESPONSE: "/chat/completions"}
 
 
 @dataclass
@@ -104,7 +111,12 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+    # What is asked: chat (messages), completions (a prompt) or a response (the Responses API,
+    # sent as chat); InferenceTask.kind.
+    kind: str = CHAT
+    # More fields of the request's record (a Responses request: its id; a stored response's
+    # conversation and Response, the end of their retention).
+    record_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def backend_path(self) -> str:
@@ -204,6 +216,37 @@ async def _plan_sync(
         gate.release(checked[2])
         raise
     return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent, build)
+
+
+async def plan_response(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> tuple[ChatPlan, ResponseRequest, list[dict[str, Any]]]:
+    """A Responses request (``POST /v1/responses``) through the same steps as a chat request:
+    authorize (``chat``) → validate (its shapes; a ``previous_response_id``'s stored conversation,
+    read in a thread; the chat request it becomes) → rate limit → quota reserve → route. Returns
+    the plan, the checked request and the conversation it sends (without its instructions: what a
+    stored response keeps). The plan's record is the response's (``kind="response"``, its id)."""
+    gate.authorize(principal, SCOPE_CHAT)
+    rr = gate.validate_response(body)
+    history: list[dict[str, Any]] = []
+    if rr.previous_response_id is not None:
+        history = await run_sync(db_unit(responses_store.conversation))(principal, rr.previous_response_id)
+    req = responses_request.chat_request(rr, history)
+    limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
+    try:
+        route = await gate.route(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(reservation)
+        raise
+    plan = _chat_plan(principal, req, route, (req, limit, reservation), correlation_id, client_ip, user_agent)
+    plan.kind = RESPONSE
+    plan.record_extra = {"id": uuid.uuid4()}
+    return plan, rr, history + rr.messages
 
 
 def plan_chat_sync(

@@ -139,6 +139,7 @@ def _record_fields(
         queue_wait_ms=0,
         inference_ms=inference_ms,
         latency_ms=total_ms,
+        **plan.record_extra,
     )
 
 

@@ -9,14 +9,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from apps.inference import backends, conformance, forced_tools, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
-from apps.inference.pipeline.plan import CHAT, Attempt, ChatPlan
+from apps.inference.pipeline.plan import COMPLETIONS, Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
@@ -156,10 +156,59 @@ def _sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
-    """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
+class Frames(Protocol):
+    """How a relayed stream is framed for its client (``ChatFrames``; the Responses API's
+    ``responses.events.ResponseFrames``)."""
 
-    The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
+    def start(self) -> list[bytes]: ...
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]: ...
+    def done(self) -> list[bytes]: ...
+    def failed(self, code: str, reason: str) -> list[bytes]: ...
+    def unrecorded(self) -> list[bytes]: ...
+
+
+class ChatFrames:
+    """How a relayed stream is framed for its client: chat completions' chunks as they come (with
+    medai's model name; the usage chunk only when the client asked for it), ``[DONE]`` at the end.
+    The Responses API frames the same chunks as its own events (apps/inference/responses/events.py).
+    ``done`` and ``failed`` are built before the request is recorded, sent after."""
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self.include_usage = plan.include_usage
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]:
+        if not chunk.get("choices") and usage and not self.include_usage:
+            return []  # the usage-only chunk medai asked for on its own behalf
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return [_sse(chunk)]
+
+    def done(self) -> list[bytes]:
+        return [b"data: [DONE]\n\n"]
+
+    def failed(self, code: str, reason: str) -> list[bytes]:
+        return [_error_event(code, f"The model server failed mid-stream: {reason}")]
+
+    def unrecorded(self) -> list[bytes]:
+        return [_error_event("recording_unavailable", UNRECORDED)]
+
+
+UNRECORDED = (
+    "The answer is complete but its record is not in the database (the database is "
+    "unavailable or behind); this request is not confirmed as recorded."
+)
+
+
+async def relay_stream(
+    plan: ChatPlan, stream: backends.SSEStream, frames: Frames | None = None
+) -> AsyncIterator[bytes]:
+    """Relay the backend's SSE events with medai's model name, framed by ``frames`` (chat
+    completions' chunks and ``data: [DONE]`` by default).
+
+    The request is recorded before the end is sent, so a client that saw the end can find
     its record: the record writer's batch that holds it has committed (``record_committed``);
     when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends with a
     ``recording_unavailable`` error event instead. After the first token no retry is possible: a
@@ -167,10 +216,11 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     assert plan.endpoint is not None
+    frames = frames if frames is not None else ChatFrames(plan)
     normalise: Callable[[dict[str, Any]], int] = (
-        conformance.ChunkNormaliser(plan.endpoint.name)
-        if plan.kind == CHAT
-        else conformance.TextChunkNormaliser(plan.endpoint.name)
+        conformance.TextChunkNormaliser(plan.endpoint.name)
+        if plan.kind == COMPLETIONS
+        else conformance.ChunkNormaliser(plan.endpoint.name)  # chat, and responses sent as chat
     )
     convert = (
         forced_tools.StreamConverter()
@@ -182,14 +232,13 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     recorded = False
 
     def count_tokens() -> None:
-        nonlocal recorded
-        recorded = True
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
         """Record the outcome; True once its record has committed."""
-        count_tokens()
+        nonlocal recorded
+        recorded = True
         committed = asyncio.wrap_future(record_committed(plan, status, 200, code, message))
         try:
             async with asyncio.timeout(RECORD_WAIT_SECONDS):
@@ -199,6 +248,8 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
             return False
 
     try:
+        for frame in frames.start():
+            yield frame
         try:
             async for event in stream.events():
                 if event is None:
@@ -212,25 +263,23 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                     break
                 for chunk in convert(event):
                     plan.tool_calls += normalise(chunk)
-                    if not chunk.get("choices") and usage and not plan.include_usage:
-                        continue  # the usage-only chunk medai asked for on its own behalf
-                    if not plan.include_usage:
-                        chunk.pop("usage", None)
-                    chunks += 1
-                    yield _sse(chunk)
+                    out = frames.chunk(chunk, usage)
+                    if out:
+                        chunks += 1
+                    for frame in out:
+                        yield frame
         except backends.BackendFailure as exc:
             error = ("backend_error", exc.reason)
+        count_tokens()
         if error is not None:
+            tail = frames.failed(*error)
             await record(InferenceTask.Status.FAILED, *error)
-            yield _error_event(error[0], f"The model server failed mid-stream: {error[1]}")
-        elif await record(InferenceTask.Status.COMPLETED):
-            yield b"data: [DONE]\n\n"
         else:
-            yield _error_event(
-                "recording_unavailable",
-                "The answer is complete but its record is not in the database (the database is "
-                "unavailable or behind); this request is not confirmed as recorded.",
-            )
+            tail = frames.done()
+            if not await record(InferenceTask.Status.COMPLETED):
+                tail = frames.unrecorded()
+        for frame in tail:
+            yield frame
     finally:
         await stream.aclose()
         if not recorded:  # the client went away mid-stream: no one waits for this record
