@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
@@ -75,7 +76,9 @@ async def create(request: HttpRequest) -> HttpResponse:
         if chat.stream:
             stream = await run.open_chat_stream(chat)
             assert chat.endpoint is not None
-            frames = ResponseFrames(chat, output.skeleton(rr, rid, chat.endpoint.name), conversation if rr.store else None)
+            frames = ResponseFrames(
+                chat, output.skeleton(rr, rid, chat.endpoint.name), conversation if rr.store else None
+            )
             response = StreamingHttpResponse(run.relay_stream(chat, stream, frames), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"

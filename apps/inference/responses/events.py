@@ -108,7 +108,11 @@ class StreamEvents:
         if item is None:
             out += self._close_message()
             item = output.call_item(
-                output.new_id("fc"), call.get("id") or output.new_id("call"), function.get("name") or "", "", "in_progress"
+                output.new_id("fc"),
+                call.get("id") or output.new_id("call"),
+                function.get("name") or "",
+                "",
+                "in_progress",
             )
             self.items.append(item)
             self._calls[key] = item

@@ -129,7 +129,12 @@ def from_completion(data: dict[str, Any], body: dict[str, Any]) -> dict[str, Any
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         output.append(
-            call_item(new_id("fc"), call.get("id") or new_id("call"), function.get("name") or "", function.get("arguments") or "")
+            call_item(
+                new_id("fc"),
+                call.get("id") or new_id("call"),
+                function.get("name") or "",
+                function.get("arguments") or "",
+            )
         )
     body["output"] = output
     used = data.get("usage") or {}

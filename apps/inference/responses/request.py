@@ -42,12 +42,24 @@ NOTHING: dict[str, tuple[tuple[Any, ...], str]] = {
     "context_management": ((None,), "medai's model servers do no context management"),
     "include": ((None, []), "medai's answers carry no extra output data (logprobs, sources, encrypted reasoning)"),
     "truncation": ((None, "disabled"), "medai does not truncate the input: a too long one is a 400"),
-    "reasoning": ((None, {}, {"effort": None}, {"effort": None, "summary": None}), "medai's models take no reasoning effort"),
+    "reasoning": (
+        (None, {}, {"effort": None}, {"effort": None, "summary": None}),
+        "medai's models take no reasoning effort",
+    ),
     "top_logprobs": ((None, 0), "log probabilities are not returned by the Responses translation"),
     "moderation": ((None,), "medai runs no moderation model"),
-    "prompt_cache_key": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache routing has no counterpart"),
-    "prompt_cache_retention": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache retention has no counterpart"),
-    "prompt_cache_options": ((None,), "llama.cpp reuses cached prompts by itself; OpenAI's cache options have no counterpart"),
+    "prompt_cache_key": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache routing has no counterpart",
+    ),
+    "prompt_cache_retention": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache retention has no counterpart",
+    ),
+    "prompt_cache_options": (
+        (None,),
+        "llama.cpp reuses cached prompts by itself; OpenAI's cache options have no counterpart",
+    ),
 }
 KNOWN = frozenset(
     (

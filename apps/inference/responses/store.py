@@ -99,7 +99,5 @@ def delete(principal: Any, rid: str) -> dict[str, Any]:
     rows = InferenceTask.objects.filter(id=task.id)
     if rows.not_on_hold().update(request=None, result=None, content_purged_at=now, result_expires_at=now) == 0:
         rows.update(result_expires_at=now)  # held: out of the API's reach, purged when the hold ends
-    record_event(
-        actions.RESPONSE_DELETE, actor=principal, obj=task, outcome=AuditEvent.Outcome.SUCCESS, details={}
-    )
+    record_event(actions.RESPONSE_DELETE, actor=principal, obj=task, outcome=AuditEvent.Outcome.SUCCESS, details={})
     return {"id": rid, "object": "response", "deleted": True}
