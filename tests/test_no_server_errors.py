@@ -33,6 +33,11 @@ BODIES = [
     '"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": 5}}}}}]}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": 1e308}',
     '{"model": "m", "messages": [{"role": "user", "content": "q"}], "deadline_s": "soon"}',
+    '{"model": "m", "input": ' + DEEP + "}",
+    '{"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": 5}]}]}',
+    '{"model": "m", "input": "q", "tools": [{"type": "function", "name": "f", "parameters": {"$ref": 5}}]}',
+    '{"model": "m", "input": "q", "previous_response_id": "resp_\\ud800"}',
+    '{"model": "m", "input": "q", "tool_choice": {"type": "allowed_tools", "mode": [], "tools": [{}]}}',
 ]
 ENDPOINTS = [
     "/v1/auth/login",
@@ -40,6 +45,7 @@ ENDPOINTS = [
     "/v1/auth/logout",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/responses",
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",
@@ -76,6 +82,9 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/async/tasks?page=-1&page_size=x",
         "/v1/async/tasks?status=%00",
         "/v1/async/batch-status/00000000-0000-0000-0000-000000000000",
+        "/v1/responses/%00",
+        "/v1/responses/resp_" + "0" * 5000,
+        "/v1/responses/resp_00000000000000000000000000000000?include=%00&stream=x",
     ],
 )
 def test_odd_paths_never_cause_a_500(path, alice, token_for):

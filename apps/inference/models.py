@@ -335,7 +335,7 @@ class InferenceTask(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ASYNC)
-    kind = models.CharField(max_length=16, default="chat")  # chat | embeddings
+    kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks")

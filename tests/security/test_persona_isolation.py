@@ -344,6 +344,8 @@ COVERED = {
     "auth-me": "test_me_is_oneself",
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
+    "responses": "tests/inference/test_responses.py::test_anyone_elses_response_is_a_404_like_an_id_that_exists_nowhere",
+    "response-detail": "tests/inference/test_responses.py::test_anyone_elses_response_is_a_404_like_an_id_that_exists_nowhere",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",

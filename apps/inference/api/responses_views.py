@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,15 +26,14 @@ from apps.inference.api.responses_serializers import (
     ResponseObjectSerializer,
 )
 from apps.inference.api.serializers import ErrorSerializer
-from apps.inference.api.views import read_body
+from apps.inference.api.views import sync_inference
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
-from apps.inference.pipeline import gate, plan, record, run
+from apps.inference.pipeline import plan, record, run
 from apps.inference.responses import output, store
 from apps.inference.responses.events import ResponseFrames
 
 logger = logging.getLogger("medai.inference")
-run_sync = sync_to_async(thread_sensitive=False)
 _ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 413, 429, 503)}
 
 
@@ -55,102 +55,85 @@ class ResponsesView(AsyncPostView):
         raise NotImplementedError
 
     @classmethod
-    async def apost(cls, request: HttpRequest) -> HttpResponse:
-        return await create(request)
+    async def apost(cls, request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+        return await sync_inference(request, plan.plan_response, run.complete_chat, frames=_frames, answer=_answer)
 
 
-async def create(request: HttpRequest) -> HttpResponse:
-    chat = None
-    try:
-        body = read_body(request)
-        principal = await gate.authenticate(request.headers.get("Authorization"))
-        request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names
-        chat, rr, conversation = await plan.plan_response(
-            principal,
-            body,
-            getattr(request, "correlation_id", ""),
-            client_ip=request.META.get("REMOTE_ADDR") or None,
-            user_agent=request.headers.get("User-Agent", ""),
-        )
-        rid = output.response_id(chat.record_extra["id"])
-        if chat.stream:
-            stream = await run.open_chat_stream(chat)
-            assert chat.endpoint is not None
-            frames = ResponseFrames(
-                chat, output.skeleton(rr, rid, chat.endpoint.name), conversation if rr.store else None
-            )
-            response = StreamingHttpResponse(run.relay_stream(chat, stream, frames), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return response
-        record.ensure_recording_capacity()
-    except ApiError as exc:
-        if chat is not None:
-            if chat.stream:
-                await run_sync(record.record_outcome)(
-                    chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
-                )
-            else:
-                gate.release(chat.reservation)
-        return exc.response()
-    except asyncio.CancelledError:
-        if chat is not None and chat.stream:
-            await asyncio.shield(
-                run_sync(record.record_outcome)(
-                    chat,
-                    InferenceTask.Status.CANCELLED,
-                    record.CLIENT_CLOSED_REQUEST,
-                    record.CLIENT_DISCONNECTED,
-                    "The client closed the connection before the stream opened.",
-                )
-            )
-        raise
-    try:
-        data = await run.complete_chat(chat)
-    except ApiError as exc:
-        record.record_later(chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
-        return exc.response()
-    except asyncio.CancelledError:
-        record.record_later(
-            chat,
-            InferenceTask.Status.CANCELLED,
-            record.CLIENT_CLOSED_REQUEST,
-            record.CLIENT_DISCONNECTED,
-            "The client closed the connection before the answer.",
-        )
-        raise
-    assert chat.endpoint is not None
-    answer = output.from_completion(data, output.skeleton(rr, rid, chat.endpoint.name))
-    if rr.store:
-        # stored: in the database before the answer, so that the next request may continue it
-        chat.record_extra.update(store.content_fields(conversation, answer))
-        committed = asyncio.wrap_future(record.record_committed(chat, InferenceTask.Status.COMPLETED, 200))
-        try:
-            async with asyncio.timeout(run.RECORD_WAIT_SECONDS):
-                await asyncio.shield(committed)
-        except TimeoutError:
-            logger.error("stored response %s is not written yet", rid)
-    else:
+def _skeleton(chat: plan.ChatPlan) -> dict[str, Any]:
+    assert chat.response is not None and chat.endpoint is not None
+    return output.skeleton(chat.response, output.response_id(chat.record_extra["id"]), chat.endpoint.name)
+
+
+def _frames(chat: plan.ChatPlan) -> ResponseFrames:
+    """A stream's Responses events (a stored one: its conversation and Response kept on its record)."""
+    assert chat.response is not None
+    rr = chat.response
+    return ResponseFrames(chat, _skeleton(chat), rr.conversation if rr.store else None)
+
+
+async def _answer(chat: plan.ChatPlan, data: dict[str, Any]) -> HttpResponse:
+    """The Response of a chat completion. A stored one is in the database before it is answered,
+    so that the next request may continue it at once (the wait bounded as a stream's)."""
+    assert chat.response is not None
+    answer = output.from_completion(data, _skeleton(chat))
+    if not chat.response.store:
         record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
+        return JsonResponse(answer)
+    chat.record_extra.update(store.content_fields(chat.response.conversation, answer))
+    committed = asyncio.wrap_future(record.record_committed(chat, InferenceTask.Status.COMPLETED, 200))
+    try:
+        async with asyncio.timeout(run.RECORD_WAIT_SECONDS):
+            await asyncio.shield(committed)
+    except TimeoutError:
+        logger.error("stored response %s is not written yet", answer["id"])
     return JsonResponse(answer)
 
 
-class CanUseResponses(_ScopePermission):
-    """A stored response is read and deleted with the scope that made it (``chat``) or ``read``."""
+class _CanRead(_ScopePermission):
+    scopes = (SCOPE_CHAT, SCOPE_READ)
 
-    scopes = (SCOPE_READ, SCOPE_CHAT)
+
+class _CanDelete(_ScopePermission):
+    scopes = (SCOPE_CHAT,)
+
+
+class CanUseResponses(BasePermission):
+    """A stored response is read with the scope that made it (``chat``) or ``read``; deleted (a
+    write) with ``chat`` only."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return (_CanDelete() if request.method == "DELETE" else _CanRead()).has_permission(request, view)
 
 
 class ResponseDetailView(APIView):
     """``GET /v1/responses/{id}``: a stored response of the caller's; ``DELETE``: delete it. Anyone
-    else's, a deleted one or one past its retention: 404."""
+    else's, a deleted one or one past its retention: 404, as an id that exists nowhere."""
 
     permission_classes = [CanUseResponses]
 
-    @extend_schema(responses={200: ResponseObjectSerializer, 404: ErrorSerializer}, operation_id="retrieve_response")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "include", str, many=True, description="Not available: medai's answers carry no extra data."
+            ),
+        ],
+        responses={200: ResponseObjectSerializer, **{c: ErrorSerializer for c in (400, 401, 403, 404)}},
+        operation_id="retrieve_response",
+    )
     def get(self, request: Request, response_id: str) -> Response:
+        include = [v for v in request.query_params.getlist("include") + request.query_params.getlist("include[]") if v]
+        if include:
+            raise ApiError(
+                400,
+                "unsupported_parameter",
+                "include: medai's answers carry no extra output data (logprobs, sources, encrypted reasoning).",
+                "include",
+            )
         return Response(store.read(principal_of(request), response_id))
 
-    @extend_schema(responses={200: DeletedResponseSerializer, 404: ErrorSerializer}, operation_id="delete_response")
+    @extend_schema(
+        responses={200: DeletedResponseSerializer, **{c: ErrorSerializer for c in (401, 403, 404)}},
+        operation_id="delete_response",
+    )
     def delete(self, request: Request, response_id: str) -> Response:
         return Response(store.delete(principal_of(request), response_id))

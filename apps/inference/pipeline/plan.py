@@ -117,6 +117,7 @@ class ChatPlan:
     # More fields of the request's record (a Responses request: its id; a stored response's
     # conversation and Response, the end of their retention).
     record_extra: dict[str, Any] = field(default_factory=dict)
+    response: ResponseRequest | None = None  # a Responses request: what it asked, as checked
 
     @property
     def backend_path(self) -> str:
@@ -225,18 +226,19 @@ async def plan_response(
     *,
     client_ip: str | None = None,
     user_agent: str = "",
-) -> tuple[ChatPlan, ResponseRequest, list[dict[str, Any]]]:
+) -> ChatPlan:
     """A Responses request (``POST /v1/responses``) through the same steps as a chat request:
     authorize (``chat``) → validate (its shapes; a ``previous_response_id``'s stored conversation,
-    read in a thread; the chat request it becomes) → rate limit → quota reserve → route. Returns
-    the plan, the checked request and the conversation it sends (without its instructions: what a
-    stored response keeps). The plan's record is the response's (``kind="response"``, its id)."""
+    read in a thread; the chat request it becomes) → rate limit → quota reserve → route. The plan's
+    ``response`` is the checked request, with the conversation it sends (without its instructions:
+    what a stored response keeps); its record is the response's (``kind="response"``, its id)."""
     gate.authorize(principal, SCOPE_CHAT)
     rr = gate.validate_response(body)
     history: list[dict[str, Any]] = []
     if rr.previous_response_id is not None:
         history = await run_sync(db_unit(responses_store.conversation))(principal, rr.previous_response_id)
     req = responses_request.chat_request(rr, history)
+    rr.conversation = history + rr.messages
     limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
@@ -244,9 +246,9 @@ async def plan_response(
         gate.release(reservation)
         raise
     plan = _chat_plan(principal, req, route, (req, limit, reservation), correlation_id, client_ip, user_agent)
-    plan.kind = RESPONSE
+    plan.kind, plan.response = RESPONSE, rr
     plan.record_extra = {"id": uuid.uuid4()}
-    return plan, rr, history + rr.messages
+    return plan
 
 
 def plan_chat_sync(

@@ -114,6 +114,9 @@ class ResponseRequest:
     user: str | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None
+    # The conversation sent, without the instructions (a previous response's, then ``messages``):
+    # what a stored response keeps. Set once the previous one is read (pipeline.plan.plan_response).
+    conversation: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --- input ---------------------------------------------------------------------------------------
