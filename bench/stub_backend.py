@@ -10,7 +10,9 @@ arrived, the content of each one's last message (which request started when, for
 ``"bodies": []`` lists each request's whole JSON body. ``"reply": {"message": {...},
 "finish_reason": ..., "usage": {...}}`` makes every chat answer that assistant message (its text
 and ``tool_calls``), streamed as deltas (the text in two pieces, each call's arguments in two)
-when asked for a stream: what a test needs from a model that will not call a tool on demand.
+when asked for a stream: what a test needs from a model that will not call a tool on demand
+(``"stream_error": "<message>"`` in it: the stream ends with that error event instead of its
+last chunk, a model server failing mid-stream).
 
     python bench/stub_backend.py --port 18200 --mode ok
 """
@@ -170,7 +172,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not request.get("stream"):
             return await _send_json(send, 200, _completion(model))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        broken = (STATE.get("reply") or {}).get("stream_error")
         for delta, finish in _deltas():
+            if broken and finish:  # the model server fails before its last chunk
+                error = {"error": {"message": broken, "type": "server_error"}}
+                return await send({"type": "http.response.body", "body": f"data: {json.dumps(error)}\n\n".encode()})
             chunk = {
                 "id": "chatcmpl-stub",
                 "object": "chat.completion.chunk",

@@ -116,19 +116,29 @@ class ResponseDetailView(APIView):
             OpenApiParameter(
                 "include", str, many=True, description="Not available: medai's answers carry no extra data."
             ),
+            OpenApiParameter("stream", bool, description="Not available: a stored response is read whole."),
         ],
         responses={200: ResponseObjectSerializer, **{c: ErrorSerializer for c in (400, 401, 403, 404)}},
         operation_id="retrieve_response",
     )
     def get(self, request: Request, response_id: str) -> Response:
-        include = [v for v in request.query_params.getlist("include") + request.query_params.getlist("include[]") if v]
-        if include:
+        query = request.query_params
+        if any(v for v in query.getlist("include") + query.getlist("include[]")):
             raise ApiError(
                 400,
                 "unsupported_parameter",
                 "include: medai's answers carry no extra output data (logprobs, sources, encrypted reasoning).",
                 "include",
             )
+        for name in ("stream", "starting_after"):
+            if query.get(name) not in (None, "", "false", "False"):
+                raise ApiError(
+                    400,
+                    "unsupported_parameter",
+                    f"{name}: a stored response is read whole; medai streams a response while it is created "
+                    "(it has no background responses to follow).",
+                    name,
+                )
         return Response(store.read(principal_of(request), response_id))
 
     @extend_schema(

@@ -45,7 +45,8 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
 
 
 def skeleton(rr: ResponseRequest, rid: str, model: str, created_at: int | None = None) -> dict[str, Any]:
-    """The Response object before any output: ``in_progress``, what the request asked echoed."""
+    """The Response object before any output: ``in_progress``, what the request asked echoed; no
+    ``usage`` yet (OpenAI's schema has no null usage: ``finish`` adds it)."""
     body: dict[str, Any] = {
         "id": rid,
         "object": "response",
@@ -70,7 +71,6 @@ def skeleton(rr: ResponseRequest, rid: str, model: str, created_at: int | None =
         "tools": rr.tools,
         "top_p": rr.top_p,
         "truncation": "disabled",
-        "usage": None,
         "metadata": rr.metadata,
         "background": False,
     }
