@@ -262,6 +262,74 @@ def test_completions_are_recorded_under_the_callers_own_location(world):
     ]
 
 
+def _stored_response(owner: User, location: Location, text: str) -> str:
+    """A stored response of ``owner``'s (``POST /v1/responses`` with store: its record keeps the
+    conversation and the Response); its public id."""
+    now = timezone.now()
+    task = InferenceTask.objects.create(
+        user=owner,
+        location=location,
+        mode=InferenceTask.Mode.SYNC,
+        kind="response",
+        status=InferenceTask.Status.COMPLETED,
+        request={"messages": [{"role": "user", "content": text}]},
+        result={"id": "", "object": "response", "status": "completed", "output": []},
+        created_at=now,
+        finished_at=now,
+        result_expires_at=now + timedelta(hours=1),
+    )
+    rid = f"resp_{task.id.hex}"
+    InferenceTask.objects.filter(pk=task.pk).update(result={**task.result, "id": rid})
+    return rid
+
+
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+def test_a_stored_response_is_its_owners_alone(world, alice, carol):
+    """A stored response is read, deleted and continued (``previous_response_id``) by its owner
+    only: the location admin too gets the 404 of an id that exists nowhere (a conversation is
+    the clinician's, not the location's), an auditor a 403 (no inference scope). A new response
+    is recorded at the caller's own location under the caller's name."""
+    alices = _stored_response(alice, world["queued"].location, "Mrs. Garcia, chest pain")
+    carols = _stored_response(carol, Location.objects.get(code="east"), "carol's")
+    fake = "resp_" + "0" * 32
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        own = carols if persona == "carol" else alices if persona == "alice" else None
+        for rid in (alices, carols):
+            if rid == own:
+                continue
+            for method in ("get", "delete"):
+                theirs, nowhere = (
+                    getattr(client, method)(f"/v1/responses/{rid}"),
+                    getattr(client, method)(f"/v1/responses/{fake}"),
+                )
+                expected = 403 if persona == "audrey" and method == "delete" else 404
+                assert theirs.status_code == expected, (persona, method, theirs.content)
+                assert theirs.content.decode().replace(rid, fake) == nowhere.content.decode()
+            follow = client.post(
+                "/v1/responses", {"agent_type": "Chat", "input": "and?", "previous_response_id": rid}, format="json"
+            )
+            assert follow.status_code == (403 if persona == "audrey" else 404), (persona, follow.content)
+        if own is not None:
+            assert client.get(f"/v1/responses/{own}").json()["id"] == own
+    assert InferenceTask.objects.filter(kind="response", content_purged_at__isnull=True).count() == 2
+    for persona in PERSONAS:  # a new response (a 503 here: no model server) is the caller's own
+        response = _client(world, persona).post(
+            "/v1/responses",
+            {"agent_type": "Chat", "input": f"{persona}'s note", "max_output_tokens": 16},
+            format="json",
+        )
+        assert response.status_code == (403 if persona == "audrey" else 503), (persona, response.content)
+    records_written()
+    records = InferenceTask.objects.filter(kind="response", status="failed")
+    assert sorted(records.values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
+
 # --- websockets ---------------------------------------------------------------------------------
 
 
@@ -344,8 +412,8 @@ COVERED = {
     "auth-me": "test_me_is_oneself",
     "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
-    "responses": "tests/inference/test_responses.py::test_anyone_elses_response_is_a_404_like_an_id_that_exists_nowhere",
-    "response-detail": "tests/inference/test_responses.py::test_anyone_elses_response_is_a_404_like_an_id_that_exists_nowhere",
+    "responses": "test_a_stored_response_is_its_owners_alone",
+    "response-detail": "test_a_stored_response_is_its_owners_alone",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",

@@ -390,6 +390,12 @@ def _metadata(value: Any) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or len(value) > 16:
         raise _bad("metadata", "must be an object of at most 16 string values.")
+    # Metadata is only echoed (never sent to the model), so the chat validator never sees it: what
+    # cannot be sent back as JSON text (a lone surrogate) is refused here.
+    unforwardable = validation.find_unforwardable(value)
+    if unforwardable is not None:
+        param, why = unforwardable
+        raise _bad(f"metadata.{param}" if param else "metadata", why + ".")
     for key, text in value.items():
         if len(key) > 64:
             raise _bad("metadata", f"key '{key[:64]}…' is longer than 64 characters.")
@@ -517,7 +523,7 @@ def chat_request(rr: ResponseRequest, history: list[dict[str, Any]] | None = Non
 
 # --- a chat error, named in Responses terms ------------------------------------------------------
 
-_FIELDS = {"max_tokens": "max_output_tokens", "response_format": "text.format"}
+_FIELDS = {"max_tokens": "max_output_tokens"}
 
 
 def _message_path(rest: str, origin: Any) -> str:
@@ -552,6 +558,8 @@ def _rename(exc: ApiError, origins: list[Any]) -> None:
         new = param.replace(".function", "", 1)
     elif param.startswith("tool_choice"):
         new = param.replace(".function", "").replace(".allowed_tools", "")
+    elif param.startswith("response_format"):  # the Responses format is flat: text.format.name
+        new = "text.format" + param[len("response_format") :].replace(".json_schema", "", 1)
     else:
         head = param.split(".", 1)[0].split("[", 1)[0]
         if head in _FIELDS:
