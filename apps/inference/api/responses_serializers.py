@@ -28,6 +28,9 @@ class CreateResponseSerializer(serializers.Serializer):
     text = serializers.DictField(required=False, help_text="format: text, json_object or json_schema.")
     metadata = serializers.DictField(child=serializers.CharField(max_length=512), required=False)
     stream = serializers.BooleanField(required=False, default=False)
+    stream_options = serializers.DictField(required=False, help_text="include_obfuscation: false only.")
+    max_tool_calls = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    service_tier = serializers.ChoiceField(choices=["auto", "default"], required=False, allow_null=True)
     user = serializers.CharField(required=False)
     safety_identifier = serializers.CharField(required=False, allow_null=True)
 
@@ -52,7 +55,8 @@ class ResponseObjectSerializer(serializers.Serializer):
     incomplete_details = serializers.DictField(allow_null=True)
     instructions = serializers.CharField(allow_null=True)
     max_output_tokens = serializers.IntegerField(allow_null=True)
-    model = serializers.CharField()
+    max_tool_calls = serializers.IntegerField(allow_null=True)
+    model = serializers.CharField(help_text="The model that answered.")
     output = serializers.ListField(
         child=serializers.DictField(), help_text="message and function_call items, in the order the model wrote them."
     )
@@ -65,8 +69,11 @@ class ResponseObjectSerializer(serializers.Serializer):
     tool_choice = serializers.JSONField()
     tools = serializers.ListField(child=serializers.DictField())
     truncation = serializers.CharField()
-    usage = ResponseUsageSerializer(allow_null=True)
+    usage = ResponseUsageSerializer(required=False, help_text="Absent while in progress.")
     metadata = serializers.DictField(child=serializers.CharField())
+    reasoning = serializers.DictField(allow_null=True)
+    service_tier = serializers.CharField()
+    background = serializers.BooleanField()
 
 
 class DeletedResponseSerializer(serializers.Serializer):
