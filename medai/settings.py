@@ -229,6 +229,8 @@ CORS_EXPOSE_HEADERS = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    "X-Medai-Exchange-Id",
+    "X-Medai-Conversation-Id",
 ]
 CORS_PREFLIGHT_MAX_AGE = envint("CORS_PREFLIGHT_MAX_AGE", 600, minimum=0)
 
@@ -345,6 +347,10 @@ MEDAI_DASHBOARD_REFRESH_SECONDS = envfloat("MEDAI_DASHBOARD_REFRESH_SECONDS", 5.
 MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
 # Records a process may hold unwritten (the database is slow or down); past it, 503 until it drains.
 MEDAI_RECORD_BACKLOG = envint("MEDAI_RECORD_BACKLOG", 10_000, minimum=1)
+# The response cache (apps/inference/response_cache.py): deterministic sync answers kept per location
+# for this many seconds (0: off); answers larger than MEDAI_RESPONSE_CACHE_MAX_BYTES are not kept.
+MEDAI_RESPONSE_CACHE_SECONDS = envint("MEDAI_RESPONSE_CACHE_SECONDS", 0, minimum=0)
+MEDAI_RESPONSE_CACHE_MAX_BYTES = envint("MEDAI_RESPONSE_CACHE_MAX_BYTES", 256 * 1024, minimum=1024)
 
 # --- governance: rate limits and quotas (apps/accounts/governance/) ---
 # Off only to measure what governance costs (bench/governance_overhead.py): no limit of any kind.

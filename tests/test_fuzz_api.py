@@ -399,3 +399,50 @@ def test_auth_endpoints_never_answer_500(api, alice):
         api("post", "/v1/auth/logout", {"refresh_token": token}, auth=header)
 
     run()
+
+
+def test_history_and_feedback_never_answer_500(api):
+    """Stored exchanges (``store: true``, some following up), then the history, its search, a
+    conversation and feedback with fuzzed fields: never a 500."""
+    exchanges: list[str] = []
+    conversations: list[str] = []
+    feedback = st.fixed_dictionaries(
+        {"rating": sometimes(st.sampled_from(["up", "down"]))},
+        optional={
+            "comment": sometimes(text),
+            "reasons": sometimes(st.lists(st.sampled_from(["wrong", "unsafe", "incomplete", "outdated", "other"]))),
+            "extra": anything,
+        },
+    )
+
+    @examples(60)
+    @given(
+        body=chat_body,
+        follow=st.booleans(),
+        other=ids,
+        q=sometimes(text) | anything,
+        limit=st.none() | anything,
+        rating=feedback,
+        query=st.dictionaries(st.sampled_from(["page", "page_size"]), text, max_size=2),
+        pick=st.integers(0, 10**6),
+    )
+    def run(body, follow, other, q, limit, rating, query, pick) -> None:  # type: ignore[no-untyped-def]
+        body = {**body, "store": True}
+        body.pop("deadline_s", None)
+        if follow and conversations:
+            body["conversation_id"] = conversations[pick % len(conversations)]
+        response = api("post", "/v1/chat/completions", body)
+        if response.status_code == 200:
+            exchanges.append(response.headers["X-Medai-Exchange-Id"])
+            conversations.append(response.headers["X-Medai-Conversation-Id"])
+        records_written()
+        target = exchanges[pick % len(exchanges)] if exchanges and pick % 3 else other
+        api("post", "/v1/feedback", {**rating, "exchange_id": target})
+        conversation = conversations[pick % len(conversations)] if conversations and pick % 2 else other
+        api("get", "/v1/conversations/" + quote(conversation.encode("utf-8", "surrogatepass"), safe=""))
+        api("post", "/v1/history/search", {"q": q} if limit is None else {"q": q, "limit": limit})
+        api("get", "/v1/history?" + urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in query.items()}))
+
+    run()
+    assert exchanges  # the fuzz stored exchanges, not only 400s
+    assert any(path == "/v1/feedback" and code in (200, 201) for path, code in api.seen)

@@ -38,6 +38,12 @@ BODIES = [
     '{"model": "m", "input": "q", "tools": [{"type": "function", "name": "f", "parameters": {"$ref": 5}}]}',
     '{"model": "m", "input": "q", "previous_response_id": "resp_\\ud800"}',
     '{"model": "m", "input": "q", "tool_choice": {"type": "allowed_tools", "mode": [], "tools": [{}]}}',
+    '{"model": "m", "messages": [{"role": "user", "content": "q"}], "store": true, "conversation_id": "x"}',
+    '{"q": "\\u0000\\ud800", "limit": 1e308}',
+    '{"q": {"$regex": ".*"}}',
+    '{"exchange_id": "00000000-0000-4000-8000-000000000000", "rating": "down", "comment": "\\u0000", '
+    '"reasons": [[], {}, null]}',
+    '{"exchange_id": ["x"], "rating": {"up": 1}, "reasons": "' + "x" * 10_000 + '"}',
 ]
 ENDPOINTS = [
     "/v1/auth/login",
@@ -49,6 +55,8 @@ ENDPOINTS = [
     "/v1/async/submit",
     "/v1/async/submit-batch",
     "/v1/async/cancel/00000000-0000-0000-0000-000000000000",
+    "/v1/history/search",
+    "/v1/feedback",
 ]
 
 
@@ -85,6 +93,10 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/responses/%00",
         "/v1/responses/resp_" + "0" * 5000,
         "/v1/responses/resp_00000000000000000000000000000000?include=%00&stream=x",
+        "/v1/history?page=%00&page_size=1e9",
+        "/v1/history?page=99999999999999999999999",
+        "/v1/conversations/not-a-uuid",
+        "/v1/conversations/00000000-0000-0000-0000-000000000000",
     ],
 )
 def test_odd_paths_never_cause_a_500(path, alice, token_for):

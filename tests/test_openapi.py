@@ -161,3 +161,38 @@ def test_purged_and_failed_tasks_match_the_schema(client_for, alice, stub_backen
     assert {t["task_id"]: t["position"] for t in page["results"]}[waiting] == 1
     assert_matches("/v1/async/tasks", "get", 200, page)
     assert_matches("/v1/async/health", "get", 200, client.get("/v1/async/health").json())
+
+
+def test_history_responses_match_the_schema(client_for, alice):
+    from tests.inference.history_helpers import follow_up, stored_exchange
+
+    first = stored_exchange(alice, "Schema check")
+    follow_up(first, "And again?")
+    client = client_for(alice)
+    assert_matches("/v1/history", "get", 200, client.get("/v1/history").json())
+    assert_matches("/v1/history", "get", 400, client.get("/v1/history?page=0").json())
+    assert_matches("/v1/history", "get", 404, client.get("/v1/history?page=9").json())
+    found = client.post("/v1/history/search", {"q": "schema"}, format="json")
+    assert_matches("/v1/history/search", "post", 200, found.json())
+    bad = client.post("/v1/history/search", {"q": ""}, format="json")
+    assert_matches("/v1/history/search", "post", 400, bad.json())
+    path = "/v1/conversations/{conversation_id}"
+    assert_matches(path, "get", 200, client.get(f"/v1/conversations/{first.conversation_id}").json())
+    missing = client.get("/v1/conversations/00000000-0000-4000-8000-000000000000")
+    assert_matches(path, "get", 404, missing.json())
+
+
+def test_feedback_responses_match_the_schema(client_for, alice):
+    from tests.inference.history_helpers import stored_exchange
+
+    exchange = str(stored_exchange(alice, "Schema check").id)
+    client = client_for(alice)
+    body = {"exchange_id": exchange, "rating": "down", "comment": "too short", "reasons": ["incomplete"]}
+    assert_matches("/v1/feedback", "post", 201, client.post("/v1/feedback", body, format="json").json())
+    assert_matches("/v1/feedback", "post", 200, client.post("/v1/feedback", body, format="json").json())
+    bad = client.post("/v1/feedback", {**body, "rating": "sideways"}, format="json")
+    assert_matches("/v1/feedback", "post", 400, bad.json())
+    missing = client.post(
+        "/v1/feedback", {**body, "exchange_id": "00000000-0000-4000-8000-000000000000"}, format="json"
+    )
+    assert_matches("/v1/feedback", "post", 404, missing.json())

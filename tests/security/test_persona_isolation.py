@@ -330,6 +330,68 @@ def test_a_stored_response_is_its_owners_alone(world, alice, carol):
     ]
 
 
+# --- the history: the owner's alone, not even the location admin's ------------------------------
+
+
+@pytest.fixture
+def exchanges(world, alice, carol) -> dict[str, Any]:
+    """alice and carol each have a stored exchange (``store: true``), each naming a patient Zephyrine."""
+    from tests.inference.history_helpers import stored_exchange
+
+    return {
+        "alice": stored_exchange(alice, "Mrs. Zephyrine Alder, chest pain: troponin?"),
+        "carol": stored_exchange(carol, "Mr. Zephyrine Moss, dyspnoea: BNP?"),
+    }
+
+
+def test_the_history_is_the_owners_alone(world, exchanges):
+    """``/v1/history`` and its search list the caller's own exchanges only: dana, demo's location
+    admin, who sees alice's tasks, does not read her history."""
+    alices = world["alices"] | {str(exchanges["alice"].id)}  # her async tasks are history too
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        listed = {r["exchange_id"] for r in client.get("/v1/history?page_size=100").json()["results"]}
+        found = client.post("/v1/history/search", {"q": "zephyrine"}, format="json").json()["results"]
+        expected = {"alice": alices, "carol": {str(world["carols"].id), str(exchanges["carol"].id)}}.get(persona, set())
+        assert listed == expected, persona
+        assert {r["exchange_id"] for r in found} == {str(e.id) for e in exchanges.values()} & expected, persona
+
+
+def test_a_conversation_is_found_by_its_owner_only(world, exchanges):
+    fake = "00000000-0000-4000-8000-000000000000"
+    conversation = exchanges["alice"].conversation_id
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        response = client.get(f"/v1/conversations/{conversation}")
+        if persona == "alice":
+            assert response.status_code == 200, response.content
+            continue
+        missing = client.get(f"/v1/conversations/{fake}")
+        assert response.status_code == 404 == missing.status_code, (persona, response.content)
+        assert response.content.decode().replace(str(conversation), fake) == missing.content.decode()
+
+
+def test_only_the_owner_rates_her_answer(world, exchanges):
+    """Feedback is on one's own answers: anyone else (dana, the location admin, too) finds no
+    such exchange (404, as for one that exists nowhere; an auditor: 403, no inference scope)."""
+    from apps.inference.models import Feedback
+
+    fake = "00000000-0000-4000-8000-000000000000"
+    exchange = str(exchanges["alice"].id)
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post("/v1/feedback", {"exchange_id": exchange, "rating": "down"}, format="json")
+        missing = client.post("/v1/feedback", {"exchange_id": fake, "rating": "down"}, format="json")
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(exchange, fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+    assert not Feedback.objects.exists()
+    mine = _client(world, "alice").post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
+    assert mine.status_code == 201, mine.content
+
+
 # --- websockets ---------------------------------------------------------------------------------
 
 
@@ -410,7 +472,12 @@ COVERED = {
     "usage": "test_usage_names_nothing_of_the_other_organization",
     "audit-events": "test_the_audit_trail_shows_only_the_callers_organization",
     "auth-me": "test_me_is_oneself",
-    "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
+    "chat-completions": "answered to the caller only (tests/inference/test_chat_auth.py); a stored exchange's "
+    "conversation_id is the owner's alone (tests/inference/test_stored_exchanges.py)",
+    "history": "test_the_history_is_the_owners_alone",
+    "history-search": "test_the_history_is_the_owners_alone",
+    "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
+    "feedback": "test_only_the_owner_rates_her_answer",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
     "responses": "test_a_stored_response_is_its_owners_alone",
     "response-detail": "test_a_stored_response_is_its_owners_alone",

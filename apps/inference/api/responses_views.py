@@ -5,8 +5,6 @@ completions does (``pipeline.plan.plan_response``, ``run.complete_chat`` / ``run
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -29,11 +27,10 @@ from apps.inference.api.serializers import ErrorSerializer
 from apps.inference.api.views import sync_inference
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
-from apps.inference.pipeline import plan, record, run
+from apps.inference.pipeline import plan, run
 from apps.inference.responses import output, store
 from apps.inference.responses.events import ResponseFrames
 
-logger = logging.getLogger("medai.inference")
 _ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 413, 429, 503)}
 
 
@@ -72,20 +69,14 @@ def _frames(chat: plan.ChatPlan) -> ResponseFrames:
 
 
 async def _answer(chat: plan.ChatPlan, data: dict[str, Any]) -> HttpResponse:
-    """The Response of a chat completion. A stored one is in the database before it is answered,
-    so that the next request may continue it at once (the wait bounded as a stream's)."""
+    """The Response of a chat completion. A stored one (``chat.stored``) is in the database before
+    it is answered, so that the next request may continue it at once (``run.record_outcome``, the
+    wait bounded as a stream's); any other is recorded after the answer by the background writer."""
     assert chat.response is not None
     answer = output.from_completion(data, _skeleton(chat))
-    if not chat.response.store:
-        record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
-        return JsonResponse(answer)
-    chat.record_extra.update(store.content_fields(chat.response.conversation, answer))
-    committed = asyncio.wrap_future(record.record_committed(chat, InferenceTask.Status.COMPLETED, 200))
-    try:
-        async with asyncio.timeout(run.RECORD_WAIT_SECONDS):
-            await asyncio.shield(committed)
-    except TimeoutError:
-        logger.error("stored response %s is not written yet", answer["id"])
+    if chat.response.store:
+        chat.record_extra.update(store.content_fields(chat.response.conversation, answer))
+    await run.record_outcome(chat, InferenceTask.Status.COMPLETED, 200)
     return JsonResponse(answer)
 
 

@@ -11,6 +11,15 @@ from rest_framework import serializers
 from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 
 
+class StrictCharField(serializers.CharField):
+    """A string and only a string: DRF's CharField would take 3 or true as "3" and "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class EmbeddingRequestSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=100)
     input = serializers.JSONField()

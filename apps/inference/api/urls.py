@@ -1,6 +1,14 @@
 from django.urls import path
 
-from apps.inference.api import async_views, responses_views, system_views, usage_views, views
+from apps.inference.api import (
+    async_views,
+    feedback_views,
+    history_views,
+    responses_views,
+    system_views,
+    usage_views,
+    views,
+)
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
@@ -18,6 +26,10 @@ urlpatterns = [
     path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
+    path("history", history_views.HistoryView.as_view(), name="history"),
+    path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
+    path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
+    path("feedback", feedback_views.FeedbackView.as_view(), name="feedback"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
     path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]

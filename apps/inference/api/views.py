@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from apps.accounts import governance
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanListModels
-from apps.inference import services
+from apps.inference import response_cache, services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -69,9 +69,14 @@ Answerer = Callable[[plan.ChatPlan, dict[str, Any]], Awaitable[HttpResponse]]
 
 
 async def answer_json(chat: plan.ChatPlan, data: dict[str, Any]) -> HttpResponse:
-    """The backend's (conformant) answer as it is; the record written after it by the background writer."""
-    record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
-    return JsonResponse(data)
+    """The backend's (conformant) answer as it is, recorded as ``run.record_outcome`` says: a
+    stored exchange is answered once its record has committed (a follow-up may name it at once),
+    any other's record is written after the answer by the background writer."""
+    await run.record_outcome(chat, InferenceTask.Status.COMPLETED, 200)
+    response = JsonResponse(data)
+    if chat.cache_hit is not None:
+        response[response_cache.HEADER] = "hit"
+    return stored_headers(chat, response)
 
 
 @csrf_exempt
@@ -101,8 +106,10 @@ async def sync_inference(
     ``answer`` and the record (the Responses API gives its own framing and answer).
 
     Authenticated once; authorization, validation and routing run on the event loop when this
-    process's caches can answer them (most requests), else in a thread. A non-streamed request's record is
-    written after the answer by the background writer; a stream's before ``[DONE]``."""
+    process's caches can answer them (most requests), else in a thread. The record is written by the
+    background writer after the answer (or the stream's end); a stored request's (``plan.stored``:
+    ``store: true`` on chat, a stored Response) has committed before the answer or the stream's end
+    (``run.record_outcome``)."""
     if request.method != "POST":
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
     chat = None
@@ -117,17 +124,18 @@ async def sync_inference(
             client_ip=request.META.get("REMOTE_ADDR") or None,
             user_agent=request.headers.get("User-Agent", ""),
         )
+        chat.cache_bypass = response_cache.bypass_of(request.headers.get("Cache-Control", ""))
+        record.ensure_recording_capacity()  # (a stream as well: both are recorded by the writer)
         if chat.stream:
             stream = await run.open_chat_stream(chat)
             framing = frames(chat) if frames is not None else None
             response = StreamingHttpResponse(run.relay_stream(chat, stream, framing), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
-            return response
-        record.ensure_recording_capacity()
+            return stored_headers(chat, response)
     except ApiError as exc:
         if chat is not None:
-            if chat.stream:
+            if chat.stream and exc.code != "recording_unavailable":  # (that one: no record can be written)
                 await run_sync(record.record_outcome)(
                     chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
                 )
@@ -161,6 +169,15 @@ async def sync_inference(
         )
         raise
     return await answer(chat, data)
+
+
+def stored_headers(chat: plan.ChatPlan, response: R) -> R:
+    """A stored exchange's ids (``store: true``), known before the first token: the exchange (for
+    feedback and history) and its conversation (a follow-up sends it as ``conversation_id``)."""
+    if chat.storage is not None:
+        response["X-Medai-Exchange-Id"] = str(chat.storage.exchange_id)
+        response["X-Medai-Conversation-Id"] = str(chat.storage.conversation_id)
+    return response
 
 
 class ModelListView(APIView):

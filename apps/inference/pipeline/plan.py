@@ -26,7 +26,7 @@ from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import router
+from apps.inference import conversations, experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
@@ -118,10 +118,24 @@ class ChatPlan:
     # conversation and Response, the end of their retention).
     record_extra: dict[str, Any] = field(default_factory=dict)
     response: ResponseRequest | None = None  # a Responses request: what it asked, as checked
+    # ``store: true`` on chat: the exchange is kept (apps/inference/conversations.py), with the answer.
+    storage: conversations.Storage | None = None
+    answer: dict[str, Any] | None = None
+    # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
+    # ("", "no-cache", "no-store"), and the entry that answered when it did.
+    cache_bypass: str = ""
+    cache_hit: dict[str, Any] | None = None
 
     @property
     def backend_path(self) -> str:
         return BACKEND_PATHS[self.kind]
+
+    @property
+    def stored(self) -> bool:
+        """Whether a follow-up may name this request as soon as it is answered: a stored exchange
+        (``store: true`` on chat) or a stored Response (``store`` on ``/v1/responses``). Its record
+        is committed before the answer, or the stream's end, is sent (``run.record_outcome``)."""
+        return self.storage is not None or (self.response is not None and self.response.store)
 
 
 Validator = Callable[[bytes], dict[str, Any]]
@@ -168,7 +182,26 @@ def _chat_plan(
     plan.purpose_of_use = get_origin().purpose_of_use
     plan.rate_limit, plan.reservation = checked[1], checked[2]
     _cap_completion(plan, checked[2])
+    if req.get("store"):
+        plan.storage = conversations.begin(
+            principal,
+            payload=plan.payload,
+            model=req.get("model") or "",
+            agent_type=req.get("agent_type") or "",
+            route_system=_route_system(route, req),
+            conversation_id=req.get("conversation_id"),
+        )
     return plan
+
+
+def _route_system(route: router.Route, req: dict[str, Any]) -> bool:
+    """Whether ``build_plan`` put the route's system prompt first (the caller sent none)."""
+    return bool(route.system_prompt) and not any(m["role"] in ("system", "developer") for m in req["messages"])
+
+
+def _continues(req: dict[str, Any]) -> uuid.UUID | None:
+    """The stored conversation a request continues (checked to be the caller's before any call)."""
+    return req.get("conversation_id") if req.get("store") else None
 
 
 async def plan_chat(
@@ -213,6 +246,8 @@ async def _plan_sync(
     req = checked[0]
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            await gate.run_sync(db_unit(conversations.check_conversation))(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise
@@ -264,6 +299,8 @@ def plan_chat_sync(
     req = checked[0]
     try:
         route = gate.route_sync(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            conversations.check_conversation(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise
@@ -330,7 +367,9 @@ async def plan_task(
 
 
 def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:
-    """The backend payload and the record's fields of a validated request on its route."""
+    """The backend payload and the record's fields of a validated request on its route (its A/B
+    arm assigned: apps/inference/experiments.py)."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id, req.get("conversation_id")))
     messages = [_clean_message(m) for m in req["messages"]]
     if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": route.system_prompt})
@@ -364,6 +403,7 @@ def build_completion_plan(
 ) -> ChatPlan:
     """The backend payload and the record's fields of a validated (legacy) completions request.
     A route's system prompt does not apply: a raw prompt has no system turn to put it in."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id))
     prompts: list[str] = req["prompt"]
     payload: dict[str, Any] = {"prompt": prompts[0] if len(prompts) == 1 else prompts}
     for name in COMPLETION_PASSTHROUGH:
@@ -442,6 +482,10 @@ def task_plan(task: InferenceTask, route: router.Route) -> ChatPlan:
     """The plan of a queued task on its route (resolved again at run time): the payload it was
     submitted with, the reservation made at submit (``governance.reservation_for``)."""
     principal = task_principal(task)
+    # The arm its submit was assigned (the same caller, the same arm while the weights stay).
+    route = experiments.assign(
+        route, experiments.sticky_key(route, task.user_id, (task.request or {}).get("conversation_id"))
+    )
     return ChatPlan(
         principal=principal,
         route=route,

@@ -11,12 +11,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from apps.inference import backends, conformance, forced_tools, router
+from apps.inference import backends, conformance, conversations, forced_tools, response_cache, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
-from apps.inference.pipeline.plan import COMPLETIONS, Attempt, ChatPlan
+from apps.inference.pipeline.plan import COMPLETIONS, RESPONSE, Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
@@ -89,8 +89,39 @@ def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str,
     return {**payload, "model": endpoint.backend_model}
 
 
+async def _from_cache(plan: ChatPlan) -> tuple[str, dict[str, Any] | None]:
+    """The response cache's key for this request ("" when it is not cacheable) and, on a hit, the
+    answer (apps/inference/response_cache.py): sync, not streamed, deterministic, cache on."""
+    if not response_cache.enabled() or plan.task_id is not None or plan.stream or plan.kind == RESPONSE:
+        return "", None  # (a Response is not cached: its answer names the endpoint that made it)
+    if not response_cache.deterministic(plan.payload):
+        return "", None
+    key = response_cache.key_for(
+        plan.principal.location_pk, plan.kind, plan.requested_model, plan.route.agent_type, plan.payload
+    )
+    if plan.cache_bypass:
+        return key, None
+    entry = await response_cache.get(key)
+    if entry is None:
+        return key, None
+    plan.cache_hit = entry
+    plan.backend_started = time.perf_counter()
+    return key, response_cache.fresh_copy(entry["answer"], plan.kind)
+
+
+async def _keep(plan: ChatPlan, key: str, data: dict[str, Any]) -> None:
+    if key and plan.cache_bypass != "no-store" and plan.endpoint is not None:
+        await response_cache.put(key, data, plan.endpoint.name, plan.endpoint.id)
+
+
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
-    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
+    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``),
+    or from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        if plan.storage is not None:
+            plan.answer = hit  # a stored exchange keeps the answer it was given
+        return hit
     plan.backend_started = time.perf_counter()
     data, lease = await _call_backend(
         plan, lambda endpoint: backends.post_json(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
@@ -103,6 +134,9 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    if plan.storage is not None:
+        plan.answer = data
+    await _keep(plan, key, data)
     return data
 
 
@@ -110,7 +144,11 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     """A non-streamed (legacy) completion. Several prompts are sent as one backend request
     each, concurrently (each admitted and failed over on its own), and answered as one
     completion whose choice ``index`` is the prompt's place: every server counts each one's
-    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended."""
+    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended.
+    A deterministic one may come from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        return hit
     plan.backend_started = time.perf_counter()
     prompt = plan.payload["prompt"]
     prompts = prompt if isinstance(prompt, list) else [prompt]
@@ -137,6 +175,7 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     usage = data["usage"]
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    await _keep(plan, key, data)
     return data
 
 
@@ -208,10 +247,14 @@ async def relay_stream(
     """Relay the backend's SSE events with medai's model name, framed by ``frames`` (chat
     completions' chunks and ``data: [DONE]`` by default).
 
-    The request is recorded before the end is sent, so a client that saw the end can find
-    its record: the record writer's batch that holds it has committed (``record_committed``);
-    when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends with a
-    ``recording_unavailable`` error event instead. After the first token no retry is possible: a
+    A stored request (``plan.stored``: a stored exchange, ``store: true`` on chat, or a stored
+    Response) is recorded before the end is sent, so that a follow-up may name it at once
+    (``conversation_id``, ``previous_response_id``): the record writer's batch that holds it has
+    committed (``record_committed``); when that takes longer than ``RECORD_WAIT_SECONDS`` the stream
+    ends with a ``recording_unavailable`` error event instead. Any other stream is recorded as a
+    non-streamed answer is, by the background writer within ``MEDAI_RECORD_LINGER_MS`` of its end
+    (``record_later``; ``ensure_recording_capacity`` refused it before the backend call if the
+    writer could not take it). After the first token no retry is possible: a
     broken stream ends with an error event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
@@ -230,22 +273,20 @@ async def relay_stream(
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
+    answer = conversations.StreamAnswer() if plan.storage is not None else None
 
     def count_tokens() -> None:
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        if answer is not None:  # store: true: what was streamed (until Stop, if the client stopped)
+            assert plan.endpoint is not None
+            plan.answer = answer.completion(plan.endpoint.name, plan.prompt_tokens, plan.completion_tokens)
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
-        """Record the outcome; True once its record has committed."""
+        """Record the outcome; True once recorded as the stream's kind requires (``record_outcome``)."""
         nonlocal recorded
         recorded = True
-        committed = asyncio.wrap_future(record_committed(plan, status, 200, code, message))
-        try:
-            async with asyncio.timeout(RECORD_WAIT_SECONDS):
-                return await asyncio.shield(committed)
-        except TimeoutError:
-            logger.error("the record of stream %s is not written yet", plan.correlation_id)
-            return False
+        return await record_outcome(plan, status, 200, code, message)
 
     try:
         for frame in frames.start():
@@ -266,6 +307,8 @@ async def relay_stream(
                     out = frames.chunk(chunk, usage)
                     if out:
                         chunks += 1
+                        if answer is not None:
+                            answer.add(chunk)
                     for frame in out:
                         yield frame
         except backends.BackendFailure as exc:
@@ -291,6 +334,24 @@ async def relay_stream(
                 CLIENT_DISCONNECTED,
                 "The client closed the connection before the stream ended.",
             )
+
+
+async def record_outcome(plan: ChatPlan, status: str, http_status: int, code: str = "", message: str = "") -> bool:
+    """Record a sync request's outcome. A stored one (``plan.stored``: a stored exchange, ``store:
+    true`` on chat, or a stored Response): awaited until its record has committed (at most
+    ``RECORD_WAIT_SECONDS``; False past it), for its id is handed to the client, who may name it in
+    a follow-up at once (``conversation_id``, ``previous_response_id``). Any other: queued for the
+    background writer (True at once)."""
+    if not plan.stored:
+        record_later(plan, status, http_status, code, message)
+        return True
+    committed = asyncio.wrap_future(record_committed(plan, status, http_status, code, message))
+    try:
+        async with asyncio.timeout(RECORD_WAIT_SECONDS):
+            return await asyncio.shield(committed)
+    except TimeoutError:
+        logger.error("the record of request %s is not written yet", plan.correlation_id)
+        return False
 
 
 def _error_event(code: str, message: str) -> bytes:

@@ -196,6 +196,7 @@ def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch |
         location_id=p.location_pk,
         api_key_id=p.api_key_id,
         agent_type=plan.route.agent_type,
+        arm=plan.route.arm,
         requested_model=plan.requested_model,
         request=spec,
         correlation_id=plan.correlation_id,
