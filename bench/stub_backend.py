@@ -1,4 +1,5 @@
-"""A tiny OpenAI-compatible model server of medai's own, for benchmarks and failure tests.
+"""A tiny OpenAI-compatible model server of medai's own, for benchmarks and failure tests:
+chat completions, (legacy) completions, embeddings and rerank (``ANSWERS``).
 
 Real model servers do not fail on demand; this one does. Modes (``--mode`` or ``POST /_mode``):
 ``ok`` (answer at once), ``error503``, ``error500``, ``hang`` (never answer), ``slow`` (sleep
@@ -21,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import time
 from typing import Any
 
@@ -35,6 +39,8 @@ STATE: dict[str, Any] = {
     "body": {"error": {"message": "stub failed", "type": "server_error"}},
 }
 MODES = ["ok", "error503", "error500", "hang", "slow", "reject400", "error", "hold"]
+# What it answers: chat, (legacy) completions, embeddings (8 dimensions) and rerank.
+ANSWERS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank")
 _released: asyncio.Event | None = None  # set while the mode is not "hold"
 
 
@@ -135,7 +141,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, 200 if STATE["mode"] in ("ok", "hold") else 503, {"status": STATE["mode"]})
     if path == "/v1/models":
         return await _send_json(send, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
-    if path not in ("/v1/chat/completions", "/v1/completions") or method != "POST":
+    if path not in ANSWERS or method != "POST":
         return await _send_json(send, 404, {"error": {"message": "not found"}})
     legacy = path == "/v1/completions"  # (legacy) completions: a prompt, answered as text
     STATE["requests"] += 1
@@ -144,6 +150,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if isinstance(STATE.get("log"), list):
         if legacy:
             STATE["log"].append(str(json.loads(body or b"{}").get("prompt", "")))
+        elif path in ("/v1/embeddings", "/v1/rerank"):
+            request = json.loads(body or b"{}")
+            STATE["log"].append(str(request.get("input", request.get("query", ""))))
         else:
             messages = json.loads(body or b"{}").get("messages") or [{}]
             STATE["log"].append(str(messages[-1].get("content", "")))
@@ -167,6 +176,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return await _send_json(send, 400, {"error": {"message": "prompt is too long for the context"}})
         request = json.loads(body or b"{}")
         model = request.get("model", "stub-model")
+        if path == "/v1/embeddings":
+            return await _send_json(send, 200, _embeddings(request, model))
+        if path == "/v1/rerank":
+            return await _send_json(send, 200, _rerank(request, model))
         if legacy:
             return await _text_completion(send, model, bool(request.get("stream")))
         if not request.get("stream"):
@@ -199,6 +212,50 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode()})
     finally:
         STATE["in_flight"] -= 1
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def _vector(item: Any) -> list[float]:
+    """A deterministic, non-zero vector of a text or token array (the same text, the same vector:
+    ranking by cosine is repeatable)."""
+    digest = hashlib.sha256(json.dumps(item).encode()).digest()
+    return [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]]
+
+
+def _embeddings(request: dict[str, Any], model: str) -> dict[str, Any]:
+    """llama.cpp's answer to ``/v1/embeddings``: one vector per input, in order, as floats or (asked
+    for ``encoding_format: base64``) the base64 of its little-endian float32s; a token per word."""
+    inputs = request.get("input")
+    single = isinstance(inputs, str) or (isinstance(inputs, list) and all(isinstance(i, int) for i in inputs))
+    items = [inputs] if single else list(inputs or [])
+    tokens = sum(len(i) if isinstance(i, list) else max(len(str(i).split()), 1) for i in items)
+    encode: Any = _packed if request.get("encoding_format") == "base64" else (lambda v: v)
+    return {
+        "object": "list",
+        "model": model,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(_vector(item))} for i, item in enumerate(items)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _packed(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _rerank(request: dict[str, Any], model: str) -> dict[str, Any]:
+    """llama.cpp's answer to ``/v1/rerank``: each document's index and score, in no particular order."""
+    documents = list(request.get("documents") or [])
+    query = str(request.get("query", ""))
+    results = [
+        {"index": i, "relevance_score": sum(w in str(doc).split() for w in query.split()) / (1 + i)}
+        for i, doc in enumerate(documents)
+    ]
+    tokens = max(len(query.split()), 1) + sum(max(len(str(d).split()), 1) for d in documents)
+    return {"model": model, "results": results[::-1], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 async def _text_completion(send: Any, model: str, stream: bool) -> None:

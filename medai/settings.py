@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
 from medai.embedded import start_embedded_redis
-from medai.env import DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
+from medai.env import DEFAULT_EMBED_PORT, DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
 from medai.redisconf import cache_config, channel_layers_config, client_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -405,6 +405,8 @@ MEDAI_GPU_STALE_AFTER = envfloat("MEDAI_GPU_STALE_AFTER", 3 * MEDAI_GPU_SAMPLE_I
 MEDAI_GPU_HISTORY_DAYS = envint("MEDAI_GPU_HISTORY_DAYS", 7, minimum=1)
 # The port of the local llama.cpp server that the demo registers (the launcher starts it there).
 MEDAI_LLAMA_PORT = envint("MEDAI_LLAMA_PORT", DEFAULT_LLAMA_PORT, minimum=1)
+# ... and of its embeddings server (the same GGUF, started with --embeddings).
+MEDAI_EMBED_PORT = envint("MEDAI_EMBED_PORT", DEFAULT_EMBED_PORT, minimum=1)
 MEDAI_CIRCUIT_FAILURES = envint("MEDAI_CIRCUIT_FAILURES", 5, minimum=1)
 MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
 MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)

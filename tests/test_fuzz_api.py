@@ -1,4 +1,4 @@
-"""Fuzz (Hypothesis) the sync chat, completions and responses, async task and auth endpoints with bodies shaped like real
+"""Fuzz (Hypothesis) the sync chat, completions, responses, embeddings and rerank, async task and auth endpoints with bodies shaped like real
 requests but full of what a JSON parser accepts and a model server may not (lone surrogates,
 NaN and infinities, huge numbers, wrong types, unknown fields), and odd ids and query strings:
 no answer is a 500, every error is JSON, and once the worker (run in-process, as django-q2 runs
@@ -27,7 +27,6 @@ from apps.inference.models import InferenceTask, QueueEntry
 from tests.conftest import PASSWORD, records_written, register_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 FUZZ = settings(
     max_examples=1,
@@ -41,8 +40,6 @@ FUZZ = settings(
 def examples(n: int) -> settings:
     return settings(FUZZ, max_examples=max(int(n * SCALE), 1))
 
-
-# --- values ------------------------------------------------------------------------------------
 
 surrogates = st.characters(categories=["Cs"])
 text = st.text(st.characters(codec="utf-8") | surrogates, max_size=12) | st.sampled_from(
@@ -119,7 +116,6 @@ def chat_bodies(draw: Any) -> dict[str, Any]:
 
 
 chat_body = chat_bodies()
-
 COMPLETION_FIELDS = {
     **{k: v for k, v in FIELDS.items() if k not in ("logprobs", "top_logprobs", "response_format", "deadline_s")},
     "echo": st.just(False),
@@ -221,15 +217,48 @@ def response_bodies(draw: Any) -> dict[str, Any]:
     return body
 
 
+tokens = st.lists(st.integers(0, 49_151), min_size=1, max_size=4)
+valid_embedding = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["stub-e", "Retrieval"]),
+        "input": plain | st.lists(plain, min_size=1, max_size=3) | tokens | st.lists(tokens, min_size=1, max_size=2),
+    },
+    optional={"encoding_format": st.sampled_from(["float", "base64"]), "user": plain},
+)
+valid_rerank = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["stub-e", "stub-r", "Retrieval"]),
+        "query": plain,
+        "documents": st.lists(plain, min_size=1, max_size=4),
+    },
+    optional={"top_n": st.integers(1, 6), "return_documents": st.booleans(), "user": plain},
+)
+
+
+@st.composite
+def embedding_bodies(draw: Any) -> tuple[str, dict[str, Any]]:
+    """(path, body): a valid embeddings or rerank request with 0-2 hostile changes: a field's value
+    (``dimensions`` and an unknown field among them), the input, one item of a list."""
+    path = draw(st.sampled_from(["/v1/embeddings", "/v1/rerank"]))
+    body = draw(valid_embedding if path == "/v1/embeddings" else valid_rerank)
+    listed = "input" if path == "/v1/embeddings" else "documents"
+    names = [*body, "dimensions", "encoding_format", "top_n", "unknown_field"]
+    for where in draw(st.lists(st.sampled_from(["field", "field", "list", "item"]), max_size=2)):
+        if where == "field":
+            body[draw(st.sampled_from(names))] = draw(anything)
+        elif where == "list":
+            body[listed] = draw(anything)
+        elif isinstance(body.get(listed), list) and body[listed]:
+            body[listed][draw(st.integers(0, len(body[listed]) - 1))] = draw(anything)
+    return path, body
+
+
 ids = st.uuids().map(str) | st.sampled_from(["not-a-uuid", "0" * 40, "%00", "..%2f"]) | text
 
 
 def encoded(body: Any) -> bytes:
     # ensure_ascii: lone surrogates travel as \\ud800 escapes, NaN as the NaN token: valid to Python's parser
     return json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
-
-
-# --- fixtures ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -245,7 +274,7 @@ def api(live_medai, alice, token_for, stub_backend):
         if method == "post":
             response = client.post(path, content=encoded(body), headers=headers)
         else:
-            response = client.request(method.upper(), path, headers=headers)
+            response = client.get(path, headers=headers)
         seen.append((path, response.status_code))
         assert response.status_code != 500, (method, path, body, response.text[:300])
         assert response.status_code < 500 or response.status_code in (502, 503, 504), (path, response.status_code)
@@ -279,9 +308,6 @@ def assert_no_task_left_behind() -> None:
     broken = list(InferenceTask.objects.filter(error_code="internal_error").values_list("id", "error_message"))
     assert not broken, broken
     assert not QueueEntry.objects.exists()
-
-
-# --- the fuzz ----------------------------------------------------------------------------------
 
 
 def test_sync_chat_never_answers_500(api):
@@ -332,6 +358,26 @@ def test_responses_never_answer_500(api):
     assert any(code == 200 for _, code in api.seen)
     assert any(code == 400 for _, code in api.seen)
     assert stored  # some were stored, and continued
+
+
+def test_embeddings_and_rerank_never_answer_500(api, stub_backend):
+    register_model("stub-e", stub_backend, agents=("Retrieval",), supports_embeddings=True, rerank="embeddings")
+    register_model("stub-r", stub_backend, agents=("Retrieval",), rerank="native")
+
+    @examples(80)
+    @given(request=embedding_bodies())
+    def run(request: tuple[str, dict[str, Any]]) -> None:
+        path, body = request
+        response = api("post", path, body)
+        if response.status_code == 200 and path == "/v1/embeddings":  # a vector per input, a token array one
+            single = isinstance(body["input"], str) or all(isinstance(t, int) for t in body["input"])
+            assert len(response.json()["data"]) == (1 if single else len(body["input"]))
+        records_written()
+
+    run()
+    seen = {(path, code) for path, code in api.seen}
+    assert {("/v1/embeddings", 200), ("/v1/rerank", 200)} <= seen  # the fuzz reached the models
+    assert any(code == 400 for _, code in seen)
 
 
 def test_async_task_api_never_answers_500_and_leaves_no_task_behind(api):

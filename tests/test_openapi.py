@@ -8,6 +8,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from tests.conftest import PASSWORD, register_model
+from tests.support.openai_spec import assert_valid, request_properties
 from tests.support.openapi import assert_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,6 +93,46 @@ def test_response_and_its_errors_match_the_schema(live_medai, stub_backend, alic
     fields = schema["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]["properties"]
     assert {"input", "instructions", "max_output_tokens", "tools", "previous_response_id", "store", "stream"} <= set(
         fields
+    )
+
+
+def test_embeddings_and_rerank_and_their_errors_match_the_schemas(live_medai, stub_backend, alice, token_for):
+    """medai's own document, and OpenAI's CreateEmbeddingResponse (which knows floats only: the
+    base64 answer is checked against medai's, whose ``embedding`` is floats or a string)."""
+    register_model("stub-e", stub_backend, supports_embeddings=True, rerank="embeddings")
+    headers = {"Authorization": f"Bearer {token_for(alice)}"}
+    url = f"{live_medai}/v1/embeddings"
+    for body in (
+        {"model": "stub-e", "input": ["a", "b"], "encoding_format": "float"},
+        {"model": "stub-e", "input": [[1, 2, 3]]},
+        {"model": "stub-e", "input": "a", "encoding_format": "base64"},
+    ):
+        ok = httpx.post(url, headers=headers, json=body)
+        assert ok.status_code == 200, ok.text
+        assert_matches("/v1/embeddings", "post", 200, ok.json())
+        if body.get("encoding_format") != "base64":
+            assert_valid("CreateEmbeddingResponse", ok.json())
+    bad = httpx.post(url, headers=headers, json={"model": "stub-e", "input": []})
+    assert_matches("/v1/embeddings", "post", 400, bad.json())
+    assert_valid("ErrorResponse", bad.json())
+    assert_matches(
+        "/v1/embeddings", "post", 404, httpx.post(url, headers=headers, json={"model": "x", "input": "a"}).json()
+    )
+    assert_matches("/v1/embeddings", "post", 401, httpx.post(url, json={}).json())
+    rerank = f"{live_medai}/v1/rerank"
+    ranked = httpx.post(rerank, headers=headers, json={"model": "stub-e", "query": "q", "documents": ["a", "q"]})
+    assert_matches("/v1/rerank", "post", 200, ranked.json())
+    assert_matches("/v1/rerank", "post", 400, httpx.post(rerank, headers=headers, json={"model": "stub-e"}).json())
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    for path, fields in (
+        ("/v1/embeddings", {"model", "input", "encoding_format", "dimensions", "user"}),
+        ("/v1/rerank", {"model", "query", "documents", "top_n", "return_documents"}),
+    ):
+        request = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert fields <= set(schema["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]["properties"])
+    # every field OpenAI's request declares is documented (and validated) by medai
+    assert request_properties("CreateEmbeddingRequest") <= set(
+        schema["components"]["schemas"]["EmbeddingRequest"]["properties"]
     )
 
 

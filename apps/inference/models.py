@@ -55,7 +55,20 @@ class ModelEndpoint(models.Model):
     vram_mb = models.PositiveIntegerField(default=0, help_text="Estimated GPU memory when loaded (MiB).")
     rank = models.PositiveSmallIntegerField(default=100, help_text="Lower ranks first when GPU pressure limits models.")
     enabled = models.BooleanField(default=True)
-    supports_embeddings = models.BooleanField(default=False)
+    supports_embeddings = models.BooleanField(
+        default=False, help_text="It answers POST /v1/embeddings (llama.cpp: started with --embeddings)."
+    )
+    rerank = models.CharField(
+        max_length=10,
+        choices=[
+            ("", "no rerank"),
+            ("native", "its own /rerank (llama.cpp --reranking, vLLM)"),
+            ("embeddings", "medai ranks by cosine similarity of its embeddings"),
+        ],
+        blank=True,
+        default="",
+        help_text="How it answers POST /v1/rerank: a reranker's own /rerank, or by its embeddings.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -381,7 +394,7 @@ class InferenceTask(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ASYNC)
-    kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings
+    kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings | rerank
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks")

@@ -29,6 +29,7 @@ class EndpointInfo:
     rank: int
     enabled: bool
     supports_embeddings: bool
+    rerank: str = ""  # "" | "native" | "embeddings" (ModelEndpoint.rerank)
 
     @classmethod
     def of(cls, ep: ModelEndpoint) -> EndpointInfo:
@@ -45,6 +46,7 @@ class EndpointInfo:
             rank=ep.rank,
             enabled=ep.enabled,
             supports_embeddings=ep.supports_embeddings,
+            rerank=ep.rerank,
         )
 
     @property
@@ -204,3 +206,29 @@ def _agent_route(agent: _AgentEntry, requested: str, preferred: EndpointInfo | N
         weights if any(weights) else (),
         agent.sticky,
     )
+
+
+# What an endpoint must declare to serve a capability (``resolve_capability``).
+CAPABILITIES = {
+    "embeddings": ("embeddings", lambda e: e.supports_embeddings),
+    "rerank": ("rerank", lambda e: bool(e.rerank)),
+}
+
+
+def resolve_capability(model: str | None, capability: str, *, cached_only: bool = False) -> Route:
+    """Route an embeddings or rerank request: ``model`` (a model or an agent type, as ``resolve``)
+    → its candidates that declare ``capability``; a model that declares none is a 400 naming
+    ``model`` (a chat-only model cannot embed), as is an agent route with no such model."""
+    route = resolve(model, None, cached_only=cached_only)
+    label, serves = CAPABILITIES[capability]
+    candidates = tuple(e for e in route.candidates if serves(e))
+    if not candidates:
+        names = ", ".join(sorted(e.name for e in snapshot(cached_only).models.values() if e.enabled and serves(e)))
+        raise RoutingError(
+            400,
+            "model_not_supported",
+            f"model: '{model}' does not serve {label}"
+            + (f"; models that do: {names}." if names else "; no model here serves it."),
+            "model",
+        )
+    return Route(route.requested, route.agent_type, candidates, "")

@@ -96,8 +96,6 @@ def _client(world: dict[str, Any], persona: str) -> Any:
     return client
 
 
-# --- objects of alice's: 404 for everyone who may not see them ----------------------------------
-
 OBJECT_ENDPOINTS = [
     ("async-status", "get", "/v1/async/status/{queued}"),
     ("async-result", "get", "/v1/async/result/{completed}"),
@@ -170,9 +168,6 @@ def test_only_the_owner_can_retry_her_task(world):
     answer = _client(world, "alice").post(f"/v1/async/retry/{cancelled.id}")
     assert answer.status_code == 202, answer.content
     assert InferenceTask.objects.get(id=answer.json()["task_id"]).user == cancelled.user
-
-
-# --- lists and aggregates: only what the caller may see -----------------------------------------
 
 
 def test_the_task_list_holds_only_visible_tasks(world):
@@ -330,7 +325,34 @@ def test_a_stored_response_is_its_owners_alone(world, alice, carol):
     ]
 
 
-# --- the history: the owner's alone, not even the location admin's ------------------------------
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/embeddings", {"model": "stub-embed", "input": ["Mrs. Garcia, chest pain"]}),
+        ("/v1/rerank", {"model": "stub-embed", "query": "chest pain", "documents": ["Mrs. Garcia"]}),
+    ],
+    ids=["embeddings", "rerank"],
+)
+def test_embeddings_and_rerank_are_recorded_under_the_callers_own_location(world, path, body):
+    """Embeddings and rerank keep no object a caller could read back: each request's record (here
+    a 503, no model server) lands at the caller's own location under the caller's name, and the
+    auditor, who has no inference scope, is refused."""
+    register_model("stub-embed", "http://127.0.0.1:9/v1", agents=(), supports_embeddings=True, rerank="embeddings")
+    for persona in PERSONAS:
+        response = _client(world, persona).post(path, body, format="json")
+        if persona == "audrey":
+            assert response.status_code == 403, response.content
+            continue
+        assert response.status_code == 503, (persona, response.content)
+    records_written()
+    kind = path.rsplit("/", 1)[1]
+    assert sorted(InferenceTask.objects.filter(kind=kind).values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
 
 
 @pytest.fixture
@@ -390,9 +412,6 @@ def test_only_the_owner_rates_her_answer(world, exchanges):
     assert not Feedback.objects.exists()
     mine = _client(world, "alice").post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
     assert mine.status_code == 201, mine.content
-
-
-# --- websockets ---------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
@@ -456,8 +475,6 @@ def test_the_audit_trail_shows_only_the_callers_organization(world):
         assert "carol" not in text and '"east"' not in text, persona
 
 
-# --- the table covers every endpoint --------------------------------------------------------------
-
 # Each /v1/ route name, and where this file (or another) holds it to the rule.
 COVERED = {
     "async-status": "OBJECT_ENDPOINTS",
@@ -479,8 +496,8 @@ COVERED = {
     "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
     "feedback": "test_only_the_owner_rates_her_answer",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
-    "responses": "test_a_stored_response_is_its_owners_alone",
-    "response-detail": "test_a_stored_response_is_its_owners_alone",
+    "embeddings": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
+    "rerank": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",

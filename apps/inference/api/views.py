@@ -25,7 +25,7 @@ from apps.inference import response_cache, services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
-from apps.inference.pipeline import gate, plan, record, run
+from apps.inference.pipeline import embed, gate, plan, record, run
 
 run_sync = sync_to_async(thread_sensitive=False)
 
@@ -203,3 +203,56 @@ class ModelDetailView(APIView):
 
 def _json_404(request: HttpRequest, exception: Any = None) -> JsonResponse:
     return ApiError(404, "not_found", f"No such endpoint: {request.method} {request.path}.").response()
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/embeddings`` (OpenAI's CreateEmbeddingRequest → CreateEmbeddingResponse)."""
+    return with_rate_limit(await _serve(request, embed.plan_embeddings, embed.run_embeddings))
+
+
+@csrf_exempt
+async def rerank(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/rerank`` (the Cohere/Jina shape llama.cpp and vLLM serve)."""
+    return with_rate_limit(await _serve(request, embed.plan_rerank, embed.run_rerank))
+
+
+async def _serve(request: HttpRequest, planner: Any, runner: Any) -> HttpResponse:
+    """One non-streamed request through the pipeline (``apps/inference/pipeline/embed.py``): plan,
+    run, and its record written after the answer by the background writer, as chat's."""
+    if request.method != "POST":
+        return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
+    planned = None
+    try:
+        body = read_body(request)
+        principal = await gate.authenticate(request.headers.get("Authorization"))
+        request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names
+        data = gate.parse_body(body)
+        planned = await planner(
+            principal,
+            data,
+            getattr(request, "correlation_id", ""),
+            client_ip=request.META.get("REMOTE_ADDR") or None,
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        record.ensure_recording_capacity()
+    except ApiError as exc:
+        if planned is not None:
+            gate.release(planned.reservation)
+        return exc.response()
+    try:
+        answer = await runner(planned)
+    except ApiError as exc:
+        record.record_later(planned, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
+        return exc.response()
+    except asyncio.CancelledError:
+        record.record_later(
+            planned,
+            InferenceTask.Status.CANCELLED,
+            record.CLIENT_CLOSED_REQUEST,
+            record.CLIENT_DISCONNECTED,
+            "The client closed the connection before the answer.",
+        )
+        raise
+    record.record_later(planned, InferenceTask.Status.COMPLETED, 200)
+    return JsonResponse(answer)

@@ -103,6 +103,11 @@ def validate_response(body: bytes) -> Any:
     return responses_request.parse(validation.parse_json_object(body))
 
 
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (ApiError 400 ``invalid_json``)."""
+    return validation.parse_json_object(body)
+
+
 def validate_task(item: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     """The validate step of one async task request (a parsed JSON object, validated once):
     (validated chat request, deadline_s), or ApiError 400."""
@@ -210,3 +215,22 @@ async def route(model: str | None, agent_type: str | None) -> router.Route:
     """The route step on the event loop: from the registry snapshot, else in a thread."""
     steps.enter(steps.ROUTE)
     return await _cached_else_thread(_route, model, agent_type)
+
+
+def _route_capability(model: str, capability: str, *, cached_only: bool = False) -> router.Route:
+    try:
+        return router.resolve_capability(model, capability, cached_only=cached_only)
+    except router.RoutingError as exc:
+        raise ApiError(exc.status_code, exc.code, exc.message, exc.param) from None
+
+
+def route_capability_sync(model: str, capability: str) -> router.Route:
+    """The route step of an embeddings or rerank request: the candidates that declare it."""
+    steps.enter(steps.ROUTE)
+    return _route_capability(model, capability)
+
+
+async def route_capability(model: str, capability: str) -> router.Route:
+    """``route_capability_sync`` on the event loop: from the registry snapshot, else in a thread."""
+    steps.enter(steps.ROUTE)
+    return await _cached_else_thread(_route_capability, model, capability)

@@ -111,8 +111,8 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    # What is asked: chat (messages), completions (a prompt) or a response (the Responses API,
-    # sent as chat); InferenceTask.kind.
+    # What is asked: chat (messages), completions (a prompt), a response (the Responses API,
+    # sent as chat), embeddings or rerank; InferenceTask.kind.
     kind: str = CHAT
     # More fields of the request's record (a Responses request: its id; a stored response's
     # conversation and Response, the end of their retention).
