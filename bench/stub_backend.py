@@ -7,7 +7,13 @@ Real model servers do not fail on demand; this one does. Modes (``--mode`` or ``
 given with the mode: any model server's error answer), ``hold`` (keep every request waiting until
 the mode changes: a test decides when the backend answers). ``GET /_stats`` returns how many
 requests it served; set ``"log": []`` with a mode and it also lists, in the order the requests
-arrived, the content of each one's last message (which request started when, for order tests).
+arrived, the content of each one's last message (which request started when, for order tests);
+``"bodies": []`` lists each request's whole JSON body. ``"reply": {"message": {...},
+"finish_reason": ..., "usage": {...}}`` makes every chat answer that assistant message (its text
+and ``tool_calls``), streamed as deltas (the text in two pieces, each call's arguments in two)
+when asked for a stream: what a test needs from a model that will not call a tool on demand
+(``"stream_error": "<message>"`` in it: the stream ends with that error event instead of its
+last chunk, a model server failing mid-stream).
 
     python bench/stub_backend.py --port 18200 --mode ok
 """
@@ -48,14 +54,46 @@ def _gate() -> asyncio.Event:
 
 
 def _completion(model: str, content: str = "OK") -> dict[str, Any]:
+    reply = STATE.get("reply")
+    if reply:
+        message = {"role": "assistant", "content": None, **reply["message"]}
+        usage = reply.get("usage") or {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        finish = reply.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
+    else:
+        message = {"role": "assistant", "content": content}
+        usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        finish = "stop"
     return {
         "id": "chatcmpl-stub",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage,
     }
+
+
+def _deltas() -> list[tuple[dict[str, Any], str | None]]:
+    """The streamed deltas of the answer (``reply``'s message, else "OK"), with the last one's finish reason."""
+    reply = STATE.get("reply")
+    if not reply:
+        return [({"content": "O"}, None), ({"content": "K"}, None)]
+    message = reply["message"]
+    deltas: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": ""}, None)]
+    text = message.get("content") or ""
+    half = max(len(text) // 2, 1)
+    deltas += [({"content": piece}, None) for piece in (text[:half], text[half:]) if piece]
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        arguments = call["function"].get("arguments") or ""
+        half = len(arguments) // 2
+        head = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"]}}
+        deltas.append(
+            ({"tool_calls": [{**head, "function": {**head["function"], "arguments": arguments[:half]}}]}, None)
+        )
+        deltas.append(({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]}, None))
+    finish = reply.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
+    deltas.append(({}, finish))
+    return deltas
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -107,6 +145,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return await _send_json(send, 404, {"error": {"message": "not found"}})
     legacy = path == "/v1/completions"  # (legacy) completions: a prompt, answered as text
     STATE["requests"] += 1
+    if isinstance(STATE.get("bodies"), list):
+        STATE["bodies"].append(json.loads(body or b"{}"))
     if isinstance(STATE.get("log"), list):
         if legacy:
             STATE["log"].append(str(json.loads(body or b"{}").get("prompt", "")))
@@ -145,13 +185,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not request.get("stream"):
             return await _send_json(send, 200, _completion(model))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        for piece in ("O", "K"):
+        broken = (STATE.get("reply") or {}).get("stream_error")
+        for delta, finish in _deltas():
+            if broken and finish:  # the model server fails before its last chunk
+                error = {"error": {"message": broken, "type": "server_error"}}
+                return await send({"type": "http.response.body", "body": f"data: {json.dumps(error)}\n\n".encode()})
             chunk = {
                 "id": "chatcmpl-stub",
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             await send(
                 {"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True}
@@ -162,7 +206,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "created": int(time.time()),
             "model": model,
             "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            "usage": (STATE.get("reply") or {}).get("usage")
+            or {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
         }
         await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode()})
     finally:

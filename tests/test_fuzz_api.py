@@ -1,4 +1,4 @@
-"""Fuzz (Hypothesis) the sync chat, completions, embeddings and rerank, async task and auth endpoints with bodies shaped like real
+"""Fuzz (Hypothesis) the sync chat, completions, responses, embeddings and rerank, async task and auth endpoints with bodies shaped like real
 requests but full of what a JSON parser accepts and a model server may not (lone surrogates,
 NaN and infinities, huge numbers, wrong types, unknown fields), and odd ids and query strings:
 no answer is a 500, every error is JSON, and once the worker (run in-process, as django-q2 runs
@@ -27,7 +27,6 @@ from apps.inference.models import InferenceTask, QueueEntry
 from tests.conftest import PASSWORD, records_written, register_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 FUZZ = settings(
     max_examples=1,
@@ -41,8 +40,6 @@ FUZZ = settings(
 def examples(n: int) -> settings:
     return settings(FUZZ, max_examples=max(int(n * SCALE), 1))
 
-
-# --- values ------------------------------------------------------------------------------------
 
 surrogates = st.characters(categories=["Cs"])
 text = st.text(st.characters(codec="utf-8") | surrogates, max_size=12) | st.sampled_from(
@@ -119,7 +116,6 @@ def chat_bodies(draw: Any) -> dict[str, Any]:
 
 
 chat_body = chat_bodies()
-
 COMPLETION_FIELDS = {
     **{k: v for k, v in FIELDS.items() if k not in ("logprobs", "top_logprobs", "response_format", "deadline_s")},
     "echo": st.just(False),
@@ -145,6 +141,79 @@ def completion_bodies(draw: Any) -> dict[str, Any]:
             body["prompt"] = draw(anything)
         elif isinstance(body["prompt"], list) and body["prompt"]:
             body["prompt"][draw(st.integers(0, len(body["prompt"]) - 1))] = draw(anything)
+    return body
+
+
+function_tool = st.fixed_dictionaries(
+    {"type": st.just("function"), "name": st.from_regex(r"[a-z_]{1,12}", fullmatch=True)},
+    optional={
+        "description": plain,
+        "parameters": st.just({"type": "object", "properties": {"x": {"type": "string"}}}),
+        "strict": st.booleans(),
+    },
+)
+input_item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "developer", "system", "assistant"]), "content": plain}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("message"),
+            "role": st.just("user"),
+            "content": st.lists(st.fixed_dictionaries({"type": st.just("input_text"), "text": plain}), max_size=2),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": st.sampled_from(["c1", "c2"]),
+            "name": st.sampled_from(["f", "g"]),
+            "arguments": st.sampled_from(["{}", '{"x": "1"}', "not json"]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call_output"), "call_id": st.sampled_from(["c1", "c2"]), "output": plain}
+    ),
+)
+RESPONSE_FIELDS = {
+    "model": st.just("stub-a"),
+    "instructions": plain,
+    "max_output_tokens": st.integers(16, 32),
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0, 1),
+    "store": st.booleans(),
+    "metadata": st.dictionaries(st.from_regex(r"[a-z]{1,8}", fullmatch=True), plain, max_size=3),
+    "tools": st.lists(function_tool, max_size=2),
+    "tool_choice": st.sampled_from(["auto", "none", "required", {"type": "function", "name": "f"}]),
+    "parallel_tool_calls": st.booleans(),
+    "text": st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}}]),
+    "user": plain,
+    "priority": st.sampled_from(["low", "normal", "high", "critical"]),
+}
+valid_response = st.fixed_dictionaries(
+    {
+        "agent_type": st.just("Chat"),
+        "input": plain | st.lists(input_item, max_size=3).map(lambda items: [*items, {"role": "user", "content": "q"}]),
+    },
+    optional=RESPONSE_FIELDS,
+)
+
+
+@st.composite
+def response_bodies(draw: Any) -> dict[str, Any]:
+    """A valid Responses request with 0-2 hostile changes: a field's value (OpenAI fields medai
+    refuses among them), the input, one input item's key, one tool's key."""
+    body = draw(valid_response)
+    for where in draw(st.lists(st.sampled_from(["field", "field", "input", "item", "tool"]), max_size=2)):
+        if where == "field":
+            names = [*RESPONSE_FIELDS, "background", "include", "reasoning", "previous_response_id", "unknown_field"]
+            body[draw(st.sampled_from(names))] = draw(anything)
+        elif where == "input":
+            body["input"] = draw(anything)
+        elif where == "item" and isinstance(body["input"], list) and body["input"]:
+            key = draw(st.sampled_from(["role", "content", "type", "call_id", "arguments", "output", "extra"]))
+            body["input"][draw(st.integers(0, len(body["input"]) - 1))][key] = draw(anything)
+        elif where == "tool" and body.get("tools"):
+            key = draw(st.sampled_from(["type", "name", "parameters", "strict", "extra"]))
+            body["tools"][0][key] = draw(anything)
     return body
 
 
@@ -190,9 +259,6 @@ ids = st.uuids().map(str) | st.sampled_from(["not-a-uuid", "0" * 40, "%00", "..%
 def encoded(body: Any) -> bytes:
     # ensure_ascii: lone surrogates travel as \\ud800 escapes, NaN as the NaN token: valid to Python's parser
     return json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
-
-
-# --- fixtures ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -268,9 +334,6 @@ def assert_no_task_left_behind() -> None:
     assert not QueueEntry.objects.exists()
 
 
-# --- the fuzz ----------------------------------------------------------------------------------
-
-
 def test_sync_chat_never_answers_500(api):
     @examples(120)
     @given(body=chat_body, stream=st.booleans())
@@ -295,6 +358,30 @@ def test_sync_completions_never_answer_500(api):
     run()
     assert any(code == 200 for _, code in api.seen)
     assert any(code == 400 for _, code in api.seen)
+
+
+def test_responses_never_answer_500(api):
+    stored: list[str] = []
+
+    @examples(80)
+    @given(body=response_bodies(), stream=st.booleans(), chain=st.booleans(), other=ids, pick=st.integers(0, 10**6))
+    def run(body: dict[str, Any], stream: bool, chain: bool, other: str, pick: int) -> None:
+        if chain and stored:
+            body["previous_response_id"] = stored[pick % len(stored)]
+        response = api("post", "/v1/responses", {**body, "stream": stream} if stream else body)
+        if response.status_code == 200 and not stream and response.json().get("store"):
+            stored.append(response.json()["id"])
+        records_written()
+        target = stored[pick % len(stored)] if stored and pick % 3 else other
+        target = quote(target.encode("utf-8", "surrogatepass"), safe="")
+        api("get", f"/v1/responses/{target}")
+        if pick % 5 == 0:
+            api("delete", f"/v1/responses/{target}")
+
+    run()
+    assert any(code == 200 for _, code in api.seen)
+    assert any(code == 400 for _, code in api.seen)
+    assert stored  # some were stored, and continued
 
 
 def test_embeddings_and_rerank_never_answer_500(api, stub_backend):

@@ -66,6 +66,36 @@ def test_completion_and_its_errors_match_the_schema(live_medai, stub_backend, al
     assert {"prompt", "max_tokens", "stream", "stream_options", "agent_type", "priority"} <= set(fields)
 
 
+def test_response_and_its_errors_match_the_schema(live_medai, stub_backend, alice, token_for):
+    """``/v1/responses`` answers match medai's schema (and OpenAI's own Response: tests/support/openai_spec.py)."""
+    from tests.support.openai_spec import assert_valid
+
+    register_model("stub-a", stub_backend)
+    headers = {"Authorization": f"Bearer {token_for(alice)}"}
+    ok = httpx.post(f"{live_medai}/v1/responses", headers=headers, json={"model": "stub-a", "input": "hi"})
+    assert_matches("/v1/responses", "post", 200, ok.json())
+    assert_valid("Response", ok.json())
+    rid = ok.json()["id"]
+    got = httpx.get(f"{live_medai}/v1/responses/{rid}", headers=headers)
+    assert_matches("/v1/responses/{response_id}", "get", 200, got.json())
+    assert_valid("Response", got.json())
+    bad = httpx.post(f"{live_medai}/v1/responses", headers=headers, json={"model": "stub-a", "input": 5})
+    assert_matches("/v1/responses", "post", 400, bad.json())
+    missing = httpx.post(f"{live_medai}/v1/responses", headers=headers, json={"model": "nope", "input": "a"})
+    assert_matches("/v1/responses", "post", 404, missing.json())
+    assert_matches("/v1/responses", "post", 401, httpx.post(f"{live_medai}/v1/responses", json={}).json())
+    deleted = httpx.delete(f"{live_medai}/v1/responses/{rid}", headers=headers)
+    assert_matches("/v1/responses/{response_id}", "delete", 200, deleted.json())
+    gone = httpx.get(f"{live_medai}/v1/responses/{rid}", headers=headers)
+    assert_matches("/v1/responses/{response_id}", "get", 404, gone.json())
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    request = schema["paths"]["/v1/responses"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    fields = schema["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert {"input", "instructions", "max_output_tokens", "tools", "previous_response_id", "store", "stream"} <= set(
+        fields
+    )
+
+
 def test_embeddings_and_rerank_and_their_errors_match_the_schemas(live_medai, stub_backend, alice, token_for):
     """medai's own document, and OpenAI's CreateEmbeddingResponse (which knows floats only: the
     base64 answer is checked against medai's, whose ``embedding`` is floats or a string)."""

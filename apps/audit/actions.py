@@ -26,7 +26,8 @@ TASK_BATCH_SUBMIT = "inference.submit_batch"
 TASK_CANCEL = "inference.cancel"
 TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued again as a new one
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
-TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
+TASK_RESULT = "inference.read_result"  # a task's result (or a stored response): the read of PHI
+RESPONSE_DELETE = "inference.delete_response"  # a stored response deleted by its owner
 HISTORY_READ = "inference.read_history"  # the caller's stored exchanges (a page, a search, a conversation)
 FEEDBACK_CREATE = "feedback.create"  # a rating of an exchange (made or changed); never the comment's text
 

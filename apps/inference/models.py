@@ -311,16 +311,17 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         return self.exclude(Exists(holds))
 
     def purge_due(self, now: Any, sync_before: Any = None) -> int:
-        """Content past retention is removed, metadata kept: finished async tasks and stored sync
-        exchanges (``store: true``) past ``result_expires_at`` lose their prompt, result and error
-        text (their outcome stays: a purged COMPLETED task is still COMPLETED; ``content_purged_at``
-        says since when); other sync records (which never keep a prompt) lose the error text a
-        backend may have echoed once they finished before ``sync_before``. A task under an active
-        legal hold keeps everything, and so
-        does a task of a batch that holds its results (``TaskBatch.holds_results``)."""
+        """Content past retention is removed, metadata kept: finished async tasks, stored sync
+        exchanges (``store: true`` on chat completions) and stored responses
+        (apps/inference/responses/store.py) past ``result_expires_at`` lose their prompt, result
+        and error text (their outcome stays: a purged COMPLETED task is still COMPLETED;
+        ``content_purged_at`` says since when); other sync records (which never keep a prompt) lose
+        the error text a backend may have echoed once they finished before ``sync_before``. A task
+        under an active legal hold keeps everything, and so does a task of a batch that holds its
+        results (``TaskBatch.holds_results``)."""
         S = InferenceTask.Status
         purged = (
-            self.filter(
+            self.filter(  # async tasks, stored exchanges and stored responses (sync records that keep content)
                 result_expires_at__lte=now,
                 content_purged_at__isnull=True,
                 status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
@@ -395,7 +396,7 @@ class InferenceTask(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ASYNC)
-    kind = models.CharField(max_length=16, default="chat")  # chat | completions | embeddings | rerank
+    kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings | rerank
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks")

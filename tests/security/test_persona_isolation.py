@@ -96,8 +96,6 @@ def _client(world: dict[str, Any], persona: str) -> Any:
     return client
 
 
-# --- objects of alice's: 404 for everyone who may not see them ----------------------------------
-
 OBJECT_ENDPOINTS = [
     ("async-status", "get", "/v1/async/status/{queued}"),
     ("async-result", "get", "/v1/async/result/{completed}"),
@@ -170,9 +168,6 @@ def test_only_the_owner_can_retry_her_task(world):
     answer = _client(world, "alice").post(f"/v1/async/retry/{cancelled.id}")
     assert answer.status_code == 202, answer.content
     assert InferenceTask.objects.get(id=answer.json()["task_id"]).user == cancelled.user
-
-
-# --- lists and aggregates: only what the caller may see -----------------------------------------
 
 
 def test_the_task_list_holds_only_visible_tasks(world):
@@ -262,7 +257,73 @@ def test_completions_are_recorded_under_the_callers_own_location(world):
     ]
 
 
-# --- the Files and Batch API: a file and a batch are their owner's alone ---------------------------
+def _stored_response(owner: User, location: Location, text: str) -> str:
+    """A stored response of ``owner``'s (``POST /v1/responses`` with store: its record keeps the
+    conversation and the Response); its public id."""
+    now = timezone.now()
+    task = InferenceTask.objects.create(
+        user=owner,
+        location=location,
+        mode=InferenceTask.Mode.SYNC,
+        kind="response",
+        status=InferenceTask.Status.COMPLETED,
+        request={"messages": [{"role": "user", "content": text}]},
+        result={"id": "", "object": "response", "status": "completed", "output": []},
+        created_at=now,
+        finished_at=now,
+        result_expires_at=now + timedelta(hours=1),
+    )
+    rid = f"resp_{task.id.hex}"
+    InferenceTask.objects.filter(pk=task.pk).update(result={**task.result, "id": rid})
+    return rid
+
+
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+def test_a_stored_response_is_its_owners_alone(world, alice, carol):
+    """A stored response is read, deleted and continued (``previous_response_id``) by its owner
+    only: the location admin too gets the 404 of an id that exists nowhere (a conversation is
+    the clinician's, not the location's), an auditor a 403 (no inference scope). A new response
+    is recorded at the caller's own location under the caller's name."""
+    alices = _stored_response(alice, world["queued"].location, "Mrs. Garcia, chest pain")
+    carols = _stored_response(carol, Location.objects.get(code="east"), "carol's")
+    fake = "resp_" + "0" * 32
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        own = carols if persona == "carol" else alices if persona == "alice" else None
+        for rid in (alices, carols):
+            if rid == own:
+                continue
+            for method in ("get", "delete"):
+                theirs, nowhere = (
+                    getattr(client, method)(f"/v1/responses/{rid}"),
+                    getattr(client, method)(f"/v1/responses/{fake}"),
+                )
+                expected = 403 if persona == "audrey" and method == "delete" else 404
+                assert theirs.status_code == expected, (persona, method, theirs.content)
+                assert theirs.content.decode().replace(rid, fake) == nowhere.content.decode()
+            follow = client.post(
+                "/v1/responses", {"agent_type": "Chat", "input": "and?", "previous_response_id": rid}, format="json"
+            )
+            assert follow.status_code == (403 if persona == "audrey" else 404), (persona, follow.content)
+        if own is not None:
+            assert client.get(f"/v1/responses/{own}").json()["id"] == own
+    assert InferenceTask.objects.filter(kind="response", content_purged_at__isnull=True).count() == 2
+    for persona in PERSONAS:  # a new response (a 503 here: no model server) is the caller's own
+        response = _client(world, persona).post(
+            "/v1/responses",
+            {"agent_type": "Chat", "input": f"{persona}'s note", "max_output_tokens": 16},
+            format="json",
+        )
+        assert response.status_code == (403 if persona == "audrey" else 503), (persona, response.content)
+    records_written()
+    records = InferenceTask.objects.filter(kind="response", status="failed")
+    assert sorted(records.values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
 
 FAKE_FILE, FAKE_BATCH = "file-" + "0" * 32, "batch_" + "0" * 32
 
@@ -395,9 +456,6 @@ def test_embeddings_and_rerank_are_recorded_under_the_callers_own_location(world
     ]
 
 
-# --- the history: the owner's alone, not even the location admin's ------------------------------
-
-
 @pytest.fixture
 def exchanges(world, alice, carol) -> dict[str, Any]:
     """alice and carol each have a stored exchange (``store: true``), each naming a patient Zephyrine."""
@@ -455,9 +513,6 @@ def test_only_the_owner_rates_her_answer(world, exchanges):
     assert not Feedback.objects.exists()
     mine = _client(world, "alice").post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
     assert mine.status_code == 201, mine.content
-
-
-# --- websockets ---------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
@@ -520,8 +575,6 @@ def test_the_audit_trail_shows_only_the_callers_organization(world):
         assert "alice" in text  # the organization's own trail is there
         assert "carol" not in text and '"east"' not in text, persona
 
-
-# --- the table covers every endpoint --------------------------------------------------------------
 
 # Each /v1/ route name, and where this file (or another) holds it to the rule.
 COVERED = {

@@ -1,10 +1,21 @@
 from django.urls import path
 
-from apps.inference.api import async_views, batch_views, feedback_views, history_views, system_views, usage_views, views
+from apps.inference.api import (
+    async_views,
+    batch_views,
+    feedback_views,
+    history_views,
+    responses_views,
+    system_views,
+    usage_views,
+    views,
+)
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
+    path("responses", responses_views.ResponsesView.as_view(), name="responses"),
+    path("responses/<str:response_id>", responses_views.ResponseDetailView.as_view(), name="response-detail"),
     path("embeddings", views.embeddings, name="embeddings"),
     path("rerank", views.rerank, name="rerank"),
     path("models", views.ModelListView.as_view(), name="models"),

@@ -62,12 +62,27 @@ def with_rate_limit(response: R) -> R:
 
 Planner = Callable[..., Awaitable[plan.ChatPlan]]
 Completer = Callable[[plan.ChatPlan], Awaitable[dict[str, Any]]]
+# How a stream is framed for its client (None: chat completions' chunks, run.ChatFrames).
+Framer = Callable[[plan.ChatPlan], run.Frames | None]
+# What a non-streamed request answers with its backend's data (and how its record is written).
+Answerer = Callable[[plan.ChatPlan, dict[str, Any]], Awaitable[HttpResponse]]
+
+
+async def answer_json(chat: plan.ChatPlan, data: dict[str, Any]) -> HttpResponse:
+    """The backend's (conformant) answer as it is, recorded as ``run.record_outcome`` says: a
+    stored exchange is answered once its record has committed (a follow-up may name it at once),
+    any other's record is written after the answer by the background writer."""
+    await run.record_outcome(chat, InferenceTask.Status.COMPLETED, 200)
+    response = JsonResponse(data)
+    if chat.cache_hit is not None:
+        response[response_cache.HEADER] = "hit"
+    return stored_headers(chat, response)
 
 
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE)."""
-    return with_rate_limit(await _sync_inference(request, plan.plan_chat, run.complete_chat))
+    return with_rate_limit(await sync_inference(request, plan.plan_chat, run.complete_chat))
 
 
 @csrf_exempt
@@ -75,19 +90,26 @@ async def completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespo
     """``POST /v1/completions``, OpenAI's legacy completions (a prompt → text; ``stream: true``
     answers SSE of ``text_completion`` chunks): the same pipeline as chat, its own validation,
     payload and answer shape."""
-    return with_rate_limit(await _sync_inference(request, plan.plan_completion, run.complete_text))
+    return with_rate_limit(await sync_inference(request, plan.plan_completion, run.complete_text))
 
 
-async def _sync_inference(
-    request: HttpRequest, planner: Planner, complete: Completer
+async def sync_inference(
+    request: HttpRequest,
+    planner: Planner,
+    complete: Completer,
+    *,
+    frames: Framer | None = None,
+    answer: Answerer = answer_json,
 ) -> HttpResponse | StreamingHttpResponse:
     """One sync inference through the pipeline: ``planner`` (authorize → validate → limits →
-    route), then the backend call (``complete``, or a relayed stream), then the record.
+    route), then the backend call (``complete``, or a relayed stream framed by ``frames``), then
+    ``answer`` and the record (the Responses API gives its own framing and answer).
 
     Authenticated once; authorization, validation and routing run on the event loop when this
     process's caches can answer them (most requests), else in a thread. The record is written by the
-    background writer after the answer (or the stream's end); a stored exchange's (``store: true``)
-    has committed before the answer or ``[DONE]`` (``run.record_outcome``)."""
+    background writer after the answer (or the stream's end); a stored request's (``plan.stored``:
+    ``store: true`` on chat, a stored Response) has committed before the answer or the stream's end
+    (``run.record_outcome``)."""
     if request.method != "POST":
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
     chat = None
@@ -106,7 +128,8 @@ async def _sync_inference(
         record.ensure_recording_capacity()  # (a stream as well: both are recorded by the writer)
         if chat.stream:
             stream = await run.open_chat_stream(chat)
-            response = StreamingHttpResponse(run.relay_stream(chat, stream), content_type="text/event-stream")
+            framing = frames(chat) if frames is not None else None
+            response = StreamingHttpResponse(run.relay_stream(chat, stream, framing), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return stored_headers(chat, response)
@@ -145,12 +168,7 @@ async def _sync_inference(
             "The client closed the connection before the answer.",
         )
         raise
-    # a stored exchange is answered once its record has committed (a follow-up may name it at once)
-    await run.record_outcome(chat, InferenceTask.Status.COMPLETED, 200)
-    answer = JsonResponse(data)
-    if chat.cache_hit is not None:
-        answer[response_cache.HEADER] = "hit"
-    return stored_headers(chat, answer)
+    return await answer(chat, data)
 
 
 def stored_headers(chat: plan.ChatPlan, response: R) -> R:

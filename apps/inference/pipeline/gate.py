@@ -21,6 +21,7 @@ from apps.accounts.services import AuthError, Forbidden, NeedsDatabase, Principa
 from apps.inference import router, validation
 from apps.inference.errors import ApiError
 from apps.inference.pipeline import steps
+from apps.inference.responses import request as responses_request
 from apps.inference.services import db_unit
 
 logger = logging.getLogger("medai.inference")
@@ -92,6 +93,14 @@ def validate_completion(body: bytes) -> dict[str, Any]:
     list), or ApiError 400 naming the field."""
     steps.enter(steps.VALIDATE)
     return validation.validate_completion(validation.parse_json_object(body))
+
+
+def validate_response(body: bytes) -> Any:
+    """The validate step of a Responses body (CreateResponse): its shapes checked
+    (``responses.request.parse``), or ApiError 400 naming the field. The chat request it becomes
+    is validated by ``responses.request.chat_request`` once its conversation is known."""
+    steps.enter(steps.VALIDATE)
+    return responses_request.parse(validation.parse_json_object(body))
 
 
 def parse_body(body: bytes) -> dict[str, Any]:

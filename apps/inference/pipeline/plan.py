@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from apps.accounts import governance
@@ -29,6 +30,9 @@ from apps.inference import conversations, experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
+from apps.inference.responses import request as responses_request
+from apps.inference.responses import store as responses_store
+from apps.inference.responses.request import ResponseRequest
 from apps.inference.services import db_unit
 from apps.inference.validation.fields import tool_choice_names
 
@@ -61,12 +65,14 @@ COMPLETION_PASSTHROUGH = (
     "seed",
     "logit_bias",
 )
+run_sync = sync_to_async(thread_sensitive=False)
 NO_RESERVATION = governance.Reservation(0, 0, None, governance.CHAT)
 
 CHAT = "chat"
 COMPLETIONS = "completions"
+RESPONSE = responses_store.KIND  # the Responses API, translated onto chat completions (apps/inference/responses/)
 # The backend path of each kind of request (under the endpoint's OpenAI base URL).
-BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
+BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", RESPONSE: "/chat/completions"}
 
 
 @dataclass
@@ -105,8 +111,14 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    kind: str = CHAT  # what is asked: chat, completions, embeddings or rerank; InferenceTask.kind
-    # ``store: true``: the exchange is kept (apps/inference/conversations.py), with the answer.
+    # What is asked: chat (messages), completions (a prompt), a response (the Responses API,
+    # sent as chat), embeddings or rerank; InferenceTask.kind.
+    kind: str = CHAT
+    # More fields of the request's record (a Responses request: its id; a stored response's
+    # conversation and Response, the end of their retention).
+    record_extra: dict[str, Any] = field(default_factory=dict)
+    response: ResponseRequest | None = None  # a Responses request: what it asked, as checked
+    # ``store: true`` on chat: the exchange is kept (apps/inference/conversations.py), with the answer.
     storage: conversations.Storage | None = None
     answer: dict[str, Any] | None = None
     # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
@@ -117,6 +129,13 @@ class ChatPlan:
     @property
     def backend_path(self) -> str:
         return BACKEND_PATHS[self.kind]
+
+    @property
+    def stored(self) -> bool:
+        """Whether a follow-up may name this request as soon as it is answered: a stored exchange
+        (``store: true`` on chat) or a stored Response (``store`` on ``/v1/responses``). Its record
+        is committed before the answer, or the stream's end, is sent (``run.record_outcome``)."""
+        return self.storage is not None or (self.response is not None and self.response.store)
 
 
 Validator = Callable[[bytes], dict[str, Any]]
@@ -233,6 +252,38 @@ async def _plan_sync(
         gate.release(checked[2])
         raise
     return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent, build)
+
+
+async def plan_response(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> ChatPlan:
+    """A Responses request (``POST /v1/responses``) through the same steps as a chat request:
+    authorize (``chat``) → validate (its shapes; a ``previous_response_id``'s stored conversation,
+    read in a thread; the chat request it becomes) → rate limit → quota reserve → route. The plan's
+    ``response`` is the checked request, with the conversation it sends (without its instructions:
+    what a stored response keeps); its record is the response's (``kind="response"``, its id)."""
+    gate.authorize(principal, SCOPE_CHAT)
+    rr = gate.validate_response(body)
+    history: list[dict[str, Any]] = []
+    if rr.previous_response_id is not None:
+        history = await run_sync(db_unit(responses_store.conversation))(principal, rr.previous_response_id)
+    req = responses_request.chat_request(rr, history)
+    rr.conversation = history + rr.messages
+    limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
+    try:
+        route = await gate.route(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(reservation)
+        raise
+    plan = _chat_plan(principal, req, route, (req, limit, reservation), correlation_id, client_ip, user_agent)
+    plan.kind, plan.response = RESPONSE, rr
+    plan.record_extra = {"id": uuid.uuid4()}
+    return plan
 
 
 def plan_chat_sync(

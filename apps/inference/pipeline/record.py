@@ -141,6 +141,7 @@ def _record_fields(
         queue_wait_ms=0,
         inference_ms=inference_ms,
         latency_ms=total_ms,
+        **plan.record_extra,
     )
     if plan.storage is not None:  # store: true (apps/inference/conversations.py)
         fields.update(conversations.record_fields(plan.storage, plan.answer, now))

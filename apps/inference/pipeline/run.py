@@ -9,14 +9,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from apps.inference import backends, conformance, conversations, forced_tools, response_cache, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
-from apps.inference.pipeline.plan import CHAT, Attempt, ChatPlan
+from apps.inference.pipeline.plan import COMPLETIONS, RESPONSE, Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
@@ -92,8 +92,8 @@ def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str,
 async def _from_cache(plan: ChatPlan) -> tuple[str, dict[str, Any] | None]:
     """The response cache's key for this request ("" when it is not cacheable) and, on a hit, the
     answer (apps/inference/response_cache.py): sync, not streamed, deterministic, cache on."""
-    if not response_cache.enabled() or plan.task_id is not None or plan.stream:
-        return "", None
+    if not response_cache.enabled() or plan.task_id is not None or plan.stream or plan.kind == RESPONSE:
+        return "", None  # (a Response is not cached: its answer names the endpoint that made it)
     if not response_cache.deterministic(plan.payload):
         return "", None
     key = response_cache.key_for(
@@ -195,13 +195,63 @@ def _sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
-    """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
+class Frames(Protocol):
+    """How a relayed stream is framed for its client (``ChatFrames``; the Responses API's
+    ``responses.events.ResponseFrames``)."""
 
-    A stored exchange (``store: true``) is recorded before ``[DONE]`` is sent, so that a follow-up
-    may name it at once: the record writer's batch that holds it has committed
-    (``record_committed``); when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends
-    with a ``recording_unavailable`` error event instead. Any other stream is recorded as a
+    def start(self) -> list[bytes]: ...
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]: ...
+    def done(self) -> list[bytes]: ...
+    def failed(self, code: str, reason: str) -> list[bytes]: ...
+    def unrecorded(self) -> list[bytes]: ...
+
+
+class ChatFrames:
+    """How a relayed stream is framed for its client: chat completions' chunks as they come (with
+    medai's model name; the usage chunk only when the client asked for it), ``[DONE]`` at the end.
+    The Responses API frames the same chunks as its own events (apps/inference/responses/events.py).
+    ``done`` and ``failed`` are built before the request is recorded, sent after."""
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self.include_usage = plan.include_usage
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]:
+        if not chunk.get("choices") and usage and not self.include_usage:
+            return []  # the usage-only chunk medai asked for on its own behalf
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return [_sse(chunk)]
+
+    def done(self) -> list[bytes]:
+        return [b"data: [DONE]\n\n"]
+
+    def failed(self, code: str, reason: str) -> list[bytes]:
+        return [_error_event(code, f"The model server failed mid-stream: {reason}")]
+
+    def unrecorded(self) -> list[bytes]:
+        return [_error_event("recording_unavailable", UNRECORDED)]
+
+
+UNRECORDED = (
+    "The answer is complete but its record is not in the database (the database is "
+    "unavailable or behind); this request is not confirmed as recorded."
+)
+
+
+async def relay_stream(
+    plan: ChatPlan, stream: backends.SSEStream, frames: Frames | None = None
+) -> AsyncIterator[bytes]:
+    """Relay the backend's SSE events with medai's model name, framed by ``frames`` (chat
+    completions' chunks and ``data: [DONE]`` by default).
+
+    A stored request (``plan.stored``: a stored exchange, ``store: true`` on chat, or a stored
+    Response) is recorded before the end is sent, so that a follow-up may name it at once
+    (``conversation_id``, ``previous_response_id``): the record writer's batch that holds it has
+    committed (``record_committed``); when that takes longer than ``RECORD_WAIT_SECONDS`` the stream
+    ends with a ``recording_unavailable`` error event instead. Any other stream is recorded as a
     non-streamed answer is, by the background writer within ``MEDAI_RECORD_LINGER_MS`` of its end
     (``record_later``; ``ensure_recording_capacity`` refused it before the backend call if the
     writer could not take it). After the first token no retry is possible: a
@@ -209,10 +259,11 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     assert plan.endpoint is not None
+    frames = frames if frames is not None else ChatFrames(plan)
     normalise: Callable[[dict[str, Any]], int] = (
-        conformance.ChunkNormaliser(plan.endpoint.name)
-        if plan.kind == CHAT
-        else conformance.TextChunkNormaliser(plan.endpoint.name)
+        conformance.TextChunkNormaliser(plan.endpoint.name)
+        if plan.kind == COMPLETIONS
+        else conformance.ChunkNormaliser(plan.endpoint.name)  # chat, and responses sent as chat
     )
     convert = (
         forced_tools.StreamConverter()
@@ -225,8 +276,6 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     answer = conversations.StreamAnswer() if plan.storage is not None else None
 
     def count_tokens() -> None:
-        nonlocal recorded
-        recorded = True
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
         if answer is not None:  # store: true: what was streamed (until Stop, if the client stopped)
@@ -235,10 +284,13 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
         """Record the outcome; True once recorded as the stream's kind requires (``record_outcome``)."""
-        count_tokens()
+        nonlocal recorded
+        recorded = True
         return await record_outcome(plan, status, 200, code, message)
 
     try:
+        for frame in frames.start():
+            yield frame
         try:
             async for event in stream.events():
                 if event is None:
@@ -252,27 +304,25 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                     break
                 for chunk in convert(event):
                     plan.tool_calls += normalise(chunk)
-                    if not chunk.get("choices") and usage and not plan.include_usage:
-                        continue  # the usage-only chunk medai asked for on its own behalf
-                    if not plan.include_usage:
-                        chunk.pop("usage", None)
-                    chunks += 1
-                    if answer is not None:
-                        answer.add(chunk)
-                    yield _sse(chunk)
+                    out = frames.chunk(chunk, usage)
+                    if out:
+                        chunks += 1
+                        if answer is not None:
+                            answer.add(chunk)
+                    for frame in out:
+                        yield frame
         except backends.BackendFailure as exc:
             error = ("backend_error", exc.reason)
+        count_tokens()
         if error is not None:
+            tail = frames.failed(*error)
             await record(InferenceTask.Status.FAILED, *error)
-            yield _error_event(error[0], f"The model server failed mid-stream: {error[1]}")
-        elif await record(InferenceTask.Status.COMPLETED):
-            yield b"data: [DONE]\n\n"
         else:
-            yield _error_event(
-                "recording_unavailable",
-                "The answer is complete but its record is not in the database (the database is "
-                "unavailable or behind); this request is not confirmed as recorded.",
-            )
+            tail = frames.done()
+            if not await record(InferenceTask.Status.COMPLETED):
+                tail = frames.unrecorded()
+        for frame in tail:
+            yield frame
     finally:
         await stream.aclose()
         if not recorded:  # the client went away mid-stream: no one waits for this record
@@ -287,11 +337,12 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
 
 
 async def record_outcome(plan: ChatPlan, status: str, http_status: int, code: str = "", message: str = "") -> bool:
-    """Record a sync request's outcome. A stored exchange (``store: true``): awaited until its
-    record has committed (at most ``RECORD_WAIT_SECONDS``; False past it), for its id is handed to
-    the client, who may name it in a follow-up at once. Any other: queued for the background
-    writer (True at once)."""
-    if plan.storage is None:
+    """Record a sync request's outcome. A stored one (``plan.stored``: a stored exchange, ``store:
+    true`` on chat, or a stored Response): awaited until its record has committed (at most
+    ``RECORD_WAIT_SECONDS``; False past it), for its id is handed to the client, who may name it in
+    a follow-up at once (``conversation_id``, ``previous_response_id``). Any other: queued for the
+    background writer (True at once)."""
+    if not plan.stored:
         record_later(plan, status, http_status, code, message)
         return True
     committed = asyncio.wrap_future(record_committed(plan, status, http_status, code, message))
