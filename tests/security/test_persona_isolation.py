@@ -597,6 +597,8 @@ COVERED = {
     "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
     "feedback": "test_only_the_owner_rates_her_answer",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
+    "responses": "test_a_stored_response_is_its_owners_alone (create, continue with previous_response_id)",
+    "response-detail": "test_a_stored_response_is_its_owners_alone (read, delete)",
     "embeddings": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
     "rerank": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
