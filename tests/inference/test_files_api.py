@@ -69,9 +69,11 @@ def test_the_download_is_the_upload_byte_for_byte_and_is_audited(client_for, ali
     data = b"\xef\xbb\xbf" + jsonl(line("a"), "", line("b", "caf\u00e9 \u2028 \u00e9")).replace(b"\n", b"\r\n", 1)
     client = client_for(alice)
     file_id = upload(client, data).json()["id"]
-    response = client.get(f"/v1/files/{file_id}/content")
+    response = client.get(f"/v1/files/{file_id}/content", HTTP_ACCEPT="application/binary")  # as the client asks
     assert response.status_code == 200
     assert response.content == data.removeprefix(b"\xef\xbb\xbf")  # the text as uploaded (its BOM aside)
+    missing = client.get("/v1/files/file-nope/content", HTTP_ACCEPT="application/binary")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "file_not_found"
     assert response["Cache-Control"] == "no-store"
     assert AuditEvent.objects.filter(action="file.read", object_id=str(uuid.UUID(file_id[5:]))).count() == 1
 

@@ -17,6 +17,7 @@ from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -278,10 +279,22 @@ class FileDetailView(ByMethod):
         return Response({"id": stored.public_id, "object": "file", "deleted": True})
 
 
+class AnyAccept(BaseContentNegotiation):
+    """A download answers bytes whatever ``Accept`` says (the official client sends
+    ``application/binary``), and its errors JSON, as every API error."""
+
+    def select_parser(self, request: Request, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
 class FileContentView(APIView):
     """``GET /v1/files/{id}/content``: the file's bytes (JSONL), audited as a read of PHI."""
 
     permission_classes = [CanRead]
+    content_negotiation_class = AnyAccept
 
     @extend_schema(
         responses={(200, "application/jsonl"): bytes, **_errors(404)},
