@@ -190,6 +190,7 @@ def test_promoting_an_arm_ends_the_split_and_is_audited(split, org):
     entries = {e.endpoint.name: (e.position, e.weight) for e in AgentRouteEntry.objects.select_related("endpoint")}
     assert entries == {"arm-b": (0, 0), "arm-a": (1, 0)}
     assert router.resolve("MedicalQA", None).candidates[0].name == "arm-b"
+    records_written()  # the admin action's event goes through the background writer
     [event] = AuditEvent.objects.filter(action="admin.action")
     assert event.actor == "root" and event.details["action"] == "promote_arm"
     page = client.get(f"/admin/inference/agentroute/{route.pk}/change/")
