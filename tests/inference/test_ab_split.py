@@ -195,3 +195,20 @@ def test_promoting_an_arm_ends_the_split_and_is_audited(split, org):
     assert event.actor == "root" and event.details["action"] == "promote_arm"
     page = client.get(f"/admin/inference/agentroute/{route.pk}/change/")
     assert page.status_code == 200 and b"A/B split" in page.content
+
+
+def test_the_assigned_arm_is_tried_first_even_when_the_other_is_faster(live_medai, split, alice, token_for):
+    """The policy prefers the lower latency among models of one rank; an assigned arm is kept first."""
+    from apps.gpu import shared
+
+    set_stub_mode(split, "ok")
+    route = router.resolve("MedicalQA", None)
+    mine = experiments.assign(route, f"u:{alice.pk}").arm
+    other = next(e for e in route.candidates if e.name != mine)
+    shared.observe_latency(other.id, 0.001)  # the other arm looks far faster to this process
+    for e in route.candidates:
+        if e.name == mine:
+            shared.observe_latency(e.id, 5000.0)
+    for _ in range(3):
+        assert _ask(live_medai, token_for(alice)).status_code == 200
+    assert set(InferenceTask.objects.values_list("model_name", flat=True)) == {mine}

@@ -67,7 +67,8 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
             location=getattr(plan.principal, "location_pk", None),
             on_attempt=note,
             on_admit=_admit_step,
-            keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
+            # a model named by the client, or the A/B arm assigned: tried first, whatever the latencies
+            keep_first=bool(candidates) and (candidates[0].name == plan.route.requested or bool(plan.route.arm)),
         )
     except backends.BackendRejected as exc:
         plan.attempts.append(Attempt(exc.endpoint.name, exc.message))
