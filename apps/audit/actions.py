@@ -41,6 +41,13 @@ BATCH_CREATE = "batch.create"
 BATCH_CANCEL = "batch.cancel"
 BATCH_FINISH = "batch.finish"  # a batch's outcome, its output and error files written
 
+# multi-agent workflows (apps/inference/workflows.py)
+WORKFLOW_RUN_CREATE = "workflow.run.create"  # a run started (its first stage queued)
+WORKFLOW_RUN_READ = "workflow.run.read"  # a run's status and result read: the read of PHI
+WORKFLOW_RUN_CANCEL = "workflow.run.cancel"
+WORKFLOW_RUN_FINISH = "workflow.run.finish"  # a run's outcome (completed, failed, cancelled)
+WORKFLOW_LIST = "workflow.list"  # the runnable workflows listed
+
 # websockets (apps/accounts/websocket.py): an accepted socket's open, and its close (code, duration)
 WS_OPEN = "ws.open"
 WS_CLOSE = "ws.close"

@@ -11,7 +11,18 @@ from django.utils.html import format_html, format_html_join
 
 from apps.audit import display
 from apps.inference import backends, experiments, retention, router
-from apps.inference.models import AgentRoute, AgentRouteEntry, Feedback, InferenceTask, LegalHold, ModelEndpoint
+from apps.inference.models import (
+    AgentRoute,
+    AgentRouteEntry,
+    Feedback,
+    InferenceTask,
+    LegalHold,
+    ModelEndpoint,
+    Workflow,
+    WorkflowRun,
+    WorkflowStep,
+)
+from apps.inference.workflows import prompts, shapes
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -322,3 +333,127 @@ class FeedbackAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="comment")
     def has_comment(self, obj: Feedback) -> bool:
         return bool(obj.comment)
+
+
+# --- multi-agent workflows (apps/inference/workflows) ----------------------------------------------
+
+
+class WorkflowStepFormSet(forms.BaseInlineFormSet):
+    """The steps are checked together: names once each, placeholders naming earlier stages only."""
+
+    def clean(self) -> None:
+        super().clean()
+        steps = [
+            (f.cleaned_data["name"], f.cleaned_data.get("stage") or 0, f.cleaned_data.get("prompt") or "")
+            for f in self.forms
+            if getattr(f, "cleaned_data", None) and not f.cleaned_data.get("DELETE") and f.cleaned_data.get("name")
+        ]
+        found = prompts.problems(steps)
+        if found:
+            raise forms.ValidationError(found)
+
+
+class WorkflowStepInline(admin.TabularInline):
+    model = WorkflowStep
+    formset = WorkflowStepFormSet
+    extra = 1
+    fields = ["stage", "name", "agent_type", "prompt", "max_tokens"]
+    ordering = ["stage", "name"]
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    """A workflow and its steps: the steps of one stage run in parallel, a later stage consumes the
+    earlier outputs. A run copies the steps when it starts: editing never changes a run under way."""
+
+    list_display = ["name", "description", "active", "stages", "step_count", "updated_at"]
+    list_filter = ["active"]
+    search_fields = ["name", "description"]
+    inlines = [WorkflowStepInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
+        return super().get_queryset(request).prefetch_related("steps__agent_type")
+
+    @admin.display(description="stages")
+    def stages(self, obj: Workflow) -> str:
+        by_stage: dict[int, list[str]] = {}
+        for step in obj.steps.all():
+            by_stage.setdefault(step.stage, []).append(step.agent_type.agent_type)
+        return " → ".join(" + ".join(sorted(names)) for _, names in sorted(by_stage.items())) or "—"
+
+    @admin.display(description="steps")
+    def step_count(self, obj: Workflow) -> int:
+        return len(obj.steps.all())
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    """Runs, read-only, with each step's status and timings. The document and the result are PHI:
+    not shown here (their owner reads them through the API, audited), as a task's prompt is not."""
+
+    list_display = ["run", "workflow", "created_at", "status", "priority", "user", "location", "took", "error_code"]
+    list_filter = ["status", "workflow", "priority", "location"]
+    search_fields = ["task_batch__id", "correlation_id", "user__username"]
+    date_hierarchy = "created_at"
+    readonly_fields = (
+        "workflow",
+        "status",
+        "priority",
+        "stage",
+        "user",
+        "location",
+        "correlation_id",
+        "created_at",
+        "finished_at",
+        "deadline",
+        "error_code",
+        "waiting",
+        "step_timings",
+        "result_expires_at",
+        "content_purged_at",
+    )
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowRun]:
+        return super().get_queryset(request).select_related("workflow", "user", "location").defer("document", "result")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="run", ordering="task_batch_id")
+    def run(self, obj: WorkflowRun) -> str:
+        return display.short_id(obj.pk)
+
+    @admin.display(description="took")
+    def took(self, obj: WorkflowRun) -> str:
+        if not obj.finished_at:
+            return "—"
+        return display.ms(int((obj.finished_at - obj.created_at).total_seconds() * 1000))
+
+    @admin.display(description="steps")
+    def step_timings(self, obj: WorkflowRun) -> str:
+        rows = [shapes.step_object(obj, s) for s in shapes.steps_of(obj)]
+        return format_html(
+            "<table><tr><th>stage</th><th>step</th><th>agent type</th><th>status</th><th>model</th>"
+            "<th>task</th><th>queue wait</th><th>run</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        r["stage"],
+                        r["name"],
+                        r["agent_type"],
+                        r["status"],
+                        r["model"] or "—",
+                        display.short_id(r["task_id"]) if r["task_id"] else "—",
+                        display.ms(r["queue_wait_ms"]),
+                        display.ms(r["duration_ms"]),
+                    )
+                    for r in rows
+                ),
+            ),
+        )

@@ -11,6 +11,7 @@ class InferenceConfig(AppConfig):
         from apps.gpu import inventory
         from apps.inference import metrics, monitoring, signals  # noqa: F401
         from apps.inference.filebatch import feed  # noqa: F401 - registers the queue hook that feeds file batches
+        from apps.inference.workflows import advance  # noqa: F401 - registers the queue hook that advances runs
 
         metrics.register()
         inventory.register(monitoring.SOURCE)  # the monitor's models (gpu never imports inference)

@@ -5,7 +5,8 @@ per-task and per-batch groups (``task.<uuid>``, ``batch.<uuid>``). ``/ws/tasks/`
 Frames: ``hello`` on connect; ``task.update`` per status change (``apps.inference.push.TaskUpdate``:
 status, ``changed_at``, a queued task's ``position``, its batch's counts); ``batch.update`` when a
 file batch of the Batch API changes state (apps.inference.filebatch: its OpenAI status and
-``request_counts``, its output and error files); ``task.positions``
+``request_counts``, its output and error files); ``workflow.update`` when a workflow run or one of
+its steps changes (apps.inference.workflows: its status and each step's, no content); ``task.positions``
 (``{positions: {task_id: n}, changed_at}``) when the places of the user's queued tasks changed
 because the queue moved (others' tasks started, left, or overtook them); ``subscribed``/``error``
 answering a client's message.
@@ -33,8 +34,9 @@ from channels.db import database_sync_to_async
 from apps.accounts.websocket import AuthenticatedJsonConsumer
 from apps.inference import push
 from apps.inference.filebatch_models import BATCH_PREFIX, FileBatch
-from apps.inference.models import InferenceTask, TaskBatch
+from apps.inference.models import InferenceTask, TaskBatch, WorkflowRun
 from apps.inference.queue import positions
+from apps.inference.workflows import shapes
 
 # Last status sent per task, per socket: bounded (the oldest entries go first).
 SENT_MEMORY = 4096
@@ -101,27 +103,41 @@ class StatusConsumer(AuthenticatedJsonConsumer):
                 await self.close_unavailable(exc)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """``{"subscribe": {"task": "<uuid>"}}`` or ``{"subscribe": {"batch": "<uuid>"}}``: only the
-        caller's own objects at their location; anything else answers an error frame."""
+        """``{"subscribe": {"task" | "batch" | "workflow_run": "<uuid>"}}``: only objects the caller
+        may see at their location; anything else answers an error frame. A workflow run's
+        subscriber hears its ``workflow.update`` frames and its steps' ``task.update`` frames."""
         sub = content.get("subscribe") if isinstance(content, dict) else None
-        if not isinstance(sub, dict) or not ({"task", "batch"} & sub.keys()):
+        if not isinstance(sub, dict) or not ({"task", "batch", "workflow_run"} & sub.keys()):
+            message = 'send {"subscribe": {"task" | "batch" | "workflow_run": id}}'
+            await self.send_json({"type": "error", "data": {"code": "bad_message", "message": message}})
+            return
+        kind = next(k for k in ("task", "batch", "workflow_run") if k in sub)
+        groups = await _visible_groups(self.scope["principal"], kind, str(sub[kind]))
+        if not groups:
             await self.send_json(
                 {
                     "type": "error",
-                    "data": {"code": "bad_message", "message": 'send {"subscribe": {"task" | "batch": id}}'},
+                    "data": {"code": f"{kind}_not_found", "message": f"No such {kind.replace('_', ' ')}."},
                 }
             )
             return
-        kind = "task" if "task" in sub else "batch"
-        group = await _visible_group(self.scope["principal"], kind, str(sub[kind]))
-        if group is None:
-            await self.send_json(
-                {"type": "error", "data": {"code": f"{kind}_not_found", "message": f"No such {kind}."}}
-            )
-            return
-        if group not in self.joined:
-            await self.join(group)
+        for group in groups:
+            if group not in self.joined:
+                await self.join(group)
         await self.send_json({"type": "subscribed", "data": {kind: str(sub[kind])}})
+
+    async def workflow_update(self, event: dict[str, Any]) -> None:
+        """A workflow run or one of its steps changed, sent to its owner's group and its
+        subscribers: the same frame once per socket."""
+        data = event["data"]
+        sent = self.__dict__.setdefault("_sent_runs", OrderedDict())
+        key = data.get("id")
+        if sent.get(key) == data:
+            return
+        sent[key] = data
+        if len(sent) > SENT_MEMORY:
+            sent.popitem(last=False)
+        await self.send_json({"type": "workflow.update", "data": data})
 
     async def task_update(self, event: dict[str, Any]) -> None:
         await self._send_update(event["data"])
@@ -164,6 +180,20 @@ def _own_queued(principal: Any) -> Any:
 def _places_of(principal: Any) -> dict[str, int]:
     tasks = list(_own_queued(principal).order_by("queued_at").only("id", "status", "location_id")[:POSITIONS_MAX])
     return {str(task_id): n for task_id, n in positions(tasks).items()}
+
+
+async def _visible_groups(principal: Any, kind: str, object_id: str) -> list[str]:
+    """The groups of an object the caller may see (none if not): a workflow run's own group and its
+    batch's (its steps' task updates); a task's or batch's one group."""
+    if kind != "workflow_run":
+        group = await _visible_group(principal, kind, object_id)
+        return [group] if group else []
+    try:
+        pk = uuid.UUID(object_id)
+    except ValueError:
+        return []
+    found = await database_sync_to_async(WorkflowRun.objects.visible_to(principal).filter(pk=pk).exists)()
+    return [shapes.run_group(pk), push.batch_group(pk)] if found else []
 
 
 async def _visible_group(principal: Any, kind: str, object_id: str) -> str | None:

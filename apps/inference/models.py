@@ -750,3 +750,6 @@ class Feedback(models.Model):
 
 # The Files and Batch API's models live in a module of their own; imported here so the app registry loads them.
 from apps.inference.filebatch_models import FileBatch, FilePart, StoredFile  # noqa: E402, F401
+
+# Multi-agent workflows' models (apps/inference/workflows.py runs them), loaded the same way.
+from apps.inference.workflow_models import Workflow, WorkflowRun, WorkflowRunStep, WorkflowStep  # noqa: E402, F401

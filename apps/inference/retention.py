@@ -26,17 +26,19 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from apps.accounts.models import Location, User
 from apps.audit.services import record_event
-from apps.inference.models import InferenceTask, LegalHold
+from apps.inference.models import InferenceTask, LegalHold, WorkflowRun
 
 
 @dataclass(frozen=True)
 class PurgeReport:
     purged: int
     held: int  # tasks past retention that a legal hold kept
+    runs: int = 0  # workflow runs whose document and result were purged
 
 
 def _due(now: datetime) -> tuple[Any, datetime]:
@@ -56,8 +58,20 @@ def purge(now: datetime | None = None, *, dry_run: bool = False) -> PurgeReport:
     due, sync_before = _due(now)
     held = due.count() - due.not_on_hold().count()
     if dry_run:
-        return PurgeReport(due.not_on_hold().count(), held)
-    return PurgeReport(InferenceTask.objects.purge_due(now, sync_before=sync_before), held)
+        return PurgeReport(due.not_on_hold().count(), held, _runs_due(now).count())
+    return PurgeReport(InferenceTask.objects.purge_due(now, sync_before=sync_before), held, purge_workflow_runs(now))
+
+
+def _runs_due(now: datetime) -> Any:
+    holds = LegalHold.objects.active().filter(Q(user_id=OuterRef("user_id")) | Q(location_id=OuterRef("location_id")))
+    return WorkflowRun.objects.filter(result_expires_at__lte=now, content_purged_at__isnull=True).exclude(Exists(holds))
+
+
+def purge_workflow_runs(now: datetime) -> int:
+    """Workflow runs past their retention (``MEDAI_RESULT_TTL`` after they ended) lose their document,
+    result and error text, the outcome kept (``content_purged_at``), unless a legal hold covers
+    their user or location. Their steps' tasks are purged as every task is."""
+    return _runs_due(now).update(document="", result=None, error_message="", content_purged_at=now)
 
 
 def sync_retention_cutoff(now: datetime) -> datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from apps.inference import queue
 from apps.inference.broker import worker_busy
 from apps.inference.filebatch import feed
+from apps.inference.workflows import advance as workflow_runs
 
 
 def run_inference(task_id: str) -> str:
@@ -23,3 +24,9 @@ def advance_file_batches() -> dict[str, int]:
     """Schedule: move every open file batch of the Batch API along (top up its lines in the queue,
     expire it, write out what a dead process left) and purge files past their retention."""
     return feed.sweep()
+
+
+def advance_workflow_runs() -> dict[str, int]:
+    """Schedule: move every open workflow run that has something to do along (a stage held up by a
+    limit, a hook a dead process never ran) and purge runs past their retention."""
+    return workflow_runs.sweep()

@@ -577,6 +577,65 @@ def test_the_audit_trail_shows_only_the_callers_organization(world):
 
 
 # Each /v1/ route name, and where this file (or another) holds it to the rule.
+# --- workflow runs ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alices_run(world) -> str:
+    """A run of alice's (one step on the Chat route: queued, never run)."""
+    from apps.inference.models import AgentRoute, Workflow, WorkflowStep
+    from apps.inference.workflows import runs
+
+    workflow = Workflow.objects.create(name="triage")
+    WorkflowStep.objects.create(workflow=workflow, name="triage", agent_type=AgentRoute.objects.get(agent_type="Chat"))
+    as_alice = authenticate_header(f"Bearer {world['tokens']['alice']}")
+    return str(runs.start_run(as_alice, "triage", {"document": "Mrs. Garcia, chest pain"}).pk)
+
+
+def test_alices_workflow_run_is_found_only_by_those_who_may_see_it(world, alices_run):
+    fake = "00000000-0000-4000-8000-000000000000"
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        response = client.get(f"/v1/workflows/runs/{alices_run}")
+        if persona in SEES_ALICES:
+            assert response.status_code == 200, (persona, response.content)
+            continue
+        missing = client.get(f"/v1/workflows/runs/{fake}")
+        assert response.status_code == missing.status_code == 404, (persona, response.content)
+        assert response.content.decode().replace(alices_run, fake) == missing.content.decode()
+
+
+def test_only_alice_cancels_her_workflow_run(world, alices_run):
+    """The location admin reads alice's run but does not act on it (as with a retry)."""
+    fake = "00000000-0000-4000-8000-000000000000"
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post(f"/v1/workflows/runs/{alices_run}/cancel")
+        missing = client.post(f"/v1/workflows/runs/{fake}/cancel")
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(alices_run, fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+    assert _client(world, "alice").post(f"/v1/workflows/runs/{alices_run}/cancel").status_code == 200
+
+
+def test_workflow_runs_land_at_the_callers_own_location(world, alices_run):
+    from apps.inference.models import WorkflowRun
+
+    for persona in PERSONAS:
+        response = _client(world, persona).post(
+            "/v1/workflows/triage/runs", {"document": f"{persona}'s note"}, format="json"
+        )
+        if persona == "audrey":  # an auditor has no inference scope
+            assert response.status_code == 403, response.content
+            continue
+        assert response.status_code == 202, (persona, response.content)
+        run = WorkflowRun.objects.select_related("location", "user").get(pk=response.json()["id"])
+        assert (run.location.code, run.user.username) == ("east" if persona == "carol" else "demo", persona)
+        assert {t.location.code for t in InferenceTask.objects.filter(batch_id=run.pk)} == {run.location.code}
+
+
 COVERED = {
     "async-status": "OBJECT_ENDPOINTS",
     "async-result": "OBJECT_ENDPOINTS",
@@ -614,6 +673,10 @@ COVERED = {
     "batches": "test_the_file_and_batch_lists_hold_only_the_callers_own and test_a_batch_is_made_only_of_...",
     "batch-detail": "FILE_ENDPOINTS",
     "batch-cancel": "test_others_cannot_delete_alices_file_or_cancel_her_batch",
+    "workflows": "workflow definitions are global (admin's), the same for every organization",
+    "workflow-runs": "test_workflow_runs_land_at_the_callers_own_location",
+    "workflow-run-detail": "test_alices_workflow_run_is_found_only_by_those_who_may_see_it",
+    "workflow-run-cancel": "test_only_alice_cancels_her_workflow_run",
 }
 
 

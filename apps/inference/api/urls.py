@@ -9,6 +9,7 @@ from apps.inference.api import (
     system_views,
     usage_views,
     views,
+    workflow_views,
 )
 
 urlpatterns = [
@@ -35,6 +36,12 @@ urlpatterns = [
     path("batches", batch_views.BatchesView.as_view(), name="batches"),
     path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
+    path("workflows", workflow_views.WorkflowsView.as_view(), name="workflows"),
+    path("workflows/runs/<str:run_id>", workflow_views.WorkflowRunView.as_view(), name="workflow-run-detail"),
+    path(
+        "workflows/runs/<str:run_id>/cancel", workflow_views.WorkflowRunCancelView.as_view(), name="workflow-run-cancel"
+    ),
+    path("workflows/<str:name>/runs", workflow_views.WorkflowRunsView.as_view(), name="workflow-runs"),
     path("history", history_views.HistoryView.as_view(), name="history"),
     path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
     path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),

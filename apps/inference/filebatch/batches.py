@@ -40,11 +40,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.accounts.models import SCOPE_SUBMIT, User
+from apps.accounts.models import SCOPE_SUBMIT
 from apps.accounts.services import Principal, audit_marks
 from apps.audit import actions
 from apps.audit.services import record_event
-from apps.inference import queue
+from apps.inference import delegation, queue
 from apps.inference.errors import ApiError
 from apps.inference.filebatch import feed, files, jsonl
 from apps.inference.filebatch.shapes import push_on_commit, with_files
@@ -160,21 +160,6 @@ def _check_lines(stored: StoredFile, endpoint: str) -> None:
             raise
 
 
-def _snapshot(principal: Principal) -> dict[str, Any]:
-    generation = User.objects.filter(pk=principal.user_id).values_list("token_generation", flat=True).first()
-    return {
-        "username": principal.username,
-        "role": principal.role,
-        "location_code": principal.location_code,
-        "organization_id": principal.organization_id,
-        "scopes": sorted(principal.scopes),
-        "method": principal.method,
-        "api_key_id": principal.api_key_id,
-        "break_glass_id": principal.break_glass_id,
-        "token_generation": generation,
-    }
-
-
 def create_batch(
     principal: Principal, data: Any, correlation_id: str = "", *, client_ip: str | None = None
 ) -> FileBatch:
@@ -215,7 +200,7 @@ def create_batch(
             "input_file_id", f"{stored.public_id} is a {stored.purpose} file, not an input file (purpose batch)."
         )
     _check_lines(stored, endpoint)
-    snapshot = _snapshot(principal)
+    snapshot = delegation.snapshot(principal)
     with feed.holds_released_on_rollback() as made, transaction.atomic():
         if not files.lock_live(stored):  # deleted since it was read: it exists no more
             gone = files.not_found(data["input_file_id"])

@@ -30,11 +30,10 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from apps.accounts.models import ApiKey, BreakGlassGrant, User
 from apps.accounts.services import Principal
 from apps.audit import actions
 from apps.audit.services import record_event
-from apps.inference import queue
+from apps.inference import delegation, queue
 from apps.inference.errors import ApiError, error_body
 from apps.inference.filebatch import files, jsonl
 from apps.inference.filebatch.shapes import push_on_commit
@@ -175,42 +174,12 @@ def _reject(batch: FileBatch, line: jsonl.Line, exc: ApiError) -> None:
 
 def principal_of(batch: FileBatch) -> Principal:
     """The principal the batch was created by (kept on its row), to submit its later parts as."""
-    snap = batch.principal or {}
-    return Principal(
-        user_id=batch.user_id or 0,
-        username=snap.get("username", ""),
-        role=snap.get("role", ""),
-        location_pk=batch.location_id,
-        location_code=snap.get("location_code", ""),
-        organization_id=snap.get("organization_id"),
-        scopes=frozenset(snap.get("scopes") or ()),
-        method=snap.get("method", "jwt"),
-        api_key_id=snap.get("api_key_id"),
-        break_glass_id=snap.get("break_glass_id"),
-    )
+    return delegation.principal_from(batch.principal, batch.user_id, batch.location_id)
 
 
 def refusal(batch: FileBatch) -> tuple[str, str] | None:
-    """Why the batch's owner may no longer queue its lines, or None: what ends their credential
-    (deactivation, a password change, removal from the location, the end of a break-glass grant,
-    a revoked or expired API key) ends their batch's feed too."""
-    snap = batch.principal or {}
-    user = User.objects.filter(pk=batch.user_id, is_active=True).first() if batch.user_id else None
-    if user is None:
-        return "user_inactive", "The batch's owner is no longer active: the lines not queued yet are not run."
-    if snap.get("token_generation") is not None and user.token_generation != snap["token_generation"]:
-        return "credential_revoked", "The batch owner's credentials were revoked: the rest of the batch is not run."
-    if snap.get("break_glass_id"):
-        allowed = BreakGlassGrant.objects.in_force().filter(pk=snap["break_glass_id"], user=user).exists()
-    else:
-        allowed = user.locations.filter(pk=batch.location_id, is_active=True).exists()
-    if not allowed:
-        return "location_denied", "The batch's owner may no longer act at its location: the rest is not run."
-    if snap.get("api_key_id"):
-        key = ApiKey.objects.select_related("user", "location").filter(pk=snap["api_key_id"]).first()
-        if key is None or not key.is_usable:
-            return "invalid_api_key", "The API key the batch was created with is revoked or expired."
-    return None
+    """Why the batch's owner may no longer queue its lines, or None (apps.inference.delegation)."""
+    return delegation.refusal(batch.principal, batch.user_id, batch.location_id, "batch")
 
 
 # --- advancing a batch: feed, expire, write out ----------------------------------------------------------

@@ -19,4 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         report = retention.purge(dry_run=options["dry_run"])
         verb = "would purge" if options["dry_run"] else "purged"
-        self.stdout.write(f"{verb} {report.purged} task(s); {report.held} past retention kept by a legal hold")
+        self.stdout.write(
+            f"{verb} {report.purged} task(s) and {report.runs} workflow run(s); "
+            f"{report.held} past retention kept by a legal hold"
+        )
