@@ -626,3 +626,50 @@ def test_history_and_feedback_never_answer_500(api):
     run()
     assert exchanges  # the fuzz stored exchanges, not only 400s
     assert any(path == "/v1/feedback" and code in (200, 201) for path, code in api.seen)
+
+
+workflow_bodies = st.fixed_dictionaries(
+    {"document": sometimes(plain)},
+    optional={
+        "priority": sometimes(st.sampled_from(["low", "normal", "high", "critical"])),
+        "deadline_s": sometimes(st.integers(1, 3600)),
+        "extra": anything,
+    },
+)
+
+
+def test_workflow_runs_never_answer_500_and_every_run_ends(api):
+    """Runs of a two-stage workflow with fuzzed bodies and names, reads and cancels of odd ids: no
+    500, every error JSON; once the worker drained the queue every run ended and no task is left."""
+    from apps.inference.models import AgentRoute, Workflow, WorkflowRun, WorkflowStep
+
+    workflow = Workflow.objects.create(name="fuzz")
+    chat = AgentRoute.objects.get_or_create(agent_type="Chat")[0]
+    WorkflowStep.objects.create(workflow=workflow, name="a", agent_type=chat, stage=0, max_tokens=4)
+    WorkflowStep.objects.create(workflow=workflow, name="b", agent_type=chat, stage=0, prompt="{document} {a}")
+    WorkflowStep.objects.create(workflow=workflow, name="c", agent_type=chat, stage=1, prompt="{outputs} {a} {x}")
+    started: list[str] = []
+
+    @examples(60)
+    @given(
+        body=workflow_bodies | anything,
+        name=st.sampled_from(["fuzz", "fuzz", "nope", "runs"]) | text,
+        other=ids,
+        pick=st.integers(0, 10**6),
+    )
+    def run(body: Any, name: str, other: str, pick: int) -> None:
+        quoted = quote(name.encode("utf-8", "surrogatepass"), safe="")
+        response = api("post", f"/v1/workflows/{quoted}/runs", body)
+        if response.status_code == 202:
+            started.append(response.json()["id"])
+        target = started[pick % len(started)] if started and pick % 3 else other
+        target = quote(target.encode("utf-8", "surrogatepass"), safe="")
+        api("get", f"/v1/workflows/runs/{target}")
+        if pick % 5 == 0:
+            api("post", f"/v1/workflows/runs/{target}/cancel")
+
+    run()
+    assert started  # the fuzz got runs onto the queue, not only 400s
+    assert_no_task_left_behind()
+    assert not WorkflowRun.objects.open().exists()
+    api("get", "/v1/workflows")

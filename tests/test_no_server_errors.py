@@ -67,6 +67,9 @@ ENDPOINTS = [
     "/v1/batches/batch_00000000000000000000000000000000/cancel",
     "/v1/history/search",
     "/v1/feedback",
+    "/v1/workflows/discharge-summary/runs",
+    "/v1/workflows/%ff%00/runs",
+    "/v1/workflows/runs/00000000-0000-0000-0000-000000000000/cancel",
 ]
 
 
@@ -113,6 +116,11 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/history?page=99999999999999999999999",
         "/v1/conversations/not-a-uuid",
         "/v1/conversations/00000000-0000-0000-0000-000000000000",
+        "/v1/workflows",
+        "/v1/workflows/runs/%00",
+        "/v1/workflows/runs/" + "0" * 5000,
+        "/v1/workflows/runs/00000000-0000-0000-0000-000000000000",
+        "/v1/workflows/discharge-summary/runs",
     ],
 )
 def test_odd_paths_never_cause_a_500(path, alice, token_for):

@@ -269,3 +269,30 @@ def test_feedback_responses_match_the_schema(client_for, alice):
         "/v1/feedback", {**body, "exchange_id": "00000000-0000-4000-8000-000000000000"}, format="json"
     )
     assert_matches("/v1/feedback", "post", 404, missing.json())
+
+
+def test_workflow_responses_match_the_schema(client_for, alice, stub_backend):
+    from apps.inference.workflows import runs
+    from tests.inference.batch_helpers import run_worker
+
+    register_model("stub-a", stub_backend, agents=("Clinical", "Documentation", "Billing"))
+    runs.ensure_discharge_summary()
+    client = client_for(alice)
+    assert_matches("/v1/workflows", "get", 200, client.get("/v1/workflows").json())
+    path = "/v1/workflows/{name}/runs"
+    created = client.post("/v1/workflows/discharge-summary/runs", {"document": "A note."}, format="json")
+    assert_matches(path, "post", 202, created.json())
+    assert_matches(path, "post", 400, client.post("/v1/workflows/discharge-summary/runs", {}, format="json").json())
+    assert_matches(path, "post", 404, client.post("/v1/workflows/nope/runs", {"document": "x"}, format="json").json())
+    run_id = created.json()["id"]
+    detail = "/v1/workflows/runs/{run_id}"
+    assert_matches(detail, "get", 200, client.get(f"/v1/workflows/runs/{run_id}").json())
+    run_worker()
+    done = client.get(f"/v1/workflows/runs/{run_id}").json()
+    assert done["status"] == "completed"
+    assert_matches(detail, "get", 200, done)
+    assert_matches(detail, "get", 404, client.get("/v1/workflows/runs/nope").json())
+    cancel = "/v1/workflows/runs/{run_id}/cancel"
+    assert_matches(cancel, "post", 409, client.post(f"/v1/workflows/runs/{run_id}/cancel").json())
+    other = client.post("/v1/workflows/discharge-summary/runs", {"document": "Another."}, format="json").json()
+    assert_matches(cancel, "post", 200, client.post(f"/v1/workflows/runs/{other['id']}/cancel").json())
