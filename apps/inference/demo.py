@@ -36,6 +36,7 @@ from apps.gpu.llamacpp import (
 from apps.inference import router
 from apps.inference.bundled import ensure_bundled_server
 from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
+from apps.inference.workflows.runs import ensure_discharge_summary
 
 BUNDLED_ENDPOINT_NAME = BUNDLED_CHAT_ENDPOINT
 
@@ -79,6 +80,7 @@ def bootstrap_demo(
             enabled=True,
         ),
     )
+    ensure_discharge_summary()  # the demo's workflow (its migration seeds it too; an admin may have removed it)
     for route in AgentRoute.objects.all():
         if not AgentRouteEntry.objects.filter(route=route, endpoint=endpoint).exists():
             last = route.entries.aggregate(m=Max("position"))["m"]
