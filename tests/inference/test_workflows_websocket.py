@@ -12,19 +12,39 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from apps.accounts.models import User
+from apps.inference import consumers
 from apps.inference.workflows import runs
 from medai.asgi import application
-from tests.conftest import _user, register_model
+from tests.conftest import _user, records_written, register_model
 from tests.inference.batch_helpers import run_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_position_reads(monkeypatch):
+    """A socket with queued tasks reads their places from another thread when the queue moves; on
+    the in-memory SQLite of the fast suite that read locks the tables the worker, run by this test
+    meanwhile, writes ("table is locked"). Places are not what these tests are about: put them off."""
+    monkeypatch.setattr(consumers, "POSITIONS_PAUSE", 3600.0)
+
+
 async def _socket(token: str) -> WebsocketCommunicator:
+    """A socket, once what its opening reads and writes from other threads is done (the in-memory
+    SQLite of the fast suite locks tables across threads): its own lookups (a message answered
+    after them), its ``ws.open`` audit event (the background writer)."""
     ws = WebsocketCommunicator(application, "/ws/tasks/", subprotocols=["bearer", token])
     assert (await ws.connect())[0]
     assert (await ws.receive_json_from(timeout=5))["type"] == "hello"
+    await ws.send_json_to({"hello": True})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "error"
+    await sync_to_async(records_written)()
     return ws
+
+
+async def _close(ws: WebsocketCommunicator) -> None:
+    await ws.disconnect()
+    await sync_to_async(records_written)()  # its ``ws.close`` event
 
 
 async def _until(ws: WebsocketCommunicator, done: Any, limit: int = 200) -> list[dict[str, Any]]:
@@ -58,7 +78,7 @@ async def test_the_owner_hears_each_stage_and_the_end_with_every_steps_status(
     run_id = await sync_to_async(_start)(client_for, alice, stub_backend)
     await sync_to_async(run_worker)()
     frames = await _until(ws, _final)
-    await ws.disconnect()
+    await _close(ws)
     runs_frames = [f["data"] for f in frames if f["type"] == "workflow.update"]
     assert {d["id"] for d in runs_frames} == {run_id}
     first, last = runs_frames[0], runs_frames[-1]
@@ -90,10 +110,10 @@ async def test_only_those_who_may_read_the_run_may_subscribe_to_it(
         answer = await ws.receive_json_from(timeout=5)
         if name == "bob":
             assert answer["type"] == "error" and answer["data"]["code"] == "workflow_run_not_found"
-            await ws.disconnect()
+            await _close(ws)
             continue
         assert answer == {"type": "subscribed", "data": {"workflow_run": run_id}}
         await sync_to_async(run_worker)()
         frames = await _until(ws, _final)  # the location admin follows the run they may read
         assert any(f["type"] == "task.update" for f in frames)
-        await ws.disconnect()
+        await _close(ws)
