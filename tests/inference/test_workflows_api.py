@@ -51,6 +51,11 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(client, body, fi
     assert not TaskBatch.objects.exists()
 
 
+def test_an_unknown_field_named_by_a_lone_surrogate_is_a_400_not_a_500(client):
+    response = client.post(URL, data=b'{"document": "a note", "\\ud800": 1}', content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_parameter"
+
+
 def test_a_body_that_is_not_an_object_is_a_400(client):
     response = client.post(URL, ["a note"], format="json")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"

@@ -141,8 +141,8 @@ def start_run(
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
     for key in data:
-        if key not in FIELDS:
-            shown = str(key)[:64]
+        if key not in FIELDS:  # named in the answer: as text that encodes (a lone surrogate would not)
+            shown = str(key)[:64].encode("utf-8", "replace").decode("utf-8")
             raise ApiError(400, "unknown_parameter", f"{shown}: not a field of a workflow run.", shown)
     document = _document(data.get("document"))
     priority = _priority(data.get("priority"))
