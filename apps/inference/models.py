@@ -186,6 +186,9 @@ OUTCOME_FIELDS = (
     "inference_ms",
     "latency_ms",
     "result_expires_at",
+    "answer_chars",
+    "finish_reason",
+    "refused",
 )
 
 
@@ -420,6 +423,15 @@ class InferenceTask(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     tools_offered = models.PositiveSmallIntegerField(default=0, help_text="Tools the model was offered (0: none).")
     tool_calls = models.PositiveSmallIntegerField(default=0, help_text="Tool calls the model answered with.")
+    # What quality monitoring needs of the answer once its content is purged, taken when it is
+    # recorded (apps/inference/answer_features.py): its length, why it ended, whether it refused.
+    answer_chars = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Characters of the answer's text (none: no answer, or before this was kept)."
+    )
+    finish_reason = models.CharField(max_length=32, blank=True, help_text="The model's finish_reason.")
+    refused = models.BooleanField(
+        default=False, help_text="The answer was a refusal (apps/inference/answer_features.py)."
+    )
     end_user = models.CharField(
         max_length=256,
         blank=True,
@@ -700,8 +712,9 @@ class LegalHold(models.Model):
 
 class Feedback(models.Model):
     """A clinician's rating of one answer (an exchange of their history: a stored exchange or an
-    async chat task), kept against the model and the route (agent type) that answered, for quality
-    monitoring. One per user per exchange: rating again changes it (``apps.inference.feedback``).
+    async chat task), kept against the model, the route (agent type) and the A/B arm of the answer
+    (copied from it: they stay when the exchange's content is purged), for quality monitoring
+    (apps/inference/quality.py) and the arms' comparison (apps/inference/experiments.py). One per user per exchange: rating again changes it (``apps.inference.feedback``).
 
     The comment is free text a clinician typed and may name a patient: encrypted, never in the
     audit, and purged with the exchange's own content at the end of its retention (the rating, the
@@ -726,6 +739,7 @@ class Feedback(models.Model):
     endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
     agent_type = models.CharField(max_length=64, blank=True, help_text="The route asked (empty: a model was named).")
+    arm = models.CharField(max_length=100, blank=True, help_text="The A/B arm the exchange was assigned, if any.")
     rating = models.CharField(max_length=4, choices=Rating.choices)
     reasons = models.JSONField(default=list, blank=True, help_text="Reason codes: " + ", ".join(Reason.values))
     comment = EncryptedTextField(blank=True, help_text="The clinician's words (stored encrypted).")
@@ -750,3 +764,4 @@ class Feedback(models.Model):
 
 # The Files and Batch API's models live in a module of their own; imported here so the app registry loads them.
 from apps.inference.filebatch_models import FileBatch, FilePart, StoredFile  # noqa: E402, F401
+from apps.inference.quality_models import ModelDrift, ModelQualityWeek  # noqa: E402, F401

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apps.inference import queue
+from apps.inference import quality, queue
 from apps.inference.broker import worker_busy
 from apps.inference.filebatch import feed
 
@@ -23,3 +23,9 @@ def advance_file_batches() -> dict[str, int]:
     """Schedule: move every open file batch of the Batch API along (top up its lines in the queue,
     expire it, write out what a dead process left) and purge files past their retention."""
     return feed.sweep()
+
+
+def assess_quality() -> dict[str, int]:
+    """Schedule (hourly): every model's weekly quality figures and drift verdicts (apps.inference.quality)."""
+    reports = quality.assess()
+    return {"models": len(reports), "drifted": sum(len(r.drifted) for r in reports)}

@@ -143,6 +143,8 @@ def _record_fields(
         latency_ms=total_ms,
         **plan.record_extra,
     )
+    if plan.answer_features is not None:  # what quality monitoring keeps of the answer
+        fields.update(plan.answer_features.fields())
     if plan.storage is not None:  # store: true (apps/inference/conversations.py)
         fields.update(conversations.record_fields(plan.storage, plan.answer, now))
     return fields

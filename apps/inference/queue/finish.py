@@ -59,6 +59,9 @@ def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]
                 "tool_calls": 0,
                 "endpoint_id": None,
                 "model_name": "",
+                "answer_chars": None,
+                "finish_reason": "",
+                "refused": False,
                 **outcome,
             }.items():
                 setattr(task, name, value)

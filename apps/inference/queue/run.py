@@ -101,6 +101,7 @@ async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict
             "tool_calls": plan.tool_calls,
             "endpoint_id": plan.endpoint.id if plan.endpoint else None,
             "model_name": plan.endpoint.name if plan.endpoint else "",
+            **(plan.answer_features.fields() if plan.answer_features else {}),
         }
     except (ApiError, router.RoutingError) as exc:
         if exc.code in WAIT_CODES:
