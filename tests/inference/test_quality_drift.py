@@ -12,13 +12,14 @@ from unittest import mock
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django_q.models import Schedule
 from prometheus_client import CollectorRegistry, generate_latest
 
 from apps.inference import quality, significance
 from apps.inference.metrics import QualityCollector
 from apps.inference.models import ModelDrift, ModelQualityWeek
-from tests.conftest import register_model
+from tests.conftest import PASSWORD, register_model
 from tests.inference.quality_helpers import answer, rate, seed_model
 
 pytestmark = pytest.mark.django_db
@@ -216,3 +217,28 @@ def test_fishers_exact_test_matches_known_tables():
     assert significance.fisher_exact(1, 2, 1, 2) == pytest.approx(1.0)
     assert significance.fisher_exact(8, 10, 1, 6) == pytest.approx(0.03497, abs=1e-5)  # SciPy's documented example
     assert significance.fisher_exact(10, 12, 2, 12) == pytest.approx(2 * (66 * 66 + 12 * 12 + 1) / 2704156)
+
+
+def test_the_admin_shows_each_week_with_its_figures_and_drift_verdicts(demo, django_user_model):
+    seed_model(demo, NOW, seed=7, last_week={"length": (300, 80), "up_rate": 0.3})
+    quality.assess(now=NOW)
+    client = Client()
+    client.force_login(django_user_model.objects.create_superuser("root", password=PASSWORD))
+
+    listing = client.get("/admin/inference/modelqualityweek/")
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    assert "smollm2" in html and "DRIFT" in html and "answer length (characters), thumbs-up rate" in html
+    week = ModelQualityWeek.objects.get(model_name="smollm2", week_start=date(2026, 11, 30))
+    page = client.get(f"/admin/inference/modelqualityweek/{week.pk}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Mann-Whitney U" in text and "two-proportion z" in text
+    assert "DRIFT: median answer length" in text and "stable: median latency" in text
+    assert "240 → 60" in text  # baseline and window samples
+    assert client.get("/admin/inference/modelqualityweek/add/").status_code == 403  # read-only
+    earlier = ModelQualityWeek.objects.get(model_name="smollm2", week_start=date(2026, 11, 2))
+    assert (
+        "No drift check ran in this week."
+        in client.get(f"/admin/inference/modelqualityweek/{earlier.pk}/change/").content.decode()
+    )
