@@ -363,7 +363,7 @@ class ModelQualityWeekAdmin(admin.ModelAdmin):
     ]
     list_filter = ["model_name"]
     date_hierarchy = "week_start"
-    fields = [
+    shown = (
         "model_name",
         "week_start",
         "requests_shown",
@@ -377,8 +377,9 @@ class ModelQualityWeekAdmin(admin.ModelAdmin):
         "tokens",
         "computed_at",
         "drift",
-    ]
-    readonly_fields = fields
+    )
+    fields = shown
+    readonly_fields = shown
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -75,8 +75,9 @@ def of_completion(data: dict[str, Any]) -> AnswerFeatures:
 
 def of_text_completion(data: dict[str, Any]) -> AnswerFeatures:
     """A legacy text completion's (its choices' texts together: one per prompt)."""
-    texts = [c.get("text") for c in data.get("choices") or () if isinstance(c, dict)]
-    texts = [t for t in texts if isinstance(t, str)]
+    texts: list[str] = [
+        c["text"] for c in data.get("choices") or () if isinstance(c, dict) and isinstance(c.get("text"), str)
+    ]
     reasons = [str(c.get("finish_reason") or "") for c in data.get("choices") or () if isinstance(c, dict)]
     return _judge(sum(len(t) for t in texts), texts[0] if texts else "", reasons[0] if reasons else "", "")
 

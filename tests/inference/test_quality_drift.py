@@ -6,11 +6,13 @@ drift against its 4 baseline weeks, kept, printed by ``manage.py quality`` and e
 from __future__ import annotations
 
 import random
+import subprocess
 from datetime import UTC, date, datetime, timedelta
 from io import StringIO
 from unittest import mock
 
 import pytest
+import yaml
 from django.core.management import call_command
 from django.test import Client
 from django_q.models import Schedule
@@ -242,3 +244,54 @@ def test_the_admin_shows_each_week_with_its_figures_and_drift_verdicts(demo, dja
         "No drift check ran in this week."
         in client.get(f"/admin/inference/modelqualityweek/{earlier.pk}/change/").content.decode()
     )
+
+
+def test_the_drift_alert_fires_on_the_metric_of_a_seeded_shift(demo, tmp_path):
+    """From seeded records to the alert: the shift's ``medai_model_drift`` samples, as a scrape
+    exports them, fed to promtool with the shipped rules: MedaiModelDrift fires for the figures
+    that drifted and for no other."""
+    from tests.test_observability_config import ALERTS, promtool
+
+    register_model("smollm2", "http://127.0.0.1:9/v1")
+    seed_model(demo, NOW, seed=7, last_week={"length": (300, 80), "up_rate": 0.3})
+    quality.assess(now=NOW)
+    ModelDrift.objects.update(checked_at=datetime.now(UTC))
+    registry = CollectorRegistry()
+    registry.register(QualityCollector())
+    series = [
+        {
+            "series": f'medai_model_drift{{instance="web-1:8000", model="{s.labels["model"]}", figure="{s.labels["figure"]}"}}',
+            "values": f"{s.value:g}x5",
+        }
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "medai_model_drift"
+    ]
+    assert len(series) == 4
+    [rule] = [
+        r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"] if r["alert"] == "MedaiModelDrift"
+    ]
+    description = rule["annotations"]["description"].replace("{{ $labels.model }}", "smollm2")
+    expected = [
+        {
+            "exp_labels": {"severity": "warning", "model": "smollm2", "figure": figure},
+            "exp_annotations": {"summary": f"smollm2: {figure} drifted from its baseline", "description": description},
+        }
+        for figure in ("answer_length", "rating")
+    ]
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": "2m", "alertname": "MedaiModelDrift", "exp_alerts": expected}],
+            }
+        ],
+    }
+    (tmp_path / "drift_test.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool(), "test", "rules", "drift_test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,9 +4,8 @@ unless asked with a purpose of use (thin over apps/inference/feedback_export.py)
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import UTC, datetime, time
+from typing import Any
 
 from django.http import HttpResponse
 from django.utils.dateparse import parse_date, parse_datetime

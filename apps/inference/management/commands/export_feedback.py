@@ -49,7 +49,7 @@ class Command(BaseCommand):
             model=options["model"],
             limit=feedback_export.LIMIT_MAX,
         )
-        out: Any = open(options["output"], "w", encoding="utf-8") if options["output"] else None  # noqa: SIM115
+        out: Any = open(options["output"], "w", encoding="utf-8") if options["output"] else None
         rows = 0
         try:
             first = True
