@@ -214,6 +214,61 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         with connection.cursor() as cursor:
             cursor.executemany(sql, params)
 
+    def claim_delivered(self, task_id: Any, now: Any, key: str) -> tuple[InferenceTask, bool] | None:
+        """QUEUED → PROCESSING for the task the broker delivered, in ONE statement: ``UPDATE … WHERE
+        id = … AND status = 'queued' AND (deadline IS NULL OR deadline > now) RETURNING`` the whole
+        row (its request decrypted as a read would), attempts + 1 (the fencing token), started now,
+        its ``queue_wait_ms`` computed by the database. The same statement peeks at the queue: the
+        second value says whether queue ``key`` has any other entry ready now (no lock), so a claim
+        that finds nothing there looks for no companions.
+
+        None when the row was not QUEUED before its deadline (processing after a lost worker,
+        finished, cancelled, expired or due, gone): the caller reads it under a lock to say which.
+        On PostgreSQL the UPDATE waits for a concurrent writer of the row (a cancel) and re-reads it;
+        SQLite's IMMEDIATE transaction already holds the write lock (SQLite ≥ 3.35 has RETURNING)."""
+        connection = connections[self.db]
+        qn = connection.ops.quote_name
+        meta, entries = InferenceTask._meta, QueueEntry._meta
+        status, attempts, started, wait, pk, deadline, queued, created = _concrete(
+            InferenceTask,
+            ["status", "attempts", "started_at", "queue_wait_ms", "id", "deadline", "queued_at", "created_at"],
+        )
+        e_id, e_key, e_locked, e_rank = (
+            qn(f.column) for f in _concrete(QueueEntry, ["id", "key", "locked_until", "rank"])
+        )
+        since = f"COALESCE({qn(queued.column)}, {qn(created.column)})"
+        if connection.vendor == "postgresql":
+            ms = f"FLOOR(EXTRACT(EPOCH FROM (CAST(%s AS timestamp with time zone) - {since})) * 1000)"
+            waited = f"CAST(GREATEST({ms}, 0) AS integer)"
+        else:  # SQLite: julianday() reads Django's 'YYYY-MM-DD HH:MM:SS.ffffff' (to the millisecond)
+            waited = f"MAX(CAST(ROUND((julianday(%s) - julianday({since})) * 86400000.0) AS INTEGER), 0)"
+        columns = ", ".join(qn(f.column) for f in meta.concrete_fields)
+        table = qn(meta.db_table)
+        sql = (
+            f"UPDATE {table} SET {qn(status.column)} = %s, {qn(attempts.column)} = {qn(attempts.column)} + 1, "
+            f"{qn(started.column)} = %s, {qn(wait.column)} = {waited} "
+            f"WHERE {qn(pk.column)} = %s AND {qn(status.column)} = %s "
+            f"AND ({qn(deadline.column)} IS NULL OR {qn(deadline.column)} > %s) "
+            f"RETURNING {columns}, (SELECT {e_id} FROM {qn(entries.db_table)} WHERE {e_key} = %s "
+            f"AND {e_locked} <= %s ORDER BY {e_rank} LIMIT 1) AS medai_next_ready"
+        )
+        stamp = started.get_db_prep_save(now, connection)
+        params = [
+            InferenceTask.Status.PROCESSING.value,
+            stamp,
+            stamp,
+            pk.get_db_prep_value(pk.to_python(task_id), connection),
+            InferenceTask.Status.QUEUED.value,
+            deadline.get_db_prep_save(now, connection),
+            key,
+            _concrete(QueueEntry, ["locked_until"])[0].get_db_prep_save(now, connection),
+        ]
+        rows = list(InferenceTask.objects.db_manager(self.db).raw(sql, params))
+        if not rows:
+            return None
+        task = rows[0]
+        return task, task.medai_next_ready is not None  # type: ignore[attr-defined]  # the raw column
+
     def requeue(self) -> int:
         """Back to QUEUED, as if never started (admission turned it away, or its entry was lost)."""
         return self.update(status=InferenceTask.Status.QUEUED, started_at=None, queue_wait_ms=None)

@@ -56,8 +56,17 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
     group: list[Claimed] = []
     expired: list[InferenceTask] = []
     delivered = None
+    fast = None  # the delivered task, claimed by its one statement
     with transaction.atomic():
         if task_id is not None:
+            claimed = InferenceTask.objects.claim_delivered(task_id, now, list_key())
+            if claimed is not None:  # the usual case: it was QUEUED, before any deadline
+                fast, ready = claimed
+                group.append(Claimed(fast, fast.attempts, None))
+                model, delivered = (fast.requested_model, fast.agent_type), fast.id
+                if not ready:
+                    limit = 0  # nothing else ready in the queue: no companions to look for
+        if task_id is not None and fast is None:  # not QUEUED before its deadline: read it, locked, to say why
             task = InferenceTask.objects.filter(id=task_id).locked().first()
             if task is None or task.status not in LIVE:
                 return [], task.status if task else "missing"
@@ -145,10 +154,11 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
                 now, now + timedelta(seconds=result_ttl())
             )  # checked QUEUED under the lock
             QueueEntry.objects.of_tasks([t.id for t in expired if t.id != delivered]).delete()
-        if group:
+        others = [c for c in group if c.task is not fast]
+        if others:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
             waits = {
-                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
+                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in others
             }
             InferenceTask.objects.claim(now, waits)
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
@@ -163,10 +173,16 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
     return group, S.PROCESSING
 
 
+def _head_priority() -> int | None:
+    """The priority of the next entry the broker would deliver, None if no entry is ready (one
+    indexed read, no lock): the peek a running worker shares between its two questions, whether
+    more urgent work waits (``_urgent_head``) and whether there is anything to refill from."""
+    return QueueEntry.objects.ready(list_key(), timezone.now()).values_list("priority", flat=True).first()
+
+
 def _urgent_head(above: int) -> bool:
-    """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
-    indexed read, no lock)."""
-    head = QueueEntry.objects.ready(list_key(), timezone.now()).values_list("priority", flat=True).first()
+    """Whether the next entry the broker would deliver is of a higher priority than ``above``."""
+    head = _head_priority()
     return head is not None and head > above
 
 
