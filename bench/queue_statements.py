@@ -111,7 +111,7 @@ def main() -> None:
         MEDAI_RATE_LIMIT_KEY_BURST="0",
         MEDAI_RATE_LIMIT_USER_BURST="0",
         MEDAI_RATE_LIMIT_IP_BURST="0",
-        MEDAI_QUEUE_DRAIN_SECONDS="0.5",
+        MEDAI_QUEUE_DRAIN_SECONDS="30",
     )
     import django
 

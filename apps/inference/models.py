@@ -344,9 +344,11 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
             )
         return purged
 
-    def write_outcomes(self, tasks: list[InferenceTask]) -> None:
+    def write_outcomes(self, tasks: list[InferenceTask], attempts: list[int] | None = None) -> int:
         """PROCESSING → COMPLETED | FAILED: each task's ``OUTCOME_FIELDS`` as set on the instance, by
-        primary key (the caller read the fence under the rows' locks).
+        primary key (the caller read the fence under the rows' locks), or with ``attempts`` (each
+        task's fencing token) fenced by the statement itself: a row is written only while it is
+        still PROCESSING under that attempt. The number of rows written.
 
         One parametrised UPDATE run for every row (``executemany``). The ORM would compile an UPDATE
         per row (most of a finished task's cost), and ``bulk_update``'s CASE expressions cost more to
@@ -366,8 +368,14 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
             + [pk.get_db_prep_value(t.pk, connection)]
             for t in tasks
         ]
+        if attempts is not None:
+            status, attempt = _concrete(InferenceTask, ["status", "attempts"])
+            sql += f" AND {qn(status.column)} = %s AND {qn(attempt.column)} = %s"
+            processing = InferenceTask.Status.PROCESSING.value
+            params = [row + [processing, n] for row, n in zip(params, attempts, strict=True)]
         with connection.cursor() as cursor:
             cursor.executemany(sql, params)
+            return cursor.rowcount  # summed over the rows (sqlite3, psycopg)
 
 
 class InferenceTask(models.Model):

@@ -55,12 +55,17 @@ def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[s
 
 
 def _spec(item: dict[str, Any], plan: ChatPlan, deadline_s: float | None) -> dict[str, Any]:
-    """What the task row keeps of its request (``InferenceTask.request``), for its worker."""
+    """What the task row keeps of its request (``InferenceTask.request``, encrypted), for its worker:
+    also who submitted it, where (``who``: the names its worker's audit event gives, as the sync
+    path's event gives the caller's; ``auditing.submitted_identity``), so that the worker does not
+    look them up for every result it writes."""
+    p = plan.principal
     return {
         "model": item.get("model") or "",
         "agent_type": item.get("agent_type") or "",
         "payload": plan.payload,
         "deadline_s": deadline_s,
+        "who": {"username": p.username, "location": p.location_code, "organization_id": p.organization_id},
     }
 
 
