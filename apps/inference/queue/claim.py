@@ -177,7 +177,7 @@ def _head_priority() -> int | None:
     """The priority of the next entry the broker would deliver, None if no entry is ready (one
     indexed read, no lock): the peek a running worker shares between its two questions, whether
     more urgent work waits (``_urgent_head``) and whether there is anything to refill from."""
-    return QueueEntry.objects.ready(list_key(), timezone.now()).values_list("priority", flat=True).first()
+    return QueueEntry.objects.head_priority(list_key(), timezone.now())
 
 
 def _urgent_head(above: int) -> bool:
