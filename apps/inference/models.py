@@ -685,6 +685,29 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
             found = cursor.fetchone()
         return found[0] if found else None
 
+    def handed_out_ahead(self, key: str, now: Any, rank: float) -> bool:
+        """Whether queue ``key`` has an entry ahead of ``rank`` that was handed out (leased) while its
+        task is still QUEUED: delivered to a cluster and waiting there for a free worker. One
+        statement (an ``EXISTS`` over the leased entries ahead, few: running groups and prefetches),
+        written once as SQL."""
+        connection = connections[self.db]
+        qn = connection.ops.quote_name
+        e_key, e_locked, e_rank, e_task = (
+            qn(f.column) for f in _concrete(QueueEntry, ["key", "locked_until", "rank", "task_id"])
+        )
+        t_id, t_status = (qn(f.column) for f in _concrete(InferenceTask, ["id", "status"]))
+        [stamp] = _concrete(QueueEntry, ["locked_until"])
+        sql = (
+            f"SELECT 1 FROM {qn(QueueEntry._meta.db_table)} e INNER JOIN {qn(InferenceTask._meta.db_table)} t "
+            f"ON t.{t_id} = e.{e_task} WHERE e.{e_key} = %s AND e.{e_locked} > %s AND e.{e_rank} < %s "
+            f"AND t.{t_status} = %s LIMIT 1"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql, [key, stamp.get_db_prep_value(now, connection), rank, InferenceTask.Status.QUEUED.value]
+            )
+            return cursor.fetchone() is not None
+
     def deliveries(self, task_id: Any) -> int:
         """How many times the task's entry was handed out (0 without an entry)."""
         return max(self.filter(task_id=task_id).values_list("deliveries", flat=True), default=0)

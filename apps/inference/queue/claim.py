@@ -29,8 +29,7 @@ def _delivered_waiting(rank: float, now: Any) -> bool:
     """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
     (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
     stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
-    leased = list(QueueEntry.objects.leased(list_key(), now).ahead_of(rank).values_list("task_id", flat=True)[:256])
-    return S.QUEUED in set(InferenceTask.objects.by_pk(leased).values_list("status", flat=True))
+    return QueueEntry.objects.handed_out_ahead(list_key(), now, rank)
 
 
 def _lease_until(now: Any) -> Any:
@@ -116,7 +115,14 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
             same = {
                 k: t for k, t in window.items() if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model
             }
-            if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
+            waiting: list[bool] = []  # whether work handed out ahead of the head waits (read once a claim)
+
+            def handed_out() -> bool:
+                if not waiting:
+                    waiting.append(_delivered_waiting(head[0].rank, now))
+                return waiting[0]
+
+            if task_id is None and (not head or head[0].task_id not in same or handed_out()):
                 return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
             first = window.get(head[0].task_id) if head and head[0].task_id else None
             if group and first is not None and first.id not in same and first.priority > group[0].task.priority:
@@ -130,7 +136,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
                     expired.append(other)
                 else:
                     chosen.append((other.id, entry.id))
-            if extra and head and len(group) + len(chosen) >= limit and not _delivered_waiting(head[0].rank, now):
+            if extra and head and len(group) + len(chosen) >= limit and not handed_out():
                 taken = {t for t, _ in chosen} | {t.id for t in expired} | {delivered}
                 for entry in head:  # the run of this model's entries at the head, in order
                     if entry.task_id in taken:
