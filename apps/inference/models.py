@@ -627,12 +627,12 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
         qn = connection.ops.quote_name
         e_key, e_rank, e_task = (qn(f.column) for f in _concrete(QueueEntry, ["key", "rank", "task_id"]))
         t_id, t_status, t_location = (qn(f.column) for f in _concrete(InferenceTask, ["id", "status", "location"]))
-        location = InferenceTask._meta.get_field("location").related_model._meta  # type: ignore[union-attr]
-        l_id, l_org = (qn(location.get_field(n).column) for n in ("id", "organization"))
+        location: type[models.Model] = InferenceTask._meta.get_field("location").related_model  # type: ignore[assignment]
+        l_id, l_org = (qn(f.column) for f in _concrete(location, ["id", "organization"]))
         entries, tasks, locations = (
             qn(QueueEntry._meta.db_table),
             qn(InferenceTask._meta.db_table),
-            qn(location.db_table),
+            qn(location._meta.db_table),
         )
         sql = (
             f"SELECT e.{e_task}, (SELECT COUNT(*) FROM {entries} w WHERE w.{e_key} = %s AND w.{e_rank} < e.{e_rank} "
@@ -641,7 +641,7 @@ class QueueEntryQuerySet(LockingQuerySet["QueueEntry"]):
             f"FROM {entries} e WHERE e.{e_task} IN ({', '.join(['%s'] * len(task_ids))})"
         )
         [field] = _concrete(QueueEntry, ["task_id"])
-        params = [key, location_id, InferenceTask.Status.QUEUED.value]
+        params: list[Any] = [key, location_id, InferenceTask.Status.QUEUED.value]
         params += [field.get_db_prep_value(t, connection) for t in task_ids]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
