@@ -403,14 +403,24 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _load(
-    base_url: str, model: str, token: str | None, total: int, concurrency: int, get: str | None = None
+    base_url: str,
+    model: str,
+    token: str | None,
+    total: int,
+    concurrency: int,
+    get: str | None = None,
+    post: tuple[str, bytes] | None = None,
 ) -> dict[str, Any]:
+    """``post``: (a path under ``base_url``, a body) to POST instead of a chat completion."""
     hostport, _, prefix = base_url.removeprefix("http://").partition("/")
     host, _, port = hostport.partition(":")
-    body = json.dumps({"model": model, "messages": PROMPT, "max_tokens": 1}).encode()
+    path, body = post or (
+        "chat/completions",
+        json.dumps({"model": model, "messages": PROMPT, "max_tokens": 1}).encode(),
+    )
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     raw = (
-        f"POST /{prefix}/chat/completions HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
+        f"POST /{prefix}/{path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
         f"{auth}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     if get:
@@ -456,16 +466,18 @@ def load(
     concurrency: int,
     get: str | None = None,
     cpu_of: int | None = None,
+    post: tuple[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """``total`` requests, ``concurrency`` at a time; ``get``: GET that path instead of a chat;
-    ``cpu_of``: also the CPU time that process spent per request meanwhile."""
+    ``post``: POST (path, body) instead (bench/embeddings_overhead.py); ``cpu_of``: also the CPU
+    time that process spent per request meanwhile."""
     cpu_before = cpu_seconds(cpu_of) if cpu_of else 0.0
     try:
         import uvloop
 
-        result = uvloop.run(_load(base_url, model, token, total, concurrency, get))
+        result = uvloop.run(_load(base_url, model, token, total, concurrency, get, post))
     except ImportError:
-        result = asyncio.run(_load(base_url, model, token, total, concurrency, get))
+        result = asyncio.run(_load(base_url, model, token, total, concurrency, get, post))
     if cpu_of:
         time.sleep(0.1)  # the record writer's linger: its batch belongs to these requests
         result["cpu_ms_per_request"] = (cpu_seconds(cpu_of) - cpu_before) * 1000 / total

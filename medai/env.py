@@ -19,6 +19,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 # The local llama.cpp server's port: the launcher reads it before the settings exist, the
 # settings (MEDAI_LLAMA_PORT) for everyone else; one default for both.
 DEFAULT_LLAMA_PORT = 8081
+# The bundled embeddings server's port (a second llama-server, started with --embeddings): likewise.
+DEFAULT_EMBED_PORT = 8082
 
 
 def env(name: str, default: str = "") -> str:

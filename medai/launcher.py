@@ -1,9 +1,10 @@
 """One command for the embedded default: ``python -m medai.launcher`` (``make run``).
 
 Starts an embedded Redis (unless ``REDIS_URL`` is set), migrates, collects static files, creates
-the demo tenant and registers the bundled llama.cpp server as a supervised ModelServer, then runs
-the monitor (GPU sampling, health checks; it starts and supervises that llama.cpp server), the web
-server (uvicorn) and the worker (qcluster) as children.
+the demo tenant and registers the bundled llama.cpp servers (chat, and embeddings on the same GGUF)
+as supervised ModelServers, then runs the monitor (GPU sampling, health checks; it starts and
+supervises those llama.cpp servers), the web server (uvicorn) and the worker (qcluster) as
+children. Ready means both bundled models are seen serving.
 
 Its output is JSON lines, one record per line, like every medai process's log (apps/audit/logging.py):
 its own (``"process": "launcher"``), and each child's record with ``"process"`` naming the child
@@ -16,7 +17,9 @@ started again with a growing delay (1 s, 2 s, 4 s … 30 s), and one that keeps 
 ``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds) stops the launch. Ctrl-C or SIGTERM
 stops every child (terminate, wait, kill) and then Redis.
 
-Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_LLAMA=0 (no local model server),
+Environment: MEDAI_PORT (8000), MEDAI_LLAMA_PORT (8081), MEDAI_EMBED_PORT (8082: the bundled
+embeddings server, a second llama-server on the same GGUF), MEDAI_LLAMA=0 (no local model server),
+MEDAI_EMBEDDINGS=0 (the chat server but not the embeddings server),
 MEDAI_ACCESS_LOG=1 (uvicorn's access log; credentials in URLs are redacted either way),
 MEDAI_VAR_DIR (var/), REDIS_URL, DATABASE_URL, MEDAI_DEMO_PASSWORD, PROMETHEUS_MULTIPROC_DIR
 (var/metrics: where every child keeps its metrics for /metrics; emptied at start), and MEDAI_ENV,
@@ -43,9 +46,15 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.credentials import redact_credentials
 from apps.audit.logging import redact_log_text
-from apps.gpu.llamacpp import NotInstalled, find_bundled_model, find_llama_server
+from apps.gpu.llamacpp import (
+    BUNDLED_CHAT_ENDPOINT,
+    BUNDLED_EMBEDDINGS_ENDPOINT,
+    NotInstalled,
+    find_bundled_model,
+    find_llama_server,
+)
 from medai.embedded import EmbeddedRedis
-from medai.env import DEFAULT_LLAMA_PORT, envbool, envsecret
+from medai.env import DEFAULT_EMBED_PORT, DEFAULT_LLAMA_PORT, envbool, envsecret
 from medai.secrets import load, private_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,9 +295,19 @@ def demo_password(var: Path) -> str:
     return path.read_text().strip() if path.is_file() else "(see var/demo-password)"
 
 
-def banner(port: int, password: str, llama_url: str | None) -> str:
+def banner(port: int, password: str, llama_url: str | None, embed_url: str | None = None) -> str:
     base = f"http://127.0.0.1:{port}"
     model = "Chat"
+    embeddings = (
+        f"{embed_url} (model {BUNDLED_EMBEDDINGS_ENDPOINT}: /v1/embeddings, /v1/rerank)"
+        if embed_url
+        else "none started (MEDAI_EMBEDDINGS=0 or MEDAI_LLAMA=0)"
+    )
+    embed_example = (
+        f'\n   vectors = client.embeddings.create(model="{BUNDLED_EMBEDDINGS_ENDPOINT}", input=["fever", "cough"])'
+        if embed_url
+        else ""
+    )
     return f"""
 ======================================================================
  {READY_LINE}
@@ -298,6 +317,7 @@ def banner(port: int, password: str, llama_url: str | None) -> str:
    API docs    {base}/api/docs/
    metrics     {base}/metrics
    model       {llama_url or "none started (MEDAI_LLAMA=0): register servers in admin"}
+   embeddings  {embeddings}
  demo users (location "demo"):  admin / {password}    clinician / {password}
 
  try it:
@@ -312,26 +332,27 @@ def banner(port: int, password: str, llama_url: str | None) -> str:
    from openai import OpenAI
    client = OpenAI(base_url="{base}/v1", api_key=TOKEN)
    reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}])
-   print(reply.choices[0].message.content)
+   print(reply.choices[0].message.content){embed_example}
 
  Ctrl-C stops everything.
 ======================================================================
 """
 
 
-def announce_ready(port: int, var: Path, llama_url: str | None) -> None:
+def announce_ready(port: int, var: Path, llama_url: str | None, embed_url: str | None = None) -> None:
     """The ready line (JSON, as every line of the output: no password in it), and on a terminal
     the banner a developer reads, with the demo password and examples to paste."""
     base = f"http://127.0.0.1:{port}"
     log(
         f"{READY_LINE}: web UI {base}/, admin {base}/admin/, API {base}/v1, metrics {base}/metrics, "
-        f"model {llama_url or 'none (MEDAI_LLAMA=0)'}; demo users admin and clinician (location demo), "
-        "their password: MEDAI_DEMO_PASSWORD or var/demo-password",
+        f"model {llama_url or 'none (MEDAI_LLAMA=0)'}, embeddings {embed_url or 'none'}; demo users admin "
+        "and clinician (location demo), their password: MEDAI_DEMO_PASSWORD or var/demo-password",
         url=base,
         model_url=llama_url,
+        embeddings_url=embed_url,
     )
     if sys.stdout.isatty():
-        print(banner(port, demo_password(var), llama_url), flush=True)
+        print(banner(port, demo_password(var), llama_url, embed_url), flush=True)
 
 
 def supervise(
@@ -399,8 +420,15 @@ def run() -> int:
     install_signal_handlers(stop)
     port = env_port("MEDAI_PORT", 8000)
     llama_port = env_port("MEDAI_LLAMA_PORT", DEFAULT_LLAMA_PORT)
+    embed_port = env_port("MEDAI_EMBED_PORT", DEFAULT_EMBED_PORT)
     with_llama = os.environ.get("MEDAI_LLAMA", "1") != "0"
-    for name, p in [("MEDAI_PORT", port)] + ([("MEDAI_LLAMA_PORT", llama_port)] if with_llama else []):
+    with_embeddings = with_llama and os.environ.get("MEDAI_EMBEDDINGS", "1") != "0"
+    ports = [("MEDAI_PORT", port)]
+    ports += [("MEDAI_LLAMA_PORT", llama_port)] if with_llama else []
+    ports += [("MEDAI_EMBED_PORT", embed_port)] if with_embeddings else []
+    if len({p for _, p in ports}) < len(ports):
+        raise LaunchError(f"two servers on one port: {', '.join(f'{n}={p}' for n, p in ports)}")
+    for name, p in ports:
         if not port_is_free(p):
             raise LaunchError(f"port {p} ({name}) is in use: stop what holds it or set {name}")
 
@@ -412,6 +440,7 @@ def run() -> int:
         "MEDAI_ENV": os.environ.get("MEDAI_ENV", "").strip() or "development",
         "MEDAI_VAR_DIR": str(var),
         "MEDAI_LLAMA_PORT": str(llama_port),
+        "MEDAI_EMBED_PORT": str(embed_port),
         "PYTHONUNBUFFERED": "1",
     }
     check_secrets(env, var)
@@ -421,21 +450,31 @@ def run() -> int:
         for command in (
             ["migrate", "--noinput"],
             ["collectstatic", "--noinput", "-v", "0"],
-            ["bootstrap_demo", "--llama-port", str(llama_port), *([] if with_llama else ["--no-llama"])],
+            [
+                "bootstrap_demo",
+                "--llama-port",
+                str(llama_port),
+                "--embed-port",
+                str(embed_port),
+                *([] if with_llama else ["--no-llama"]),
+                *([] if with_embeddings else ["--no-embeddings"]),
+            ],
         ):
             manage(*command, env=env)
             if stop.is_set():
                 return 130
 
-        # The monitor starts the bundled llama.cpp server (a ModelServer row, autostart) and restarts it
-        # if it crashes; it stops it when it stops.
-        llama_url = None
+        # The monitor starts the bundled llama.cpp servers (ModelServer rows, autostart: chat, and
+        # embeddings) and restarts one that crashes; it stops them when it stops.
+        llama_url = embed_url = None
         if with_llama:
             try:  # fail now, clearly, rather than in the monitor's log
                 find_llama_server(), find_bundled_model()
             except NotInstalled as exc:
                 raise LaunchError(f"{exc} (or MEDAI_LLAMA=0 to start without it)") from None
             llama_url = f"http://127.0.0.1:{llama_port}/v1"
+            if with_embeddings:
+                embed_url = f"http://127.0.0.1:{embed_port}/v1"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(var, env))
         children.append(Child("monitor", [sys.executable, "manage.py", "monitor"], env))
         access_log = ["--access-log"] if os.environ.get("MEDAI_ACCESS_LOG", "0") == "1" else ["--no-access-log"]
@@ -458,15 +497,22 @@ def run() -> int:
         )
         children.append(Child("worker", [sys.executable, "manage.py", "qcluster"], env))
 
-        if with_llama and not wait_ready(f"http://127.0.0.1:{llama_port}/health", children, 180, stop):
-            return 130
+        for url in (llama_url, embed_url):
+            if url and not wait_ready(url.removesuffix("/v1") + "/health", children, 180, stop):
+                return 130
         if not wait_ready(f"http://127.0.0.1:{port}/healthz", children, 120, stop):
             return 130
-        # Ready means the platform can answer: workers up and the bundled model seen serving.
-        ready = (lambda r: r.json().get("models", {}).get("ok")) if with_llama else None
-        if not wait_ready(f"http://127.0.0.1:{port}/readyz", children, 120, stop, accept=ready):
+        # Ready means the platform can answer: workers up and the bundled models seen serving.
+        bundled = {BUNDLED_CHAT_ENDPOINT} if with_llama else set()
+        bundled |= {BUNDLED_EMBEDDINGS_ENDPOINT} if with_embeddings else set()
+
+        def ready(response: httpx.Response) -> bool:
+            models = response.json().get("models", {})
+            return bool(models.get("ok")) and bundled <= set(models.get("serving") or ())
+
+        if not wait_ready(f"http://127.0.0.1:{port}/readyz", children, 120, stop, accept=ready if bundled else None):
             return 130
-        announce_ready(port, var, llama_url)
+        announce_ready(port, var, llama_url, embed_url)
 
         died = supervise(children, stop, redis)
         if died is not None:

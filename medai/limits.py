@@ -12,6 +12,8 @@ around Django's handler (medai/asgi.py), decides from the headers when it can:
   them, and at the limit Django is told the client left (``http.disconnect``, so it stops reading
   and answers nothing) and this layer answers 413; the rest is never read (the server closes the
   connection). What was read stays in memory: the limit is below Django's spooling threshold;
+- an upload (``UPLOAD_PATHS``: ``POST /v1/files``) may be as large as ``MEDAI_FILE_MAX_BYTES``
+  plus its multipart envelope instead;
 - a JSON endpoint (``/v1/``, except what ``NON_JSON_PATHS`` lists) sent a body whose
   ``Content-Type`` is not JSON: 415 naming the header, nothing read.
 
@@ -37,8 +39,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]
 
 JSON_PREFIX = "/v1/"
-# Paths under /v1/ whose bodies are not JSON (a multipart upload): none yet.
-NON_JSON_PATHS: tuple[str, ...] = ()
+# Paths under /v1/ whose bodies are not JSON: the Files API's multipart upload.
+NON_JSON_PATHS: tuple[str, ...] = ("/v1/files",)
+# Paths whose bodies may be larger than MEDAI_MAX_BODY_BYTES: an upload, up to its own limit plus
+# room for the multipart envelope (boundaries, headers, the other fields).
+UPLOAD_PATHS = ("/v1/files",)
+MULTIPART_ENVELOPE = 64 * 1024  # FILE_UPLOAD_MAX_MEMORY_SIZE has the same room: nothing is spooled
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -75,6 +81,8 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = settings.MEDAI_MAX_BODY_BYTES
+        if scope.get("path", "") in UPLOAD_PATHS:
+            limit = max(limit, settings.MEDAI_FILE_MAX_BYTES + MULTIPART_ENVELOPE)
         length: int | None = None
         content_type = b""
         chunked = False

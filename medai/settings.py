@@ -16,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from medai import secrets as medai_secrets
 from medai.embedded import start_embedded_redis
-from medai.env import DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
+from medai.env import DEFAULT_EMBED_PORT, DEFAULT_LLAMA_PORT, env, envbool, envfloat, envint, envlist, envsecret
 from medai.redisconf import cache_config, channel_layers_config, client_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -229,6 +229,8 @@ CORS_EXPOSE_HEADERS = [
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
+    "X-Medai-Exchange-Id",
+    "X-Medai-Conversation-Id",
 ]
 CORS_PREFLIGHT_MAX_AGE = envint("CORS_PREFLIGHT_MAX_AGE", 600, minimum=0)
 
@@ -312,6 +314,19 @@ MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
 # throughout: it refills only while the head of the queue is for its model).
 MEDAI_QUEUE_DRAIN_SECONDS = envfloat("MEDAI_QUEUE_DRAIN_SECONDS", 10.0)
 
+# --- the Files and Batch API (apps/inference/filebatch/) ---
+# An uploaded JSONL file's size and number of requests; /v1/files takes bodies up to the size (plus
+# the multipart envelope) whatever MEDAI_MAX_BODY_BYTES says.
+MEDAI_FILE_MAX_BYTES = envint("MEDAI_FILE_MAX_BYTES", 16_777_216, minimum=1024)
+MEDAI_FILE_MAX_LINES = envint("MEDAI_FILE_MAX_LINES", 10_000, minimum=1)
+# Seconds a file (an upload, a batch's output or error file: PHI) is kept before it is purged; a
+# client's expires_after may shorten it, never lengthen it.
+MEDAI_FILE_TTL = envint("MEDAI_FILE_TTL", 30 * 86_400, minimum=60)
+# An upload is PHI: Django keeps a body (its ASGI handler) and an uploaded file (its upload handler)
+# in memory up to this size and spools anything larger to an unencrypted temporary file, so it is
+# the largest upload /v1/files takes (medai.limits refuses more before Django reads it).
+FILE_UPLOAD_MAX_MEMORY_SIZE = MEDAI_FILE_MAX_BYTES + 64 * 1024
+
 # --- medai ---
 MEDAI_BACKEND_TIMEOUT = envfloat("MEDAI_BACKEND_TIMEOUT", 120.0)
 MEDAI_BACKEND_CONNECT_TIMEOUT = envfloat("MEDAI_BACKEND_CONNECT_TIMEOUT", 3.0)
@@ -345,6 +360,10 @@ MEDAI_DASHBOARD_REFRESH_SECONDS = envfloat("MEDAI_DASHBOARD_REFRESH_SECONDS", 5.
 MEDAI_RECORD_LINGER_MS = envint("MEDAI_RECORD_LINGER_MS", 20, minimum=0)
 # Records a process may hold unwritten (the database is slow or down); past it, 503 until it drains.
 MEDAI_RECORD_BACKLOG = envint("MEDAI_RECORD_BACKLOG", 10_000, minimum=1)
+# The response cache (apps/inference/response_cache.py): deterministic sync answers kept per location
+# for this many seconds (0: off); answers larger than MEDAI_RESPONSE_CACHE_MAX_BYTES are not kept.
+MEDAI_RESPONSE_CACHE_SECONDS = envint("MEDAI_RESPONSE_CACHE_SECONDS", 0, minimum=0)
+MEDAI_RESPONSE_CACHE_MAX_BYTES = envint("MEDAI_RESPONSE_CACHE_MAX_BYTES", 256 * 1024, minimum=1024)
 
 # --- governance: rate limits and quotas (apps/accounts/governance/) ---
 # Off only to measure what governance costs (bench/governance_overhead.py): no limit of any kind.
@@ -399,6 +418,8 @@ MEDAI_GPU_STALE_AFTER = envfloat("MEDAI_GPU_STALE_AFTER", 3 * MEDAI_GPU_SAMPLE_I
 MEDAI_GPU_HISTORY_DAYS = envint("MEDAI_GPU_HISTORY_DAYS", 7, minimum=1)
 # The port of the local llama.cpp server that the demo registers (the launcher starts it there).
 MEDAI_LLAMA_PORT = envint("MEDAI_LLAMA_PORT", DEFAULT_LLAMA_PORT, minimum=1)
+# ... and of its embeddings server (the same GGUF, started with --embeddings).
+MEDAI_EMBED_PORT = envint("MEDAI_EMBED_PORT", DEFAULT_EMBED_PORT, minimum=1)
 MEDAI_CIRCUIT_FAILURES = envint("MEDAI_CIRCUIT_FAILURES", 5, minimum=1)
 MEDAI_CIRCUIT_RESET_SECONDS = envfloat("MEDAI_CIRCUIT_RESET_SECONDS", 30.0)
 MEDAI_BACKEND_RETRIES = envint("MEDAI_BACKEND_RETRIES", 3, minimum=0)

@@ -186,10 +186,12 @@ def register_model(
     agents: tuple[str, ...] = ("Chat",),
     enabled: bool = True,
     position: int = 0,
+    **fields: object,
 ) -> ModelEndpoint:
-    """Register a model and append it to the given agent routes."""
+    """Register a model and append it to the given agent routes (``fields``: more of its columns,
+    e.g. ``supports_embeddings``)."""
     endpoint = ModelEndpoint.objects.create(
-        name=name, base_url=base_url, served_model_id=served, rank=rank, enabled=enabled, context_length=2048
+        name=name, base_url=base_url, served_model_id=served, rank=rank, enabled=enabled, context_length=2048, **fields
     )
     for agent_type in agents:
         route, _ = AgentRoute.objects.get_or_create(agent_type=agent_type)
@@ -207,6 +209,29 @@ def llama_server() -> Iterator[str]:
     from tests.support.servers import start_llama_server
 
     proc, url = start_llama_server()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_embed_server() -> Iterator[str]:
+    """A real llama.cpp server on the bundled SmolLM2 as the embedded default runs it for
+    embeddings (``EMBEDDINGS_SERVER_ARGS``: ``--embeddings --pooling mean``, a batch of 512
+    tokens: the longest text it embeds). Shared by the session."""
+    from apps.gpu.llamacpp import EMBEDDINGS_PARALLEL, EMBEDDINGS_SERVER_ARGS
+    from tests.support.servers import start_llama_server
+
+    proc, url = start_llama_server(parallel=EMBEDDINGS_PARALLEL, extra=list(EMBEDDINGS_SERVER_ARGS))
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_rerank_server() -> Iterator[str]:
+    """A real llama.cpp server started with ``--reranking`` (its own ``/v1/rerank``)."""
+    from tests.support.servers import start_llama_server
+
+    proc, url = start_llama_server(parallel=1, extra=["--reranking"])
     yield url
     proc.stop()
 

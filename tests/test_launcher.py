@@ -52,13 +52,14 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def launcher(tmp_path: Path, request: pytest.FixtureRequest):
     """The launcher as `make run` starts it; ``@pytest.mark.launcher_env(NAME="value")`` adds to its environment."""
-    port, llama_port = free_port(), free_port()
+    port, llama_port, embed_port = free_port(), free_port(), free_port()
     marker = request.node.get_closest_marker("launcher_env")
     env = {
         **os.environ,
         "MEDAI_VAR_DIR": str(tmp_path / "var"),
         "MEDAI_PORT": str(port),
         "MEDAI_LLAMA_PORT": str(llama_port),
+        "MEDAI_EMBED_PORT": str(embed_port),
         "MEDAI_DEMO_PASSWORD": "launcher-test-pass",
         **(marker.kwargs if marker else {}),
     }
@@ -89,6 +90,7 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest):
         "proc": proc,
         "port": port,
         "llama_port": llama_port,
+        "embed_port": embed_port,
         "lines": lines,
         "output": output,
         "var": tmp_path / "var",
@@ -176,7 +178,91 @@ def test_launcher_serves_a_chat_answer_and_sigint_stops_every_process(launcher) 
     leftovers = {pid for pid in children if _alive(pid)}
     assert not leftovers, f"processes left running after SIGINT: {leftovers}"
     assert port_is_free(launcher["port"]) and port_is_free(launcher["llama_port"])
+    assert port_is_free(launcher["embed_port"])
     assert "all stopped" in "".join(launcher["output"])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def _embeddings_server_pid(launcher_pid: int, port: int) -> int | None:
+    """The llama-server under the launcher started with ``--embeddings`` on ``port``, if one runs."""
+    for pid in _descendants(launcher_pid):
+        argv = _cmdline(pid)
+        if argv and "llama-server" in argv[0] and "--embeddings" in argv and str(port) in argv and _alive(pid):
+            return pid
+    return None
+
+
+def test_launcher_serves_embeddings_from_its_own_supervised_server_and_restarts_it(launcher) -> None:
+    """`make run` starts a second llama-server (the bundled GGUF, ``--embeddings``, its own port)
+    and registers it as a model that embeds and reranks: the official client gets vectors through
+    medai; killed, the monitor starts it again and it answers again; Ctrl-C stops it too."""
+    import openai
+
+    proc: subprocess.Popen = launcher["proc"]
+    _wait_for_ready(launcher)
+    embed_port = launcher["embed_port"]
+    first = _embeddings_server_pid(proc.pid, embed_port)
+    assert first is not None, "no llama-server --embeddings on MEDAI_EMBED_PORT under the launcher"
+    argv = _cmdline(first)
+    assert argv[argv.index("--pooling") + 1] == "mean" and "--port" in argv
+    chat = [p for p in _descendants(proc.pid) if "llama-server" in (_cmdline(p) or [""])[0] and p != first]
+    assert chat and all("--embeddings" not in _cmdline(p) for p in chat)  # chat is its own server
+
+    base = f"http://127.0.0.1:{launcher['port']}"
+    login = httpx.post(
+        f"{base}/v1/auth/login",
+        json={"username": "clinician", "password": "launcher-test-pass", "location_id": "demo"},
+        timeout=30,
+    )
+    assert login.status_code == 200, login.text
+    token = login.json()["access_token"]
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=token, max_retries=0, timeout=60)
+    answer = client.embeddings.create(model="smollm2-135m-embed", input=["fever and cough", "broken wrist"])
+    assert [d.index for d in answer.data] == [0, 1]
+    assert {len(d.embedding) for d in answer.data} == {576}  # SmolLM2-135M's hidden size
+    assert answer.usage.prompt_tokens > 0
+    ranked = httpx.post(
+        f"{base}/v1/rerank",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "smollm2-135m-embed", "query": "fever", "documents": ["cough", "wrist", "fever"]},
+        timeout=60,
+    )
+    assert ranked.status_code == 200, ranked.text
+    assert sorted(r["index"] for r in ranked.json()["results"]) == [0, 1, 2]
+    with pytest.raises(openai.BadRequestError) as chat_model:  # the chat server's model does not embed
+        client.embeddings.create(model="smollm2-135m", input="x")
+    assert chat_model.value.body["param"] == "model"
+    models = {m.id for m in client.models.list().data}
+    assert {"smollm2-135m", "smollm2-135m-embed"} <= models
+
+    os.kill(first, signal.SIGKILL)  # the monitor supervises it as it does the chat server
+    again = _until(lambda: (found := _embeddings_server_pid(proc.pid, embed_port)) and found != first and found, 120)
+    vectors = _until(
+        lambda: (
+            (
+                r := httpx.post(
+                    f"{base}/v1/embeddings",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"model": "smollm2-135m-embed", "input": "chest pain", "encoding_format": "float"},
+                    timeout=30,
+                )
+            ).status_code
+            == 200
+            and r.json()
+        ),
+        120,
+    )
+    assert len(vectors["data"][0]["embedding"]) == 576
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, "".join(launcher["output"])[-3000:]
+    assert not _alive(again) and port_is_free(embed_port)
 
 
 def test_launcher_refuses_a_port_in_use_with_a_clear_error(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ class CanSubmit(_ScopePermission):
     scopes = (SCOPE_SUBMIT,)
 
 
+class CanRate(_ScopePermission):
+    """Feedback on an answer: whoever may ask a model (sync or async) may rate its answers."""
+
+    scopes = (SCOPE_CHAT, SCOPE_SUBMIT)
+
+
 class CanRead(_ScopePermission):
     scopes = (SCOPE_READ,)
 

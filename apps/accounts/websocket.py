@@ -39,6 +39,7 @@ from apps.accounts import governance, revocation, services, sessionauth
 from apps.accounts.models import SCOPE_READ
 from apps.accounts.services import AuthError, Forbidden, Principal, audit_marks
 from apps.audit import actions
+from apps.audit.models import AuditEvent
 from apps.audit.services import record_event_later
 
 logger = logging.getLogger("medai.ws")
@@ -75,6 +76,7 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         if code is not None:
             # Before the channel layer is involved: a refused socket costs no Redis round trip, and
             # no receive is left to cancel (redis-py may swallow a cancel during a connect).
+            _audit_refusal(scope, code)
             await _refuse(scope, receive, send, code)
             return
         try:
@@ -291,6 +293,36 @@ def _user_agent(scope: dict[str, Any]) -> str:
         if name == b"user-agent":
             return str(value.decode("latin-1"))
     return ""
+
+
+# A refused socket's audit event: the same actions as an HTTP 401, 403 or 429 (apps/audit/middleware.py).
+REFUSAL_ACTIONS = {
+    UNAUTHENTICATED: (actions.UNAUTHENTICATED, 401),
+    FORBIDDEN: (actions.FORBIDDEN, 403),
+    RATE_LIMITED: (actions.LIMIT_REJECTED, 429),
+}
+
+
+def _audit_refusal(scope: dict[str, Any], code: int) -> None:
+    """A socket refused with 4401, 4403 or 4429 is audited as the HTTP refusal it stands for (to
+    the background writer: anyone may open sockets as fast as they like). A 1013 refuses no one."""
+    refusal = REFUSAL_ACTIONS.get(code)
+    if refusal is None:
+        return
+    action, status = refusal
+    principal = scope.get("principal")
+    details: dict[str, Any] = {"path": str(scope.get("path", ""))[:100], "ws_close_code": code, "http_status": status}
+    if scope.get("auth_cross_site"):
+        details["cross_site"] = True
+    record_event_later(
+        action,
+        actor=principal,
+        outcome=AuditEvent.Outcome.DENIED,
+        ip=_client_ip(scope) or "",
+        user_agent=_user_agent(scope),
+        object_type="websocket",
+        details=details,
+    )
 
 
 async def _rate_refusal(scope: dict[str, Any]) -> int | None:

@@ -26,7 +26,20 @@ TASK_BATCH_SUBMIT = "inference.submit_batch"
 TASK_CANCEL = "inference.cancel"
 TASK_RETRY = "inference.retry"  # a failed, cancelled or expired task queued again as a new one
 TASK_STATUS = "inference.read_status"  # a task's or batch's status
-TASK_RESULT = "inference.read_result"  # a task's result: the read of PHI
+TASK_RESULT = "inference.read_result"  # a task's result (or a stored response): the read of PHI
+RESPONSE_DELETE = "inference.delete_response"  # a stored response deleted by its owner
+HISTORY_READ = "inference.read_history"  # the caller's stored exchanges (a page, a search, a conversation)
+FEEDBACK_CREATE = "feedback.create"  # a rating of an exchange (made or changed); never the comment's text
+
+# the Files and Batch API (apps/inference/filebatch)
+FILE_UPLOAD = "file.upload"
+FILE_READ = "file.read"  # a file's content downloaded: the read of PHI
+FILE_INFO = "file.info"  # a file's metadata, or a page of the file list
+FILE_DELETE = "file.delete"
+FILE_PURGE = "file.purge"  # files past their retention lost their content (a count)
+BATCH_CREATE = "batch.create"
+BATCH_CANCEL = "batch.cancel"
+BATCH_FINISH = "batch.finish"  # a batch's outcome, its output and error files written
 
 # websockets (apps/accounts/websocket.py): an accepted socket's open, and its close (code, duration)
 WS_OPEN = "ws.open"

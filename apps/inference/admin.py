@@ -7,11 +7,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from apps.audit import display
-from apps.inference import backends, retention, router
-from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask, LegalHold, ModelEndpoint
+from apps.inference import backends, experiments, retention, router
+from apps.inference.models import AgentRoute, AgentRouteEntry, Feedback, InferenceTask, LegalHold, ModelEndpoint
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -90,13 +90,81 @@ class AgentRouteEntryInline(admin.TabularInline):
 
 @admin.register(AgentRoute)
 class AgentRouteAdmin(admin.ModelAdmin):
-    list_display = ["agent_type", "model_order", "enabled", "description"]
+    list_display = ["agent_type", "model_order", "enabled", "is_default", "description"]
     list_filter = ["enabled"]
     inlines = [AgentRouteEntryInline]
+    readonly_fields = ["experiment"]
 
     @admin.display(description="models, in order")
     def model_order(self, obj: AgentRoute) -> str:
-        return " → ".join(e.endpoint.name for e in obj.entries.select_related("endpoint").order_by("position"))
+        parts = []
+        for e in obj.entries.select_related("endpoint").order_by("position"):
+            parts.append(f"{e.endpoint.name} ({e.weight})" if e.weight else e.endpoint.name)
+        return " → ".join(parts)
+
+    @admin.display(description="A/B split, last 30 days")
+    def experiment(self, obj: AgentRoute) -> str:
+        """Per arm: requests, failures, latency, ratings; the tests and their verdicts."""
+        if obj.pk is None:
+            return "-"
+        result = experiments.compare(obj.agent_type)
+        if not result.arms:
+            return "No split requests yet (give two or more of its models a weight)."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    a.arm,
+                    a.requests,
+                    "-" if a.failure_rate is None else f"{100 * a.failure_rate:.1f}%",
+                    "-" if a.latency_pct(0.5) is None else f"{a.latency_pct(0.5)} / {a.latency_pct(0.95)} ms",
+                    f"{a.ratings_up} up / {a.ratings_down} down",
+                    "-" if a.up_rate is None else f"{100 * a.up_rate:.0f}%",
+                )
+                for a in result.arms
+            ),
+        )
+        tests = format_html_join("", "<li><strong>{}</strong>: {}</li>", ((t.name, t.verdict) for t in result.tests))
+        return format_html(
+            '<table class="medai-arms"><thead><tr><th>arm</th><th>requests</th><th>failures</th>'
+            "<th>latency p50 / p95</th><th>ratings</th><th>thumbs up</th></tr></thead><tbody>{}</tbody></table>"
+            "<ul>{}</ul>",
+            rows,
+            tests,
+        )
+
+
+@admin.register(AgentRouteEntry)
+class AgentRouteEntryAdmin(admin.ModelAdmin):
+    """The models of every route: where an A/B arm is stopped or promoted (admin actions, audited)."""
+
+    list_display = ["route", "endpoint", "position", "weight"]
+    list_filter = ["route"]
+    list_editable = ["weight"]
+    actions = ["stop_arms", "promote_arm"]
+
+    @admin.action(description="Stop these arms (weight 0: fallbacks only)")
+    def stop_arms(self, request: HttpRequest, queryset: QuerySet[AgentRouteEntry]) -> None:
+        for entry in queryset:
+            entry.weight = 0
+            entry.save(update_fields=["weight"])  # (save, not update: the routes' caches hear of it)
+        self.message_user(request, f"Stopped {queryset.count()} arm(s).")
+
+    @admin.action(description="Promote this arm (it takes all its route's traffic, tried first)")
+    def promote_arm(self, request: HttpRequest, queryset: QuerySet[AgentRouteEntry]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one arm to promote.", messages.ERROR)
+            return
+        winner = queryset.get()
+        for entry in AgentRouteEntry.objects.filter(route=winner.route).exclude(pk=winner.pk):
+            if entry.weight or entry.position <= winner.position:
+                entry.weight = 0
+                entry.position = entry.position + 1 if entry.position <= winner.position else entry.position
+                entry.save(update_fields=["weight", "position"])
+        winner.weight, winner.position = 0, 0
+        winner.save(update_fields=["weight", "position"])
+        self.message_user(request, f"{winner.endpoint} now serves all of {winner.route}; the split ended.")
 
 
 class ContentPurgedFilter(admin.SimpleListFilter):
@@ -210,3 +278,47 @@ class LegalHoldAdmin(admin.ModelAdmin):
         actor = request.user if request.user.is_authenticated else None
         n = sum(retention.release_hold(actor, h, reason="released in the admin") for h in queryset)
         self.message_user(request, f"Released {n} legal hold(s).")
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    """Clinicians' ratings of answers, by model and route: read-only (a rating is its author's,
+    through POST /v1/feedback). The comment is not shown: it is free text that may name a patient,
+    as the prompts and answers the task admin does not show either."""
+
+    list_display = [
+        "created_at",
+        "rating",
+        "reason_list",
+        "has_comment",
+        "model_name",
+        "agent_type",
+        "exchange",
+        "user",
+        "location",
+    ]
+    list_filter = ["rating", "model_name", "agent_type", "location"]
+    search_fields = ["task__id", "user__username", "model_name", "agent_type"]
+    date_hierarchy = "created_at"
+    exclude = ["comment"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="exchange", ordering="task_id")
+    def exchange(self, obj: Feedback) -> str:
+        return display.short_id(obj.task_id) if obj.task_id else "—"
+
+    @admin.display(description="reasons")
+    def reason_list(self, obj: Feedback) -> str:
+        return ", ".join(obj.reasons or []) or "—"
+
+    @admin.display(boolean=True, description="comment")
+    def has_comment(self, obj: Feedback) -> bool:
+        return bool(obj.comment)

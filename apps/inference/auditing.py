@@ -72,6 +72,10 @@ def inference_event(
         "completion_tokens": task.completion_tokens,
         "latency_ms": task.latency_ms,
     }
+    if task.arm:
+        details["arm"] = task.arm  # the A/B arm it was assigned (apps/inference/experiments.py)
+    if task.cached:
+        details["cached"] = True  # answered by the response cache: no model ran
     if break_glass:
         details["break_glass"] = break_glass
     return new_event(
@@ -139,3 +143,16 @@ def record_status_read(principal: Any, obj: Any, *, count: int | None = None) ->
         record_event_later(actions.TASK_STATUS, actor=principal, object_type="inference.inferencetask", details=details)
     else:
         record_event_later(actions.TASK_STATUS, actor=principal, obj=obj, details=details)
+
+
+def record_history_read(principal: Any, what: str, *, count: int, conversation_id: Any = None) -> None:
+    """A read of the caller's own stored exchanges (``what``: page, search or conversation; the
+    read of PHI, decrypted for its owner): written now, before the answer leaves. Its details hold
+    counts only, never a search's words (they may name a patient)."""
+    record_event(
+        actions.HISTORY_READ,
+        actor=principal,
+        object_type="inference.conversation" if conversation_id else "inference.inferencetask",
+        object_id=str(conversation_id or ""),
+        details={"read": what, "count": count},
+    )

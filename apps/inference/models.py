@@ -56,7 +56,20 @@ class ModelEndpoint(models.Model):
     vram_mb = models.PositiveIntegerField(default=0, help_text="Estimated GPU memory when loaded (MiB).")
     rank = models.PositiveSmallIntegerField(default=100, help_text="Lower ranks first when GPU pressure limits models.")
     enabled = models.BooleanField(default=True)
-    supports_embeddings = models.BooleanField(default=False)
+    supports_embeddings = models.BooleanField(
+        default=False, help_text="It answers POST /v1/embeddings (llama.cpp: started with --embeddings)."
+    )
+    rerank = models.CharField(
+        max_length=10,
+        choices=[
+            ("", "no rerank"),
+            ("native", "its own /rerank (llama.cpp --reranking, vLLM)"),
+            ("embeddings", "medai ranks by cosine similarity of its embeddings"),
+        ],
+        blank=True,
+        default="",
+        help_text="How it answers POST /v1/rerank: a reranker's own /rerank, or by its embeddings.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -81,15 +94,39 @@ class AgentRoute(models.Model):
     """An agent type (MedicalQA, Billing, ...) and the models that serve it, best first."""
 
     agent_type = models.CharField(max_length=64, unique=True, validators=[RegexValidator(r"^[A-Za-z][A-Za-z0-9_-]*$")])
-    description = models.CharField(max_length=300, blank=True)
+    description = models.CharField(
+        max_length=300, blank=True, help_text="What this agent is for, shown to clinicians on the Ask page."
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="The agent type the Ask page selects first (one route at most; else MedicalQA)."
+    )
     system_prompt = models.TextField(blank=True, help_text="Prepended as a system message when the request has none.")
     enabled = models.BooleanField(default=True)
+
+    class Sticky(models.TextChoices):
+        USER = "user", "per user"
+        CONVERSATION = "conversation", "per conversation (per user without one)"
+
+    split_sticky = models.CharField(
+        max_length=16,
+        choices=Sticky.choices,
+        default=Sticky.USER,
+        help_text="A/B split: what keeps a caller on one arm (apps/inference/experiments.py).",
+    )
     endpoints: models.ManyToManyField[ModelEndpoint, AgentRouteEntry] = models.ManyToManyField(
         ModelEndpoint, through="AgentRouteEntry", related_name="routes"
     )
 
     class Meta:
         ordering = ["agent_type"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="agent_route_one_default",
+                violation_error_message="Another agent type is the default already: untick it there first.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.agent_type
@@ -99,6 +136,11 @@ class AgentRouteEntry(models.Model):
     route = models.ForeignKey(AgentRoute, on_delete=models.CASCADE, related_name="entries")
     endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.CASCADE, related_name="route_entries")
     position = models.PositiveSmallIntegerField(default=0, help_text="0 is tried first.")
+    weight = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="A/B split: the models of a route with a weight share its traffic in proportion "
+        "(sticky); 0: not an arm (tried in position order, as a fallback).",
+    )
 
     class Meta:
         ordering = ["route", "position"]
@@ -194,6 +236,11 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
     the content dropped at the end of retention (``purge_due``). The transitions update the rows of
     this queryset; the guards (status still QUEUED, the attempt read under the rows' locks) are the
     callers' (apps.inference.queue), as each knows what it holds."""
+
+    def owned_by(self, principal: Any) -> InferenceTaskQuerySet:
+        """The caller's own tasks at their current location, and no one else's: a clinician's
+        history (not even the location admin sees it: ``apps.inference.conversations``)."""
+        return self.filter(user_id=principal.user_id, location_id=principal.location_pk)
 
     def visible_to(self, principal: Any) -> InferenceTaskQuerySet:
         """What a caller may see, the one rule of every view and websocket: a location admin every
@@ -381,29 +428,41 @@ class InferenceTaskQuerySet(LockingQuerySet["InferenceTask"]):
         return self.exclude(Exists(holds))
 
     def purge_due(self, now: Any, sync_before: Any = None) -> int:
-        """Content past retention is removed, metadata kept: finished async tasks past
-        ``result_expires_at`` lose their prompt, result and error text (their outcome stays: a purged
-        COMPLETED task is still COMPLETED; ``content_purged_at`` says since when); sync records
-        (which never keep a prompt) lose the error text a backend may have echoed once they
-        finished before ``sync_before``. A task under an active legal hold keeps everything."""
+        """Content past retention is removed, metadata kept: finished async tasks, stored sync
+        exchanges (``store: true`` on chat completions) and stored responses
+        (apps/inference/responses/store.py) past ``result_expires_at`` lose their prompt, result
+        and error text (their outcome stays: a purged COMPLETED task is still COMPLETED;
+        ``content_purged_at`` says since when); other sync records (which never keep a prompt) lose
+        the error text a backend may have echoed once they finished before ``sync_before``. A task
+        under an active legal hold keeps everything, and so does a task of a batch that holds its
+        results (``TaskBatch.holds_results``)."""
         S = InferenceTask.Status
         purged = (
-            self.filter(
+            self.filter(  # async tasks, stored exchanges and stored responses (sync records that keep content)
                 result_expires_at__lte=now,
                 content_purged_at__isnull=True,
-                mode=InferenceTask.Mode.ASYNC,
                 status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),
             )
+            .exclude(batch__holds_results=True)
             .not_on_hold()
             .update(request=None, result=None, error_message="", content_purged_at=now)
         )
         if sync_before is not None:
             purged += (
-                self.filter(mode=InferenceTask.Mode.SYNC, finished_at__lte=sync_before, content_purged_at__isnull=True)
+                self.filter(
+                    mode=InferenceTask.Mode.SYNC,
+                    finished_at__lte=sync_before,
+                    content_purged_at__isnull=True,
+                    result_expires_at__isnull=True,
+                )
                 .exclude(error_message="")
                 .not_on_hold()
                 .update(error_message="", content_purged_at=now)
             )
+        # A comment on an answer goes with the answer (held exchanges are not purged, so theirs stay).
+        Feedback.objects.filter(task__content_purged_at__isnull=False, comment_purged_at__isnull=True).exclude(
+            comment=""
+        ).update(comment="", comment_purged_at=now)
         return purged
 
     def write_outcomes(self, tasks: list[InferenceTask], attempts: list[int] | None = None) -> int:
@@ -444,7 +503,8 @@ class InferenceTask(models.Model):
     """One inference, sync or async: who asked, where, which model answered, tokens, timings.
 
     Prompts and results are PHI: they live only in the encrypted ``request``/``result`` columns,
-    and sync requests do not keep them at all.
+    and sync requests keep them only when the caller asked (``store: true``: a stored exchange,
+    ``apps.inference.conversations``), until the end of retention as an async task's.
     """
 
     class Mode(models.TextChoices):
@@ -461,7 +521,7 @@ class InferenceTask(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ASYNC)
-    kind = models.CharField(max_length=16, default="chat")  # chat | embeddings
+    kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings | rerank
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks")
@@ -472,6 +532,8 @@ class InferenceTask(models.Model):
     endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
     model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
     stream = models.BooleanField(default=False)
+    cached = models.BooleanField(default=False, help_text="Answered by the response cache: no model ran.")
+    arm = models.CharField(max_length=100, blank=True, help_text="The A/B arm (model) the split assigned, if any.")
     request = EncryptedJSONField(null=True, blank=True)
     result = EncryptedJSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
@@ -493,6 +555,8 @@ class InferenceTask(models.Model):
     # under (its id; accounts.BreakGlassGrant) and its X-Purpose-Of-Use.
     break_glass = models.PositiveIntegerField(null=True, blank=True, help_text="The break-glass grant it ran under.")
     purpose_of_use = models.CharField(max_length=64, blank=True)
+    # A stored exchange's conversation (``store: true``): the exchanges of one conversation share it.
+    conversation_id = models.UUIDField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -559,6 +623,9 @@ class TaskBatch(models.Model):
     # De-duplication per item: tasks of earlier requests that items of this batch were answered
     # with (their ``batch`` is another one, or none); progress counts them with the batch's own.
     reused_task_ids = models.JSONField(default=list, blank=True)
+    # While set, retention purges nothing of the batch's tasks: a file batch's line results are
+    # kept until its output file is written (apps.inference.filebatch), then cleared.
+    holds_results = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TaskBatchQuerySet.as_manager()
@@ -846,3 +913,60 @@ class LegalHold(models.Model):
         if self.user_id:
             return f"user #{self.user_id}"
         return f"location #{self.location_id}"
+
+
+# --- feedback on answers ----------------------------------------------------------------------
+
+
+class Feedback(models.Model):
+    """A clinician's rating of one answer (an exchange of their history: a stored exchange or an
+    async chat task), kept against the model and the route (agent type) that answered, for quality
+    monitoring. One per user per exchange: rating again changes it (``apps.inference.feedback``).
+
+    The comment is free text a clinician typed and may name a patient: encrypted, never in the
+    audit, and purged with the exchange's own content at the end of its retention (the rating, the
+    reasons and the model stay)."""
+
+    class Rating(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
+    class Reason(models.TextChoices):
+        WRONG = "wrong"
+        UNSAFE = "unsafe"
+        INCOMPLETE = "incomplete"
+        OUTDATED = "outdated"
+        OTHER = "other"
+
+    task = models.ForeignKey(
+        InferenceTask, null=True, on_delete=models.SET_NULL, related_name="feedback", help_text="The exchange rated."
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    location = models.ForeignKey("accounts.Location", on_delete=models.PROTECT, related_name="+")
+    endpoint = models.ForeignKey(ModelEndpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_name = models.CharField(max_length=100, blank=True, help_text="The model that answered.")
+    agent_type = models.CharField(max_length=64, blank=True, help_text="The route asked (empty: a model was named).")
+    rating = models.CharField(max_length=4, choices=Rating.choices)
+    reasons = models.JSONField(default=list, blank=True, help_text="Reason codes: " + ", ".join(Reason.values))
+    comment = EncryptedTextField(blank=True, help_text="The clinician's words (stored encrypted).")
+    comment_purged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the comment was purged with the exchange's content."
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["task", "user"], name="feedback_one_per_user_per_exchange")]
+        indexes = [
+            models.Index(fields=["model_name", "-created_at"], name="feedback_model_recent"),
+            models.Index(fields=["agent_type", "-created_at"], name="feedback_route_recent"),
+        ]
+        verbose_name_plural = "feedback"
+
+    def __str__(self) -> str:
+        return f"{self.rating} on {self.task_id}"
+
+
+# The Files and Batch API's models live in a module of their own; imported here so the app registry loads them.
+from apps.inference.filebatch_models import FileBatch, FilePart, StoredFile  # noqa: E402, F401

@@ -153,6 +153,7 @@ class Pusher:
         self.loop = asyncio.new_event_loop()
         self.lock = threading.Lock()
         self.pending: list[tuple[int | None, TaskUpdate]] = []
+        self.pending_events: list[tuple[list[str], dict[str, Any]]] = []  # ``send_event``'s frames
         self.busy = False
         self.idle = threading.Event()
         self.idle.set()
@@ -192,13 +193,17 @@ class Pusher:
         while True:
             with self.lock:
                 batch, self.pending = self.pending, []
-                if not batch:
+                events, self.pending_events = self.pending_events, []
+                if not batch and not events:
                     self.busy = False
                     self.idle.set()
                     return
             try:
                 layer = get_channel_layer()
                 if layer is None:
+                    continue
+                if events and not batch:
+                    await self._send_events(layer, events)
                     continue
                 groups = _groups(batch)
                 live = await _listened(layer, [*groups, QUEUE_GROUP])
@@ -216,6 +221,8 @@ class Pusher:
                     self.sent_messages += 1
                 if moved:  # after the updates: a socket reads the new places once it has them
                     self._queue_moved(layer, moved)
+                if events:  # after the updates they follow (a batch's end after its last task's)
+                    await self._send_events(layer, events)
             except Exception as exc:  # noqa: BLE001 - a missed push must not fail anything
                 logger.warning("task push failed: %s", exc)
 
@@ -262,6 +269,25 @@ class Pusher:
             logger.warning("task push: positions and batch counts not read: %s", type(exc).__name__)
             return set()
 
+    def send_event(self, groups: list[str], message: dict[str, Any]) -> None:
+        """One frame that is not a task update (a file batch's state), to these groups, in order
+        with the updates queued before it."""
+        with self.lock:
+            self.pending_events.append((groups, message))
+            if self.busy:
+                return
+            self.busy = True
+            self.idle.clear()
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._flush()))
+
+    async def _send_events(self, layer: Any, events: list[tuple[list[str], dict[str, Any]]]) -> None:
+        live = set(await _listened(layer, sorted({g for groups, _ in events for g in groups})))
+        for groups, message in events:
+            for name in groups:
+                if name in live:
+                    await layer.group_send(name, message)
+                    self.sent_messages += 1
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything sent so far has gone out (tests, process exit)."""
         return self.idle.wait(timeout)
@@ -286,6 +312,18 @@ def send(updates: list[tuple[int | None, TaskUpdate]]) -> None:
         pusher().send(updates)
     except Exception as exc:  # noqa: BLE001
         logger.warning("task push failed: %s", exc)
+
+
+def send_event(groups: list[str], message: dict[str, Any]) -> None:
+    """Queue one frame other than a task update for these groups (best effort); returns at once."""
+    try:
+        pusher().send_event(groups, message)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("push failed: %s", exc)
+
+
+def user_group(user_id: Any) -> str:
+    return f"user.{user_id}"
 
 
 def flush(timeout: float = 5.0) -> bool:

@@ -4,8 +4,11 @@ legal hold covers.
 What is content: a task's prompt (``request``), its result and its error text (a backend's error
 may echo the prompt). What stays: who, where, when, which model, tokens, timings and the outcome
 (a purged COMPLETED task is still COMPLETED; ``content_purged_at`` says since when). Async tasks
-are purged ``MEDAI_RESULT_TTL`` after they finish (``result_expires_at``), sync records lose an
-error text after the same time. The worker cluster's minute schedule purges
+and stored sync exchanges (``store: true`` on chat completions, and stored responses: ``POST
+/v1/responses`` with ``store: true``, the conversation and the Response on the request's record,
+apps/inference/responses/store.py) are purged ``MEDAI_RESULT_TTL`` after they finish
+(``result_expires_at``), other sync records lose an error text after the same time. The worker
+cluster's minute schedule purges
 (``apps.inference.tasks.expire_tasks``); ``manage.py purge`` does it at once.
 
 A legal hold on a task, a user or a location suspends the purge of everything it covers until it
@@ -39,8 +42,7 @@ class PurgeReport:
 def _due(now: datetime) -> tuple[Any, datetime]:
     sync_before = sync_retention_cutoff(now)
     S = InferenceTask.Status
-    due = InferenceTask.objects.filter(
-        mode=InferenceTask.Mode.ASYNC,
+    due = InferenceTask.objects.filter(  # async tasks, stored exchanges and stored responses
         result_expires_at__lte=now,
         content_purged_at__isnull=True,
         status__in=(S.COMPLETED, S.FAILED, S.CANCELLED, S.EXPIRED),

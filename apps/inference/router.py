@@ -29,6 +29,7 @@ class EndpointInfo:
     rank: int
     enabled: bool
     supports_embeddings: bool
+    rerank: str = ""  # "" | "native" | "embeddings" (ModelEndpoint.rerank)
 
     @classmethod
     def of(cls, ep: ModelEndpoint) -> EndpointInfo:
@@ -45,6 +46,7 @@ class EndpointInfo:
             rank=ep.rank,
             enabled=ep.enabled,
             supports_embeddings=ep.supports_embeddings,
+            rerank=ep.rerank,
         )
 
     @property
@@ -61,6 +63,11 @@ class Route:
     agent_type: str
     candidates: tuple[EndpointInfo, ...]
     system_prompt: str = ""
+    # An A/B split (apps/inference/experiments.py): each candidate's weight (all 0: no split), what
+    # keeps a caller on an arm, and the arm assigned (a model's name; "" before, or without a split).
+    weights: tuple[int, ...] = ()
+    sticky: str = "user"
+    arm: str = ""
 
 
 class RoutingError(Exception):
@@ -75,6 +82,10 @@ class _AgentEntry:
     endpoints: tuple[EndpointInfo, ...]
     system_prompt: str
     enabled: bool
+    description: str = ""
+    is_default: bool = False
+    weights: tuple[int, ...] = ()
+    sticky: str = "user"
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,18 @@ def _load() -> RegistrySnapshot:
     by_id = {m.id: m for m in models.values()}
     agents = {}
     for route in AgentRoute.objects.prefetch_related("entries"):
-        eps = tuple(by_id[e.endpoint_id] for e in sorted(route.entries.all(), key=lambda e: (e.position, e.pk)))
-        agents[route.agent_type.lower()] = _AgentEntry(route.agent_type, eps, route.system_prompt, route.enabled)
+        entries = sorted(route.entries.all(), key=lambda e: (e.position, e.pk))
+        eps = tuple(by_id[e.endpoint_id] for e in entries)
+        agents[route.agent_type.lower()] = _AgentEntry(
+            route.agent_type,
+            eps,
+            route.system_prompt,
+            route.enabled,
+            description=route.description,
+            is_default=route.is_default,
+            weights=tuple(e.weight for e in entries),
+            sticky=route.split_sticky,
+        )
     return RegistrySnapshot(models, agents, time.monotonic())
 
 
@@ -166,12 +187,48 @@ def resolve(model: str | None, agent_type: str | None, *, cached_only: bool = Fa
 def _agent_route(agent: _AgentEntry, requested: str, preferred: EndpointInfo | None) -> Route:
     if not agent.enabled:
         raise RoutingError(503, "agent_disabled", f"Agent type '{agent.agent_type}' is disabled.", "agent_type")
+    weight_of = dict(zip((e.id for e in agent.endpoints), agent.weights, strict=False))
     ordered = list(agent.endpoints)
-    if preferred is not None:
+    if preferred is not None:  # a model asked for by name: no split
         ordered = [preferred] + [e for e in ordered if e.id != preferred.id]
+        weight_of = {}
     candidates = tuple(e for e in ordered if e.enabled)
     if not candidates:
         raise RoutingError(
             503, "no_model_available", f"No enabled model serves agent type '{agent.agent_type}'.", "agent_type"
         )
-    return Route(requested, agent.agent_type, candidates, agent.system_prompt)
+    weights = tuple(weight_of.get(e.id, 0) for e in candidates)
+    return Route(
+        requested,
+        agent.agent_type,
+        candidates,
+        agent.system_prompt,
+        weights if any(weights) else (),
+        agent.sticky,
+    )
+
+
+# What an endpoint must declare to serve a capability (``resolve_capability``).
+CAPABILITIES = {
+    "embeddings": ("embeddings", lambda e: e.supports_embeddings),
+    "rerank": ("rerank", lambda e: bool(e.rerank)),
+}
+
+
+def resolve_capability(model: str | None, capability: str, *, cached_only: bool = False) -> Route:
+    """Route an embeddings or rerank request: ``model`` (a model or an agent type, as ``resolve``)
+    → its candidates that declare ``capability``; a model that declares none is a 400 naming
+    ``model`` (a chat-only model cannot embed), as is an agent route with no such model."""
+    route = resolve(model, None, cached_only=cached_only)
+    label, serves = CAPABILITIES[capability]
+    candidates = tuple(e for e in route.candidates if serves(e))
+    if not candidates:
+        names = ", ".join(sorted(e.name for e in snapshot(cached_only).models.values() if e.enabled and serves(e)))
+        raise RoutingError(
+            400,
+            "model_not_supported",
+            f"model: '{model}' does not serve {label}"
+            + (f"; models that do: {names}." if names else "; no model here serves it."),
+            "model",
+        )
+    return Route(route.requested, route.agent_type, candidates, "")

@@ -50,15 +50,40 @@ def list_models(principal: Principal) -> list[dict[str, Any]]:
         for m in sorted(snap.models.values(), key=lambda m: (m.rank, m.name))
         if m.enabled
     ]
-    for agent in sorted(snap.agents.values(), key=lambda a: a.agent_type):
-        if agent.enabled and any(e.enabled for e in agent.endpoints):
-            data.append(
-                {
-                    "id": agent.agent_type,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "medai",
-                    "medai": {"kind": "agent_type", "models": [e.name for e in agent.endpoints if e.enabled]},
-                }
-            )
+    usable = [a for a in sorted(snap.agents.values(), key=lambda a: a.agent_type) if _usable(a)]
+    default = default_agent_type(usable)
+    for agent in usable:
+        data.append(
+            {
+                "id": agent.agent_type,
+                "object": "model",
+                "created": created,
+                "owned_by": "medai",
+                "medai": {
+                    "kind": "agent_type",
+                    "models": [e.name for e in agent.endpoints if e.enabled],
+                    "description": agent.description,
+                    "default": agent.agent_type == default,
+                },
+            }
+        )
     return data
+
+
+def _usable(agent: Any) -> bool:
+    return bool(agent.enabled and any(e.enabled for e in agent.endpoints))
+
+
+FALLBACK_DEFAULT = "MedicalQA"
+
+
+def default_agent_type(agents: list[Any]) -> str | None:
+    """The agent type a client (the Ask page) selects first, of those usable now: the route an
+    admin marked ``is_default``, else MedicalQA, else the first; never a disabled one."""
+    for agent in agents:
+        if agent.is_default:
+            return str(agent.agent_type)
+    for agent in agents:
+        if agent.agent_type.lower() == FALLBACK_DEFAULT.lower():
+            return str(agent.agent_type)
+    return str(agents[0].agent_type) if agents else None

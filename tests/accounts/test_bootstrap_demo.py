@@ -105,15 +105,46 @@ def test_the_bundled_llama_server_is_supervised_and_follows_no_llama(
     from apps.gpu.models import ModelServer
 
     monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
-    call_command("bootstrap_demo", "--llama-port", "18157")
-    call_command("bootstrap_demo", "--llama-port", "18158")
-    server = ModelServer.objects.get()
-    assert server.endpoint.name == "smollm2-135m" and ModelEndpoint.objects.count() == 1
+    call_command("bootstrap_demo", "--llama-port", "18157", "--embed-port", "18167")
+    call_command("bootstrap_demo", "--llama-port", "18158", "--embed-port", "18168")
+    server = ModelServer.objects.get(endpoint__name="smollm2-135m")
+    assert ModelEndpoint.objects.count() == 2 and ModelServer.objects.count() == 2  # chat, embeddings
     assert (server.port, server.autostart) == (18158, True)
     assert server.health_url.startswith("http://127.0.0.1:18158/")
 
-    call_command("bootstrap_demo", "--llama-port", "18158", "--no-llama")
-    assert ModelServer.objects.get().autostart is False
+    call_command("bootstrap_demo", "--llama-port", "18158", "--embed-port", "18168", "--no-llama")
+    assert not ModelServer.objects.filter(autostart=True).exists()
+
+
+def test_the_bundled_embeddings_server_is_supervised_on_its_own_port(
+    db,
+    var_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second llama-server on the same GGUF, started with --embeddings: a model that declares
+    embeddings and rerank by cosine, on no agent route (chat never fails over to it)."""
+    from apps.gpu.models import ModelServer
+
+    monkeypatch.setenv("MEDAI_DEMO_PASSWORD", "demo-password-123")
+    call_command("bootstrap_demo", "--llama-port", "18158", "--embed-port", "18159")
+    call_command("bootstrap_demo", "--llama-port", "18158", "--embed-port", "18160")
+    embedder = ModelEndpoint.objects.get(name="smollm2-135m-embed")
+    assert (embedder.supports_embeddings, embedder.rerank) == (True, "embeddings")
+    assert embedder.base_url == "http://127.0.0.1:18160/v1"
+    assert embedder.served_model_id == "smollm2-135m-instruct" and embedder.context_length == 512
+    assert not AgentRouteEntry.objects.filter(endpoint=embedder).exists()
+    chat = ModelEndpoint.objects.get(name="smollm2-135m")
+    assert (chat.supports_embeddings, chat.rerank) == (False, "")
+    server = ModelServer.objects.get(endpoint=embedder)
+    assert (server.port, server.autostart) == (18160, True)
+    args = server.args
+    assert "--embeddings" in args and args[args.index("--pooling") + 1] == "mean"
+    assert args[args.index("--parallel") + 1] == "2" and args[args.index("--ctx-size") + 1] == "1024"
+    assert args[args.index("--ubatch-size") + 1] == "512"  # a whole input in one batch
+
+    call_command("bootstrap_demo", "--llama-port", "18158", "--embed-port", "18160", "--no-embeddings")
+    assert ModelServer.objects.get(endpoint=embedder).autostart is False
+    assert ModelServer.objects.get(endpoint=chat).autostart is True
 
 
 def test_a_generated_password_is_shown_on_a_terminal(db, var_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

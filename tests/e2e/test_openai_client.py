@@ -34,6 +34,7 @@ def test_openai_client_streams_from_the_real_model(client):
     stream = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=16, stream=True)
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(pieces).strip()
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     assert task.stream and task.status == "completed" and task.completion_tokens > 0
 

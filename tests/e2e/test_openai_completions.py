@@ -63,6 +63,7 @@ def test_openai_client_streams_a_text_completion_from_the_real_model(client):
     final = chunks[-1]
     assert final.usage is not None and final.usage.completion_tokens > 0
     assert_valid("CreateCompletionResponse", final.model_dump(exclude_unset=True))
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     assert (task.kind, task.stream, task.status) == ("completions", True, "completed")
     assert task.completion_tokens == final.usage.completion_tokens

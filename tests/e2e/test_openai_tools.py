@@ -88,6 +88,7 @@ def test_a_required_tool_call_streams_as_deltas_and_its_result_goes_back(client)
     assert sorted(calls) == list(range(len(calls)))  # each call its own index, from 0
     first = calls[0]
     assert first["id"] and first["name"] == "record_vital" and isinstance(json.loads(first["arguments"]), dict)
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     assert task.stream and (task.tools_offered, task.tool_calls) == (1, len(calls))
 

@@ -71,6 +71,7 @@ def test_stream_relays_chunks_and_ends_with_done(call, live_medai, stub_backend,
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "OK"
     assert all(c["model"] == "stub-a" for c in chunks)
     assert not any("usage" in c for c in chunks)  # not asked for by the client
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     assert task.stream and task.status == "completed" and task.completion_tokens == 2
 

@@ -26,7 +26,6 @@ ASKING = {
     "modalities": ["text", "audio"],
     "prediction": {"type": "content", "content": "draft"},
     "web_search_options": {},
-    "store": True,
     "metadata": {"ward": "3"},
     "reasoning_effort": "high",
     "verbosity": "low",

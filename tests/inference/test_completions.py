@@ -91,6 +91,7 @@ def test_stream_relays_text_completion_chunks_and_ends_with_done(live_medai, cal
         )
     assert_valid("CreateCompletionResponse", chunks[-1])
     assert chunks[-1]["usage"]["total_tokens"] == 6
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     assert (task.kind, task.stream, task.status, task.completion_tokens) == ("completions", True, "completed", 2)
 
@@ -105,6 +106,7 @@ def test_stream_without_include_usage_sends_no_usage(live_medai, call, alice, to
     ) as response:
         chunks = [json.loads(line[6:]) for line in response.iter_lines() if line and line != "data: [DONE]"]
     assert chunks and not any("usage" in c for c in chunks)
+    records_written()  # a stream's record: by the background writer after [DONE]
     assert InferenceTask.objects.get().completion_tokens == 2  # recorded with the real usage all the same
 
 

@@ -111,6 +111,7 @@ def test_a_failed_sync_completion_is_audited_as_a_failure(chat, alice, stub_back
 @pytest.mark.django_db(transaction=True)
 def test_a_stream_is_audited_once_it_ends(chat, alice):
     assert chat(stream=True, request_id="req-stream-ok").status_code == 200
+    records_written()  # a stream's record: by the background writer after [DONE]
     task = InferenceTask.objects.get()
     event = the_event(task)
     _assert_sync_identity(event, alice)

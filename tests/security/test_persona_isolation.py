@@ -96,8 +96,6 @@ def _client(world: dict[str, Any], persona: str) -> Any:
     return client
 
 
-# --- objects of alice's: 404 for everyone who may not see them ----------------------------------
-
 OBJECT_ENDPOINTS = [
     ("async-status", "get", "/v1/async/status/{queued}"),
     ("async-result", "get", "/v1/async/result/{completed}"),
@@ -170,9 +168,6 @@ def test_only_the_owner_can_retry_her_task(world):
     answer = _client(world, "alice").post(f"/v1/async/retry/{cancelled.id}")
     assert answer.status_code == 202, answer.content
     assert InferenceTask.objects.get(id=answer.json()["task_id"]).user == cancelled.user
-
-
-# --- lists and aggregates: only what the caller may see -----------------------------------------
 
 
 def test_the_task_list_holds_only_visible_tasks(world):
@@ -262,7 +257,262 @@ def test_completions_are_recorded_under_the_callers_own_location(world):
     ]
 
 
-# --- websockets ---------------------------------------------------------------------------------
+def _stored_response(owner: User, location: Location, text: str) -> str:
+    """A stored response of ``owner``'s (``POST /v1/responses`` with store: its record keeps the
+    conversation and the Response); its public id."""
+    now = timezone.now()
+    task = InferenceTask.objects.create(
+        user=owner,
+        location=location,
+        mode=InferenceTask.Mode.SYNC,
+        kind="response",
+        status=InferenceTask.Status.COMPLETED,
+        request={"messages": [{"role": "user", "content": text}]},
+        result={"id": "", "object": "response", "status": "completed", "output": []},
+        created_at=now,
+        finished_at=now,
+        result_expires_at=now + timedelta(hours=1),
+    )
+    rid = f"resp_{task.id.hex}"
+    InferenceTask.objects.filter(pk=task.pk).update(result={**task.result, "id": rid})
+    return rid
+
+
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+def test_a_stored_response_is_its_owners_alone(world, alice, carol):
+    """A stored response is read, deleted and continued (``previous_response_id``) by its owner
+    only: the location admin too gets the 404 of an id that exists nowhere (a conversation is
+    the clinician's, not the location's), an auditor a 403 (no inference scope). A new response
+    is recorded at the caller's own location under the caller's name."""
+    alices = _stored_response(alice, world["queued"].location, "Mrs. Garcia, chest pain")
+    carols = _stored_response(carol, Location.objects.get(code="east"), "carol's")
+    fake = "resp_" + "0" * 32
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        own = carols if persona == "carol" else alices if persona == "alice" else None
+        for rid in (alices, carols):
+            if rid == own:
+                continue
+            for method in ("get", "delete"):
+                theirs, nowhere = (
+                    getattr(client, method)(f"/v1/responses/{rid}"),
+                    getattr(client, method)(f"/v1/responses/{fake}"),
+                )
+                expected = 403 if persona == "audrey" and method == "delete" else 404
+                assert theirs.status_code == expected, (persona, method, theirs.content)
+                assert theirs.content.decode().replace(rid, fake) == nowhere.content.decode()
+            follow = client.post(
+                "/v1/responses", {"agent_type": "Chat", "input": "and?", "previous_response_id": rid}, format="json"
+            )
+            assert follow.status_code == (403 if persona == "audrey" else 404), (persona, follow.content)
+        if own is not None:
+            assert client.get(f"/v1/responses/{own}").json()["id"] == own
+    assert InferenceTask.objects.filter(kind="response", content_purged_at__isnull=True).count() == 2
+    for persona in PERSONAS:  # a new response (a 503 here: no model server) is the caller's own
+        response = _client(world, persona).post(
+            "/v1/responses",
+            {"agent_type": "Chat", "input": f"{persona}'s note", "max_output_tokens": 16},
+            format="json",
+        )
+        assert response.status_code == (403 if persona == "audrey" else 503), (persona, response.content)
+    records_written()
+    records = InferenceTask.objects.filter(kind="response", status="failed")
+    assert sorted(records.values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
+
+FAKE_FILE, FAKE_BATCH = "file-" + "0" * 32, "batch_" + "0" * 32
+
+
+def _jsonl(*contents: str) -> bytes:
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "Chat", "messages": [{"role": "user", "content": c}], "max_tokens": 4},
+        }
+        for i, c in enumerate(contents)
+    ]
+    return "".join(json.dumps(x) + "\n" for x in lines).encode()
+
+
+def _upload(client: Any, *contents: str) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form = {"file": SimpleUploadedFile("b.jsonl", _jsonl(*contents)), "purpose": "batch"}
+    return client.post("/v1/files", form, format="multipart")
+
+
+@pytest.fixture
+def alices_batch(world) -> dict[str, str]:
+    """alice's input file and a batch of it (its lines queued; nothing runs them)."""
+    client = _client(world, "alice")
+    file_id = _upload(client, "Mrs. Garcia, chest pain", "second").json()["id"]
+    batch = client.post(
+        "/v1/batches",
+        {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        format="json",
+    )
+    assert batch.status_code == 200, batch.content
+    return {"file": file_id, "batch": batch.json()["id"]}
+
+
+FILE_ENDPOINTS = [
+    ("file-detail", "/v1/files/{file}", FAKE_FILE),
+    ("file-content", "/v1/files/{file}/content", FAKE_FILE),
+    ("batch-detail", "/v1/batches/{batch}", FAKE_BATCH),
+]
+
+
+@pytest.mark.parametrize("name, path, fake", FILE_ENDPOINTS, ids=[e[0] for e in FILE_ENDPOINTS])
+def test_alices_files_and_batches_are_found_by_her_alone(world, alices_batch, name, path, fake):
+    """Not even the location admin, who sees her tasks: a file or a batch is its owner's (an
+    auditor has the read scope and gets the same 404)."""
+    real_id = alices_batch["batch" if "batch" in path else "file"]
+    for persona in PERSONAS:
+        response = _client(world, persona).get(path.format(**alices_batch))
+        if persona == "alice":
+            assert response.status_code == 200, response.content
+            continue
+        assert response.status_code == 404, (persona, response.content)
+        missing = _client(world, persona).get(path.format(file=fake, batch=fake))
+        assert (404, response.content.decode().replace(real_id, fake)) == (404, missing.content.decode())
+
+
+def test_the_file_and_batch_lists_hold_only_the_callers_own(world, alices_batch):
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        files = {f["id"] for f in client.get("/v1/files").json()["data"]}
+        batches = {b["id"] for b in client.get("/v1/batches").json()["data"]}
+        if persona == "alice":
+            assert (files, batches) == ({alices_batch["file"]}, {alices_batch["batch"]})
+        else:
+            assert (files, batches) == (set(), set()), persona
+
+
+def test_others_cannot_delete_alices_file_or_cancel_her_batch(world, alices_batch):
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        for method, path, fake in (
+            ("delete", f"/v1/files/{alices_batch['file']}", f"/v1/files/{FAKE_FILE}"),
+            ("post", f"/v1/batches/{alices_batch['batch']}/cancel", f"/v1/batches/{FAKE_BATCH}/cancel"),
+        ):
+            response, missing = getattr(client, method)(path), getattr(client, method)(fake)
+            # 404 as for an id that exists nowhere (an auditor: 403, no submit scope)
+            assert response.status_code == (403 if persona == "audrey" else 404), (persona, path, response.content)
+            assert response.status_code == missing.status_code
+    alice = _client(world, "alice")
+    assert alice.get(f"/v1/batches/{alices_batch['batch']}").json()["status"] == "in_progress"
+    assert alice.get(f"/v1/files/{alices_batch['file']}").status_code == 200
+
+
+def test_a_batch_is_made_only_of_the_callers_own_files_at_their_location(world, alices_batch):
+    body = {"input_file_id": alices_batch["file"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for persona in ("bob", "dana", "carol"):
+        client = _client(world, persona)
+        assert client.post("/v1/batches", body, format="json").status_code == 404, persona  # not theirs
+        own = _upload(client, f"{persona}'s question").json()["id"]
+        made = client.post("/v1/batches", {**body, "input_file_id": own}, format="json")
+        assert made.status_code == 200, (persona, made.content)
+        tasks = InferenceTask.objects.filter(batch_id=made.json()["id"].removeprefix("batch_"))
+        assert {(t.user.username, t.location.code) for t in tasks} == {
+            (persona, "east" if persona == "carol" else "demo")
+        }
+    assert _upload(_client(world, "audrey"), "x").status_code == 403  # no submit scope
+
+
+@pytest.mark.django_db(transaction=True)  # the record writer's thread writes the records
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/embeddings", {"model": "stub-embed", "input": ["Mrs. Garcia, chest pain"]}),
+        ("/v1/rerank", {"model": "stub-embed", "query": "chest pain", "documents": ["Mrs. Garcia"]}),
+    ],
+    ids=["embeddings", "rerank"],
+)
+def test_embeddings_and_rerank_are_recorded_under_the_callers_own_location(world, path, body):
+    """Embeddings and rerank keep no object a caller could read back: each request's record (here
+    a 503, no model server) lands at the caller's own location under the caller's name, and the
+    auditor, who has no inference scope, is refused."""
+    register_model("stub-embed", "http://127.0.0.1:9/v1", agents=(), supports_embeddings=True, rerank="embeddings")
+    for persona in PERSONAS:
+        response = _client(world, persona).post(path, body, format="json")
+        if persona == "audrey":
+            assert response.status_code == 403, response.content
+            continue
+        assert response.status_code == 503, (persona, response.content)
+    records_written()
+    kind = path.rsplit("/", 1)[1]
+    assert sorted(InferenceTask.objects.filter(kind=kind).values_list("user__username", "location__code")) == [
+        ("alice", "demo"),
+        ("bob", "demo"),
+        ("carol", "east"),
+        ("dana", "demo"),
+    ]
+
+
+@pytest.fixture
+def exchanges(world, alice, carol) -> dict[str, Any]:
+    """alice and carol each have a stored exchange (``store: true``), each naming a patient Zephyrine."""
+    from tests.inference.history_helpers import stored_exchange
+
+    return {
+        "alice": stored_exchange(alice, "Mrs. Zephyrine Alder, chest pain: troponin?"),
+        "carol": stored_exchange(carol, "Mr. Zephyrine Moss, dyspnoea: BNP?"),
+    }
+
+
+def test_the_history_is_the_owners_alone(world, exchanges):
+    """``/v1/history`` and its search list the caller's own exchanges only: dana, demo's location
+    admin, who sees alice's tasks, does not read her history."""
+    alices = world["alices"] | {str(exchanges["alice"].id)}  # her async tasks are history too
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        listed = {r["exchange_id"] for r in client.get("/v1/history?page_size=100").json()["results"]}
+        found = client.post("/v1/history/search", {"q": "zephyrine"}, format="json").json()["results"]
+        expected = {"alice": alices, "carol": {str(world["carols"].id), str(exchanges["carol"].id)}}.get(persona, set())
+        assert listed == expected, persona
+        assert {r["exchange_id"] for r in found} == {str(e.id) for e in exchanges.values()} & expected, persona
+
+
+def test_a_conversation_is_found_by_its_owner_only(world, exchanges):
+    fake = "00000000-0000-4000-8000-000000000000"
+    conversation = exchanges["alice"].conversation_id
+    for persona in PERSONAS:
+        client = _client(world, persona)
+        response = client.get(f"/v1/conversations/{conversation}")
+        if persona == "alice":
+            assert response.status_code == 200, response.content
+            continue
+        missing = client.get(f"/v1/conversations/{fake}")
+        assert response.status_code == 404 == missing.status_code, (persona, response.content)
+        assert response.content.decode().replace(str(conversation), fake) == missing.content.decode()
+
+
+def test_only_the_owner_rates_her_answer(world, exchanges):
+    """Feedback is on one's own answers: anyone else (dana, the location admin, too) finds no
+    such exchange (404, as for one that exists nowhere; an auditor: 403, no inference scope)."""
+    from apps.inference.models import Feedback
+
+    fake = "00000000-0000-4000-8000-000000000000"
+    exchange = str(exchanges["alice"].id)
+    for persona in ("bob", "dana", "audrey", "carol"):
+        client = _client(world, persona)
+        response = client.post("/v1/feedback", {"exchange_id": exchange, "rating": "down"}, format="json")
+        missing = client.post("/v1/feedback", {"exchange_id": fake, "rating": "down"}, format="json")
+        assert response.status_code == (403 if persona == "audrey" else 404), (persona, response.content)
+        assert (response.status_code, response.content.decode().replace(exchange, fake)) == (
+            missing.status_code,
+            missing.content.decode(),
+        )
+    assert not Feedback.objects.exists()
+    mine = _client(world, "alice").post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
+    assert mine.status_code == 201, mine.content
 
 
 @pytest.mark.django_db(transaction=True)
@@ -326,8 +576,6 @@ def test_the_audit_trail_shows_only_the_callers_organization(world):
         assert "carol" not in text and '"east"' not in text, persona
 
 
-# --- the table covers every endpoint --------------------------------------------------------------
-
 # Each /v1/ route name, and where this file (or another) holds it to the rule.
 COVERED = {
     "async-status": "OBJECT_ENDPOINTS",
@@ -342,8 +590,17 @@ COVERED = {
     "usage": "test_usage_names_nothing_of_the_other_organization",
     "audit-events": "test_the_audit_trail_shows_only_the_callers_organization",
     "auth-me": "test_me_is_oneself",
-    "chat-completions": "no stored object: answered to the caller only (tests/inference/test_chat_auth.py)",
+    "chat-completions": "answered to the caller only (tests/inference/test_chat_auth.py); a stored exchange's "
+    "conversation_id is the owner's alone (tests/inference/test_stored_exchanges.py)",
+    "history": "test_the_history_is_the_owners_alone",
+    "history-search": "test_the_history_is_the_owners_alone",
+    "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
+    "feedback": "test_only_the_owner_rates_her_answer",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
+    "responses": "test_a_stored_response_is_its_owners_alone (create, continue with previous_response_id)",
+    "response-detail": "test_a_stored_response_is_its_owners_alone (read, delete)",
+    "embeddings": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
+    "rerank": "test_embeddings_and_rerank_are_recorded_under_the_callers_own_location",
     "models": "the model registry is global, the same for every organization",
     "model-detail": "the model registry is global, the same for every organization",
     "system-status": "test_the_system_status_counts_only_the_callers_organization",
@@ -351,6 +608,12 @@ COVERED = {
     "auth-login": "no object; a login names its location (tests/accounts/test_login.py)",
     "auth-refresh": "no object: the caller's own token",
     "auth-logout": "no object: the caller's own token",
+    "files": "test_the_file_and_batch_lists_hold_only_the_callers_own (list); uploads: test_a_batch_is_made_...",
+    "file-detail": "FILE_ENDPOINTS and test_others_cannot_delete_alices_file_or_cancel_her_batch",
+    "file-content": "FILE_ENDPOINTS",
+    "batches": "test_the_file_and_batch_lists_hold_only_the_callers_own and test_a_batch_is_made_only_of_...",
+    "batch-detail": "FILE_ENDPOINTS",
+    "batch-cancel": "test_others_cannot_delete_alices_file_or_cancel_her_batch",
 }
 
 

@@ -1,5 +1,5 @@
 """The whole platform as `make run` starts it (medai.launcher: embedded Redis, SQLite, monitor with
-its supervised llama-server, web, worker), for tests that need every process at once; and
+its supervised llama-servers, chat and embeddings, web, worker), for tests that need every process at once; and
 ``manage.py`` commands against it (its var dir, database and Redis)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Launched:
     """A running launcher: its ports, var dir, every output line (and a queue of new ones)."""
 
     def __init__(self, tmp: Path, **extra_env: str) -> None:
-        self.port, self.llama_port = free_port(), free_port()
+        self.port, self.llama_port, self.embed_port = free_port(), free_port(), free_port()
         self.var = tmp / "var"
         self.password = "observability-pass"
         env = {
@@ -50,6 +50,7 @@ class Launched:
             "MEDAI_VAR_DIR": str(self.var),
             "MEDAI_PORT": str(self.port),
             "MEDAI_LLAMA_PORT": str(self.llama_port),
+            "MEDAI_EMBED_PORT": str(self.embed_port),
             "MEDAI_DEMO_PASSWORD": self.password,
             **extra_env,
         }

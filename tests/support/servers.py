@@ -70,12 +70,15 @@ class Process:
         self.log.close()
 
 
-def start_llama_server(port: int | None = None, parallel: int = 4) -> tuple[Process, str]:
-    """Start the real llama.cpp server on the bundled SmolLM2; returns (process, OpenAI base URL)."""
+def start_llama_server(
+    port: int | None = None, parallel: int = 4, extra: list[str] | None = None
+) -> tuple[Process, str]:
+    """Start the real llama.cpp server on the bundled SmolLM2 (``extra``: more options, e.g. the
+    embeddings server's); returns (process, OpenAI base URL)."""
     from apps.gpu.llamacpp import server_command
 
     port = port or free_port()
-    argv = server_command(port, parallel=parallel, ctx_size=2048 * parallel, threads=2)
+    argv = server_command(port, parallel=parallel, ctx_size=2048 * parallel, threads=2, extra=extra)
     proc = Process(argv, f"http://127.0.0.1:{port}/health", f"llama-{port}")
     proc.wait(120)
     return proc, f"http://127.0.0.1:{port}/v1"

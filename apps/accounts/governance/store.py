@@ -80,11 +80,10 @@ def script(name: str) -> Script:
 _async: dict[int, tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, dict[str, AsyncScript]]] = {}
 
 
-def async_script(name: str) -> AsyncScript:
-    """``script(name)`` on the asyncio client of the running loop. One client per loop (an asyncio
-    connection belongs to the loop it was opened on), one bounded pool for every script
-    (``_pool_options``). A closed loop's client is dropped
-    when the next loop asks (a test client runs a loop per request)."""
+def _async_entry() -> tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, dict[str, AsyncScript]]:
+    """The running loop's asyncio client and its scripts. One client per loop (an asyncio
+    connection belongs to the loop it was opened on), one bounded pool (``_pool_options``). A
+    closed loop's client is dropped when the next loop asks (a test client runs a loop per request)."""
     loop = asyncio.get_running_loop()
     found = _async.get(id(loop))
     if found is None or found[0] is not loop:
@@ -93,6 +92,18 @@ def async_script(name: str) -> AsyncScript:
         pool = redis.asyncio.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
         c = redis.asyncio.Redis.from_pool(pool)
         found = _async[id(loop)] = (loop, c, {})
+    return found
+
+
+def async_client() -> redis.asyncio.Redis:
+    """The running loop's asyncio Redis client (the governance scripts' own, and its pool): for
+    other short commands on the event loop (apps/inference/response_cache.py)."""
+    return _async_entry()[1]
+
+
+def async_script(name: str) -> AsyncScript:
+    """``script(name)`` on the asyncio client of the running loop (``_async_entry``)."""
+    found = _async_entry()
     scripts = found[2]
     s = scripts.get(name)
     if s is None:

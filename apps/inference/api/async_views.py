@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.core.paginator import EmptyPage, Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
@@ -200,7 +200,7 @@ class AsyncPostView(RateLimitedView):
         drf_view = super().as_view(**initkwargs)
         drf_async = sync_to_async(drf_view)
 
-        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse | StreamingHttpResponse:
             if request.method != "POST":
                 return await drf_async(request, *args, **kwargs)
             try:
@@ -213,7 +213,7 @@ class AsyncPostView(RateLimitedView):
         return csrf_exempt(view)
 
     @classmethod
-    async def apost(cls, request: HttpRequest) -> HttpResponse:
+    async def apost(cls, request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         raise NotImplementedError
 
 

@@ -1,6 +1,7 @@
-"""Adds the async inference views, chat completions and (legacy) completions (not DRF views, so
-invisible to drf-spectacular's URL walk), to the OpenAPI document, with schemas generated from the
-same serializers that validate them."""
+"""Adds the async inference views, chat completions, (legacy) completions, embeddings and rerank
+(not DRF views, so invisible to drf-spectacular's URL walk), to the OpenAPI document, with schemas
+generated from the same serializers that validate them (embeddings and rerank: from serializers
+that document what ``apps/inference/validation/embeddings.py`` checks by hand)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from apps.inference.api.serializers import (
     ChatCompletionRequestSerializer,
     ChatCompletionSerializer,
     CompletionSerializer,
+    EmbeddingListSerializer,
+    EmbeddingRequestSerializer,
     ErrorSerializer,
+    RerankRequestSerializer,
+    RerankSerializer,
 )
 from apps.inference.validation.completion_request import CompletionRequestSerializer
 
@@ -73,6 +78,30 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
         _component(generator, CompletionSerializer, "response"),
         errors,
     )
+    paths["/v1/embeddings"] = _operation(
+        "create_embedding",
+        "OpenAI-compatible embeddings",
+        "`model` names a model that declares embeddings (or an agent type with one); a chat-only model is a "
+        "400 naming `model`. `input` is a text, a list of texts, or token arrays; `encoding_format: base64` "
+        "answers each vector as the base64 of its little-endian float32 bytes. `dimensions` only where the "
+        "server honours it (vLLM, OpenAI-compatible; llama.cpp: 400). A text longer than the model embeds at "
+        "once is a 400 `context_length_exceeded` naming `input`.",
+        _component(generator, EmbeddingRequestSerializer, "request"),
+        _component(generator, EmbeddingListSerializer, "response"),
+        errors,
+        stream=False,
+    )
+    paths["/v1/rerank"] = _operation(
+        "create_rerank",
+        "Rerank documents by relevance to a query (the Cohere/Jina shape llama.cpp and vLLM serve)",
+        "`model` names a model that declares rerank: its server's own `/rerank` (a reranker model), or by "
+        "the cosine similarity of its embeddings (the embedded default). `results` are the documents' "
+        "indexes and scores, best first, `top_n` of them.",
+        _component(generator, RerankRequestSerializer, "request"),
+        _component(generator, RerankSerializer, "response"),
+        errors,
+        stream=False,
+    )
     for name, component in generator.registry._components.items():
         if name[1] == "schemas" and name[0] not in schemas:
             schemas[name[0]] = component.schema
@@ -80,8 +109,18 @@ def add_chat_completions(result: dict[str, Any], generator: Any, request: Any, p
 
 
 def _operation(
-    operation_id: str, summary: str, description: str, request_ref: Any, response_ref: Any, errors: dict[str, Any]
+    operation_id: str,
+    summary: str,
+    description: str,
+    request_ref: Any,
+    response_ref: Any,
+    errors: dict[str, Any],
+    *,
+    stream: bool = True,
 ) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": response_ref}}
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
     return {
         "post": {
             "operationId": operation_id,
@@ -92,11 +131,10 @@ def _operation(
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
             "responses": {
                 "200": {
-                    "description": "The completion (or an SSE stream when stream is true).",
-                    "content": {
-                        "application/json": {"schema": response_ref},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
+                    "description": "The completion (or an SSE stream when stream is true)."
+                    if stream
+                    else "The answer.",
+                    "content": content,
                 },
                 **errors,
             },

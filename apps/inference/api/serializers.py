@@ -6,23 +6,108 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.inference.validation.chat_request import ChatCompletionRequestSerializer
 
+# --- embeddings and rerank (documentation and schema tests; apps/inference/validation/embeddings.py
+# validates, by hand: the requests are flat) ---------------------------------------------------------
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048},
+            {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                "minItems": 1,
+                "maxItems": 2048,
+            },
+        ]
+    }
+)
+class EmbeddingInputField(serializers.JSONField):
+    """A text, a list of texts, a token array or a list of token arrays (OpenAI's ``input``)."""
+
+
+@extend_schema_field({"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]})
+class EmbeddingVectorField(serializers.JSONField):
+    """The vector: floats, or (``encoding_format: base64``) its little-endian float32 bytes in base64."""
+
+
+class StrictCharField(serializers.CharField):
+    """A string and only a string: DRF's CharField would take 3 or true as "3" and "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
 
 class EmbeddingRequestSerializer(serializers.Serializer):
-    model = serializers.CharField(max_length=100)
-    input = serializers.JSONField()
-    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    """OpenAI's CreateEmbeddingRequest."""
 
-    def validate_input(self, value: Any) -> Any:
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, list) and value and len(value) <= 256 and all(isinstance(v, str) and v for v in value):
-            return value
-        raise serializers.ValidationError("must be a non-empty string or a list of 1–256 non-empty strings.")
+    model = serializers.CharField(max_length=200, help_text="A model that declares embeddings, or an agent type.")
+    input = EmbeddingInputField(help_text="Up to 2048 texts or token arrays; each within the model's context.")
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
+    dimensions = serializers.IntegerField(
+        required=False, min_value=1, help_text="Only for models served by vLLM or another OpenAI server."
+    )
+    user = serializers.CharField(required=False, allow_blank=True, help_text="Kept on medai's record.")
+
+
+class EmbeddingSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always embedding.")
+    index = serializers.IntegerField(help_text="The input's place.")
+    embedding = EmbeddingVectorField()
+
+
+class EmbeddingUsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class EmbeddingListSerializer(serializers.Serializer):
+    """OpenAI's CreateEmbeddingResponse."""
+
+    object = serializers.CharField(help_text="Always list.")
+    # a "data" key, as ModelListSerializer's: this serializer only documents it (never .data is read)
+    data = EmbeddingSerializer(many=True)  # type: ignore[assignment]
+    model = serializers.CharField(help_text="The medai model that answered.")
+    usage = EmbeddingUsageSerializer()
+
+
+class RerankRequestSerializer(serializers.Serializer):
+    """The rerank request of Cohere and Jina that llama.cpp and vLLM serve."""
+
+    model = serializers.CharField(max_length=200, help_text="A model that declares rerank, or an agent type.")
+    query = serializers.CharField()
+    documents = serializers.ListField(child=serializers.CharField(), min_length=1, max_length=1000)
+    top_n = serializers.IntegerField(required=False, min_value=1, help_text="How many to answer; all by default.")
+    return_documents = serializers.BooleanField(required=False, default=False)
+    user = serializers.CharField(required=False, allow_blank=True, help_text="Kept on medai's record.")
+
+
+class RerankDocumentSerializer(serializers.Serializer):
+    text = serializers.CharField()
+
+
+class RerankResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The document's place in the request.")
+    relevance_score = serializers.FloatField(help_text="Higher is more relevant.")
+    document = RerankDocumentSerializer(required=False, help_text="With return_documents.")
+
+
+class RerankSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always rerank.")
+    model = serializers.CharField(help_text="The medai model that answered.")
+    results = RerankResultSerializer(many=True, help_text="Best first, top_n of them.")
+    usage = EmbeddingUsageSerializer()
 
 
 # --- response shapes (documentation and schema tests) -----------------------------------------

@@ -1,10 +1,23 @@
 from django.urls import path
 
-from apps.inference.api import async_views, system_views, usage_views, views
+from apps.inference.api import (
+    async_views,
+    batch_views,
+    feedback_views,
+    history_views,
+    responses_views,
+    system_views,
+    usage_views,
+    views,
+)
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("completions", views.completions, name="completions"),
+    path("responses", responses_views.ResponsesView.as_view(), name="responses"),
+    path("responses/<str:response_id>", responses_views.ResponseDetailView.as_view(), name="response-detail"),
+    path("embeddings", views.embeddings, name="embeddings"),
+    path("rerank", views.rerank, name="rerank"),
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("async/submit", async_views.SubmitView.as_view(), name="async-submit"),
@@ -16,6 +29,16 @@ urlpatterns = [
     path("async/batch-status/<uuid:batch_id>", async_views.BatchStatusView.as_view(), name="async-batch-status"),
     path("async/tasks", async_views.TaskListView.as_view(), name="async-tasks"),
     path("async/health", async_views.QueueHealthView.as_view(), name="async-health"),
+    path("files", batch_views.FilesView.as_view(), name="files"),
+    path("files/<str:file_id>", batch_views.FileDetailView.as_view(), name="file-detail"),
+    path("files/<str:file_id>/content", batch_views.FileContentView.as_view(), name="file-content"),
+    path("batches", batch_views.BatchesView.as_view(), name="batches"),
+    path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
+    path("history", history_views.HistoryView.as_view(), name="history"),
+    path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
+    path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
+    path("feedback", feedback_views.FeedbackView.as_view(), name="feedback"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
     path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]

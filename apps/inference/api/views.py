@@ -21,11 +21,11 @@ from rest_framework.views import APIView
 from apps.accounts import governance
 from apps.accounts.authentication import principal_of
 from apps.accounts.permissions import CanListModels
-from apps.inference import services
+from apps.inference import response_cache, services
 from apps.inference.api.serializers import ErrorSerializer, ModelListSerializer, ModelSerializer
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
-from apps.inference.pipeline import gate, plan, record, run
+from apps.inference.pipeline import embed, gate, plan, record, run
 
 run_sync = sync_to_async(thread_sensitive=False)
 
@@ -62,12 +62,27 @@ def with_rate_limit(response: R) -> R:
 
 Planner = Callable[..., Awaitable[plan.ChatPlan]]
 Completer = Callable[[plan.ChatPlan], Awaitable[dict[str, Any]]]
+# How a stream is framed for its client (None: chat completions' chunks, run.ChatFrames).
+Framer = Callable[[plan.ChatPlan], run.Frames | None]
+# What a non-streamed request answers with its backend's data (and how its record is written).
+Answerer = Callable[[plan.ChatPlan, dict[str, Any]], Awaitable[HttpResponse]]
+
+
+async def answer_json(chat: plan.ChatPlan, data: dict[str, Any]) -> HttpResponse:
+    """The backend's (conformant) answer as it is, recorded as ``run.record_outcome`` says: a
+    stored exchange is answered once its record has committed (a follow-up may name it at once),
+    any other's record is written after the answer by the background writer."""
+    await run.record_outcome(chat, InferenceTask.Status.COMPLETED, 200)
+    response = JsonResponse(data)
+    if chat.cache_hit is not None:
+        response[response_cache.HEADER] = "hit"
+    return stored_headers(chat, response)
 
 
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """``POST /v1/chat/completions`` (OpenAI-compatible; ``stream: true`` answers SSE)."""
-    return with_rate_limit(await _sync_inference(request, plan.plan_chat, run.complete_chat))
+    return with_rate_limit(await sync_inference(request, plan.plan_chat, run.complete_chat))
 
 
 @csrf_exempt
@@ -75,18 +90,26 @@ async def completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespo
     """``POST /v1/completions``, OpenAI's legacy completions (a prompt → text; ``stream: true``
     answers SSE of ``text_completion`` chunks): the same pipeline as chat, its own validation,
     payload and answer shape."""
-    return with_rate_limit(await _sync_inference(request, plan.plan_completion, run.complete_text))
+    return with_rate_limit(await sync_inference(request, plan.plan_completion, run.complete_text))
 
 
-async def _sync_inference(
-    request: HttpRequest, planner: Planner, complete: Completer
+async def sync_inference(
+    request: HttpRequest,
+    planner: Planner,
+    complete: Completer,
+    *,
+    frames: Framer | None = None,
+    answer: Answerer = answer_json,
 ) -> HttpResponse | StreamingHttpResponse:
     """One sync inference through the pipeline: ``planner`` (authorize → validate → limits →
-    route), then the backend call (``complete``, or a relayed stream), then the record.
+    route), then the backend call (``complete``, or a relayed stream framed by ``frames``), then
+    ``answer`` and the record (the Responses API gives its own framing and answer).
 
     Authenticated once; authorization, validation and routing run on the event loop when this
-    process's caches can answer them (most requests), else in a thread. A non-streamed request's record is
-    written after the answer by the background writer; a stream's before ``[DONE]``."""
+    process's caches can answer them (most requests), else in a thread. The record is written by the
+    background writer after the answer (or the stream's end); a stored request's (``plan.stored``:
+    ``store: true`` on chat, a stored Response) has committed before the answer or the stream's end
+    (``run.record_outcome``)."""
     if request.method != "POST":
         return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
     chat = None
@@ -101,16 +124,18 @@ async def _sync_inference(
             client_ip=request.META.get("REMOTE_ADDR") or None,
             user_agent=request.headers.get("User-Agent", ""),
         )
+        chat.cache_bypass = response_cache.bypass_of(request.headers.get("Cache-Control", ""))
+        record.ensure_recording_capacity()  # (a stream as well: both are recorded by the writer)
         if chat.stream:
             stream = await run.open_chat_stream(chat)
-            response = StreamingHttpResponse(run.relay_stream(chat, stream), content_type="text/event-stream")
+            framing = frames(chat) if frames is not None else None
+            response = StreamingHttpResponse(run.relay_stream(chat, stream, framing), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
-            return response
-        record.ensure_recording_capacity()
+            return stored_headers(chat, response)
     except ApiError as exc:
         if chat is not None:
-            if chat.stream:
+            if chat.stream and exc.code != "recording_unavailable":  # (that one: no record can be written)
                 await run_sync(record.record_outcome)(
                     chat, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message
                 )
@@ -143,8 +168,16 @@ async def _sync_inference(
             "The client closed the connection before the answer.",
         )
         raise
-    record.record_later(chat, InferenceTask.Status.COMPLETED, 200)
-    return JsonResponse(data)
+    return await answer(chat, data)
+
+
+def stored_headers(chat: plan.ChatPlan, response: R) -> R:
+    """A stored exchange's ids (``store: true``), known before the first token: the exchange (for
+    feedback and history) and its conversation (a follow-up sends it as ``conversation_id``)."""
+    if chat.storage is not None:
+        response["X-Medai-Exchange-Id"] = str(chat.storage.exchange_id)
+        response["X-Medai-Conversation-Id"] = str(chat.storage.conversation_id)
+    return response
 
 
 class ModelListView(APIView):
@@ -170,3 +203,56 @@ class ModelDetailView(APIView):
 
 def _json_404(request: HttpRequest, exception: Any = None) -> JsonResponse:
     return ApiError(404, "not_found", f"No such endpoint: {request.method} {request.path}.").response()
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/embeddings`` (OpenAI's CreateEmbeddingRequest → CreateEmbeddingResponse)."""
+    return with_rate_limit(await _serve(request, embed.plan_embeddings, embed.run_embeddings))
+
+
+@csrf_exempt
+async def rerank(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/rerank`` (the Cohere/Jina shape llama.cpp and vLLM serve)."""
+    return with_rate_limit(await _serve(request, embed.plan_rerank, embed.run_rerank))
+
+
+async def _serve(request: HttpRequest, planner: Any, runner: Any) -> HttpResponse:
+    """One non-streamed request through the pipeline (``apps/inference/pipeline/embed.py``): plan,
+    run, and its record written after the answer by the background writer, as chat's."""
+    if request.method != "POST":
+        return ApiError(405, "method_not_allowed", f"Method {request.method} not allowed; use POST.").response()
+    planned = None
+    try:
+        body = read_body(request)
+        principal = await gate.authenticate(request.headers.get("Authorization"))
+        request.auth = principal  # type: ignore[attr-defined]  # who a refusal's audit event names
+        data = gate.parse_body(body)
+        planned = await planner(
+            principal,
+            data,
+            getattr(request, "correlation_id", ""),
+            client_ip=request.META.get("REMOTE_ADDR") or None,
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        record.ensure_recording_capacity()
+    except ApiError as exc:
+        if planned is not None:
+            gate.release(planned.reservation)
+        return exc.response()
+    try:
+        answer = await runner(planned)
+    except ApiError as exc:
+        record.record_later(planned, InferenceTask.Status.FAILED, exc.status_code, exc.code, exc.message)
+        return exc.response()
+    except asyncio.CancelledError:
+        record.record_later(
+            planned,
+            InferenceTask.Status.CANCELLED,
+            record.CLIENT_CLOSED_REQUEST,
+            record.CLIENT_DISCONNECTED,
+            "The client closed the connection before the answer.",
+        )
+        raise
+    record.record_later(planned, InferenceTask.Status.COMPLETED, 200)
+    return JsonResponse(answer)

@@ -21,6 +21,7 @@ from apps.accounts.services import AuthError, Forbidden, NeedsDatabase, Principa
 from apps.inference import router, validation
 from apps.inference.errors import ApiError
 from apps.inference.pipeline import steps
+from apps.inference.responses import request as responses_request
 from apps.inference.services import db_unit
 
 logger = logging.getLogger("medai.inference")
@@ -92,6 +93,19 @@ def validate_completion(body: bytes) -> dict[str, Any]:
     list), or ApiError 400 naming the field."""
     steps.enter(steps.VALIDATE)
     return validation.validate_completion(validation.parse_json_object(body))
+
+
+def validate_response(body: bytes) -> Any:
+    """The validate step of a Responses body (CreateResponse): its shapes checked
+    (``responses.request.parse``), or ApiError 400 naming the field. The chat request it becomes
+    is validated by ``responses.request.chat_request`` once its conversation is known."""
+    steps.enter(steps.VALIDATE)
+    return responses_request.parse(validation.parse_json_object(body))
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (ApiError 400 ``invalid_json``)."""
+    return validation.parse_json_object(body)
 
 
 def validate_task(item: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
@@ -201,3 +215,22 @@ async def route(model: str | None, agent_type: str | None) -> router.Route:
     """The route step on the event loop: from the registry snapshot, else in a thread."""
     steps.enter(steps.ROUTE)
     return await _cached_else_thread(_route, model, agent_type)
+
+
+def _route_capability(model: str, capability: str, *, cached_only: bool = False) -> router.Route:
+    try:
+        return router.resolve_capability(model, capability, cached_only=cached_only)
+    except router.RoutingError as exc:
+        raise ApiError(exc.status_code, exc.code, exc.message, exc.param) from None
+
+
+def route_capability_sync(model: str, capability: str) -> router.Route:
+    """The route step of an embeddings or rerank request: the candidates that declare it."""
+    steps.enter(steps.ROUTE)
+    return _route_capability(model, capability)
+
+
+async def route_capability(model: str, capability: str) -> router.Route:
+    """``route_capability_sync`` on the event loop: from the registry snapshot, else in a thread."""
+    steps.enter(steps.ROUTE)
+    return await _cached_else_thread(_route_capability, model, capability)

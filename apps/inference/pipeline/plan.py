@@ -19,16 +19,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import router
+from apps.inference import conversations, experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
+from apps.inference.responses import request as responses_request
+from apps.inference.responses import store as responses_store
+from apps.inference.responses.request import ResponseRequest
+from apps.inference.services import db_unit
 from apps.inference.validation.fields import tool_choice_names
 
 # Request fields passed through to the backend unchanged (when the client set them). The tool
@@ -60,12 +65,14 @@ COMPLETION_PASSTHROUGH = (
     "seed",
     "logit_bias",
 )
+run_sync = sync_to_async(thread_sensitive=False)
 NO_RESERVATION = governance.Reservation(0, 0, None, governance.CHAT)
 
 CHAT = "chat"
 COMPLETIONS = "completions"
+RESPONSE = responses_store.KIND  # the Responses API, translated onto chat completions (apps/inference/responses/)
 # The backend path of each kind of request (under the endpoint's OpenAI base URL).
-BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions"}
+BACKEND_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", RESPONSE: "/chat/completions"}
 
 
 @dataclass
@@ -104,11 +111,31 @@ class ChatPlan:
     reservation: governance.Reservation = NO_RESERVATION
     rate_limit: governance.RateLimit = governance.NO_LIMIT
     task_id: uuid.UUID | None = None  # an async task's id, chosen at planning (its quota hold's name)
-    kind: str = CHAT  # what is asked: chat (messages) or completions (a prompt); InferenceTask.kind
+    # What is asked: chat (messages), completions (a prompt), a response (the Responses API,
+    # sent as chat), embeddings or rerank; InferenceTask.kind.
+    kind: str = CHAT
+    # More fields of the request's record (a Responses request: its id; a stored response's
+    # conversation and Response, the end of their retention).
+    record_extra: dict[str, Any] = field(default_factory=dict)
+    response: ResponseRequest | None = None  # a Responses request: what it asked, as checked
+    # ``store: true`` on chat: the exchange is kept (apps/inference/conversations.py), with the answer.
+    storage: conversations.Storage | None = None
+    answer: dict[str, Any] | None = None
+    # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
+    # ("", "no-cache", "no-store"), and the entry that answered when it did.
+    cache_bypass: str = ""
+    cache_hit: dict[str, Any] | None = None
 
     @property
     def backend_path(self) -> str:
         return BACKEND_PATHS[self.kind]
+
+    @property
+    def stored(self) -> bool:
+        """Whether a follow-up may name this request as soon as it is answered: a stored exchange
+        (``store: true`` on chat) or a stored Response (``store`` on ``/v1/responses``). Its record
+        is committed before the answer, or the stream's end, is sent (``run.record_outcome``)."""
+        return self.storage is not None or (self.response is not None and self.response.store)
 
 
 Validator = Callable[[bytes], dict[str, Any]]
@@ -155,7 +182,26 @@ def _chat_plan(
     plan.purpose_of_use = get_origin().purpose_of_use
     plan.rate_limit, plan.reservation = checked[1], checked[2]
     _cap_completion(plan, checked[2])
+    if req.get("store"):
+        plan.storage = conversations.begin(
+            principal,
+            payload=plan.payload,
+            model=req.get("model") or "",
+            agent_type=req.get("agent_type") or "",
+            route_system=_route_system(route, req),
+            conversation_id=req.get("conversation_id"),
+        )
     return plan
+
+
+def _route_system(route: router.Route, req: dict[str, Any]) -> bool:
+    """Whether ``build_plan`` put the route's system prompt first (the caller sent none)."""
+    return bool(route.system_prompt) and not any(m["role"] in ("system", "developer") for m in req["messages"])
+
+
+def _continues(req: dict[str, Any]) -> uuid.UUID | None:
+    """The stored conversation a request continues (checked to be the caller's before any call)."""
+    return req.get("conversation_id") if req.get("store") else None
 
 
 async def plan_chat(
@@ -200,10 +246,44 @@ async def _plan_sync(
     req = checked[0]
     try:
         route = await gate.route(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            await gate.run_sync(db_unit(conversations.check_conversation))(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise
     return _chat_plan(principal, req, route, checked, correlation_id, client_ip, user_agent, build)
+
+
+async def plan_response(
+    principal: Principal,
+    body: bytes,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    user_agent: str = "",
+) -> ChatPlan:
+    """A Responses request (``POST /v1/responses``) through the same steps as a chat request:
+    authorize (``chat``) → validate (its shapes; a ``previous_response_id``'s stored conversation,
+    read in a thread; the chat request it becomes) → rate limit → quota reserve → route. The plan's
+    ``response`` is the checked request, with the conversation it sends (without its instructions:
+    what a stored response keeps); its record is the response's (``kind="response"``, its id)."""
+    gate.authorize(principal, SCOPE_CHAT)
+    rr = gate.validate_response(body)
+    history: list[dict[str, Any]] = []
+    if rr.previous_response_id is not None:
+        history = await run_sync(db_unit(responses_store.conversation))(principal, rr.previous_response_id)
+    req = responses_request.chat_request(rr, history)
+    rr.conversation = history + rr.messages
+    limit, [reservation] = await gate.limit_and_reserve_async(principal, [req], ip=client_ip, in_flight=True)
+    try:
+        route = await gate.route(req.get("model"), req.get("agent_type"))
+    except BaseException:
+        gate.release(reservation)
+        raise
+    plan = _chat_plan(principal, req, route, (req, limit, reservation), correlation_id, client_ip, user_agent)
+    plan.kind, plan.response = RESPONSE, rr
+    plan.record_extra = {"id": uuid.uuid4()}
+    return plan
 
 
 def plan_chat_sync(
@@ -219,6 +299,8 @@ def plan_chat_sync(
     req = checked[0]
     try:
         route = gate.route_sync(req.get("model"), req.get("agent_type"))
+        if (conversation_id := _continues(req)) is not None:
+            conversations.check_conversation(principal, conversation_id)
     except BaseException:
         gate.release(checked[2])
         raise
@@ -285,7 +367,9 @@ async def plan_task(
 
 
 def build_plan(principal: Principal, req: dict[str, Any], route: router.Route, correlation_id: str = "") -> ChatPlan:
-    """The backend payload and the record's fields of a validated request on its route."""
+    """The backend payload and the record's fields of a validated request on its route (its A/B
+    arm assigned: apps/inference/experiments.py)."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id, req.get("conversation_id")))
     messages = [_clean_message(m) for m in req["messages"]]
     if route.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
         messages.insert(0, {"role": "system", "content": route.system_prompt})
@@ -319,6 +403,7 @@ def build_completion_plan(
 ) -> ChatPlan:
     """The backend payload and the record's fields of a validated (legacy) completions request.
     A route's system prompt does not apply: a raw prompt has no system turn to put it in."""
+    route = experiments.assign(route, experiments.sticky_key(route, principal.user_id))
     prompts: list[str] = req["prompt"]
     payload: dict[str, Any] = {"prompt": prompts[0] if len(prompts) == 1 else prompts}
     for name in COMPLETION_PASSTHROUGH:
@@ -397,6 +482,10 @@ def task_plan(task: InferenceTask, route: router.Route) -> ChatPlan:
     """The plan of a queued task on its route (resolved again at run time): the payload it was
     submitted with, the reservation made at submit (``governance.reservation_for``)."""
     principal = task_principal(task)
+    # The arm its submit was assigned (the same caller, the same arm while the weights stay).
+    route = experiments.assign(
+        route, experiments.sticky_key(route, task.user_id, (task.request or {}).get("conversation_id"))
+    )
     return ChatPlan(
         principal=principal,
         route=route,

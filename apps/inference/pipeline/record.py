@@ -20,7 +20,7 @@ from django.utils import timezone
 from apps.accounts import governance
 from apps.audit.models import AuditEvent
 from apps.audit.services import record_events
-from apps.inference import auditing, recorder
+from apps.inference import auditing, conversations, recorder
 from apps.inference import metrics as inference_metrics
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -117,7 +117,7 @@ def _record_fields(
     total_ms = int((time.perf_counter() - plan.started) * 1000)
     inference_ms = int((time.perf_counter() - plan.backend_started) * 1000) if plan.backend_started else None
     p = plan.principal
-    return dict(
+    fields = dict(
         mode=InferenceTask.Mode.SYNC,
         kind=plan.kind,
         status=status,
@@ -127,8 +127,10 @@ def _record_fields(
         api_key_id=p.api_key_id,
         agent_type=plan.route.agent_type,
         requested_model=plan.requested_model,
-        endpoint_id=plan.endpoint.id if plan.endpoint else None,
-        model_name=plan.endpoint.name if plan.endpoint else "",
+        endpoint_id=plan.endpoint.id if plan.endpoint else None,  # (a cache hit names its model only)
+        model_name=plan.endpoint.name if plan.endpoint else str((plan.cache_hit or {}).get("model", "")),
+        cached=plan.cache_hit is not None,
+        arm=plan.route.arm,
         stream=plan.stream,
         error_code=error_code,
         error_message=error_message[:2000],
@@ -148,7 +150,11 @@ def _record_fields(
         queue_wait_ms=0,
         inference_ms=inference_ms,
         latency_ms=total_ms,
+        **plan.record_extra,
     )
+    if plan.storage is not None:  # store: true (apps/inference/conversations.py)
+        fields.update(conversations.record_fields(plan.storage, plan.answer, now))
+    return fields
 
 
 def _audit_identity(plan: ChatPlan) -> dict[str, Any]:

@@ -9,14 +9,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from apps.inference import backends, conformance, forced_tools, router
+from apps.inference import backends, conformance, conversations, forced_tools, response_cache, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
 from apps.inference.pipeline import steps
-from apps.inference.pipeline.plan import CHAT, Attempt, ChatPlan
+from apps.inference.pipeline.plan import COMPLETIONS, RESPONSE, Attempt, ChatPlan
 from apps.inference.pipeline.record import CLIENT_DISCONNECTED, record_committed, record_later
 
 logger = logging.getLogger("medai.inference")
@@ -67,7 +67,8 @@ async def _call_backend(plan: ChatPlan, call: Callable[[router.EndpointInfo], An
             location=getattr(plan.principal, "location_pk", None),
             on_attempt=note,
             on_admit=_admit_step,
-            keep_first=bool(candidates) and candidates[0].name == plan.route.requested,
+            # a model named by the client, or the A/B arm assigned: tried first, whatever the latencies
+            keep_first=bool(candidates) and (candidates[0].name == plan.route.requested or bool(plan.route.arm)),
         )
     except backends.BackendRejected as exc:
         plan.attempts.append(Attempt(exc.endpoint.name, exc.message))
@@ -89,8 +90,39 @@ def _backend_payload(plan: ChatPlan, endpoint: router.EndpointInfo) -> dict[str,
     return {**payload, "model": endpoint.backend_model}
 
 
+async def _from_cache(plan: ChatPlan) -> tuple[str, dict[str, Any] | None]:
+    """The response cache's key for this request ("" when it is not cacheable) and, on a hit, the
+    answer (apps/inference/response_cache.py): sync, not streamed, deterministic, cache on."""
+    if not response_cache.enabled() or plan.task_id is not None or plan.stream or plan.kind == RESPONSE:
+        return "", None  # (a Response is not cached: its answer names the endpoint that made it)
+    if not response_cache.deterministic(plan.payload):
+        return "", None
+    key = response_cache.key_for(
+        plan.principal.location_pk, plan.kind, plan.requested_model, plan.route.agent_type, plan.payload
+    )
+    if plan.cache_bypass:
+        return key, None
+    entry = await response_cache.get(key)
+    if entry is None:
+        return key, None
+    plan.cache_hit = entry
+    plan.backend_started = time.perf_counter()
+    return key, response_cache.fresh_copy(entry["answer"], plan.kind)
+
+
+async def _keep(plan: ChatPlan, key: str, data: dict[str, Any]) -> None:
+    if key and plan.cache_bypass != "no-store" and plan.endpoint is not None:
+        await response_cache.put(key, data, plan.endpoint.name, plan.endpoint.id)
+
+
 async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
-    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``)."""
+    """Non-streaming completion from the best candidate that can serve (see ``_call_backend``),
+    or from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        if plan.storage is not None:
+            plan.answer = hit  # a stored exchange keeps the answer it was given
+        return hit
     plan.backend_started = time.perf_counter()
     data, lease = await _call_backend(
         plan, lambda endpoint: backends.post_json(endpoint, "/chat/completions", _backend_payload(plan, endpoint))
@@ -103,6 +135,9 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    if plan.storage is not None:
+        plan.answer = data
+    await _keep(plan, key, data)
     return data
 
 
@@ -110,7 +145,11 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     """A non-streamed (legacy) completion. Several prompts are sent as one backend request
     each, concurrently (each admitted and failed over on its own), and answered as one
     completion whose choice ``index`` is the prompt's place: every server counts each one's
-    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended."""
+    usage right (llama.cpp miscounts a list). The first failure is the answer's, once all ended.
+    A deterministic one may come from the response cache."""
+    key, hit = await _from_cache(plan)
+    if hit is not None:
+        return hit
     plan.backend_started = time.perf_counter()
     prompt = plan.payload["prompt"]
     prompts = prompt if isinstance(prompt, list) else [prompt]
@@ -137,6 +176,7 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
     usage = data["usage"]
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    await _keep(plan, key, data)
     return data
 
 
@@ -156,21 +196,75 @@ def _sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncIterator[bytes]:
-    """Relay the backend's SSE events with medai's model name; end with ``data: [DONE]``.
+class Frames(Protocol):
+    """How a relayed stream is framed for its client (``ChatFrames``; the Responses API's
+    ``responses.events.ResponseFrames``)."""
 
-    The request is recorded before ``[DONE]`` is sent, so a client that saw the end can find
-    its record: the record writer's batch that holds it has committed (``record_committed``);
-    when that takes longer than ``RECORD_WAIT_SECONDS`` the stream ends with a
-    ``recording_unavailable`` error event instead. After the first token no retry is possible: a
+    def start(self) -> list[bytes]: ...
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]: ...
+    def done(self) -> list[bytes]: ...
+    def failed(self, code: str, reason: str) -> list[bytes]: ...
+    def unrecorded(self) -> list[bytes]: ...
+
+
+class ChatFrames:
+    """How a relayed stream is framed for its client: chat completions' chunks as they come (with
+    medai's model name; the usage chunk only when the client asked for it), ``[DONE]`` at the end.
+    The Responses API frames the same chunks as its own events (apps/inference/responses/events.py).
+    ``done`` and ``failed`` are built before the request is recorded, sent after."""
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self.include_usage = plan.include_usage
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def chunk(self, chunk: dict[str, Any], usage: Any) -> list[bytes]:
+        if not chunk.get("choices") and usage and not self.include_usage:
+            return []  # the usage-only chunk medai asked for on its own behalf
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        return [_sse(chunk)]
+
+    def done(self) -> list[bytes]:
+        return [b"data: [DONE]\n\n"]
+
+    def failed(self, code: str, reason: str) -> list[bytes]:
+        return [_error_event(code, f"The model server failed mid-stream: {reason}")]
+
+    def unrecorded(self) -> list[bytes]:
+        return [_error_event("recording_unavailable", UNRECORDED)]
+
+
+UNRECORDED = (
+    "The answer is complete but its record is not in the database (the database is "
+    "unavailable or behind); this request is not confirmed as recorded."
+)
+
+
+async def relay_stream(
+    plan: ChatPlan, stream: backends.SSEStream, frames: Frames | None = None
+) -> AsyncIterator[bytes]:
+    """Relay the backend's SSE events with medai's model name, framed by ``frames`` (chat
+    completions' chunks and ``data: [DONE]`` by default).
+
+    A stored request (``plan.stored``: a stored exchange, ``store: true`` on chat, or a stored
+    Response) is recorded before the end is sent, so that a follow-up may name it at once
+    (``conversation_id``, ``previous_response_id``): the record writer's batch that holds it has
+    committed (``record_committed``); when that takes longer than ``RECORD_WAIT_SECONDS`` the stream
+    ends with a ``recording_unavailable`` error event instead. Any other stream is recorded as a
+    non-streamed answer is, by the background writer within ``MEDAI_RECORD_LINGER_MS`` of its end
+    (``record_later``; ``ensure_recording_capacity`` refused it before the backend call if the
+    writer could not take it). After the first token no retry is possible: a
     broken stream ends with an error event. A client that disconnects (a clinician pressing Stop) still gets its request recorded,
     as CANCELLED ``client_disconnected``: the client's own outcome, never the model's failure.
     """
     assert plan.endpoint is not None
+    frames = frames if frames is not None else ChatFrames(plan)
     normalise: Callable[[dict[str, Any]], int] = (
-        conformance.ChunkNormaliser(plan.endpoint.name)
-        if plan.kind == CHAT
-        else conformance.TextChunkNormaliser(plan.endpoint.name)
+        conformance.TextChunkNormaliser(plan.endpoint.name)
+        if plan.kind == COMPLETIONS
+        else conformance.ChunkNormaliser(plan.endpoint.name)  # chat, and responses sent as chat
     )
     convert = (
         forced_tools.StreamConverter()
@@ -180,25 +274,24 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
     chunks = 0
     error: tuple[str, str] | None = None
     recorded = False
+    answer = conversations.StreamAnswer() if plan.storage is not None else None
 
     def count_tokens() -> None:
-        nonlocal recorded
-        recorded = True
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        if answer is not None:  # store: true: what was streamed (until Stop, if the client stopped)
+            assert plan.endpoint is not None
+            plan.answer = answer.completion(plan.endpoint.name, plan.prompt_tokens, plan.completion_tokens)
 
     async def record(status: str, code: str = "", message: str = "") -> bool:
-        """Record the outcome; True once its record has committed."""
-        count_tokens()
-        committed = asyncio.wrap_future(record_committed(plan, status, 200, code, message))
-        try:
-            async with asyncio.timeout(RECORD_WAIT_SECONDS):
-                return await asyncio.shield(committed)
-        except TimeoutError:
-            logger.error("the record of stream %s is not written yet", plan.correlation_id)
-            return False
+        """Record the outcome; True once recorded as the stream's kind requires (``record_outcome``)."""
+        nonlocal recorded
+        recorded = True
+        return await record_outcome(plan, status, 200, code, message)
 
     try:
+        for frame in frames.start():
+            yield frame
         try:
             async for event in stream.events():
                 if event is None:
@@ -212,25 +305,25 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                     break
                 for chunk in convert(event):
                     plan.tool_calls += normalise(chunk)
-                    if not chunk.get("choices") and usage and not plan.include_usage:
-                        continue  # the usage-only chunk medai asked for on its own behalf
-                    if not plan.include_usage:
-                        chunk.pop("usage", None)
-                    chunks += 1
-                    yield _sse(chunk)
+                    out = frames.chunk(chunk, usage)
+                    if out:
+                        chunks += 1
+                        if answer is not None:
+                            answer.add(chunk)
+                    for frame in out:
+                        yield frame
         except backends.BackendFailure as exc:
             error = ("backend_error", exc.reason)
+        count_tokens()
         if error is not None:
+            tail = frames.failed(*error)
             await record(InferenceTask.Status.FAILED, *error)
-            yield _error_event(error[0], f"The model server failed mid-stream: {error[1]}")
-        elif await record(InferenceTask.Status.COMPLETED):
-            yield b"data: [DONE]\n\n"
         else:
-            yield _error_event(
-                "recording_unavailable",
-                "The answer is complete but its record is not in the database (the database is "
-                "unavailable or behind); this request is not confirmed as recorded.",
-            )
+            tail = frames.done()
+            if not await record(InferenceTask.Status.COMPLETED):
+                tail = frames.unrecorded()
+        for frame in tail:
+            yield frame
     finally:
         await stream.aclose()
         if not recorded:  # the client went away mid-stream: no one waits for this record
@@ -242,6 +335,24 @@ async def relay_stream(plan: ChatPlan, stream: backends.SSEStream) -> AsyncItera
                 CLIENT_DISCONNECTED,
                 "The client closed the connection before the stream ended.",
             )
+
+
+async def record_outcome(plan: ChatPlan, status: str, http_status: int, code: str = "", message: str = "") -> bool:
+    """Record a sync request's outcome. A stored one (``plan.stored``: a stored exchange, ``store:
+    true`` on chat, or a stored Response): awaited until its record has committed (at most
+    ``RECORD_WAIT_SECONDS``; False past it), for its id is handed to the client, who may name it in
+    a follow-up at once (``conversation_id``, ``previous_response_id``). Any other: queued for the
+    background writer (True at once)."""
+    if not plan.stored:
+        record_later(plan, status, http_status, code, message)
+        return True
+    committed = asyncio.wrap_future(record_committed(plan, status, http_status, code, message))
+    try:
+        async with asyncio.timeout(RECORD_WAIT_SECONDS):
+            return await asyncio.shield(committed)
+    except TimeoutError:
+        logger.error("the record of request %s is not written yet", plan.correlation_id)
+        return False
 
 
 def _error_event(code: str, message: str) -> bytes:

@@ -16,12 +16,13 @@ The modules, by step of a task's life:
 - ``claim``: the delivered task and its companions (collation), refills, urgent work;
 - ``run``: the worker's event loop (``run_task``) and the call to the backend;
 - ``finish``: result writes fenced by the attempt, failures, requeue of tasks turned away;
-- ``notify``: websocket push wrappers; ``common``: what they share.
+- ``notify``: websocket push wrappers; ``hooks``: after-commit callbacks of the transitions that
+  end tasks (the Batch API's feed and write-out); ``common``: what they share.
 
 The names below are the queue's interface (``from apps.inference import queue; queue.submit_task``).
 """
 
-from apps.inference.queue.cancel import cancel_task
+from apps.inference.queue.cancel import cancel_queued_of_batch, cancel_task
 from apps.inference.queue.claim import _claim_group, _claim_urgent, _delivered_waiting, _urgent_head
 from apps.inference.queue.commit import submit_task_async
 from apps.inference.queue.common import (
@@ -79,6 +80,7 @@ __all__ = [
     "batch_group",
     "batch_max",
     "batch_progress",
+    "cancel_queued_of_batch",
     "cancel_task",
     "dedup_key",
     "drain_seconds",

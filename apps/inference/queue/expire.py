@@ -12,6 +12,7 @@ from apps.inference import broker, retention
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
+from apps.inference.queue import hooks
 from apps.inference.queue.common import _package, list_key, logger, result_ttl
 from apps.inference.queue.notify import push_updates
 
@@ -27,6 +28,9 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
         QueueEntry.objects.of_tasks(overdue).delete()
         if overdue:
             transaction.on_commit(lambda: push_updates(overdue))
+            hooks.batch_tasks_ended(
+                InferenceTask.objects.by_pk(overdue).exclude(batch=None).values_list("batch_id", flat=True).distinct()
+            )
     inference_metrics.count_finished("async", "expired", expired)
     record.release_tasks(overdue)  # their quota holds (a task that ran meanwhile settled its own)
     # content past retention, except what a legal hold covers (apps/inference/retention.py)

@@ -14,6 +14,7 @@ from apps.inference import broker, push
 from apps.inference import metrics as inference_metrics
 from apps.inference.models import InferenceTask, QueueEntry
 from apps.inference.pipeline import record
+from apps.inference.queue import hooks
 from apps.inference.queue.common import (
     LIVE,
     REQUEUED,
@@ -123,6 +124,7 @@ def _write_group(
         record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
         record_events(record.audit_events(mine))
     transaction.on_commit(lambda: push.send(updates))
+    hooks.batch_tasks_ended(t.batch_id for t in mine)  # after the push: a batch's end follows its tasks
     return states, mine
 
 
@@ -155,6 +157,7 @@ def _write_failures(tasks: list[InferenceTask], outcome: dict[str, Any], now: An
     updates = [push.update_for(t, S.FAILED) for t in tasks]
     fields = [inference_metrics.task_fields(t) for t in tasks]
     transaction.on_commit(lambda: push.send(updates))
+    hooks.batch_tasks_ended(t.batch_id for t in tasks)
 
     def observe() -> None:
         for f in fields:

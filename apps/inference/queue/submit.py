@@ -199,6 +199,7 @@ def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch |
         location_id=p.location_pk,
         api_key_id=p.api_key_id,
         agent_type=plan.route.agent_type,
+        arm=plan.route.arm,
         requested_model=plan.requested_model,
         request=spec,
         correlation_id=plan.correlation_id,
@@ -343,7 +344,14 @@ def _write_jobs(jobs: list[Job]) -> list[Submitted | ApiError]:
 
 @unit_of_work
 def submit_batch(
-    principal: Principal, items: Any, correlation_id: str = "", *, client_ip: str | None = None
+    principal: Principal,
+    items: Any,
+    correlation_id: str = "",
+    *,
+    client_ip: str | None = None,
+    into: TaskBatch | None = None,
+    dedup: bool = True,
+    extras: list[dict[str, Any]] | None = None,
 ) -> tuple[TaskBatch, list[InferenceTask]]:
     """Queue up to MEDAI_BATCH_MAX requests (parsed JSON objects) of an authenticated caller as one
     batch, all or none: the caller authorized, rate-limited and reserved for once, each item
@@ -355,32 +363,47 @@ def submit_batch(
     batch, is answered with that task (``task_ids`` keeps one id per item, in order); the batch
     counts such reused tasks in its progress. Within the batch, entries keep the items' order
     (FIFO within a level).
+
+    A batch fed in parts (the Batch API's file batches, apps.inference.filebatch) passes the batch
+    its tasks join (``into``: its ``total`` is already the whole file's), ``dedup=False`` (every
+    line is a request of its own, answered in the output file, even when two lines are identical)
+    and ``extras``: per item, what its task's request keeps beside the payload (the line's number
+    and ``custom_id``).
     """
     planned = plan_tasks(principal, items, correlation_id, batch=True, client_ip=client_ip)  # 400/413 naming the item
     prepared = [(plan, _spec(item, plan, deadline_s)) for item, (plan, deadline_s) in zip(items, planned, strict=True)]
-    keys = [_key(plan, spec) for plan, spec in prepared]
+    for (_, spec), extra in zip(prepared, extras or (), strict=False):
+        spec.update(extra)
+    # without de-duplication every item is its own task: keys that match nothing (and no later submit)
+    keys = [_key(plan, spec) if dedup else "" for plan, spec in prepared]
     try:
         with _one_writer(), transaction.atomic():
             now = timezone.now()
-            reused = _existing(principal, list(set(keys)), now)
-            fresh = [(plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if k not in reused]
+            reused = _existing(principal, list(set(keys)), now) if dedup else {}
+            fresh = [
+                (plan, spec, k) for (plan, spec), k in zip(prepared, keys, strict=True) if not k or k not in reused
+            ]
             if fresh:
                 first: dict[str, int] = {}  # one new task per distinct item, at its first item's priority
-                for plan, _, k in fresh:
-                    first.setdefault(k, plan.priority)
+                for i, (plan, _, k) in enumerate(fresh):
+                    first.setdefault(k or str(i), plan.priority)
                 _admit(list(first.values()))
-            batch = TaskBatch(user_id=principal.user_id, location_id=principal.location_pk)
+            batch = into or TaskBatch(user_id=principal.user_id, location_id=principal.location_pk)
             by_key: dict[str, InferenceTask] = dict(reused)
             new: list[InferenceTask] = []
             for plan, spec, k in fresh:
-                if k not in by_key:
-                    by_key[k] = _new_task(plan, spec, k, batch, now)
-                    new.append(by_key[k])
-            batch.total = len(by_key)
-            batch.reused_task_ids = [str(t.id) for t in reused.values()]
-            batch.save(force_insert=True)
+                if not k or k not in by_key:
+                    task = _new_task(plan, spec, k, batch, now)
+                    if k:
+                        by_key[k] = task
+                    new.append(task)
+            if into is None:
+                batch.total = len(by_key)
+                batch.reused_task_ids = [str(t.id) for t in reused.values()]
+                batch.save(force_insert=True)
             if new:
                 _enqueue(new, now)
+            tasks: list[InferenceTask] = [by_key[k] for k in keys] if dedup else new
             record_event(
                 "inference.submit_batch",
                 actor=_actor(principal),
@@ -402,4 +425,4 @@ def submit_batch(
     # the items that made no task of their own (reused, or repeated within the batch) hold nothing
     made = {t.id for t in new}
     gate.release_all([plan.reservation for plan, _ in prepared if plan.task_id not in made])
-    return batch, [by_key[k] for k in keys]
+    return batch, tasks

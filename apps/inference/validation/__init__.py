@@ -62,6 +62,14 @@ def validate_task(item: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
         raise ApiError(
             400, "invalid_value", "stream is not available for async tasks; poll the result instead.", "stream"
         )
+    if item.get("conversation_id") is not None:
+        raise ApiError(
+            400,
+            "invalid_value",
+            "conversation_id is for chat completions; an async task is kept (until the end of "
+            "retention) in your history on its own.",
+            "conversation_id",
+        )
     deadline_s = item.get("deadline_s")
     if deadline_s is not None and (
         isinstance(deadline_s, bool)

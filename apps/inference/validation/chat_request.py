@@ -7,7 +7,10 @@ Nothing a client sends vanishes. Each OpenAI field is one of:
   ``response_format``, ``logprobs``, ``logit_bias``, ``tools``, ``tool_choice``,
   ``parallel_tool_calls``, ``stream_options``);
 - kept for medai's own record: ``user`` and ``safety_identifier`` (the caller's end user);
-- accepted only at the value that asks for nothing (``store: false``, ``modalities: ["text"]``,
+- ``store: true`` keeps the exchange (prompt and answer, encrypted, until the end of retention) in
+  the caller's history, in the conversation ``conversation_id`` (medai's own field) names, or a new
+  one (apps/inference/conversations.py); absent or false, nothing of the content is kept;
+- accepted only at the value that asks for nothing (``metadata: {}``, ``modalities: ["text"]``,
   ``service_tier: "auto"``, ``audio: null``...), and refused otherwise with a 400
   ``unsupported_parameter`` naming it and saying why (``UNSUPPORTED``).
 
@@ -152,6 +155,19 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     tools = ToolsField(required=False, allow_null=True)
     tool_choice = ToolChoiceField(required=False, allow_null=True)
     parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    store = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        help_text="true: keep this exchange in your history (encrypted, until the end of retention).",
+    )
+    conversation_id = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        help_text=(
+            "medai's own: with store true, the conversation this exchange continues (the "
+            "X-Medai-Conversation-Id of an earlier answer); without it a new conversation starts."
+        ),
+    )
 
     def to_internal_value(self, data: Any) -> Any:
         _refuse_undeclared(data, self.fields, UNSUPPORTED, "request")
@@ -185,6 +201,8 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         return self._check_tokens(value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("conversation_id") and not attrs.get("store"):
+            raise _error(("conversation_id",), "continues a stored conversation: send it with store: true.")
         tools: list[dict[str, Any]] = attrs.get("tools") or []
         choice: Any = attrs.get("tool_choice")  # names (tool_choice_names) only when it is an object
         if choice not in (None, "none", "auto") and not tools:

@@ -45,11 +45,6 @@ UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "modalities": ((None, ["text"]), "only text output is available"),
     "prediction": ((None,), "predicted outputs are not supported by medai's model servers"),
     "web_search_options": ((None,), "medai's models have no web search"),
-    "store": (
-        (None, False),
-        "medai does not store completions for OpenAI's distillation or evals "
-        "(it keeps its own record of every request regardless)",
-    ),
     "metadata": ((None, {}), "metadata tags stored completions, and medai does not store them"),
     "reasoning_effort": ((None,), "medai's model servers take no reasoning effort"),
     "verbosity": ((None,), "medai's model servers take no verbosity; ask for brevity in the prompt"),
@@ -110,7 +105,7 @@ def _refuse_undeclared(
             raise _error(
                 (key,),
                 f"unrecognized {what} argument: medai accepts the fields of OpenAI's {api} "
-                "API, plus agent_type and priority.",
+                "API, plus agent_type, priority" + (" and conversation_id." if api == "chat completions" else "."),
                 "unknown_parameter",
             )
         if not _same(value, rule[0]):

@@ -1,0 +1,47 @@
+"""After-commit hooks of the transitions that end tasks (finish, fail, cancel, expire): who must hear
+that tasks of a batch ended, without the queue knowing who they are.
+
+The Batch API (apps.inference.filebatch) registers one: a file batch is fed to the queue in parts
+and written out when its last line ends, so it needs to hear each end. A transition calls
+``batch_tasks_ended`` inside its transaction with the batch ids of the tasks it ended; the
+callbacks run once the transaction commits, in the process that made it, with the ids that
+committed (a rollback runs nothing). Best effort, as a push is: a callback's error is logged and
+never reaches the transition; what a missed call leaves undone, the callback's own minute
+schedule catches up with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.db import transaction
+
+logger = logging.getLogger("medai.queue")
+
+BatchesEnded = Callable[[set[str]], None]
+_callbacks: list[BatchesEnded] = []
+
+
+def on_batch_tasks_ended(callback: BatchesEnded) -> BatchesEnded:
+    """Register ``callback(batch_ids)``, called after the commit of every transition that ended
+    tasks of batches (a set of batch ids, as strings)."""
+    if callback not in _callbacks:
+        _callbacks.append(callback)
+    return callback
+
+
+def batch_tasks_ended(batch_ids: Iterable[Any]) -> None:
+    """Inside a transition's transaction: tasks of these batches (ids or None) ended."""
+    ids = {str(b) for b in batch_ids if b}
+    if ids and _callbacks:
+        transaction.on_commit(lambda: _run(ids))
+
+
+def _run(ids: set[str]) -> None:
+    for callback in list(_callbacks):
+        try:
+            callback(ids)
+        except Exception as exc:  # noqa: BLE001 - the transition committed; a hook must not undo its answer
+            logger.warning("batch hook %s failed: %s", getattr(callback, "__name__", callback), type(exc).__name__)
