@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.tenant import environment, tenant  # noqa: E402
 
 _seen: list[str] = []
 _lock = threading.Lock()
@@ -98,15 +98,11 @@ def main() -> None:
         database = f"{args.pg}/{args.pg_db}"
     else:
         database = f"sqlite:///{tmp / 'medai.sqlite3'}"
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="medai.settings",
-        MEDAI_VAR_DIR=str(tmp / "var"),
-        MEDAI_ENV="test",
-        LOG_LEVEL="WARNING",
-        DEBUG="0",
-        MEDAI_CACHE_PREFIX=f"qstmts-{uuid.uuid4().hex[:6]}",
-        DATABASE_URL=database,
-        REDIS_URL=args.redis,
+    environment(
+        tmp / "var",
+        "qstmts",
+        database,
+        args.redis,
         MEDAI_BACKEND_RETRIES="0",
         MEDAI_RATE_LIMIT_KEY_BURST="0",
         MEDAI_RATE_LIMIT_USER_BURST="0",
@@ -120,18 +116,13 @@ def main() -> None:
     from django.db import connection
 
     call_command("migrate", verbosity=0)
-    from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import authenticate_header, create_api_key
+    from apps.accounts.services import authenticate_header
     from apps.inference import broker, queue
     from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
     from apps.inference.queue.commit import submit_task_async
     from tests.support.servers import start_stub
 
-    org = Organization.objects.create(name="Bench")
-    loc = Location.objects.create(organization=org, code="bench", name="Bench")
-    user = User.objects.create_user("bench", password="bench-password-1", role="integrator", organization=org)
-    user.locations.add(loc)
-    _, key = create_api_key(user, name="bench", location=loc)
+    key = tenant().api_key
     stub, stub_url = start_stub("ok")
     endpoint = ModelEndpoint.objects.create(name="stub", base_url=stub_url, context_length=2048)
     route, _ = AgentRoute.objects.get_or_create(agent_type="Chat")

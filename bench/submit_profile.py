@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.queue_throughput import Client, Procs, _databases, _drop_databases, ask, cpu_seconds  # noqa: E402
+from bench.tenant import environment, tenant  # noqa: E402
 
 
 def serve_profiled(out: str, port: int) -> None:
@@ -104,16 +104,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="medai-submitprof-"))
     redis.from_url(args.redis).flushdb()
     medai_db, _ = _databases(kind, tmp, args.pg, args.pg_db or "")
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="medai.settings",
-        MEDAI_VAR_DIR=str(tmp / "var"),
-        MEDAI_ENV="test",
-        LOG_LEVEL="WARNING",
-        DEBUG="0",
-        MEDAI_CACHE_PREFIX=f"subprof-{uuid.uuid4().hex[:6]}",
-        DATABASE_URL=medai_db,
-        REDIS_URL=args.redis,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    environment(
+        tmp / "var",
+        "subprof",
+        medai_db,
+        args.redis,
         MEDAI_QUEUE_MAX="40000",
         MEDAI_RATE_LIMIT_KEY_BURST="0",
         MEDAI_RATE_LIMIT_USER_BURST="0",
@@ -126,16 +121,10 @@ def main() -> None:
     from django.db import connection
 
     call_command("migrate", verbosity=0)
-    from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import create_api_key
     from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
     from tests.support.servers import free_port, wait_http
 
-    org = Organization.objects.create(name="Bench")
-    loc = Location.objects.create(organization=org, code="bench", name="Bench")
-    user = User.objects.create_user("bench", password="bench-password-1", role="integrator", organization=org)
-    user.locations.add(loc)
-    _, key = create_api_key(user, name="bench", location=loc)
+    key = tenant().api_key
     endpoint = ModelEndpoint.objects.create(name="stub", base_url="http://127.0.0.1:9/v1", context_length=2048)
     route, _ = AgentRoute.objects.get_or_create(agent_type="Chat")
     AgentRouteEntry.objects.create(route=route, endpoint=endpoint)
