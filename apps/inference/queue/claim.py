@@ -58,7 +58,9 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
     fast = None  # the delivered task, claimed by its one statement
     with transaction.atomic():
         if task_id is not None:
-            claimed = InferenceTask.objects.claim_delivered(task_id, now, list_key())
+            claimed = InferenceTask.objects.claim_delivered(
+                task_id, now, QueueEntry.objects.next_ready_sql(list_key(), now)
+            )
             if claimed is not None:  # the usual case: it was QUEUED, before any deadline
                 fast, ready = claimed
                 group.append(Claimed(fast, fast.attempts, None))
