@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tenant import tenant  # noqa: E402
+
 PROMPT = [{"role": "user", "content": "Say OK."}]
 STUB_MODEL = "bench-stub"
 LLAMA_MODEL = "bench-llama"
@@ -68,18 +70,11 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
 
     from django.core.management import call_command
 
-    from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import create_api_key, issue_tokens
     from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS
     from apps.inference.models import AgentRoute, AgentRouteEntry, ModelEndpoint
 
     call_command("migrate", verbosity=0)
-    org = Organization.objects.create(name="Bench Hospital")
-    location = Location.objects.create(organization=org, code="bench", name="Bench ward")
-    user = User.objects.create_user("bench", password="bench-password-123", role=User.Role.INTEGRATOR, organization=org)
-    user.locations.add(location)
-    _, secret = create_api_key(user, name="bench", location=location)
-    token = issue_tokens(user, location).access_token
+    bench = tenant("Bench Hospital", "Bench ward", jwt=True)
     route, _ = AgentRoute.objects.get_or_create(agent_type="Chat")
     for position, (name, url, served) in enumerate(
         [(STUB_MODEL, stub_url, "stub-model"), (LLAMA_MODEL, llama_url, BUNDLED_MODEL_ALIAS)]
@@ -88,7 +83,7 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
             name=name, base_url=url, served_model_id=served, rank=position, context_length=2048
         )
         AgentRouteEntry.objects.create(route=route, endpoint=endpoint, position=position)
-    print(json.dumps({"api_key": secret, "jwt": token}))
+    print(json.dumps({"api_key": bench.api_key, "jwt": bench.jwt}))
 
 
 class Env:

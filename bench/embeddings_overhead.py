@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench.chat_overhead import Env, Target, _interrupt, pct  # noqa: E402
 from bench.chat_overhead import load as chat_load  # noqa: E402
+from bench.tenant import tenant  # noqa: E402
 
 LLAMA_MODEL = "bench-embed"
 STUB_MODEL = "bench-embed-stub"
@@ -86,18 +87,11 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
 
     from django.core.management import call_command
 
-    from apps.accounts.models import Location, Organization, User
-    from apps.accounts.services import create_api_key, issue_tokens
     from apps.gpu.llamacpp import BUNDLED_MODEL_ALIAS, EMBEDDINGS_CONTEXT
     from apps.inference.models import ModelEndpoint
 
     call_command("migrate", verbosity=0)
-    org = Organization.objects.create(name="Bench Hospital")
-    location = Location.objects.create(organization=org, code="bench", name="Bench ward")
-    user = User.objects.create_user("bench", password="bench-password-123", role=User.Role.INTEGRATOR, organization=org)
-    user.locations.add(location)
-    _, secret = create_api_key(user, name="bench", location=location)
-    token = issue_tokens(user, location).access_token
+    bench = tenant("Bench Hospital", "Bench ward", jwt=True)
     for name, url, served in [(STUB_MODEL, stub_url, "stub-model"), (LLAMA_MODEL, llama_url, BUNDLED_MODEL_ALIAS)]:
         ModelEndpoint.objects.create(
             name=name,
@@ -107,7 +101,7 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
             supports_embeddings=True,
             rerank="embeddings",
         )
-    print(json.dumps({"api_key": secret, "jwt": token}))
+    print(json.dumps({"api_key": bench.api_key, "jwt": bench.jwt}))
 
 
 class EmbedEnv(Env):

@@ -10,8 +10,9 @@ metrics, as before.
 
 What the mode changes, and how this module deals with it:
 
-* Metrics read at scrape time (GPU state and circuits from Redis, queue depth from the
-  database, quota use, the audit chain's last verification: ``scrape_collectors``) are not in
+* Metrics read at scrape time (GPU state and circuits from Redis, queue depth and the models'
+  drift verdicts from the database, quota use, the audit chain's last verification:
+  ``scrape_collectors``) are not in
   the files: they are added to the scrape's registry.
 * Counters and histograms of a process that exited (a recycled or killed django-q2 worker, a
   restarted web process) must keep counting: its files stay, and the next scrape folds them into
@@ -48,7 +49,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from apps.accounts.governance.metrics import QuotaCollector
 from apps.audit.metrics import AuditCollector
 from apps.gpu.metrics import GpuCollector
-from apps.inference.metrics import QueueCollector
+from apps.inference.metrics import QualityCollector, QueueCollector
 
 logger = logging.getLogger("medai.metrics")
 
@@ -68,7 +69,7 @@ def multiprocess_dir() -> str | None:
 
 def scrape_collectors() -> list[Any]:
     """Collectors that read shared state at scrape time (not kept in any process's files)."""
-    return [GpuCollector(), QueueCollector(), QuotaCollector(), AuditCollector()]
+    return [GpuCollector(), QueueCollector(), QualityCollector(), QuotaCollector(), AuditCollector()]
 
 
 def exposition() -> bytes:

@@ -314,6 +314,23 @@ MEDAI_BATCH_MAX = envint("MEDAI_BATCH_MAX", 100, minimum=1)
 # throughout: it refills only while the head of the queue is for its model).
 MEDAI_QUEUE_DRAIN_SECONDS = envfloat("MEDAI_QUEUE_DRAIN_SECONDS", 10.0)
 
+# --- quality and drift (apps/inference/quality.py) ---
+# Drift: the last 7 days against the model's MEDAI_DRIFT_BASELINE_WEEKS weeks before them; a figure
+# drifts when its test's p < MEDAI_DRIFT_ALPHA and its change is at least the figure's threshold:
+# the median answer length and latency relative to the baseline's (0.25: 25%), the thumbs-up and
+# refusal rates in absolute points (0.10: ten points). Fewer than MEDAI_DRIFT_MIN_SAMPLES on a side:
+# not tested. At most MEDAI_QUALITY_SAMPLE_MAX values a side go into a rank test.
+MEDAI_DRIFT_ALPHA = envfloat("MEDAI_DRIFT_ALPHA", 0.01)
+MEDAI_DRIFT_BASELINE_WEEKS = envint("MEDAI_DRIFT_BASELINE_WEEKS", 4, minimum=1)
+MEDAI_DRIFT_MIN_SAMPLES = envint("MEDAI_DRIFT_MIN_SAMPLES", 20, minimum=2)
+MEDAI_DRIFT_LENGTH_CHANGE = envfloat("MEDAI_DRIFT_LENGTH_CHANGE", 0.25)
+MEDAI_DRIFT_LATENCY_CHANGE = envfloat("MEDAI_DRIFT_LATENCY_CHANGE", 0.5)
+MEDAI_DRIFT_RATING_CHANGE = envfloat("MEDAI_DRIFT_RATING_CHANGE", 0.10)
+MEDAI_DRIFT_REFUSAL_CHANGE = envfloat("MEDAI_DRIFT_REFUSAL_CHANGE", 0.05)
+MEDAI_QUALITY_SAMPLE_MAX = envint("MEDAI_QUALITY_SAMPLE_MAX", 5000, minimum=100)
+if not 0 < MEDAI_DRIFT_ALPHA < 1:
+    raise ImproperlyConfigured(f"MEDAI_DRIFT_ALPHA must be between 0 and 1, got {MEDAI_DRIFT_ALPHA}")
+
 # --- the Files and Batch API (apps/inference/filebatch/) ---
 # An uploaded JSONL file's size and number of requests; /v1/files takes bodies up to the size (plus
 # the multipart envelope) whatever MEDAI_MAX_BODY_BYTES says.

@@ -307,6 +307,7 @@ def api(live_medai, alice, token_for, stub_backend):
     call.seen = seen
     call.upload = upload
     call.raw = raw
+    call.client = client
     yield call
     client.close()
 
@@ -673,3 +674,36 @@ def test_workflow_runs_never_answer_500_and_every_run_ends(api):
     assert_no_task_left_behind()
     assert not WorkflowRun.objects.open().exists()
     api("get", "/v1/workflows")
+
+
+def test_the_feedback_export_never_answers_500(api, audrey, token_for):
+    """``GET /v1/feedback/export`` as an auditor with fuzzed query parameters and purpose headers:
+    a 200 or a 400 naming the parameter, never a 500."""
+    auditor = f"Bearer {token_for(audrey)}"
+    params = st.dictionaries(
+        st.sampled_from(
+            ["format", "since", "until", "model", "agent_type", "rating", "after", "limit", "include_content", "x"]
+        ),
+        sometimes(st.sampled_from(["jsonl", "csv", "2026-01-01", "2026-01-01T00:00:00Z", "up", "true", "5", "0"]))
+        | text,
+        max_size=4,
+    )
+
+    @examples(40)
+    @given(query=params, purpose=st.none() | text)
+    def run(query, purpose) -> None:  # type: ignore[no-untyped-def]
+        encoded_query = urlencode({k: str(v).encode("utf-8", "surrogatepass") for k, v in query.items()})
+        headers = {"Authorization": auditor}
+        if purpose is not None:
+            headers["X-Purpose-Of-Use"] = purpose.encode("utf-8", "surrogatepass").decode("latin-1", "replace")
+        try:
+            response = api.client.get("/v1/feedback/export?" + encoded_query, headers=headers)
+        except (UnicodeEncodeError, httpx.LocalProtocolError):
+            return  # a header no HTTP client can send
+        api.seen.append(("/v1/feedback/export", response.status_code))
+        assert response.status_code in (200, 400), (query, purpose, response.status_code, response.text[:300])
+        if response.status_code == 400:
+            assert "error" in response.json()
+
+    run()
+    assert ("/v1/feedback/export", 200) in api.seen and ("/v1/feedback/export", 400) in api.seen

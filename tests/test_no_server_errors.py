@@ -129,6 +129,31 @@ def test_odd_paths_never_cause_a_500(path, alice, token_for):
 
 
 @pytest.mark.parametrize(
+    "query",
+    [
+        "since=%00&until=9999-99-99&limit=1e9&after=%ff&format=%00&include_content=%00",
+        "model=" + "x" * 5000 + "&rating=%00&agent_type=%ff",
+        "since=2026-02-30&until=2026-01-01T25:61:00",
+        "after=99999999999999999999999999&limit=-1",
+        "include_content=true",
+        "include_content=true&format=csv&since=2026-01-01",
+    ],
+)
+def test_odd_feedback_export_queries_never_cause_a_500(query, audrey, token_for):
+    """The export as an auditor (a clinician is refused before the query is read)."""
+    client = Client(raise_request_exception=False)
+    for purpose in ("", "HOPERAT"):
+        response = client.get(
+            f"/v1/feedback/export?{query}",
+            HTTP_AUTHORIZATION=f"Bearer {token_for(audrey)}",
+            HTTP_X_PURPOSE_OF_USE=purpose,
+        )
+        assert response.status_code in (200, 400), (query, response.content[:200])
+        if response.status_code == 400:
+            assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
     "header",
     [
         "Bearer " + "a" * 10_000,

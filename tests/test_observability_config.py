@@ -156,5 +156,6 @@ def test_the_dashboard_covers_the_medai_metrics():
         "medai_limit_rejections_total",
         "medai_audit_chain_ok",
         "medai_audit_checkpoint_age_seconds",
+        "medai_model_drift",
     }
     assert promised <= read, promised - read

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import PASSWORD, register_model
 from tests.support.openai_spec import assert_valid, request_properties
-from tests.support.openapi import assert_matches
+from tests.support.openapi import assert_matches, openapi_document
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -296,3 +296,18 @@ def test_workflow_responses_match_the_schema(client_for, alice, stub_backend):
     assert_matches(cancel, "post", 409, client.post(f"/v1/workflows/runs/{run_id}/cancel").json())
     other = client.post("/v1/workflows/discharge-summary/runs", {"document": "Another."}, format="json").json()
     assert_matches(cancel, "post", 200, client.post(f"/v1/workflows/runs/{other['id']}/cancel").json())
+
+
+def test_feedback_export_responses_match_the_schema(client_for, audrey, alice):
+    from tests.inference.history_helpers import stored_exchange
+
+    exchange = str(stored_exchange(alice, "Schema check").id)
+    client_for(alice).post("/v1/feedback", {"exchange_id": exchange, "rating": "up"}, format="json")
+    client = client_for(audrey)
+    ok = client.get("/v1/feedback/export")
+    assert ok.status_code == 200 and ok["Content-Type"].startswith("application/x-ndjson")
+    content = openapi_document()["paths"]["/v1/feedback/export"]["get"]["responses"]["200"]["content"]
+    assert set(content) == {"application/x-ndjson", "text/csv"}
+    assert_matches("/v1/feedback/export", "get", 400, client.get("/v1/feedback/export?limit=0").json())
+    assert_matches("/v1/feedback/export", "get", 403, client_for(alice).get("/v1/feedback/export").json())
+    assert_matches("/v1/feedback/export", "get", 401, APIClient().get("/v1/feedback/export").json())

@@ -69,3 +69,9 @@ class CanReadAudit(_ScopePermission):
     """The audit trail: the auditor's (and the admin's) scope."""
 
     scopes = (SCOPE_AUDIT_READ,)
+
+
+class CanExportFeedback(_ScopePermission):
+    """Clinicians' feedback exported for training: auditors and admins (``audit:read`` is theirs alone)."""
+
+    scopes = (SCOPE_AUDIT_READ,)

@@ -30,6 +30,7 @@ TASK_RESULT = "inference.read_result"  # a task's result (or a stored response):
 RESPONSE_DELETE = "inference.delete_response"  # a stored response deleted by its owner
 HISTORY_READ = "inference.read_history"  # the caller's stored exchanges (a page, a search, a conversation)
 FEEDBACK_CREATE = "feedback.create"  # a rating of an exchange (made or changed); never the comment's text
+FEEDBACK_EXPORT = "feedback.export"  # feedback exported for training (rows, filters, with content or not, purpose)
 
 # the Files and Batch API (apps/inference/filebatch)
 FILE_UPLOAD = "file.upload"

@@ -64,7 +64,8 @@ def _append(events: list[AuditEvent]) -> list[AuditEvent]:
         for event in events:
             prev = chain.seal(event, prev, kid, key)
         if len(events) == 1:
-            events[0].save(force_insert=True)
+            if not rows.insert_returning_pk(AuditEvent, events[0], connection.alias):  # one statement
+                events[0].save(force_insert=True)
         elif connection.vendor == "sqlite" and rows.insert(AuditEvent, events, connection.alias, with_pk=False):
             _number(events, connection)
         else:

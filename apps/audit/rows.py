@@ -131,3 +131,35 @@ def insert(model: type[Model], objs: Sequence[Model], using: str, *, with_pk: bo
         obj._state.adding = False
         obj._state.db = using
     return True
+
+
+def insert_returning_pk(model: type[Model], obj: Model, using: str) -> bool:
+    """INSERT one row whose primary key the database generates, with the cached statement
+    (``insert``'s, ``with_pk`` False) and ``RETURNING`` its key, which is set on ``obj``: one
+    statement, without Django's compiler (the audit chain's single appends). False when the
+    database cannot return columns from an INSERT, or this model or value needs Django's own
+    ``save``: nothing was sent then."""
+    connection = connections[using]
+    if not connection.features.can_return_columns_from_insert:
+        return False
+    key = (model._meta.label, using, False)
+    if key not in _compiled:
+        with _lock:
+            _compiled[key] = _compile(model, using, False)
+    compiled = _compiled[key]
+    if compiled is None:
+        return False
+    statement, _, converters = compiled
+    try:
+        row = [convert(obj, connection) for convert in converters]
+    except _Expression:
+        return False
+    pk = model._meta.pk
+    assert pk is not None
+    with connection.cursor() as cursor:
+        cursor.execute(f"{statement} RETURNING {connection.ops.quote_name(pk.column)}", row)
+        (value,) = cursor.fetchone()
+    setattr(obj, pk.attname, value)
+    obj._state.adding = False
+    obj._state.db = using
+    return True

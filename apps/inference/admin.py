@@ -17,7 +17,9 @@ from apps.inference.models import (
     Feedback,
     InferenceTask,
     LegalHold,
+    ModelDrift,
     ModelEndpoint,
+    ModelQualityWeek,
     Workflow,
     WorkflowRun,
     WorkflowStep,
@@ -304,11 +306,12 @@ class FeedbackAdmin(admin.ModelAdmin):
         "has_comment",
         "model_name",
         "agent_type",
+        "arm",
         "exchange",
         "user",
         "location",
     ]
-    list_filter = ["rating", "model_name", "agent_type", "location"]
+    list_filter = ["rating", "model_name", "agent_type", "arm", "location"]
     search_fields = ["task__id", "user__username", "model_name", "agent_type"]
     date_hierarchy = "created_at"
     exclude = ["comment"]
@@ -417,12 +420,6 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowRun]:
         return super().get_queryset(request).select_related("workflow", "user", "location").defer("document", "result")
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="run", ordering="task_batch_id")
     def run(self, obj: WorkflowRun) -> str:
         return display.short_id(obj.pk)
@@ -456,4 +453,142 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                     for r in rows
                 ),
             ),
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _pair(a: int | None, b: int | None, unit: str = "") -> str:
+    return "—" if a is None else f"{display.count(a)} / {display.count(b or 0)}{unit}"
+
+
+@admin.register(ModelQualityWeek)
+class ModelQualityWeekAdmin(admin.ModelAdmin):
+    """Each model's figures per week and the drift verdicts of that week (apps/inference/quality.py):
+    read-only, written by the hourly schedule and ``manage.py quality``. No PHI: counts, rates and
+    percentiles of records whose content may be long purged."""
+
+    list_display = [
+        "model_name",
+        "week_start",
+        "requests_shown",
+        "failure_rate_shown",
+        "ratings",
+        "rating_rate_shown",
+        "refusal_rate_shown",
+        "answer_length",
+        "latency",
+        "tokens",
+        "drift_summary",
+    ]
+    list_filter = ["model_name"]
+    date_hierarchy = "week_start"
+    shown = (
+        "model_name",
+        "week_start",
+        "requests_shown",
+        "failure_rate_shown",
+        "ratings",
+        "rating_rate_shown",
+        "reason_counts",
+        "refusal_rate_shown",
+        "answer_length",
+        "latency",
+        "tokens",
+        "computed_at",
+        "drift",
+    )
+    fields = shown
+    readonly_fields = shown
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="requests", ordering="requests")
+    def requests_shown(self, obj: ModelQualityWeek) -> str:
+        return display.count(obj.requests)
+
+    @admin.display(description="failures")
+    def failure_rate_shown(self, obj: ModelQualityWeek) -> str:
+        return f"{_pct(obj.failure_rate)} ({display.count(obj.failures)})"
+
+    @admin.display(description="ratings (up / down)")
+    def ratings(self, obj: ModelQualityWeek) -> str:
+        return f"{display.count(obj.ratings_up)} / {display.count(obj.ratings_down)}"
+
+    @admin.display(description="thumbs up")
+    def rating_rate_shown(self, obj: ModelQualityWeek) -> str:
+        return _pct(obj.rating_rate)
+
+    @admin.display(description="reasons")
+    def reason_counts(self, obj: ModelQualityWeek) -> str:
+        return ", ".join(f"{code}: {n}" for code, n in (obj.reasons or {}).items()) or "—"
+
+    @admin.display(description="refusals")
+    def refusal_rate_shown(self, obj: ModelQualityWeek) -> str:
+        return f"{_pct(obj.refusal_rate)} of {display.count(obj.answers)}"
+
+    @admin.display(description="answer chars p50 / p95")
+    def answer_length(self, obj: ModelQualityWeek) -> str:
+        return _pair(obj.answer_chars_p50, obj.answer_chars_p95)
+
+    @admin.display(description="latency p50 / p95")
+    def latency(self, obj: ModelQualityWeek) -> str:
+        return _pair(obj.latency_p50_ms, obj.latency_p95_ms, " ms")
+
+    @admin.display(description="tokens in → out")
+    def tokens(self, obj: ModelQualityWeek) -> str:
+        return f"{display.count(obj.prompt_tokens)} → {display.count(obj.completion_tokens)}"
+
+    def _checks(self, obj: ModelQualityWeek) -> list[ModelDrift]:
+        return list(ModelDrift.objects.filter(model_name=obj.model_name, week_start=obj.week_start))
+
+    @admin.display(description="drift")
+    def drift_summary(self, obj: ModelQualityWeek) -> str:
+        checks = self._checks(obj)
+        if not checks:
+            return "not checked"
+        flagged = [c.get_figure_display() for c in checks if c.drifted]
+        return format_html("<strong>DRIFT</strong>: {}", ", ".join(flagged)) if flagged else "stable"
+
+    @admin.display(description="drift against the baseline (the week's last check)")
+    def drift(self, obj: ModelQualityWeek) -> str:
+        """Per figure: the test, the baseline's and the window's values, the change, p, the verdict."""
+        checks = self._checks(obj)
+        if not checks:
+            return "No drift check ran in this week."
+        first = checks[0]
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    c.get_figure_display(),
+                    c.test,
+                    f"{c.n_baseline} → {c.n_window}",
+                    "—" if c.effect is None else f"{c.effect:+.3g} (threshold {c.threshold:g})",
+                    "—" if c.p_value is None else f"{c.p_value:.3g}",
+                    "DRIFT" if c.drifted else "no",
+                    c.verdict,
+                )
+                for c in checks
+            ),
+        )
+        return format_html(
+            "<p>Window {} to {} against the baseline from {} (alpha {}).</p>"
+            '<table class="medai-drift"><thead><tr><th>figure</th><th>test</th><th>samples (baseline → window)</th>'
+            "<th>change</th><th>p</th><th>drift</th><th>verdict</th></tr></thead><tbody>{}</tbody></table>",
+            f"{first.window_start:%Y-%m-%d %H:%M}",
+            f"{first.window_end:%Y-%m-%d %H:%M} UTC",
+            f"{first.baseline_start:%Y-%m-%d %H:%M}",
+            f"{first.alpha:g}",
+            rows,
         )

@@ -95,6 +95,18 @@ def inference_event(
     )
 
 
+def submitted_identity(task: InferenceTask) -> tuple[str, str, int | None] | None:
+    """(username, location code, organization id) as the task's submit named them (kept in its
+    request: ``queue.submit._spec``), or None: a task queued before they were kept, or whose
+    request was not read (deferred) or was purged. Reads no column that was not loaded."""
+    if "request" in task.get_deferred_fields():
+        return None
+    who = (task.request or {}).get("who") if isinstance(task.request, dict) else None
+    if not isinstance(who, dict):
+        return None
+    return str(who.get("username") or ""), str(who.get("location") or ""), who.get("organization_id")
+
+
 def identities(tasks: list[InferenceTask]) -> tuple[dict[int, str], dict[int, tuple[str, int | None]]]:
     """Usernames by user id, and (code, organization id) by location id, for these tasks (two small
     queries): what the worker's events name, since a task row keeps only the ids."""

@@ -20,10 +20,11 @@ a location's long backlog ages from its turns, not its submit time (its 1,000th 
 enqueued 1,000 s later for anti-starvation too), and a task put back after a lost entry
 (``put_again``) ranks from its queue time again. Tasks without a location rank FIFO as before.
 
-Delivery: the head rows are leased (``locked_until = now + lease``): on PostgreSQL in one
-statement, ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` (several clusters
-never take the same row, nor wait for each other), elsewhere in one transaction under SQLite's
-IMMEDIATE write lock (``QueueEntryQuerySet.deliver``; the queries on this table are that queryset's). A worker that dies leaves the row leased, and it is
+Delivery: the head rows are leased (``locked_until = now + lease``) in one statement,
+``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` on PostgreSQL (several
+clusters never take the same row, nor wait for each other), the same without the row locks on
+SQLite, whose write lock the statement holds (``QueueEntryQuerySet.deliver``; the queries on this
+table are that queryset's). A worker that dies leaves the row leased, and it is
 delivered again when its lease ends (at-least-once). Keep ``bulk`` and ``queue_limit`` at 1: work
 prefetched into a cluster's local queue is no longer reordered.
 
@@ -68,6 +69,7 @@ from django_q.brokers import Broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
+from apps.audit import rows
 from apps.inference.models import QueueEntry
 
 logger = logging.getLogger("medai.queue")
@@ -242,7 +244,8 @@ def put_many(
         )
         for (payload, priority, task_id), rank, location in zip(items, ranks, where, strict=True)
     ]
-    QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
+    if not rows.insert(QueueEntry, entries, Conf.ORM, with_pk=False):  # compiled once (apps/audit/rows.py)
+        QueueEntry.objects.using(Conf.ORM).bulk_create(entries)
     transaction.on_commit(lambda: wake(list_key, len(entries)), using=Conf.ORM)
 
 
@@ -320,9 +323,9 @@ class PriorityBroker(Broker):
         return put(self.list_key, task, priority=priority)
 
     def _claim(self) -> list[tuple[int, str]]:
-        """Lease the head of the queue (``Conf.BULK`` entries) as a delivery: one statement on
-        PostgreSQL (``QueueEntryQuerySet.deliver``); ``deliveries`` counts how often an entry was
-        handed out (a re-delivery after a lease ends)."""
+        """Lease the head of the queue (``Conf.BULK`` entries) as a delivery: one statement
+        (``QueueEntryQuerySet.deliver``); ``deliveries`` counts how often an entry was handed out (a
+        re-delivery after a lease ends)."""
         now = timezone.now()
         until = now + timedelta(seconds=lease_seconds())
         return QueueEntry.objects.using(Conf.ORM).deliver(self.list_key, now, max(Conf.BULK, 1), until)
@@ -357,8 +360,7 @@ class PriorityBroker(Broker):
     def _delete_unless_live(self, entry_id: int) -> int:
         """Delete the entry unless its task is still queued or processing (one statement, so a
         concurrent claim or requeue is seen or waits); the number of rows deleted."""
-        deleted, _ = QueueEntry.objects.using(Conf.ORM).filter(pk=entry_id).without_live_task().delete()
-        return deleted
+        return QueueEntry.objects.using(Conf.ORM).delete_unless_live(entry_id)
 
     def acknowledge(self, task_id: int) -> None:
         # ``task_id`` is django-q2's name for the ack id: the QueueEntry's primary key

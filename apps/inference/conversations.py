@@ -221,6 +221,12 @@ def _exchange(task: InferenceTask) -> Exchange:
     )
 
 
+def read_exchange(task: InferenceTask) -> Exchange:
+    """A record's exchange, decrypted (for whoever the caller already established may read it: the
+    owner's history here, an export with a purpose of use in apps/inference/feedback_export.py)."""
+    return _exchange(task)
+
+
 def _with_feedback(principal: Any, exchanges: list[Exchange]) -> list[Exchange]:
     """The caller's own ratings of these exchanges, on them (one query)."""
     if exchanges:

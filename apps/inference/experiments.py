@@ -18,6 +18,8 @@ requests, each with its assumptions:
 * failure rate (and the thumbs-up rate when ratings exist): the two-proportion z-test (pooled,
   two-sided): independent requests, each arm with at least 5 successes and 5 failures expected.
 
+The tests themselves are apps/inference/significance.py's (the drift checks use them too).
+
 The verdict names the better arm when p < ``ALPHA`` and says "no significant difference"
 otherwise, with the p-value; stopping or promoting an arm is an admin action (audited).
 """
@@ -31,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.apps import apps
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.inference import router
-from apps.inference.models import InferenceTask
+from apps.inference.models import Feedback, InferenceTask
+from apps.inference.significance import mann_whitney, two_proportions
 
 ALPHA = 0.05
 MIN_PER_ARM = 20  # below it a verdict says "too few requests"
@@ -116,55 +118,13 @@ class Comparison:
     tests: list[Test]
 
 
-def _normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def mann_whitney(a: list[int], b: list[int]) -> tuple[float, float]:
-    """(U of ``a``, two-sided p) by the normal approximation, ranks averaged over ties."""
-    n1, n2 = len(a), len(b)
-    pooled = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    ranks = [0.0] * len(pooled)
-    i = 0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[k] = (i + j) / 2 + 1
-        i = j + 1
-    r1 = sum(r for r, (_, side) in zip(ranks, pooled, strict=True) if side == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    mean = n1 * n2 / 2
-    sd = math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
-    if sd == 0:
-        return u1, 1.0
-    z = (abs(u1 - mean) - 0.5) / sd
-    return u1, min(1.0, 2 * _normal_sf(max(z, 0.0)))
-
-
-def two_proportions(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float]:
-    """(z, two-sided p) of the pooled two-proportion z-test."""
-    pooled = (x1 + x2) / (n1 + n2)
-    sd = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if sd == 0:
-        return 0.0, 1.0
-    z = (x1 / n1 - x2 / n2) / sd
-    return z, min(1.0, 2 * _normal_sf(abs(z)))
-
-
 def _ratings(agent_type: str, since: datetime) -> dict[str, tuple[int, int]]:
-    """Thumbs up and down per arm (the Feedback model, where it exists)."""
-    try:
-        feedback = apps.get_model("inference", "Feedback")
-    except LookupError:
-        return {}
+    """Thumbs up and down per arm, from the arm each rating is stored against (``Feedback.arm``)."""
     out: dict[str, tuple[int, int]] = {}
-    rows = feedback.objects.filter(task__agent_type=agent_type, created_at__gte=since).exclude(task__arm="")
-    for arm, rating in rows.values_list("task__arm", "rating"):
+    rows = Feedback.objects.filter(agent_type=agent_type, created_at__gte=since).exclude(arm="")
+    for arm, rating in rows.values_list("arm", "rating"):
         up, down = out.get(arm, (0, 0))
-        out[arm] = (up + 1, down) if rating == "up" else (up, down + 1)
+        out[arm] = (up + 1, down) if rating == Feedback.Rating.UP else (up, down + 1)
     return out
 
 

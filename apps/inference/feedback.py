@@ -1,6 +1,7 @@
 """Feedback on answers: a clinician rates an exchange of their own history up or down, with an
-optional comment and reason codes, kept against the model and route that answered
-(``models.Feedback``), for quality monitoring.
+optional comment and reason codes, kept against the model, route and A/B arm that answered
+(``models.Feedback``, copied from the exchange's record), for quality monitoring
+(apps/inference/quality.py).
 
 One rating per user per exchange: rating again replaces it (the rating, the reasons and the
 comment as now sent). Only the exchange's owner rates it (anyone else's is not found, as in the
@@ -51,7 +52,7 @@ def rate(
         task = (
             conversations.history_of(principal)
             .filter(id=exchange_id)
-            .only("id", "status", "location_id", "endpoint_id", "model_name", "agent_type")
+            .only("id", "status", "location_id", "endpoint_id", "model_name", "agent_type", "arm")
             .first()
         )
         if task is None:
@@ -80,6 +81,7 @@ def rate(
                 "endpoint_id": task.endpoint_id,
                 "model_name": task.model_name,
                 "agent_type": task.agent_type,
+                "arm": task.arm,
                 "updated_at": now,
             },
             create_defaults={
@@ -90,6 +92,7 @@ def rate(
                 "endpoint_id": task.endpoint_id,
                 "model_name": task.model_name,
                 "agent_type": task.agent_type,
+                "arm": task.arm,
                 "created_at": now,
                 "updated_at": now,
             },

@@ -13,6 +13,17 @@ same whichever process answers ``/metrics`` and costs nothing between scrapes.
     medai_task_run_seconds{mode, model}               the backend call of completed inferences
     medai_queue_wait_seconds{priority}                queued → started, async tasks
     medai_queue_depth{priority}, medai_queue_oldest_seconds{priority}, medai_queue_processing
+    medai_model_drift{model, figure}                  1: the figure drifted from the model's baseline
+                                                      (apps/inference/quality.py); 0: not flagged
+    medai_model_drift_p_value{model, figure}          the test's p-value (tested figures only)
+    medai_model_drift_effect{model, figure}           the change (relative for medians, points for rates)
+    medai_model_drift_checked_timestamp_seconds{model}
+
+Drift is computed by whichever process runs the hourly schedule (a django-q2 worker) or
+``manage.py quality``, and kept as rows (``ModelDrift``); ``QualityCollector`` reads the newest
+verdicts at scrape time, so any web process's ``/metrics`` shows them, whoever computed them.
+Every enabled model has its ``medai_model_drift`` series (0 until a check flags it: too few
+samples and "not checked yet" are not drift), so the alert's series exists from the start.
 
 ``failed`` is a fault of medai or the backend (what counts against a model, as in
 apps/gpu/metrics.counts_against_model); ``client_error`` a request refused for its input;
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count, Min
@@ -34,7 +46,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from apps.gpu.metrics import counts_against_model
-from apps.inference.models import InferenceTask
+from apps.inference import quality
+from apps.inference.models import InferenceTask, ModelDrift, ModelEndpoint
 
 logger = logging.getLogger("medai.inference")
 
@@ -185,6 +198,60 @@ class QueueCollector(Collector):
         yield running
 
 
+# A verdict older than this is not exported: a model no longer checked (no traffic) stops alerting.
+DRIFT_FRESH = timedelta(days=8)
+
+
+class QualityCollector(Collector):
+    """The newest drift verdict of each model's figures (``ModelDrift`` rows), read at scrape time."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        try:
+            rows = quality.latest_drift(timezone.now() - DRIFT_FRESH)
+            enabled = list(ModelEndpoint.objects.filter(enabled=True).values_list("name", flat=True))
+        except Exception:
+            logger.warning("drift metrics unavailable", exc_info=True)
+            return
+        labels = ["model", "figure"]
+        drift = GaugeMetricFamily(
+            "medai_model_drift",
+            "1: the figure drifted from the model's baseline (apps/inference/quality.py)",
+            labels=labels,
+        )
+        p_value = GaugeMetricFamily("medai_model_drift_p_value", "The drift test's p-value", labels=labels)
+        effect = GaugeMetricFamily(
+            "medai_model_drift_effect",
+            "The figure's change from its baseline (relative, or rate points)",
+            labels=labels,
+        )
+        checked = GaugeMetricFamily(
+            "medai_model_drift_checked_timestamp_seconds", "When the model's drift was last checked", labels=["model"]
+        )
+        seen: set[tuple[str, str]] = set()
+        last: dict[str, float] = {}
+        for row in rows:
+            seen.add((row.model_name, row.figure))
+            drift.add_metric([row.model_name, row.figure], 1 if row.drifted else 0)
+            if row.p_value is not None:
+                p_value.add_metric([row.model_name, row.figure], row.p_value)
+                if row.effect is not None:
+                    effect.add_metric([row.model_name, row.figure], row.effect)
+            last[row.model_name] = max(last.get(row.model_name, 0.0), row.checked_at.timestamp())
+        for name in enabled:
+            for figure in ModelDrift.Figure.values:
+                if (name, figure) not in seen:
+                    drift.add_metric([name, figure], 0)
+        for name, at in sorted(last.items()):
+            checked.add_metric([name], at)
+        yield drift
+        yield p_value
+        yield effect
+        yield checked
+
+
 _registered = False
 
 
@@ -194,4 +261,5 @@ def register() -> None:
     global _registered
     if not _registered:
         REGISTRY.register(QueueCollector())
+        REGISTRY.register(QualityCollector())
         _registered = True

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Location, User
 from apps.audit.services import record_event
-from apps.inference.models import InferenceTask, LegalHold, WorkflowRun
+from apps.inference.models import Feedback, InferenceTask, LegalHold, WorkflowRun
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,22 @@ def purge(now: datetime | None = None, *, dry_run: bool = False) -> PurgeReport:
     """Remove the content of every task past its retention that no legal hold covers."""
     now = now or timezone.now()
     due, sync_before = _due(now)
-    held = due.count() - due.not_on_hold().count()
+    free = due.exclude(LegalHold.objects.covering_task())
+    held = due.count() - free.count()
     if dry_run:
-        return PurgeReport(due.not_on_hold().count(), held, _runs_due(now).count())
-    return PurgeReport(InferenceTask.objects.purge_due(now, sync_before=sync_before), held, purge_workflow_runs(now))
+        return PurgeReport(free.count(), held, _runs_due(now).count())
+    return PurgeReport(purge_content(now, sync_before), held, purge_workflow_runs(now))
+
+
+def purge_content(now: datetime, sync_before: datetime | None) -> int:
+    """The content past retention removed (``InferenceTaskQuerySet.purge_due``), except what an
+    active legal hold covers, and the comments on the answers purged with them: how many tasks."""
+    purged = InferenceTask.objects.purge_due(now, LegalHold.objects.covering_task(), sync_before=sync_before)
+    # A comment on an answer goes with the answer (held exchanges are not purged, so theirs stay).
+    Feedback.objects.filter(task__content_purged_at__isnull=False, comment_purged_at__isnull=True).exclude(
+        comment=""
+    ).update(comment="", comment_purged_at=now)
+    return purged
 
 
 def _runs_due(now: datetime) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apps.inference import queue
+from apps.inference import quality, queue
 from apps.inference.broker import worker_busy
 from apps.inference.filebatch import feed
 from apps.inference.workflows import advance as workflow_runs
@@ -30,3 +30,9 @@ def advance_workflow_runs() -> dict[str, int]:
     """Schedule: move every open workflow run that has something to do along (a stage held up by a
     limit, a hook a dead process never ran) and purge runs past their retention."""
     return workflow_runs.sweep()
+
+
+def assess_quality() -> dict[str, int]:
+    """Schedule (hourly): every model's weekly quality figures and drift verdicts (apps.inference.quality)."""
+    reports = quality.assess()
+    return {"models": len(reports), "drifted": sum(len(r.drifted) for r in reports)}

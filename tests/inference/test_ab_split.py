@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.models import AuditEvent
-from apps.inference import experiments, router
+from apps.inference import experiments, router, significance
 from apps.inference.models import AgentRoute, AgentRouteEntry, InferenceTask
 from tests.conftest import records_written, register_model
 from tests.support.servers import set_stub_mode
@@ -168,10 +168,10 @@ def test_the_comparison_finds_a_real_difference_and_not_an_absent_one(alice):
 
 def test_the_statistics_match_reference_values():
     # scipy.stats.mannwhitneyu([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], method="asymptotic") → U = 0, p ≈ 0.0122
-    u, p = experiments.mann_whitney([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
+    u, p = significance.mann_whitney([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])
     assert u == 0 and abs(p - 0.0122) < 0.001
     # 40/100 vs 60/100: z = -2.828, p = 0.00468 (pooled two-proportion z-test)
-    z, p = experiments.two_proportions(40, 100, 60, 100)
+    z, p = significance.two_proportions(40, 100, 60, 100)
     assert abs(z + 2.828) < 0.001 and abs(p - 0.00468) < 0.0001
 
 

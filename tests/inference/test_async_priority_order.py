@@ -11,8 +11,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def model(db):
+def model(db, settings):
     register_model("stub", "http://127.0.0.1:9/v1")
+    # 200 submits from one user: faster than the user's bucket refills on a quick machine (this
+    # file is about the order, tests/accounts/test_rate_limit_* about the limits)
+    settings.MEDAI_RATE_LIMIT_USER_BURST = 0
+    settings.MEDAI_RATE_LIMIT_KEY_BURST = 0
 
 
 def test_critical_tasks_start_before_every_low_task_still_queued(client_for, alice):

@@ -99,11 +99,11 @@ def test_an_outcome_that_cannot_be_written_fails_the_task(client_for, alice, mon
     write = InferenceTaskQuerySet.write_outcomes
     calls = []
 
-    def broken_once(self, tasks):
+    def broken_once(self, tasks, *fence):
         calls.append(len(tasks))
         if len(calls) == 1:
             raise ValueError("cannot store this result")
-        write(self, tasks)
+        return write(self, tasks, *fence)
 
     monkeypatch.setattr(InferenceTaskQuerySet, "write_outcomes", broken_once)
     assert delivered_and_run(task_id)[0] == "failed"

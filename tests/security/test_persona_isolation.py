@@ -515,6 +515,25 @@ def test_only_the_owner_rates_her_answer(world, exchanges):
     assert mine.status_code == 201, mine.content
 
 
+def test_the_feedback_export_holds_only_the_callers_organization(world, exchanges):
+    """alice (Demo) and carol (Eastside) rate their answers: Demo's auditor and admin export Demo's
+    ratings alone; clinicians export nothing (403: the export is the auditor's and the admin's)."""
+    for persona in ("alice", "carol"):
+        rated = _client(world, persona).post(
+            "/v1/feedback", {"exchange_id": str(exchanges[persona].id), "rating": "down"}, format="json"
+        )
+        assert rated.status_code == 201, rated.content
+    for persona in PERSONAS:
+        response = _client(world, persona).get("/v1/feedback/export")
+        if persona not in ("audrey", "dana"):
+            assert response.status_code == 403, (persona, response.content)
+            continue
+        assert response.status_code == 200, (persona, response.content)
+        rows = [json.loads(line) for line in response.content.decode().splitlines()]
+        assert [r["exchange_id"] for r in rows] == [str(exchanges["alice"].id)], persona
+        assert {r["location"] for r in rows} == {"demo"}
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("persona", PERSONAS)
 async def test_only_those_who_may_see_a_task_can_subscribe_to_it(persona, alice, bob, dana, audrey, carol, token_for):
@@ -655,6 +674,7 @@ COVERED = {
     "history-search": "test_the_history_is_the_owners_alone",
     "conversation-detail": "test_a_conversation_is_found_by_its_owner_only",
     "feedback": "test_only_the_owner_rates_her_answer",
+    "feedback-export": "test_the_feedback_export_holds_only_the_callers_organization",
     "completions": "test_completions_are_recorded_under_the_callers_own_location",
     "responses": "test_a_stored_response_is_its_owners_alone (create, continue with previous_response_id)",
     "response-detail": "test_a_stored_response_is_its_owners_alone (read, delete)",

@@ -46,6 +46,7 @@ urlpatterns = [
     path("history/search", history_views.HistorySearchView.as_view(), name="history-search"),
     path("conversations/<uuid:conversation_id>", history_views.ConversationView.as_view(), name="conversation-detail"),
     path("feedback", feedback_views.FeedbackView.as_view(), name="feedback"),
+    path("feedback/export", feedback_views.FeedbackExportView.as_view(), name="feedback-export"),
     path("usage", usage_views.UsageView.as_view(), name="usage"),
     path("system/status", system_views.SystemStatusView.as_view(), name="system-status"),
 ]

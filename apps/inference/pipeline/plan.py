@@ -26,7 +26,7 @@ from apps.accounts import governance
 from apps.accounts.models import SCOPE_CHAT, SCOPE_SUBMIT
 from apps.accounts.services import Principal
 from apps.audit.context import get_correlation_id, get_origin
-from apps.inference import conversations, experiments, router
+from apps.inference import answer_features, conversations, experiments, router
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
@@ -121,6 +121,9 @@ class ChatPlan:
     # ``store: true`` on chat: the exchange is kept (apps/inference/conversations.py), with the answer.
     storage: conversations.Storage | None = None
     answer: dict[str, Any] | None = None
+    # What quality monitoring keeps of the answer (its length, finish reason, refusal), taken from
+    # it before it is gone (apps/inference/answer_features.py); None: no answer (a failure, a cache hit).
+    answer_features: answer_features.AnswerFeatures | None = None
     # The response cache (apps/inference/response_cache.py): the client's Cache-Control bypass
     # ("", "no-cache", "no-store"), and the entry that answered when it did.
     cache_bypass: str = ""

@@ -79,18 +79,27 @@ def release_tasks(task_ids: list[Any]) -> None:
 def audit_events(tasks: list[InferenceTask]) -> list[AuditEvent]:
     """The audit step of finished async tasks: their events (unsaved, for ``record_events``)."""
     steps.enter(steps.AUDIT)
-    users, locations = auditing.identities(tasks)
-    return [
-        auditing.inference_event(
-            t,
-            username=users.get(t.user_id, "") if t.user_id is not None else "",
-            location_code=locations.get(t.location_id, ("", None))[0],
-            organization_id=locations.get(t.location_id, ("", None))[1],
-            break_glass=t.break_glass,  # as the sync event: the grant the caller submitted under
-            purpose_of_use=t.purpose_of_use,
+    # the names the submit kept on each task; looked up (two small queries) only for tasks without
+    kept = {id(t): auditing.submitted_identity(t) for t in tasks}
+    missing = [t for t in tasks if kept[id(t)] is None]
+    users, locations = auditing.identities(missing) if missing else ({}, {})
+    events = []
+    for t in tasks:
+        who = kept[id(t)]
+        if who is None:
+            code, organization = locations.get(t.location_id, ("", None))
+            who = (users.get(t.user_id, "") if t.user_id is not None else "", code, organization)
+        events.append(
+            auditing.inference_event(
+                t,
+                username=who[0],
+                location_code=who[1],
+                organization_id=who[2],
+                break_glass=t.break_glass,  # as the sync event: the grant the caller submitted under
+                purpose_of_use=t.purpose_of_use,
+            )
         )
-        for t in tasks
-    ]
+    return events
 
 
 def observe_tasks(tasks: list[InferenceTask]) -> None:
@@ -143,6 +152,8 @@ def _record_fields(
         latency_ms=total_ms,
         **plan.record_extra,
     )
+    if plan.answer_features is not None:  # what quality monitoring keeps of the answer
+        fields.update(plan.answer_features.fields())
     if plan.storage is not None:  # store: true (apps/inference/conversations.py)
         fields.update(conversations.record_fields(plan.storage, plan.answer, now))
     return fields

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from apps.inference import backends, conformance, conversations, forced_tools, response_cache, router
+from apps.inference import answer_features, backends, conformance, conversations, forced_tools, response_cache, router
 from apps.inference.dispatch import NoBackend, call_with_failover
 from apps.inference.errors import ApiError
 from apps.inference.models import InferenceTask
@@ -135,6 +135,7 @@ async def complete_chat(plan: ChatPlan) -> dict[str, Any]:
     usage = data.get("usage") or {}
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
+    plan.answer_features = answer_features.of_completion(data)
     if plan.storage is not None:
         plan.answer = data
     await _keep(plan, key, data)
@@ -173,6 +174,7 @@ async def complete_text(plan: ChatPlan) -> dict[str, Any]:
         answers = [r for r in results if isinstance(r, dict)]
     assert plan.endpoint is not None
     data = conformance.text_completion(answers, plan.endpoint.name)
+    plan.answer_features = answer_features.of_text_completion(data)
     usage = data["usage"]
     plan.prompt_tokens = _int(usage.get("prompt_tokens"))
     plan.completion_tokens = _int(usage.get("completion_tokens"))
@@ -275,10 +277,12 @@ async def relay_stream(
     error: tuple[str, str] | None = None
     recorded = False
     answer = conversations.StreamAnswer() if plan.storage is not None else None
+    features = answer_features.StreamFeatures()
 
     def count_tokens() -> None:
         if not plan.completion_tokens:
             plan.completion_tokens = max(chunks - 1, 0)  # no usage from the backend: count content chunks
+        plan.answer_features = features.features()
         if answer is not None:  # store: true: what was streamed (until Stop, if the client stopped)
             assert plan.endpoint is not None
             plan.answer = answer.completion(plan.endpoint.name, plan.prompt_tokens, plan.completion_tokens)
@@ -305,6 +309,7 @@ async def relay_stream(
                     break
                 for chunk in convert(event):
                     plan.tool_calls += normalise(chunk)
+                    features.add(chunk)
                     out = frames.chunk(chunk, usage)
                     if out:
                         chunks += 1

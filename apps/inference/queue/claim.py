@@ -29,8 +29,7 @@ def _delivered_waiting(rank: float, now: Any) -> bool:
     """Whether the broker already handed out an entry ahead of ``rank`` that no worker started yet
     (prefetched into a cluster's local queue, waiting for a free worker): a draining worker must
     stop for it. Leased entries are few (running groups and prefetches), and read from the index."""
-    leased = list(QueueEntry.objects.leased(list_key(), now).ahead_of(rank).values_list("task_id", flat=True)[:256])
-    return S.QUEUED in set(InferenceTask.objects.by_pk(leased).values_list("status", flat=True))
+    return QueueEntry.objects.handed_out_ahead(list_key(), now, rank)
 
 
 def _lease_until(now: Any) -> Any:
@@ -56,8 +55,19 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
     group: list[Claimed] = []
     expired: list[InferenceTask] = []
     delivered = None
+    fast = None  # the delivered task, claimed by its one statement
     with transaction.atomic():
         if task_id is not None:
+            claimed = InferenceTask.objects.claim_delivered(
+                task_id, now, QueueEntry.objects.next_ready_sql(list_key(), now)
+            )
+            if claimed is not None:  # the usual case: it was QUEUED, before any deadline
+                fast, ready = claimed
+                group.append(Claimed(fast, fast.attempts, None))
+                model, delivered = (fast.requested_model, fast.agent_type), fast.id
+                if not ready:
+                    limit = 0  # nothing else ready in the queue: no companions to look for
+        if task_id is not None and fast is None:  # not QUEUED before its deadline: read it, locked, to say why
             task = InferenceTask.objects.filter(id=task_id).locked().first()
             if task is None or task.status not in LIVE:
                 return [], task.status if task else "missing"
@@ -107,7 +117,14 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
             same = {
                 k: t for k, t in window.items() if t.status == S.QUEUED and (t.requested_model, t.agent_type) == model
             }
-            if task_id is None and (not head or head[0].task_id not in same or _delivered_waiting(head[0].rank, now)):
+            waiting: list[bool] = []  # whether work handed out ahead of the head waits (read once a claim)
+
+            def handed_out() -> bool:
+                if not waiting:
+                    waiting.append(_delivered_waiting(head[0].rank, now))
+                return waiting[0]
+
+            if task_id is None and (not head or head[0].task_id not in same or handed_out()):
                 return [], "head_is_other_work"  # strict order: leave it to the broker's next delivery
             first = window.get(head[0].task_id) if head and head[0].task_id else None
             if group and first is not None and first.id not in same and first.priority > group[0].task.priority:
@@ -121,7 +138,7 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
                     expired.append(other)
                 else:
                     chosen.append((other.id, entry.id))
-            if extra and head and len(group) + len(chosen) >= limit and not _delivered_waiting(head[0].rank, now):
+            if extra and head and len(group) + len(chosen) >= limit and not handed_out():
                 taken = {t for t, _ in chosen} | {t.id for t in expired} | {delivered}
                 for entry in head:  # the run of this model's entries at the head, in order
                     if entry.task_id in taken:
@@ -145,10 +162,11 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
                 now, now + timedelta(seconds=result_ttl())
             )  # checked QUEUED under the lock
             QueueEntry.objects.of_tasks([t.id for t in expired if t.id != delivered]).delete()
-        if group:
+        others = [c for c in group if c.task is not fast]
+        if others:
             # rows locked above (or the whole database on SQLite): attempts + 1 is exactly the token read
             waits = {
-                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in group
+                c.task.id: int((now - (c.task.queued_at or c.task.created_at)).total_seconds() * 1000) for c in others
             }
             InferenceTask.objects.claim(now, waits)
         updates = [push.update_for(t, S.EXPIRED) for t in expired] + [
@@ -163,10 +181,16 @@ def _claim_group(task_id: Any, model: tuple[str, str] | None, limit: int, extra:
     return group, S.PROCESSING
 
 
+def _head_priority() -> int | None:
+    """The priority of the next entry the broker would deliver, None if no entry is ready (one
+    indexed read, no lock): the peek a running worker shares between its two questions, whether
+    more urgent work waits (``_urgent_head``) and whether there is anything to refill from."""
+    return QueueEntry.objects.head_priority(list_key(), timezone.now())
+
+
 def _urgent_head(above: int) -> bool:
-    """Whether the next entry the broker would deliver is of a higher priority than ``above`` (one
-    indexed read, no lock)."""
-    head = QueueEntry.objects.ready(list_key(), timezone.now()).values_list("priority", flat=True).first()
+    """Whether the next entry the broker would deliver is of a higher priority than ``above``."""
+    head = _head_priority()
     return head is not None and head > above
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apps.inference import broker, retention
@@ -34,7 +35,7 @@ def expire_and_purge(now: Any = None) -> dict[str, int]:
     inference_metrics.count_finished("async", "expired", expired)
     record.release_tasks(overdue)  # their quota holds (a task that ran meanwhile settled its own)
     # content past retention, except what a legal hold covers (apps/inference/retention.py)
-    purged = InferenceTask.objects.purge_due(now, sync_before=retention.sync_retention_cutoff(now))
+    purged = retention.purge_content(now, retention.sync_retention_cutoff(now))
     return {"expired": expired, "purged": purged}
 
 
@@ -45,7 +46,8 @@ def recover_orphans(now: Any = None) -> int:
     now = now or timezone.now()
     with transaction.atomic():
         lost = list(
-            InferenceTask.objects.live_without_entry()
+            InferenceTask.objects.live()
+            .exclude(Exists(QueueEntry.objects.filter(task_id=OuterRef("id"))))  # lost: no entry
             .order_by()
             .only("id", "status", "priority", "queued_at", "created_at")
             .locked()[:1000]

@@ -27,66 +27,108 @@ from apps.inference.queue.common import (
 )
 
 
+class _Superseded(Exception):
+    """The fenced write found a task that is no longer this claim's: its transaction is rolled back
+    and the group written again with the fence read first."""
+
+
 def _finish_group(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:
     """Write the group's results in one transaction: each fenced by its attempt (a task claimed again
     after this worker's lease ended is not overwritten: "superseded"), one audit write for all,
-    the companions' entries deleted, the updates pushed on commit."""
+    the companions' entries deleted, the updates pushed on commit.
+
+    The fence rides on the outcomes' UPDATE (``WHERE status = 'processing' AND attempts = …``) when
+    no task goes back to the queue: if it wrote every row, nothing was superseded (the usual case,
+    one statement for the fence and the outcomes); otherwise that transaction is rolled back before
+    anything else was written and the group is written again with the fence read under the rows'
+    locks first, which tells each task's state."""
     finished = timezone.now()
     expires = finished + timedelta(seconds=result_ttl())
-    states: list[str] = []
-    updates = []
-    with transaction.atomic():
-        # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
-        current = {
-            pk: (status, attempts)
-            for pk, status, attempts in InferenceTask.objects.by_pk([c.task.id for c in group])
-            .locked()
-            .values_list("id", "status", "attempts")
-        }
-        mine, requeued = [], []
-        for c, (outcome, ms) in zip(group, results, strict=True):
-            task = c.task
-            if current.get(task.id) != (S.PROCESSING, c.attempt):
-                states.append("superseded")
-                continue
-            if outcome["status"] == REQUEUED:
-                requeued.append(c)
-                states.append(S.QUEUED)
-                continue
-            for name, value in {
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "tool_calls": 0,
-                "endpoint_id": None,
-                "model_name": "",
-                **outcome,
-            }.items():
-                setattr(task, name, value)
-            task.finished_at, task.result_expires_at, task.inference_ms = finished, expires, ms
-            task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)
-            mine.append(task)
-            states.append(outcome["status"])
-            updates.append(push.update_for(task, outcome["status"]))
-        if mine:
-            InferenceTask.objects.write_outcomes(mine)
-        if requeued:
-            _requeue(requeued, finished)
-            updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
-        back = {id(c) for c in requeued}
-        companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
-        if companions:
-            QueueEntry.objects.filter(id__in=companions).delete()
-        if mine:  # the pipeline's reconcile and audit steps: one event per finished task, appended last
-            record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
-            record_events(record.audit_events(mine))
-        transaction.on_commit(lambda: push.send(updates))
-        hooks.batch_tasks_ended(t.batch_id for t in mine)  # after the push: a batch's end follows its tasks
+    written: tuple[list[str], list[InferenceTask]] | None = None
+    if not any(outcome["status"] == REQUEUED for outcome, _ in results):
+        try:
+            with transaction.atomic():
+                written = _write_group(group, results, finished, expires, None)
+        except _Superseded:
+            written = None
+    if written is not None:
+        states, mine = written
+    else:
+        with transaction.atomic():
+            # the fence, read under the rows' locks (the whole database's on SQLite) until the commit
+            current = {
+                pk: (status, attempts)
+                for pk, status, attempts in InferenceTask.objects.by_pk([c.task.id for c in group])
+                .locked()
+                .values_list("id", "status", "attempts")
+            }
+            states, mine = _write_group(group, results, finished, expires, current)
     for task in mine:
         if task.started_at is not None:
             task.queue_wait_ms = int((task.started_at - (task.queued_at or task.created_at)).total_seconds() * 1000)
     if mine:
         record.observe_tasks(mine)  # the metrics step
     return states
+
+
+def _write_group(
+    group: list[Claimed],
+    results: list[tuple[dict[str, Any], int]],
+    finished: Any,
+    expires: Any,
+    current: dict[Any, tuple[str, int]] | None,
+) -> tuple[list[str], list[InferenceTask]]:
+    """``_finish_group``'s transaction: with ``current`` (the fence read), what it allows; without,
+    every task as still this claim's, the fence checked by the outcomes' UPDATE (``_Superseded``)."""
+    states: list[str] = []
+    updates = []
+    mine, requeued = [], []
+    for c, (outcome, ms) in zip(group, results, strict=True):
+        task = c.task
+        if current is not None and current.get(task.id) != (S.PROCESSING, c.attempt):
+            states.append("superseded")
+            continue
+        if outcome["status"] == REQUEUED:
+            requeued.append(c)
+            states.append(S.QUEUED)
+            continue
+        for name, value in {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "tool_calls": 0,
+            "endpoint_id": None,
+            "model_name": "",
+            "answer_chars": None,
+            "finish_reason": "",
+            "refused": False,
+            **outcome,
+        }.items():
+            setattr(task, name, value)
+        task.finished_at, task.result_expires_at, task.inference_ms = finished, expires, ms
+        task.latency_ms = int((finished - task.created_at).total_seconds() * 1000)
+        mine.append(task)
+        states.append(outcome["status"])
+        updates.append(push.update_for(task, outcome["status"]))
+    if mine:
+        if current is None:
+            attempts = [c.attempt for c in group]  # no requeued task here: ``mine`` is the whole group
+            if InferenceTask.objects.write_outcomes(mine, attempts) != len(mine):
+                raise _Superseded
+        else:
+            InferenceTask.objects.write_outcomes(mine)
+    if requeued:
+        _requeue(requeued, finished)
+        updates += [push.update_for(c.task, S.QUEUED) for c in requeued]
+    back = {id(c) for c in requeued}
+    companions = [c.entry_id for c in group if c.entry_id is not None and id(c) not in back]
+    if companions:
+        QueueEntry.objects.filter(id__in=companions).delete()
+    if mine:  # the pipeline's reconcile and audit steps: one event per finished task, appended last
+        record.reconcile_tasks(mine)  # (the chain head stays locked to the commit)
+        record_events(record.audit_events(mine))
+    transaction.on_commit(lambda: push.send(updates))
+    hooks.batch_tasks_ended(t.batch_id for t in mine)  # after the push: a batch's end follows its tasks
+    return states, mine
 
 
 def _finish_or_fail(group: list[Claimed], results: list[tuple[dict[str, Any], int]]) -> list[str]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, IntegerField, Min, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 from django_q.status import Stat
 
-from apps.accounts.models import Location
 from apps.inference.models import InferenceTask, Priority, QueueEntry, TaskBatch
 from apps.inference.queue.common import S, list_key, queue_max
 from apps.inference.queue.submit import emergency_mode
@@ -34,26 +32,7 @@ def positions(tasks: list[InferenceTask]) -> dict[Any, int]:
             by_location.setdefault(t.location_id, []).append(t.id)
     places: dict[Any, int] = {}
     for location_id, queued in by_location.items():
-        same_org = InferenceTask.objects.filter(
-            status=S.QUEUED,
-            location__organization_id=Subquery(Location.objects.filter(pk=location_id).values("organization_id")[:1]),
-        ).values("id")
-        ahead = (
-            QueueEntry.objects.in_queue(list_key())
-            .ahead_of(OuterRef("rank"))
-            .filter(task_id__in=same_org)
-            .order_by()
-            .values("key")
-            .annotate(n=Count("id"))
-            .values("n")
-        )
-        rows = (
-            QueueEntry.objects.of_tasks(queued)
-            .order_by()
-            .annotate(ahead=Coalesce(Subquery(ahead, output_field=IntegerField()), 0))
-            .values_list("task_id", "ahead")
-        )
-        places.update({task_id: n + 1 for task_id, n in rows})
+        places.update(QueueEntry.objects.places(list_key(), location_id, queued))
     return places
 
 

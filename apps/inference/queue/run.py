@@ -22,7 +22,7 @@ from apps.inference.models import InferenceTask, Priority
 from apps.inference.pipeline import gate
 from apps.inference.pipeline.plan import task_plan
 from apps.inference.pipeline.run import complete_chat
-from apps.inference.queue.claim import _claim_group, _claim_urgent, _urgent_head
+from apps.inference.queue.claim import _claim_group, _claim_urgent, _head_priority
 from apps.inference.queue.common import (
     REQUEST_UNREADABLE,
     REQUEUED,
@@ -52,6 +52,7 @@ def _run(coro: Any) -> Any:
 
 
 URGENT_CHECK_SECONDS = 0.005
+_UNREAD = object()  # the head of the queue not peeked at yet after this write
 # A claim takes up to this many GPU batches of work for the worker's model; no more than one batch
 # is ever in flight (the window), the rest waits in the worker's buffer, claimed and leased. A
 # claim (one transaction, about seven statements) costs the same for 8 tasks as for 32, so a
@@ -101,6 +102,7 @@ async def _execute(task: InferenceTask, route: router.Route | Exception) -> dict
             "tool_calls": plan.tool_calls,
             "endpoint_id": plan.endpoint.id if plan.endpoint else None,
             "model_name": plan.endpoint.name if plan.endpoint else "",
+            **(plan.answer_features.fields() if plan.answer_features else {}),
         }
     except (ApiError, router.RoutingError) as exc:
         if exc.code in WAIT_CODES:
@@ -290,19 +292,29 @@ def run_task(task_id: str, collate: bool = True) -> str:
                 for c, st in zip(list(buffered), hand_back(), strict=True):
                     if c is delivered:
                         result = st
+            head: Any = _UNREAD  # the head's priority (None: nothing ready), read once for both questions
             if collate and level < Priority.CRITICAL and time.monotonic() >= next_urgent_check:
                 next_urgent_check = time.monotonic() + URGENT_CHECK_SECONDS
-                if _off_loop(loop, _urgent_head, level):
+                head = _off_loop(loop, _head_priority)
+                if head is not None and head > level:
                     start(claim_more(_claim_urgent, level))
+                    head = _UNREAD  # the head moved
             if refill:
                 limit = max(policy.batch_size(), 1)
                 if time.monotonic() >= end:
                     refill = False
                 elif len(buffered) < limit and len(pending) + len(buffered) <= limit * (CLAIM_BATCHES - 1):
-                    more = claim_more(_claim_refill, model, limit * CLAIM_BATCHES - len(pending) - len(buffered), limit)
-                    refill = bool(more)
-                    buffered.extend(more)
-                    unwritten.update((id(c), c) for c in more)
+                    if head is _UNREAD:
+                        head = _off_loop(loop, _head_priority)
+                    if head is None:
+                        refill = False  # nothing ready to refill from: what an empty refill would say
+                    else:
+                        more = claim_more(
+                            _claim_refill, model, limit * CLAIM_BATCHES - len(pending) - len(buffered), limit
+                        )
+                        refill = bool(more)
+                        buffered.extend(more)
+                        unwritten.update((id(c), c) for c in more)
             fill_window()
     except (Exception, TimeoutException) as exc:
         # Unexpected, outside any one task's own steps (those end their task above): the tasks of

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, router, transaction
 from django.utils import timezone
 
 from apps.accounts.services import Principal, audit_marks
+from apps.audit import rows
 from apps.audit.models import AuditEvent
 from apps.audit.services import new_event, record_event, record_events
 from apps.inference import broker, push
@@ -55,12 +56,17 @@ def dedup_key(location_pk: int, requested: str, agent_type: str, payload: dict[s
 
 
 def _spec(item: dict[str, Any], plan: ChatPlan, deadline_s: float | None) -> dict[str, Any]:
-    """What the task row keeps of its request (``InferenceTask.request``), for its worker."""
+    """What the task row keeps of its request (``InferenceTask.request``, encrypted), for its worker:
+    also who submitted it, where (``who``: the names its worker's audit event gives, as the sync
+    path's event gives the caller's; ``auditing.submitted_identity``), so that the worker does not
+    look them up for every result it writes."""
+    p = plan.principal
     return {
         "model": item.get("model") or "",
         "agent_type": item.get("agent_type") or "",
         "payload": plan.payload,
         "deadline_s": deadline_s,
+        "who": {"username": p.username, "location": p.location_code, "organization_id": p.organization_id},
     }
 
 
@@ -167,13 +173,10 @@ def _existing_owned(wanted: list[tuple[Principal, str]], now: Any) -> dict[tuple
     # key alone (its index; the key already includes the location), the rest is checked here: with
     # the owner in the WHERE clause SQLite picks the owner index and reads all the caller's tasks.
     owners = {(k, p.user_id, p.location_pk) for p, k in wanted}
-    rows = (
-        InferenceTask.objects.filter(dedup_key__in={k for k, _, _ in owners})
-        .order_by()
-        .values_list("dedup_key", "user_id", "location_id", "mode", "status", "result_expires_at", "created_at", "id")
-    )
     best: dict[tuple[str, int, int], tuple[Any, Any]] = {}
-    for key, user_id, location_id, mode, status, expires, created, pk in rows:
+    for key, user_id, location_id, mode, status, expires, created, pk in InferenceTask.objects.dedup_candidates(
+        list({k for k, _, _ in owners})
+    ):
         owner = (key, user_id, location_id)
         if owner not in owners or mode != InferenceTask.Mode.ASYNC:
             continue
@@ -213,11 +216,12 @@ def _new_task(plan: ChatPlan, spec: dict[str, Any], key: str, batch: TaskBatch |
 
 
 def _enqueue(tasks: list[InferenceTask], now: Any) -> None:
-    """Write the tasks and their queue entries (inside the caller's transaction), push on commit."""
-    if len(tasks) == 1:
-        tasks[0].save(force_insert=True)
-    else:
-        InferenceTask.objects.bulk_create(tasks)
+    """Write the tasks and their queue entries (inside the caller's transaction), push on commit.
+    The tasks' INSERT is compiled once per process and sent with one ``executemany``
+    (apps/audit/rows.py, as the record writer does: Django's compiler cost more than the insert)."""
+    using = router.db_for_write(InferenceTask)
+    if not rows.insert(InferenceTask, tasks, using):
+        InferenceTask.objects.using(using).bulk_create(tasks)
     broker.put_many(
         list_key(),
         [(_package(t, now), t.priority, t.id) for t in tasks],

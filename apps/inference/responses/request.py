@@ -31,9 +31,11 @@ from django.conf import settings
 
 from apps.inference import validation
 from apps.inference.errors import ApiError
+from apps.inference.validation.fields import UNSUPPORTED
 
 # Fields passed to the chat validator as they are.
 SAME = ("model", "agent_type", "priority", "temperature", "top_p", "parallel_tool_calls", "user", "safety_identifier")
+SHARED_WITH_CHAT = ("moderation", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options")
 # OpenAI fields medai takes only at the value that asks for nothing, and why any other is refused.
 NOTHING: dict[str, tuple[tuple[Any, ...], str]] = {
     "background": ((None, False), "background responses are not available: use the async API (/v1/async/submit)"),
@@ -47,19 +49,8 @@ NOTHING: dict[str, tuple[tuple[Any, ...], str]] = {
         "medai's models take no reasoning effort",
     ),
     "top_logprobs": ((None, 0), "log probabilities are not returned by the Responses translation"),
-    "moderation": ((None,), "medai runs no moderation model"),
-    "prompt_cache_key": (
-        (None,),
-        "llama.cpp reuses cached prompts by itself; OpenAI's cache routing has no counterpart",
-    ),
-    "prompt_cache_retention": (
-        (None,),
-        "llama.cpp reuses cached prompts by itself; OpenAI's cache retention has no counterpart",
-    ),
-    "prompt_cache_options": (
-        (None,),
-        "llama.cpp reuses cached prompts by itself; OpenAI's cache options have no counterpart",
-    ),
+    # the same reasons as the chat validator's: one wording for one refusal
+    **{name: UNSUPPORTED[name] for name in SHARED_WITH_CHAT},
 }
 KNOWN = frozenset(
     (

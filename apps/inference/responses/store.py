@@ -30,7 +30,7 @@ from apps.audit.models import AuditEvent
 from apps.audit.services import record_event
 from apps.inference import auditing
 from apps.inference.errors import ApiError
-from apps.inference.models import InferenceTask
+from apps.inference.models import InferenceTask, LegalHold
 from apps.inference.responses import output
 
 KIND = "response"
@@ -97,7 +97,12 @@ def delete(principal: Any, rid: str) -> dict[str, Any]:
     task = _owned(principal, rid, None)
     now = timezone.now()
     rows = InferenceTask.objects.filter(id=task.id)
-    if rows.not_on_hold().update(request=None, result=None, content_purged_at=now, result_expires_at=now) == 0:
+    if (
+        rows.exclude(LegalHold.objects.covering_task()).update(
+            request=None, result=None, content_purged_at=now, result_expires_at=now
+        )
+        == 0
+    ):
         rows.update(result_expires_at=now)  # held: out of the API's reach, purged when the hold ends
     record_event(actions.RESPONSE_DELETE, actor=principal, obj=task, outcome=AuditEvent.Outcome.SUCCESS, details={})
     return {"id": rid, "object": "response", "deleted": True}

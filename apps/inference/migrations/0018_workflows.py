@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_schedule_token_purge'),
-        ('inference', '0016_files_and_batches'),
+        ('inference', '0017_quality_and_drift'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
