@@ -75,6 +75,14 @@ def test_an_unknown_or_inactive_workflow_is_a_404(client):
     assert client.get("/v1/workflows").json()["data"] == []
 
 
+def test_a_name_no_workflow_can_have_is_a_404_not_a_500(client):
+    # a NUL in a query is refused by PostgreSQL itself (the fuzz found it): such a name is never looked up
+    for name in ("%00", "a%00b", "x" * 65, "%C3%A9t%C3%A9", "a%20b"):
+        response = client.post(f"/v1/workflows/{name}/runs", {"document": "a note"}, format="json")
+        assert response.status_code == 404, (name, response.content)
+        assert response.json()["error"]["code"] == "workflow_not_found"
+
+
 def test_an_auditor_may_not_start_a_run(client_for, audrey, client):
     response = client_for(audrey).post(URL, {"document": "a note"}, format="json")
     assert response.status_code == 403 and not WorkflowRun.objects.exists()

@@ -11,6 +11,7 @@ stages are submitted as that principal by apps.inference.workflows.advance.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,8 @@ from apps.inference.workflows import advance, shapes
 
 R = WorkflowRun.Status
 FIELDS = ("document", "priority", "deadline_s")
+# What a workflow's name can be (its SlugField, 64 characters at most).
+NAME = re.compile(r"[-a-zA-Z0-9_]{1,64}")
 # The most characters of a document: a discharge note is a few pages; the body limit
 # (MEDAI_MAX_BODY_BYTES) bounds it too, and each step's model its context.
 DOCUMENT_MAX = 100_000
@@ -147,7 +150,9 @@ def start_run(
     document = _document(data.get("document"))
     priority = _priority(data.get("priority"))
     deadline_s = _deadline_s(data.get("deadline_s"))
-    workflow = Workflow.objects.active().filter(name=str(name)[:64]).first() if isinstance(name, str) else None
+    # only a name a workflow can have is looked up (a slug: a NUL, say, is refused by PostgreSQL)
+    known = isinstance(name, str) and NAME.fullmatch(name) is not None
+    workflow = Workflow.objects.active().filter(name=name).first() if known else None
     if workflow is None:
         shown = name if isinstance(name, str) and len(name) <= 64 and name.isprintable() else "that name"
         raise ApiError(404, "workflow_not_found", f"No such workflow: '{shown}'.", "name")
