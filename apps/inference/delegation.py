@@ -12,10 +12,12 @@ one row read per step instead of a token kept (a kept token would outlive its re
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from apps.accounts.models import ApiKey, BreakGlassGrant, User
 from apps.accounts.services import Principal
+from apps.audit.services import record_event
 
 
 def snapshot(principal: Principal) -> dict[str, Any]:
@@ -71,3 +73,21 @@ def refusal(snap: dict[str, Any] | None, user_id: int | None, location_id: int, 
         if key is None or not key.is_usable:
             return "invalid_api_key", f"The API key the {what} was created with is revoked or expired."
     return None
+
+
+def record_as_owner(action: str, work: Any, details: dict[str, Any]) -> None:
+    """The audit event of something the work (a file batch, a workflow run: a row with ``user_id``,
+    ``principal``, ``correlation_id``) did after its request ended, in its owner's name: no IP or
+    user agent, since no request is behind it."""
+    snap = work.principal or {}
+    record_event(
+        action,
+        actor=SimpleNamespace(pk=work.user_id, username=snap.get("username", "")),
+        location=snap.get("location_code", ""),
+        organization_id=snap.get("organization_id"),
+        obj=work,
+        correlation_id=work.correlation_id,
+        ip="",
+        user_agent="",
+        details=details,
+    )

@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from django.db import transaction
@@ -32,7 +31,6 @@ from django.utils import timezone
 
 from apps.accounts.services import Principal
 from apps.audit import actions
-from apps.audit.services import record_event
 from apps.inference import delegation, queue
 from apps.inference.errors import ApiError, error_body
 from apps.inference.filebatch import files, jsonl
@@ -285,17 +283,10 @@ def finalize(pk: Any) -> str | None:
         batch.input_tokens, batch.output_tokens = prompt_tokens, completion_tokens
         batch.save()
         TaskBatch.objects.filter(pk=batch.pk).update(holds_results=False)  # retention takes them now
-        snap = batch.principal or {}
-        record_event(
+        delegation.record_as_owner(
             actions.BATCH_FINISH,
-            actor=SimpleNamespace(pk=batch.user_id, username=snap.get("username", "")),
-            location=snap.get("location_code", ""),
-            organization_id=snap.get("organization_id"),
-            obj=batch,
-            correlation_id=batch.correlation_id,
-            ip="",
-            user_agent="",
-            details={
+            batch,
+            {
                 "status": batch.status,
                 "total": batch.total,
                 "completed": len(good),

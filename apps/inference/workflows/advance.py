@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from django.db import transaction
@@ -30,7 +29,6 @@ from django.utils import timezone
 
 from apps.accounts.services import Principal
 from apps.audit import actions
-from apps.audit.services import record_event
 from apps.inference import delegation, queue, retention
 from apps.inference.errors import ApiError
 from apps.inference.filebatch.feed import holds_released_on_rollback
@@ -148,17 +146,10 @@ def end(run: WorkflowRun, status: str, code: str = "", message: str = "", result
     TaskBatch.objects.filter(pk=run.pk).update(holds_results=False)
     if status != R.COMPLETED:
         queue.cancel_queued_of_batch(principal_of(run), run.pk)
-    snap = run.principal or {}
-    record_event(
+    delegation.record_as_owner(
         actions.WORKFLOW_RUN_FINISH,
-        actor=SimpleNamespace(pk=run.user_id, username=snap.get("username", "")),
-        location=snap.get("location_code", ""),
-        organization_id=snap.get("organization_id"),
-        obj=run,
-        correlation_id=run.correlation_id,
-        ip="",
-        user_agent="",
-        details={
+        run,
+        {
             "status": status,
             "workflow": run.workflow.name,
             "error_code": run.error_code,
