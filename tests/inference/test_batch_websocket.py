@@ -9,30 +9,20 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 
-from medai.asgi import application
 from tests.conftest import register_model
 from tests.inference.batch_helpers import line, made, run_worker
+from tests.inference.ws_helpers import close as _close
+from tests.inference.ws_helpers import frames_until as _until
+from tests.inference.ws_helpers import no_position_reads
+from tests.inference.ws_helpers import socket as _socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def _socket(token: str) -> WebsocketCommunicator:
-    ws = WebsocketCommunicator(application, "/ws/tasks/", subprotocols=["bearer", token])
-    assert (await ws.connect())[0]
-    assert (await ws.receive_json_from(timeout=5))["type"] == "hello"
-    return ws
-
-
-async def _until(ws: WebsocketCommunicator, done: Any, limit: int = 200) -> list[dict[str, Any]]:
-    frames = []
-    for _ in range(limit):
-        frame = await ws.receive_json_from(timeout=10)
-        frames.append(frame)
-        if done(frame):
-            return frames
-    raise AssertionError(f"no final frame among {frames[-5:]}")
+@pytest.fixture(autouse=True)
+def _no_position_reads(monkeypatch):
+    no_position_reads(monkeypatch)  # places are not what these tests are about
 
 
 async def test_the_owner_hears_the_request_counts_live_and_the_end(alice, stub_backend, client_for, token_for):
@@ -46,7 +36,7 @@ async def test_the_owner_hears_the_request_counts_live_and_the_end(alice, stub_b
     assert await ws.receive_json_from(timeout=5) == {"type": "subscribed", "data": {"batch": batch["id"]}}
     await sync_to_async(run_worker)()
     frames = await _until(ws, lambda f: f["type"] == "batch.update" and f["data"]["status"] == "completed")
-    await ws.disconnect()
+    await _close(ws)
     updates = [f["data"] for f in frames if f["type"] == "task.update" and f["data"]["status"] == "completed"]
     assert len(updates) == 3
     assert sorted(u["batch"]["completed"] for u in updates) == [1, 2, 3]  # the counts, live, one per line
@@ -79,4 +69,4 @@ async def test_only_the_owner_may_subscribe_to_a_file_batch(alice, bob, stub_bac
                 assert answer["type"] == "subscribed", answer
             else:  # a colleague, or the location admin who sees the tasks: not the batch
                 assert answer["type"] == "error" and answer["data"]["code"] == "batch_not_found", (name, answer)
-        await ws.disconnect()
+        await _close(ws)

@@ -9,52 +9,22 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 
 from apps.accounts.models import User
-from apps.inference import consumers
 from apps.inference.workflows import runs
-from medai.asgi import application
-from tests.conftest import _user, records_written, register_model
+from tests.conftest import _user, register_model
 from tests.inference.batch_helpers import run_worker
+from tests.inference.ws_helpers import close as _close
+from tests.inference.ws_helpers import frames_until as _until
+from tests.inference.ws_helpers import no_position_reads
+from tests.inference.ws_helpers import socket as _socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
 def _no_position_reads(monkeypatch):
-    """A socket with queued tasks reads their places from another thread when the queue moves; on
-    the in-memory SQLite of the fast suite that read locks the tables the worker, run by this test
-    meanwhile, writes ("table is locked"). Places are not what these tests are about: put them off."""
-    monkeypatch.setattr(consumers, "POSITIONS_PAUSE", 3600.0)
-
-
-async def _socket(token: str) -> WebsocketCommunicator:
-    """A socket, once what its opening reads and writes from other threads is done (the in-memory
-    SQLite of the fast suite locks tables across threads): its own lookups (a message answered
-    after them), its ``ws.open`` audit event (the background writer)."""
-    ws = WebsocketCommunicator(application, "/ws/tasks/", subprotocols=["bearer", token])
-    assert (await ws.connect())[0]
-    assert (await ws.receive_json_from(timeout=5))["type"] == "hello"
-    await ws.send_json_to({"hello": True})
-    assert (await ws.receive_json_from(timeout=5))["type"] == "error"
-    await sync_to_async(records_written)()
-    return ws
-
-
-async def _close(ws: WebsocketCommunicator) -> None:
-    await ws.disconnect()
-    await sync_to_async(records_written)()  # its ``ws.close`` event
-
-
-async def _until(ws: WebsocketCommunicator, done: Any, limit: int = 200) -> list[dict[str, Any]]:
-    frames = []
-    for _ in range(limit):
-        frame = await ws.receive_json_from(timeout=10)
-        frames.append(frame)
-        if done(frame):
-            return frames
-    raise AssertionError(f"no final frame among {frames[-5:]}")
+    no_position_reads(monkeypatch)  # places are not what these tests are about
 
 
 def _start(client_for: Any, alice: User, stub_backend: str) -> str:
