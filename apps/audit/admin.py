@@ -44,7 +44,7 @@ def _csv_response(request: HttpRequest, events: QuerySet[AuditEvent], scope: str
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
     list_display = [
         "seq",
         "created_at",
@@ -73,15 +73,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     @admin.display(description="correlation id", ordering="correlation_id")
     def correlation(self, obj: AuditEvent) -> str:
         return display.short_id(obj.correlation_id)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         export = path("export.csv", self.admin_site.admin_view(self.export_view), name="audit_auditevent_export")

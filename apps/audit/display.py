@@ -102,3 +102,18 @@ def short_id(value: Any) -> SafeString | str:
     if len(full) <= SHORT_ID + 1:
         return full
     return format_html('<span class="medai-id" title="{}">{}…</span>', full, full[:SHORT_ID])
+
+
+class ReadOnlyAdmin:
+    """A ModelAdmin mixin (first in the bases) for records nobody edits in admin: what the system
+    wrote (audit events, quality weeks, feedback) is read, filtered and exported, never added,
+    changed or deleted there."""
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

@@ -294,7 +294,7 @@ class LegalHoldAdmin(admin.ModelAdmin):
 
 
 @admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
+class FeedbackAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
     """Clinicians' ratings of answers, by model and route: read-only (a rating is its author's,
     through POST /v1/feedback). The comment is not shown: it is free text that may name a patient,
     as the prompts and answers the task admin does not show either."""
@@ -315,15 +315,6 @@ class FeedbackAdmin(admin.ModelAdmin):
     search_fields = ["task__id", "user__username", "model_name", "agent_type"]
     date_hierarchy = "created_at"
     exclude = ["comment"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="exchange", ordering="task_id")
     def exchange(self, obj: Feedback) -> str:
@@ -465,7 +456,7 @@ def _pair(a: int | None, b: int | None, unit: str = "") -> str:
 
 
 @admin.register(ModelQualityWeek)
-class ModelQualityWeekAdmin(admin.ModelAdmin):
+class ModelQualityWeekAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
     """Each model's figures per week and the drift verdicts of that week (apps/inference/quality.py):
     read-only, written by the hourly schedule and ``manage.py quality``. No PHI: counts, rates and
     percentiles of records whose content may be long purged."""
@@ -502,15 +493,6 @@ class ModelQualityWeekAdmin(admin.ModelAdmin):
     )
     fields = shown
     readonly_fields = shown
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="requests", ordering="requests")
     def requests_shown(self, obj: ModelQualityWeek) -> str:
