@@ -140,8 +140,12 @@ def test_redis_holds_neither_the_prompt_nor_the_answer_in_clear(cache_on, ask, s
     import redis
     from django.conf import settings
 
-    set_stub_mode(stub_backend, "ok")
+    # an answer long enough that its bytes cannot turn up by chance in the ciphertext's base64
+    # (the stub's usual "OK" did, now and then)
+    said = "Give adrenaline 0.5 mg intramuscularly; Xylocache answer marker 4f1c."
+    set_stub_mode(stub_backend, "ok", reply={"message": {"role": "assistant", "content": said}})
     answer = ask(alice).json()["choices"][0]["message"]["content"]
+    assert answer == said
     client = redis.Redis.from_url(settings.REDIS_URL)
     # every entry (an earlier test's answer may still be stored by the live server after this
     # test's first flush: its put is not waited for), this one's among them
