@@ -185,12 +185,7 @@ def refusal(batch: FileBatch) -> tuple[str, str] | None:
 
 def advance(batch_ids: set[str]) -> None:
     """The queue's hook (tasks of these batches ended, committed): step each open file batch."""
-    pks = []
-    for value in batch_ids:
-        try:
-            pks.append(uuid.UUID(str(value)))
-        except ValueError:
-            continue
+    pks = hooks.batch_pks(batch_ids)
     for pk in FileBatch.objects.open().filter(pk__in=pks).values_list("pk", flat=True):
         try:
             if _due(pk):

@@ -13,6 +13,7 @@ schedule catches up with.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,3 +46,14 @@ def _run(ids: set[str]) -> None:
             callback(ids)
         except Exception as exc:  # noqa: BLE001 - the transition committed; a hook must not undo its answer
             logger.warning("batch hook %s failed: %s", getattr(callback, "__name__", callback), type(exc).__name__)
+
+
+def batch_pks(batch_ids: Iterable[Any]) -> list[uuid.UUID]:
+    """The ids a hook was handed, as primary keys (anything that is not a UUID left out)."""
+    pks = []
+    for value in batch_ids:
+        try:
+            pks.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return pks

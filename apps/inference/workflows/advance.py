@@ -20,7 +20,6 @@ its stages queued (the run fails with that reason).
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -238,12 +237,7 @@ def _queue_stage(run: WorkflowRun, made: list[Any]) -> None:
 
 def advance(batch_ids: set[str]) -> None:
     """The queue's hook (tasks of these batches ended, committed): step each open run among them."""
-    pks = []
-    for value in batch_ids:
-        try:
-            pks.append(uuid.UUID(str(value)))
-        except ValueError:
-            continue
+    pks = hooks.batch_pks(batch_ids)
     for pk in WorkflowRun.objects.open().filter(pk__in=pks).values_list("pk", flat=True):
         try:
             step(pk)
