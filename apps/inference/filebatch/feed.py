@@ -26,7 +26,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.accounts.services import Principal
@@ -184,25 +185,37 @@ def refusal(batch: FileBatch) -> tuple[str, str] | None:
 
 
 def advance(batch_ids: set[str]) -> None:
-    """The queue's hook (tasks of these batches ended, committed): step each open file batch."""
-    pks = hooks.batch_pks(batch_ids)
-    for pk in FileBatch.objects.open().filter(pk__in=pks).values_list("pk", flat=True):
+    """The queue's hook (tasks of these batches ended, committed): step each open file batch that
+    has something to do now. It runs after every task's end, so what it reads is one statement: the
+    open batches among these with their live task counts, read without a lock (a finished line that
+    needs nothing takes no write lock; ``step`` decides again under it)."""
+    live = (
+        InferenceTask.objects.filter(batch_id=OuterRef("pk"), status__in=LIVE_STATUSES)
+        .order_by()
+        .values("batch_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    rows = (
+        FileBatch.objects.open()
+        .filter(pk__in=hooks.batch_pks(batch_ids))
+        .annotate(live=Coalesce(Subquery(live), 0))
+        .values("pk", "status", "fed", "total", "unfed_code", "expires_at", "live")
+    )
+    for row in rows:
         try:
-            if _due(pk):
-                step(pk)
+            if _due(row):
+                step(row["pk"])
         except Exception:  # one batch's trouble must not stop the others; the schedule retries
-            logger.exception("file batch %s: step failed", pk)
+            logger.exception("file batch %s: step failed", row["pk"])
 
 
-def _due(pk: Any) -> bool:
-    """Whether ``step`` has something to do for the batch now (read without a lock, so that a
-    finished line that needs nothing takes no write lock; ``step`` decides again under it)."""
-    row = FileBatch.objects.filter(pk=pk).values("status", "fed", "total", "unfed_code", "expires_at").first()
-    if row is None or row["status"] not in FileBatch.OPEN:
-        return False
+def _due(row: dict[str, Any]) -> bool:
+    """Whether ``step`` has something to do for an open batch now (its row's status, fed, total,
+    unfed_code and expires_at, and ``live``: its tasks queued or running)."""
     if row["status"] == S.FINALIZING:
         return True
-    live = InferenceTask.objects.filter(batch_id=pk, status__in=LIVE_STATUSES).count()
+    live = row["live"]
     if not live and (row["fed"] >= row["total"] or row["unfed_code"]):
         return True
     if row["status"] != S.IN_PROGRESS or row["unfed_code"]:

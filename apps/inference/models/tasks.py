@@ -315,7 +315,10 @@ class InferenceTask(models.Model):
     kind = models.CharField(max_length=16, default="chat")  # chat | completions | response | embeddings | rerank
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks")
+    # (indexed by task_owner_recent, which it leads)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="tasks", db_index=False
+    )
     location = models.ForeignKey("accounts.Location", on_delete=models.PROTECT, related_name="tasks")
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     agent_type = models.CharField(max_length=64, blank=True)
@@ -356,7 +359,7 @@ class InferenceTask(models.Model):
     break_glass = models.PositiveIntegerField(null=True, blank=True, help_text="The break-glass grant it ran under.")
     purpose_of_use = models.CharField(max_length=64, blank=True)
     # A stored exchange's conversation (``store: true``): the exchanges of one conversation share it.
-    conversation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    conversation_id = models.UUIDField(null=True, blank=True)  # (indexed where set: task_conversation)
     created_at = models.DateTimeField(db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -365,7 +368,10 @@ class InferenceTask(models.Model):
     inference_ms = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Total time medai spent, end to end.")
     # async queue (issue 3)
-    batch = models.ForeignKey("TaskBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    # (indexed where set, with the status: task_batch_status)
+    batch = models.ForeignKey(
+        "TaskBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_index=False
+    )
     dedup_key = models.CharField(max_length=64, blank=True, db_index=True)
     deadline = models.DateTimeField(null=True, blank=True, help_text="A task still queued then expires.")
     result_expires_at = models.DateTimeField(null=True, blank=True, help_text="When the result's content is purged.")
@@ -387,6 +393,13 @@ class InferenceTask(models.Model):
             # the retention sweep: tasks whose content is still kept, by the end of their retention
             models.Index(
                 fields=["result_expires_at"], condition=models.Q(content_purged_at__isnull=True), name="task_purge_due"
+            ),
+            # Partial, so that the rows that leave them empty (every sync request's record) skip them: a
+            # batch's tasks by status (its live count on every task's end, apps.inference.filebatch.feed)
+            # and a conversation's exchanges.
+            models.Index(fields=["batch", "status"], condition=models.Q(batch__isnull=False), name="task_batch_status"),
+            models.Index(
+                fields=["conversation_id"], condition=models.Q(conversation_id__isnull=False), name="task_conversation"
             ),
         ]
 
