@@ -668,6 +668,10 @@ def test_workflow_runs_never_answer_500_and_every_run_ends(api):
         api("get", f"/v1/workflows/runs/{target}")
         if pick % 5 == 0:
             api("post", f"/v1/workflows/runs/{target}/cancel")
+        if pick % 4 == 0:  # the list, its cursor and filters fuzzed too
+            status = quote(name.encode("utf-8", "surrogatepass"), safe="")
+            query = f"after={target}&workflow={quoted}&status={status}&limit={pick % 150}"
+            api("get", f"/v1/workflows/runs?{query}")
 
     run()
     assert started  # the fuzz got runs onto the queue, not only 400s

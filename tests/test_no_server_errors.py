@@ -118,6 +118,8 @@ def test_hostile_bodies_never_cause_a_500(path, alice, token_for):
         "/v1/conversations/00000000-0000-0000-0000-000000000000",
         "/v1/workflows",
         "/v1/workflows/runs/%00",
+        "/v1/workflows/runs?workflow=%00&status=%ff&limit=1e9&after=%00",
+        "/v1/workflows/runs?after=" + "0" * 5000 + "&workflow=" + "x" * 5000,
         "/v1/workflows/runs/" + "0" * 5000,
         "/v1/workflows/runs/00000000-0000-0000-0000-000000000000",
         "/v1/workflows/discharge-summary/runs",

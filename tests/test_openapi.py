@@ -292,6 +292,10 @@ def test_workflow_responses_match_the_schema(client_for, alice, stub_backend):
     assert done["status"] == "completed"
     assert_matches(detail, "get", 200, done)
     assert_matches(detail, "get", 404, client.get("/v1/workflows/runs/nope").json())
+    listed = client.get("/v1/workflows/runs?limit=1")
+    assert listed.json()["data"][0]["id"] == run_id
+    assert_matches("/v1/workflows/runs", "get", 200, listed.json())
+    assert_matches("/v1/workflows/runs", "get", 400, client.get("/v1/workflows/runs?status=done").json())
     cancel = "/v1/workflows/runs/{run_id}/cancel"
     assert_matches(cancel, "post", 409, client.post(f"/v1/workflows/runs/{run_id}/cancel").json())
     other = client.post("/v1/workflows/discharge-summary/runs", {"document": "Another."}, format="json").json()

@@ -45,6 +45,7 @@ BATCH_FINISH = "batch.finish"  # a batch's outcome, its output and error files w
 # multi-agent workflows (apps/inference/workflows.py)
 WORKFLOW_RUN_CREATE = "workflow.run.create"  # a run started (its first stage queued)
 WORKFLOW_RUN_READ = "workflow.run.read"  # a run's status and result read: the read of PHI
+WORKFLOW_RUN_LIST = "workflow.run.list"  # a page of runs listed (status and steps, no result)
 WORKFLOW_RUN_CANCEL = "workflow.run.cancel"
 WORKFLOW_RUN_FINISH = "workflow.run.finish"  # a run's outcome (completed, failed, cancelled)
 WORKFLOW_LIST = "workflow.list"  # the runnable workflows listed

@@ -121,3 +121,88 @@ def test_reading_a_run_is_audited_and_the_document_never_shows_in_the_audit(clie
         cursor.execute(f"SELECT document FROM {WorkflowRun._meta.db_table}")
         [(stored,)] = cursor.fetchall()
     assert "Garcia" not in stored
+
+
+# --- GET /v1/workflows/runs -------------------------------------------------------------------------
+
+
+def _start(client, document="a note", **fields):
+    response = client.post(URL, {"document": document, **fields}, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def test_the_runs_list_shows_the_callers_runs_newest_first_in_pages(client):
+    ids = [_start(client, f"note {i}") for i in range(5)]
+    page = client.get("/v1/workflows/runs?limit=2").json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [r["id"] for r in page["data"]] == ids[::-1][:2]
+    assert (page["first_id"], page["last_id"]) == (ids[4], ids[3])
+    rest = client.get(f"/v1/workflows/runs?limit=10&after={page['last_id']}").json()
+    assert [r["id"] for r in rest["data"]] == ids[::-1][2:] and rest["has_more"] is False
+    run = rest["data"][0]
+    assert run["workflow"] == "discharge-summary" and run["status"] == "queued"
+    assert sorted(s["name"] for s in run["steps"]) == ["billing", "clinical", "documentation", "merge"]
+    assert run["result"] is None
+    # each item is the run as its own read answers it, but for the result
+    assert run == {**client.get(f"/v1/workflows/runs/{run['id']}").json(), "result": None}
+
+
+def test_the_runs_list_filters_by_workflow_and_status(client):
+    first, second = _start(client), _start(client)
+    WorkflowRun.objects.filter(pk=first).update(status=WorkflowRun.Status.FAILED, error_code="step_failed")
+    failed = client.get("/v1/workflows/runs?status=failed").json()["data"]
+    assert [r["id"] for r in failed] == [first] and failed[0]["error"]["code"] == "step_failed"
+    queued = client.get("/v1/workflows/runs?status=queued&workflow=discharge-summary").json()["data"]
+    assert [r["id"] for r in queued] == [second]
+    assert client.get("/v1/workflows/runs?workflow=another").json()["data"] == []
+
+
+def test_the_runs_list_never_shows_a_result_and_is_audited_without_content(client):
+    run_id = _start(client, "Mrs. Garcia, chest pain")
+    WorkflowRun.objects.filter(pk=run_id).update(status=WorkflowRun.Status.COMPLETED)
+    run = WorkflowRun.objects.get(pk=run_id)
+    run.result = {"content": "Summary for Mrs. Garcia"}
+    run.save(update_fields=["result"])
+    body = client.get("/v1/workflows/runs")
+    assert body.status_code == 200 and "Garcia" not in body.content.decode()
+    assert body.json()["data"][0]["result"] is None
+    assert client.get(f"/v1/workflows/runs/{run_id}").json()["result"] == {"content": "Summary for Mrs. Garcia"}
+    records_written()
+    [event] = AuditEvent.objects.filter(action="workflow.run.list")
+    assert event.details["count"] == 1 and "Garcia" not in str(event.details)
+
+
+def test_the_runs_list_shows_only_what_the_caller_may_see(client, client_for, bob, charlie, demo):
+    from apps.accounts.models import User
+
+    mine = _start(client)
+    bobs = _start(client_for(bob))
+    assert [r["id"] for r in client.get("/v1/workflows/runs").json()["data"]] == [mine]
+    assert [r["id"] for r in client_for(bob).get("/v1/workflows/runs").json()["data"]] == [bobs]
+    assert client_for(charlie).get("/v1/workflows/runs").json()["data"] == []  # another location
+    # another's run as the cursor is refused as if it did not exist
+    response = client.get(f"/v1/workflows/runs?after={bobs}")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "after"
+    boss = User.objects.create_user("boss", password="pw-12345678", role=User.Role.ADMIN, organization=bob.organization)
+    boss.locations.add(demo)
+    assert {r["id"] for r in client_for(boss).get("/v1/workflows/runs").json()["data"]} == {mine, bobs}
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=two", "limit"),
+        ("status=done", "status"),
+        ("workflow=a%00b", "workflow"),
+        ("workflow=" + "x" * 65, "workflow"),
+        ("after=not-an-id", "after"),
+        ("after=00000000-0000-4000-8000-000000000000", "after"),
+    ],
+)
+def test_a_bad_runs_list_parameter_is_a_400_naming_it(client, query, field):
+    response = client.get(f"/v1/workflows/runs?{query}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == field

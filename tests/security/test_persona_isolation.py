@@ -624,6 +624,14 @@ def test_alices_workflow_run_is_found_only_by_those_who_may_see_it(world, alices
         assert response.content.decode().replace(alices_run, fake) == missing.content.decode()
 
 
+def test_the_workflow_run_list_holds_only_the_runs_the_caller_may_see(world, alices_run):
+    for persona in PERSONAS:
+        response = _client(world, persona).get("/v1/workflows/runs")
+        assert response.status_code == 200, (persona, response.content)
+        listed = [r["id"] for r in response.json()["data"]]
+        assert listed == ([alices_run] if persona in SEES_ALICES else []), persona
+
+
 def test_only_alice_cancels_her_workflow_run(world, alices_run):
     """The location admin reads alice's run but does not act on it (as with a retry)."""
     fake = "00000000-0000-4000-8000-000000000000"
@@ -696,6 +704,7 @@ COVERED = {
     "workflows": "workflow definitions are global (admin's), the same for every organization",
     "workflow-runs": "test_workflow_runs_land_at_the_callers_own_location",
     "workflow-run-detail": "test_alices_workflow_run_is_found_only_by_those_who_may_see_it",
+    "workflow-runs-list": "test_the_workflow_run_list_holds_only_the_runs_the_caller_may_see",
     "workflow-run-cancel": "test_only_alice_cancels_her_workflow_run",
 }
 

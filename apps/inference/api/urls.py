@@ -37,6 +37,7 @@ urlpatterns = [
     path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
     path("workflows", workflow_views.WorkflowsView.as_view(), name="workflows"),
+    path("workflows/runs", workflow_views.WorkflowRunListView.as_view(), name="workflow-runs-list"),
     path("workflows/runs/<str:run_id>", workflow_views.WorkflowRunView.as_view(), name="workflow-run-detail"),
     path(
         "workflows/runs/<str:run_id>/cancel", workflow_views.WorkflowRunCancelView.as_view(), name="workflow-run-cancel"

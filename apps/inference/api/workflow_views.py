@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -165,6 +165,59 @@ class WorkflowRunsView(RateLimitedView):
             client_ip=request.META.get("REMOTE_ADDR"),
         )
         return Response({"id": str(run.pk), "object": "workflow.run", "status": run.status}, status=202)
+
+
+class WorkflowRunListSerializer(serializers.Serializer):
+    object = serializers.ChoiceField(choices=["list"])
+    data = WorkflowRunSerializer(many=True, help_text="Newest first; each without its result (read the run for it).")
+    first_id = serializers.UUIDField(allow_null=True)
+    last_id = serializers.UUIDField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+class WorkflowRunListView(APIView):
+    """``GET /v1/workflows/runs``: the caller's runs (a location admin's: the location's), newest
+    first, ``?workflow=&status=&limit=&after=``."""
+
+    permission_classes = [CanRead]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("workflow", str, description="Only the runs of this workflow (its name)."),
+            OpenApiParameter(
+                "status", str, enum=WorkflowRun.Status.values, description="Only the runs in this status."
+            ),
+            OpenApiParameter("limit", int, description=f"1 to {runs.LIST_MAX} (default {runs.LIST_DEFAULT})."),
+            OpenApiParameter("after", str, description="The last id of the previous page."),
+        ],
+        responses={200: WorkflowRunListSerializer, **_errors()},
+        operation_id="workflow_runs_list",
+    )
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        found, more = runs.list_runs(
+            principal_of(request),
+            workflow=params.get("workflow"),
+            status=params.get("status"),
+            after=params.get("after"),
+            limit=params.get("limit"),
+        )
+        record_event_later(
+            actions.WORKFLOW_RUN_LIST,
+            actor=principal_of(request),
+            object_type="inference.workflowrun",
+            details={"count": len(found)},
+        )
+        data = WorkflowRunSerializer(found, many=True).data
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": more,
+            }
+        )
 
 
 class WorkflowRunView(APIView):

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import SCOPE_READ, SCOPE_SUBMIT
@@ -25,6 +26,7 @@ from apps.audit import actions
 from apps.audit.services import record_event
 from apps.inference import delegation, queue
 from apps.inference.errors import ApiError
+from apps.inference.filebatch import files
 from apps.inference.filebatch.feed import holds_released_on_rollback
 from apps.inference.models import AgentRoute, Priority, TaskBatch
 from apps.inference.pipeline import gate
@@ -79,6 +81,48 @@ def get_run(principal: Principal, run_id: Any, *, content: bool = False) -> Work
     if found is None:
         raise not_found(run_id)
     return found
+
+
+LIST_DEFAULT, LIST_MAX = 20, 100
+
+
+def list_runs(
+    principal: Principal,
+    *,
+    workflow: Any = None,
+    status: Any = None,
+    after: Any = None,
+    limit: Any = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """A page of the runs the caller may see (``visible_to``), newest first, after the cursor run
+    ``after``, of one workflow (by name) and in one status if asked; and whether more follow. The
+    items are the run objects without their result (the read of one run gives it, audited as a
+    read of PHI); a bad parameter is a 400 naming it."""
+    gate.authorize(principal, SCOPE_READ)
+    size = files.page_size(limit, LIST_DEFAULT, LIST_MAX)
+    visible = WorkflowRun.objects.visible_to(principal)
+    qs = visible.select_related("workflow").defer("document", "result")
+    if workflow not in (None, ""):
+        if not isinstance(workflow, str) or not NAME.fullmatch(workflow):
+            raise _bad("workflow", "must be a workflow's name (letters, digits, '-' and '_').")
+        qs = qs.filter(workflow__name=workflow)
+    if status not in (None, ""):
+        if status not in R.values:
+            raise _bad("status", f"must be one of {', '.join(R.values)}.")
+        qs = qs.filter(status=status)
+    if after not in (None, ""):
+        try:
+            pk: uuid.UUID | None = uuid.UUID(str(after))
+        except ValueError:
+            pk = None
+        cursor = visible.filter(pk=pk).values("created_at", "pk").first() if pk else None
+        if cursor is None:
+            raise _bad("after", "names no workflow run of yours.")
+        qs = qs.filter(Q(created_at__lt=cursor["created_at"]) | Q(created_at=cursor["created_at"], pk__lt=cursor["pk"]))
+    found = list(qs.order_by("-created_at", "-pk")[: size + 1])
+    page = found[:size]
+    steps = shapes.steps_of_runs(page)
+    return [shapes.run_object(run, steps.get(run.pk, []), with_result=False) for run in page], len(found) > size
 
 
 def read_run(principal: Principal, run_id: Any) -> dict[str, Any]:

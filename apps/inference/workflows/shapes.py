@@ -34,6 +34,22 @@ def steps_of(run: WorkflowRun) -> list[WorkflowRunStep]:
     )
 
 
+def steps_of_runs(runs: list[WorkflowRun]) -> dict[Any, list[WorkflowRunStep]]:
+    """``steps_of`` for a page of runs, in one query: each run's steps by its id."""
+    found: dict[Any, list[WorkflowRunStep]] = {}
+    if not runs:
+        return found
+    steps = (
+        WorkflowRunStep.objects.filter(run_id__in=[r.pk for r in runs])
+        .select_related("task")
+        .defer("task__request", "task__result")
+        .order_by("stage", "id")
+    )
+    for step in steps:
+        found.setdefault(step.run_id, []).append(step)
+    return found
+
+
 def _ms(start: Any, end: Any) -> int | None:
     return int((end - start).total_seconds() * 1000) if start and end else None
 
@@ -71,12 +87,15 @@ def step_object(run: WorkflowRun, step: WorkflowRunStep) -> dict[str, Any]:
     }
 
 
-def run_object(run: WorkflowRun, steps: list[WorkflowRunStep] | None = None) -> dict[str, Any]:
-    """The run as ``GET /v1/workflows/runs/{id}`` answers it (its result: once completed, while kept)."""
+def run_object(
+    run: WorkflowRun, steps: list[WorkflowRunStep] | None = None, *, with_result: bool = True
+) -> dict[str, Any]:
+    """The run as ``GET /v1/workflows/runs/{id}`` answers it (its result: once completed, while
+    kept; never ``with_result`` False, as the list of runs shows them)."""
     steps = steps_of(run) if steps is None else steps
     started = [s.task.started_at for s in steps if s.task is not None and s.task.started_at]
     result = None
-    if run.status == R.COMPLETED and run.result and run.content_purged_at is None:
+    if with_result and run.status == R.COMPLETED and run.result and run.content_purged_at is None:
         result = {"content": run.result.get("content", "")}
     return {
         "id": str(run.pk),
