@@ -169,7 +169,9 @@ class WorkflowRunsView(RateLimitedView):
 
 class WorkflowRunListSerializer(serializers.Serializer):
     object = serializers.ChoiceField(choices=["list"])
-    data = WorkflowRunSerializer(many=True, help_text="Newest first; each without its result (read the run for it).")
+    data = WorkflowRunSerializer(  # type: ignore[assignment]  # documents the list's "data" key
+        many=True, help_text="Newest first; each without its result (read the run for it)."
+    )
     first_id = serializers.UUIDField(allow_null=True)
     last_id = serializers.UUIDField(allow_null=True)
     has_more = serializers.BooleanField()
