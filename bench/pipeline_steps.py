@@ -118,14 +118,19 @@ async def run(creds: dict[str, str], n: int) -> dict[str, list[float]]:
         "aiohttp POST to the stub alone (post_json)", lambda: backends.post_json(endpoint, "/chat/completions", payload)
     )
 
+    import httpx
+
+    client = httpx.AsyncClient(timeout=30)
+
     async def httpx_post() -> Any:
-        response = await backends.async_client().post(endpoint.base_url + "/chat/completions", json=payload)
+        response = await client.post(endpoint.base_url + "/chat/completions", json=payload)
         return response.json()
 
     await timed("httpx POST to the stub alone (for comparison)", httpx_post)
     await timed("admission: policy.choose", lambda: policy.choose(plan.route.candidates, 1))
     await timed("admission: slots.try_acquire + release", lambda: slots.try_acquire(endpoint.id, 1_000_000).release())
     await timed("admission: circuit.allow", lambda: circuit.allow(endpoint.id))
+    await client.aclose()
     recorder.writer.flush()
     return timings
 
