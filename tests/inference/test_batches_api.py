@@ -6,6 +6,8 @@ last line ends; cancel, expiry, failures and refusals each end up in the error f
 
 from __future__ import annotations
 
+import uuid
+
 from datetime import timedelta
 
 import pytest
@@ -380,3 +382,41 @@ def test_files_past_their_retention_are_purged_unless_held(client, alice):
     assert feed.sweep()["files_purged"] == 2  # the input and the output
     assert client.get(f"/v1/files/{batch['input_file_id']}").status_code == 404
     assert AuditEvent.objects.filter(action="file.purge").exists()
+
+
+def test_the_hook_reads_an_open_file_batch_and_its_live_count_as_the_orm_does(client, settings):
+    """``feed._open_with_live`` (the hook's one precompiled statement) against the plain ORM."""
+    from apps.inference.filebatch import feed
+    from apps.inference.filebatch_models import FileBatch
+    from apps.inference.models import LIVE_STATUSES
+
+    settings.MEDAI_BATCH_MAX = 4
+    batch = made(client, [line(f"r{i}") for i in range(6)])
+    pk = FileBatch.objects.get().pk
+    for _ in range(2):
+        row = feed._open_with_live(pk)
+        stored = FileBatch.objects.get(pk=pk)
+        assert row == {
+            "pk": pk,
+            "status": stored.status,
+            "fed": stored.fed,
+            "total": stored.total,
+            "unfed_code": stored.unfed_code,
+            "expires_at": stored.expires_at,
+            "live": InferenceTask.objects.filter(batch_id=pk, status__in=LIVE_STATUSES).count(),
+        }
+        assert row["live"] == 4 and row["expires_at"].tzinfo is not None
+        feed._due_sql.clear()  # compiled anew: the same answer
+    InferenceTask.objects.filter(batch_id=pk).update(status=InferenceTask.Status.FAILED)
+    assert feed._open_with_live(pk)["live"] == 0
+    # a batch that is no file batch (a plain submit batch), or one that ended: nothing to do
+    other = client.post(
+        "/v1/async/submit-batch",
+        {"requests": [{"agent_type": "Chat", "messages": [{"role": "user", "content": "hi"}]}]},
+        format="json",
+    )
+    assert other.status_code == 202, other.content
+    assert feed._open_with_live(uuid.UUID(other.json()["batch_id"])) is None
+    FileBatch.objects.filter(pk=pk).update(status=FileBatch.Status.COMPLETED)
+    assert feed._open_with_live(pk) is None
+    assert client.get(f"/v1/batches/{batch['id']}").status_code == 200

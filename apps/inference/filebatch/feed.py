@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -186,28 +186,58 @@ def refusal(batch: FileBatch) -> tuple[str, str] | None:
 
 def advance(batch_ids: set[str]) -> None:
     """The queue's hook (tasks of these batches ended, committed): step each open file batch that
-    has something to do now. It runs after every task's end, so what it reads is one statement: the
-    open batches among these with their live task counts, read without a lock (a finished line that
+    has something to do now. It runs after every task's end (plain submit batches and workflow runs
+    included), so what it reads is one statement per batch, compiled once per process: the batch if
+    it is an open file batch, with its live task count, read without a lock (a finished line that
     needs nothing takes no write lock; ``step`` decides again under it)."""
-    live = (
-        InferenceTask.objects.filter(batch_id=OuterRef("pk"), status__in=LIVE_STATUSES)
-        .order_by()
-        .values("batch_id")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    rows = (
-        FileBatch.objects.open()
-        .filter(pk__in=hooks.batch_pks(batch_ids))
-        .annotate(live=Coalesce(Subquery(live), 0))
-        .values("pk", "status", "fed", "total", "unfed_code", "expires_at", "live")
-    )
-    for row in rows:
+    for pk in hooks.batch_pks(batch_ids):
         try:
-            if _due(row):
-                step(row["pk"])
+            row = _open_with_live(pk)
+            if row is not None and _due(row):
+                step(pk)
         except Exception:  # one batch's trouble must not stop the others; the schedule retries
-            logger.exception("file batch %s: step failed", row["pk"])
+            logger.exception("file batch %s: step failed", pk)
+
+
+_DUE_FIELDS = ("status", "fed", "total", "unfed_code", "expires_at")
+_due_sql: dict[str, tuple[str, list[Any], int]] = {}
+
+
+def _open_with_live(pk: uuid.UUID) -> dict[str, Any] | None:
+    """The open file batch ``pk`` as ``_due`` reads it (its fields and ``live``), or None.
+
+    Django compiles a query with a subquery in about as much time as the database runs it, after
+    every task's end: the statement is compiled once per database alias (for a sentinel id, whose
+    place among the parameters is then filled with each id) and run as a raw query, which converts
+    the columns as the fields do."""
+    using = router.db_for_read(FileBatch)
+    if using not in _due_sql:
+        sentinel = uuid.UUID(int=0)
+        live = (
+            InferenceTask.objects.filter(batch_id=OuterRef("pk"), status__in=LIVE_STATUSES)
+            .order_by()
+            .values("batch_id")
+            .annotate(n=Count("*"))
+            .values("n")
+        )
+        qs = (
+            FileBatch.objects.using(using)
+            .open()
+            .filter(pk=sentinel)
+            .annotate(live=Coalesce(Subquery(live), 0))
+            .only(*_DUE_FIELDS)
+            .order_by()
+        )
+        sql, params = qs.query.get_compiler(using=using).as_sql()
+        prepared = FileBatch._meta.pk.get_db_prep_value(sentinel, connections[using])  # type: ignore[union-attr]
+        [where] = [i for i, p in enumerate(params) if p == prepared]
+        _due_sql[using] = (sql, list(params), where)
+    sql, params, where = _due_sql[using]
+    params = [*params]
+    params[where] = FileBatch._meta.pk.get_db_prep_value(pk, connections[using])  # type: ignore[union-attr]
+    for batch in FileBatch.objects.using(using).raw(sql, params):
+        return {"pk": batch.pk, "live": batch.live, **{f: getattr(batch, f) for f in _DUE_FIELDS}}
+    return None
 
 
 def _due(row: dict[str, Any]) -> bool:
