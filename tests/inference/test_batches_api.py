@@ -7,7 +7,6 @@ last line ends; cancel, expiry, failures and refusals each end up in the error f
 from __future__ import annotations
 
 import uuid
-
 from datetime import timedelta
 
 import pytest
