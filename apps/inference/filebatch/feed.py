@@ -199,7 +199,7 @@ def advance(batch_ids: set[str]) -> None:
             logger.exception("file batch %s: step failed", pk)
 
 
-_DUE_FIELDS = ("status", "fed", "total", "unfed_code", "expires_at")
+_DUE_FIELDS = ("status", "fed", "total", "unfed_code", "expires_at", "live")  # (live: the annotation)
 _due_sql: dict[str, tuple[str, list[Any], int]] = {}
 
 
@@ -225,18 +225,18 @@ def _open_with_live(pk: uuid.UUID) -> dict[str, Any] | None:
             .open()
             .filter(pk=sentinel)
             .annotate(live=Coalesce(Subquery(live), 0))
-            .only(*_DUE_FIELDS)
+            .only(*_DUE_FIELDS[:-1])
             .order_by()
         )
         sql, params = qs.query.get_compiler(using=using).as_sql()
-        prepared = FileBatch._meta.pk.get_db_prep_value(sentinel, connections[using])  # type: ignore[union-attr]
+        prepared = FileBatch._meta.pk.get_db_prep_value(sentinel, connections[using])
         [where] = [i for i, p in enumerate(params) if p == prepared]
         _due_sql[using] = (sql, list(params), where)
     sql, params, where = _due_sql[using]
     params = [*params]
-    params[where] = FileBatch._meta.pk.get_db_prep_value(pk, connections[using])  # type: ignore[union-attr]
+    params[where] = FileBatch._meta.pk.get_db_prep_value(pk, connections[using])
     for batch in FileBatch.objects.using(using).raw(sql, params):
-        return {"pk": batch.pk, "live": batch.live, **{f: getattr(batch, f) for f in _DUE_FIELDS}}
+        return {"pk": batch.pk, **{f: getattr(batch, f) for f in _DUE_FIELDS}}
     return None
 
 
