@@ -405,7 +405,7 @@ def test_the_hook_reads_an_open_file_batch_and_its_live_count_as_the_orm_does(cl
             "live": InferenceTask.objects.filter(batch_id=pk, status__in=LIVE_STATUSES).count(),
         }
         assert row["live"] == 4 and row["expires_at"].tzinfo is not None
-        feed._due_sql.clear()  # compiled anew: the same answer
+        feed._open_batch.forget()  # compiled anew: the same answer
     InferenceTask.objects.filter(batch_id=pk).update(status=InferenceTask.Status.FAILED)
     assert feed._open_with_live(pk)["live"] == 0
     # a batch that is no file batch (a plain submit batch), or one that ended: nothing to do

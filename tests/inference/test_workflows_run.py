@@ -211,3 +211,17 @@ def test_an_owner_deactivated_mid_run_gets_no_later_stage(client, alice, stub_ba
     run = WorkflowRun.objects.get(pk=created["id"])
     assert run.status == "failed" and run.error_code == "user_inactive"
     assert "merge" not in tasks_by_step(created["id"])
+
+
+def test_the_hook_finds_an_open_run_by_its_id_and_nothing_else(client):
+    """``advance._open_run`` (the hook's statement, compiled once) against the ORM."""
+    import uuid
+
+    pk = uuid.UUID(start(client)["id"])
+    for _ in range(2):
+        found = advance._open_run.get(pk)
+        assert found is not None and found.pk == WorkflowRun.objects.get().pk
+        advance._open_run.forget()
+    assert advance._open_run.get(uuid.uuid4()) is None
+    WorkflowRun.objects.filter(pk=pk).update(status=WorkflowRun.Status.CANCELLED)
+    assert advance._open_run.get(pk) is None

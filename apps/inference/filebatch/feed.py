@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -187,7 +187,7 @@ def refusal(batch: FileBatch) -> tuple[str, str] | None:
 def advance(batch_ids: set[str]) -> None:
     """The queue's hook (tasks of these batches ended, committed): step each open file batch that
     has something to do now. It runs after every task's end (plain submit batches and workflow runs
-    included), so what it reads is one statement per batch, compiled once per process: the batch if
+    included), so what it reads is one statement per batch, compiled once (``hooks.RowById``): the batch if
     it is an open file batch, with its live task count, read without a lock (a finished line that
     needs nothing takes no write lock; ``step`` decides again under it)."""
     for pk in hooks.batch_pks(batch_ids):
@@ -200,44 +200,33 @@ def advance(batch_ids: set[str]) -> None:
 
 
 _DUE_FIELDS = ("status", "fed", "total", "unfed_code", "expires_at", "live")  # (live: the annotation)
-_due_sql: dict[str, tuple[str, list[Any], int]] = {}
+
+
+def _open_with_live_query(pk: uuid.UUID) -> Any:
+    live = (
+        InferenceTask.objects.filter(batch_id=OuterRef("pk"), status__in=LIVE_STATUSES)
+        .order_by()
+        .values("batch_id")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return (
+        FileBatch.objects.open()
+        .filter(pk=pk)
+        .annotate(live=Coalesce(Subquery(live), 0))
+        .only(*_DUE_FIELDS[:-1])
+        .order_by()
+    )
+
+
+_open_batch = hooks.RowById(FileBatch, _open_with_live_query)
 
 
 def _open_with_live(pk: uuid.UUID) -> dict[str, Any] | None:
-    """The open file batch ``pk`` as ``_due`` reads it (its fields and ``live``), or None.
-
-    Django compiles a query with a subquery in about as much time as the database runs it, after
-    every task's end: the statement is compiled once per database alias (for a sentinel id, whose
-    place among the parameters is then filled with each id) and run as a raw query, which converts
-    the columns as the fields do."""
-    using = router.db_for_read(FileBatch)
-    if using not in _due_sql:
-        sentinel = uuid.UUID(int=0)
-        live = (
-            InferenceTask.objects.filter(batch_id=OuterRef("pk"), status__in=LIVE_STATUSES)
-            .order_by()
-            .values("batch_id")
-            .annotate(n=Count("*"))
-            .values("n")
-        )
-        qs = (
-            FileBatch.objects.using(using)
-            .open()
-            .filter(pk=sentinel)
-            .annotate(live=Coalesce(Subquery(live), 0))
-            .only(*_DUE_FIELDS[:-1])
-            .order_by()
-        )
-        sql, params = qs.query.get_compiler(using=using).as_sql()
-        prepared = FileBatch._meta.pk.get_db_prep_value(sentinel, connections[using])
-        [where] = [i for i, p in enumerate(params) if p == prepared]
-        _due_sql[using] = (sql, list(params), where)
-    sql, params, where = _due_sql[using]
-    params = [*params]
-    params[where] = FileBatch._meta.pk.get_db_prep_value(pk, connections[using])
-    for batch in FileBatch.objects.using(using).raw(sql, params):
-        return {"pk": batch.pk, **{f: getattr(batch, f) for f in _DUE_FIELDS}}
-    return None
+    """The open file batch ``pk`` as ``_due`` reads it (its fields and ``live``, its tasks queued or
+    running), or None: one statement, compiled once (hooks.RowById)."""
+    batch = _open_batch.get(pk)
+    return None if batch is None else {"pk": batch.pk, **{f: getattr(batch, f) for f in _DUE_FIELDS}}
 
 
 def _due(row: dict[str, Any]) -> bool:

@@ -235,12 +235,17 @@ def _queue_stage(run: WorkflowRun, made: list[Any]) -> None:
     run.save(update_fields=["waiting", "stage", "status"])
 
 
+_open_run = hooks.RowById(WorkflowRun, lambda pk: WorkflowRun.objects.open().filter(pk=pk).only("pk").order_by())
+
+
 def advance(batch_ids: set[str]) -> None:
-    """The queue's hook (tasks of these batches ended, committed): step each open run among them."""
-    pks = hooks.batch_pks(batch_ids)
-    for pk in WorkflowRun.objects.open().filter(pk__in=pks).values_list("pk", flat=True):
+    """The queue's hook (tasks of these batches ended, committed): step each open run among them.
+    It runs after every task's end of any batch (file batches' and plain submit batches' too), so
+    whether a batch is an open run is one statement compiled once (``hooks.RowById``)."""
+    for pk in hooks.batch_pks(batch_ids):
         try:
-            step(pk)
+            if _open_run.get(pk) is not None:
+                step(pk)
         except Exception:  # one run's trouble must not stop the others; the schedule retries
             logger.exception("workflow run %s: step failed", pk)
 
