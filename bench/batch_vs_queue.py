@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--llama", action="store_true", help="the bundled llama.cpp server, not the stub")
+    parser.add_argument(
+        "--priority", default="", help="the file batch's metadata.priority (default: none, the Batch API's LOW)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="medai-batchbench-"))
     os.environ.update(
@@ -139,7 +142,12 @@ def main() -> None:
         stored = files.upload(principal, data=data, filename=f"{tag}.jsonl", purpose="batch")
         made = batches.create_batch(
             principal,
-            {"input_file_id": stored.public_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            {
+                "input_file_id": stored.public_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                **({"metadata": {"priority": args.priority}} if args.priority else {}),
+            },
         )
         wait(lambda: FileBatch.objects.get(pk=made.pk).is_final, tag)
         done = FileBatch.objects.get(pk=made.pk)
