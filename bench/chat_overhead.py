@@ -86,6 +86,29 @@ def _django_main(action: str, stub_url: str, llama_url: str) -> None:
     print(json.dumps({"api_key": bench.api_key, "jwt": bench.jwt}))
 
 
+def uvicorn_args(port: int, loop: str = "uvloop", http: str = "httptools") -> list[str]:
+    """medai's web process as production runs it (after the Python executable): one uvicorn, no
+    access log, warnings only."""
+    return [
+        "-m",
+        "uvicorn",
+        "medai.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "off",
+        "--loop",
+        loop,
+        "--http",
+        http,
+    ]
+
+
 class Env:
     """Temporary directory, embedded Redis and child processes; everything goes on close()."""
 
@@ -168,25 +191,7 @@ class Env:
 
             argv = server_command(self.args.port_base + 1, parallel=4, ctx_size=8192, threads=2)
             self.start("llama", argv, self.llama_url.removesuffix("/v1") + "/health", timeout=120)
-        uvicorn = [
-            py,
-            "-m",
-            "uvicorn",
-            "medai.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.medai_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--lifespan",
-            "off",
-            "--loop",
-            self.args.loop,
-            "--http",
-            self.args.http,
-        ]
+        uvicorn = [py, *uvicorn_args(self.medai_port, self.args.loop, self.args.http)]
         self.start("medai", uvicorn, f"http://127.0.0.1:{self.medai_port}/healthz")
         return creds
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.chat_overhead import PROMPT, STUB_MODEL, Env, request_once  # noqa: E402
+from bench.chat_overhead import PROMPT, STUB_MODEL, Env, request_once, uvicorn_args  # noqa: E402
 
 
 def _send(port: int, n: int, series: str, creds: dict[str, str]) -> None:
@@ -65,29 +65,15 @@ class Counted:
     """One medai uvicorn under callgrind, from the build in ``tree``."""
 
     def __init__(self, env: Env, tree: Path, port: int, label: str) -> None:
-        self.label, self.port, self.out = label, port, env.tmp / f"callgrind-{label}"
+        self.label, self.port = label, port
+        self.out = env.tmp / ("callgrind-" + "".join(c if c.isalnum() else "_" for c in label))
         self.out.mkdir()
         argv = [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={self.out}/cg.%p",
             sys.executable,
-            "-m",
-            "uvicorn",
-            "medai.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--lifespan",
-            "off",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
+            *uvicorn_args(port),
         ]
         log = (env.tmp / f"{label}.log").open("wb")
         env.logs.append(log)
