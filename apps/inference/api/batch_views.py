@@ -30,7 +30,7 @@ from apps.audit.services import record_event_later
 from apps.inference import auditing
 from apps.inference.api.async_views import RateLimitedView
 from apps.inference.api.parsers import SafeJSONParser
-from apps.inference.api.serializers import ErrorSerializer
+from apps.inference.api.serializers import ErrorSerializer, list_page
 from apps.inference.errors import ApiError
 from apps.inference.filebatch import batches, files
 from apps.inference.filebatch.shapes import batch_object
@@ -152,16 +152,6 @@ class BatchListSerializer(serializers.Serializer):
     has_more = serializers.BooleanField()
 
 
-def _page(objects: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": objects,
-        "first_id": objects[0]["id"] if objects else None,
-        "last_id": objects[-1]["id"] if objects else None,
-        "has_more": has_more,
-    }
-
-
 class ByMethod(APIView):
     """Permissions per HTTP method (``permissions_by_method``)."""
 
@@ -249,7 +239,7 @@ class FilesView(ByMethod):
             after=q.get("after"),
         )
         _info(request, None, len(found))
-        return Response(_page([files.file_object(f) for f in found], more))
+        return Response(list_page([files.file_object(f) for f in found], more))
 
 
 def _info(request: Request, stored: StoredFile | None, count: int | None = None) -> None:
@@ -351,7 +341,7 @@ class BatchesView(RateLimitedView, ByMethod):
             object_type="inference.filebatch",
             details={"count": len(found)},
         )
-        return Response(_page([batch_object(b) for b in found], more))
+        return Response(list_page([batch_object(b) for b in found], more))
 
 
 class BatchDetailView(APIView):

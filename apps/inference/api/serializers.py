@@ -283,3 +283,14 @@ class QueueHealthSerializer(serializers.Serializer):
         help_text="queued >= queue_max: a low or normal submission answers "
         "429 queue_full; high and critical are still accepted."
     )
+
+
+def list_page(objects: list[Any], has_more: bool) -> dict[str, Any]:
+    """A page of a cursor-paged list as OpenAI answers one (files, batches, workflow runs)."""
+    return {
+        "object": "list",
+        "data": objects,
+        "first_id": objects[0]["id"] if objects else None,
+        "last_id": objects[-1]["id"] if objects else None,
+        "has_more": has_more,
+    }

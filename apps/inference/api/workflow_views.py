@@ -21,7 +21,7 @@ from apps.audit import actions
 from apps.audit.services import record_event_later
 from apps.inference.api.async_views import RateLimitedView
 from apps.inference.api.parsers import SafeJSONParser
-from apps.inference.api.serializers import ErrorSerializer, TaskErrorSerializer
+from apps.inference.api.serializers import ErrorSerializer, TaskErrorSerializer, list_page
 from apps.inference.models import Priority, WorkflowRun
 from apps.inference.workflows import runs, shapes
 
@@ -210,16 +210,7 @@ class WorkflowRunListView(APIView):
             object_type="inference.workflowrun",
             details={"count": len(found)},
         )
-        data = WorkflowRunSerializer(found, many=True).data
-        return Response(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": more,
-            }
-        )
+        return Response(list_page(list(WorkflowRunSerializer(found, many=True).data), more))
 
 
 class WorkflowRunView(APIView):
